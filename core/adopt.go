@@ -1,0 +1,237 @@
+package core
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"syscall"
+
+	"github.com/plugloop/plugloop/evlib"
+	"github.com/plugloop/plugloop/internal/sys"
+	"golang.org/x/sys/unix"
+)
+
+// Listener is a listening socket whose connections the core accepts and
+// binds to a protocol.
+type Listener struct {
+	c        *Conn
+	addr     net.Addr
+	unixPath string // removed on Close
+	resume   *Timer
+}
+
+// Addr returns the address the listener is bound to.
+func (l *Listener) Addr() net.Addr { return l.addr }
+
+// FD returns the listening socket's descriptor.
+func (l *Listener) FD() int { return l.c.fd }
+
+// Close stops listening. Connections already accepted stay open. It is
+// loop-only, like Conn's methods.
+func (l *Listener) Close() error {
+	t := l.c.t
+	took, err := t.own()
+	if err != nil {
+		return err
+	}
+	defer t.release(took)
+	if l.c.state != stateOpen {
+		return ErrClosed
+	}
+	t.closeConn(l.c, nil)
+	if l.resume != nil {
+		t.timers.remove(l.resume)
+	}
+	if l.unixPath != "" {
+		os.Remove(l.unixPath)
+	}
+	return nil
+}
+
+// Listen opens a listening socket — network "tcp", "tcp4", "tcp6" or
+// "unix" — and serves its connections with the named protocol ("" means
+// the first). It is loop-only.
+func (c *Context) Listen(network, address, protocol string) (*Listener, error) {
+	if _, err := c.protocol(protocol); err != nil {
+		return nil, err
+	}
+	switch network {
+	case "tcp", "tcp4", "tcp6", "unix":
+	default:
+		return nil, fmt.Errorf("%w: network %q (want tcp, tcp4, tcp6 or unix)", ErrInvalid, network)
+	}
+	ln, err := net.Listen(network, address)
+	if err != nil {
+		return nil, err
+	}
+	l, err := c.AdoptListener(ln, protocol)
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+// AdoptListener takes over a net.Listener: the core accepts its connections
+// from then on. On success ln is closed (the core keeps a duplicate of its
+// socket); on error the caller still owns it.
+func (c *Context) AdoptListener(ln net.Listener, protocol string) (*Listener, error) {
+	p, err := c.protocol(protocol)
+	if err != nil {
+		return nil, err
+	}
+	fd, err := dupOf(ln)
+	if err != nil {
+		return nil, err
+	}
+	l := &Listener{addr: ln.Addr()}
+	if ul, ok := ln.(*net.UnixListener); ok {
+		ul.SetUnlinkOnClose(false)
+		l.unixPath = ln.Addr().String()
+	}
+	t := c.threads[0]
+	took, err := t.own()
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	defer t.release(took)
+	if l.c, err = t.adopt(fd, evlib.KindListener, p, l); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	ln.Close()
+	return l, nil
+}
+
+// AdoptConn takes over a connected net.Conn (a *net.TCPConn, *net.UnixConn
+// or anything with SyscallConn). On success nc is closed (the core keeps a
+// duplicate of its socket); on error the caller still owns it.
+func (c *Context) AdoptConn(nc net.Conn, protocol string) (*Conn, error) {
+	p, err := c.protocol(protocol)
+	if err != nil {
+		return nil, err
+	}
+	fd, err := dupOf(nc)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := c.adoptFD(fd, p)
+	if err != nil {
+		if !errors.Is(err, errAdoptRefused) {
+			unix.Close(fd)
+		}
+		return nil, err
+	}
+	nc.Close()
+	return conn, nil
+}
+
+// AdoptFD takes over a connected stream socket's descriptor
+// (lws_adopt_socket) and makes it non-blocking. On success the core owns fd
+// and will close it; on error — a bad or already adopted fd, the fd limit —
+// the caller still owns it, unless RAW_ADOPT itself refused the connection,
+// which closes it like any other close.
+func (c *Context) AdoptFD(fd int, protocol string) (*Conn, error) {
+	p, err := c.protocol(protocol)
+	if err != nil {
+		return nil, err
+	}
+	if fd < 0 {
+		return nil, ErrBadFD
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
+		return nil, fmt.Errorf("%w: fd %d: %v", ErrBadFD, fd, err)
+	}
+	return c.adoptFD(fd, p)
+}
+
+// errAdoptRefused marks an adoption that RAW_ADOPT refused: the core
+// already owned the fd and closes it.
+var errAdoptRefused = errors.New("plugloop: RAW_ADOPT refused the connection")
+
+func (c *Context) adoptFD(fd int, p *Protocol) (*Conn, error) {
+	t := c.threads[0]
+	took, err := t.own()
+	if err != nil {
+		return nil, err
+	}
+	defer t.release(took)
+	if fd < len(t.conns) && t.conns[fd] != nil || fd == t.wfd.R {
+		return nil, fmt.Errorf("%w: fd %d is already adopted", ErrBadFD, fd)
+	}
+	if err := sys.SetNonblock(fd); err != nil {
+		return nil, fmt.Errorf("%w: fd %d: %v", ErrBadFD, fd, err)
+	}
+	return t.adopt(fd, evlib.KindStream, p, nil)
+}
+
+// dupOf duplicates the socket behind a net.Listener or net.Conn.
+func dupOf(v any) (int, error) {
+	sc, ok := v.(syscall.Conn)
+	if !ok {
+		return -1, fmt.Errorf("%w: %T has no SyscallConn", ErrInvalid, v)
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd, derr := -1, error(nil)
+	if err := rc.Control(func(s uintptr) { fd, derr = sys.DupCloexec(int(s)) }); err != nil {
+		return -1, err
+	}
+	if derr != nil {
+		return -1, derr
+	}
+	return fd, nil
+}
+
+// CallbackOnWritableAll asks for RAW_WRITEABLE on every connection of the
+// named protocol (lws_callback_on_writable_all_protocol). Loop-only.
+func (c *Context) CallbackOnWritableAll(protocol string) error {
+	return c.eachConn(protocol, (*Conn).CallbackOnWritable)
+}
+
+// RxFlowControlAll stops or resumes rx on every connection of the named
+// protocol (lws_rx_flow_allow_all_protocol). Loop-only.
+func (c *Context) RxFlowControlAll(protocol string, enable bool) error {
+	return c.eachConn(protocol, func(conn *Conn) error { return conn.RxFlowControl(enable) })
+}
+
+func (c *Context) eachConn(protocol string, f func(*Conn) error) error {
+	p, err := c.protocol(protocol)
+	if err != nil {
+		return err
+	}
+	for _, t := range c.threads {
+		took, err := t.own()
+		if err != nil {
+			return err
+		}
+		for conn := t.connHead; conn != nil; {
+			next := conn.next
+			if conn.proto == p && conn.state == stateOpen {
+				if err := f(conn); err != nil && !errors.Is(err, ErrClosed) {
+					t.release(took)
+					return err
+				}
+			}
+			conn = next
+		}
+		t.release(took)
+	}
+	return nil
+}
+
+func sockaddrToAddr(sa unix.Sockaddr) net.Addr {
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return &net.TCPAddr{IP: net.IP(a.Addr[:]).To16(), Port: a.Port}
+	case *unix.SockaddrInet6:
+		return &net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}
+	case *unix.SockaddrUnix:
+		return &net.UnixAddr{Name: a.Name, Net: "unix"}
+	}
+	return nil
+}

@@ -1,0 +1,270 @@
+package core
+
+import (
+	"net"
+	"time"
+
+	"github.com/plugloop/plugloop/evlib"
+	"golang.org/x/sys/unix"
+)
+
+type connState uint8
+
+const (
+	stateOpen connState = iota
+	stateClosed
+)
+
+// Conn is a connection or other descriptor the core services (lws' wsi).
+// Its methods are loop-only: call them from a callback, or from a goroutine
+// that holds the thread because nobody is servicing it. From anywhere else
+// they return ErrWrongGoroutine.
+type Conn struct {
+	t        *Thread
+	fd       int
+	kind     evlib.Kind
+	proto    *Protocol
+	user     any
+	listener *Listener // set for listening sockets
+	state    connState
+
+	interest       evlib.Events // what the backend watches
+	wantWritable   bool         // CallbackOnWritable pending
+	writeBlocked   bool         // the last write met EAGAIN
+	inWritableList bool
+	wrote          bool // Write used in the current WRITEABLE
+	out            []byte
+
+	rxPaused bool
+	inRxList bool
+	rxbuf    []byte
+	hup      bool // the stream ended; close once rxbuf is consumed
+	hupErr   error
+
+	closeReq bool
+	closeErr error
+
+	timer, timeout, idle *Timer
+	lastActive           int64
+	prev, next           *Conn
+}
+
+// FD returns the connection's file descriptor.
+func (c *Conn) FD() int { return c.fd }
+
+// Thread returns the service thread that owns the connection.
+func (c *Conn) Thread() *Thread { return c.t }
+
+// Protocol returns the protocol bound to the connection.
+func (c *Conn) Protocol() *Protocol { return c.proto }
+
+// User returns what SetUser stored (lws' per-session data).
+func (c *Conn) User() any { return c.user }
+
+// SetUser stores application data with the connection.
+func (c *Conn) SetUser(v any) { c.user = v }
+
+// Closed reports whether the connection is closed.
+func (c *Conn) Closed() bool { return c.state != stateOpen }
+
+// RemoteAddr returns the peer's address, or nil if it has none.
+func (c *Conn) RemoteAddr() net.Addr {
+	sa, err := unix.Getpeername(c.fd)
+	if err != nil {
+		return nil
+	}
+	return sockaddrToAddr(sa)
+}
+
+// CallbackOnWritable asks for one RAW_WRITEABLE callback when the connection
+// can be written (lws_callback_on_writable). Asking again before it came
+// changes nothing; asking inside RAW_WRITEABLE asks for the next one. A
+// connection not known to be blocked is granted without a system call.
+func (c *Conn) CallbackOnWritable() error {
+	t := c.t
+	took, err := t.own()
+	if err != nil {
+		return err
+	}
+	defer t.release(took)
+	if c.state != stateOpen || c.hup {
+		return ErrClosed
+	}
+	if c.wantWritable {
+		return nil
+	}
+	c.wantWritable = true
+	if c.writeBlocked || c.interest&evlib.Writable != 0 {
+		if c.interest&evlib.Writable == 0 {
+			t.setInterest(c, c.interest|evlib.Writable)
+		}
+		return nil
+	}
+	if !c.inWritableList {
+		c.inWritableList = true
+		t.writable = append(t.writable, c)
+	}
+	return nil
+}
+
+// Write sends p. It is allowed once per RAW_WRITEABLE callback of this
+// connection and returns ErrNotWritable anywhere else. What the kernel does
+// not take is kept by the core and sent before the next RAW_WRITEABLE, so a
+// successful Write accepts all of p and returns len(p). A write error closes
+// the connection when the callback returns.
+func (c *Conn) Write(p []byte) (int, error) {
+	t := c.t
+	took, err := t.own()
+	if err != nil {
+		return 0, err
+	}
+	defer t.release(took)
+	if c.state != stateOpen {
+		return 0, ErrClosed
+	}
+	if t.writing != c || c.wrote {
+		return 0, ErrNotWritable
+	}
+	c.wrote = true
+	if len(p) == 0 {
+		return 0, nil
+	}
+	n, err := t.write(c.fd, p)
+	if n == len(p) {
+		c.lastActive = t.now
+		return n, nil
+	}
+	if err != nil && !wouldBlock(err) {
+		werr := &OpError{Op: "write", Err: err}
+		t.requestClose(c, werr)
+		return max(n, 0), werr
+	}
+	n = max(n, 0)
+	c.out = append(c.out[:0], p[n:]...)
+	c.writeBlocked = true
+	if c.interest&evlib.Writable == 0 {
+		t.setInterest(c, c.interest|evlib.Writable)
+	}
+	return len(p), nil
+}
+
+// Buffered returns how many bytes of earlier writes the core still holds.
+func (c *Conn) Buffered() int { return len(c.out) }
+
+// RxFlowControl stops (false) or resumes (true) RAW_RX callbacks
+// (lws_rx_flow_control). Stopping takes effect before the next RAW_RX, even
+// inside one. Input already read is kept and, on resume, delivered first and
+// in order, without waiting for a new network event. Read interest is
+// dropped only if input arrives while stopped, so a short pause costs no
+// system call; then unread input stays in the kernel and the peer is pushed
+// back on (where the backend declares evlib.CapRxBackpressure).
+func (c *Conn) RxFlowControl(enable bool) error {
+	t := c.t
+	took, err := t.own()
+	if err != nil {
+		return err
+	}
+	defer t.release(took)
+	if c.state != stateOpen {
+		return ErrClosed
+	}
+	c.rxPaused = !enable
+	if !enable {
+		return nil
+	}
+	if len(c.rxbuf) > 0 {
+		t.queueRx(c)
+	}
+	if !c.hup && c.interest&evlib.Readable == 0 {
+		t.setInterest(c, c.interest|evlib.Readable)
+	}
+	return nil
+}
+
+// RxPaused reports whether rx flow control stopped the connection.
+func (c *Conn) RxPaused() bool { return c.rxPaused }
+
+// Close closes the connection: inside a callback once the callback returns,
+// otherwise at once. RAW_CLOSE follows with a nil Err.
+func (c *Conn) Close() error {
+	t := c.t
+	took, err := t.own()
+	if err != nil {
+		return err
+	}
+	defer t.release(took)
+	if c.state != stateOpen {
+		return ErrClosed
+	}
+	t.requestClose(c, nil)
+	return nil
+}
+
+// SetTimer schedules a TIMER callback after d (lws_set_timer_usecs),
+// replacing an earlier one.
+func (c *Conn) SetTimer(d time.Duration) error {
+	t := c.t
+	took, err := t.own()
+	if err != nil {
+		return err
+	}
+	defer t.release(took)
+	if c.state != stateOpen {
+		return ErrClosed
+	}
+	if c.timer == nil {
+		c.timer = &Timer{t: t, idx: -1, fn: func() {
+			if err := t.callback(Event{Reason: ReasonTimer, Conn: c}); err != nil {
+				t.closeConn(c, err)
+			}
+		}}
+	}
+	t.timers.schedule(c.timer, t.clock()+int64(max(d, 0)))
+	return nil
+}
+
+// CancelTimer cancels the pending TIMER callback, if any.
+func (c *Conn) CancelTimer() error {
+	t := c.t
+	took, err := t.own()
+	if err != nil {
+		return err
+	}
+	defer t.release(took)
+	if c.timer != nil {
+		t.timers.remove(c.timer)
+	}
+	return nil
+}
+
+// SetTimeout closes the connection with ErrTimeout after d unless it is
+// called again first (lws_set_timeout). d == 0 cancels the timeout.
+func (c *Conn) SetTimeout(d time.Duration) error {
+	t := c.t
+	took, err := t.own()
+	if err != nil {
+		return err
+	}
+	defer t.release(took)
+	if c.state != stateOpen {
+		return ErrClosed
+	}
+	if d < 0 {
+		return ErrInvalid
+	}
+	c.setTimeoutErr(d, ErrTimeout)
+	return nil
+}
+
+func (c *Conn) setTimeoutErr(d time.Duration, why error) {
+	t := c.t
+	if c.timeout == nil {
+		c.timeout = &Timer{t: t, idx: -1}
+	}
+	if d == 0 {
+		t.timers.remove(c.timeout)
+		return
+	}
+	c.timeout.fn = func() { t.closeConn(c, why) }
+	t.timers.schedule(c.timeout, t.clock()+int64(d))
+}

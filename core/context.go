@@ -1,0 +1,329 @@
+package core
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/plugloop/plugloop/evlib"
+	"golang.org/x/sys/unix"
+)
+
+// Options is a bit set of context options (lws' info.options). The low bits
+// select a backend by flag; see the OptionEvlib constants.
+type Options uint64
+
+// Backend selection flags, one per backend name (see package evlib).
+const (
+	OptionEvlibPoll    = Options(evlib.FlagPoll)
+	OptionEvlibEpoll   = Options(evlib.FlagEpoll)
+	OptionEvlibKqueue  = Options(evlib.FlagKqueue)
+	OptionEvlibGnet    = Options(evlib.FlagGnet)
+	OptionEvlibNetpoll = Options(evlib.FlagNetpoll)
+	OptionEvlibForeign = Options(evlib.FlagForeign)
+)
+
+// Callback is a protocol's handler for every Reason. A non-nil error returned
+// for a connection-level reason closes that connection (lws' return -1); the
+// RAW_CLOSE callback then carries the error.
+type Callback func(ev Event) error
+
+// Event is what a Callback receives. It is passed by value and must not be
+// retained; Data is valid only during the callback.
+type Event struct {
+	Reason Reason
+	// Conn is the connection, or nil for thread- and context-level reasons.
+	Conn *Conn
+	// Thread is the service thread the callback runs on (nil for
+	// ProtocolInit and ProtocolDestroy).
+	Thread *Thread
+	// Protocol is the protocol whose callback this is.
+	Protocol *Protocol
+	// Data holds received bytes (ReasonRawRX).
+	Data []byte
+	// Poll describes the fd for the poll-fd reasons.
+	Poll PollArgs
+	// Len is 1 for LockPoll/UnlockPoll around an add or delete, 0 around
+	// a mode change.
+	Len int
+	// Err is why a connection closed (ReasonRawClose): io.EOF when the
+	// peer closed, ErrTimeout, ErrDestroyed, a system error, the error a
+	// callback returned, or nil after Conn.Close.
+	Err error
+}
+
+// PollArgs is lws' struct lws_pollargs.
+type PollArgs struct {
+	FD         int
+	Events     evlib.Events
+	PrevEvents evlib.Events
+}
+
+// Protocol is a named set of behaviour for connections (lws' struct
+// lws_protocols). The first protocol of a context also receives the poll-fd
+// reasons.
+type Protocol struct {
+	Name     string
+	Callback Callback
+	// RxChunk caps the bytes handed to one RAW_RX callback; 0 means all
+	// that one read returned. With a cap, input left over when rx flow
+	// control pauses the connection is kept and delivered on resume.
+	RxChunk int
+	// User is free for the application.
+	User any
+}
+
+// Info describes a context to create (lws' lws_context_creation_info).
+type Info struct {
+	// Options holds option flags, including at most one OptionEvlib flag.
+	Options Options
+	// EventLib names a backend ("epoll", "poll"...). The PLUGLOOP_EVLIB
+	// environment variable overrides both it and the flags.
+	EventLib string
+	// Foreign is an application-owned loop for backends that can attach
+	// to one (evlib.CapForeignLoop), one per service thread.
+	Foreign []any
+	// Protocols, at least one. Names must be unique.
+	Protocols []Protocol
+	// FDLimit caps the fds a service thread watches; 0 means the process'
+	// RLIMIT_NOFILE.
+	FDLimit int
+	// IdleTimeout closes a connection that neither received nor wrote for
+	// that long; 0 disables it.
+	IdleTimeout time.Duration
+	// CloseTimeout bounds how long a connection whose peer hung up keeps
+	// buffered input waiting to be consumed (lws' PENDING_TIMEOUT_CLOSE_ACK);
+	// 0 means 3 s.
+	CloseTimeout time.Duration
+	// Logger receives diagnostics; nil means slog.Default().
+	Logger *slog.Logger
+	// User is free for the application; see Context.User.
+	User any
+}
+
+// Context is a plugloop instance: its protocols, backend choice and service
+// threads (lws' struct lws_context).
+type Context struct {
+	info      Info
+	protocols []*Protocol
+	backend   evlib.Descriptor
+	threads   []*Thread
+	log       *slog.Logger
+	fdLimit   int
+
+	destroyReq atomic.Bool
+	live       atomic.Int32 // threads not yet torn down
+	finishOnce sync.Once
+	done       chan struct{}
+}
+
+// New creates a context and its service thread with the backend Info
+// selects. PROTOCOL_INIT is delivered to every protocol before New returns.
+func New(info Info) (*Context, error) {
+	if len(info.Protocols) == 0 {
+		return nil, fmt.Errorf("%w: at least one protocol is required", ErrInvalid)
+	}
+	d, err := evlib.Select(evlib.Flag(info.Options)&evlib.FlagMask, info.EventLib)
+	if err != nil {
+		return nil, err
+	}
+	c := &Context{info: info, backend: d, log: info.Logger, done: make(chan struct{})}
+	if c.log == nil {
+		c.log = slog.Default()
+	}
+	if info.CloseTimeout == 0 {
+		c.info.CloseTimeout = 3 * time.Second
+	}
+	seen := map[string]bool{}
+	for i := range info.Protocols {
+		p := info.Protocols[i]
+		if p.Callback == nil || seen[p.Name] {
+			return nil, fmt.Errorf("%w: protocol %q has no callback or a duplicate name", ErrInvalid, p.Name)
+		}
+		seen[p.Name] = true
+		c.protocols = append(c.protocols, &p)
+	}
+	c.fdLimit = info.FDLimit
+	if c.fdLimit <= 0 {
+		var rl unix.Rlimit
+		if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err == nil && rl.Cur > 0 && rl.Cur < 1<<24 {
+			c.fdLimit = int(rl.Cur)
+		} else {
+			c.fdLimit = 1 << 16
+		}
+	}
+	var foreign any
+	if len(info.Foreign) > 0 {
+		foreign = info.Foreign[0]
+	}
+	t, err := newThread(c, 0, foreign)
+	if err != nil {
+		return nil, err
+	}
+	c.threads = []*Thread{t}
+	c.live.Store(int32(len(c.threads)))
+	c.log.Debug("plugloop: context created", "evlib", d.Name, "fdlimit", c.fdLimit)
+	for _, p := range c.protocols {
+		// The thread is not serviced yet, so the creating goroutine owns it.
+		t.mode.Store(modeBusy)
+		t.setOwner()
+		_ = t.callback(Event{Reason: ReasonProtocolInit, Protocol: p})
+		t.release(true)
+	}
+	return c, nil
+}
+
+// EventLib returns the name of the backend the context runs on.
+func (c *Context) EventLib() string { return c.backend.Name }
+
+// Caps returns the capabilities the context's backend declares.
+func (c *Context) Caps() evlib.Caps { return c.backend.Caps }
+
+// User returns Info.User.
+func (c *Context) User() any { return c.info.User }
+
+// Thread returns service thread i (lws' tsi), or nil if out of range.
+func (c *Context) Thread(i int) *Thread {
+	if i < 0 || i >= len(c.threads) {
+		return nil
+	}
+	return c.threads[i]
+}
+
+// CountThreads returns the number of service threads.
+func (c *Context) CountThreads() int { return len(c.threads) }
+
+// Protocol returns the protocol called name, or nil.
+func (c *Context) Protocol(name string) *Protocol {
+	for _, p := range c.protocols {
+		if p.Name == name {
+			return p
+		}
+	}
+	return nil
+}
+
+func (c *Context) protocol(name string) (*Protocol, error) {
+	if name == "" {
+		return c.protocols[0], nil
+	}
+	if p := c.Protocol(name); p != nil {
+		return p, nil
+	}
+	return nil, fmt.Errorf("%w: %q", ErrUnknownProtocol, name)
+}
+
+// CancelService wakes every service thread and delivers EVENT_WAIT_CANCELLED
+// to every protocol on each (lws_cancel_service). Any goroutine may call it.
+// Calls that arrive before the thread got round to it are coalesced, but
+// each call is followed by at least one delivery. After destroy it does
+// nothing and returns ErrDestroyed.
+func (c *Context) CancelService() error {
+	var err error
+	for _, t := range c.threads {
+		if e := t.CancelService(); e != nil {
+			err = e
+		}
+	}
+	return err
+}
+
+// Stats returns the counters of all service threads added together. Any
+// goroutine may call it.
+func (c *Context) Stats() Stats {
+	var s Stats
+	for _, t := range c.threads {
+		s.add(t.Stats())
+	}
+	return s
+}
+
+// Run services every thread until the context is destroyed (it then returns
+// nil) or cctx is cancelled (it returns cctx.Err() and the context stays
+// usable). Thread 0 runs on the calling goroutine.
+func (c *Context) Run(cctx context.Context) error {
+	t := c.threads[0]
+	if err := t.enter(); err != nil {
+		return err
+	}
+	var stop atomic.Bool
+	unhook := context.AfterFunc(cctx, func() {
+		stop.Store(true)
+		t.wake()
+	})
+	defer unhook()
+	for {
+		if stop.Load() {
+			t.leave()
+			return cctx.Err()
+		}
+		if !t.pass(-1) {
+			return nil // destroyed; pass released the thread
+		}
+	}
+}
+
+// Destroy closes every connection and listener (each gets RAW_CLOSE with
+// ErrDestroyed), delivers PROTOCOL_DESTROY, and releases the backends. It is
+// idempotent and safe from any goroutine. When no goroutine is servicing the
+// context, it completes before returning. Otherwise — including when called
+// from inside a callback — the goroutine servicing each thread completes it
+// once its current callback returns; Done reports completion and Run returns.
+func (c *Context) Destroy() error {
+	c.destroyReq.Store(true)
+	for _, t := range c.threads {
+		if t.mode.CompareAndSwap(modeIdle, modeBusy) {
+			t.setOwner()
+			t.teardown()
+			continue
+		}
+		t.wake()
+	}
+	return nil
+}
+
+// Done returns a channel closed when destruction has completed.
+func (c *Context) Done() <-chan struct{} { return c.done }
+
+// threadDown is called by each thread at the end of its teardown; the last
+// one finishes the context.
+func (c *Context) threadDown(t *Thread) {
+	if c.live.Add(-1) != 0 {
+		return
+	}
+	c.finishOnce.Do(func() {
+		for _, p := range c.protocols {
+			_ = t.callback(Event{Reason: ReasonProtocolDestroy, Protocol: p})
+		}
+		close(c.done)
+	})
+}
+
+// Stats are a service thread's counters (see evlib.Counters).
+type Stats struct {
+	Waits, InterestChanges, Wakes, Reads, Writes, Accepts, Closes,
+	Dispatches, ForcedServices, TimersFired uint64
+}
+
+// Syscalls is the number of system calls the counters cover.
+func (s Stats) Syscalls() uint64 {
+	return s.Waits + s.InterestChanges + s.Wakes + s.Reads + s.Writes + s.Accepts + s.Closes
+}
+
+func (s *Stats) add(o Stats) {
+	s.Waits += o.Waits
+	s.InterestChanges += o.InterestChanges
+	s.Wakes += o.Wakes
+	s.Reads += o.Reads
+	s.Writes += o.Writes
+	s.Accepts += o.Accepts
+	s.Closes += o.Closes
+	s.Dispatches += o.Dispatches
+	s.ForcedServices += o.ForcedServices
+	s.TimersFired += o.TimersFired
+}
+
+

@@ -1,0 +1,31 @@
+package core
+
+import "errors"
+
+// Sentinel errors, for use with errors.Is.
+var (
+	// ErrDestroyed: the context is destroyed or being destroyed.
+	ErrDestroyed = errors.New("plugloop: context destroyed")
+	// ErrWrongGoroutine: a loop-only method was called from a goroutine
+	// other than the one servicing the thread (or while another goroutine
+	// holds it).
+	ErrWrongGoroutine = errors.New("plugloop: called from a goroutine that does not own the service thread")
+	// ErrInService: Service or Run was called while the thread is already
+	// being serviced (for example from inside a callback).
+	ErrInService = errors.New("plugloop: service thread is already being serviced")
+	// ErrNotWritable: Write outside the connection's RAW_WRITEABLE
+	// callback, or a second Write in the same callback.
+	ErrNotWritable = errors.New("plugloop: write allowed only once per WRITEABLE callback")
+	// ErrClosed: the connection or listener is closed.
+	ErrClosed = errors.New("plugloop: connection closed")
+	// ErrBadFD: the descriptor is invalid, closed, or already adopted.
+	ErrBadFD = errors.New("plugloop: bad file descriptor")
+	// ErrFDLimit: the thread's fd limit is reached.
+	ErrFDLimit = errors.New("plugloop: fd limit reached")
+	// ErrUnknownProtocol: no protocol has that name.
+	ErrUnknownProtocol = errors.New("plugloop: unknown protocol")
+	// ErrTimeout is the close reason of a connection whose timeout expired.
+	ErrTimeout = errors.New("plugloop: connection timed out")
+	// ErrInvalid: an argument is out of range.
+	ErrInvalid = errors.New("plugloop: invalid argument")
+)

@@ -1,0 +1,72 @@
+package core
+
+import "strconv"
+
+// Reason says why a protocol callback is called (lws' LWS_CALLBACK_*).
+type Reason uint8
+
+// Callback reasons. Conn-level reasons carry a Conn; thread-level ones
+// (EventWaitCancelled, the poll-fd reasons for the wake fd) and
+// context-level ones (ProtocolInit, ProtocolDestroy) have a nil Conn.
+const (
+	// ReasonProtocolInit is delivered once per protocol when the context
+	// is created, before any connection exists.
+	ReasonProtocolInit Reason = iota + 1
+	// ReasonProtocolDestroy is delivered once per protocol when the
+	// context is destroyed, after every connection was closed.
+	ReasonProtocolDestroy
+	// ReasonRawAdopt: a connection was accepted or adopted. Write is not
+	// allowed yet; CallbackOnWritable is.
+	ReasonRawAdopt
+	// ReasonRawRX: Event.Data holds received bytes, valid only during the
+	// callback.
+	ReasonRawRX
+	// ReasonRawWriteable: the connection may Write once. Comes only after
+	// CallbackOnWritable, though an extra one may come at any time.
+	ReasonRawWriteable
+	// ReasonRawClose: the connection is closed; Event.Err says why. It is
+	// delivered exactly once per adopted connection.
+	ReasonRawClose
+	// ReasonTimer: the connection's timer (Conn.SetTimer) expired.
+	ReasonTimer
+	// ReasonEventWaitCancelled: CancelService was called. Delivered to
+	// every protocol on the service thread's goroutine.
+	ReasonEventWaitCancelled
+	// ReasonAddPollFD: start watching Event.Poll.FD for Event.Poll.Events.
+	// Delivered to the first protocol, for every fd the core watches,
+	// before any event for it can matter.
+	ReasonAddPollFD
+	// ReasonDelPollFD: stop watching Event.Poll.FD.
+	ReasonDelPollFD
+	// ReasonChangeModePollFD: the interest of Event.Poll.FD changed from
+	// Event.Poll.PrevEvents to Event.Poll.Events.
+	ReasonChangeModePollFD
+	// ReasonLockPoll and ReasonUnlockPoll bracket every poll-fd change,
+	// with Event.Len 1 around adds and deletes and 0 around mode changes.
+	ReasonLockPoll
+	ReasonUnlockPoll
+)
+
+var reasonNames = [...]string{
+	ReasonProtocolInit:       "PROTOCOL_INIT",
+	ReasonProtocolDestroy:    "PROTOCOL_DESTROY",
+	ReasonRawAdopt:           "RAW_ADOPT",
+	ReasonRawRX:              "RAW_RX",
+	ReasonRawWriteable:       "RAW_WRITEABLE",
+	ReasonRawClose:           "RAW_CLOSE",
+	ReasonTimer:              "TIMER",
+	ReasonEventWaitCancelled: "EVENT_WAIT_CANCELLED",
+	ReasonAddPollFD:          "ADD_POLL_FD",
+	ReasonDelPollFD:          "DEL_POLL_FD",
+	ReasonChangeModePollFD:   "CHANGE_MODE_POLL_FD",
+	ReasonLockPoll:           "LOCK_POLL",
+	ReasonUnlockPoll:         "UNLOCK_POLL",
+}
+
+// String returns the lws-style name, such as "RAW_RX".
+func (r Reason) String() string {
+	if int(r) < len(reasonNames) && reasonNames[r] != "" {
+		return reasonNames[r]
+	}
+	return "Reason(" + strconv.Itoa(int(r)) + ")"
+}

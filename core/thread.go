@@ -1,0 +1,898 @@
+package core
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/plugloop/plugloop/evlib"
+	"github.com/plugloop/plugloop/internal/sys"
+	"golang.org/x/sys/unix"
+)
+
+// Service thread ownership states. A thread is owned by at most one
+// goroutine at a time: the one in Run or Service, or one making a loop-only
+// call while nobody services it.
+const (
+	modeIdle    int32 = iota // nobody owns it
+	modeBusy                 // its owner runs core code or a callback
+	modeWaiting              // its owner is blocked in the backend's Poll
+	modeDead                 // torn down
+)
+
+const (
+	rxBufSize   = 64 << 10
+	acceptBatch = 64
+	// acceptPause is how long a listener rests after EMFILE/ENFILE, so a
+	// full fd table does not turn into a busy accept loop.
+	acceptPause = 100 * time.Millisecond
+)
+
+// Thread is a service thread (lws' per-thread context, pt): one backend
+// instance, an fd→connection table, sorted timers, and the pending work of
+// forced service. All of it belongs to the goroutine servicing the thread.
+type Thread struct {
+	ctx   *Context
+	index int
+	be    evlib.Backend
+	io    evlib.IO    // buffered-rx backends only
+	waker evlib.Waker // backends with their own wakeup
+	wfd   sys.Waker   // the core's wake fd when the backend has no waker
+	ctr   evlib.Counters
+
+	mode  atomic.Int32
+	owner atomic.Uint64 // owning goroutine, tracked only in race builds
+
+	wakePending atomic.Bool
+	cancelReq   atomic.Bool
+	wakeMu      sync.RWMutex // fences wake fd writes against its close
+	wakeClosed  bool
+	postMu      sync.Mutex
+	posted      []func()
+	postSpare   []func()
+	postClosed  bool
+
+	epoch  time.Time
+	now    int64
+	timers timerHeap
+
+	conns    []*Conn // indexed by fd
+	count    int     // fds in conns
+	connHead *Conn   // every connection (not listeners), for the "all" calls
+
+	writable, writableSpare []*Conn // granted WRITEABLE without the kernel
+	rxReady, rxSpare        []*Conn // buffered input to deliver
+	closeReq                []*Conn // Conn.Close called inside a callback
+	fdClose                 []int   // close(2) deferred to the end of the batch
+
+	depth     int   // nesting of user callbacks
+	writing   *Conn // the connection inside RAW_WRITEABLE
+	rxBuf     []byte
+	destroyed bool
+}
+
+func newThread(c *Context, index int, foreign any) (*Thread, error) {
+	t := &Thread{ctx: c, index: index, epoch: time.Now(), wfd: sys.Waker{R: -1, W: -1}}
+	be, err := c.backend.New(evlib.Config{
+		Sink: t, Counters: &t.ctr, Thread: index, MaxFDs: c.fdLimit,
+		Foreign: foreign, Logger: c.log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("plugloop: backend %s: %w", c.backend.Name, err)
+	}
+	t.be = be
+	t.io, _ = be.(evlib.IO)
+	if w, ok := be.(evlib.Waker); ok {
+		t.waker = w
+		return t, nil
+	}
+	t.wfd, err = sys.NewWaker()
+	if err != nil {
+		be.Close()
+		return nil, fmt.Errorf("plugloop: wake fd: %w", err)
+	}
+	t.mode.Store(modeBusy)
+	t.setOwner()
+	err = t.watch(t.wfd.R, nil, evlib.KindWake, evlib.Readable)
+	t.mode.Store(modeIdle)
+	if err != nil {
+		t.wfd.Close()
+		be.Close()
+		return nil, fmt.Errorf("plugloop: watching wake fd: %w", err)
+	}
+	return t, nil
+}
+
+// Index returns the thread's index (lws' tsi).
+func (t *Thread) Index() int { return t.index }
+
+// Context returns the context the thread belongs to.
+func (t *Thread) Context() *Context { return t.ctx }
+
+// Stats returns a snapshot of the thread's counters. Any goroutine may call it.
+func (t *Thread) Stats() Stats {
+	c := &t.ctr
+	return Stats{
+		Waits: c.Waits.Load(), InterestChanges: c.InterestChanges.Load(), Wakes: c.Wakes.Load(),
+		Reads: c.Reads.Load(), Writes: c.Writes.Load(), Accepts: c.Accepts.Load(), Closes: c.Closes.Load(),
+		Dispatches: c.Dispatches.Load(), ForcedServices: c.ForcedServices.Load(), TimersFired: c.TimersFired.Load(),
+	}
+}
+
+// ---- ownership ----
+
+func (t *Thread) setOwner() {
+	if exactOwner {
+		t.owner.Store(goid())
+	}
+}
+
+// own admits a loop-only call. Inside a callback (or any code of the
+// owning goroutine) it returns false; on an unowned thread it takes
+// ownership for the call and returns true, and the caller must release.
+func (t *Thread) own() (bool, error) {
+	switch t.mode.Load() {
+	case modeBusy:
+		if exactOwner && goid() != t.owner.Load() {
+			return false, ErrWrongGoroutine
+		}
+		return false, nil
+	case modeIdle:
+		if t.mode.CompareAndSwap(modeIdle, modeBusy) {
+			t.setOwner()
+			return true, nil
+		}
+		return false, ErrWrongGoroutine
+	case modeDead:
+		return false, ErrDestroyed
+	default:
+		return false, ErrWrongGoroutine
+	}
+}
+
+func (t *Thread) release(took bool) {
+	if took {
+		t.finishStep()
+		t.leave()
+	}
+}
+
+// enter starts servicing the thread on the calling goroutine.
+func (t *Thread) enter() error {
+	if t.mode.CompareAndSwap(modeIdle, modeBusy) {
+		t.setOwner()
+		return nil
+	}
+	if t.mode.Load() == modeDead {
+		return ErrDestroyed
+	}
+	return ErrInService
+}
+
+// leave gives up ownership. A Destroy or wakeup that raced with it, and
+// found the thread busy, is honoured here.
+func (t *Thread) leave() {
+	if t.ctx.destroyReq.Load() {
+		t.teardown()
+		return
+	}
+	t.mode.Store(modeIdle)
+	if t.ctx.destroyReq.Load() && t.mode.CompareAndSwap(modeIdle, modeBusy) {
+		t.setOwner()
+		t.teardown()
+		return
+	}
+	if t.wakePending.Load() {
+		t.signal() // whoever waits for this thread (an app's poll) must see it
+	}
+}
+
+// ---- cross-goroutine entry points ----
+
+// CancelService wakes this thread and delivers EVENT_WAIT_CANCELLED to every
+// protocol on it (lws_cancel_service_pt). Any goroutine may call it; see
+// Context.CancelService.
+func (t *Thread) CancelService() error {
+	if t.mode.Load() == modeDead {
+		return ErrDestroyed
+	}
+	t.cancelReq.Store(true)
+	return t.wake()
+}
+
+// Post runs f on the thread's goroutine during its next pass. Any goroutine
+// may call it. f runs exactly once unless the context is destroyed first;
+// after destruction Post returns ErrDestroyed.
+func (t *Thread) Post(f func()) error {
+	if f == nil {
+		return ErrInvalid
+	}
+	t.postMu.Lock()
+	if t.postClosed {
+		t.postMu.Unlock()
+		return ErrDestroyed
+	}
+	t.posted = append(t.posted, f)
+	t.postMu.Unlock()
+	return t.wake()
+}
+
+// wake makes the owner look at wakePending soon. While the owner is busy it
+// will look before it sleeps, so only a sleeping (or unowned) thread costs a
+// system call, and wakeups that pile up before it looks cost one.
+func (t *Thread) wake() error {
+	if t.wakePending.Swap(true) {
+		return nil
+	}
+	if t.mode.Load() == modeBusy {
+		return nil
+	}
+	return t.signal()
+}
+
+func (t *Thread) signal() error {
+	if t.waker != nil {
+		return t.waker.Wake()
+	}
+	t.wakeMu.RLock()
+	defer t.wakeMu.RUnlock()
+	if t.wakeClosed {
+		return ErrDestroyed
+	}
+	t.ctr.Wakes.Add(1)
+	return t.wfd.Signal()
+}
+
+// ---- the service pass ----
+
+// Service runs one pass on the calling goroutine (lws_service_tsi): due
+// timers, then a wait of at most timeout for events (timeout < 0: no limit,
+// 0: do not wait; the wait is cut short when forced service is pending or a
+// timer falls due), then the events, cancel-service deliveries and forced
+// service. It returns ErrDestroyed once the context is destroyed.
+func (t *Thread) Service(timeout time.Duration) error {
+	if err := t.enter(); err != nil {
+		return err
+	}
+	if !t.pass(timeout) {
+		return ErrDestroyed
+	}
+	t.leave()
+	return nil
+}
+
+// ServiceAdjustTimeout returns how long the thread's loop may sleep, at most
+// max: 0 when forced service is pending or a timer is due, else the time to
+// the next timer (lws_service_adjust_timeout). It is loop-only; from a
+// goroutine that may not service the thread it returns 0.
+func (t *Thread) ServiceAdjustTimeout(max time.Duration) time.Duration {
+	took, err := t.own()
+	if err != nil {
+		return 0
+	}
+	defer t.release(took)
+	if t.forcedPending() || t.wakePending.Load() {
+		return 0
+	}
+	if when, ok := t.timers.next(); ok {
+		d := time.Duration(when - t.clock())
+		if d <= 0 {
+			return 0
+		}
+		if max < 0 || d < max {
+			return d
+		}
+	}
+	return max
+}
+
+func (t *Thread) clock() int64 { return int64(time.Since(t.epoch)) }
+
+func (t *Thread) forcedPending() bool {
+	return len(t.writable) > 0 || len(t.rxReady) > 0 || len(t.closeReq) > 0
+}
+
+// pass is one loop iteration. It reports false when the context was
+// destroyed, in which case the thread is torn down and no longer owned.
+func (t *Thread) pass(timeout time.Duration) bool {
+	t.now = t.clock()
+	t.runTimers()
+	wait := timeout
+	if t.forcedPending() || t.ctx.destroyReq.Load() {
+		wait = 0
+	} else if when, ok := t.timers.next(); ok {
+		if d := time.Duration(when - t.now); wait < 0 || d < wait {
+			wait = max(d, 0)
+		}
+	}
+	t.mode.Store(modeWaiting)
+	if t.wakePending.Load() {
+		wait = 0
+	}
+	_, err := t.be.Poll(wait)
+	t.mode.Store(modeBusy)
+	if err != nil {
+		t.ctx.log.Error("plugloop: backend poll failed", "evlib", t.ctx.backend.Name, "err", err)
+	}
+	t.finishStep()
+	t.afterWake()
+	t.forced()
+	t.now = t.clock()
+	t.runTimers()
+	t.finishStep()
+	if t.ctx.destroyReq.Load() {
+		t.teardown()
+		return false
+	}
+	return true
+}
+
+func (t *Thread) afterWake() {
+	if !t.wakePending.Load() {
+		return
+	}
+	t.wakePending.Store(false)
+	t.postMu.Lock()
+	fns := t.posted
+	t.posted = t.postSpare[:0]
+	t.postMu.Unlock()
+	for i, f := range fns {
+		t.depth++
+		f()
+		t.depth--
+		fns[i] = nil
+	}
+	t.postSpare = fns[:0]
+	t.endCallback()
+	if t.cancelReq.Swap(false) {
+		for _, p := range t.ctx.protocols {
+			_ = t.callback(Event{Reason: ReasonEventWaitCancelled, Protocol: p})
+		}
+	}
+}
+
+// forced delivers what needs no network event: buffered input of
+// connections that may receive, and WRITEABLE to connections that asked for
+// it and are not known to be blocked.
+func (t *Thread) forced() {
+	if len(t.rxReady) == 0 && len(t.writable) == 0 {
+		return
+	}
+	t.ctr.ForcedServices.Add(1)
+	if len(t.rxReady) > 0 {
+		list := t.rxReady
+		t.rxReady = t.rxSpare[:0]
+		for i, c := range list {
+			list[i] = nil
+			c.inRxList = false
+			if c.state == stateOpen && !c.rxPaused {
+				t.deliverBuffered(c)
+			}
+		}
+		t.rxSpare = list[:0]
+	}
+	if len(t.writable) > 0 {
+		list := t.writable
+		t.writable = t.writableSpare[:0]
+		for i, c := range list {
+			list[i] = nil
+			c.inWritableList = false
+			if c.state == stateOpen && c.wantWritable && !c.writeBlocked {
+				t.deliverWriteable(c)
+			}
+		}
+		t.writableSpare = list[:0]
+	}
+}
+
+func (t *Thread) runTimers() {
+	for {
+		tm := t.timers.pop(t.now)
+		if tm == nil {
+			return
+		}
+		t.ctr.TimersFired.Add(1)
+		t.depth++
+		tm.fn()
+		t.depth--
+		t.endCallback()
+	}
+}
+
+// finishStep applies what was deferred to the end of a batch: closes
+// requested inside callbacks, then the close(2) of every closed fd. Keeping
+// fds open until the batch is done means a number cannot be reused while
+// stale events for it may still be in the batch.
+func (t *Thread) finishStep() {
+	t.endCallback()
+	for _, fd := range t.fdClose {
+		unix.Close(fd)
+		t.ctr.Closes.Add(1)
+	}
+	t.fdClose = t.fdClose[:0]
+}
+
+// ---- dispatch (evlib.Sink) ----
+
+// Ready implements evlib.Sink: the backend reports fd ready for ev.
+func (t *Thread) Ready(fd int, ev evlib.Events) {
+	t.mode.Store(modeBusy)
+	var c *Conn
+	if fd >= 0 && fd < len(t.conns) {
+		c = t.conns[fd]
+	}
+	if c == nil {
+		if fd == t.wfd.R && fd >= 0 {
+			t.wfd.Drain()
+		}
+		return // stale: closed earlier in this batch
+	}
+	if c.listener != nil {
+		t.accept(c)
+		return
+	}
+	if ev&evlib.Writable != 0 {
+		t.onWritable(c)
+	}
+	if ev&(evlib.Readable|evlib.Hangup|evlib.Error) != 0 {
+		t.onReadable(c, ev)
+	}
+}
+
+func (t *Thread) read(fd int, p []byte) (int, error) {
+	t.ctr.Reads.Add(1)
+	if t.io != nil {
+		return t.io.Read(fd, p)
+	}
+	return sys.Read(fd, p)
+}
+
+func (t *Thread) write(fd int, p []byte) (int, error) {
+	t.ctr.Writes.Add(1)
+	if t.io != nil {
+		return t.io.Write(fd, p)
+	}
+	return sys.Write(fd, p)
+}
+
+func wouldBlock(err error) bool {
+	return sys.WouldBlock(err) || errors.Is(err, evlib.ErrWouldBlock)
+}
+
+func (t *Thread) onReadable(c *Conn, ev evlib.Events) {
+	if c.state != stateOpen || c.hup {
+		return
+	}
+	if c.rxPaused {
+		if ev&(evlib.Hangup|evlib.Error) != 0 {
+			t.readAll(c) // learn how it ended without losing input
+		}
+		if c.state == stateOpen && c.interest&evlib.Readable != 0 {
+			t.setInterest(c, c.interest&^evlib.Readable)
+		}
+		return
+	}
+	if len(c.rxbuf) > 0 {
+		t.deliverBuffered(c)
+		if c.state != stateOpen || c.rxPaused {
+			return
+		}
+	}
+	if t.rxBuf == nil {
+		t.rxBuf = make([]byte, rxBufSize)
+	}
+	n, err := t.read(c.fd, t.rxBuf)
+	switch {
+	case n > 0:
+		c.lastActive = t.now
+		t.deliver(c, t.rxBuf[:n])
+	case err == nil:
+		t.closeConn(c, io.EOF)
+	case wouldBlock(err):
+	default:
+		t.closeConn(c, &OpError{Op: "read", Err: err})
+	}
+}
+
+// readAll moves what the kernel holds into the connection's buffer until it
+// would block or the stream ended, so a paused connection whose peer hung
+// up still gets its input before it closes.
+func (t *Thread) readAll(c *Conn) {
+	var buf [16 << 10]byte
+	for {
+		n, err := t.read(c.fd, buf[:])
+		switch {
+		case n > 0:
+			c.rxbuf = append(c.rxbuf, buf[:n]...)
+			continue
+		case err == nil:
+			t.hangup(c, io.EOF)
+		case wouldBlock(err):
+		default:
+			t.hangup(c, &OpError{Op: "read", Err: err})
+		}
+		return
+	}
+}
+
+// hangup records that the stream ended. Buffered input is still delivered
+// (bounded by CloseTimeout); the connection closes once it is consumed.
+func (t *Thread) hangup(c *Conn, why error) {
+	if len(c.rxbuf) == 0 {
+		t.closeConn(c, why)
+		return
+	}
+	c.hup, c.hupErr = true, why
+	if c.interest != 0 {
+		t.setInterest(c, 0)
+	}
+	c.setTimeoutErr(t.ctx.info.CloseTimeout, why)
+}
+
+// deliver hands fresh bytes to RAW_RX, in RxChunk pieces. What is left when
+// the callback pauses rx is kept, in order, for resume.
+func (t *Thread) deliver(c *Conn, p []byte) {
+	chunk := c.proto.RxChunk
+	for len(p) > 0 {
+		if c.state != stateOpen || c.closeReq {
+			return
+		}
+		if c.rxPaused {
+			c.rxbuf = append(c.rxbuf, p...)
+			return
+		}
+		q := p
+		if chunk > 0 && len(q) > chunk {
+			q = q[:chunk]
+		}
+		p = p[len(q):]
+		if err := t.callback(Event{Reason: ReasonRawRX, Conn: c, Data: q}); err != nil {
+			t.closeConn(c, err)
+			return
+		}
+	}
+}
+
+func (t *Thread) deliverBuffered(c *Conn) {
+	chunk := c.proto.RxChunk
+	for len(c.rxbuf) > 0 && c.state == stateOpen && !c.rxPaused && !c.closeReq {
+		q := c.rxbuf
+		if chunk > 0 && len(q) > chunk {
+			q = q[:chunk]
+		}
+		c.rxbuf = c.rxbuf[len(q):]
+		if err := t.callback(Event{Reason: ReasonRawRX, Conn: c, Data: q}); err != nil {
+			t.closeConn(c, err)
+			return
+		}
+	}
+	if len(c.rxbuf) == 0 {
+		c.rxbuf = nil
+		if c.hup && c.state == stateOpen {
+			t.closeConn(c, c.hupErr)
+		}
+	}
+}
+
+func (t *Thread) queueRx(c *Conn) {
+	if !c.inRxList {
+		c.inRxList = true
+		t.rxReady = append(t.rxReady, c)
+	}
+}
+
+func (t *Thread) onWritable(c *Conn) {
+	if c.state != stateOpen {
+		return
+	}
+	if len(c.out) > 0 && !t.flush(c) {
+		return
+	}
+	c.writeBlocked = false
+	if c.wantWritable {
+		t.deliverWriteable(c)
+	}
+	// Write interest stays armed while it is wanted, so a connection that
+	// keeps streaming pays no interest change per message.
+	if c.state == stateOpen && !c.writeBlocked && !c.wantWritable && c.interest&evlib.Writable != 0 {
+		t.setInterest(c, c.interest&^evlib.Writable)
+	}
+}
+
+// flush writes what a partial write left; it reports whether all went out.
+func (t *Thread) flush(c *Conn) bool {
+	n, err := t.write(c.fd, c.out)
+	if n > 0 {
+		c.out = c.out[n:]
+		c.lastActive = t.now
+	}
+	if err != nil && !wouldBlock(err) {
+		t.closeConn(c, &OpError{Op: "write", Err: err})
+		return false
+	}
+	if len(c.out) > 0 {
+		return false
+	}
+	c.out = nil
+	return true
+}
+
+func (t *Thread) deliverWriteable(c *Conn) {
+	c.wantWritable = false
+	prev := t.writing
+	t.writing, c.wrote = c, false
+	err := t.callback(Event{Reason: ReasonRawWriteable, Conn: c})
+	t.writing = prev
+	if err != nil {
+		t.closeConn(c, err)
+	}
+}
+
+// callback runs a protocol callback. Closes requested from inside it are
+// applied when the outermost callback returns.
+func (t *Thread) callback(ev Event) error {
+	if ev.Protocol == nil {
+		ev.Protocol = ev.Conn.proto
+	}
+	if ev.Reason != ReasonProtocolInit && ev.Reason != ReasonProtocolDestroy {
+		ev.Thread = t
+	}
+	t.depth++
+	err := ev.Protocol.Callback(ev)
+	t.depth--
+	t.ctr.Dispatches.Add(1)
+	t.endCallback()
+	return err
+}
+
+func (t *Thread) endCallback() {
+	if t.depth != 0 {
+		return
+	}
+	for len(t.closeReq) > 0 {
+		c := t.closeReq[0]
+		t.closeReq = t.closeReq[1:]
+		t.closeConn(c, c.closeErr)
+	}
+	t.closeReq = nil
+}
+
+// ---- fd registration, with the poll-fd callbacks ----
+
+func (t *Thread) pollCallback(r Reason, c *Conn, fd int, ev, prev evlib.Events, n int) {
+	_ = t.callback(Event{Reason: r, Conn: c, Protocol: t.ctx.protocols[0],
+		Poll: PollArgs{FD: fd, Events: ev, PrevEvents: prev}, Len: n})
+}
+
+func (t *Thread) watch(fd int, c *Conn, kind evlib.Kind, ev evlib.Events) error {
+	t.pollCallback(ReasonLockPoll, c, fd, 0, 0, 1)
+	err := t.be.Add(fd, kind, ev)
+	if err == nil {
+		t.pollCallback(ReasonAddPollFD, c, fd, ev, 0, 0)
+	}
+	t.pollCallback(ReasonUnlockPoll, c, fd, 0, 0, 1)
+	return err
+}
+
+func (t *Thread) unwatch(fd int, c *Conn, ev evlib.Events) {
+	t.pollCallback(ReasonLockPoll, c, fd, 0, 0, 1)
+	if err := t.be.Remove(fd); err != nil {
+		t.ctx.log.Warn("plugloop: backend remove failed", "fd", fd, "err", err)
+	}
+	t.pollCallback(ReasonDelPollFD, c, fd, 0, ev, 0)
+	t.pollCallback(ReasonUnlockPoll, c, fd, 0, 0, 1)
+}
+
+// setInterest changes what the backend watches the connection for. Callers
+// keep this lazy: it runs only on a real change, never per message.
+func (t *Thread) setInterest(c *Conn, ev evlib.Events) {
+	if c.interest == ev {
+		return
+	}
+	prev := c.interest
+	c.interest = ev
+	t.pollCallback(ReasonLockPoll, c, c.fd, 0, 0, 0)
+	t.pollCallback(ReasonChangeModePollFD, c, c.fd, ev, prev, 0)
+	err := t.be.Modify(c.fd, ev)
+	t.pollCallback(ReasonUnlockPoll, c, c.fd, 0, 0, 0)
+	if err != nil {
+		t.requestClose(c, &OpError{Op: "modify interest", Err: err})
+	}
+}
+
+// ---- connections ----
+
+func (t *Thread) adopt(fd int, kind evlib.Kind, p *Protocol, l *Listener) (*Conn, error) {
+	if fd < 0 {
+		return nil, ErrBadFD
+	}
+	if fd < len(t.conns) && t.conns[fd] != nil {
+		return nil, fmt.Errorf("%w: fd %d is already adopted", ErrBadFD, fd)
+	}
+	if t.count >= t.ctx.fdLimit {
+		return nil, ErrFDLimit
+	}
+	if fd >= len(t.conns) {
+		n := max(2*len(t.conns), fd+1, 64)
+		conns := make([]*Conn, n)
+		copy(conns, t.conns)
+		t.conns = conns
+	}
+	c := &Conn{t: t, fd: fd, kind: kind, proto: p, listener: l, lastActive: t.clock()}
+	t.conns[fd] = c
+	t.count++
+	if err := t.watch(fd, c, kind, evlib.Readable); err != nil {
+		t.conns[fd] = nil
+		t.count--
+		return nil, fmt.Errorf("plugloop: watching fd %d: %w", fd, err)
+	}
+	c.interest = evlib.Readable
+	if l != nil {
+		return c, nil
+	}
+	c.next = t.connHead
+	if t.connHead != nil {
+		t.connHead.prev = c
+	}
+	t.connHead = c
+	if d := t.ctx.info.IdleTimeout; d > 0 {
+		c.idle = &Timer{t: t, idx: -1, fn: func() { t.checkIdle(c) }}
+		t.timers.schedule(c.idle, c.lastActive+int64(d))
+	}
+	if err := t.callback(Event{Reason: ReasonRawAdopt, Conn: c}); err != nil {
+		t.closeConn(c, err)
+		return nil, fmt.Errorf("%w: %w", errAdoptRefused, err)
+	}
+	return c, nil
+}
+
+func (t *Thread) checkIdle(c *Conn) {
+	d := int64(t.ctx.info.IdleTimeout)
+	if t.now-c.lastActive >= d {
+		t.closeConn(c, ErrTimeout)
+		return
+	}
+	t.timers.schedule(c.idle, c.lastActive+d)
+}
+
+func (t *Thread) requestClose(c *Conn, why error) {
+	if c.state != stateOpen || c.closeReq {
+		return
+	}
+	if t.depth == 0 {
+		t.closeConn(c, why)
+		return
+	}
+	c.closeReq, c.closeErr = true, why
+	t.closeReq = append(t.closeReq, c)
+}
+
+// closeConn closes a connection exactly once: unregister, RAW_CLOSE, and
+// close(2) at the end of the batch.
+func (t *Thread) closeConn(c *Conn, why error) {
+	if c.state != stateOpen {
+		return
+	}
+	c.state = stateClosed
+	for _, tm := range []*Timer{c.timer, c.timeout, c.idle} {
+		if tm != nil {
+			t.timers.remove(tm)
+		}
+	}
+	t.unwatch(c.fd, c, c.interest)
+	t.conns[c.fd] = nil
+	t.count--
+	t.fdClose = append(t.fdClose, c.fd)
+	c.rxbuf, c.out = nil, nil
+	if c.listener != nil {
+		return
+	}
+	if c.prev != nil {
+		c.prev.next = c.next
+	} else {
+		t.connHead = c.next
+	}
+	if c.next != nil {
+		c.next.prev = c.prev
+	}
+	c.prev, c.next = nil, nil
+	_ = t.callback(Event{Reason: ReasonRawClose, Conn: c, Err: why})
+}
+
+func (t *Thread) accept(lc *Conn) {
+	l := lc.listener
+	for range acceptBatch {
+		fd, err := sys.Accept(lc.fd)
+		t.ctr.Accepts.Add(1)
+		if err != nil {
+			switch {
+			case wouldBlock(err):
+			case errors.Is(err, unix.EMFILE), errors.Is(err, unix.ENFILE),
+				errors.Is(err, unix.ENOBUFS), errors.Is(err, unix.ENOMEM):
+				t.ctx.log.Warn("plugloop: accept paused", "addr", l.addr, "err", err)
+				t.pauseListener(l)
+			case errors.Is(err, unix.ECONNABORTED), errors.Is(err, unix.EPROTO), errors.Is(err, unix.EPERM):
+				continue
+			default:
+				t.ctx.log.Error("plugloop: accept failed", "addr", l.addr, "err", err)
+			}
+			return
+		}
+		if _, err := t.adopt(fd, evlib.KindStream, lc.proto, nil); err != nil {
+			if !errors.Is(err, errAdoptRefused) {
+				unix.Close(fd)
+				t.ctr.Closes.Add(1)
+			}
+			if errors.Is(err, ErrFDLimit) {
+				t.pauseListener(l)
+				return
+			}
+		}
+		if lc.state != stateOpen {
+			return
+		}
+	}
+}
+
+func (t *Thread) pauseListener(l *Listener) {
+	lc := l.c
+	t.setInterest(lc, 0)
+	if l.resume == nil {
+		l.resume = &Timer{t: t, idx: -1, fn: func() {
+			if lc.state == stateOpen {
+				t.setInterest(lc, evlib.Readable)
+			}
+		}}
+	}
+	t.timers.schedule(l.resume, t.clock()+int64(acceptPause))
+}
+
+// teardown closes everything on the thread and releases its backend. The
+// caller owns the thread; afterwards it is dead.
+func (t *Thread) teardown() {
+	if t.destroyed {
+		return
+	}
+	t.destroyed = true
+	t.mode.Store(modeBusy)
+	t.postMu.Lock()
+	t.postClosed, t.posted = true, nil
+	t.postMu.Unlock()
+	t.endCallback()
+	for fd, c := range t.conns {
+		if c != nil {
+			t.closeConn(c, ErrDestroyed)
+		}
+		_ = fd
+	}
+	if t.wfd.R >= 0 {
+		t.unwatch(t.wfd.R, nil, evlib.Readable)
+	}
+	t.finishStep()
+	t.wakeMu.Lock()
+	t.wakeClosed = true
+	if t.wfd.R >= 0 {
+		t.wfd.Close()
+	}
+	t.wakeMu.Unlock()
+	t.timers = timerHeap{}
+	t.ctx.threadDown(t)
+	if err := t.be.Close(); err != nil {
+		t.ctx.log.Warn("plugloop: backend close failed", "err", err)
+	}
+	t.mode.Store(modeDead)
+}
+
+// OpError is a system call failure on a connection.
+type OpError struct {
+	Op  string
+	Err error
+}
+
+func (e *OpError) Error() string { return "plugloop: " + e.Op + ": " + e.Err.Error() }
+
+// Unwrap returns the underlying error (often a syscall.Errno).
+func (e *OpError) Unwrap() error { return e.Err }

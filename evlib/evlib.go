@@ -1,0 +1,209 @@
+// Package evlib is the contract between plugloop's core state machine and an
+// event-loop backend: plugloop's version of libwebsockets' event_loop_ops.
+//
+// A backend watches file descriptors for one service thread and reports what
+// became ready. The core owns everything else: connections, buffers, timers,
+// flow control, accept, and (for readiness backends) every read and write
+// system call. Three styles of backend fit the one contract:
+//
+//   - Readiness backends (poll, epoll, kqueue, gnet's poller) report kernel
+//     readiness; the core reads and writes the fd itself.
+//   - Buffered-rx backends (cloudwego/netpoll) have already read the bytes:
+//     they report "readable" when their buffer holds data, synthesize
+//     "writable", and implement [IO] so the core's reads come from their
+//     buffer. They declare [CapBufferedRx].
+//   - App-driven backends (the foreign mode) never wait: the application owns
+//     the poll loop, learns what to watch from the core's ADD/DEL/CHANGE_MODE
+//     poll-fd callbacks and hands events back. They declare [CapAppDriven];
+//     the core never calls their Poll.
+//
+// Every method of [Backend] is called on the service thread's goroutine, one
+// call at a time, except [Waker.Wake], which any goroutine may call.
+package evlib
+
+import (
+	"errors"
+	"log/slog"
+	"sync/atomic"
+	"time"
+)
+
+// Events is a set of readiness conditions. As an interest it holds Readable
+// and/or Writable; as a report it may also hold Hangup and Error, which a
+// backend reports whatever the interest (like poll(2) does).
+type Events uint32
+
+const (
+	// Readable: a read would not block (data, EOF, or a pending accept).
+	Readable Events = 1 << iota
+	// Writable: a write would not block.
+	Writable
+	// Hangup: the peer hung up (POLLHUP, EPOLLHUP, EV_EOF on both filters).
+	Hangup
+	// Error: the fd has a pending error (POLLERR, EPOLLERR, EV_ERROR).
+	Error
+)
+
+// String returns the set as "R|W|HUP|ERR" style text.
+func (e Events) String() string {
+	if e == 0 {
+		return "0"
+	}
+	s := ""
+	for _, x := range []struct {
+		bit  Events
+		name string
+	}{{Readable, "R"}, {Writable, "W"}, {Hangup, "HUP"}, {Error, "ERR"}} {
+		if e&x.bit != 0 {
+			if s != "" {
+				s += "|"
+			}
+			s += x.name
+		}
+	}
+	return s
+}
+
+// Kind tells a backend what an fd is, for backends that must treat some fds
+// differently (a buffered-rx backend must not read a listener).
+type Kind uint8
+
+const (
+	// KindStream is a connected stream socket (TCP, unix).
+	KindStream Kind = iota
+	// KindListener is a listening socket: readable means accept won't block.
+	KindListener
+	// KindDatagram is a UDP or unixgram socket.
+	KindDatagram
+	// KindFile is a pipe, FIFO, tty or other non-socket descriptor.
+	KindFile
+	// KindWake is the core's own cross-goroutine wakeup fd (an eventfd or
+	// the read end of a pipe). It is watched for Readable only.
+	KindWake
+)
+
+// Backend is one service thread's event loop. The core calls every method on
+// the service thread's goroutine, never concurrently.
+//
+// Interest is level-triggered from the core's point of view: as long as an
+// fd is ready for something in its interest, every Poll reports it again.
+// The core keeps interest changes lazy, so a backend need not cache them, but
+// each method must be idempotent in effect: Modify to the current interest
+// makes no system call, Remove of an fd that is not watched returns nil.
+type Backend interface {
+	// Add starts watching fd with interest ev. The core calls it once for
+	// every fd it adopts, before it can expect any event for that fd (lws:
+	// sock_accept followed by io(START|READ)). ev may be 0 (registered, but
+	// not interested in anything yet); Hangup and Error are still reported
+	// where the mechanism can. Adding an fd that is already watched returns
+	// an error wrapping ErrExist.
+	Add(fd int, kind Kind, ev Events) error
+
+	// Modify sets the interest of a watched fd to ev (lws: io(START|STOP)).
+	// The core calls it only when the interest really changes.
+	Modify(fd int, ev Events) error
+
+	// Remove stops watching fd (lws: wsi_logical_close/destroy_wsi). The
+	// core calls it before it closes fd, and never dispatches an event for
+	// a removed fd, so events already collected for it may be dropped.
+	Remove(fd int) error
+
+	// Poll waits at most timeout for readiness (timeout < 0: no limit;
+	// 0: do not block) and reports every ready fd to the Sink given in
+	// Config, then returns how many it reported. It returns early, with no
+	// error, when woken (see Waker and KindWake). App-driven backends
+	// return ErrAppDriven.
+	Poll(timeout time.Duration) (int, error)
+
+	// Close releases what the backend created. It never closes fds the
+	// core added, nor a loop the application lent through Config.Foreign.
+	// It is idempotent.
+	Close() error
+}
+
+// Waker is implemented by a backend that has its own cross-goroutine wakeup
+// (a channel, gnet's Trigger). Without it the core creates a KindWake fd and
+// adds it like any other fd, which suits readiness backends and makes the
+// wakeup visible to a foreign loop.
+type Waker interface {
+	// Wake makes a Poll in progress (or the next one) return promptly.
+	// It is the one method any goroutine may call, also concurrently with
+	// Poll and Close; after Close it must be a harmless no-op.
+	Wake() error
+}
+
+// IO is implemented by buffered-rx backends ([CapBufferedRx]): the core calls
+// Read instead of read(2) when an fd is reported Readable, and Write instead
+// of write(2). Both follow read(2)/write(2): (0, nil) from Read is end of
+// stream; "would block" is reported as an error wrapping ErrWouldBlock,
+// after which the backend reports Writable (or Readable) when that changed.
+type IO interface {
+	Read(fd int, p []byte) (int, error)
+	Write(fd int, p []byte) (int, error)
+}
+
+// Sink is the core side of the contract: where a backend reports readiness.
+type Sink interface {
+	// Ready reports that fd is ready for ev. It runs the core's handling
+	// (reads, accepts, user callbacks) before it returns, and may call
+	// Modify, Add or Remove on the backend from inside.
+	Ready(fd int, ev Events)
+}
+
+// Config is what the core hands a backend at creation.
+type Config struct {
+	// Sink receives readiness reports. Never nil.
+	Sink Sink
+	// Counters is where the backend counts its own system calls. Never nil.
+	Counters *Counters
+	// Thread is the index of the service thread (lws' tsi).
+	Thread int
+	// MaxFDs is the highest fd number plus one the core will add, a sizing
+	// hint for fd-indexed tables.
+	MaxFDs int
+	// Foreign, if not nil, is a loop the application owns and lends to this
+	// service thread (an epoll fd, a *netpoll.Poller...). Backends that do
+	// not declare CapForeignLoop reject it.
+	Foreign any
+	// Logger is never nil.
+	Logger *slog.Logger
+}
+
+// Counters are per-service-thread statistics. The backend adds to Waits and
+// InterestChanges; the core adds to the rest. Any goroutine may read them.
+type Counters struct {
+	Waits           atomic.Uint64 // epoll_wait, poll, kevent... calls
+	InterestChanges atomic.Uint64 // epoll_ctl, kevent changes... calls
+	Wakes           atomic.Uint64 // cross-goroutine wakeups sent (eventfd writes)
+	Reads           atomic.Uint64 // read(2), recvfrom(2) or backend Read calls
+	Writes          atomic.Uint64 // write(2) or backend Write calls
+	Accepts         atomic.Uint64 // accept(2) calls
+	Closes          atomic.Uint64 // close(2) of connection fds
+	Dispatches      atomic.Uint64 // user callbacks run
+	ForcedServices  atomic.Uint64 // passes that ran forced service
+	TimersFired     atomic.Uint64 // timers (and timeouts) that fired
+}
+
+// Errors shared by backends and the registry. Test with errors.Is.
+var (
+	// ErrExist: the fd is already watched.
+	ErrExist = errors.New("evlib: fd already watched")
+	// ErrNotWatched: the fd is not watched by this backend.
+	ErrNotWatched = errors.New("evlib: fd not watched")
+	// ErrBadFD: the fd is negative, closed, or beyond the backend's limit.
+	ErrBadFD = errors.New("evlib: bad file descriptor")
+	// ErrClosed: the backend was closed.
+	ErrClosed = errors.New("evlib: backend closed")
+	// ErrAppDriven: the backend never waits; the application's loop does.
+	ErrAppDriven = errors.New("evlib: backend is driven by the application's loop")
+	// ErrWouldBlock: an IO call would block.
+	ErrWouldBlock = errors.New("evlib: operation would block")
+	// ErrUnknown: no backend of that name or flag exists.
+	ErrUnknown = errors.New("evlib: unknown event-loop backend")
+	// ErrUnavailable: the backend exists but cannot run here (wrong OS, not
+	// linked into this program).
+	ErrUnavailable = errors.New("evlib: event-loop backend unavailable")
+	// ErrForeignUnsupported: Config.Foreign was set for a backend that
+	// cannot attach to an application's loop, or was of the wrong type.
+	ErrForeignUnsupported = errors.New("evlib: backend cannot use this foreign loop")
+)

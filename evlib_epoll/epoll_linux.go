@@ -1,0 +1,224 @@
+package evlib_epoll
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/plugloop/plugloop/evlib"
+	"golang.org/x/sys/unix"
+)
+
+func descriptor() evlib.Descriptor {
+	return evlib.Descriptor{
+		Caps: evlib.CapReadiness | evlib.CapRxBackpressure | evlib.CapForeignLoop | evlib.CapFiles,
+		New:  New,
+	}
+}
+
+const (
+	watched = 1 << 7 // in state[fd]: the fd is in the epoll set
+	maxBatch = 1024
+)
+
+// Backend is an epoll instance serving one service thread.
+type Backend struct {
+	epfd    int
+	foreign bool // epfd belongs to the application
+	sink    evlib.Sink
+	ctr     *evlib.Counters
+	state   []uint8 // per fd: watched bit | interest
+	events  []unix.EpollEvent
+	busy    bool // the last wait returned events
+	closed  bool
+}
+
+// New creates the backend. With cfg.Foreign set to an epoll fd (int) it
+// registers its fds there instead of in an epoll instance of its own, and
+// the application's loop hands their events to the core.
+func New(cfg evlib.Config) (evlib.Backend, error) {
+	b := &Backend{sink: cfg.Sink, ctr: cfg.Counters, events: make([]unix.EpollEvent, 128)}
+	switch f := cfg.Foreign.(type) {
+	case nil:
+		fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+		if err != nil {
+			return nil, fmt.Errorf("epoll_create1: %w", err)
+		}
+		b.epfd = fd
+	case int:
+		var st unix.Stat_t
+		if f < 0 || unix.Fstat(f, &st) != nil {
+			return nil, fmt.Errorf("%w: epoll fd %d is not open", evlib.ErrBadFD, f)
+		}
+		b.epfd, b.foreign = f, true
+	default:
+		return nil, fmt.Errorf("%w: want an epoll fd (int), got %T", evlib.ErrForeignUnsupported, cfg.Foreign)
+	}
+	return b, nil
+}
+
+func mask(ev evlib.Events) uint32 {
+	var m uint32
+	if ev&evlib.Readable != 0 {
+		m |= unix.EPOLLIN
+	}
+	if ev&evlib.Writable != 0 {
+		m |= unix.EPOLLOUT
+	}
+	return m
+}
+
+// Translate converts an epoll event mask to evlib events.
+func Translate(m uint32) evlib.Events {
+	var ev evlib.Events
+	if m&(unix.EPOLLIN|unix.EPOLLPRI|unix.EPOLLRDHUP) != 0 {
+		ev |= evlib.Readable
+	}
+	if m&unix.EPOLLOUT != 0 {
+		ev |= evlib.Writable
+	}
+	if m&unix.EPOLLHUP != 0 {
+		ev |= evlib.Hangup
+	}
+	if m&unix.EPOLLERR != 0 {
+		ev |= evlib.Error
+	}
+	return ev
+}
+
+func (b *Backend) ctl(op, fd int, ev evlib.Events) error {
+	b.ctr.InterestChanges.Add(1)
+	e := unix.EpollEvent{Events: mask(ev), Fd: int32(fd)}
+	return unix.EpollCtl(b.epfd, op, fd, &e)
+}
+
+// Add implements evlib.Backend.
+func (b *Backend) Add(fd int, kind evlib.Kind, ev evlib.Events) error {
+	if b.closed {
+		return evlib.ErrClosed
+	}
+	if fd < 0 {
+		return evlib.ErrBadFD
+	}
+	if fd >= len(b.state) {
+		st := make([]uint8, max(fd+1, 2*len(b.state), 64))
+		copy(st, b.state)
+		b.state = st
+	}
+	if b.state[fd]&watched != 0 {
+		return fmt.Errorf("%w: fd %d", evlib.ErrExist, fd)
+	}
+	if err := b.ctl(unix.EPOLL_CTL_ADD, fd, ev); err != nil {
+		if errors.Is(err, unix.EPERM) {
+			return fmt.Errorf("%w: fd %d: epoll cannot watch this kind of file (regular files and directories are always ready)", evlib.ErrBadFD, fd)
+		}
+		if errors.Is(err, unix.EBADF) {
+			return fmt.Errorf("%w: fd %d", evlib.ErrBadFD, fd)
+		}
+		return fmt.Errorf("epoll_ctl add fd %d: %w", fd, err)
+	}
+	b.state[fd] = watched | uint8(ev&(evlib.Readable|evlib.Writable))
+	return nil
+}
+
+// Modify implements evlib.Backend.
+func (b *Backend) Modify(fd int, ev evlib.Events) error {
+	if b.closed {
+		return evlib.ErrClosed
+	}
+	if fd < 0 || fd >= len(b.state) || b.state[fd]&watched == 0 {
+		return fmt.Errorf("%w: fd %d", evlib.ErrNotWatched, fd)
+	}
+	ev &= evlib.Readable | evlib.Writable
+	if b.state[fd] == watched|uint8(ev) {
+		return nil
+	}
+	if err := b.ctl(unix.EPOLL_CTL_MOD, fd, ev); err != nil {
+		return fmt.Errorf("epoll_ctl mod fd %d: %w", fd, err)
+	}
+	b.state[fd] = watched | uint8(ev)
+	return nil
+}
+
+// Remove implements evlib.Backend.
+func (b *Backend) Remove(fd int) error {
+	if b.closed || fd < 0 || fd >= len(b.state) || b.state[fd]&watched == 0 {
+		return nil
+	}
+	b.state[fd] = 0
+	if err := b.ctl(unix.EPOLL_CTL_DEL, fd, 0); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EBADF) {
+		return fmt.Errorf("epoll_ctl del fd %d: %w", fd, err)
+	}
+	return nil
+}
+
+// Poll implements evlib.Backend. After a batch that returned events it
+// first polls without blocking: on a loaded loop more work is usually ready
+// by then, and a blocking wait that parks the thread costs more than a
+// second cheap call.
+func (b *Backend) Poll(timeout time.Duration) (int, error) {
+	if b.closed {
+		return 0, evlib.ErrClosed
+	}
+	if b.foreign {
+		return 0, fmt.Errorf("%w: the epoll fd belongs to the application", evlib.ErrAppDriven)
+	}
+	ms := msec(timeout)
+	n, err := 0, error(nil)
+	if b.busy && ms != 0 {
+		n, err = b.wait(0)
+	}
+	if n == 0 && err == nil {
+		n, err = b.wait(ms)
+	}
+	b.busy = n > 0
+	if err != nil {
+		if errors.Is(err, unix.EINTR) {
+			return 0, nil
+		}
+		return 0, fmt.Errorf("epoll_wait: %w", err)
+	}
+	for i := range n {
+		e := &b.events[i]
+		b.sink.Ready(int(e.Fd), Translate(e.Events))
+	}
+	if n == len(b.events) && n < maxBatch {
+		b.events = make([]unix.EpollEvent, 2*n)
+	}
+	return n, nil
+}
+
+func (b *Backend) wait(ms int) (int, error) {
+	b.ctr.Waits.Add(1)
+	if ms == 0 {
+		return epollWaitNoblock(b.epfd, b.events)
+	}
+	return unix.EpollWait(b.epfd, b.events, ms)
+}
+
+// msec rounds a timeout up to whole milliseconds, so a timer due in 300 µs
+// waits 1 ms instead of spinning on zero-length waits.
+func msec(d time.Duration) int {
+	switch {
+	case d < 0:
+		return -1
+	case d == 0:
+		return 0
+	case d > time.Duration(1<<31-1)*time.Millisecond:
+		return 1<<31 - 1
+	}
+	return int((d + time.Millisecond - 1) / time.Millisecond)
+}
+
+// Close implements evlib.Backend. A foreign epoll fd is left open; every
+// fd the core added has been removed from it by then.
+func (b *Backend) Close() error {
+	if b.closed {
+		return nil
+	}
+	b.closed = true
+	if b.foreign {
+		return nil
+	}
+	return unix.Close(b.epfd)
+}
