@@ -325,5 +325,3 @@ func (s *Stats) add(o Stats) {
 	s.ForcedServices += o.ForcedServices
 	s.TimersFired += o.TimersFired
 }
-
-

@@ -17,7 +17,7 @@ func descriptor() evlib.Descriptor {
 }
 
 const (
-	watched = 1 << 7 // in state[fd]: the fd is in the epoll set
+	watched  = 1 << 7 // in state[fd]: the fd is in the epoll set
 	maxBatch = 1024
 )
 
