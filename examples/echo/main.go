@@ -1,0 +1,100 @@
+// Command echo serves raw TCP (or unix-socket) echo on any plugloop backend,
+// with writable callbacks and rx flow control, until SIGINT or SIGTERM.
+//
+//	go run ./examples/echo -evlib epoll -addr 127.0.0.1:7681
+//	nc 127.0.0.1 7681
+//
+// -evlib takes any backend name (see -list); PLUGLOOP_EVLIB overrides it.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+
+	"github.com/plugloop/plugloop/core"
+	"github.com/plugloop/plugloop/evlib"
+	"github.com/plugloop/plugloop/internal/echo"
+)
+
+func main() {
+	lib := flag.String("evlib", "", "event-loop backend (default: the best available)")
+	addr := flag.String("addr", "127.0.0.1:7681", "listen address: HOST:PORT, or a path for a unix socket")
+	list := flag.Bool("list", false, "list the backends and exit")
+	verbose := flag.Bool("v", false, "log connections")
+	flag.Parse()
+	if *list {
+		listBackends()
+		return
+	}
+	if err := run(*lib, *addr, *verbose); err != nil {
+		fmt.Fprintln(os.Stderr, "echo:", err)
+		os.Exit(1)
+	}
+}
+
+func run(lib, addr string, verbose bool) error {
+	level := slog.LevelWarn
+	if verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+
+	proto := echo.Protocol("echo")
+	if verbose {
+		inner := proto.Callback
+		proto.Callback = func(ev core.Event) error {
+			switch ev.Reason {
+			case core.ReasonRawAdopt:
+				log.Info("open", "fd", ev.Conn.FD(), "peer", ev.Conn.RemoteAddr())
+			case core.ReasonRawClose:
+				log.Info("close", "fd", ev.Conn.FD(), "why", ev.Err)
+			}
+			return inner(ev)
+		}
+	}
+	ctx, err := core.New(core.Info{EventLib: lib, Logger: log, Protocols: []core.Protocol{proto}})
+	if err != nil {
+		return err
+	}
+	defer ctx.Destroy()
+
+	network := "tcp"
+	if strings.Contains(addr, "/") {
+		network = "unix"
+	}
+	ln, err := ctx.Listen(network, addr, "echo")
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "echo: serving %s on %s with the %s backend; ^C stops\n", network, ln.Addr(), ctx.EventLib())
+
+	sig, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := ctx.Run(sig); err != nil && err != context.Canceled {
+		return err
+	}
+	s := ctx.Stats()
+	fmt.Fprintf(os.Stderr, "echo: stopped; %d reads, %d writes, %d waits, %d interest changes\n",
+		s.Reads, s.Writes, s.Waits, s.InterestChanges)
+	return nil
+}
+
+func listBackends() {
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "NAME\tSTATUS\tCAPABILITIES")
+	for _, d := range evlib.Backends() {
+		status := "available"
+		if !d.Available() {
+			status = "unavailable: " + d.Unavailable.Error()
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\n", d.Name, status, d.Caps)
+	}
+	w.Flush()
+}
