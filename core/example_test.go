@@ -1,0 +1,104 @@
+package core_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"time"
+
+	"github.com/plugloop/plugloop/core"
+)
+
+// An echo server written the libwebsockets way: RAW_RX queues the bytes and
+// asks for a WRITEABLE callback, RAW_WRITEABLE writes them once.
+func Example() {
+	type session struct{ pending []byte }
+	ctx, err := core.New(core.Info{
+		EventLib: "epoll",
+		Protocols: []core.Protocol{{
+			Name: "echo",
+			Callback: func(ev core.Event) error {
+				switch ev.Reason {
+				case core.ReasonRawAdopt:
+					ev.Conn.SetUser(&session{})
+				case core.ReasonRawRX:
+					s := ev.Conn.User().(*session)
+					s.pending = append(s.pending, ev.Data...)
+					return ev.Conn.CallbackOnWritable()
+				case core.ReasonRawWriteable:
+					s := ev.Conn.User().(*session)
+					_, err := ev.Conn.Write(s.pending)
+					s.pending = s.pending[:0]
+					return err
+				}
+				return nil
+			},
+		}},
+	})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	ln, err := ctx.Listen("tcp", "127.0.0.1:0", "echo")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	go ctx.Run(context.Background())
+
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	c.Write([]byte("hello"))
+	reply := make([]byte, 5)
+	io.ReadFull(c, reply)
+	c.Close()
+	fmt.Printf("%s from the %s backend\n", reply, ctx.EventLib())
+
+	ctx.Destroy() // safe from any goroutine; Run returns
+	<-ctx.Done()
+	// Output: hello from the epoll backend
+}
+
+// CancelService is the one way in from other goroutines: it wakes the
+// service thread, which delivers EVENT_WAIT_CANCELLED on its own goroutine,
+// where the callback may touch connections.
+func ExampleContext_CancelService() {
+	woken := make(chan struct{})
+	ctx, _ := core.New(core.Info{Protocols: []core.Protocol{{
+		Name: "worker",
+		Callback: func(ev core.Event) error {
+			if ev.Reason == core.ReasonEventWaitCancelled {
+				close(woken)
+			}
+			return nil
+		},
+	}}})
+	go ctx.Run(context.Background())
+	go ctx.CancelService() // from any goroutine
+	<-woken
+	fmt.Println("woken on the service goroutine")
+	ctx.Destroy()
+	<-ctx.Done()
+	// Output: woken on the service goroutine
+}
+
+// Timers live on the service thread's sorted list and fire in order.
+func ExampleThread_AfterFunc() {
+	ctx, _ := core.New(core.Info{Protocols: []core.Protocol{{Name: "p", Callback: func(core.Event) error { return nil }}}})
+	t := ctx.Thread(0)
+	for _, d := range []time.Duration{3, 1, 2} {
+		t.AfterFunc(d*time.Millisecond, func() { fmt.Println("timer", int(d)) })
+	}
+	for range 3 {
+		t.Service(10 * time.Millisecond) // one pass at a time, lws_service style
+	}
+	ctx.Destroy()
+	// Output:
+	// timer 1
+	// timer 2
+	// timer 3
+}
