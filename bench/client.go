@@ -1,0 +1,520 @@
+package main
+
+// The load-generator side: it starts a server child, drives it with closed
+// loop ping-pong connections and collects the child's figures.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/plugloop/plugloop/evlib"
+)
+
+// controlTimeout bounds every exchange with a child.
+const controlTimeout = 10 * time.Second
+
+// child is a running server child process.
+type child struct {
+	name   string
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser
+	lines  chan []byte // the child's stdout, line by line
+	stderr *tailBuffer
+	hello  hello
+	done   chan struct{} // closed once Wait returned
+}
+
+// spawn re-executes the bench binary as the named server, optionally under
+// strace writing its summary to straceOut, and waits for its hello.
+func spawn(ctx context.Context, cfg *config, name, straceOut string) (*child, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	var cmd *exec.Cmd
+	if straceOut != "" {
+		cmd = exec.Command(cfg.stracePath, "-c", "-f", "-o", straceOut, exe)
+	} else {
+		cmd = exec.Command(exe)
+	}
+	cmd.Env = childEnviron(name, cfg.serverCPUs)
+	cmd.SysProcAttr = childSysProcAttr()
+	cmd.WaitDelay = 2 * time.Second
+	c := &child{name: name, cmd: cmd, lines: make(chan []byte, 4), stderr: &tailBuffer{max: 4 << 10}, done: make(chan struct{})}
+	cmd.Stderr = c.stderr
+	if c.stdin, err = cmd.StdinPipe(); err != nil {
+		return nil, err
+	}
+	// A pipe of our own rather than StdoutPipe, so Wait and the reader
+	// do not race.
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stdout = w
+	err = cmd.Start()
+	w.Close()
+	if err != nil {
+		r.Close()
+		return nil, err
+	}
+	go func() {
+		defer r.Close()
+		defer close(c.lines)
+		sc := bufio.NewScanner(r)
+		for sc.Scan() {
+			c.lines <- bytes.Clone(sc.Bytes())
+		}
+	}()
+	go func() {
+		cmd.Wait()
+		close(c.done)
+	}()
+	if err := c.receive(ctx, &c.hello); err != nil {
+		c.kill()
+		return nil, err
+	}
+	if c.hello.Error != "" {
+		c.kill()
+		return nil, errors.New(c.hello.Error)
+	}
+	return c, nil
+}
+
+// childEnviron is the bench's environment for a server child: the server's
+// name, GOMAXPROCS=1, the CPUs to pin to, and no PLUGLOOP_EVLIB (which
+// would override the backend each plugloop server names).
+func childEnviron(name string, cpus []int) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		switch k {
+		case "GOMAXPROCS", childEnv, childCPUEnv, evlib.EnvVar:
+			continue
+		}
+		env = append(env, kv)
+	}
+	env = append(env, childEnv+"="+name, "GOMAXPROCS=1")
+	if len(cpus) > 0 {
+		env = append(env, childCPUEnv+"="+formatCPUs(cpus))
+	}
+	return env
+}
+
+// request sends a command line and decodes the one-line answer into v.
+func (c *child) request(ctx context.Context, command string, v any) error {
+	if _, err := io.WriteString(c.stdin, command+"\n"); err != nil {
+		return c.failure(fmt.Errorf("sending %q: %w", command, err))
+	}
+	return c.receive(ctx, v)
+}
+
+func (c *child) receive(ctx context.Context, v any) error {
+	timer := time.NewTimer(controlTimeout)
+	defer timer.Stop()
+	select {
+	case line, ok := <-c.lines:
+		if !ok {
+			return c.failure(errors.New("server exited"))
+		}
+		if err := json.Unmarshal(line, v); err != nil {
+			return c.failure(fmt.Errorf("bad control line %q: %w", line, err))
+		}
+		return nil
+	case <-timer.C:
+		return c.failure(fmt.Errorf("no answer within %v", controlTimeout))
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// failure adds what the child wrote on stderr to err.
+func (c *child) failure(err error) error {
+	if s := c.stderr.String(); s != "" {
+		return fmt.Errorf("%w (stderr: %s)", err, s)
+	}
+	return err
+}
+
+// stop asks the child to exit and waits for it (and, under strace, for the
+// summary to be written); a child that does not exit in time is killed.
+func (c *child) stop() {
+	io.WriteString(c.stdin, "quit\n")
+	c.stdin.Close()
+	select {
+	case <-c.done:
+	case <-time.After(5 * time.Second):
+		c.kill()
+	}
+}
+
+// kill kills the child's process group (the server, and strace with its
+// tracee) and reaps it.
+func (c *child) kill() {
+	if p := c.cmd.Process; p != nil {
+		syscall.Kill(-p.Pid, syscall.SIGKILL)
+		p.Kill()
+	}
+	c.stdin.Close()
+	<-c.done
+}
+
+// tailBuffer keeps the last max bytes written to it.
+type tailBuffer struct {
+	mu  sync.Mutex
+	max int
+	b   []byte
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.b = append(t.b, p...)
+	if len(t.b) > t.max {
+		t.b = t.b[len(t.b)-t.max:]
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return strings.TrimSpace(string(t.b))
+}
+
+// ---- load generator ----
+
+// counter is one connection's round trip count, alone on its cache line.
+type counter struct {
+	n atomic.Uint64
+	_ [56]byte
+}
+
+// loadGen runs closed-loop ping-pong: each connection writes size bytes,
+// reads them back in full, checks them, and repeats.
+type loadGen struct {
+	conns  []net.Conn
+	counts []counter
+	stop   atomic.Bool
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	err    error
+}
+
+func startLoad(ctx context.Context, addr string, n, size int, deadline time.Time) (*loadGen, error) {
+	l := &loadGen{counts: make([]counter, n)}
+	d := net.Dialer{Timeout: 5 * time.Second}
+	for range n {
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			l.close()
+			return nil, fmt.Errorf("connection %d: %w", len(l.conns)+1, err)
+		}
+		c.SetDeadline(deadline)
+		l.conns = append(l.conns, c)
+	}
+	for i, c := range l.conns {
+		l.wg.Add(1)
+		go l.pingPong(c, &l.counts[i], size, byte(i))
+	}
+	return l, nil
+}
+
+func (l *loadGen) pingPong(c net.Conn, cnt *counter, size int, seq byte) {
+	defer l.wg.Done()
+	out, in := make([]byte, size), make([]byte, size)
+	for i := range out {
+		out[i] = byte(i)
+	}
+	for ; !l.stop.Load(); seq++ {
+		out[0] = seq
+		if _, err := c.Write(out); err != nil {
+			l.fail(err)
+			return
+		}
+		if _, err := io.ReadFull(c, in); err != nil {
+			l.fail(err)
+			return
+		}
+		if !bytes.Equal(in, out) {
+			l.fail(errors.New("echo returned different bytes"))
+			return
+		}
+		cnt.n.Add(1)
+	}
+}
+
+func (l *loadGen) fail(err error) {
+	if l.stop.Load() {
+		return // closing
+	}
+	l.mu.Lock()
+	if l.err == nil {
+		l.err = fmt.Errorf("load: %w", err)
+	}
+	l.mu.Unlock()
+}
+
+// Err returns the first error a connection met.
+func (l *loadGen) Err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.err
+}
+
+// total is the number of round trips completed so far.
+func (l *loadGen) total() uint64 {
+	var n uint64
+	for i := range l.counts {
+		n += l.counts[i].n.Load()
+	}
+	return n
+}
+
+// close stops the load: connections finish their round trip in flight,
+// then all are closed.
+func (l *loadGen) close() {
+	l.stop.Store(true)
+	done := make(chan struct{})
+	go func() { l.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(time.Second):
+	}
+	for _, c := range l.conns {
+		c.Close()
+	}
+	<-done
+}
+
+// ---- one run ----
+
+// runResult is one measurement of one server.
+type runResult struct {
+	Server     string  `json:"server"`
+	Repeat     int     `json:"repeat"` // 0-based; -1 for the strace run
+	Error      string  `json:"error,omitempty"`
+	RoundTrips float64 `json:"round_trips"`
+	Seconds    float64 `json:"seconds"`
+	RTPerSec   float64 `json:"round_trips_per_sec"`
+	CPUNS      int64   `json:"server_cpu_ns"`
+	UserNS     int64   `json:"server_user_ns"`
+	SysNS      int64   `json:"server_sys_ns"`
+	CPUPerRT   float64 `json:"server_cpu_us_per_rt"`
+	ClientCPU  float64 `json:"client_cpu_us_per_rt"`
+	MaxRSSKB   int64   `json:"server_peak_rss_kb"`
+	Stats      *Stats  `json:"stats,omitempty"` // plugloop servers: core counters
+	GoMaxProcs int     `json:"server_gomaxprocs"`
+	CPUs       []int   `json:"server_cpus,omitempty"`
+	PinError   string  `json:"pin_error,omitempty"`
+	// The strace run only: every round trip of the child's life, and the
+	// summary over the same life.
+	LifeRoundTrips uint64         `json:"life_round_trips,omitempty"`
+	Strace         *straceSummary `json:"strace,omitempty"`
+}
+
+// runOne starts the server, loads it, measures, and shuts it down.
+func runOne(ctx context.Context, cfg *config, name string, repeat int, straced bool) (res runResult) {
+	res = runResult{Server: name, Repeat: repeat}
+	var straceOut string
+	if straced {
+		f, err := os.CreateTemp("", "plugloop-bench-strace-*.txt")
+		if err != nil {
+			res.Error = err.Error()
+			return res
+		}
+		straceOut = f.Name()
+		f.Close()
+		defer os.Remove(straceOut)
+	}
+	ch, err := spawn(ctx, cfg, name, straceOut)
+	if err != nil {
+		res.Error = "start: " + err.Error()
+		return res
+	}
+	res.GoMaxProcs, res.CPUs, res.PinError = ch.hello.GoMaxProcs, ch.hello.CPUs, ch.hello.PinError
+	stopped := false
+	defer func() {
+		if !stopped {
+			ch.kill()
+		}
+	}()
+
+	deadline := time.Now().Add(cfg.warmup + cfg.duration + controlTimeout)
+	lg, err := startLoad(ctx, ch.hello.Addr, cfg.conns, cfg.size, deadline)
+	if err != nil {
+		res.Error = ch.failure(err).Error()
+		return res
+	}
+	loadClosed := false
+	defer func() {
+		if !loadClosed {
+			lg.close()
+		}
+	}()
+	fail := func(err error) runResult {
+		if lerr := lg.Err(); lerr != nil && !errors.Is(err, context.Canceled) {
+			err = lerr
+		}
+		res.Error = ch.failure(err).Error()
+		return res
+	}
+
+	if err := sleep(ctx, cfg.warmup); err != nil {
+		return fail(err)
+	}
+	if err := lg.Err(); err != nil {
+		return fail(err)
+	}
+	var ok map[string]bool
+	var ru0, ru1 syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
+	c0a := lg.total()
+	if err := ch.request(ctx, "start", &ok); err != nil {
+		return fail(err)
+	}
+	c0b := lg.total()
+	if err := sleep(ctx, cfg.duration); err != nil {
+		return fail(err)
+	}
+	var u usage
+	c1a := lg.total()
+	if err := ch.request(ctx, "stop", &u); err != nil {
+		return fail(err)
+	}
+	c1b := lg.total()
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
+	if err := lg.Err(); err != nil {
+		return fail(err)
+	}
+
+	// The child's window lies between the two samples on either side.
+	rts := (float64(c1a)+float64(c1b))/2 - (float64(c0a)+float64(c0b))/2
+	if rts <= 0 {
+		return fail(errors.New("no round trips completed"))
+	}
+	res.RoundTrips = rts
+	res.Seconds = time.Duration(u.WallNS).Seconds()
+	res.RTPerSec = rts / res.Seconds
+	res.UserNS, res.SysNS = u.UserNS, u.SysNS
+	res.CPUNS = u.UserNS + u.SysNS
+	res.CPUPerRT = float64(res.CPUNS) / 1e3 / rts
+	clientNS := tvNS(ru1.Utime) - tvNS(ru0.Utime) + tvNS(ru1.Stime) - tvNS(ru0.Stime)
+	res.ClientCPU = float64(clientNS) / 1e3 / rts
+	res.MaxRSSKB = u.MaxRSSKB
+	res.Stats = u.Stats
+
+	lg.close()
+	loadClosed = true
+	res.LifeRoundTrips = lg.total()
+	ch.stop()
+	stopped = true
+	if straced {
+		s, err := parseStraceFile(straceOut)
+		if err != nil {
+			res.Error = "strace: " + err.Error()
+			return res
+		}
+		res.Strace = s
+	} else {
+		res.LifeRoundTrips = 0
+	}
+	return res
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// ---- strace -c ----
+
+// straceSummary is strace -c's table: calls per system call over the
+// traced process' life.
+type straceSummary struct {
+	Total uint64            `json:"total"`
+	Calls map[string]uint64 `json:"calls"`
+}
+
+func parseStraceFile(path string) (*straceSummary, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return parseStrace(string(b))
+}
+
+// parseStrace reads the summary strace -c writes:
+//
+//	% time     seconds  usecs/call     calls    errors syscall
+//	------ ----------- ----------- --------- --------- ----------------
+//	 75.39    0.000821         821         1           execve
+//	...
+//	100.00    0.001089          43        25         1 total
+func parseStrace(text string) (*straceSummary, error) {
+	s := &straceSummary{Calls: map[string]uint64{}}
+	found := false
+	for _, line := range strings.Split(text, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 || len(f) > 6 {
+			continue
+		}
+		if _, err := strconv.ParseFloat(f[0], 64); err != nil {
+			continue // header or rule
+		}
+		calls, err := strconv.ParseUint(f[3], 10, 64)
+		if err != nil {
+			continue
+		}
+		name := f[len(f)-1]
+		if name == "total" {
+			s.Total, found = calls, true
+			continue
+		}
+		s.Calls[name] += calls
+	}
+	if !found {
+		return nil, fmt.Errorf("no summary in strace output %q", strings.TrimSpace(text))
+	}
+	return s, nil
+}
+
+// ---- CPU lists ----
+
+func formatCPUs(cpus []int) string {
+	s := make([]string, len(cpus))
+	for i, c := range cpus {
+		s[i] = strconv.Itoa(c)
+	}
+	return strings.Join(s, ",")
+}
+
+func parseCPUs(s string) []int {
+	var cpus []int
+	for _, f := range strings.Split(s, ",") {
+		if c, err := strconv.Atoi(strings.TrimSpace(f)); err == nil && c >= 0 {
+			cpus = append(cpus, c)
+		}
+	}
+	return cpus
+}

@@ -1,0 +1,234 @@
+// Command bench measures plugloop's echo server on every available backend
+// against gnet's echo server and a goroutine-per-connection net server:
+// 64-byte ping-pong over loopback, each server alone in a child process
+// pinned to one CPU, the load generator on the others.
+//
+//	go run ./bench                       # all servers, about 25 s
+//	go run ./bench -servers epoll,gnet -conns 1000 -duration 5s
+//	go run ./bench -json > result.json
+//	go run ./bench -strace               # adds a traced run per server
+//
+// The figure to compare is server CPU per round trip (getrusage deltas of
+// the server child over the measured window): the load generator limits
+// round trips per second, so throughput alone hides the difference.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"runtime"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// config is what the flags select.
+type config struct {
+	servers    []serverInfo
+	skipped    []serverInfo // known but unable to run here
+	conns      int
+	size       int
+	warmup     time.Duration
+	duration   time.Duration
+	repeats    int
+	json       bool
+	strace     bool
+	stracePath string
+	serverCPUs []int // nil: not pinned
+	clientCPUs []int
+	clientProc int // the load generator's GOMAXPROCS
+	pinNote    string
+}
+
+func main() {
+	if name := os.Getenv(childEnv); name != "" {
+		runChild(name) // a server child; never returns
+	}
+	cfg := &config{}
+	servers := flag.String("servers", "", "comma-separated servers to run (default: all); plugloop backends may be named without the plugloop/ prefix")
+	flag.IntVar(&cfg.conns, "conns", 50, "concurrent connections, one message in flight on each")
+	flag.IntVar(&cfg.size, "size", 64, "payload bytes per message")
+	flag.DurationVar(&cfg.duration, "duration", 2*time.Second, "measured time per server and repeat")
+	flag.DurationVar(&cfg.warmup, "warmup", 500*time.Millisecond, "load before measuring, per server and repeat")
+	flag.IntVar(&cfg.repeats, "repeats", 2, "runs per server, interleaved (A B C A B C); medians are reported")
+	flag.BoolVar(&cfg.json, "json", false, "print machine-readable JSON instead of the table")
+	flag.BoolVar(&cfg.strace, "strace", false, "add one run per server under strace -c -f and report its syscalls per round trip (that run's CPU figures are not comparable)")
+	pin := flag.Bool("pin", true, "pin the server to one CPU and the load generator to the others (needs >= 2 CPUs)")
+	list := flag.Bool("list", false, "list the servers and exit")
+	flag.Usage = func() {
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: bench [flags]\n\n"+
+			"Echo ping-pong over loopback against each plugloop backend, gnet and Go's net.\n\n")
+		flag.PrintDefaults()
+	}
+	flag.Parse()
+	if flag.NArg() > 0 || cfg.conns < 1 || cfg.size < 1 || cfg.repeats < 1 || cfg.duration <= 0 || cfg.warmup < 0 {
+		flag.Usage()
+		os.Exit(2)
+	}
+	if *list {
+		for _, s := range knownServers() {
+			if s.Skip != "" {
+				fmt.Printf("%-18s (skipped: %s)\n", s.Name, s.Skip)
+			} else {
+				fmt.Println(s.Name)
+			}
+		}
+		return
+	}
+	if err := selectServers(cfg, *servers); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
+	}
+	setupPinning(cfg, *pin)
+	if cfg.strace {
+		path, err := exec.LookPath("strace")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench: -strace: strace is not installed (Debian: apt-get install strace); running without it")
+			cfg.strace = false
+		}
+		cfg.stracePath = path
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-ctx.Done()
+		stop() // a second Ctrl-C kills the bench at once
+	}()
+	rep := run(ctx, cfg)
+	if cfg.json {
+		printJSON(os.Stdout, rep)
+	} else {
+		printTable(os.Stdout, rep)
+	}
+	if ctx.Err() != nil {
+		fmt.Fprintln(os.Stderr, "bench: interrupted")
+		os.Exit(130)
+	}
+}
+
+// selectServers resolves the -servers list against knownServers. A known
+// server that cannot run here is kept, when asked for by name, to show its
+// reason as an error row; by default it is only noted.
+func selectServers(cfg *config, list string) error {
+	known := knownServers()
+	if strings.TrimSpace(list) == "" {
+		for _, s := range known {
+			if s.Skip == "" {
+				cfg.servers = append(cfg.servers, s)
+			} else {
+				cfg.skipped = append(cfg.skipped, s)
+			}
+		}
+		return nil
+	}
+	var names []string
+	for _, s := range known {
+		names = append(names, s.Name)
+	}
+	for _, w := range strings.Split(list, ",") {
+		w = strings.TrimSpace(w)
+		if w == "" {
+			continue
+		}
+		i := slices.IndexFunc(known, func(s serverInfo) bool { return s.Name == w })
+		if i < 0 {
+			i = slices.IndexFunc(known, func(s serverInfo) bool { return s.Name == plugloopPrefix+w })
+		}
+		if i < 0 {
+			return fmt.Errorf("unknown server %q (known: %s)", w, strings.Join(names, ", "))
+		}
+		if !slices.ContainsFunc(cfg.servers, func(s serverInfo) bool { return s.Name == known[i].Name }) {
+			cfg.servers = append(cfg.servers, known[i])
+		}
+	}
+	if len(cfg.servers) == 0 {
+		return fmt.Errorf("-servers names no server")
+	}
+	return nil
+}
+
+// setupPinning gives the server children the first CPU this process may
+// use and pins the load generator (this process) to the rest.
+func setupPinning(cfg *config, pin bool) {
+	cpus, err := affinity()
+	switch {
+	case !pin:
+		cfg.pinNote = "not pinned (-pin=false)"
+	case err != nil:
+		cfg.pinNote = "not pinned: " + err.Error()
+	case len(cpus) < 2:
+		cfg.pinNote = fmt.Sprintf("not pinned: only %d CPU available", len(cpus))
+	default:
+		if err := pinProcess(cpus[1:]); err != nil {
+			cfg.pinNote = "not pinned: " + err.Error()
+			break
+		}
+		cfg.serverCPUs, cfg.clientCPUs = cpus[:1], cpus[1:]
+		runtime.GOMAXPROCS(len(cfg.clientCPUs))
+		cfg.pinNote = fmt.Sprintf("server on CPU %s, load generator on CPU %s",
+			formatCPUs(cfg.serverCPUs), formatCPUs(cfg.clientCPUs))
+	}
+	cfg.clientProc = runtime.GOMAXPROCS(0)
+}
+
+// run measures every server, repeats interleaved, then the strace runs.
+func run(ctx context.Context, cfg *config) *report {
+	start := time.Now()
+	per := cfg.warmup + cfg.duration + 200*time.Millisecond
+	runs := len(cfg.servers) * cfg.repeats
+	if cfg.strace {
+		runs += len(cfg.servers)
+	}
+	progress("bench: %d servers × %d repeats (%v warm-up + %v each), about %v\n",
+		len(cfg.servers), cfg.repeats, cfg.warmup, cfg.duration, (time.Duration(runs) * per).Round(time.Second))
+
+	results := map[string][]runResult{}
+	for r := range cfg.repeats {
+		for _, s := range cfg.servers {
+			if ctx.Err() != nil {
+				break
+			}
+			res := runResult{Server: s.Name, Repeat: r, Error: s.Skip}
+			if s.Skip == "" {
+				res = runOne(ctx, cfg, s.Name, r, false)
+			}
+			progress("  %d/%d %-16s %s\n", r+1, cfg.repeats, s.Name, res.brief())
+			results[s.Name] = append(results[s.Name], res)
+		}
+	}
+	straced := map[string]runResult{}
+	if cfg.strace {
+		for _, s := range cfg.servers {
+			if ctx.Err() != nil || s.Skip != "" {
+				continue
+			}
+			res := runOne(ctx, cfg, s.Name, -1, true)
+			progress("  strace %-16s %s\n", s.Name, res.brief())
+			straced[s.Name] = res
+		}
+	}
+	return buildReport(cfg, results, straced, start, ctx.Err() != nil)
+}
+
+func progress(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, format, args...)
+}
+
+func (r runResult) brief() string {
+	if r.Error != "" {
+		return "error: " + r.Error
+	}
+	s := fmt.Sprintf("%9.0f rt/s  %6.2f µs CPU/rt", r.RTPerSec, r.CPUPerRT)
+	if r.Stats != nil {
+		s += fmt.Sprintf("  %.2f syscalls/rt", float64(r.Stats.Syscalls)/r.RoundTrips)
+	}
+	if r.Strace != nil && r.LifeRoundTrips > 0 {
+		s += fmt.Sprintf("  strace: %.2f syscalls/rt", float64(r.Strace.Total)/float64(r.LifeRoundTrips))
+	}
+	return s
+}

@@ -1,0 +1,76 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// pinProcess sets the CPU affinity of every thread of this process to cpus.
+// sched_setaffinity works per thread, and the Go runtime has started
+// several by the time main runs; threads created later inherit the mask of
+// the thread that creates them, so a second sweep catches any that raced
+// with the first.
+func pinProcess(cpus []int) error {
+	if len(cpus) == 0 {
+		return nil
+	}
+	var set unix.CPUSet
+	for _, c := range cpus {
+		set.Set(c)
+	}
+	for range 2 {
+		tasks, err := os.ReadDir("/proc/self/task")
+		if err != nil {
+			return unix.SchedSetaffinity(0, &set)
+		}
+		for _, t := range tasks {
+			tid, err := strconv.Atoi(t.Name())
+			if err != nil {
+				continue
+			}
+			if err := unix.SchedSetaffinity(tid, &set); err != nil && err != unix.ESRCH {
+				return fmt.Errorf("sched_setaffinity(%d): %w", tid, err)
+			}
+		}
+	}
+	return nil
+}
+
+// affinity returns the CPUs the calling thread may run on.
+func affinity() ([]int, error) {
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err != nil {
+		return nil, err
+	}
+	var cpus []int
+	for i := range 1024 {
+		if set.IsSet(i) {
+			cpus = append(cpus, i)
+		}
+	}
+	return cpus, nil
+}
+
+// maxRSSKB returns ru_maxrss, which Linux reports in KiB.
+func maxRSSKB(ru *syscall.Rusage) int64 { return ru.Maxrss }
+
+// childSysProcAttr puts a server child in its own process group (so a
+// terminal's Ctrl-C reaches only the bench, which then stops the child in
+// order) and has the kernel kill it should the bench die.
+func childSysProcAttr() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+}
+
+// kernel describes the running kernel, like uname -srm.
+func kernel() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return "linux (uname failed: " + err.Error() + ")"
+	}
+	return unix.ByteSliceToString(u.Sysname[:]) + " " + unix.ByteSliceToString(u.Release[:]) +
+		" " + unix.ByteSliceToString(u.Machine[:])
+}

@@ -1,0 +1,30 @@
+//go:build !linux
+
+package main
+
+import (
+	"errors"
+	"runtime"
+	"syscall"
+)
+
+func pinProcess(cpus []int) error {
+	if len(cpus) == 0 {
+		return nil
+	}
+	return errors.New("CPU pinning is implemented on Linux only")
+}
+
+func affinity() ([]int, error) { return nil, errors.New("not supported") }
+
+// maxRSSKB returns ru_maxrss in KiB (BSDs report KiB; macOS bytes).
+func maxRSSKB(ru *syscall.Rusage) int64 {
+	if runtime.GOOS == "darwin" {
+		return ru.Maxrss / 1024
+	}
+	return ru.Maxrss
+}
+
+func childSysProcAttr() *syscall.SysProcAttr { return &syscall.SysProcAttr{Setpgid: true} }
+
+func kernel() string { return runtime.GOOS + "/" + runtime.GOARCH }
