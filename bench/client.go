@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -52,6 +53,9 @@ func spawn(ctx context.Context, cfg *config, name, straceOut string) (*child, er
 		cmd = exec.Command(exe)
 	}
 	cmd.Env = childEnviron(name, cfg.serverCPUs)
+	if cfg.profileDir != "" && straceOut == "" {
+		cmd.Env = append(cmd.Env, childProfileEnv+"="+filepath.Join(cfg.profileDir, strings.ReplaceAll(name, "/", "-")+".pprof"))
+	}
 	cmd.SysProcAttr = childSysProcAttr()
 	cmd.WaitDelay = 2 * time.Second
 	c := &child{name: name, cmd: cmd, lines: make(chan []byte, 4), stderr: &tailBuffer{max: 4 << 10}, done: make(chan struct{})}
@@ -103,7 +107,7 @@ func childEnviron(name string, cpus []int) []string {
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
 		switch k {
-		case "GOMAXPROCS", childEnv, childCPUEnv, evlib.EnvVar:
+		case "GOMAXPROCS", childEnv, childCPUEnv, childProfileEnv, evlib.EnvVar:
 			continue
 		}
 		env = append(env, kv)
@@ -317,14 +321,24 @@ type runResult struct {
 	CPUPerRT   float64 `json:"server_cpu_us_per_rt"`
 	ClientCPU  float64 `json:"client_cpu_us_per_rt"`
 	MaxRSSKB   int64   `json:"server_peak_rss_kb"`
+	// OtherCPU is the CPU time, in % of one CPU, that processes other than
+	// the server and the bench used during the window; StealCPU is what
+	// the hypervisor took. Both are -1 where unknown.
+	OtherCPU   float64 `json:"other_cpu_pct"`
+	StealCPU   float64 `json:"steal_cpu_pct"`
 	Stats      *Stats  `json:"stats,omitempty"` // plugloop servers: core counters
 	GoMaxProcs int     `json:"server_gomaxprocs"`
 	CPUs       []int   `json:"server_cpus,omitempty"`
 	PinError   string  `json:"pin_error,omitempty"`
 	// The strace run only: every round trip of the child's life, and the
 	// summary over the same life.
-	LifeRoundTrips uint64         `json:"life_round_trips,omitempty"`
-	Strace         *straceSummary `json:"strace,omitempty"`
+	LifeRoundTrips uint64        `json:"life_round_trips,omitempty"`
+	Strace         *syscallCount `json:"strace,omitempty"`
+	// With -perf: every system call of the server over a window around the
+	// measured one, and the round trips in that window.
+	Perf           *syscallCount `json:"perf,omitempty"`
+	PerfRoundTrips float64       `json:"perf_round_trips,omitempty"`
+	PerfError      string        `json:"perf_error,omitempty"`
 }
 
 // runOne starts the server, loads it, measures, and shuts it down.
@@ -380,8 +394,27 @@ func runOne(ctx context.Context, cfg *config, name string, repeat int, straced b
 	if err := lg.Err(); err != nil {
 		return fail(err)
 	}
+	var pc *perfCounter
+	var p0 float64
+	if cfg.perfPath != "" && !straced {
+		if pc, err = startPerf(cfg.perfPath, ch.cmd.Process.Pid); err == nil {
+			pa := lg.total()
+			err = pc.command(ctx, "enable")
+			p0 = (float64(pa) + float64(lg.total())) / 2
+		}
+		if err != nil {
+			res.PerfError = err.Error()
+			if pc != nil {
+				pc.abort()
+				pc = nil
+			}
+		} else {
+			defer pc.abort()
+		}
+	}
 	var ok map[string]bool
 	var ru0, ru1 syscall.Rusage
+	sys0, sysOK := systemCPU()
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
 	c0a := lg.total()
 	if err := ch.request(ctx, "start", &ok); err != nil {
@@ -398,8 +431,23 @@ func runOne(ctx context.Context, cfg *config, name string, repeat int, straced b
 	}
 	c1b := lg.total()
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
+	sys1, sysOK1 := systemCPU()
 	if err := lg.Err(); err != nil {
 		return fail(err)
+	}
+	if pc != nil {
+		qa := lg.total()
+		err := pc.command(ctx, "disable")
+		p1 := (float64(qa) + float64(lg.total())) / 2
+		var n *syscallCount
+		if err == nil {
+			n, err = pc.finish()
+		}
+		if err != nil {
+			res.PerfError = err.Error()
+		} else {
+			res.Perf, res.PerfRoundTrips = n, p1-p0
+		}
 	}
 
 	// The child's window lies between the two samples on either side.
@@ -416,6 +464,13 @@ func runOne(ctx context.Context, cfg *config, name string, repeat int, straced b
 	clientNS := tvNS(ru1.Utime) - tvNS(ru0.Utime) + tvNS(ru1.Stime) - tvNS(ru0.Stime)
 	res.ClientCPU = float64(clientNS) / 1e3 / rts
 	res.MaxRSSKB = u.MaxRSSKB
+	res.OtherCPU, res.StealCPU = -1, -1
+	if sysOK && sysOK1 && u.WallNS > 0 {
+		wall := float64(u.WallNS)
+		other := float64(sys1.busy-sys0.busy) - float64(res.CPUNS) - float64(clientNS)
+		res.OtherCPU = max(other, 0) / wall * 100
+		res.StealCPU = float64(sys1.steal-sys0.steal) / wall * 100
+	}
 	res.Stats = u.Stats
 
 	lg.close()
@@ -449,14 +504,7 @@ func sleep(ctx context.Context, d time.Duration) error {
 
 // ---- strace -c ----
 
-// straceSummary is strace -c's table: calls per system call over the
-// traced process' life.
-type straceSummary struct {
-	Total uint64            `json:"total"`
-	Calls map[string]uint64 `json:"calls"`
-}
-
-func parseStraceFile(path string) (*straceSummary, error) {
+func parseStraceFile(path string) (*syscallCount, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
@@ -471,8 +519,8 @@ func parseStraceFile(path string) (*straceSummary, error) {
 //	 75.39    0.000821         821         1           execve
 //	...
 //	100.00    0.001089          43        25         1 total
-func parseStrace(text string) (*straceSummary, error) {
-	s := &straceSummary{Calls: map[string]uint64{}}
+func parseStrace(text string) (*syscallCount, error) {
+	s := &syscallCount{Calls: map[string]uint64{}}
 	found := false
 	for _, line := range strings.Split(text, "\n") {
 		f := strings.Fields(line)

@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -39,7 +40,9 @@ type config struct {
 	json       bool
 	strace     bool
 	stracePath string
-	serverCPUs []int // nil: not pinned
+	perfPath   string // -perf: count syscalls with perf stat
+	profileDir string // -cpuprofile: where children write CPU profiles
+	serverCPUs []int  // nil: not pinned
 	clientCPUs []int
 	clientProc int // the load generator's GOMAXPROCS
 	pinNote    string
@@ -58,6 +61,8 @@ func main() {
 	flag.IntVar(&cfg.repeats, "repeats", 2, "runs per server, interleaved (A B C A B C); medians are reported")
 	flag.BoolVar(&cfg.json, "json", false, "print machine-readable JSON instead of the table")
 	flag.BoolVar(&cfg.strace, "strace", false, "add one run per server under strace -c -f and report its syscalls per round trip (that run's CPU figures are not comparable)")
+	perf := flag.Bool("perf", false, "count every system call of each server over the measured window with perf stat (syscall tracepoints; adds a little kernel CPU per call)")
+	flag.StringVar(&cfg.profileDir, "cpuprofile", "", "write a CPU profile of each server's measured window to `dir`/SERVER.pprof (the last repeat wins; profiling costs the server a little CPU)")
 	pin := flag.Bool("pin", true, "pin the server to one CPU and the load generator to the others (needs >= 2 CPUs)")
 	list := flag.Bool("list", false, "list the servers and exit")
 	flag.Usage = func() {
@@ -92,6 +97,23 @@ func main() {
 			cfg.strace = false
 		}
 		cfg.stracePath = path
+	}
+
+	if cfg.profileDir != "" {
+		if err := os.MkdirAll(cfg.profileDir, 0o755); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(2)
+		}
+		if abs, err := filepath.Abs(cfg.profileDir); err == nil {
+			cfg.profileDir = abs
+		}
+	}
+	if *perf {
+		path, err := exec.LookPath("perf")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench: -perf: perf is not installed (Debian: apt-get install linux-perf); running without it")
+		}
+		cfg.perfPath = path
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -197,6 +219,9 @@ func run(ctx context.Context, cfg *config) *report {
 			if s.Skip == "" {
 				res = runOne(ctx, cfg, s.Name, r, false)
 			}
+			if ctx.Err() != nil {
+				break // interrupted: this run is incomplete, not failed
+			}
 			progress("  %d/%d %-16s %s\n", r+1, cfg.repeats, s.Name, res.brief())
 			results[s.Name] = append(results[s.Name], res)
 		}
@@ -208,6 +233,9 @@ func run(ctx context.Context, cfg *config) *report {
 				continue
 			}
 			res := runOne(ctx, cfg, s.Name, -1, true)
+			if ctx.Err() != nil {
+				break
+			}
 			progress("  strace %-16s %s\n", s.Name, res.brief())
 			straced[s.Name] = res
 		}
@@ -226,6 +254,15 @@ func (r runResult) brief() string {
 	s := fmt.Sprintf("%9.0f rt/s  %6.2f µs CPU/rt", r.RTPerSec, r.CPUPerRT)
 	if r.Stats != nil {
 		s += fmt.Sprintf("  %.2f syscalls/rt", float64(r.Stats.Syscalls)/r.RoundTrips)
+	}
+	if r.OtherCPU >= 0 {
+		s += fmt.Sprintf("  other processes %.0f%% CPU", r.OtherCPU)
+	}
+	if r.Perf != nil && r.PerfRoundTrips > 0 {
+		s += fmt.Sprintf("  perf: %.2f syscalls/rt", float64(r.Perf.Total)/r.PerfRoundTrips)
+	}
+	if r.PerfError != "" {
+		s += "  perf error: " + r.PerfError
 	}
 	if r.Strace != nil && r.LifeRoundTrips > 0 {
 		s += fmt.Sprintf("  strace: %.2f syscalls/rt", float64(r.Strace.Total)/float64(r.LifeRoundTrips))

@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -73,4 +75,30 @@ func kernel() string {
 	}
 	return unix.ByteSliceToString(u.Sysname[:]) + " " + unix.ByteSliceToString(u.Release[:]) +
 		" " + unix.ByteSliceToString(u.Machine[:])
+}
+
+// cpuTime is the busy and stolen time of all CPUs together, from
+// /proc/stat.
+type cpuTime struct{ busy, steal time.Duration }
+
+// systemCPU reads the machine-wide CPU time, used to tell whether other
+// processes competed with the bench. ok is false where it is unknown.
+func systemCPU() (t cpuTime, ok bool) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return t, false
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
+	if len(f) < 9 || f[0] != "cpu" {
+		return t, false
+	}
+	var v [8]int64
+	for i := range v {
+		v[i], _ = strconv.ParseInt(f[i+1], 10, 64)
+	}
+	const tick = time.Second / 100 // USER_HZ
+	t.busy = time.Duration(v[0]+v[1]+v[2]+v[5]+v[6]) * tick
+	t.steal = time.Duration(v[7]) * tick
+	return t, true
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"runtime"
 	"syscall"
+	"time"
 )
 
 func pinProcess(cpus []int) error {
@@ -28,3 +29,7 @@ func maxRSSKB(ru *syscall.Rusage) int64 {
 func childSysProcAttr() *syscall.SysProcAttr { return &syscall.SysProcAttr{Setpgid: true} }
 
 func kernel() string { return runtime.GOOS + "/" + runtime.GOARCH }
+
+type cpuTime struct{ busy, steal time.Duration }
+
+func systemCPU() (cpuTime, bool) { return cpuTime{}, false }

@@ -38,6 +38,7 @@ type conditions struct {
 	Date             string  `json:"date"`
 	ElapsedSeconds   float64 `json:"elapsed_seconds"`
 	Strace           bool    `json:"strace"`
+	Perf             bool    `json:"perf"`
 }
 
 type skipNote struct {
@@ -56,10 +57,18 @@ type serverReport struct {
 	CPUVsEpoll   float64 `json:"server_cpu_vs_epoll,omitempty"`
 	ClientCPU    float64 `json:"client_cpu_us_per_rt"`
 	PeakRSSMB    float64 `json:"server_peak_rss_mb"`
+	// OtherCPU is the most CPU (% of one CPU) other processes used during
+	// any of the runs; -1 where unknown.
+	OtherCPU float64 `json:"other_cpu_pct_max"`
 	// SyscallsPerRT counts the plugloop core's system calls (Stats); 0 for
 	// peers, whose calls only strace can count.
 	SyscallsPerRT float64    `json:"syscalls_per_rt,omitempty"`
 	PerRT         *statsRate `json:"stats_per_rt,omitempty"`
+	// With -perf: every system call of the server per round trip over
+	// the measured window (median), and by name (all runs together).
+	PerfSyscallsPerRT float64            `json:"perf_syscalls_per_rt,omitempty"`
+	PerfPerRT         map[string]float64 `json:"perf_per_rt,omitempty"`
+	PerfError         string             `json:"perf_error,omitempty"`
 	// The strace run, if any: syscalls per round trip over the child's life.
 	StraceSyscallsPerRT float64            `json:"strace_syscalls_per_rt,omitempty"`
 	StracePerRT         map[string]float64 `json:"strace_per_rt,omitempty"`
@@ -91,6 +100,7 @@ func buildReport(cfg *config, results map[string][]runResult, straced map[string
 			Date:             start.Format(time.RFC3339),
 			ElapsedSeconds:   time.Since(start).Round(100 * time.Millisecond).Seconds(),
 			Strace:           cfg.strace,
+			Perf:             cfg.perfPath != "",
 		},
 		Interrupted: interrupted,
 	}
@@ -162,6 +172,29 @@ func summarize(name string, runs []runResult) serverReport {
 	sr.CPUSpreadPct = (slices.Max(cpu) - slices.Min(cpu)) / 2 / sr.CPUPerRT * 100
 	sr.ClientCPU = median(get(func(r runResult) float64 { return r.ClientCPU }))
 	sr.PeakRSSMB = slices.Max(get(func(r runResult) float64 { return float64(r.MaxRSSKB) / 1024 }))
+	sr.OtherCPU = slices.Max(get(func(r runResult) float64 { return r.OtherCPU }))
+	var perfRates []float64
+	perfSum, perfRTs := map[string]uint64{}, 0.0
+	for _, r := range ok {
+		if r.PerfError != "" && sr.PerfError == "" {
+			sr.PerfError = r.PerfError
+		}
+		if r.Perf == nil || r.PerfRoundTrips <= 0 {
+			continue
+		}
+		perfRates = append(perfRates, float64(r.Perf.Total)/r.PerfRoundTrips)
+		for k, v := range r.Perf.Calls {
+			perfSum[k] += v
+		}
+		perfRTs += r.PerfRoundTrips
+	}
+	if len(perfRates) > 0 {
+		sr.PerfSyscallsPerRT = median(perfRates)
+		sr.PerfPerRT = map[string]float64{}
+		for k, v := range perfSum {
+			sr.PerfPerRT[k] = float64(v) / perfRTs
+		}
+	}
 	if ok[0].Stats != nil {
 		sr.SyscallsPerRT = median(get(func(r runResult) float64 {
 			if r.Stats == nil {
@@ -234,6 +267,10 @@ func printJSON(w io.Writer, r *report) {
 	}
 }
 
+// noisyPct is the CPU use of other processes, in % of one CPU, above which
+// a run is flagged as disturbed.
+const noisyPct = 10
+
 // printTable writes the human-readable report.
 func printTable(w io.Writer, r *report) {
 	c := r.Conditions
@@ -241,12 +278,17 @@ func printTable(w io.Writer, r *report) {
 		c.PayloadBytes, c.Conns, c.Repeats, c.DurationSeconds)
 
 	strace := c.Strace
-	head := []string{"server", "round trips/s", "CPU µs/rt", "±", "CPU/rt vs epoll", "syscalls/rt", "peak RSS MB"}
+	head := []string{"server", "round trips/s", "CPU µs/rt", "±", "CPU/rt vs epoll", "syscalls/rt", "peak RSS MB", "others %CPU"}
+	perf := r.Conditions.Perf
+	if perf {
+		head = append(head, "perf syscalls/rt")
+	}
 	if strace {
 		head = append(head, "strace syscalls/rt")
 	}
 	rows := [][]string{head}
 	var errs []string
+	noisy := false
 	for _, s := range r.Servers {
 		if s.RTPerSec == 0 {
 			rows = append(rows, []string{s.Name, "error"})
@@ -261,6 +303,16 @@ func printTable(w io.Writer, r *report) {
 			dash(s.CPUVsEpoll, "%.2fx"),
 			dash(s.SyscallsPerRT, "%.2f"),
 			fmt.Sprintf("%.1f", s.PeakRSSMB),
+			"?",
+		}
+		if s.OtherCPU >= 0 {
+			row[len(row)-1] = fmt.Sprintf("%.0f", s.OtherCPU)
+			if s.OtherCPU > noisyPct {
+				noisy = true
+			}
+		}
+		if perf {
+			row = append(row, dash(s.PerfSyscallsPerRT, "%.2f"))
 		}
 		if strace {
 			row = append(row, dash(s.StraceSyscallsPerRT, "%.2f"))
@@ -274,14 +326,24 @@ func printTable(w io.Writer, r *report) {
 	for _, e := range errs {
 		fmt.Fprintf(w, "  ! %s\n", e)
 	}
+	if noisy {
+		fmt.Fprintf(w, "  ! other processes used more than %d%% of a CPU during some runs: those figures are disturbed; rerun on a quiet machine\n", noisyPct)
+	}
 
 	fmt.Fprintf(w, "\nCPU µs/rt: the server child's user+sys CPU time (getrusage) over the measured window per round trip; ± is half the\n"+
-		"min–max range over the repeats. syscalls/rt: the plugloop core's own count (core.Context.Stats); - = not counted")
-	if strace {
-		fmt.Fprintf(w, ";\nstrace syscalls/rt: every system call of the server process (strace -c -f) over its life, per round trip.\n")
-	} else {
-		fmt.Fprintf(w, "\n(run with -strace to count every server's system calls).\n")
+		"min–max range over the repeats; others %%CPU: the most CPU any other process used during a run (/proc/stat), %% of one CPU.\n"+
+		"syscalls/rt: the plugloop core's own count (core.Context.Stats); - = not counted")
+	if perf {
+		fmt.Fprintf(w, ";\nperf syscalls/rt: every system call of the server process over the measured window (perf stat, syscall tracepoints)")
 	}
+	if strace {
+		fmt.Fprintf(w, ";\nstrace syscalls/rt: every system call of the server process (strace -c -f) over its life, per round trip,\n"+
+			"in a separate traced run; tracing slows the server so much that it batches far more per wait than untraced")
+	}
+	if !perf && !strace {
+		fmt.Fprintf(w, "\n(-perf or -strace count every server's system calls)")
+	}
+	fmt.Fprintln(w, ".")
 
 	var per []string
 	for _, s := range r.Servers {
@@ -292,6 +354,17 @@ func printTable(w io.Writer, r *report) {
 	}
 	if len(per) > 0 {
 		fmt.Fprintf(w, "\nplugloop core counters per round trip (Stats):\n%s\n", strings.Join(per, "\n"))
+	}
+	if perf {
+		fmt.Fprintf(w, "\nall system calls per round trip (perf):\n")
+		for _, s := range r.Servers {
+			switch {
+			case s.PerfPerRT != nil:
+				fmt.Fprintf(w, "  %-16s %s\n", s.Name, topCalls(s.PerfPerRT, 7))
+			case s.PerfError != "":
+				fmt.Fprintf(w, "  %-16s perf error: %s\n", s.Name, s.PerfError)
+			}
+		}
 	}
 	if strace {
 		fmt.Fprintf(w, "\nstrace runs (one per server, traced: CPU and rate NOT comparable with the table):\n")

@@ -19,6 +19,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -35,6 +36,9 @@ const (
 	childEnv = "PLUGLOOP_BENCH_SERVER"
 	// childCPUEnv lists the CPUs (comma separated) the child pins itself to.
 	childCPUEnv = "PLUGLOOP_BENCH_CPUS"
+	// childProfileEnv, if set, is where the child writes a CPU profile of
+	// the measured window.
+	childProfileEnv = "PLUGLOOP_BENCH_CPUPROFILE"
 
 	plugloopPrefix = "plugloop/"
 	gnetName       = "gnet"
@@ -157,6 +161,7 @@ func runChild(name string) {
 	for sc.Scan() {
 		switch strings.TrimSpace(sc.Text()) {
 		case "start":
+			startProfile()
 			if stats != nil {
 				s0 = stats()
 			}
@@ -166,6 +171,7 @@ func runChild(name string) {
 		case "stop":
 			var ru syscall.Rusage
 			syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+			pprof.StopCPUProfile()
 			wall := time.Since(t0)
 			u := usage{
 				WallNS:   int64(wall),
@@ -185,6 +191,23 @@ func runChild(name string) {
 		}
 	}
 	os.Exit(0) // the parent went away
+}
+
+// startProfile starts the CPU profile childProfileEnv asks for.
+func startProfile() {
+	path := os.Getenv(childProfileEnv)
+	if path == "" {
+		return
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "cpuprofile:", err)
+		return
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		fmt.Fprintln(os.Stderr, "cpuprofile:", err)
+	}
+	// The profile is flushed by StopCPUProfile; f stays open until exit.
 }
 
 func tvNS(tv syscall.Timeval) int64 { return tv.Sec*1e9 + int64(tv.Usec)*1e3 }

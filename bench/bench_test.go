@@ -1,0 +1,236 @@
+package main
+
+import (
+	"context"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/plugloop/plugloop/core"
+	"github.com/plugloop/plugloop/internal/echo"
+)
+
+// TestMain lets the test binary serve as a server child too, as the bench
+// binary does.
+func TestMain(m *testing.M) {
+	if name := os.Getenv(childEnv); name != "" {
+		runChild(name)
+	}
+	os.Exit(m.Run())
+}
+
+// TestRunOne drives the whole parent/child path briefly: a plugloop server
+// and a peer, each in a child process, with stats coming back.
+func TestRunOne(t *testing.T) {
+	cfg := &config{conns: 4, size: 64, warmup: 50 * time.Millisecond, duration: 200 * time.Millisecond}
+	for _, name := range []string{plugloopPrefix + "epoll", netName} {
+		t.Run(strings.ReplaceAll(name, "/", "-"), func(t *testing.T) {
+			r := runOne(context.Background(), cfg, name, 0, false)
+			if r.Error != "" {
+				t.Fatal(r.Error)
+			}
+			if r.RoundTrips < 10 || r.CPUNS <= 0 || r.MaxRSSKB <= 0 || r.GoMaxProcs != 1 {
+				t.Fatalf("implausible result %+v", r)
+			}
+			if isPlugloop := strings.HasPrefix(name, plugloopPrefix); isPlugloop != (r.Stats != nil) {
+				t.Fatalf("stats %+v for %s", r.Stats, name)
+			}
+			if r.Stats != nil && (r.Stats.Reads == 0 || r.Stats.Writes == 0) {
+				t.Fatalf("no reads or writes counted: %+v", r.Stats)
+			}
+		})
+	}
+}
+
+func TestRunOneFailingServer(t *testing.T) {
+	cfg := &config{conns: 1, size: 64, warmup: 10 * time.Millisecond, duration: 10 * time.Millisecond}
+	r := runOne(context.Background(), cfg, "no-such-server", 0, false)
+	if !strings.Contains(r.Error, "unknown server") {
+		t.Fatalf("error %q, want one naming the unknown server", r.Error)
+	}
+}
+
+func TestParseStrace(t *testing.T) {
+	s, err := parseStrace(`% time     seconds  usecs/call     calls    errors syscall
+------ ----------- ----------- --------- --------- ----------------
+ 60.00    0.600000           3    200000           write
+ 30.00    0.300000           1    200000     10000 read
+ 10.00    0.100000           1     50000           epoll_pwait
+------ ----------- ----------- --------- --------- ----------------
+100.00    1.000000           2    450000     10000 total
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Total != 450000 || s.Calls["read"] != 200000 || s.Calls["epoll_pwait"] != 50000 {
+		t.Fatalf("parsed %+v", s)
+	}
+	if _, err := parseStrace("strace: exec: No such file or directory\n"); err == nil {
+		t.Fatal("no error for output without a summary")
+	}
+}
+
+func TestParsePerf(t *testing.T) {
+	s, err := parsePerf(`# started on Sun Nov 22 07:05:01 2026
+
+450100,,raw_syscalls:sys_enter,2000000000,100.00,,
+200000,,syscalls:sys_enter_read,2000000000,100.00,,
+200000,,syscalls:sys_enter_write,2000000000,100.00,,
+0,,syscalls:sys_enter_futex,2000000000,100.00,,
+<not supported>,,syscalls:sys_enter_epoll_pwait2,0,100.00,,
+50000,,syscalls:sys_enter_epoll_pwait,2000000000,100.00,,
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Total != 450100 || s.Calls["read"] != 200000 || s.Calls["other"] != 100 || s.Calls["futex"] != 0 {
+		t.Fatalf("parsed %+v", s)
+	}
+}
+
+func TestThousands(t *testing.T) {
+	for in, want := range map[float64]string{0: "0", 999: "999", 1000: "1,000", 95123.4: "95,123", 1234567: "1,234,567"} {
+		if got := thousands(in); got != want {
+			t.Errorf("thousands(%v) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// ---- micro benchmarks (go test -bench . ./bench) ----
+
+// inLoop runs f on a plugloop service thread, where callbacks run, so it
+// measures what a callback pays.
+func inLoop(b *testing.B, f func(t *core.Thread)) {
+	b.Helper()
+	ctx, err := core.New(core.Info{EventLib: "epoll", Protocols: []core.Protocol{echo.Protocol("echo")}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	runDone := make(chan error, 1)
+	go func() { runDone <- ctx.Run(context.Background()) }()
+	done := make(chan struct{})
+	t := ctx.Thread(0)
+	if err := t.Post(func() { f(t); close(done) }); err != nil {
+		b.Fatal(err)
+	}
+	<-done
+	ctx.Destroy()
+	<-ctx.Done()
+	if err := <-runDone; err != nil {
+		b.Fatal(err)
+	}
+}
+
+// BenchmarkTimer measures the timer heap through the exported API, from a
+// callback: schedule and cancel a new timer, and re-arm an existing one,
+// with none and with 100,000 other timers pending.
+func BenchmarkTimer(b *testing.B) {
+	nop := func() {}
+	for _, pending := range []int{0, 100_000} {
+		b.Run("AfterFunc+Stop/pending="+strconv.Itoa(pending), func(b *testing.B) {
+			inLoop(b, func(t *core.Thread) {
+				keep := schedule(b, t, pending)
+				b.ReportAllocs()
+				b.ResetTimer()
+				for i := range b.N {
+					tm, err := t.AfterFunc(time.Duration(i%1000)*time.Millisecond+time.Hour, nop)
+					if err != nil {
+						b.Fatal(err)
+					}
+					tm.Stop()
+				}
+				b.StopTimer()
+				stopAll(keep)
+			})
+		})
+		b.Run("Reset/pending="+strconv.Itoa(pending), func(b *testing.B) {
+			inLoop(b, func(t *core.Thread) {
+				keep := schedule(b, t, pending)
+				tm, err := t.AfterFunc(time.Hour, nop)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.ReportAllocs()
+				b.ResetTimer()
+				for i := range b.N {
+					tm.Reset(time.Duration(i%1000)*time.Millisecond + time.Hour)
+				}
+				b.StopTimer()
+				tm.Stop()
+				stopAll(keep)
+			})
+		})
+	}
+}
+
+func schedule(b *testing.B, t *core.Thread, n int) []*core.Timer {
+	keep := make([]*core.Timer, n)
+	for i := range keep {
+		tm, err := t.AfterFunc(time.Hour+time.Duration(i)*time.Microsecond, func() {})
+		if err != nil {
+			b.Fatal(err)
+		}
+		keep[i] = tm
+	}
+	return keep
+}
+
+func stopAll(ts []*core.Timer) {
+	for _, tm := range ts {
+		tm.Stop()
+	}
+}
+
+// BenchmarkEchoRoundTrip is one 64-byte ping-pong through internal/echo on
+// a plugloop context, per backend, with client and server in this process
+// (so ns/op includes the client's side). syscalls/op is the core's count.
+func BenchmarkEchoRoundTrip(b *testing.B) {
+	for _, s := range knownServers() {
+		if s.Backend == "" || s.Skip != "" {
+			continue
+		}
+		b.Run(s.Backend, func(b *testing.B) {
+			ctx, err := core.New(core.Info{EventLib: s.Backend, Protocols: []core.Protocol{echo.Protocol("echo")}})
+			if err != nil {
+				b.Fatal(err)
+			}
+			ln, err := ctx.Listen("tcp", "127.0.0.1:0", "")
+			if err != nil {
+				b.Fatal(err)
+			}
+			runDone := make(chan error, 1)
+			go func() { runDone <- ctx.Run(context.Background()) }()
+			defer func() {
+				ctx.Destroy()
+				<-ctx.Done()
+				<-runDone
+			}()
+			c, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			out, in := make([]byte, 64), make([]byte, 64)
+			roundTrip := func() {
+				if _, err := c.Write(out); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := io.ReadFull(c, in); err != nil {
+					b.Fatal(err)
+				}
+			}
+			roundTrip() // accepted and warm
+			s0 := ctx.Stats()
+			b.ResetTimer()
+			for range b.N {
+				roundTrip()
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(ctx.Stats().Syscalls()-s0.Syscalls())/float64(b.N), "syscalls/op")
+		})
+	}
+}
