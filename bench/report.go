@@ -78,8 +78,16 @@ type serverReport struct {
 
 // statsRate is core.Stats divided by round trips.
 type statsRate struct {
-	Waits, InterestChanges, Wakes, Reads, Writes, Accepts, Closes,
-	Dispatches, ForcedServices, TimersFired float64
+	Waits           float64 `json:"waits"`
+	InterestChanges float64 `json:"interest_changes"`
+	Wakes           float64 `json:"wakes"`
+	Reads           float64 `json:"reads"`
+	Writes          float64 `json:"writes"`
+	Accepts         float64 `json:"accepts"`
+	Closes          float64 `json:"closes"`
+	Dispatches      float64 `json:"dispatches"`
+	ForcedServices  float64 `json:"forced_services"`
+	TimersFired     float64 `json:"timers_fired"`
 }
 
 func buildReport(cfg *config, results map[string][]runResult, straced map[string]runResult, start time.Time, interrupted bool) *report {
@@ -345,6 +353,16 @@ func printTable(w io.Writer, r *report) {
 	}
 	fmt.Fprintln(w, ".")
 
+	var client []float64
+	for _, s := range r.Servers {
+		if s.RTPerSec > 0 {
+			client = append(client, s.ClientCPU)
+		}
+	}
+	if len(client) > 0 {
+		fmt.Fprintf(w, "The load generator used %.1f µs CPU per round trip (median): it, not the server, usually limits round trips/s.\n", median(client))
+	}
+
 	var per []string
 	for _, s := range r.Servers {
 		if p := s.PerRT; p != nil && s.RTPerSec > 0 {
@@ -353,7 +371,7 @@ func printTable(w io.Writer, r *report) {
 		}
 	}
 	if len(per) > 0 {
-		fmt.Fprintf(w, "\nplugloop core counters per round trip (Stats):\n%s\n", strings.Join(per, "\n"))
+		fmt.Fprintf(w, "\nplugloop core counters per round trip (Stats; waits/rt is 1 / round trips per wait, so it falls as the server saturates):\n%s\n", strings.Join(per, "\n"))
 	}
 	if perf {
 		fmt.Fprintf(w, "\nall system calls per round trip (perf):\n")
@@ -387,7 +405,7 @@ func printTable(w io.Writer, r *report) {
 		{"GOMAXPROCS", fmt.Sprintf("%d in every server child (plugloop; gnet with one event loop, multicore off; net too, for fairness); load generator %d", c.ServerGoMaxProcs, c.ClientGoMaxProcs)},
 		{"pinning", fmt.Sprintf("%s (%d CPUs)", c.Pinning, c.CPUs)},
 		{"load", fmt.Sprintf("%d connections, %d B payload, one message in flight per connection (closed loop)", c.Conns, c.PayloadBytes)},
-		{"timing", fmt.Sprintf("%gs warm-up + %gs measured per run, %d repeats interleaved, medians; %gs in all", c.WarmupSeconds, c.DurationSeconds, c.Repeats, c.ElapsedSeconds)},
+		{"timing", fmt.Sprintf("%gs warm-up + %gs measured per run; repeats: %d, interleaved; medians; %gs in all", c.WarmupSeconds, c.DurationSeconds, c.Repeats, c.ElapsedSeconds)},
 		{"servers", "plugloop/* = internal/echo (lws style: RAW_RX buffers, CallbackOnWritable, one Write per RAW_WRITEABLE);\n" +
 			"             gnet = gnet.Run, OnTraffic writes back Next(-1); net = goroutine per connection, 32 KiB buffer"},
 		{"kernel", c.Kernel},
