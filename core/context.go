@@ -166,13 +166,19 @@ func New(info Info) (*Context, error) {
 	c.threads = []*Thread{t}
 	c.live.Store(int32(len(c.threads)))
 	c.log.Debug("plugloop: context created", "evlib", d.Name, "fdlimit", c.fdLimit)
+	// The thread is not serviced yet, so the creating goroutine owns it.
+	t.mode.Store(modeBusy)
+	t.setOwner()
 	for _, p := range c.protocols {
-		// The thread is not serviced yet, so the creating goroutine owns it.
-		t.mode.Store(modeBusy)
-		t.setOwner()
 		_ = t.callback(Event{Reason: ReasonProtocolInit, Protocol: p})
-		t.release(true)
 	}
+	if t.wfd.R >= 0 {
+		// newThread registered the wake fd; announce it only now.
+		t.pollCallback(ReasonLockPoll, nil, t.wfd.R, 0, 0, 1)
+		t.pollCallback(ReasonAddPollFD, nil, t.wfd.R, evlib.Readable, 0, 0)
+		t.pollCallback(ReasonUnlockPoll, nil, t.wfd.R, 0, 0, 1)
+	}
+	t.release(true)
 	return c, nil
 }
 

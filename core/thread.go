@@ -94,11 +94,9 @@ func newThread(c *Context, index int, foreign any) (*Thread, error) {
 		be.Close()
 		return nil, fmt.Errorf("plugloop: wake fd: %w", err)
 	}
-	t.mode.Store(modeBusy)
-	t.setOwner()
-	err = t.watch(t.wfd.R, nil, evlib.KindWake, evlib.Readable)
-	t.mode.Store(modeIdle)
-	if err != nil {
+	// Registered without the poll-fd callbacks: New announces the wake fd
+	// once PROTOCOL_INIT was delivered, so that comes before anything else.
+	if err = be.Add(t.wfd.R, evlib.KindWake, evlib.Readable); err != nil {
 		t.wfd.Close()
 		be.Close()
 		return nil, fmt.Errorf("plugloop: watching wake fd: %w", err)
