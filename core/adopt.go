@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"syscall"
 
 	"github.com/plugloop/plugloop/evlib"
@@ -40,12 +39,6 @@ func (l *Listener) Close() error {
 		return ErrClosed
 	}
 	t.closeConn(l.c, nil)
-	if l.resume != nil {
-		t.timers.remove(l.resume)
-	}
-	if l.unixPath != "" {
-		os.Remove(l.unixPath)
-	}
 	return nil
 }
 

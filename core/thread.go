@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -785,7 +786,14 @@ func (t *Thread) closeConn(c *Conn, why error) {
 	t.count--
 	t.fdClose = append(t.fdClose, c.fd)
 	c.rxbuf, c.out = nil, nil
-	if c.listener != nil {
+	if l := c.listener; l != nil {
+		// Here, not in Listener.Close, so that Destroy does it too.
+		if l.resume != nil {
+			t.timers.remove(l.resume)
+		}
+		if l.unixPath != "" {
+			os.Remove(l.unixPath)
+		}
 		return
 	}
 	if c.prev != nil {
