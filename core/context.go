@@ -278,6 +278,11 @@ func (c *Context) Run(cctx context.Context) error {
 // context, it completes before returning. Otherwise — including when called
 // from inside a callback — the goroutine servicing each thread completes it
 // once its current callback returns; Done reports completion and Run returns.
+// From the call on, the context does no more I/O and delivers no callback
+// but RAW_CLOSE, the poll-fd reasons and PROTOCOL_DESTROY: the rest of the
+// ready batch, pending WRITEABLEs, timers and posted functions are dropped,
+// and adopting or listening returns ErrDestroyed. Loop-only calls on open
+// connections still work inside the callback that called Destroy.
 func (c *Context) Destroy() error {
 	c.destroyReq.Store(true)
 	for _, t := range c.threads {

@@ -290,6 +290,11 @@ func (t *Thread) ServiceAdjustTimeout(max time.Duration) time.Duration {
 
 func (t *Thread) clock() int64 { return int64(time.Since(t.epoch)) }
 
+// dying reports that Destroy was called: from then on the thread does no
+// more I/O and delivers nothing but RAW_CLOSE, the poll-fd reasons and
+// PROTOCOL_DESTROY, until the servicing goroutine tears it down.
+func (t *Thread) dying() bool { return t.ctx.destroyReq.Load() }
+
 func (t *Thread) forcedPending() bool {
 	return len(t.writable) > 0 || len(t.rxReady) > 0 || len(t.closeReq) > 0
 }
@@ -339,15 +344,20 @@ func (t *Thread) afterWake() {
 	t.posted = t.postSpare[:0]
 	t.postMu.Unlock()
 	for i, f := range fns {
-		t.depth++
-		f()
-		t.depth--
+		if !t.dying() {
+			t.depth++
+			f()
+			t.depth--
+		}
 		fns[i] = nil
 	}
 	t.postSpare = fns[:0]
 	t.endCallback()
 	if t.cancelReq.Swap(false) {
 		for _, p := range t.ctx.protocols {
+			if t.dying() {
+				break
+			}
 			_ = t.callback(Event{Reason: ReasonEventWaitCancelled, Protocol: p})
 		}
 	}
@@ -357,7 +367,7 @@ func (t *Thread) afterWake() {
 // connections that may receive, and WRITEABLE to connections that asked for
 // it and are not known to be blocked.
 func (t *Thread) forced() {
-	if len(t.rxReady) == 0 && len(t.writable) == 0 {
+	if len(t.rxReady) == 0 && len(t.writable) == 0 || t.dying() {
 		return
 	}
 	t.ctr.ForcedServices.Add(1)
@@ -367,7 +377,7 @@ func (t *Thread) forced() {
 		for i, c := range list {
 			list[i] = nil
 			c.inRxList = false
-			if c.state == stateOpen && !c.rxPaused {
+			if c.state == stateOpen && !c.rxPaused && !t.dying() {
 				t.deliverBuffered(c)
 			}
 		}
@@ -379,7 +389,7 @@ func (t *Thread) forced() {
 		for i, c := range list {
 			list[i] = nil
 			c.inWritableList = false
-			if c.state == stateOpen && c.wantWritable && !c.writeBlocked {
+			if c.state == stateOpen && c.wantWritable && !c.writeBlocked && !t.dying() {
 				t.deliverWriteable(c)
 			}
 		}
@@ -388,7 +398,7 @@ func (t *Thread) forced() {
 }
 
 func (t *Thread) runTimers() {
-	for {
+	for !t.dying() {
 		tm := t.timers.pop(t.now)
 		if tm == nil {
 			return
@@ -419,6 +429,9 @@ func (t *Thread) finishStep() {
 // Ready implements evlib.Sink: the backend reports fd ready for ev.
 func (t *Thread) Ready(fd int, ev evlib.Events) {
 	t.mode.Store(modeBusy)
+	if t.dying() {
+		return // the rest of the batch is for connections about to close
+	}
 	var c *Conn
 	if fd >= 0 && fd < len(t.conns) {
 		c = t.conns[fd]
@@ -462,7 +475,7 @@ func wouldBlock(err error) bool {
 }
 
 func (t *Thread) onReadable(c *Conn, ev evlib.Events) {
-	if c.state != stateOpen || c.hup {
+	if c.state != stateOpen || c.hup || t.dying() {
 		return
 	}
 	if c.rxPaused {
@@ -476,7 +489,7 @@ func (t *Thread) onReadable(c *Conn, ev evlib.Events) {
 	}
 	if len(c.rxbuf) > 0 {
 		t.deliverBuffered(c)
-		if c.state != stateOpen || c.rxPaused {
+		if c.state != stateOpen || c.rxPaused || t.dying() {
 			return
 		}
 	}
@@ -536,7 +549,7 @@ func (t *Thread) hangup(c *Conn, why error) {
 func (t *Thread) deliver(c *Conn, p []byte) {
 	chunk := c.proto.RxChunk
 	for len(p) > 0 {
-		if c.state != stateOpen || c.closeReq {
+		if c.state != stateOpen || c.closeReq || t.dying() {
 			return
 		}
 		if c.rxPaused {
@@ -557,7 +570,7 @@ func (t *Thread) deliver(c *Conn, p []byte) {
 
 func (t *Thread) deliverBuffered(c *Conn) {
 	chunk := c.proto.RxChunk
-	for len(c.rxbuf) > 0 && c.state == stateOpen && !c.rxPaused && !c.closeReq {
+	for len(c.rxbuf) > 0 && c.state == stateOpen && !c.rxPaused && !c.closeReq && !t.dying() {
 		q := c.rxbuf
 		if chunk > 0 && len(q) > chunk {
 			q = q[:chunk]
@@ -568,7 +581,7 @@ func (t *Thread) deliverBuffered(c *Conn) {
 			return
 		}
 	}
-	if len(c.rxbuf) == 0 {
+	if len(c.rxbuf) == 0 && !t.dying() {
 		c.rxbuf = nil
 		if c.hup && c.state == stateOpen {
 			t.closeConn(c, c.hupErr)
@@ -711,6 +724,9 @@ func (t *Thread) adopt(fd int, kind evlib.Kind, p *Protocol, l *Listener) (*Conn
 	if fd < len(t.conns) && t.conns[fd] != nil {
 		return nil, fmt.Errorf("%w: fd %d is already adopted", ErrBadFD, fd)
 	}
+	if t.dying() {
+		return nil, ErrDestroyed
+	}
 	if t.count >= t.ctx.fdLimit {
 		return nil, ErrFDLimit
 	}
@@ -837,7 +853,7 @@ func (t *Thread) accept(lc *Conn) {
 				return
 			}
 		}
-		if lc.state != stateOpen {
+		if lc.state != stateOpen || t.dying() {
 			return
 		}
 	}
