@@ -1,0 +1,637 @@
+package conformance
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/plugloop/plugloop/evlib"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+)
+
+// report is one Sink.Ready call.
+type report struct {
+	fd int
+	ev evlib.Events
+}
+
+// sink records what a backend reports. hook, if set, runs inside Ready,
+// where the core would run its handling.
+type sink struct {
+	mu   sync.Mutex
+	got  []report
+	hook func(fd int, ev evlib.Events)
+}
+
+func (s *sink) Ready(fd int, ev evlib.Events) {
+	s.mu.Lock()
+	s.got = append(s.got, report{fd, ev})
+	hook := s.hook
+	s.mu.Unlock()
+	if hook != nil {
+		hook(fd, ev)
+	}
+}
+
+func (s *sink) take() []report {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := s.got
+	s.got = nil
+	return r
+}
+
+// beHarness is a backend instance driven directly by a test.
+type beHarness struct {
+	t    *testing.T
+	be   evlib.Backend
+	sink *sink
+	ctr  *evlib.Counters
+	app  bool // app-driven: Poll never waits
+}
+
+func (s *suite) newBackend(t *testing.T) *beHarness {
+	t.Helper()
+	b := &beHarness{t: t, sink: &sink{}, ctr: &evlib.Counters{}, app: s.desc.Caps&evlib.CapAppDriven != 0}
+	be, err := s.desc.New(evlib.Config{
+		Sink: b.sink, Counters: b.ctr, Thread: 0, MaxFDs: 1 << 16,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	require.NoError(t, err, "creating backend %q", s.name)
+	require.NotNil(t, be)
+	b.be = be
+	t.Cleanup(func() { be.Close() })
+	return b
+}
+
+// needPoll skips a test that needs Poll on an app-driven backend.
+func (b *beHarness) needPoll() {
+	b.t.Helper()
+	if b.app {
+		_, err := b.be.Poll(0)
+		require.ErrorIs(b.t, err, evlib.ErrAppDriven, "an app-driven backend's Poll must return ErrAppDriven")
+		b.t.Skip("conformance: the backend is app-driven (evlib.CapAppDriven): it never polls, the application's loop reports readiness")
+	}
+}
+
+// poll calls Poll once and returns what it reported, checking that the
+// count it returned matches and that no fd was reported twice in one call
+// (checklist 1: exactly one dispatch per ready fd and wait).
+func (b *beHarness) poll(timeout time.Duration) []report {
+	b.t.Helper()
+	b.sink.take()
+	n, err := b.be.Poll(timeout)
+	require.NoError(b.t, err, "Poll(%v)", timeout)
+	got := b.sink.take()
+	require.Equal(b.t, len(got), n, "Poll returned a count other than the number of fds it reported: %v", got)
+	seen := map[int]bool{}
+	for _, r := range got {
+		require.False(b.t, seen[r.fd], "fd %d reported twice by one Poll: %v", r.fd, got)
+		seen[r.fd] = true
+		require.NotZero(b.t, r.ev, "fd %d reported with no events", r.fd)
+	}
+	return got
+}
+
+func evFor(got []report, fd int) (evlib.Events, bool) {
+	for _, r := range got {
+		if r.fd == fd {
+			return r.ev, true
+		}
+	}
+	return 0, false
+}
+
+// pollFor polls until fd is reported with one of the events in want.
+func (b *beHarness) pollFor(fd int, want evlib.Events) evlib.Events {
+	b.t.Helper()
+	deadline := time.Now().Add(hang)
+	for time.Now().Before(deadline) {
+		if ev, ok := evFor(b.poll(100*time.Millisecond), fd); ok && ev&want != 0 {
+			return ev
+		}
+	}
+	b.t.Fatalf("conformance: fd %d never reported with %v (hang guard %v)", fd, want, hang)
+	return 0
+}
+
+// notReported polls without blocking and fails if fd is reported.
+func (b *beHarness) notReported(fd int, why string) {
+	b.t.Helper()
+	if ev, ok := evFor(b.poll(0), fd); ok {
+		b.t.Fatalf("conformance: fd %d reported %v, want nothing: %s", fd, ev, why)
+	}
+}
+
+// read reads fd the way the core would: through the backend's IO if it
+// has one, else read(2).
+func (b *beHarness) read(fd int, p []byte) (int, error) {
+	if io, ok := b.be.(evlib.IO); ok {
+		return io.Read(fd, p)
+	}
+	n, err := unix.Read(fd, p)
+	return max(n, 0), err
+}
+
+func (s *suite) backendTests() []subtest {
+	return []subtest{
+		{"Capabilities", s.testBackendCaps},
+		{"ForeignRejected", s.testBackendForeign},
+		{"AddModifyRemove", s.testBackendAddModifyRemove},
+		{"Readable", s.testBackendReadable},
+		{"InterestBits", s.testBackendInterestBits},
+		{"WritableTracksBuffer", s.testBackendWritableTracksBuffer},
+		{"HangupOnReset", s.testBackendHangupOnReset},
+		{"HangupWithoutInterest", s.testBackendHangupNoInterest},
+		{"ReadAfterFIN", s.testBackendReadAfterFIN},
+		{"PollDoesNotBlock", s.testBackendPollZero},
+		{"PollTimeout", s.testBackendPollTimeout},
+		{"PollWakesOnReadiness", s.testBackendPollWakes},
+		{"ChangesInsideReady", s.testBackendChangesInsideReady},
+		{"Waker", s.testBackendWaker},
+		{"Files", s.testBackendFiles},
+		{"Close", s.testBackendClose},
+	}
+}
+
+// Declared capabilities must match the interfaces the backend implements.
+func (s *suite) testBackendCaps(t *testing.T) {
+	b := s.newBackend(t)
+	caps := s.desc.Caps
+	_, hasIO := b.be.(evlib.IO)
+	_, hasWaker := b.be.(evlib.Waker)
+	require.Equal(t, caps&evlib.CapBufferedRx != 0, hasIO,
+		"CapBufferedRx is declared iff the backend implements evlib.IO (caps %v)", caps)
+	require.Equal(t, caps&evlib.CapOwnWaker != 0, hasWaker,
+		"CapOwnWaker is declared iff the backend implements evlib.Waker (caps %v)", caps)
+	require.False(t, caps&evlib.CapReadiness != 0 && caps&evlib.CapBufferedRx != 0,
+		"a backend is either a readiness or a buffered-rx backend, not both (caps %v)", caps)
+	require.NotZero(t, caps&(evlib.CapReadiness|evlib.CapBufferedRx|evlib.CapAppDriven),
+		"a backend declares CapReadiness, CapBufferedRx or CapAppDriven (caps %v)", caps)
+}
+
+// A foreign loop the backend cannot use is refused with
+// ErrForeignUnsupported, never ignored.
+func (s *suite) testBackendForeign(t *testing.T) {
+	type notALoop struct{ _ int }
+	be, err := s.desc.New(evlib.Config{
+		Sink: &sink{}, Counters: &evlib.Counters{}, MaxFDs: 1 << 16, Foreign: notALoop{},
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err == nil {
+		be.Close()
+	}
+	require.ErrorIs(t, err, evlib.ErrForeignUnsupported, "New with a Config.Foreign of a type no backend knows")
+}
+
+// Checklist 4: Add, Modify and Remove are idempotent in effect, and their
+// errors wrap the evlib sentinels.
+func (s *suite) testBackendAddModifyRemove(t *testing.T) {
+	b := s.newBackend(t)
+	be := b.be
+	a, peer := nonblockPair(t)
+	defer unix.Close(a)
+	defer unix.Close(peer)
+
+	require.NoError(t, be.Add(a, evlib.KindStream, evlib.Readable))
+	require.ErrorIs(t, be.Add(a, evlib.KindStream, evlib.Readable), evlib.ErrExist, "Add of a watched fd")
+	require.ErrorIs(t, be.Add(a, evlib.KindStream, evlib.Writable), evlib.ErrExist, "Add of a watched fd with another interest")
+
+	c := b.ctr.InterestChanges.Load()
+	require.NoError(t, be.Modify(a, evlib.Readable))
+	require.Equal(t, c, b.ctr.InterestChanges.Load(), "Modify to the current interest must make no system call")
+	require.NoError(t, be.Modify(a, evlib.Readable|evlib.Writable))
+	c = b.ctr.InterestChanges.Load()
+	require.NoError(t, be.Modify(a, evlib.Readable|evlib.Writable))
+	require.NoError(t, be.Modify(a, evlib.Writable|evlib.Readable))
+	require.Equal(t, c, b.ctr.InterestChanges.Load(), "Modify to the current interest must make no system call")
+	require.NoError(t, be.Modify(a, evlib.Readable))
+
+	require.NoError(t, be.Remove(a))
+	require.NoError(t, be.Remove(a), "Remove of an fd no longer watched")
+	require.NoError(t, be.Remove(peer), "Remove of an fd never watched")
+	require.NoError(t, be.Remove(-1), "Remove of a negative fd")
+	require.ErrorIs(t, be.Modify(a, evlib.Readable), evlib.ErrNotWatched, "Modify of an fd not watched")
+
+	require.ErrorIs(t, be.Add(-1, evlib.KindStream, evlib.Readable), evlib.ErrBadFD, "Add of a negative fd")
+	bad := closedFD(t)
+	require.ErrorIs(t, be.Add(bad, evlib.KindStream, evlib.Readable), evlib.ErrBadFD, "Add of a closed fd %d", bad)
+	require.ErrorIs(t, be.Modify(bad, evlib.Readable), evlib.ErrNotWatched, "Modify of a closed fd")
+
+	// Watched again after all that, the fd is registered once: one report
+	// per Poll, and none once removed.
+	require.NoError(t, be.Add(a, evlib.KindStream, evlib.Readable))
+	if b.app {
+		return
+	}
+	_, err := unix.Write(peer, []byte("x"))
+	require.NoError(t, err)
+	b.pollFor(a, evlib.Readable)
+	b.pollFor(a, evlib.Readable) // level-triggered: again, once
+	require.NoError(t, be.Remove(a))
+	b.notReported(a, "removed fd with unread data")
+}
+
+// Checklist 1: a socket with data is reported Readable, level-triggered,
+// with nothing outside its interest.
+func (s *suite) testBackendReadable(t *testing.T) {
+	b := s.newBackend(t)
+	b.needPoll()
+	a, peer := nonblockPair(t)
+	defer unix.Close(a)
+	defer unix.Close(peer)
+	require.NoError(t, b.be.Add(a, evlib.KindStream, evlib.Readable))
+	b.notReported(a, "idle socket watched for Readable only")
+
+	_, err := unix.Write(peer, []byte("ping"))
+	require.NoError(t, err)
+	ev := b.pollFor(a, evlib.Readable)
+	require.Equal(t, evlib.Readable, ev, "socket with data, interest Readable")
+	ev = b.pollFor(a, evlib.Readable)
+	require.Equal(t, evlib.Readable, ev, "unread data must be reported again (level-triggered)")
+
+	p := make([]byte, 16)
+	n, err := b.read(a, p)
+	require.NoError(t, err)
+	require.Equal(t, "ping", string(p[:n]))
+	b.notReported(a, "all data was read")
+}
+
+// Checklist 2 and 5: Readable and Writable are independent interest bits,
+// and nothing is reported outside the interest.
+func (s *suite) testBackendInterestBits(t *testing.T) {
+	b := s.newBackend(t)
+	b.needPoll()
+	be := b.be
+	a, peer := nonblockPair(t)
+	defer unix.Close(a)
+	defer unix.Close(peer)
+	require.NoError(t, be.Add(a, evlib.KindStream, evlib.Readable))
+	b.notReported(a, "writable socket without Writable interest")
+
+	require.NoError(t, be.Modify(a, evlib.Readable|evlib.Writable))
+	require.Equal(t, evlib.Writable, b.pollFor(a, evlib.Writable), "idle socket, interest R|W")
+
+	_, err := unix.Write(peer, []byte("data"))
+	require.NoError(t, err)
+	require.Equal(t, evlib.Readable|evlib.Writable, b.pollFor(a, evlib.Readable), "socket with data, interest R|W")
+
+	require.NoError(t, be.Modify(a, evlib.Writable))
+	require.Equal(t, evlib.Writable, b.pollFor(a, evlib.Writable), "socket with data, interest Writable only")
+
+	require.NoError(t, be.Modify(a, evlib.Readable))
+	require.Equal(t, evlib.Readable, b.pollFor(a, evlib.Readable), "socket with data, interest Readable only")
+
+	require.NoError(t, be.Modify(a, 0))
+	b.notReported(a, "interest 0 on a readable and writable socket")
+
+	require.NoError(t, be.Modify(a, evlib.Readable|evlib.Writable))
+	require.Equal(t, evlib.Readable|evlib.Writable, b.pollFor(a, evlib.Readable))
+	require.NoError(t, be.Remove(a))
+}
+
+// Writable follows the kernel: a full socket is not writable, a drained
+// one is again.
+func (s *suite) testBackendWritableTracksBuffer(t *testing.T) {
+	b := s.newBackend(t)
+	b.needPoll()
+	a, peer := nonblockPair(t)
+	defer unix.Close(a)
+	defer unix.Close(peer)
+	chunk := make([]byte, 64<<10)
+	for total := 0; ; {
+		n, err := unix.Write(a, chunk)
+		if errors.Is(err, unix.EAGAIN) {
+			break
+		}
+		require.NoError(t, err)
+		total += n
+		require.Less(t, total, 256<<20, "a socket pair took 256 MB without blocking")
+	}
+	require.NoError(t, b.be.Add(a, evlib.KindStream, evlib.Readable|evlib.Writable))
+	b.notReported(a, "full socket, nothing to read")
+	for {
+		_, err := unix.Read(peer, chunk)
+		if errors.Is(err, unix.EAGAIN) {
+			break
+		}
+		require.NoError(t, err)
+	}
+	require.Equal(t, evlib.Writable, b.pollFor(a, evlib.Writable), "drained socket")
+	require.NoError(t, b.be.Remove(a))
+}
+
+// tcpServerFD returns the server end of a loopback TCP connection as a raw
+// non-blocking fd the test owns, and the client end.
+func tcpServerFD(t *testing.T) (int, interface {
+	SetLinger(int) error
+	Close() error
+	Write([]byte) (int, error)
+}) {
+	srv, cli := tcpPair(t)
+	fd := dupFD(t, srv)
+	srv.Close()
+	t.Cleanup(func() { unix.Close(fd) })
+	return fd, cli
+}
+
+// A connection reset by the peer (SO_LINGER 0 close) is reported with
+// Hangup and/or Error.
+func (s *suite) testBackendHangupOnReset(t *testing.T) {
+	b := s.newBackend(t)
+	b.needPoll()
+	fd, cli := tcpServerFD(t)
+	require.NoError(t, b.be.Add(fd, evlib.KindStream, evlib.Readable))
+	require.NoError(t, cli.SetLinger(0))
+	require.NoError(t, cli.Close())
+	ev := b.pollFor(fd, evlib.Hangup|evlib.Error)
+	require.NotZero(t, ev&(evlib.Hangup|evlib.Error), "reset connection reported as %v", ev)
+	require.NoError(t, b.be.Remove(fd))
+}
+
+// Hangup and Error are reported whatever the interest, where the
+// mechanism can: the core relies on it to notice that a paused
+// connection's peer went away.
+func (s *suite) testBackendHangupNoInterest(t *testing.T) {
+	b := s.newBackend(t)
+	b.needPoll()
+	fd, cli := tcpServerFD(t)
+	require.NoError(t, b.be.Add(fd, evlib.KindStream, 0))
+	require.NoError(t, cli.SetLinger(0))
+	require.NoError(t, cli.Close())
+	// Wait until the kernel has the reset, asking it directly.
+	waitUntil(t, "the reset to reach the socket", func() bool {
+		p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, _ := unix.Poll(p, 100)
+		return n > 0 && p[0].Revents&(unix.POLLHUP|unix.POLLERR) != 0
+	})
+	ev, ok := evFor(b.poll(0), fd)
+	if !ok {
+		t.Skipf("conformance: backend %q does not report Hangup/Error for an fd with no interest (the contract allows it where the mechanism cannot); a paused connection then learns of its peer's reset only when it resumes", s.name)
+	}
+	require.NotZero(t, ev&(evlib.Hangup|evlib.Error), "reset connection with interest 0 reported as %v", ev)
+	require.Zero(t, ev&(evlib.Readable|evlib.Writable), "interest 0, yet reported %v", ev)
+	require.NoError(t, b.be.Remove(fd))
+}
+
+// Checklist 9 (backend side): after the peer's FIN the socket is readable
+// and a read returns end of stream, on unix and TCP sockets.
+func (s *suite) testBackendReadAfterFIN(t *testing.T) {
+	b := s.newBackend(t)
+	b.needPoll()
+	t.Run("unix", func(t *testing.T) {
+		a, peer := nonblockPair(t)
+		defer unix.Close(a)
+		require.NoError(t, b.be.Add(a, evlib.KindStream, evlib.Readable))
+		_, err := unix.Write(peer, []byte("bye"))
+		require.NoError(t, err)
+		require.NoError(t, unix.Close(peer))
+		b.pollFor(a, evlib.Readable)
+		p := make([]byte, 16)
+		n, err := b.read(a, p)
+		require.NoError(t, err)
+		require.Equal(t, "bye", string(p[:n]))
+		b.pollFor(a, evlib.Readable|evlib.Hangup)
+		n, err = b.read(a, p)
+		require.NoError(t, err)
+		require.Zero(t, n, "read after the peer's close must return end of stream")
+		require.NoError(t, b.be.Remove(a))
+	})
+	t.Run("tcp", func(t *testing.T) {
+		fd, cli := tcpServerFD(t)
+		require.NoError(t, b.be.Add(fd, evlib.KindStream, evlib.Readable))
+		require.NoError(t, cli.Close())
+		b.pollFor(fd, evlib.Readable|evlib.Hangup)
+		n, err := b.read(fd, make([]byte, 16))
+		require.NoError(t, err)
+		require.Zero(t, n, "read after the peer's FIN must return end of stream")
+		require.NoError(t, b.be.Remove(fd))
+	})
+}
+
+// Poll(0) never blocks, with or without watched fds.
+func (s *suite) testBackendPollZero(t *testing.T) {
+	b := s.newBackend(t)
+	b.needPoll()
+	var got []report
+	goWithin(t, "Poll(0) with no fds", func() { got = b.poll(0) })
+	require.Empty(t, got)
+	a, peer := nonblockPair(t)
+	defer unix.Close(a)
+	defer unix.Close(peer)
+	require.NoError(t, b.be.Add(a, evlib.KindStream, evlib.Readable))
+	for range 3 {
+		goWithin(t, "Poll(0) with an idle fd", func() { got = b.poll(0) })
+		require.Empty(t, got)
+	}
+	require.NoError(t, b.be.Remove(a))
+}
+
+// Poll with a timeout and nothing ready returns, reporting nothing. (It
+// may return early, say on EINTR; the suite asserts no duration.)
+func (s *suite) testBackendPollTimeout(t *testing.T) {
+	b := s.newBackend(t)
+	b.needPoll()
+	a, peer := nonblockPair(t)
+	defer unix.Close(a)
+	defer unix.Close(peer)
+	require.NoError(t, b.be.Add(a, evlib.KindStream, evlib.Readable))
+	for _, d := range []time.Duration{time.Microsecond, 20 * time.Millisecond} {
+		var got []report
+		goWithin(t, fmt.Sprintf("Poll(%v) with nothing ready", d), func() { got = b.poll(d) })
+		require.Empty(t, got, "Poll(%v) with nothing ready", d)
+	}
+	require.NoError(t, b.be.Remove(a))
+}
+
+// A Poll blocked without a timeout returns when a watched fd becomes ready.
+func (s *suite) testBackendPollWakes(t *testing.T) {
+	b := s.newBackend(t)
+	b.needPoll()
+	a, peer := nonblockPair(t)
+	defer unix.Close(a)
+	defer unix.Close(peer)
+	require.NoError(t, b.be.Add(a, evlib.KindStream, evlib.Readable))
+	type res struct {
+		n   int
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		for {
+			n, err := b.be.Poll(-1)
+			if n > 0 || err != nil {
+				ch <- res{n, err}
+				return
+			}
+			// 0 without error: woken early (EINTR); wait again.
+		}
+	}()
+	_, err := unix.Write(peer, []byte("wake"))
+	require.NoError(t, err)
+	r := waitCh(t, ch, "Poll(-1) to return once a watched fd is readable")
+	require.NoError(t, r.err)
+	ev, ok := evFor(b.sink.take(), a)
+	require.True(t, ok, "the readable fd was not reported")
+	require.NotZero(t, ev&evlib.Readable)
+	require.NoError(t, b.be.Remove(a))
+}
+
+// The Sink may Add, Modify and Remove from inside Ready (the core adopts,
+// closes and changes interest while handling a batch): a removed fd is
+// reported no more, an added one is watched from then on.
+func (s *suite) testBackendChangesInsideReady(t *testing.T) {
+	b := s.newBackend(t)
+	b.needPoll()
+	be := b.be
+	var fds, peers [4]int
+	for i := range fds {
+		fds[i], peers[i] = nonblockPair(t)
+		defer unix.Close(fds[i])
+		defer unix.Close(peers[i])
+	}
+	for i := range 3 {
+		require.NoError(t, be.Add(fds[i], evlib.KindStream, evlib.Readable))
+		_, err := unix.Write(peers[i], []byte("x"))
+		require.NoError(t, err)
+	}
+	// Whichever fd comes first removes the other two, adds the fourth and
+	// drops its own interest.
+	first := -1
+	b.sink.hook = func(fd int, ev evlib.Events) {
+		if first >= 0 {
+			return
+		}
+		first = fd
+		for i := range 3 {
+			if fds[i] != fd {
+				require.NoError(t, be.Remove(fds[i]))
+			}
+		}
+		require.NoError(t, be.Add(fds[3], evlib.KindStream, evlib.Readable))
+		require.NoError(t, be.Modify(fd, 0))
+	}
+	var got []report
+	waitUntil(t, "a report for one of three readable fds", func() bool {
+		got = b.poll(100 * time.Millisecond)
+		return len(got) > 0
+	})
+	require.GreaterOrEqual(t, first, 0)
+	b.sink.hook = nil
+	// Reports for the removed fds may follow in the same batch (the core
+	// ignores them); from the next Poll on there must be none.
+	got = b.poll(0)
+	for i := range 3 {
+		if ev, ok := evFor(got, fds[i]); ok {
+			t.Fatalf("conformance: fd %d reported %v after it was removed or its interest dropped inside Ready", fds[i], ev)
+		}
+	}
+	_, err := unix.Write(peers[3], []byte("y"))
+	require.NoError(t, err)
+	require.Equal(t, evlib.Readable, b.pollFor(fds[3], evlib.Readable), "fd added inside Ready")
+	require.NoError(t, be.Remove(first))
+	require.NoError(t, be.Remove(fds[3]))
+}
+
+// A backend with its own Waker: Wake from another goroutine makes a Poll
+// in progress, or the next one, return; after Close it is harmless.
+func (s *suite) testBackendWaker(t *testing.T) {
+	b := s.newBackend(t)
+	w, ok := b.be.(evlib.Waker)
+	if !ok {
+		t.Skipf("conformance: backend %q has no evlib.Waker (and does not declare CapOwnWaker): the core wakes it through its own wake fd, which the Core tests cover", s.name)
+	}
+	b.needPoll()
+	// A wakeup sent before Poll makes the next Poll return.
+	require.NoError(t, w.Wake())
+	goWithin(t, "Poll(-1) after Wake", func() { b.be.Poll(-1) })
+	// A wakeup sent while Poll blocks makes it return.
+	done := make(chan error, 1)
+	go func() {
+		_, err := b.be.Poll(-1)
+		done <- err
+	}()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		// Poll may not have started yet when a wakeup arrives: keep
+		// waking (each is harmless) until it returned.
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Millisecond):
+				w.Wake()
+			}
+		}
+	}()
+	require.NoError(t, waitCh(t, done, "Poll(-1) to return after Wake from another goroutine"))
+	require.NoError(t, b.be.Close())
+	goWithin(t, "Wake after Close", func() { w.Wake() })
+}
+
+// Checklist 36 (backend side): pipes are watched like sockets, where the
+// backend declares CapFiles.
+func (s *suite) testBackendFiles(t *testing.T) {
+	if s.desc.Caps&evlib.CapFiles == 0 {
+		t.Skipf("conformance: backend %q declares it lacks evlib.CapFiles: pipes and ttys are not tested", s.name)
+	}
+	b := s.newBackend(t)
+	b.needPoll()
+	var p [2]int
+	require.NoError(t, unix.Pipe(p[:]))
+	r, w := p[0], p[1]
+	defer unix.Close(r)
+	wOpen := true
+	defer func() {
+		if wOpen {
+			unix.Close(w)
+		}
+	}()
+	for _, fd := range p {
+		require.NoError(t, unix.SetNonblock(fd, true))
+	}
+	require.NoError(t, b.be.Add(r, evlib.KindFile, evlib.Readable))
+	require.NoError(t, b.be.Add(w, evlib.KindFile, evlib.Writable))
+	require.Equal(t, evlib.Writable, b.pollFor(w, evlib.Writable), "empty pipe's write end")
+	b.notReported(r, "empty pipe's read end")
+	_, err := unix.Write(w, []byte("pipe"))
+	require.NoError(t, err)
+	require.Equal(t, evlib.Readable, b.pollFor(r, evlib.Readable), "pipe with data")
+	buf := make([]byte, 16)
+	n, err := b.read(r, buf)
+	require.NoError(t, err)
+	require.Equal(t, "pipe", string(buf[:n]))
+	require.NoError(t, b.be.Remove(w))
+	require.NoError(t, unix.Close(w))
+	wOpen = false
+	b.pollFor(r, evlib.Readable|evlib.Hangup)
+	n, err = b.read(r, buf)
+	require.NoError(t, err)
+	require.Zero(t, n, "read of a pipe whose writer closed must return end of file")
+	require.NoError(t, b.be.Remove(r))
+}
+
+// Close is idempotent, leaves the fds the core added open, and Poll after
+// it returns ErrClosed.
+func (s *suite) testBackendClose(t *testing.T) {
+	b := s.newBackend(t)
+	a, peer := nonblockPair(t)
+	defer unix.Close(a)
+	defer unix.Close(peer)
+	require.NoError(t, b.be.Add(a, evlib.KindStream, evlib.Readable))
+	require.NoError(t, b.be.Close())
+	require.NoError(t, b.be.Close(), "second Close")
+	require.True(t, fdOpen(a), "Close closed an fd the core added")
+	_, err := b.be.Poll(0)
+	if b.app && errors.Is(err, evlib.ErrAppDriven) {
+		return
+	}
+	require.ErrorIs(t, err, evlib.ErrClosed, "Poll after Close")
+	require.Error(t, b.be.Add(peer, evlib.KindStream, evlib.Readable), "Add after Close")
+}

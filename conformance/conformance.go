@@ -1,0 +1,102 @@
+package conformance
+
+import (
+	"errors"
+	"net"
+	"os"
+	"runtime"
+	"testing"
+
+	"github.com/plugloop/plugloop/evlib"
+	"github.com/stretchr/testify/require"
+)
+
+// Run runs the whole suite against the backend registered under name. A
+// backend that is registered but cannot run here (evlib.ErrUnavailable,
+// say epoll on macOS) is skipped with the reason; an unknown name fails.
+//
+// Run sets up subtests "Backend", "Core" and "NoLeaks" and runs them one
+// after the other; t must not be a parallel test. If PLUGLOOP_EVLIB is
+// set, Run clears it for the duration, so the core-level tests really run
+// on the named backend.
+func Run(t *testing.T, name string) {
+	t.Helper()
+	d, err := evlib.Lookup(name)
+	if errors.Is(err, evlib.ErrUnavailable) {
+		t.Skipf("conformance: backend %q cannot run here: %v", name, err)
+	}
+	require.NoError(t, err, "conformance: looking up backend %q", name)
+	run(t, d)
+}
+
+// RunBackend runs the whole suite against d, a backend that need not be
+// registered: the backend-level tests call d.New directly, and the
+// core-level tests, which select backends by name, run on d after the
+// suite registers it with evlib.Register if no backend has its Name yet.
+// If one has, it must be d itself (the suite checks the declared
+// capabilities agree). d.Flag must be 0 unless d is one of plugloop's own
+// backends.
+func RunBackend(t *testing.T, d evlib.Descriptor) {
+	t.Helper()
+	if d.New == nil {
+		t.Fatalf("conformance: descriptor %q has no New", d.Name)
+	}
+	if d.Unavailable != nil {
+		t.Skipf("conformance: backend %q cannot run here: %v", d.Name, d.Unavailable)
+	}
+	reg, err := evlib.Lookup(d.Name)
+	if err != nil {
+		require.NoError(t, evlib.Register(d), "conformance: registering backend %q", d.Name)
+	} else {
+		require.Equal(t, d.Caps, reg.Caps, "conformance: a backend named %q with other capabilities is registered already", d.Name)
+	}
+	run(t, d)
+}
+
+// suite is one run of the suite against one backend.
+type suite struct {
+	name string
+	desc evlib.Descriptor
+}
+
+type subtest struct {
+	name string
+	f    func(*testing.T)
+}
+
+func run(t *testing.T, d evlib.Descriptor) {
+	t.Helper()
+	if os.Getenv(evlib.EnvVar) != "" {
+		t.Setenv(evlib.EnvVar, "")
+	}
+	s := &suite{name: d.Name, desc: d}
+	t.Logf("conformance: backend %q, capabilities %v", d.Name, d.Caps)
+
+	// Let the Go runtime open what it keeps open for good (its own
+	// poller) before the baseline is taken.
+	if ln, err := net.Listen("tcp4", "127.0.0.1:0"); err == nil {
+		ln.Close()
+	}
+	baseFDs := openFDs()
+	baseG := runtime.NumGoroutine()
+
+	t.Run("Backend", func(t *testing.T) {
+		for _, st := range s.backendTests() {
+			t.Run(st.name, st.f)
+		}
+	})
+	t.Run("Core", func(t *testing.T) {
+		if d.Caps&evlib.CapAppDriven != 0 {
+			t.Skipf("conformance: backend %q is app-driven (evlib.CapAppDriven): the application's loop drives the core, so the Context.Run based tests do not apply", d.Name)
+		}
+		for _, st := range s.coreTests() {
+			t.Run(st.name, st.f)
+		}
+	})
+	t.Run("NoLeaks", func(t *testing.T) {
+		// Every subtest cleaned up after itself: the process must hold
+		// the descriptors and goroutines it held before the suite.
+		checkGoroutines(t, baseG+1) // +1: this subtest's own goroutine
+		checkFDs(t, baseFDs)
+	})
+}

@@ -1,0 +1,831 @@
+package conformance
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"hash/crc64"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/plugloop/plugloop/core"
+	"github.com/plugloop/plugloop/evlib"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+)
+
+func (s *suite) coreTests() []subtest {
+	return []subtest{
+		{"Echo", s.testEcho},
+		{"Writeable", s.testWriteable},
+		{"CloseInBatch", s.testCloseInBatch},
+		{"FDReuse", s.testFDReuse},
+		{"PeerClose", s.testPeerClose},
+		{"HangupWhilePaused", s.testHangupWhilePaused},
+		{"PartialWrites", s.testPartialWrites},
+		{"RxFlowControl", s.testRxFlowControl},
+		{"RxBackpressure", s.testRxBackpressure},
+		{"Files", s.testCoreFiles},
+		{"IdleSleeps", s.testIdleSleeps},
+		{"ServiceAdjustTimeout", s.testAdjustTimeout},
+		{"Timers", s.testTimers},
+		{"TimerScheduledEarlier", s.testTimerEarlier},
+		{"ConnTimers", s.testConnTimers},
+		{"CancelService", s.testCancelService},
+		{"Post", s.testPost},
+		{"CancelVersusDestroy", s.testCancelVersusDestroy},
+		{"WrongGoroutine", s.testWrongGoroutine},
+		{"RunContextCancel", s.testRunContextCancel},
+		{"DestroyInsideCallback", s.testDestroyInside},
+		{"DestroyOutside", s.testDestroyOutside},
+		{"DestroyIdle", s.testDestroyIdle},
+		{"Listen", s.testListen},
+		{"Adopt", s.testAdopt},
+		{"PollFDCallbacks", s.testPollFD},
+		{"Leaks", s.testLeaks},
+	}
+}
+
+// echoState is the per-connection state of the echo protocol.
+type echoState struct{ q []byte }
+
+// echoCallback echoes what it receives, one Write per WRITEABLE.
+func echoCallback(ev core.Event) error {
+	switch ev.Reason {
+	case core.ReasonRawAdopt:
+		ev.Conn.SetUser(&echoState{})
+	case core.ReasonRawRX:
+		s := ev.Conn.User().(*echoState)
+		s.q = append(s.q, ev.Data...)
+		return ev.Conn.CallbackOnWritable()
+	case core.ReasonRawWriteable:
+		s := ev.Conn.User().(*echoState)
+		if len(s.q) > 0 {
+			_, err := ev.Conn.Write(s.q)
+			s.q = s.q[:0]
+			return err
+		}
+	}
+	return nil
+}
+
+func echoInfo() core.Info {
+	return core.Info{Protocols: []core.Protocol{{Name: "echo", Callback: echoCallback}}}
+}
+
+// roundTrips sends n messages of varying sizes and checks each echo.
+func roundTrips(c net.Conn, seed uint64, n int) error {
+	if err := c.SetDeadline(time.Now().Add(hang)); err != nil {
+		return err
+	}
+	for i := range n {
+		msg := pattern(seed*1000+uint64(i), 1+(i*397)%3000)
+		if _, err := c.Write(msg); err != nil {
+			return err
+		}
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, got); err != nil {
+			return fmt.Errorf("reading echo %d: %w", i, err)
+		}
+		if !bytes.Equal(got, msg) {
+			return fmt.Errorf("echo %d differs from what was sent", i)
+		}
+	}
+	return nil
+}
+
+// Checklist 1 and 6: echo over loopback TCP, one connection after the
+// other (so accepted fds get reused numbers) and several at once; each
+// connection gets exactly one RAW_ADOPT and one RAW_CLOSE (io.EOF, as the
+// peer closed), all on the loop goroutine.
+func (s *suite) testEcho(t *testing.T) {
+	h := s.newHarness(t, echoInfo())
+	ln, err := h.ctx.Listen("tcp4", "127.0.0.1:0", "")
+	require.NoError(t, err)
+	h.start()
+	const serial, parallel = 3, 4
+	for i := range serial {
+		c, err := net.Dial("tcp4", ln.Addr().String())
+		require.NoError(t, err)
+		require.NoError(t, roundTrips(c, uint64(i), 30))
+		require.NoError(t, c.Close())
+		waitUntil(t, "RAW_CLOSE", func() bool { return h.rec.count(is(core.ReasonRawClose, nil)) > i })
+	}
+	errs := make(chan error, parallel)
+	for i := range parallel {
+		go func() {
+			c, err := net.Dial("tcp4", ln.Addr().String())
+			if err == nil {
+				err = roundTrips(c, uint64(100+i), 30)
+				c.Close()
+			}
+			errs <- err
+		}()
+	}
+	for range parallel {
+		require.NoError(t, waitCh(t, errs, "echo client"))
+	}
+	waitUntil(t, "every connection's RAW_CLOSE", func() bool {
+		return h.rec.count(is(core.ReasonRawClose, nil)) == serial+parallel
+	})
+	h.sync()
+	require.Equal(t, serial+parallel, h.rec.count(is(core.ReasonRawAdopt, nil)))
+	require.Equal(t, serial+parallel, h.rec.count(is(core.ReasonRawClose, nil)))
+	// Interest stays lazy: small echoes never meet a full socket, so they
+	// must cost no interest change.
+	require.Zero(t, h.rec.count(is(core.ReasonChangeModePollFD, nil)), "interest changes during a plain echo")
+	for _, e := range h.rec.snapshot() {
+		if e.reason == core.ReasonRawClose {
+			require.ErrorIs(t, e.err, io.EOF, "the peer closed: %v", e)
+		}
+		if e.reason != core.ReasonProtocolInit && !isPollReason(e.reason) {
+			require.Equal(t, h.runG.Load(), e.g, "%v not on the goroutine running the loop", e)
+		}
+	}
+	h.rec.verify(t)
+}
+
+// Checklist 2 and 3: no RAW_WRITEABLE until asked; one per request, also
+// when asked twice; asking inside RAW_WRITEABLE yields another; Write is
+// allowed once per RAW_WRITEABLE of that connection and nowhere else.
+func (s *suite) testWriteable(t *testing.T) {
+	// st is touched only on the loop goroutine (callbacks and h.do).
+	st := struct {
+		a, b       *core.Conn
+		writeables int
+		chain      int
+		payload    []byte
+		errAdopt   error
+		errRX      error
+		errSecond  error
+		errCross   error
+		errs       []error
+	}{}
+	cb := func(ev core.Event) error {
+		switch ev.Reason {
+		case core.ReasonRawAdopt:
+			_, st.errAdopt = ev.Conn.Write([]byte("no"))
+		case core.ReasonRawRX:
+			_, st.errRX = ev.Conn.Write([]byte("no"))
+		case core.ReasonRawWriteable:
+			if ev.Conn == st.b {
+				_, st.errCross = st.a.Write([]byte("no"))
+				return nil
+			}
+			st.writeables++
+			switch {
+			case st.chain > 0:
+				st.chain--
+				if st.chain > 0 {
+					if err := ev.Conn.CallbackOnWritable(); err != nil {
+						st.errs = append(st.errs, err)
+					}
+				}
+				if _, err := ev.Conn.Write([]byte{byte('0' + st.chain)}); err != nil {
+					st.errs = append(st.errs, err)
+				}
+			case st.payload != nil:
+				if _, err := ev.Conn.Write(st.payload); err != nil {
+					st.errs = append(st.errs, err)
+				}
+				_, st.errSecond = ev.Conn.Write(st.payload)
+				st.payload = nil
+			}
+		}
+		return nil
+	}
+	h := s.newHarness(t, core.Info{Protocols: []core.Protocol{{Name: "w", Callback: cb}}})
+	fd, peer := unixPair(t)
+	a, err := h.ctx.AdoptFD(fd, "")
+	require.NoError(t, err)
+	st.a = a
+	require.ErrorIs(t, st.errAdopt, core.ErrNotWritable, "Write inside RAW_ADOPT")
+	h.start()
+
+	write(t, peer, []byte("x"))
+	h.rec.waitEvent(t, "RAW_RX", is(core.ReasonRawRX, a))
+	h.sync()
+	var n int
+	var errRX error
+	h.do(func() { n, errRX = st.writeables, st.errRX })
+	require.Zero(t, n, "RAW_WRITEABLE without CallbackOnWritable (checklist 2)")
+	require.ErrorIs(t, errRX, core.ErrNotWritable, "Write inside RAW_RX")
+
+	// One request, asked twice: one RAW_WRITEABLE.
+	var e1, e2, e3 error
+	h.do(func() {
+		st.payload = []byte("A")
+		e1 = a.CallbackOnWritable()
+		e2 = a.CallbackOnWritable()
+		_, e3 = a.Write([]byte("no"))
+	})
+	require.NoError(t, e1)
+	require.NoError(t, e2)
+	require.ErrorIs(t, e3, core.ErrNotWritable, "Write outside RAW_WRITEABLE")
+	require.Equal(t, "A", string(readFull(t, peer, 1)))
+	h.sync()
+	var errSecond error
+	h.do(func() { n, errSecond = st.writeables, st.errSecond })
+	require.Equal(t, 1, n, "RAW_WRITEABLE count after one request made twice")
+	require.ErrorIs(t, errSecond, core.ErrNotWritable, "second Write in one RAW_WRITEABLE")
+
+	// Re-requested inside RAW_WRITEABLE: one more each time (checklist 3).
+	h.do(func() {
+		st.chain = 5
+		e1 = a.CallbackOnWritable()
+	})
+	require.NoError(t, e1)
+	require.Equal(t, "43210", string(readFull(t, peer, 5)))
+	h.sync()
+	var errs []error
+	h.do(func() { n, errs = st.writeables, st.errs })
+	require.Equal(t, 6, n, "RAW_WRITEABLE count after a chain of 5 re-requests")
+	require.Empty(t, errs)
+
+	// Writing to a inside b's RAW_WRITEABLE is not allowed either.
+	fdB, _ := unixPair(t)
+	h.do(func() {
+		st.b, e1 = h.ctx.AdoptFD(fdB, "")
+		if e1 == nil {
+			e2 = st.b.CallbackOnWritable()
+		}
+	})
+	require.NoError(t, e1)
+	require.NoError(t, e2)
+	h.rec.waitEvent(t, "RAW_WRITEABLE of b", is(core.ReasonRawWriteable, nil))
+	h.sync()
+	var errCross error
+	h.do(func() { errCross = st.errCross })
+	require.ErrorIs(t, errCross, core.ErrNotWritable, "Write to a inside b's RAW_WRITEABLE")
+	require.Equal(t, 1, h.rec.count(is(core.ReasonRawWriteable, st.b)))
+	h.rec.verify(t)
+}
+
+// Checklist 7: three connections ready in one batch; whichever of A and B
+// is dispatched first closes the other. The closed one gets no RAW_RX
+// after that, and C, ready in the same batch, is still served.
+func (s *suite) testCloseInBatch(t *testing.T) {
+	var conns [3]*core.Conn
+	var rx [3]int
+	var closeErr error
+	index := func(c *core.Conn) int {
+		for i, x := range conns {
+			if x == c {
+				return i
+			}
+		}
+		return -1
+	}
+	cb := func(ev core.Event) error {
+		if ev.Reason != core.ReasonRawRX {
+			return nil
+		}
+		i := index(ev.Conn)
+		rx[i]++
+		if i < 2 {
+			if other := conns[1-i]; !other.Closed() {
+				closeErr = other.Close()
+			}
+		}
+		return nil
+	}
+	h := s.newHarness(t, core.Info{Protocols: []core.Protocol{{Name: "batch", Callback: cb}}})
+	var peers [3]net.Conn
+	for i := range conns {
+		fd, peer := unixPair(t)
+		c, err := h.ctx.AdoptFD(fd, "")
+		require.NoError(t, err)
+		conns[i], peers[i] = c, peer
+	}
+	h.start()
+	// Written from the loop goroutine, so the next wait finds all three
+	// ready at once (unix socket writes are synchronous).
+	var werr error
+	h.do(func() {
+		for i, p := range peers {
+			if _, err := p.Write([]byte{'a' + byte(i)}); err != nil {
+				werr = err
+			}
+		}
+	})
+	require.NoError(t, werr)
+	h.rec.waitEvent(t, "RAW_RX of C", is(core.ReasonRawRX, conns[2]))
+	h.rec.waitEvent(t, "RAW_CLOSE of A or B", is(core.ReasonRawClose, nil))
+	h.sync()
+	var got [3]int
+	var cerr error
+	h.do(func() { got, cerr = rx, closeErr })
+	require.NoError(t, cerr)
+	require.Equal(t, 1, got[0]+got[1], "exactly one of A and B must have been served: %v", got)
+	require.Equal(t, 1, got[2], "C, ready in the same batch, must be served")
+	closed := conns[0]
+	if got[0] == 1 {
+		closed = conns[1]
+	}
+	e := h.rec.waitEvent(t, "RAW_CLOSE", is(core.ReasonRawClose, closed))
+	require.NoError(t, e.err, "Conn.Close gives RAW_CLOSE a nil Err")
+	require.Equal(t, 1, h.rec.count(is(core.ReasonRawClose, nil)))
+	h.rec.verify(t)
+}
+
+// Checklist 8: an fd number closed by the core and reused at once by a new
+// socket is watched afresh, and its events reach the new connection only.
+func (s *suite) testFDReuse(t *testing.T) {
+	h := s.newHarness(t, echoInfo())
+	fd1, peer1 := unixPair(t)
+	x, err := h.ctx.AdoptFD(fd1, "")
+	require.NoError(t, err)
+	h.start()
+	write(t, peer1, []byte("1"))
+	require.Equal(t, "1", string(readFull(t, peer1, 1)))
+	var cerr error
+	h.do(func() { cerr = x.Close() })
+	require.NoError(t, cerr)
+	e := h.rec.waitEvent(t, "RAW_CLOSE", is(core.ReasonRawClose, x))
+	require.NoError(t, e.err)
+	h.sync()
+	require.False(t, fdOpen(fd1), "the core did not close fd %d after RAW_CLOSE", fd1)
+	expectEOF(t, peer1)
+
+	// A new socket with the very same number.
+	a, b := nonblockPair(t)
+	switch fd1 {
+	case a:
+	case b:
+		a, b = b, a
+	default:
+		n, err := unix.FcntlInt(uintptr(a), unix.F_DUPFD_CLOEXEC, fd1)
+		require.NoError(t, err)
+		unix.Close(a)
+		a = n
+	}
+	require.Equal(t, fd1, a, "could not get fd number %d again", fd1)
+	peer2 := fileConn(t, b)
+	var y *core.Conn
+	h.do(func() { y, err = h.ctx.AdoptFD(a, "") })
+	require.NoError(t, err, "adopting a reused fd number")
+	require.Equal(t, fd1, y.FD())
+	require.NoError(t, roundTrips(peer2, 8, 10))
+	require.NoError(t, peer2.Close())
+	e = h.rec.waitEvent(t, "RAW_CLOSE of the new connection", is(core.ReasonRawClose, y))
+	require.ErrorIs(t, e.err, io.EOF)
+	require.Equal(t, 1, h.rec.count(is(core.ReasonRawClose, x)))
+	h.rec.verify(t)
+}
+
+// Checklist 9: the peer's FIN (or half-close) closes with io.EOF, its
+// reset closes with the reset error.
+func (s *suite) testPeerClose(t *testing.T) {
+	h := s.newHarness(t, echoInfo())
+	h.start()
+	adopt := func(c net.Conn) *core.Conn {
+		var conn *core.Conn
+		var err error
+		h.do(func() { conn, err = h.ctx.AdoptConn(c, "") })
+		require.NoError(t, err)
+		return conn
+	}
+	t.Run("FIN", func(t *testing.T) {
+		srv, cli := tcpPair(t)
+		c := adopt(srv)
+		require.NoError(t, roundTrips(cli, 1, 3))
+		require.NoError(t, cli.Close())
+		e := h.rec.waitEvent(t, "RAW_CLOSE", is(core.ReasonRawClose, c))
+		require.ErrorIs(t, e.err, io.EOF)
+	})
+	t.Run("HalfClose", func(t *testing.T) {
+		srv, cli := tcpPair(t)
+		c := adopt(srv)
+		require.NoError(t, roundTrips(cli, 2, 3))
+		require.NoError(t, cli.CloseWrite())
+		e := h.rec.waitEvent(t, "RAW_CLOSE", is(core.ReasonRawClose, c))
+		require.ErrorIs(t, e.err, io.EOF)
+		expectEOF(t, cli)
+	})
+	t.Run("Reset", func(t *testing.T) {
+		srv, cli := tcpPair(t)
+		c := adopt(srv)
+		require.NoError(t, roundTrips(cli, 3, 3))
+		require.NoError(t, cli.SetLinger(0))
+		require.NoError(t, cli.Close())
+		e := h.rec.waitEvent(t, "RAW_CLOSE", is(core.ReasonRawClose, c))
+		require.Error(t, e.err, "a reset connection closes with an error")
+		require.NotErrorIs(t, e.err, io.EOF, "a reset is not an orderly end of stream")
+		require.ErrorIs(t, e.err, unix.ECONNRESET)
+	})
+	h.rec.verify(t)
+}
+
+// Checklist 9: a paused connection whose peer sent data and hung up gets
+// that data, in order, after it resumes, and only then RAW_CLOSE; if it
+// never resumes, it closes after Info.CloseTimeout.
+func (s *suite) testHangupWhilePaused(t *testing.T) {
+	data := pattern(7, 300)
+	type rig struct {
+		h    *harness
+		got  []byte // loop goroutine only
+		conn *core.Conn
+	}
+	newRig := func(t *testing.T, closeTimeout time.Duration) *rig {
+		r := &rig{}
+		cb := func(ev core.Event) error {
+			switch ev.Reason {
+			case core.ReasonRawAdopt:
+				return ev.Conn.RxFlowControl(false)
+			case core.ReasonRawRX:
+				r.got = append(r.got, ev.Data...)
+			}
+			return nil
+		}
+		r.h = s.newHarness(t, core.Info{CloseTimeout: closeTimeout,
+			Protocols: []core.Protocol{{Name: "paused", Callback: cb, RxChunk: 64}}})
+		return r
+	}
+	// resume waits until the core has read the input after the hangup
+	// (it reads a paused connection only then), resumes it and checks
+	// what it delivers.
+	resume := func(t *testing.T, r *rig, base uint64, wantErr error) {
+		h := r.h
+		waitUntil(t, "the core to read the paused connection's input after the hangup", func() bool {
+			return h.th.Stats().Reads >= base+2
+		})
+		h.sync()
+		var n int
+		var closed bool
+		h.do(func() { n, closed = len(r.got), r.conn.Closed() })
+		require.Zero(t, n, "RAW_RX while paused")
+		require.False(t, closed, "closed while paused input was still buffered")
+		var err error
+		h.do(func() { err = r.conn.RxFlowControl(true) })
+		require.NoError(t, err)
+		e := h.rec.waitEvent(t, "RAW_CLOSE", is(core.ReasonRawClose, r.conn))
+		require.ErrorIs(t, e.err, wantErr)
+		var got []byte
+		h.do(func() { got = r.got })
+		require.Equal(t, data, got, "input buffered before the hangup must be delivered in full and in order before RAW_CLOSE")
+		require.Equal(t, (len(data)+63)/64, h.rec.count(is(core.ReasonRawRX, r.conn)))
+		h.rec.verify(t)
+	}
+	t.Run("FIN", func(t *testing.T) {
+		r := newRig(t, time.Minute)
+		fd, peer := nonblockPair(t)
+		_, err := unix.Write(peer, data)
+		require.NoError(t, err)
+		require.NoError(t, unix.Close(peer))
+		base := r.h.th.Stats().Reads
+		r.conn, err = r.h.ctx.AdoptFD(fd, "")
+		require.NoError(t, err)
+		r.h.start()
+		resume(t, r, base, io.EOF)
+	})
+	t.Run("Reset", func(t *testing.T) {
+		r := newRig(t, time.Minute)
+		srv, cli := tcpPair(t)
+		base := r.h.th.Stats().Reads
+		var err error
+		r.conn, err = r.h.ctx.AdoptConn(srv, "")
+		require.NoError(t, err)
+		write(t, cli, data)
+		require.NoError(t, cli.SetLinger(0))
+		require.NoError(t, cli.Close())
+		r.h.start()
+		resume(t, r, base, unix.ECONNRESET)
+	})
+	t.Run("CloseTimeout", func(t *testing.T) {
+		r := newRig(t, 20*time.Millisecond)
+		fd, peer := nonblockPair(t)
+		_, err := unix.Write(peer, data)
+		require.NoError(t, err)
+		require.NoError(t, unix.Close(peer))
+		r.conn, err = r.h.ctx.AdoptFD(fd, "")
+		require.NoError(t, err)
+		r.h.start()
+		e := r.h.rec.waitEvent(t, "RAW_CLOSE after CloseTimeout", is(core.ReasonRawClose, r.conn))
+		require.ErrorIs(t, e.err, io.EOF, "closed after CloseTimeout with the hangup's reason")
+		require.Zero(t, r.h.rec.count(is(core.ReasonRawRX, nil)), "RAW_RX although never resumed")
+		r.h.rec.verify(t)
+	})
+}
+
+// A Write the kernel takes only in part loses no byte: several MB pushed
+// through one WRITEABLE-driven stream to a reader that starts only after
+// the first partial write arrive whole and in order.
+func (s *suite) testPartialWrites(t *testing.T) {
+	const total, chunk = 4 << 20, 256 << 10
+	data := pattern(11, total)
+	partial := make(chan struct{})
+	// st is touched only on the loop goroutine.
+	st := struct {
+		off        int
+		sawPartial bool
+		leftover   int
+		errs       []error
+	}{}
+	cb := func(ev core.Event) error {
+		if ev.Reason != core.ReasonRawWriteable {
+			return nil
+		}
+		c := ev.Conn
+		if st.off < total {
+			end := min(st.off+chunk, total)
+			n, err := c.Write(data[st.off:end])
+			if err != nil || n != end-st.off {
+				st.errs = append(st.errs, fmt.Errorf("Write returned %d, %v for %d bytes", n, err, end-st.off))
+				return err
+			}
+			st.off = end
+			if c.Buffered() > 0 && !st.sawPartial {
+				st.sawPartial = true
+				close(partial)
+			}
+			return c.CallbackOnWritable()
+		}
+		// RAW_WRITEABLE comes only once the core flushed what it kept.
+		st.leftover = c.Buffered()
+		return c.Close()
+	}
+	h := s.newHarness(t, core.Info{Protocols: []core.Protocol{{Name: "stream", Callback: cb}}})
+	srv, cli := tcpPair(t)
+	require.NoError(t, srv.SetWriteBuffer(32<<10))
+	require.NoError(t, cli.SetReadBuffer(32<<10))
+	conn, err := h.ctx.AdoptConn(srv, "")
+	require.NoError(t, err)
+	require.NoError(t, conn.CallbackOnWritable())
+	h.start()
+	waitCh(t, partial, "a Write that the kernel took only in part")
+
+	require.NoError(t, cli.SetReadDeadline(time.Now().Add(hang)))
+	got := make([]byte, 0, total)
+	buf := make([]byte, 4<<10)
+	for {
+		n, err := cli.Read(buf)
+		got = append(got, buf[:n]...)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		require.NoError(t, err, "reading the stream after %d bytes", len(got))
+	}
+	e := h.rec.waitEvent(t, "RAW_CLOSE", is(core.ReasonRawClose, conn))
+	require.NoError(t, e.err)
+	var leftover int
+	var errs []error
+	h.do(func() { leftover, errs = st.leftover, st.errs })
+	require.Empty(t, errs)
+	require.Zero(t, leftover, "RAW_WRITEABLE came while the core still held unsent bytes")
+	require.Equal(t, total, len(got), "bytes received")
+	if !bytes.Equal(data, got) {
+		t.Fatalf("conformance: stream corrupted: sha256 sent %x, received %x", sha256.Sum256(data), sha256.Sum256(got))
+	}
+	h.rec.verify(t)
+}
+
+// Checklist 12: rx flow control. With RxChunk 16, pausing inside RAW_RX
+// stops RAW_RX at once; resuming delivers the kept bytes first, in order,
+// with no new network input; input that arrives while paused stays in the
+// kernel (read interest dropped) and follows on resume. Every byte arrives
+// exactly once.
+func (s *suite) testRxFlowControl(t *testing.T) {
+	const chunk = 16
+	// st is touched only on the loop goroutine.
+	st := struct {
+		got      []byte
+		calls    int
+		pauseAt  int
+		paused   chan struct{}
+		want     int
+		reached  chan struct{}
+		errs     []error
+		oversize int
+	}{}
+	cb := func(ev core.Event) error {
+		if ev.Reason != core.ReasonRawRX {
+			return nil
+		}
+		st.got = append(st.got, ev.Data...)
+		st.calls++
+		if len(ev.Data) > chunk {
+			st.oversize++
+		}
+		if st.pauseAt > 0 && st.calls == st.pauseAt {
+			st.pauseAt = 0
+			if err := ev.Conn.RxFlowControl(false); err != nil {
+				st.errs = append(st.errs, err)
+			}
+			if !ev.Conn.RxPaused() {
+				st.errs = append(st.errs, errors.New("RxPaused false after RxFlowControl(false)"))
+			}
+			close(st.paused)
+		}
+		if st.want > 0 && len(st.got) >= st.want {
+			st.want = 0
+			close(st.reached)
+		}
+		return nil
+	}
+	h := s.newHarness(t, core.Info{Protocols: []core.Protocol{{Name: "flow", Callback: cb, RxChunk: chunk}}})
+	fd, peer := unixPair(t)
+	p1, p2, p3, p4 := pattern(21, 4096), pattern(22, 2000), pattern(23, 3000), pattern(24, 1000)
+	write(t, peer, p1) // one write, read by the core in one go
+	st.pauseAt, st.paused = 3, make(chan struct{})
+	conn, err := h.ctx.AdoptFD(fd, "")
+	require.NoError(t, err)
+	h.start()
+
+	received := func() int {
+		var n int
+		h.do(func() { n = len(st.got) })
+		return n
+	}
+	resumeUntil := func(total int) {
+		t.Helper()
+		ch := make(chan struct{})
+		var err error
+		h.do(func() {
+			st.want, st.reached = total, ch
+			err = conn.RxFlowControl(true)
+		})
+		require.NoError(t, err)
+		waitCh(t, ch, fmt.Sprintf("%d bytes after resume", total))
+	}
+	dropped := func(from int) {
+		t.Helper()
+		h.rec.waitEventFrom(t, "read interest dropped while paused", from, func(e event) bool {
+			return e.reason == core.ReasonChangeModePollFD && e.fd == conn.FD() && e.poll.Events&evlib.Readable == 0
+		})
+	}
+
+	// Pause inside the third RAW_RX: nothing more until resumed.
+	waitCh(t, st.paused, "the third RAW_RX")
+	h.sync()
+	require.Equal(t, 3*chunk, received(), "RAW_RX after RxFlowControl(false) inside RAW_RX")
+	resumeUntil(len(p1)) // no network input meanwhile
+
+	// Pause from outside; new input stays in the kernel.
+	mark := h.rec.mark()
+	h.do(func() { err = conn.RxFlowControl(false) })
+	require.NoError(t, err)
+	write(t, peer, p2)
+	dropped(mark)
+	h.sync()
+	require.Equal(t, len(p1), received(), "RAW_RX while paused")
+	resumeUntil(len(p1) + len(p2))
+
+	// Pause inside RAW_RX with input kept by the core and more arriving.
+	ch := make(chan struct{})
+	h.do(func() { st.pauseAt, st.paused = st.calls+2, ch })
+	write(t, peer, p3)
+	waitCh(t, ch, "RAW_RX to pause in")
+	mark = h.rec.mark()
+	write(t, peer, p4)
+	dropped(mark)
+	h.sync()
+	require.Equal(t, len(p1)+len(p2)+2*chunk, received(), "RAW_RX while paused")
+	resumeUntil(len(p1) + len(p2) + len(p3) + len(p4))
+
+	h.sync()
+	var got []byte
+	var errs []error
+	var oversize int
+	h.do(func() { got, errs, oversize = st.got, st.errs, st.oversize })
+	require.Empty(t, errs)
+	require.Zero(t, oversize, "RAW_RX carried more than Protocol.RxChunk bytes")
+	want := bytes.Join([][]byte{p1, p2, p3, p4}, nil)
+	require.Equal(t, len(want), len(got), "bytes delivered")
+	require.True(t, bytes.Equal(want, got), "bytes delivered out of order or altered")
+	h.rec.verify(t)
+}
+
+// Where the backend declares CapRxBackpressure, a paused connection leaves
+// input in the kernel, so a peer writing without pause ends up blocked;
+// after resume every byte it wrote arrives.
+func (s *suite) testRxBackpressure(t *testing.T) {
+	if s.desc.Caps&evlib.CapRxBackpressure == 0 {
+		t.Skipf("conformance: backend %q declares it lacks evlib.CapRxBackpressure: a paused connection does not push back on its peer", s.name)
+	}
+	table := crc64.MakeTable(crc64.ECMA)
+	// st is touched only on the loop goroutine.
+	st := struct {
+		n       int
+		sum     uint64
+		want    int
+		reached chan struct{}
+	}{}
+	cb := func(ev core.Event) error {
+		switch ev.Reason {
+		case core.ReasonRawAdopt:
+			return ev.Conn.RxFlowControl(false)
+		case core.ReasonRawRX:
+			st.n += len(ev.Data)
+			st.sum = crc64.Update(st.sum, table, ev.Data)
+			if st.want > 0 && st.n >= st.want {
+				st.want = 0
+				close(st.reached)
+			}
+		}
+		return nil
+	}
+	h := s.newHarness(t, core.Info{Protocols: []core.Protocol{{Name: "bp", Callback: cb}}})
+	srv, cli := tcpPair(t)
+	require.NoError(t, cli.SetWriteBuffer(16<<10))
+	conn, err := h.ctx.AdoptConn(srv, "")
+	require.NoError(t, err)
+	h.start()
+
+	rc, err := cli.SyscallConn()
+	require.NoError(t, err)
+	buf := pattern(31, 64<<10)
+	const limit = 256 << 20
+	written, sum := 0, uint64(0)
+	var werr error
+	for blocked := false; !blocked && written < limit && werr == nil; {
+		require.NoError(t, rc.Write(func(fd uintptr) bool {
+			for written < limit {
+				n, err := unix.Write(int(fd), buf)
+				if n > 0 {
+					written += n
+					sum = crc64.Update(sum, table, buf[:n])
+				}
+				if errors.Is(err, unix.EAGAIN) {
+					return true
+				}
+				if err != nil {
+					werr = err
+					return true
+				}
+			}
+			return true
+		}))
+		// Full for now. Blocked for good means it stays full while the
+		// loop runs: the core does not read a paused connection.
+		h.sync()
+		require.NoError(t, rc.Control(func(fd uintptr) {
+			p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+			n, _ := unix.Poll(p, 100)
+			blocked = n == 0
+		}))
+	}
+	require.NoError(t, werr)
+	require.Less(t, written, limit, "the peer wrote %d bytes to a paused connection without ever blocking", written)
+	var n int
+	h.do(func() { n = st.n })
+	require.Zero(t, n, "RAW_RX while paused")
+	t.Logf("peer blocked after %d bytes", written)
+
+	ch := make(chan struct{})
+	h.do(func() {
+		st.want, st.reached = written, ch
+		err = conn.RxFlowControl(true)
+	})
+	require.NoError(t, err)
+	waitCh(t, ch, fmt.Sprintf("%d bytes after resume", written))
+	h.sync()
+	var got, gotSum = 0, uint64(0)
+	h.do(func() { got, gotSum = st.n, st.sum })
+	require.Equal(t, written, got, "bytes delivered after resume")
+	require.Equal(t, sum, gotSum, "checksum of the bytes delivered after resume")
+	h.rec.verify(t)
+}
+
+// Checklist 36: an adopted pipe gets RAW_ADOPT, RAW_RX and, when its
+// writer closes, RAW_CLOSE with io.EOF, where the backend declares
+// CapFiles.
+func (s *suite) testCoreFiles(t *testing.T) {
+	if s.desc.Caps&evlib.CapFiles == 0 {
+		t.Skipf("conformance: backend %q declares it lacks evlib.CapFiles: adopted pipes are not tested", s.name)
+	}
+	var got []byte
+	cb := func(ev core.Event) error {
+		if ev.Reason == core.ReasonRawRX {
+			got = append(got, ev.Data...)
+		}
+		return nil
+	}
+	h := s.newHarness(t, core.Info{Protocols: []core.Protocol{{Name: "pipe", Callback: cb}}})
+	var p [2]int
+	require.NoError(t, unix.Pipe(p[:]))
+	unix.CloseOnExec(p[0])
+	unix.CloseOnExec(p[1])
+	conn, err := h.ctx.AdoptFD(p[0], "")
+	if err != nil {
+		unix.Close(p[0])
+		unix.Close(p[1])
+	}
+	require.NoError(t, err)
+	h.start()
+	_, err = unix.Write(p[1], []byte("through a pipe"))
+	if err != nil {
+		unix.Close(p[1])
+	}
+	require.NoError(t, err)
+	h.rec.waitEvent(t, "RAW_RX", is(core.ReasonRawRX, conn))
+	require.NoError(t, unix.Close(p[1]))
+	e := h.rec.waitEvent(t, "RAW_CLOSE", is(core.ReasonRawClose, conn))
+	require.ErrorIs(t, e.err, io.EOF)
+	var s2 string
+	h.do(func() { s2 = string(got) })
+	require.Equal(t, "through a pipe", s2)
+	h.rec.verify(t)
+}

@@ -1,0 +1,46 @@
+// Package conformance is plugloop's conformance suite for event-loop
+// backends, in the spirit of golang.org/x/net/nettest.TestConn: every
+// backend package calls it from its tests, and a backend is conforming
+// when the whole suite passes.
+//
+// A backend registered with evlib.Register (from its package's init) runs
+// the suite with one line in a _test.go file of its package:
+//
+//	func TestConformance(t *testing.T) { conformance.Run(t, "mybackend") }
+//
+// A backend that is not registered (one a program builds and hands over
+// itself) uses RunBackend with its descriptor instead; the suite registers
+// it under its Name for the core-level tests, so the Name must not be
+// taken by another backend.
+//
+// The suite has two halves, each a subtest:
+//
+//   - "Backend" drives the evlib.Backend directly, created with the
+//     descriptor's New and a recording evlib.Sink: Add/Modify/Remove
+//     idempotency and errors, readiness reports (Readable, Writable,
+//     Hangup, Error) as independent bits, Poll timeouts, Close, and the
+//     declared capabilities (IO, Waker, files).
+//   - "Core" runs a core.Context on the backend with real loopback TCP
+//     sockets, unix sockets and pipes: echo, WRITEABLE semantics, closes
+//     inside a ready batch, fd reuse, hangups, partial writes, rx flow
+//     control and back-pressure, forced service, timers, cancel-service,
+//     Post, wrong-goroutine detection, destroy, the poll-fd callbacks, and
+//     fd and goroutine leaks.
+//
+// Every callback of every core-level test goes through a recorder that
+// checks the lifecycle and poll-fd invariants of the conformance checklist
+// as they happen (exactly one RAW_ADOPT and one RAW_CLOSE per connection,
+// nothing after RAW_CLOSE, PROTOCOL_INIT first and PROTOCOL_DESTROY last,
+// LOCK/ADD/DEL/CHANGE/UNLOCK sequences, never two goroutines in callbacks
+// at once).
+//
+// The suite is deterministic: it synchronizes with channels, Thread.Post
+// and the core's counters, never with sleeps, and it asserts no upper
+// bound on any duration. Its only time limit is a hang guard of ten
+// seconds per wait, which a conforming backend never comes near. Checks
+// that need something the machine lacks (an IPv6 loopback, a capability
+// the backend declares it lacks) are skipped with a message saying why.
+// The suite runs its subtests one after the other, because it counts the
+// process' descriptors and goroutines; do not call it from a parallel
+// test.
+package conformance
