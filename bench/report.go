@@ -407,7 +407,7 @@ func printTable(w io.Writer, r *report) {
 		{"load", fmt.Sprintf("%d connections, %d B payload, one message in flight per connection (closed loop)", c.Conns, c.PayloadBytes)},
 		{"timing", fmt.Sprintf("%gs warm-up + %gs measured per run; repeats: %d, interleaved; medians; %gs in all", c.WarmupSeconds, c.DurationSeconds, c.Repeats, c.ElapsedSeconds)},
 		{"servers", "plugloop/* = internal/echo (lws style: RAW_RX buffers, CallbackOnWritable, one Write per RAW_WRITEABLE);\n" +
-			"             gnet = gnet.Run, OnTraffic writes back Next(-1); net = goroutine per connection, 32 KiB buffer"},
+			"              gnet = gnet.Run, OnTraffic writes back Next(-1); net = goroutine per connection, 32 KiB buffer"},
 		{"kernel", c.Kernel},
 		{"date", c.Date},
 	}
