@@ -462,6 +462,9 @@ func (s *suite) testPollFD(t *testing.T) {
 	m = h.rec.mark()
 	require.Equal(t, big, readFull(t, peer, len(big)))
 	change(m, evlib.Readable, evlib.Readable|evlib.Writable)
+	h.sync()
+	require.Equal(t, 1, h.rec.count(is(core.ReasonRawWriteable, c)),
+		"one request, one RAW_WRITEABLE, also when the kernel had to flush first (checklist 3)")
 
 	// Close: DEL before RAW_CLOSE.
 	h.do(func() { err = c.Close() })
