@@ -100,7 +100,8 @@ type Backend interface {
 	Add(fd int, kind Kind, ev Events) error
 
 	// Modify sets the interest of a watched fd to ev (lws: io(START|STOP)).
-	// The core calls it only when the interest really changes.
+	// The core calls it only when the interest really changes. Modifying
+	// an fd that is not watched returns an error wrapping ErrNotWatched.
 	Modify(fd int, ev Events) error
 
 	// Remove stops watching fd (lws: wsi_logical_close/destroy_wsi). The
