@@ -185,25 +185,41 @@ func fdOpen(fd int) bool {
 // each: from /proc/self/fd where the system has it, else by asking fcntl
 // about every number below the descriptor limit.
 func openFDs() map[int]string {
-	out := map[int]string{}
-	if ents, err := os.ReadDir("/proc/self/fd"); err == nil {
-		for _, e := range ents {
-			fd, err := strconv.Atoi(e.Name())
-			if err != nil {
-				continue
-			}
-			link, err := os.Readlink("/proc/self/fd/" + e.Name())
-			if err != nil {
-				continue // the directory's own fd, closed by now
-			}
-			out[fd] = link
-		}
-		return out
+	if fds, ok := procFDs(); ok {
+		return fds
 	}
+	return fcntlFDs()
+}
+
+// procFDs lists /proc/self/fd, if there is one.
+func procFDs() (map[int]string, bool) {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return nil, false
+	}
+	out := map[int]string{}
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		link, err := os.Readlink("/proc/self/fd/" + e.Name())
+		if err != nil {
+			continue // the directory's own fd, closed by now
+		}
+		out[fd] = link
+	}
+	return out, true
+}
+
+// fcntlFDs finds the open descriptors below the descriptor limit (at most
+// 65536) with fcntl(F_GETFD), describing each by its file type.
+func fcntlFDs() map[int]string {
+	out := map[int]string{}
 	limit := 1 << 16
 	var rl unix.Rlimit
-	if unix.Getrlimit(unix.RLIMIT_NOFILE, &rl) == nil && rl.Cur > 0 && rl.Cur < uint64(limit) {
-		limit = int(rl.Cur)
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &rl) == nil && rl.Cur > 0 && int64(rl.Cur) < int64(limit) {
+		limit = int(rl.Cur) // Cur is int64 on FreeBSD, uint64 elsewhere
 	}
 	for fd := 0; fd < limit; fd++ {
 		if fdOpen(fd) {
