@@ -249,7 +249,9 @@ func (c *Context) Stats() Stats {
 
 // Run services every thread until the context is destroyed (it then returns
 // nil) or cctx is cancelled (it returns cctx.Err() and the context stays
-// usable). Thread 0 runs on the calling goroutine.
+// usable). Thread 0 runs on the calling goroutine. If the context was
+// destroyed, or is being destroyed, before Run takes the thread, Run returns
+// ErrDestroyed.
 func (c *Context) Run(cctx context.Context) error {
 	t := c.threads[0]
 	if err := t.enter(); err != nil {

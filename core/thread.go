@@ -165,7 +165,8 @@ func (t *Thread) enter() error {
 		t.setOwner()
 		return nil
 	}
-	if t.mode.Load() == modeDead {
+	// Busy may mean that Destroy is tearing the thread down right now.
+	if t.mode.Load() == modeDead || t.ctx.destroyReq.Load() {
 		return ErrDestroyed
 	}
 	return ErrInService
