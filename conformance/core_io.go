@@ -37,6 +37,7 @@ func (s *suite) coreTests() []subtest {
 		{"CancelService", s.testCancelService},
 		{"Post", s.testPost},
 		{"CancelVersusDestroy", s.testCancelVersusDestroy},
+		{"RunVersusDestroy", s.testRunVersusDestroy},
 		{"WrongGoroutine", s.testWrongGoroutine},
 		{"RunContextCancel", s.testRunContextCancel},
 		{"DestroyInsideCallback", s.testDestroyInside},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -630,6 +631,27 @@ func (s *suite) testCancelVersusDestroy(t *testing.T) {
 		require.ErrorIs(t, h.ctx.CancelService(), core.ErrDestroyed)
 		require.ErrorIs(t, h.th.Post(func() {}), core.ErrDestroyed)
 		require.NoError(t, h.ctx.Destroy())
+	}
+}
+
+// Checklist 21 and 31: Run racing Destroy (Run may not have taken the
+// thread yet when Destroy tears it down) returns nil or ErrDestroyed,
+// never an error claiming someone else services the thread.
+func (s *suite) testRunVersusDestroy(t *testing.T) {
+	for i := range 200 {
+		h := s.newHarness(t, echoInfo())
+		h.started = true
+		go func() { h.runErr <- h.ctx.Run(context.Background()) }()
+		if i%2 == 1 {
+			runtime.Gosched()
+		}
+		require.NoError(t, h.ctx.Destroy())
+		waitCh(t, h.ctx.Done(), "Done")
+		h.done = true
+		if err := waitCh(t, h.runErr, "Run to return"); err != nil {
+			require.ErrorIs(t, err, core.ErrDestroyed, "Run racing Destroy")
+		}
+		require.ErrorIs(t, h.th.Service(0), core.ErrDestroyed)
 	}
 }
 
