@@ -6,5 +6,6 @@ package core
 // netpoll) and the foreign mode are linked in by importing their packages.
 import (
 	_ "github.com/plugloop/plugloop/evlib_epoll"
+	_ "github.com/plugloop/plugloop/evlib_kqueue"
 	_ "github.com/plugloop/plugloop/evlib_poll"
 )
