@@ -36,6 +36,7 @@ func (s *suite) coreTests() []subtest {
 		{"ConnTimers", s.testConnTimers},
 		{"CancelService", s.testCancelService},
 		{"Post", s.testPost},
+		{"AllProtocol", s.testAllProtocol},
 		{"CancelVersusDestroy", s.testCancelVersusDestroy},
 		{"RunVersusDestroy", s.testRunVersusDestroy},
 		{"WrongGoroutine", s.testWrongGoroutine},

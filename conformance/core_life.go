@@ -63,11 +63,17 @@ func (s *suite) testDestroyInside(t *testing.T) {
 		bClosed    bool
 		cbw        error
 		mark       int
+		adoptErr   error // AdoptFD inside RAW_CLOSE during destruction
+		listenErr  error // Listen likewise
+		tried      bool
+		secondRan  bool // a function queued behind the destroying one ran
 	}
 	run := func(t *testing.T, how string) {
 		var res result
 		var h *harness
 		var a, b *core.Conn
+		spare, sparePeer := unixPair(t)
+		defer sparePeer.Close()
 		destroy := func() {
 			res.err1 = h.ctx.Destroy()
 			res.err2 = h.ctx.Destroy()
@@ -78,6 +84,12 @@ func (s *suite) testDestroyInside(t *testing.T) {
 		cb := func(ev core.Event) error {
 			if ev.Reason == core.ReasonRawRX && how == "RX" && res.mark == 0 {
 				destroy()
+			}
+			if ev.Reason == core.ReasonRawClose && !res.tried {
+				// Nothing new joins a context being torn down.
+				res.tried = true
+				_, res.adoptErr = h.ctx.AdoptFD(spare, "p1")
+				_, res.listenErr = h.ctx.Listen("tcp4", "127.0.0.1:0", "")
 			}
 			return nil
 		}
@@ -103,10 +115,24 @@ func (s *suite) testDestroyInside(t *testing.T) {
 				peerA.Write([]byte("a"))
 			})
 		case "Post":
-			require.NoError(t, h.th.Post(destroy))
-		case "Timer":
-			h.do(func() { _, err = h.th.AfterFunc(time.Millisecond, destroy) })
+			// Both run in one later pass: the second must be dropped.
+			var err2 error
+			h.do(func() {
+				err = h.th.Post(destroy)
+				err2 = h.th.Post(func() { res.secondRan = true })
+			})
 			require.NoError(t, err)
+			require.NoError(t, err2)
+		case "Timer":
+			// Both due in the same pass (almost always): once the first
+			// destroyed the context, the second must not run.
+			var err2 error
+			h.do(func() {
+				_, err = h.th.AfterFunc(time.Millisecond, destroy)
+				_, err2 = h.th.AfterFunc(time.Millisecond, func() { res.secondRan = true })
+			})
+			require.NoError(t, err)
+			require.NoError(t, err2)
 		}
 		h.waitDone()
 		require.NoError(t, res.err1)
@@ -115,7 +141,11 @@ func (s *suite) testDestroyInside(t *testing.T) {
 		require.False(t, res.bClosed, "b closed before the callback that destroyed returned")
 		require.NoError(t, res.cbw, "a loop-only call inside the callback after Destroy")
 		require.NotZero(t, res.mark)
+		require.False(t, res.secondRan, "a function queued behind the one that called Destroy ran")
 		afterDestroyOnly(t, h, res.mark, a, b)
+		require.ErrorIs(t, res.adoptErr, core.ErrDestroyed, "AdoptFD inside RAW_CLOSE during destruction")
+		require.ErrorIs(t, res.listenErr, core.ErrDestroyed, "Listen inside RAW_CLOSE during destruction")
+		fdCloseOrFail(t, spare)
 		expectEOF(t, peerA)
 		expectEOF(t, peerB)
 	}
@@ -327,6 +357,22 @@ func (s *suite) testAdopt(t *testing.T) {
 			require.ErrorIs(t, adoptFD(e.fd, ""), core.ErrBadFD, "AdoptFD of the core's wake fd %d", e.fd)
 		}
 	}
+	// Checklist 25: an fd number far above the others grows the core's
+	// table and the backend's.
+	lo, peerHi := unixPair(t)
+	hi, err := unix.FcntlInt(uintptr(lo), unix.F_DUPFD_CLOEXEC, 4000)
+	require.NoError(t, err)
+	require.NoError(t, closeFD(lo))
+	var chi *core.Conn
+	h.do(func() { chi, err = h.ctx.AdoptFD(hi, "echo") })
+	require.NoError(t, err, "AdoptFD of fd %d", hi)
+	require.NoError(t, roundTrips(peerHi, 93, 5))
+	require.NoError(t, peerHi.Close())
+	e := h.rec.waitEvent(t, "RAW_CLOSE of the high fd", is(core.ReasonRawClose, chi))
+	require.ErrorIs(t, e.err, io.EOF)
+	h.sync()
+	require.False(t, fdOpen(hi))
+
 	fd, peer := unixPair(t)
 	require.ErrorIs(t, adoptFD(fd, "nope"), core.ErrUnknownProtocol)
 	require.True(t, fdOpen(fd), "a failed AdoptFD must leave the fd to the caller")
@@ -337,7 +383,7 @@ func (s *suite) testAdopt(t *testing.T) {
 	fd, peer = unixPair(t)
 	err = adoptFD(fd, "refuse")
 	require.ErrorIs(t, err, errRefused, "AdoptFD refused by RAW_ADOPT")
-	e := h.rec.waitEvent(t, "RAW_CLOSE of the refused connection", func(e event) bool {
+	e = h.rec.waitEvent(t, "RAW_CLOSE of the refused connection", func(e event) bool {
 		return e.reason == core.ReasonRawClose && e.proto == "refuse"
 	})
 	require.ErrorIs(t, e.err, errRefused)
@@ -350,8 +396,8 @@ func (s *suite) testAdopt(t *testing.T) {
 	require.NoError(t, roundTrips(cli, 92, 5))
 	require.NoError(t, h.ctx.CancelService(), "the wake fd must still work")
 	h.rec.waitEvent(t, "EVENT_WAIT_CANCELLED", is(core.ReasonEventWaitCancelled, nil))
-	require.Equal(t, 2, h.rec.count(is(core.ReasonRawAdopt, nil)))
-	require.Equal(t, 1, h.rec.count(is(core.ReasonRawClose, nil)))
+	require.Equal(t, 3, h.rec.count(is(core.ReasonRawAdopt, nil)))
+	require.Equal(t, 2, h.rec.count(is(core.ReasonRawClose, nil)))
 	h.rec.verify(t)
 }
 

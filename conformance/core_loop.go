@@ -50,6 +50,27 @@ func (s *suite) testIdleSleeps(t *testing.T) {
 		require.LessOrEqual(t, after.Waits-before.Waits, uint64(3), "waits in one idle Service pass")
 		require.Equal(t, before.Dispatches, after.Dispatches, "callbacks on an idle context")
 	})
+	t.Run("SubResolutionTimer", func(t *testing.T) {
+		// Checklist 17: a timer due in less than the backend's wait
+		// resolution (a millisecond for poll and epoll) must not turn
+		// into a string of zero-length waits.
+		h := s.newHarness(t, echoInfo())
+		h.start()
+		h.waitBlocked()
+		var w0, w1 uint64
+		var err error
+		fired := make(chan struct{})
+		h.do(func() {
+			w0 = h.th.Stats().Waits
+			_, err = h.th.AfterFunc(300*time.Microsecond, func() {
+				w1 = h.th.Stats().Waits
+				close(fired)
+			})
+		})
+		require.NoError(t, err)
+		waitCh(t, fired, "a 300µs timer")
+		require.LessOrEqual(t, w1-w0, uint64(10), "waits until a 300µs timer fired: the loop spins")
+	})
 	t.Run("PausedInput", func(t *testing.T) {
 		paused := make(chan struct{})
 		// rx is touched only on the loop goroutine.
@@ -444,6 +465,17 @@ func (s *suite) testConnTimers(t *testing.T) {
 	require.ErrorIs(t, e1, core.ErrInvalid, "SetTimeout with a negative duration")
 	require.Zero(t, h.rec.count(is(core.ReasonRawClose, c)))
 	h.rec.verify(t)
+
+	t.Run("IdleTimeout", func(t *testing.T) {
+		h := s.newHarness(t, core.Info{IdleTimeout: 20 * time.Millisecond, Protocols: []core.Protocol{{Name: "idle", Callback: echoCallback}}})
+		fd, peer := unixPair(t)
+		c, err := h.ctx.AdoptFD(fd, "")
+		require.NoError(t, err)
+		h.start()
+		e := h.rec.waitEvent(t, "RAW_CLOSE after Info.IdleTimeout", is(core.ReasonRawClose, c))
+		require.ErrorIs(t, e.err, core.ErrTimeout)
+		expectEOF(t, peer)
+	})
 }
 
 // Checklist 19: CancelService from many goroutines wakes the blocked loop
@@ -556,6 +588,13 @@ func (s *suite) testPost(t *testing.T) {
 		require.Zero(t, outOfOrder, "posted functions of one goroutine run in the order posted")
 	})
 	require.ErrorIs(t, h.th.Post(nil), core.ErrInvalid)
+	var errService, errRun error
+	h.do(func() {
+		errService = h.th.Service(0)
+		errRun = h.ctx.Run(context.Background())
+	})
+	require.ErrorIs(t, errService, core.ErrInService, "Service inside a callback")
+	require.ErrorIs(t, errRun, core.ErrInService, "Run inside a callback")
 	h.rec.verify(t)
 }
 
@@ -632,6 +671,54 @@ func (s *suite) testCancelVersusDestroy(t *testing.T) {
 		require.ErrorIs(t, h.th.Post(func() {}), core.ErrDestroyed)
 		require.NoError(t, h.ctx.Destroy())
 	}
+}
+
+// CallbackOnWritableAll and RxFlowControlAll reach every connection of
+// the named protocol and no other.
+func (s *suite) testAllProtocol(t *testing.T) {
+	h := s.newHarness(t, core.Info{Protocols: []core.Protocol{
+		{Name: "p1", Callback: func(core.Event) error { return nil }},
+		{Name: "p2", Callback: func(core.Event) error { return nil }},
+	}})
+	var conns [3]*core.Conn
+	var peers [3]net.Conn
+	for i, proto := range []string{"p1", "p1", "p2"} {
+		fd, peer := unixPair(t)
+		c, err := h.ctx.AdoptFD(fd, proto)
+		require.NoError(t, err)
+		conns[i], peers[i] = c, peer
+	}
+	h.start()
+	var err error
+	h.do(func() { err = h.ctx.CallbackOnWritableAll("p1") })
+	require.NoError(t, err)
+	h.rec.waitEvent(t, "RAW_WRITEABLE", is(core.ReasonRawWriteable, conns[0]))
+	h.rec.waitEvent(t, "RAW_WRITEABLE", is(core.ReasonRawWriteable, conns[1]))
+	h.sync()
+	require.Zero(t, h.rec.count(is(core.ReasonRawWriteable, conns[2])), "RAW_WRITEABLE for another protocol's connection")
+
+	var paused [3]bool
+	h.do(func() {
+		err = h.ctx.RxFlowControlAll("p1", false)
+		for i, c := range conns {
+			paused[i] = c.RxPaused()
+		}
+	})
+	require.NoError(t, err)
+	require.Equal(t, [3]bool{true, true, false}, paused)
+	for _, p := range peers {
+		write(t, p, []byte("x"))
+	}
+	h.rec.waitEvent(t, "RAW_RX of the p2 connection", is(core.ReasonRawRX, conns[2]))
+	h.sync()
+	require.Zero(t, h.rec.count(is(core.ReasonRawRX, conns[0]))+h.rec.count(is(core.ReasonRawRX, conns[1])), "RAW_RX while paused")
+	h.do(func() { err = h.ctx.RxFlowControlAll("p1", true) })
+	require.NoError(t, err)
+	h.rec.waitEvent(t, "RAW_RX after resume", is(core.ReasonRawRX, conns[0]))
+	h.rec.waitEvent(t, "RAW_RX after resume", is(core.ReasonRawRX, conns[1]))
+	h.do(func() { err = h.ctx.CallbackOnWritableAll("nope") })
+	require.ErrorIs(t, err, core.ErrUnknownProtocol)
+	h.rec.verify(t)
 }
 
 // Checklist 21 and 31: Run racing Destroy (Run may not have taken the
