@@ -360,7 +360,7 @@ func (s *suite) testAdopt(t *testing.T) {
 	// Checklist 25: an fd number far above the others grows the core's
 	// table and the backend's.
 	lo, peerHi := unixPair(t)
-	hi, err := unix.FcntlInt(uintptr(lo), unix.F_DUPFD_CLOEXEC, 4000)
+	hi, err := unix.FcntlInt(uintptr(lo), unix.F_DUPFD_CLOEXEC, highFD())
 	require.NoError(t, err)
 	require.NoError(t, closeFD(lo))
 	var chi *core.Conn
