@@ -13,7 +13,7 @@
 // it under its Name for the core-level tests, so the Name must not be
 // taken by another backend.
 //
-// The suite has two halves, each a subtest:
+// The suite has three parts, each a subtest:
 //
 //   - "Backend" drives the evlib.Backend directly, created with the
 //     descriptor's New and a recording evlib.Sink: Add/Modify/Remove
@@ -26,6 +26,15 @@
 //     control and back-pressure, forced service, timers, cancel-service,
 //     Post, wrong-goroutine detection, destroy, the poll-fd callbacks, and
 //     fd and goroutine leaks.
+//   - "NoLeaks" checks that the process holds the descriptors and
+//     goroutines it held before the suite.
+//
+// Each test's comment names the items of the lws event-lib conformance
+// checklist it covers. Not covered: attaching to a foreign loop (the type
+// of Config.Foreign is the backend's own; the suite only checks that a
+// foreign loop of an unknown type is refused), the core-level tests of
+// app-driven backends, several service threads, the fd-limit accept pause,
+// client connection racing and graceful-close draining.
 //
 // Every callback of every core-level test goes through a recorder that
 // checks the lifecycle and poll-fd invariants of the conformance checklist
@@ -35,9 +44,12 @@
 // at once).
 //
 // The suite is deterministic: it synchronizes with channels, Thread.Post
-// and the core's counters, never with sleeps, and it asserts no upper
-// bound on any duration. Its only time limit is a hang guard of ten
-// seconds per wait, which a conforming backend never comes near. Checks
+// and the core's counters, never with a sleep in place of a signal, and it
+// asserts no upper bound on any duration (only lower bounds: a timer never
+// fires early). Its only time limit is a hang guard of ten seconds per
+// wait, which a conforming backend never comes near. (The back-pressure
+// test calls a peer blocked once it stayed unwritable for 100ms while the
+// loop ran; a slow backend can only make it pass, not fail.) Checks
 // that need something the machine lacks (an IPv6 loopback, a capability
 // the backend declares it lacks) are skipped with a message saying why.
 // The suite runs its subtests one after the other, because it counts the
