@@ -535,7 +535,7 @@ func (s *suite) testPartialWrites(t *testing.T) {
 			end := min(st.off+chunk, total)
 			n, err := c.Write(data[st.off:end])
 			if err != nil || n != end-st.off {
-				st.errs = append(st.errs, fmt.Errorf("Write returned %d, %v for %d bytes", n, err, end-st.off))
+				st.errs = append(st.errs, fmt.Errorf("write returned %d, %v for %d bytes", n, err, end-st.off))
 				return err
 			}
 			st.off = end
