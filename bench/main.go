@@ -258,6 +258,9 @@ func (r runResult) brief() string {
 	if r.OtherCPU >= 0 {
 		s += fmt.Sprintf("  other processes %.0f%% CPU", r.OtherCPU)
 	}
+	if r.StealCPU > 0.5 {
+		s += fmt.Sprintf(", steal %.0f%%", r.StealCPU)
+	}
 	if r.Perf != nil && r.PerfRoundTrips > 0 {
 		s += fmt.Sprintf("  perf: %.2f syscalls/rt", float64(r.Perf.Total)/r.PerfRoundTrips)
 	}
