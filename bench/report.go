@@ -279,6 +279,10 @@ func printJSON(w io.Writer, r *report) {
 // a run is flagged as disturbed.
 const noisyPct = 10
 
+// spreadPct is the ± of CPU per round trip between repeats above which the
+// median is flagged as fragile.
+const spreadPct = 5
+
 // printTable writes the human-readable report.
 func printTable(w io.Writer, r *report) {
 	c := r.Conditions
@@ -333,6 +337,16 @@ func printTable(w io.Writer, r *report) {
 	writeColumns(w, rows)
 	for _, e := range errs {
 		fmt.Fprintf(w, "  ! %s\n", e)
+	}
+	var unsteady []string
+	for _, s := range r.Servers {
+		if s.RTPerSec > 0 && s.CPUSpreadPct > spreadPct {
+			unsteady = append(unsteady, s.Name)
+		}
+	}
+	if len(unsteady) > 0 {
+		fmt.Fprintf(w, "  ! CPU/rt of %s varied by more than ±%d%% between repeats: a median of few runs is fragile; use more -repeats\n",
+			strings.Join(unsteady, ", "), spreadPct)
 	}
 	if noisy {
 		fmt.Fprintf(w, "  ! other processes used more than %d%% of a CPU during some runs: those figures are disturbed; rerun on a quiet machine\n", noisyPct)
