@@ -321,6 +321,9 @@ type runResult struct {
 	CPUPerRT   float64 `json:"server_cpu_us_per_rt"`
 	ClientCPU  float64 `json:"client_cpu_us_per_rt"`
 	MaxRSSKB   int64   `json:"server_peak_rss_kb"`
+	// CSWPerRT is the server's context switches (voluntary and not) per
+	// round trip: how often it went to sleep or was preempted.
+	CSWPerRT float64 `json:"server_csw_per_rt"`
 	// OtherCPU is the CPU time, in % of one CPU, that processes other than
 	// the server and the bench used during the window; StealCPU is what
 	// the hypervisor took. Both are -1 where unknown.
@@ -464,6 +467,7 @@ func runOne(ctx context.Context, cfg *config, name string, repeat int, straced b
 	clientNS := tvNS(ru1.Utime) - tvNS(ru0.Utime) + tvNS(ru1.Stime) - tvNS(ru0.Stime)
 	res.ClientCPU = float64(clientNS) / 1e3 / rts
 	res.MaxRSSKB = u.MaxRSSKB
+	res.CSWPerRT = float64(u.VolCSW+u.InvolCSW) / rts
 	res.OtherCPU, res.StealCPU = -1, -1
 	if sysOK && sysOK1 && u.WallNS > 0 {
 		wall := float64(u.WallNS)

@@ -251,7 +251,7 @@ func (r runResult) brief() string {
 	if r.Error != "" {
 		return "error: " + r.Error
 	}
-	s := fmt.Sprintf("%9.0f rt/s  %6.2f µs CPU/rt", r.RTPerSec, r.CPUPerRT)
+	s := fmt.Sprintf("%9.0f rt/s  %6.2f µs CPU/rt  %.2f csw/rt", r.RTPerSec, r.CPUPerRT, r.CSWPerRT)
 	if r.Stats != nil {
 		s += fmt.Sprintf("  %.2f syscalls/rt", float64(r.Stats.Syscalls)/r.RoundTrips)
 	}

@@ -57,6 +57,7 @@ type serverReport struct {
 	CPUVsEpoll   float64 `json:"server_cpu_vs_epoll,omitempty"`
 	ClientCPU    float64 `json:"client_cpu_us_per_rt"`
 	PeakRSSMB    float64 `json:"server_peak_rss_mb"`
+	CSWPerRT     float64 `json:"server_csw_per_rt"`
 	// OtherCPU is the most CPU (% of one CPU) other processes used during
 	// any of the runs; -1 where unknown.
 	OtherCPU float64 `json:"other_cpu_pct_max"`
@@ -180,6 +181,7 @@ func summarize(name string, runs []runResult) serverReport {
 	sr.CPUSpreadPct = (slices.Max(cpu) - slices.Min(cpu)) / 2 / sr.CPUPerRT * 100
 	sr.ClientCPU = median(get(func(r runResult) float64 { return r.ClientCPU }))
 	sr.PeakRSSMB = slices.Max(get(func(r runResult) float64 { return float64(r.MaxRSSKB) / 1024 }))
+	sr.CSWPerRT = median(get(func(r runResult) float64 { return r.CSWPerRT }))
 	sr.OtherCPU = slices.Max(get(func(r runResult) float64 { return r.OtherCPU }))
 	var perfRates []float64
 	perfSum, perfRTs := map[string]uint64{}, 0.0
@@ -290,7 +292,7 @@ func printTable(w io.Writer, r *report) {
 		c.PayloadBytes, c.Conns, c.Repeats, c.DurationSeconds)
 
 	strace := c.Strace
-	head := []string{"server", "round trips/s", "CPU µs/rt", "±", "CPU/rt vs epoll", "syscalls/rt", "peak RSS MB", "others %CPU"}
+	head := []string{"server", "round trips/s", "CPU µs/rt", "±", "CPU/rt vs epoll", "syscalls/rt", "ctx sw/rt", "peak RSS MB", "others %CPU"}
 	perf := r.Conditions.Perf
 	if perf {
 		head = append(head, "perf syscalls/rt")
@@ -314,6 +316,7 @@ func printTable(w io.Writer, r *report) {
 			fmt.Sprintf("%.1f%%", s.CPUSpreadPct),
 			dash(s.CPUVsEpoll, "%.2fx"),
 			dash(s.SyscallsPerRT, "%.2f"),
+			fmt.Sprintf("%.2f", s.CSWPerRT),
 			fmt.Sprintf("%.1f", s.PeakRSSMB),
 			"?",
 		}
@@ -353,7 +356,8 @@ func printTable(w io.Writer, r *report) {
 	}
 
 	fmt.Fprintf(w, "\nCPU µs/rt: the server child's user+sys CPU time (getrusage) over the measured window per round trip; ± is half the\n"+
-		"min–max range over the repeats; others %%CPU: the most CPU any other process used during a run (/proc/stat), %% of one CPU.\n"+
+		"min–max range over the repeats; ctx sw/rt: the server's context switches (getrusage), i.e. how often it slept;\n"+
+		"others %%CPU: the most CPU any other process used during a run (/proc/stat), %% of one CPU.\n"+
 		"syscalls/rt: the plugloop core's own count (core.Context.Stats); - = not counted")
 	if perf {
 		fmt.Fprintf(w, ";\nperf syscalls/rt: every system call of the server process over the measured window (perf stat, syscall tracepoints)")

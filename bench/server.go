@@ -62,10 +62,13 @@ type hello struct {
 // usage is the child's answer to stop: what the server used between start
 // and stop.
 type usage struct {
-	WallNS   int64  `json:"wall_ns"`
-	UserNS   int64  `json:"user_ns"`
-	SysNS    int64  `json:"sys_ns"`
-	MaxRSSKB int64  `json:"maxrss_kb"` // peak over the child's life
+	WallNS   int64 `json:"wall_ns"`
+	UserNS   int64 `json:"user_ns"`
+	SysNS    int64 `json:"sys_ns"`
+	MaxRSSKB int64 `json:"maxrss_kb"` // peak over the child's life
+	// Context switches: the server slept (voluntary) or was preempted.
+	VolCSW   int64  `json:"nvcsw"`
+	InvolCSW int64  `json:"nivcsw"`
 	Stats    *Stats `json:"stats,omitempty"`
 }
 
@@ -178,6 +181,8 @@ func runChild(name string) {
 				UserNS:   tvNS(ru.Utime) - tvNS(ru0.Utime),
 				SysNS:    tvNS(ru.Stime) - tvNS(ru0.Stime),
 				MaxRSSKB: maxRSSKB(&ru),
+				VolCSW:   int64(ru.Nvcsw - ru0.Nvcsw),
+				InvolCSW: int64(ru.Nivcsw - ru0.Nivcsw),
 			}
 			if stats != nil {
 				u.Stats = statsDelta(s0, stats())
