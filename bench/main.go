@@ -6,11 +6,21 @@
 //	go run ./bench                       # all servers, about 25 s
 //	go run ./bench -servers epoll,gnet -conns 1000 -duration 5s
 //	go run ./bench -json > result.json
+//	go run ./bench -perf                 # every server's syscalls per round trip
 //	go run ./bench -strace               # adds a traced run per server
+//	go run ./bench -cpuprofile prof      # prof/SERVER.pprof for go tool pprof
 //
 // The figure to compare is server CPU per round trip (getrusage deltas of
 // the server child over the measured window): the load generator limits
 // round trips per second, so throughput alone hides the difference.
+//
+// Each server runs in a child process (this binary, re-executed with
+// PLUGLOOP_BENCH_SERVER set) with GOMAXPROCS=1, pinned to the first CPU
+// while the load generator runs on the others. The child answers start,
+// stop and quit on stdin and reports its CPU time, peak RSS, context
+// switches and, for plugloop, the core's Stats over the window. The bench
+// also watches /proc/stat and flags runs during which other processes were
+// busy, and repeats that disagree by more than ±5 %.
 package main
 
 import (
