@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/plugloop/plugloop/evlib"
+	"github.com/plugloop/plugloop/internal/sys"
 	"golang.org/x/sys/unix"
 )
 
@@ -29,7 +30,7 @@ type Backend struct {
 	ctr     *evlib.Counters
 	state   []uint8 // per fd: watched bit | interest
 	events  []unix.EpollEvent
-	busy    bool // the last wait returned events
+	pre     sys.Prepoll
 	closed  bool
 }
 
@@ -165,13 +166,17 @@ func (b *Backend) Poll(timeout time.Duration) (int, error) {
 	}
 	ms := msec(timeout)
 	n, err := 0, error(nil)
-	if b.busy && ms != 0 {
+	if b.pre.Look(ms != 0) {
 		n, err = b.wait(0)
+		b.pre.Looked(n)
 	}
 	if n == 0 && err == nil {
+		if ms != 0 {
+			sys.BeforeBlock()
+		}
 		n, err = b.wait(ms)
+		b.pre.Waited(n)
 	}
-	b.busy = n > 0
 	if err != nil {
 		if errors.Is(err, unix.EINTR) {
 			return 0, nil

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/plugloop/plugloop/evlib"
+	"github.com/plugloop/plugloop/internal/sys"
 )
 
 // kernel is what the backend needs from the operating system: one kqueue.
@@ -74,7 +75,7 @@ type Backend struct {
 	ready   []ready
 	slot    []int32 // fd → 1 + its index in ready, while collecting
 	errs    []error // foreign mode: the failure of each change
-	busy    bool    // the last wait reported something
+	pre     sys.Prepoll
 	closed  bool
 
 	wakeMu     sync.RWMutex // fences Wake against Close
@@ -259,15 +260,19 @@ func (b *Backend) Poll(timeout time.Duration) (int, error) {
 		return 0, fmt.Errorf("%w: the kqueue belongs to the application", evlib.ErrAppDriven)
 	}
 	wait := timeout
-	if b.busy && timeout != 0 {
+	looking := b.pre.Look(timeout != 0)
+	if looking {
 		wait = 0
 	}
 	// At most: a non-blocking look whose changes fail, the look again, the
 	// blocking wait. The bound is a guard; each retry sends fewer changes.
 	for range 4 {
+		if wait != 0 {
+			sys.BeforeBlock()
+		}
 		n, err := b.wait(wait)
 		if err != nil {
-			b.busy = false
+			b.pre.Waited(0)
 			if errors.Is(err, syscall.EINTR) {
 				return 0, nil
 			}
@@ -281,16 +286,21 @@ func (b *Backend) Poll(timeout time.Duration) (int, error) {
 			if failures {
 				continue // the kernel returned the failures without waiting
 			}
-			if wait == 0 && timeout != 0 {
-				wait = timeout // the non-blocking look found nothing: block
+			if looking {
+				b.pre.Looked(0) // the non-blocking look found nothing: block
+				looking, wait = false, timeout
 				continue
 			}
 		}
 		n = b.dispatch()
-		b.busy = n > 0
+		if looking {
+			b.pre.Looked(n)
+		} else {
+			b.pre.Waited(n)
+		}
 		return n, nil
 	}
-	b.busy = false
+	b.pre.Waited(0)
 	return 0, nil
 }
 
