@@ -17,6 +17,7 @@ type Listener struct {
 	c        *Conn
 	addr     net.Addr
 	unixPath string // removed on Close
+	tcp      bool   // accepted connections get TCP_NODELAY
 	resume   *Timer
 }
 
@@ -78,7 +79,8 @@ func (c *Context) AdoptListener(ln net.Listener, protocol string) (*Listener, er
 	if err != nil {
 		return nil, err
 	}
-	l := &Listener{addr: ln.Addr()}
+	_, tcp := ln.Addr().(*net.TCPAddr)
+	l := &Listener{addr: ln.Addr(), tcp: tcp}
 	if ul, ok := ln.(*net.UnixListener); ok {
 		ul.SetUnlinkOnClose(false)
 		l.unixPath = ln.Addr().String()

@@ -844,6 +844,11 @@ func (t *Thread) accept(lc *Conn) {
 			}
 			return
 		}
+		if l.tcp {
+			// Like Go's net and gnet: a small write goes out at once. The
+			// core already writes once per WRITEABLE, so Nagle only delays.
+			unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+		}
 		if _, err := t.adopt(fd, evlib.KindStream, lc.proto, nil); err != nil {
 			if !errors.Is(err, errAdoptRefused) {
 				unix.Close(fd)
