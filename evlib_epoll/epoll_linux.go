@@ -154,9 +154,9 @@ func (b *Backend) Remove(fd int) error {
 }
 
 // Poll implements evlib.Backend. After a batch that returned events it
-// first polls without blocking: on a loaded loop more work is usually ready
-// by then, and a blocking wait that parks the thread costs more than a
-// second cheap call.
+// may first look without blocking (see sys.Prepoll): on a loaded loop more
+// work is usually ready by then, and a blocking wait that parks the thread
+// costs more than a second cheap call.
 func (b *Backend) Poll(timeout time.Duration) (int, error) {
 	if b.closed {
 		return 0, evlib.ErrClosed
@@ -164,19 +164,7 @@ func (b *Backend) Poll(timeout time.Duration) (int, error) {
 	if b.foreign {
 		return 0, fmt.Errorf("%w: the epoll fd belongs to the application", evlib.ErrAppDriven)
 	}
-	ms := msec(timeout)
-	n, err := 0, error(nil)
-	if b.pre.Look(ms != 0) {
-		n, err = b.wait(0)
-		b.pre.Looked(n)
-	}
-	if n == 0 && err == nil {
-		if ms != 0 {
-			sys.BeforeBlock()
-		}
-		n, err = b.wait(ms)
-		b.pre.Waited(n)
-	}
+	n, err := b.pre.Wait(sys.Msec(timeout), b.wait)
 	if err != nil {
 		if errors.Is(err, unix.EINTR) {
 			return 0, nil
@@ -199,20 +187,6 @@ func (b *Backend) wait(ms int) (int, error) {
 		return epollWaitNoblock(b.epfd, b.events)
 	}
 	return unix.EpollWait(b.epfd, b.events, ms)
-}
-
-// msec rounds a timeout up to whole milliseconds, so a timer due in 300 µs
-// waits 1 ms instead of spinning on zero-length waits.
-func msec(d time.Duration) int {
-	switch {
-	case d < 0:
-		return -1
-	case d == 0:
-		return 0
-	case d > time.Duration(1<<31-1)*time.Millisecond:
-		return 1<<31 - 1
-	}
-	return int((d + time.Millisecond - 1) / time.Millisecond)
 }
 
 // Close implements evlib.Backend. A foreign epoll fd is left open; every

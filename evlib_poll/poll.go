@@ -153,19 +153,7 @@ func (b *Backend) Poll(timeout time.Duration) (int, error) {
 	if b.closed {
 		return 0, evlib.ErrClosed
 	}
-	ms := msec(timeout)
-	n, err := 0, error(nil)
-	if b.pre.Look(ms != 0) {
-		n, err = b.wait(0)
-		b.pre.Looked(n)
-	}
-	if n == 0 && err == nil {
-		if ms != 0 {
-			sys.BeforeBlock()
-		}
-		n, err = b.wait(ms)
-		b.pre.Waited(n)
-	}
+	n, err := b.pre.Wait(sys.Msec(timeout), b.wait)
 	if err != nil {
 		if errors.Is(err, unix.EINTR) {
 			return 0, nil
@@ -190,18 +178,6 @@ func (b *Backend) Poll(timeout time.Duration) (int, error) {
 func (b *Backend) wait(ms int) (int, error) {
 	b.ctr.Waits.Add(1)
 	return unix.Poll(b.fds, ms)
-}
-
-func msec(d time.Duration) int {
-	switch {
-	case d < 0:
-		return -1
-	case d == 0:
-		return 0
-	case d > time.Duration(1<<31-1)*time.Millisecond:
-		return 1<<31 - 1
-	}
-	return int((d + time.Millisecond - 1) / time.Millisecond)
 }
 
 // Close implements evlib.Backend.

@@ -1,6 +1,9 @@
 package sys
 
-import "runtime"
+import (
+	"runtime"
+	"time"
+)
 
 // Prepoll decides when a backend looks for events without blocking before it
 // blocks. After a batch, more events are often ready a moment later on a
@@ -37,3 +40,37 @@ func (p *Prepoll) Waited(n int) {
 // and wakes another thread on every blocking wait. A yield here avoids that
 // (gnet's loop does the same), and costs nothing when nothing else runs.
 func BeforeBlock() { runtime.Gosched() }
+
+// Wait makes a backend's wait for at most ms milliseconds (-1: no limit)
+// under the policy: a zero-timeout look first when it is likely to pay off,
+// then, if that found nothing, a yield and the wait that may block.
+func (p *Prepoll) Wait(ms int, wait func(ms int) (int, error)) (int, error) {
+	n, err := 0, error(nil)
+	if p.Look(ms != 0) {
+		n, err = wait(0)
+		p.Looked(n)
+	}
+	if n == 0 && err == nil {
+		if ms != 0 {
+			BeforeBlock()
+		}
+		n, err = wait(ms)
+		p.Waited(n)
+	}
+	return n, err
+}
+
+// Msec converts a wait timeout to the milliseconds poll(2) and epoll_wait
+// take: negative means no limit (-1), and a positive timeout is rounded up,
+// so a timer due in 300 µs waits 1 ms instead of spinning on zero waits.
+func Msec(d time.Duration) int {
+	switch {
+	case d < 0:
+		return -1
+	case d == 0:
+		return 0
+	case d > time.Duration(1<<31-1)*time.Millisecond:
+		return 1<<31 - 1
+	}
+	return int((d + time.Millisecond - 1) / time.Millisecond)
+}
