@@ -202,6 +202,36 @@ func (t *tailBuffer) String() string {
 
 // ---- load generator ----
 
+// loader is a running load generator: io_uring (uringLoad) or Go's net
+// with a goroutine per connection (loadGen).
+type loader interface {
+	// total is the number of round trips completed so far; it may be
+	// called from any goroutine.
+	total() uint64
+	// Err returns the first error a connection met.
+	Err() error
+	// close stops the load: connections finish their round trip in
+	// flight, then all are closed.
+	close()
+}
+
+const (
+	loadUring = "uring"
+	loadNet   = "net"
+)
+
+// startLoader starts the load generator cfg selects.
+func startLoader(ctx context.Context, cfg *config, addr string, deadline time.Time) (loader, error) {
+	if cfg.load == loadUring {
+		l, err := startUringLoad(ctx, addr, cfg.conns, cfg.size)
+		if err != nil {
+			return nil, err
+		}
+		return l, nil
+	}
+	return startLoad(ctx, addr, cfg.conns, cfg.size, deadline)
+}
+
 // counter is one connection's round trip count, alone on its cache line.
 type counter struct {
 	n atomic.Uint64
@@ -372,7 +402,7 @@ func runOne(ctx context.Context, cfg *config, name string, repeat int, straced b
 	}()
 
 	deadline := time.Now().Add(cfg.warmup + cfg.duration + controlTimeout)
-	lg, err := startLoad(ctx, ch.hello.Addr, cfg.conns, cfg.size, deadline)
+	lg, err := startLoader(ctx, cfg, ch.hello.Addr, deadline)
 	if err != nil {
 		res.Error = ch.failure(err).Error()
 		return res

@@ -56,6 +56,8 @@ type config struct {
 	clientCPUs []int
 	clientProc int // the load generator's GOMAXPROCS
 	pinNote    string
+	load       string // loadUring or loadNet
+	loadNote   string // which load generator, and how
 }
 
 func main() {
@@ -73,6 +75,7 @@ func main() {
 	flag.BoolVar(&cfg.strace, "strace", false, "add one run per server under strace -c -f and report its syscalls per round trip (that run's CPU figures are not comparable)")
 	perf := flag.Bool("perf", false, "count every system call of each server over the measured window with perf stat (syscall tracepoints; adds a little kernel CPU per call)")
 	flag.StringVar(&cfg.profileDir, "cpuprofile", "", "write a CPU profile of each server's measured window to `dir`/SERVER.pprof (the last repeat wins; profiling costs the server a little CPU)")
+	flag.StringVar(&cfg.load, "load", loadUring, "load generator: uring (one thread, all connections on one io_uring; falls back to net where io_uring is unavailable) or net (a goroutine per connection)")
 	pin := flag.Bool("pin", true, "pin the server to one CPU and the load generator to the others (needs >= 2 CPUs)")
 	list := flag.Bool("list", false, "list the servers and exit")
 	flag.Usage = func() {
@@ -81,7 +84,7 @@ func main() {
 		flag.PrintDefaults()
 	}
 	flag.Parse()
-	if flag.NArg() > 0 || cfg.conns < 1 || cfg.size < 1 || cfg.repeats < 1 || cfg.duration <= 0 || cfg.warmup < 0 {
+	if flag.NArg() > 0 || (cfg.load != loadUring && cfg.load != loadNet) || cfg.conns < 1 || cfg.size < 1 || cfg.repeats < 1 || cfg.duration <= 0 || cfg.warmup < 0 {
 		flag.Usage()
 		os.Exit(2)
 	}
@@ -100,6 +103,7 @@ func main() {
 		os.Exit(2)
 	}
 	setupPinning(cfg, *pin)
+	setupLoad(cfg)
 	if cfg.strace {
 		path, err := exec.LookPath("strace")
 		if err != nil {
@@ -206,6 +210,24 @@ func setupPinning(cfg *config, pin bool) {
 			formatCPUs(cfg.serverCPUs), formatCPUs(cfg.clientCPUs))
 	}
 	cfg.clientProc = runtime.GOMAXPROCS(0)
+}
+
+// setupLoad settles the load generator: io_uring if asked for and
+// available, else net.
+func setupLoad(cfg *config) {
+	const netNote = "net: a goroutine per connection, blocking Write then ReadFull"
+	if cfg.load == loadNet {
+		cfg.loadNote = netNote + " (-load net)"
+		return
+	}
+	how, err := uringProbe()
+	if err != nil {
+		cfg.load = loadNet
+		cfg.loadNote = netNote + "; io_uring unavailable (" + err.Error() + ")"
+		fmt.Fprintf(os.Stderr, "bench: -load uring: io_uring unavailable (%v); using the net load generator, which costs about as much CPU per round trip as a server\n", err)
+		return
+	}
+	cfg.loadNote = "uring: one thread, all connections on one io_uring (" + how + "), SEND linked to RECV per connection"
 }
 
 // run measures every server, repeats interleaved, then the strace runs.

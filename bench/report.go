@@ -28,6 +28,7 @@ type conditions struct {
 	ServerGoMaxProcs int     `json:"server_gomaxprocs"`
 	ClientGoMaxProcs int     `json:"client_gomaxprocs"`
 	Pinning          string  `json:"pinning"`
+	LoadGenerator    string  `json:"load_generator"`
 	CPUs             int     `json:"cpus"`
 	Conns            int     `json:"conns"`
 	PayloadBytes     int     `json:"payload_bytes"`
@@ -99,6 +100,7 @@ func buildReport(cfg *config, results map[string][]runResult, straced map[string
 			ServerGoMaxProcs: 1,
 			ClientGoMaxProcs: cfg.clientProc,
 			Pinning:          cfg.pinNote,
+			LoadGenerator:    cfg.loadNote,
 			CPUs:             runtime.NumCPU(),
 			Conns:            cfg.conns,
 			PayloadBytes:     cfg.size,
@@ -371,14 +373,20 @@ func printTable(w io.Writer, r *report) {
 	}
 	fmt.Fprintln(w, ".")
 
-	var client []float64
+	var client, server []float64
 	for _, s := range r.Servers {
 		if s.RTPerSec > 0 {
 			client = append(client, s.ClientCPU)
+			server = append(server, s.CPUPerRT)
 		}
 	}
 	if len(client) > 0 {
-		fmt.Fprintf(w, "The load generator used %.1f µs CPU per round trip (median): it, not the server, usually limits round trips/s.\n", median(client))
+		lc, least := median(client), slices.Min(server)
+		if lc < least*0.8 {
+			fmt.Fprintf(w, "The load generator used %.1f µs CPU per round trip (median), less than any server (%.1f): the servers limit round trips/s.\n", lc, least)
+		} else {
+			fmt.Fprintf(w, "The load generator used %.1f µs CPU per round trip (median), about as much as a server (%.1f): it, not the server, may limit round trips/s.\n", lc, least)
+		}
 	}
 
 	var per []string
@@ -422,7 +430,8 @@ func printTable(w io.Writer, r *report) {
 		{"go", c.GoVersion + ", gnet " + c.GnetVersion},
 		{"GOMAXPROCS", fmt.Sprintf("%d in every server child (plugloop; gnet with one event loop, multicore off; net too, for fairness); load generator %d", c.ServerGoMaxProcs, c.ClientGoMaxProcs)},
 		{"pinning", fmt.Sprintf("%s (%d CPUs)", c.Pinning, c.CPUs)},
-		{"load", fmt.Sprintf("%d connections, %d B payload, one message in flight per connection (closed loop)", c.Conns, c.PayloadBytes)},
+		{"load", fmt.Sprintf("%d connections, %d B payload, one message in flight per connection (closed loop); echoes checked byte for byte", c.Conns, c.PayloadBytes)},
+		{"load gen", c.LoadGenerator},
 		{"timing", fmt.Sprintf("%gs warm-up + %gs measured per run; repeats: %d, interleaved; medians; %gs in all", c.WarmupSeconds, c.DurationSeconds, c.Repeats, c.ElapsedSeconds)},
 		{"servers", "plugloop/* = internal/echo (lws style: RAW_RX buffers, CallbackOnWritable, one Write per RAW_WRITEABLE);\n" +
 			"              gnet = gnet.Run, OnTraffic writes back Next(-1); net = goroutine per connection, 32 KiB buffer"},

@@ -1,0 +1,151 @@
+package main
+
+import (
+	"context"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// echoServer is a plain in-process echo server; corrupt, if set, changes
+// the echo.
+func echoServer(t *testing.T, corrupt bool) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				buf := make([]byte, 4096)
+				var n int64
+				for {
+					k, err := c.Read(buf)
+					if err != nil {
+						return
+					}
+					if corrupt && n+int64(k) > 5000 {
+						buf[k-1] ^= 0xff
+					}
+					n += int64(k)
+					if _, err := c.Write(buf[:k]); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+func requireUring(t *testing.T) {
+	t.Helper()
+	if _, err := uringProbe(); err != nil {
+		t.Skipf("io_uring unavailable on this machine (a capability of the machine, not a failure): %v", err)
+	}
+}
+
+// TestUringLoad runs the io_uring load generator against a plain echo
+// server: small messages, and large ones that arrive in several pieces.
+func TestUringLoad(t *testing.T) {
+	requireUring(t)
+	for _, tc := range []struct {
+		conns, size int
+		want        uint64
+	}{{conns: 8, size: 64, want: 400}, {conns: 3, size: 100_000, want: 60}} {
+		addr := echoServer(t, false)
+		l, err := startUringLoad(context.Background(), addr, tc.conns, tc.size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(3 * time.Second)
+		for l.total() < tc.want && l.Err() == nil && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+		l.close()
+		if err := l.Err(); err != nil {
+			t.Fatalf("%d×%d B: %v", tc.conns, tc.size, err)
+		}
+		if n := l.total(); n < tc.want {
+			t.Fatalf("%d×%d B: %d round trips, want >= %d", tc.conns, tc.size, n, tc.want)
+		}
+		t.Logf("%d×%d B: %d round trips; %s", tc.conns, tc.size, l.total(), l.stats)
+	}
+}
+
+// TestUringLoadDetectsCorruption: an echo that differs is an error.
+func TestUringLoadDetectsCorruption(t *testing.T) {
+	requireUring(t)
+	l, err := startUringLoad(context.Background(), echoServer(t, true), 2, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for l.Err() == nil && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	l.close()
+	if err := l.Err(); err == nil || !strings.Contains(err.Error(), "different bytes") {
+		t.Fatalf("error %v, want a mismatch", err)
+	}
+}
+
+// TestUringLoadServerGone: a server that closes the connections is an
+// error, not a hang.
+func TestUringLoadServerGone(t *testing.T) {
+	requireUring(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			io.CopyN(io.Discard, c, 1)
+			c.Close()
+		}
+	}()
+	l, err := startUringLoad(context.Background(), ln.Addr().String(), 2, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for l.Err() == nil && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	l.close()
+	if l.Err() == nil {
+		t.Fatal("no error after the server closed the connections")
+	}
+}
