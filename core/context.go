@@ -251,11 +251,16 @@ func (c *Context) Stats() Stats {
 // nil) or cctx is cancelled (it returns cctx.Err() and the context stays
 // usable). Thread 0 runs on the calling goroutine. If the context was
 // destroyed, or is being destroyed, before Run takes the thread, Run returns
-// ErrDestroyed.
+// ErrDestroyed. When the application's loop drives the backend (the foreign
+// mode), Run returns an error wrapping evlib.ErrAppDriven at once.
 func (c *Context) Run(cctx context.Context) error {
 	t := c.threads[0]
 	if err := t.enter(); err != nil {
 		return err
+	}
+	if t.appDriven {
+		t.leave()
+		return errAppLoop
 	}
 	var stop atomic.Bool
 	unhook := context.AfterFunc(cctx, func() {
@@ -271,8 +276,14 @@ func (c *Context) Run(cctx context.Context) error {
 		if !t.pass(-1) {
 			return nil // destroyed; pass released the thread
 		}
+		if t.appDriven {
+			t.leave()
+			return errAppLoop
+		}
 	}
 }
+
+var errAppLoop = fmt.Errorf("plugloop: Run: %w; service it with Thread.ServiceFD and Thread.Service(0)", evlib.ErrAppDriven)
 
 // Destroy closes every connection and listener (each gets RAW_CLOSE with
 // ErrDestroyed), delivers PROTOCOL_DESTROY, and releases the backends. It is

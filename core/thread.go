@@ -69,6 +69,7 @@ type Thread struct {
 	closeReq                []*Conn // Conn.Close called inside a callback
 	fdClose                 []int   // close(2) deferred to the end of the batch
 
+	appDriven bool  // the application's loop waits: never call Poll
 	depth     int   // nesting of user callbacks
 	writing   *Conn // the connection inside RAW_WRITEABLE
 	rxBuf     []byte
@@ -85,6 +86,7 @@ func newThread(c *Context, index int, foreign any) (*Thread, error) {
 		return nil, fmt.Errorf("plugloop: backend %s: %w", c.backend.Name, err)
 	}
 	t.be = be
+	t.appDriven = c.backend.Caps&evlib.CapAppDriven != 0
 	t.io, _ = be.(evlib.IO)
 	if w, ok := be.(evlib.Waker); ok {
 		t.waker = w
@@ -252,7 +254,9 @@ func (t *Thread) signal() error {
 // timers, then a wait of at most timeout for events (timeout < 0: no limit,
 // 0: do not wait; the wait is cut short when forced service is pending or a
 // timer falls due), then the events, cancel-service deliveries and forced
-// service. It returns ErrDestroyed once the context is destroyed.
+// service. It returns ErrDestroyed once the context is destroyed. When the
+// application's loop drives the backend (the foreign mode), Service never
+// waits: Service(0) is the forced service that follows the events of a wait.
 func (t *Thread) Service(timeout time.Duration) error {
 	if err := t.enter(); err != nil {
 		return err
@@ -262,6 +266,64 @@ func (t *Thread) Service(timeout time.Duration) error {
 	}
 	t.leave()
 	return nil
+}
+
+// ServiceFD hands the thread an event from a poll loop the application owns
+// (lws_service_fd). For an fd the thread watches it services it and zeroes
+// pfd.Revents; for any other fd it leaves pfd.Revents alone, so the
+// application can offer every ready pollfd and handle those still set.
+// Events is not consulted: the thread knows its own interest. It returns
+// ErrClosed when servicing closed the connection (Revents is then left
+// alone), ErrDestroyed once the context is being destroyed, and
+// ErrWrongGoroutine or ErrInService when called while another goroutine
+// services the thread. After the events of one wait, the application calls
+// Service(0) for forced service and timers; ServiceAdjustTimeout tells it
+// how long it may sleep.
+func (t *Thread) ServiceFD(pfd *unix.PollFd) error {
+	if t.ctx.destroyReq.Load() || t.mode.Load() == modeDead {
+		return ErrDestroyed
+	}
+	took, err := t.own()
+	if err != nil {
+		return err
+	}
+	defer t.release(took)
+	fd := int(pfd.Fd)
+	var c *Conn
+	if fd >= 0 && fd < len(t.conns) {
+		c = t.conns[fd]
+	}
+	if c == nil && (fd != t.wfd.R || fd < 0) {
+		return nil
+	}
+	t.now = t.clock()
+	t.Ready(fd, pollEvents(pfd.Revents))
+	if c == nil {
+		t.afterWake() // the wake fd: deliver what the wakeup was for
+	}
+	if c != nil && c.state != stateOpen {
+		return ErrClosed
+	}
+	pfd.Revents = 0
+	return nil
+}
+
+// pollEvents converts poll(2) revents.
+func pollEvents(r int16) evlib.Events {
+	var ev evlib.Events
+	if r&(unix.POLLIN|unix.POLLPRI) != 0 {
+		ev |= evlib.Readable
+	}
+	if r&unix.POLLOUT != 0 {
+		ev |= evlib.Writable
+	}
+	if r&unix.POLLHUP != 0 {
+		ev |= evlib.Hangup
+	}
+	if r&(unix.POLLERR|unix.POLLNVAL) != 0 {
+		ev |= evlib.Error
+	}
+	return ev
 }
 
 // ServiceAdjustTimeout returns how long the thread's loop may sleep, at most
@@ -313,16 +375,21 @@ func (t *Thread) pass(timeout time.Duration) bool {
 			wait = max(d, 0)
 		}
 	}
-	t.mode.Store(modeWaiting)
-	if t.wakePending.Load() {
-		wait = 0
+	if !t.appDriven {
+		t.mode.Store(modeWaiting)
+		if t.wakePending.Load() {
+			wait = 0
+		}
+		_, err := t.be.Poll(wait)
+		t.mode.Store(modeBusy)
+		switch {
+		case errors.Is(err, evlib.ErrAppDriven):
+			t.appDriven = true
+		case err != nil:
+			t.ctx.log.Error("plugloop: backend poll failed", "evlib", t.ctx.backend.Name, "err", err)
+		}
+		t.finishStep()
 	}
-	_, err := t.be.Poll(wait)
-	t.mode.Store(modeBusy)
-	if err != nil {
-		t.ctx.log.Error("plugloop: backend poll failed", "evlib", t.ctx.backend.Name, "err", err)
-	}
-	t.finishStep()
 	t.afterWake()
 	t.forced()
 	t.now = t.clock()

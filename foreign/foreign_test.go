@@ -1,0 +1,95 @@
+package foreign_test
+
+import (
+	"io"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/plugloop/plugloop/core"
+	"github.com/plugloop/plugloop/evlib"
+	"github.com/plugloop/plugloop/foreign"
+	"github.com/plugloop/plugloop/internal/echo"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+)
+
+func roundTrip(t *testing.T, addr string) {
+	c, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	for range 20 {
+		_, err = c.Write([]byte("ping"))
+		require.NoError(t, err)
+		buf := make([]byte, 4)
+		_, err = io.ReadFull(c, buf)
+		require.NoError(t, err)
+		require.Equal(t, "ping", string(buf))
+	}
+}
+
+// The application's unix.Poll loop serves its own pipe and plugloop's echo,
+// wakes up for CancelService, and keeps running after Destroy with nothing
+// of plugloop's left in its set.
+func TestPollSetHost(t *testing.T) {
+	set := new(foreign.PollSet)
+	var cancelled atomic.Int32
+	proto := echo.Protocol("echo")
+	inner := proto.Callback
+	proto.Callback = func(ev core.Event) error {
+		if ev.Reason == core.ReasonEventWaitCancelled {
+			cancelled.Add(1)
+		}
+		return inner(ev)
+	}
+	ctx, err := core.New(core.Info{EventLib: foreign.Name, Protocols: []core.Protocol{set.Protocol(proto)}})
+	require.NoError(t, err)
+	require.Equal(t, 1, set.Len(), "the wake fd is announced")
+	ln, err := ctx.Listen("tcp", "127.0.0.1:0", "echo")
+	require.NoError(t, err)
+	require.ErrorIs(t, ctx.Run(t.Context()), evlib.ErrAppDriven, "the application's loop drives the thread, not Run")
+
+	var p [2]int
+	require.NoError(t, unix.Pipe(p[:]))
+	defer unix.Close(p[0])
+	defer unix.Close(p[1])
+	mine := []unix.PollFd{{Fd: int32(p[0]), Events: unix.POLLIN}}
+	th := ctx.Thread(0)
+
+	stop := make(chan struct{})
+	loopDone := make(chan int)
+	go func() { // the application's loop
+		pipeReads := 0
+		for {
+			select {
+			case <-stop:
+				loopDone <- pipeReads
+				return
+			default:
+			}
+			err := set.Poll(th, mine, 20*time.Millisecond)
+			if err != nil && err != core.ErrDestroyed {
+				t.Error(err)
+			}
+			if mine[0].Revents != 0 {
+				var b [16]byte
+				n, _ := unix.Read(p[0], b[:])
+				pipeReads += n
+			}
+			if err == core.ErrDestroyed && set.Len() != 0 {
+				t.Errorf("after destroy the set still holds %d fds", set.Len())
+			}
+		}
+	}()
+	roundTrip(t, ln.Addr().String())
+	unix.Write(p[1], []byte("app"))
+	require.NoError(t, ctx.CancelService())
+	require.Eventually(t, func() bool { return cancelled.Load() > 0 }, 5*time.Second, time.Millisecond)
+	require.NoError(t, th.Post(func() { ctx.Destroy() }))
+	<-ctx.Done()
+	close(stop)
+	require.Equal(t, 3, <-loopDone, "the app's own fd was served and never touched by plugloop")
+	require.Equal(t, 0, set.Len())
+}

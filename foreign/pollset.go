@@ -1,0 +1,116 @@
+package foreign
+
+import (
+	"errors"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/plugloop/plugloop/core"
+	"github.com/plugloop/plugloop/evlib"
+	"github.com/plugloop/plugloop/internal/sys"
+	"golang.org/x/sys/unix"
+)
+
+// PollSet is the pollfd set of a unix.Poll loop the application owns, kept
+// in step with plugloop's poll-fd callbacks. Its methods may be called from
+// any goroutine; a host loop looks like this:
+//
+//	set := new(foreign.PollSet)
+//	ctx, _ := core.New(core.Info{EventLib: "foreign", Protocols: []core.Protocol{set.Protocol(myProto)}})
+//	t := ctx.Thread(0)
+//	mine := []unix.PollFd{{Fd: int32(myFD), Events: unix.POLLIN}}
+//	for {
+//		if err := set.Poll(t, mine, time.Second); err != nil {
+//			break // core.ErrDestroyed once the context is gone
+//		}
+//		if mine[0].Revents != 0 {
+//			// the application's own fd is ready
+//		}
+//	}
+type PollSet struct {
+	mu  sync.Mutex
+	fds []unix.PollFd
+	buf []unix.PollFd // Poll's scratch: the application's fds, then ours
+}
+
+// Protocol returns p with a callback that keeps the set up to date before
+// passing every event on to p's own callback. It must be the context's
+// first protocol, which is the one that receives the poll-fd reasons.
+func (s *PollSet) Protocol(p core.Protocol) core.Protocol {
+	inner := p.Callback
+	p.Callback = func(ev core.Event) error {
+		switch ev.Reason {
+		case core.ReasonAddPollFD:
+			s.mu.Lock()
+			s.fds = append(s.fds, unix.PollFd{Fd: int32(ev.Poll.FD), Events: pollMask(ev.Poll.Events)})
+			s.mu.Unlock()
+		case core.ReasonDelPollFD:
+			s.mu.Lock()
+			s.fds = slices.DeleteFunc(s.fds, func(p unix.PollFd) bool { return int(p.Fd) == ev.Poll.FD })
+			s.mu.Unlock()
+		case core.ReasonChangeModePollFD:
+			s.mu.Lock()
+			for i := range s.fds {
+				if int(s.fds[i].Fd) == ev.Poll.FD {
+					s.fds[i].Events = pollMask(ev.Poll.Events)
+				}
+			}
+			s.mu.Unlock()
+		}
+		if inner == nil {
+			return nil
+		}
+		return inner(ev)
+	}
+	return p
+}
+
+// AppendTo appends plugloop's pollfds to dst, with Revents cleared.
+func (s *PollSet) AppendTo(dst []unix.PollFd) []unix.PollFd {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append(dst, s.fds...)
+}
+
+// Len returns how many fds plugloop has asked the application to watch.
+func (s *PollSet) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.fds)
+}
+
+// Poll is one iteration of the application's loop: it waits with
+// unix.Poll on mine and plugloop's fds for at most max (less when plugloop
+// has work due; max < 0 means no limit), hands plugloop its ready fds,
+// runs forced service, and leaves the Revents of mine set for the caller.
+// It returns core.ErrDestroyed once the context is destroyed.
+func (s *PollSet) Poll(t *core.Thread, mine []unix.PollFd, max time.Duration) error {
+	s.buf = s.AppendTo(append(s.buf[:0], mine...))
+	if _, err := unix.Poll(s.buf, sys.Msec(t.ServiceAdjustTimeout(max))); err != nil && !errors.Is(err, unix.EINTR) {
+		return err
+	}
+	for i := range mine {
+		mine[i].Revents = s.buf[i].Revents
+	}
+	for i := len(mine); i < len(s.buf); i++ {
+		if s.buf[i].Revents == 0 {
+			continue
+		}
+		if err := t.ServiceFD(&s.buf[i]); errors.Is(err, core.ErrDestroyed) {
+			return err
+		}
+	}
+	return t.Service(0)
+}
+
+func pollMask(ev evlib.Events) int16 {
+	var m int16
+	if ev&evlib.Readable != 0 {
+		m |= unix.POLLIN
+	}
+	if ev&evlib.Writable != 0 {
+		m |= unix.POLLOUT
+	}
+	return m
+}
