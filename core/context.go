@@ -262,14 +262,27 @@ func (c *Context) Run(cctx context.Context) error {
 		t.leave()
 		return errAppLoop
 	}
-	var stop atomic.Bool
+	t.runStop.Store(false)
 	unhook := context.AfterFunc(cctx, func() {
-		stop.Store(true)
+		t.runStop.Store(true)
 		t.wake()
 	})
 	defer unhook()
+	if lp, ok := t.be.(evlib.Looper); ok {
+		err := lp.Loop(t)
+		t.mode.Store(modeBusy)
+		if t.ctx.destroyReq.Load() {
+			t.teardown()
+			return nil
+		}
+		t.leave()
+		if err != nil {
+			return fmt.Errorf("plugloop: %s loop: %w", c.backend.Name, err)
+		}
+		return cctx.Err()
+	}
 	for {
-		if stop.Load() {
+		if t.runStop.Load() {
 			t.leave()
 			return cctx.Err()
 		}

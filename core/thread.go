@@ -48,6 +48,7 @@ type Thread struct {
 	owner atomic.Uint64 // owning goroutine, tracked only in race builds
 
 	wakePending atomic.Bool
+	runStop     atomic.Bool // Run's context ended: a Looper must return
 	cancelReq   atomic.Bool
 	wakeMu      sync.RWMutex // fences wake fd writes against its close
 	wakeClosed  bool
@@ -390,16 +391,40 @@ func (t *Thread) pass(timeout time.Duration) bool {
 		}
 		t.finishStep()
 	}
-	t.afterWake()
-	t.forced()
-	t.now = t.clock()
-	t.runTimers()
-	t.finishStep()
+	t.afterEvents()
 	if t.ctx.destroyReq.Load() {
 		t.teardown()
 		return false
 	}
 	return true
+}
+
+// afterEvents is the part of a pass that follows the events of one wait.
+func (t *Thread) afterEvents() {
+	t.afterWake()
+	t.forced()
+	t.now = t.clock()
+	t.runTimers()
+	t.finishStep()
+}
+
+// Pass implements evlib.Passer for backends that own their loop. Between
+// calls the thread counts as waiting, so wakeups signal the backend.
+func (t *Thread) Pass() (next time.Duration, stop bool) {
+	t.mode.Store(modeBusy)
+	t.finishStep()
+	t.afterEvents()
+	if t.ctx.destroyReq.Load() || t.runStop.Load() {
+		return 0, true
+	}
+	t.mode.Store(modeWaiting)
+	if t.forcedPending() || t.wakePending.Load() {
+		return 0, false
+	}
+	if when, ok := t.timers.next(); ok {
+		return max(time.Duration(when-t.now), 0), false
+	}
+	return -1, false
 }
 
 func (t *Thread) afterWake() {

@@ -133,6 +133,29 @@ type Waker interface {
 	Wake() error
 }
 
+// Looper is implemented by a backend whose event library must own the wait
+// loop (lws' run_pt): gnet's Polling, for one, never returns between
+// batches. The core's Run then calls Loop once instead of calling Poll in a
+// loop; single passes (Thread.Service) still use Poll.
+type Looper interface {
+	// Loop runs the library's loop on the calling goroutine. It reports
+	// ready fds to p (Ready) and calls p.Pass after them (after each fd,
+	// or after each batch where the library shows batch ends), after a
+	// wakeup (Waker.Wake), and once the duration Pass last returned has
+	// elapsed. It returns nil once Pass reports stop.
+	Loop(p Passer) error
+}
+
+// Passer is the core side of a Looper.
+type Passer interface {
+	Sink
+	// Pass runs what is due apart from fd readiness — wakeups, forced
+	// service, timers, deferred closes — and says when it wants to be
+	// called again: next == 0 at once, next > 0 within that long, next < 0
+	// only after an fd event or a wakeup. stop means Loop must return.
+	Pass() (next time.Duration, stop bool)
+}
+
 // IO is implemented by buffered-rx backends ([CapBufferedRx]): the core calls
 // Read instead of read(2) when an fd is reported Readable, and Write instead
 // of write(2). Both follow read(2)/write(2): (0, nil) from Read is end of
