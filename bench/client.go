@@ -509,6 +509,9 @@ func runOne(ctx context.Context, cfg *config, name string, repeat int, straced b
 
 	lg.close()
 	loadClosed = true
+	if ul, ok := lg.(*uringLoad); ok && os.Getenv("BENCH_DEBUG") != "" {
+		progress("    load: %s\n", ul.stats)
+	}
 	res.LifeRoundTrips = lg.total()
 	ch.stop()
 	stopped = true

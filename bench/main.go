@@ -228,6 +228,14 @@ func setupLoad(cfg *config) {
 		return
 	}
 	cfg.loadNote = "uring: one thread, all connections on one io_uring (" + how + "), SEND linked to RECV per connection"
+	// One more P than CPUs: the io_uring thread sits in io_uring_enter
+	// most of the time, holding its P. With no P idle, sysmon would take
+	// that P back from every wait that outlasts its 20 µs tick, handing
+	// it to another thread, and so never back off: a fifth of the load
+	// generator's CPU went to that churn. With an idle P it leaves
+	// syscalls alone.
+	runtime.GOMAXPROCS(cfg.clientProc + 1)
+	cfg.clientProc = runtime.GOMAXPROCS(0)
 }
 
 // run measures every server, repeats interleaved, then the strace runs.
