@@ -223,7 +223,7 @@ const (
 // startLoader starts the load generator cfg selects.
 func startLoader(ctx context.Context, cfg *config, addr string, deadline time.Time) (loader, error) {
 	if cfg.load == loadUring {
-		l, err := startUringLoad(ctx, addr, cfg.conns, cfg.size)
+		l, err := startUringLoad(ctx, addr, cfg.conns, cfg.size, cfg.loadWait)
 		if err != nil {
 			return nil, err
 		}

@@ -11,8 +11,13 @@
 //	go run ./bench -cpuprofile prof      # prof/SERVER.pprof for go tool pprof
 //
 // The figure to compare is server CPU per round trip (getrusage deltas of
-// the server child over the measured window): the load generator limits
-// round trips per second, so throughput alone hides the difference.
+// the server child over the measured window). The load generator is, by
+// default, one thread driving every connection through one io_uring
+// (uring_linux.go): it costs well under half a server's CPU per round
+// trip, so requests queue at the server, which runs near 100 % of its CPU.
+// -load net uses a goroutine per connection instead (about as costly as a
+// server, so the server is then not saturated); it is also the fallback
+// where io_uring is unavailable. BENCH_DEBUG=1 prints the ring's figures.
 //
 // Each server runs in a child process (this binary, re-executed with
 // PLUGLOOP_BENCH_SERVER set) with GOMAXPROCS=1, pinned to the first CPU
@@ -58,6 +63,7 @@ type config struct {
 	pinNote    string
 	load       string // loadUring or loadNet
 	loadNote   string // which load generator, and how
+	loadWait   int    // -load-wait
 }
 
 func main() {
@@ -76,6 +82,7 @@ func main() {
 	perf := flag.Bool("perf", false, "count every system call of each server over the measured window with perf stat (syscall tracepoints; adds a little kernel CPU per call)")
 	flag.StringVar(&cfg.profileDir, "cpuprofile", "", "write a CPU profile of each server's measured window to `dir`/SERVER.pprof (the last repeat wins; profiling costs the server a little CPU)")
 	flag.StringVar(&cfg.load, "load", loadUring, "load generator: uring (one thread, all connections on one io_uring; falls back to net where io_uring is unavailable) or net (a goroutine per connection)")
+	flag.IntVar(&cfg.loadWait, "load-wait", 0, "uring load generator: completions to wait for per io_uring_enter (0: a quarter of -conns, at most 64)")
 	pin := flag.Bool("pin", true, "pin the server to one CPU and the load generator to the others (needs >= 2 CPUs)")
 	list := flag.Bool("list", false, "list the servers and exit")
 	flag.Usage = func() {
@@ -227,7 +234,11 @@ func setupLoad(cfg *config) {
 		fmt.Fprintf(os.Stderr, "bench: -load uring: io_uring unavailable (%v); using the net load generator, which costs about as much CPU per round trip as a server\n", err)
 		return
 	}
-	cfg.loadNote = "uring: one thread, all connections on one io_uring (" + how + "), SEND linked to RECV per connection"
+	if cfg.loadWait <= 0 {
+		cfg.loadWait = uringWait(cfg.conns)
+	}
+	cfg.loadNote = fmt.Sprintf("uring: one thread, all connections on one io_uring (%s), SEND linked to RECV per connection,\n"+
+		"              waits for %d completions per io_uring_enter (-load-wait)", how, cfg.loadWait)
 	// One more P than CPUs: the io_uring thread sits in io_uring_enter
 	// most of the time, holding its P. With no P idle, sysmon would take
 	// that P back from every wait that outlasts its 20 µs tick, handing

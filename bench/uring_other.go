@@ -14,7 +14,9 @@ func uringProbe() (string, error) { return "", errNoUring }
 // uringLoad is not available here; startUringLoad always fails.
 type uringLoad struct{ stats string }
 
-func startUringLoad(ctx context.Context, addr string, n, size int) (*uringLoad, error) {
+func uringWait(conns int) int { return 1 }
+
+func startUringLoad(ctx context.Context, addr string, n, size, wait int) (*uringLoad, error) {
 	return nil, errNoUring
 }
 

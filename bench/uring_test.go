@@ -77,11 +77,11 @@ func requireUring(t *testing.T) {
 func TestUringLoad(t *testing.T) {
 	requireUring(t)
 	for _, tc := range []struct {
-		conns, size int
-		want        uint64
-	}{{conns: 8, size: 64, want: 400}, {conns: 3, size: 100_000, want: 60}} {
+		conns, size, wait int
+		want              uint64
+	}{{conns: 8, size: 64, want: 400}, {conns: 8, size: 64, wait: 1, want: 400}, {conns: 3, size: 100_000, want: 60}} {
 		addr := echoServer(t, false)
-		l, err := startUringLoad(context.Background(), addr, tc.conns, tc.size)
+		l, err := startUringLoad(context.Background(), addr, tc.conns, tc.size, tc.wait)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -103,7 +103,7 @@ func TestUringLoad(t *testing.T) {
 // TestUringLoadDetectsCorruption: an echo that differs is an error.
 func TestUringLoadDetectsCorruption(t *testing.T) {
 	requireUring(t)
-	l, err := startUringLoad(context.Background(), echoServer(t, true), 2, 64)
+	l, err := startUringLoad(context.Background(), echoServer(t, true), 2, 64, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +136,7 @@ func TestUringLoadServerGone(t *testing.T) {
 			c.Close()
 		}
 	}()
-	l, err := startUringLoad(context.Background(), ln.Addr().String(), 2, 64)
+	l, err := startUringLoad(context.Background(), ln.Addr().String(), 2, 64, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
