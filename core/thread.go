@@ -158,8 +158,28 @@ func (t *Thread) own() (bool, error) {
 func (t *Thread) release(took bool) {
 	if took {
 		t.finishStep()
+		if t.appDriven && !t.dying() {
+			// The call ran while the application's loop may be asleep
+			// in its own wait, with a watch set and a timeout from
+			// before the call: wake it (leave signals the wake fd) so
+			// it picks up new fds, interest, timers and forced service.
+			t.wakePending.Store(true)
+		}
 		t.leave()
 	}
+}
+
+// enterFromApp takes the idle thread for a call of the application's loop
+// (ServiceFD, ServiceAdjustTimeout). Unlike own, it never joins a busy
+// thread: outside race-enabled builds a busy thread cannot tell its own
+// goroutine inside a callback from another goroutine, and the application's
+// loop must not run core code beside a goroutine making loop-only calls.
+func (t *Thread) enterFromApp() bool {
+	if t.mode.CompareAndSwap(modeIdle, modeBusy) {
+		t.setOwner()
+		return true
+	}
+	return false
 }
 
 // enter starts servicing the thread on the calling goroutine.
@@ -276,19 +296,26 @@ func (t *Thread) Service(timeout time.Duration) error {
 // Events is not consulted: the thread knows its own interest. It returns
 // ErrClosed when servicing closed the connection (Revents is then left
 // alone), ErrDestroyed once the context is being destroyed, and
-// ErrWrongGoroutine or ErrInService when called while another goroutine
-// services the thread. After the events of one wait, the application calls
-// Service(0) for forced service and timers; ServiceAdjustTimeout tells it
-// how long it may sleep.
+// ErrInService when the thread is held elsewhere: by another goroutine
+// (a loop-only call made while the application's loop waited; it wakes
+// that loop when done, so the application just offers the fd again after
+// its next wait) or by a callback on this goroutine. After the events of
+// one wait, the application calls Service(0) for forced service and timers;
+// ServiceAdjustTimeout tells it how long it may sleep.
 func (t *Thread) ServiceFD(pfd *unix.PollFd) error {
 	if t.ctx.destroyReq.Load() || t.mode.Load() == modeDead {
 		return ErrDestroyed
 	}
-	took, err := t.own()
-	if err != nil {
-		return err
+	if !t.enterFromApp() {
+		if t.ctx.destroyReq.Load() || t.mode.Load() == modeDead {
+			return ErrDestroyed
+		}
+		return ErrInService // another goroutine, or a callback, holds it
 	}
-	defer t.release(took)
+	defer func() {
+		t.finishStep()
+		t.leave()
+	}()
 	fd := int(pfd.Fd)
 	var c *Conn
 	if fd >= 0 && fd < len(t.conns) {
@@ -329,14 +356,14 @@ func pollEvents(r int16) evlib.Events {
 
 // ServiceAdjustTimeout returns how long the thread's loop may sleep, at most
 // max: 0 when forced service is pending or a timer is due, else the time to
-// the next timer (lws_service_adjust_timeout). It is loop-only; from a
-// goroutine that may not service the thread it returns 0.
+// the next timer (lws_service_adjust_timeout). It is for the application's
+// loop: while the thread is held (by another goroutine, or by a callback on
+// this one) it returns 0.
 func (t *Thread) ServiceAdjustTimeout(max time.Duration) time.Duration {
-	took, err := t.own()
-	if err != nil {
+	if !t.enterFromApp() {
 		return 0
 	}
-	defer t.release(took)
+	defer t.leave()
 	if t.forcedPending() || t.wakePending.Load() {
 		return 0
 	}
