@@ -1,0 +1,91 @@
+// Package evlib_netpoll is plugloop's buffered-rx backend on
+// github.com/cloudwego/netpoll (v0.7.2), cgo-free, for Linux.
+//
+// Import it for its side effect of registering the backend "netpoll"
+// (evlib.FlagNetpoll). It has a low priority and is never the default:
+//
+//	import _ "github.com/plugloop/plugloop/evlib_netpoll"
+//
+// # How it maps the contract
+//
+// It uses only netpoll's exported Connection API, never a linkname, and
+// never touches netpoll's process-wide settings (Configure, SetNumLoops,
+// SetRunner, DisableGopool): an application that already uses netpoll keeps
+// its pollers and settings, and plugloop's connections simply join them.
+//
+//   - Poll is a select on the service goroutine over a post queue (filled by
+//     netpoll's goroutines and by helper goroutines), a wake channel (the
+//     evlib.Waker: a non-blocking send, harmless after Close) and one
+//     time.Timer. Poll(0) never blocks.
+//   - A stream (KindStream) is handed to netpoll as a dup of the core's fd
+//     (netpoll.NewFDConnection): netpoll closes its fd on Close and on the
+//     peer's hang-up, from its own goroutine, while the core keeps and
+//     closes the original. netpoll reads the kernel into its buffer and
+//     runs OnRequest; OnRequest posts "readable" and parks netpoll's runner
+//     until the service goroutine has let the core read (the ack). Bytes
+//     left over make netpoll call OnRequest again, so readability is level
+//     triggered, as the contract wants. Without Readable interest the post
+//     is held, not reported. The close callback posts Hangup, reported as
+//     Readable|Hangup so the core reads the rest and then end of stream.
+//   - IO.Read copies from netpoll's buffer (Next + Release): it returns an
+//     error wrapping evlib.ErrWouldBlock while the buffer is empty and the
+//     connection alive, and (0, nil) once it is empty and the peer closed.
+//   - IO.Write is a raw write(2) on the core's own fd. Writable is
+//     synthesized (no system call) while the fd is not known to be
+//     blocked; once a write met EAGAIN or was short, a helper goroutine
+//     waits for real writability (see below) and posts Writable.
+//   - Listeners, pipes (KindFile, so the backend declares evlib.CapFiles)
+//     and datagram sockets cannot go through netpoll (it would accept or
+//     read them itself). They, and blocked writers, are watched by short
+//     helper goroutines that wait in the Go runtime's own poller on a dup
+//     of the fd (os.NewFile + RawConn), test the real state with a
+//     zero-timeout poll(2), post what they found and exit. A new one is
+//     started after the core handled the report while the interest
+//     remains: level-triggered again. Remove closes the dup, which ends a
+//     waiting helper at once, so no goroutine outlives its fd. The runtime
+//     poller parks a goroutine, not an OS thread, which a blocking poll(2)
+//     per connection would cost.
+//
+// # No rx back-pressure, and its bound
+//
+// netpoll's poller keeps reading from the kernel into its own buffer
+// whatever plugloop's interest is, so the backend does not declare
+// evlib.CapRxBackpressure: pausing a connection's rx does not push back on
+// its peer, the bytes pile up in netpoll's buffer instead of the kernel's.
+// The backend bounds that pile at MaxPausedRx bytes per connection, checked
+// every PausedRxCheck while a connection holds unread input without Readable
+// interest: past the bound it reports Error, and the next Read returns an
+// error wrapping ENOBUFS, so the core closes the connection (RAW_CLOSE with
+// that error) instead of buffering without limit. The check is periodic, so
+// the buffer may overshoot by what the peer manages to send in one
+// PausedRxCheck interval (on loopback, tens of megabytes at most). While a
+// paused connection's input is held, netpoll reports the peer's hang-up to
+// the backend only once that input was read, so the core learns that a
+// paused peer went away when it resumes (the contract allows it).
+package evlib_netpoll
+
+import (
+	"time"
+
+	"github.com/plugloop/plugloop/evlib"
+)
+
+// Name is the backend's registry name.
+const Name = "netpoll"
+
+// MaxPausedRx is how many bytes netpoll may hold for a connection whose rx
+// is paused before the backend fails the connection (see the package
+// documentation).
+const MaxPausedRx = 4 << 20
+
+// PausedRxCheck is how often a paused connection's buffered input is
+// compared with MaxPausedRx.
+const PausedRxCheck = 10 * time.Millisecond
+
+func init() {
+	d := descriptor()
+	d.Name, d.Flag, d.Priority = Name, evlib.FlagNetpoll, 1
+	if err := evlib.Register(d); err != nil {
+		panic(err)
+	}
+}

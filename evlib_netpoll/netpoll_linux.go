@@ -1,0 +1,675 @@
+package evlib_netpoll
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/cloudwego/netpoll"
+	"github.com/plugloop/plugloop/evlib"
+	"golang.org/x/sys/unix"
+)
+
+func descriptor() evlib.Descriptor {
+	return evlib.Descriptor{
+		Caps: evlib.CapBufferedRx | evlib.CapOwnWaker | evlib.CapFiles,
+		New:  New,
+	}
+}
+
+// What a post says.
+const (
+	postRead     = iota // netpoll's runner has input for a stream (and parks)
+	postHup             // netpoll closed the stream's connection
+	postOverflow        // a paused stream's buffer passed MaxPausedRx
+	postRawRead         // a helper found the fd readable (ev says how)
+	postRawWrite        // a helper found the fd writable (ev says how)
+)
+
+type post struct {
+	e    *entry
+	what uint8
+	ev   evlib.Events
+	n    int // postOverflow: bytes buffered
+}
+
+// entry is one watched fd. Its plain fields belong to the service
+// goroutine; other goroutines touch only the channels, gone and the
+// netpoll connection's atomic Len.
+type entry struct {
+	fd       int
+	kind     evlib.Kind
+	interest evlib.Events
+
+	nc   netpoll.Connection // streams: netpoll's connection on a dup
+	ack  chan struct{}      // releases the parked runner after a read
+	hold chan struct{}      // tells the parked runner its input is held
+	done chan struct{}      // closed on Remove: releases everything
+	gone atomic.Bool        // removed (read by helpers)
+
+	file *os.File // dup for the helpers, made when first needed
+	rc   syscall.RawConn
+
+	readHeld  bool         // a read post awaits the core (runner parked)
+	holdSent  bool         // the runner was told its input is held
+	hup       bool         // netpoll closed the connection
+	hupShown  bool         // Hangup reported without Readable interest
+	overflow  bool         // MaxPausedRx exceeded
+	errShown  bool         // overflow reported
+	rawReady  evlib.Events // what helpers found, not yet reported
+	waitR     bool         // a read helper is out
+	waitW     bool         // a write helper is out
+	blocked   bool         // the last write met EAGAIN (or was short)
+	queued    bool         // in Backend.cand
+	removed   bool
+	overBytes int
+}
+
+// Backend serves one service thread.
+type Backend struct {
+	sink evlib.Sink
+	ctr  *evlib.Counters
+
+	fds    []*entry
+	cand   []*entry // entries that may have something to report
+	spare  []*entry
+	closed bool
+	timer  *time.Timer
+	wake   chan struct{}
+	kick   chan struct{}
+	mu     sync.Mutex
+	posts  []post
+	pspare []post
+}
+
+// New creates the backend. Config.Foreign must be nil: netpoll's pollers
+// are process-wide, so there is no loop to lend; plugloop's connections
+// share whatever pollers the process' netpoll runs anyway.
+func New(cfg evlib.Config) (evlib.Backend, error) {
+	if cfg.Foreign != nil {
+		return nil, fmt.Errorf("%w: netpoll's pollers are process-wide and shared already; got %T", evlib.ErrForeignUnsupported, cfg.Foreign)
+	}
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return &Backend{
+		sink: cfg.Sink, ctr: cfg.Counters, timer: t,
+		wake: make(chan struct{}, 1), kick: make(chan struct{}, 1),
+	}, nil
+}
+
+// Wake implements evlib.Waker. Any goroutine may call it, also after Close.
+func (b *Backend) Wake() error {
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// post queues a report from another goroutine.
+func (b *Backend) post(p post) {
+	b.mu.Lock()
+	b.posts = append(b.posts, p)
+	b.mu.Unlock()
+	select {
+	case b.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (b *Backend) lookup(fd int) *entry {
+	if fd < 0 || fd >= len(b.fds) {
+		return nil
+	}
+	return b.fds[fd]
+}
+
+func (b *Backend) enqueue(e *entry) {
+	if !e.queued && !e.removed {
+		e.queued = true
+		b.cand = append(b.cand, e)
+	}
+}
+
+// Add implements evlib.Backend.
+func (b *Backend) Add(fd int, kind evlib.Kind, ev evlib.Events) error {
+	if b.closed {
+		return evlib.ErrClosed
+	}
+	if fd < 0 {
+		return evlib.ErrBadFD
+	}
+	if b.lookup(fd) != nil {
+		return fmt.Errorf("%w: fd %d", evlib.ErrExist, fd)
+	}
+	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		if errors.Is(err, unix.EBADF) {
+			return fmt.Errorf("%w: fd %d", evlib.ErrBadFD, fd)
+		}
+		return fmt.Errorf("dup fd %d: %w", fd, err)
+	}
+	e := &entry{fd: fd, kind: kind, interest: ev & (evlib.Readable | evlib.Writable), done: make(chan struct{})}
+	if kind == evlib.KindStream {
+		if err := b.attach(e, dup); err != nil {
+			return err
+		}
+	} else if err := e.openFile(dup); err != nil {
+		return err
+	}
+	b.ctr.InterestChanges.Add(1)
+	if fd >= len(b.fds) {
+		fds := make([]*entry, max(fd+1, 2*len(b.fds), 64))
+		copy(fds, b.fds)
+		b.fds = fds
+	}
+	b.fds[fd] = e
+	if e.interest&evlib.Writable != 0 {
+		e.blocked = !writableNow(fd)
+	}
+	b.arm(e)
+	b.enqueue(e)
+	return nil
+}
+
+// attach gives netpoll the dup of a stream.
+func (b *Backend) attach(e *entry, dup int) error {
+	nc, err := netpoll.NewFDConnection(dup)
+	if err != nil {
+		unix.Close(dup)
+		return fmt.Errorf("%w: fd %d: netpoll: %v", evlib.ErrBadFD, e.fd, err)
+	}
+	e.nc = nc
+	e.ack = make(chan struct{}, 1)
+	e.hold = make(chan struct{}, 1)
+	nc.AddCloseCallback(func(netpoll.Connection) error {
+		b.post(post{e: e, what: postHup})
+		return nil
+	})
+	// The close callbacks run only once netpoll's runner is done, and ours
+	// is parked while a paused connection's input is held. OnDisconnect
+	// runs as soon as netpoll's poller saw the hang-up (after it read all
+	// input), whoever holds the runner. It is an exported method of
+	// netpoll's connection, though not of the Connection interface.
+	if d, ok := nc.(interface {
+		SetOnDisconnect(netpoll.OnDisconnect) error
+	}); ok {
+		d.SetOnDisconnect(func(context.Context, netpoll.Connection) {
+			b.post(post{e: e, what: postHup})
+		})
+	}
+	nc.SetOnRequest(func(_ context.Context, c netpoll.Connection) error {
+		b.post(post{e: e, what: postRead})
+		b.park(e, c)
+		return nil
+	})
+	if !nc.IsActive() {
+		b.post(post{e: e, what: postHup}) // hung up before the callback was set
+	}
+	return nil
+}
+
+// park runs on netpoll's runner after a read post: it waits until the
+// core has read, or the fd was removed. If the service goroutine says the
+// input is held (rx paused), it checks the buffer against MaxPausedRx
+// meanwhile.
+func (b *Backend) park(e *entry, c netpoll.Connection) {
+	select {
+	case <-e.ack:
+		return
+	case <-e.done:
+		return
+	case <-e.hold:
+	}
+	t := time.NewTicker(PausedRxCheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-e.ack:
+			return
+		case <-e.done:
+			return
+		case <-t.C:
+			if n := c.Reader().Len(); n > MaxPausedRx {
+				b.post(post{e: e, what: postOverflow, n: n})
+				select {
+				case <-e.ack:
+				case <-e.done:
+				}
+				return
+			}
+		}
+	}
+}
+
+// openFile makes the dup the helpers wait on, in the Go runtime's poller.
+func (e *entry) openFile(dup int) error {
+	f := os.NewFile(uintptr(dup), "")
+	if f == nil {
+		unix.Close(dup)
+		return fmt.Errorf("%w: fd %d", evlib.ErrBadFD, e.fd)
+	}
+	// A descriptor the runtime cannot poll (a regular file) has no
+	// deadlines: it is always ready, which no poller can report.
+	if err := f.SetReadDeadline(time.Time{}); err != nil {
+		f.Close()
+		return fmt.Errorf("%w: fd %d cannot be polled (regular file?): %v", evlib.ErrBadFD, e.fd, err)
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("fd %d: %w", e.fd, err)
+	}
+	e.file, e.rc = f, rc
+	return nil
+}
+
+// writableNow asks the kernel without waiting.
+func writableNow(fd int) bool {
+	p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+	n, err := unix.Poll(p, 0)
+	return err != nil || n > 0 // an error is for the write to report
+}
+
+// arm starts the helpers the entry's state calls for.
+func (b *Backend) arm(e *entry) {
+	if e.removed {
+		return
+	}
+	if e.kind != evlib.KindStream && e.interest&evlib.Readable != 0 && !e.waitR {
+		e.waitR = true
+		go b.helper(e, e.rc, false)
+	}
+	if e.interest&evlib.Writable != 0 && e.blocked && !e.waitW {
+		if e.file == nil {
+			dup, err := unix.FcntlInt(uintptr(e.fd), unix.F_DUPFD_CLOEXEC, 0)
+			if err == nil {
+				err = e.openFile(dup)
+			}
+			if err != nil {
+				// Cannot wait: let the write find out.
+				e.blocked = false
+				b.enqueue(e)
+				return
+			}
+		}
+		e.waitW = true
+		go b.helper(e, e.rc, true)
+	}
+}
+
+// helper waits in the runtime poller until the fd is readable (or
+// writable), posts what poll(2) says and exits. Closing the entry's file
+// (Remove) ends the wait.
+//
+// Why not a blocking poll(2) on a helper goroutine: it holds an OS thread
+// per waiting fd and needs a private pipe to be stopped. The runtime
+// poller parks only a goroutine and is stopped by closing the dup. Its
+// readiness is edge-ish and reset when the wait starts, so the condition
+// is always tested with a zero-timeout poll(2) inside the callback.
+func (b *Backend) helper(e *entry, rc syscall.RawConn, write bool) {
+	want := int16(unix.POLLIN)
+	if write {
+		want = unix.POLLOUT
+	}
+	var got int16
+	check := func(fd uintptr) bool {
+		p := []unix.PollFd{{Fd: int32(fd), Events: want}}
+		n, err := unix.Poll(p, 0)
+		if err != nil || n == 0 {
+			return false
+		}
+		got = p[0].Revents
+		return true
+	}
+	var err error
+	if write {
+		err = rc.Write(check)
+	} else {
+		err = rc.Read(check)
+	}
+	if e.gone.Load() {
+		return
+	}
+	if err != nil {
+		got = unix.POLLERR
+	}
+	what := uint8(postRawRead)
+	if write {
+		what = postRawWrite
+	}
+	b.post(post{e: e, what: what, ev: translate(got, write)})
+}
+
+func translate(r int16, write bool) evlib.Events {
+	var ev evlib.Events
+	if r&(unix.POLLIN|unix.POLLPRI) != 0 {
+		ev |= evlib.Readable
+	}
+	if r&unix.POLLOUT != 0 {
+		ev |= evlib.Writable
+	}
+	if r&unix.POLLHUP != 0 {
+		ev |= evlib.Hangup
+		if !write {
+			ev |= evlib.Readable // end of file is to be read
+		}
+	}
+	if r&(unix.POLLERR|unix.POLLNVAL) != 0 {
+		ev |= evlib.Error
+	}
+	return ev
+}
+
+// Modify implements evlib.Backend.
+func (b *Backend) Modify(fd int, ev evlib.Events) error {
+	if b.closed {
+		return evlib.ErrClosed
+	}
+	e := b.lookup(fd)
+	if e == nil {
+		return fmt.Errorf("%w: fd %d", evlib.ErrNotWatched, fd)
+	}
+	ev &= evlib.Readable | evlib.Writable
+	if ev == e.interest {
+		return nil
+	}
+	b.ctr.InterestChanges.Add(1)
+	added := ev &^ e.interest
+	e.interest = ev
+	if added&evlib.Writable != 0 && !e.blocked && !writableNow(fd) {
+		e.blocked = true
+	}
+	b.arm(e)
+	b.enqueue(e)
+	return nil
+}
+
+// Remove implements evlib.Backend.
+func (b *Backend) Remove(fd int) error {
+	e := b.lookup(fd)
+	if b.closed || e == nil {
+		return nil
+	}
+	b.ctr.InterestChanges.Add(1)
+	b.fds[fd] = nil
+	b.drop(e)
+	return nil
+}
+
+func (b *Backend) drop(e *entry) {
+	e.removed = true
+	e.gone.Store(true)
+	close(e.done)
+	if e.nc != nil {
+		e.nc.Close()
+	}
+	if e.file != nil {
+		e.file.Close()
+	}
+}
+
+// Poll implements evlib.Backend.
+func (b *Backend) Poll(timeout time.Duration) (int, error) {
+	if b.closed {
+		return 0, evlib.ErrClosed
+	}
+	b.ctr.Waits.Add(1)
+	var deadline time.Time
+	if timeout > 0 {
+		deadline = time.Now().Add(timeout)
+	}
+	for {
+		b.drain()
+		if n := b.report(); n > 0 || b.closed {
+			return n, nil
+		}
+		if timeout == 0 {
+			select {
+			case <-b.wake:
+			default:
+			}
+			return 0, nil
+		}
+		var tc <-chan time.Time
+		if timeout > 0 {
+			d := time.Until(deadline)
+			if d <= 0 {
+				return 0, nil
+			}
+			b.timer.Reset(d)
+			tc = b.timer.C
+		}
+		select {
+		case <-b.kick:
+			b.timer.Stop()
+		case <-b.wake:
+			b.timer.Stop()
+			b.drain()
+			return b.report(), nil
+		case <-tc:
+			b.drain()
+			return b.report(), nil
+		}
+	}
+}
+
+// drain applies the queued posts.
+func (b *Backend) drain() {
+	b.mu.Lock()
+	ps := b.posts
+	b.posts = b.pspare[:0]
+	b.mu.Unlock()
+	for i, p := range ps {
+		ps[i] = post{}
+		e := p.e
+		if e.removed {
+			continue
+		}
+		switch p.what {
+		case postRead:
+			e.readHeld = true
+		case postHup:
+			e.hup = true
+		case postOverflow:
+			e.overflow, e.overBytes = true, p.n
+		case postRawRead:
+			e.waitR = false
+			e.rawReady |= p.ev
+		case postRawWrite:
+			e.waitW = false
+			e.blocked = false
+			e.rawReady |= p.ev &^ evlib.Writable
+		}
+		b.enqueue(e)
+	}
+	b.pspare = ps[:0]
+}
+
+// events is what e has to report now.
+func (e *entry) events() evlib.Events {
+	var ev evlib.Events
+	in := e.interest
+	if e.readHeld && in&evlib.Readable != 0 {
+		ev |= evlib.Readable
+	}
+	if e.hup {
+		if in&evlib.Readable != 0 {
+			ev |= evlib.Readable | evlib.Hangup
+		} else if !e.hupShown {
+			ev |= evlib.Hangup
+		}
+	}
+	if e.overflow && !e.errShown {
+		ev |= evlib.Error
+	}
+	ev |= e.rawReady & (in | evlib.Hangup | evlib.Error)
+	if in&evlib.Writable != 0 && !e.blocked {
+		ev |= evlib.Writable
+	}
+	return ev
+}
+
+// report hands every entry with something to report to the sink, once.
+func (b *Backend) report() int {
+	cur := b.cand
+	b.cand = b.spare[:0]
+	n := 0
+	for i, e := range cur {
+		cur[i] = nil
+		e.queued = false
+		if e.removed || b.closed {
+			continue
+		}
+		ev := e.events()
+		if ev == 0 {
+			if e.readHeld && !e.holdSent {
+				e.holdSent = true // rx paused: let the runner watch the bound
+				select {
+				case e.hold <- struct{}{}:
+				default:
+				}
+			}
+			continue
+		}
+		acked := ev&evlib.Readable != 0 && e.readHeld
+		b.sink.Ready(e.fd, ev)
+		n++
+		if e.removed {
+			continue
+		}
+		if acked {
+			e.readHeld, e.holdSent = false, false
+			select {
+			case <-e.hold: // a hold the runner did not see any more
+			default:
+			}
+			e.ack <- struct{}{}
+		}
+		if ev&evlib.Hangup != 0 && e.interest&evlib.Readable == 0 {
+			e.hupShown = true
+		}
+		if ev&evlib.Error != 0 && e.overflow {
+			e.errShown = true
+		}
+		e.rawReady &^= ev
+		b.arm(e)
+		if e.events() != 0 && (e.interest&evlib.Writable != 0 || e.hup) {
+			b.enqueue(e) // level-triggered: still ready next time
+		}
+	}
+	b.spare = cur[:0]
+	return n
+}
+
+// Read implements evlib.IO.
+func (b *Backend) Read(fd int, p []byte) (int, error) {
+	e := b.lookup(fd)
+	if e == nil || e.nc == nil {
+		return rawRead(fd, p)
+	}
+	if e.overflow {
+		return 0, fmt.Errorf("evlib_netpoll: fd %d: more than %d bytes (%d) buffered while rx was paused: %w", fd, MaxPausedRx, e.overBytes, unix.ENOBUFS)
+	}
+	r := e.nc.Reader()
+	n := min(r.Len(), len(p))
+	if n == 0 {
+		if len(p) == 0 {
+			return 0, nil
+		}
+		if e.hup || !e.nc.IsActive() {
+			return 0, endError(fd)
+		}
+		return 0, fmt.Errorf("fd %d: %w", fd, evlib.ErrWouldBlock)
+	}
+	buf, err := r.Next(n)
+	if err != nil {
+		return 0, fmt.Errorf("fd %d: netpoll: %w", fd, err)
+	}
+	copy(p, buf)
+	r.Release()
+	return n, nil
+}
+
+// endError tells how the stream ended: netpoll read everything and saw the
+// hang-up, but keeps the error (a reset) to itself. The socket still knows:
+// a pending error, or a TCP connection in state CLOSE, which only a reset
+// or a timeout (not the peer's FIN) leaves an open socket in.
+func endError(fd int) error {
+	if e, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); err == nil && e != 0 {
+		return unix.Errno(e)
+	}
+	if ti, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO); err == nil && ti.State == tcpClose {
+		return unix.ECONNRESET
+	}
+	return nil
+}
+
+const tcpClose = 7 // TCP_CLOSE in linux/tcp_states.h
+
+func rawRead(fd int, p []byte) (int, error) {
+	for {
+		n, err := unix.Read(fd, p)
+		switch {
+		case err == nil:
+			return n, nil
+		case errors.Is(err, unix.EINTR):
+			continue
+		case errors.Is(err, unix.EAGAIN):
+			return 0, fmt.Errorf("fd %d: %w: %w", fd, evlib.ErrWouldBlock, err)
+		default:
+			return 0, err
+		}
+	}
+}
+
+// Write implements evlib.IO: a raw write(2) on the core's fd.
+func (b *Backend) Write(fd int, p []byte) (int, error) {
+	e := b.lookup(fd)
+	for {
+		n, err := unix.Write(fd, p)
+		switch {
+		case err == nil:
+			if n < len(p) && e != nil {
+				e.blocked = true
+				b.arm(e)
+			}
+			return n, nil
+		case errors.Is(err, unix.EINTR):
+			continue
+		case errors.Is(err, unix.EAGAIN):
+			if e != nil {
+				e.blocked = true
+				b.arm(e)
+			}
+			return 0, fmt.Errorf("fd %d: %w: %w", fd, evlib.ErrWouldBlock, err)
+		default:
+			return 0, err
+		}
+	}
+}
+
+// Close implements evlib.Backend: it lets go of every fd's netpoll
+// connection and helper, never of netpoll itself.
+func (b *Backend) Close() error {
+	if b.closed {
+		return nil
+	}
+	b.closed = true
+	for fd, e := range b.fds {
+		if e != nil {
+			b.fds[fd] = nil
+			b.drop(e)
+		}
+	}
+	b.timer.Stop()
+	b.mu.Lock()
+	b.posts = nil
+	b.mu.Unlock()
+	return nil
+}
