@@ -1,0 +1,40 @@
+// Package evlib_gnet is plugloop's backend on gnet's poller: the exported
+// Poller of github.com/panjf2000/gnet/v2/pkg/netpoll (v2.10.0), not gnet's
+// Engine. It is cgo-free, level-triggered, and the core does its own reads,
+// writes and accepts on the raw fds.
+//
+// Import it for its side effect of registering the backend "gnet":
+//
+//	import _ "github.com/plugloop/plugloop/evlib_gnet"
+//
+// then select it with core.Info{EventLib: "gnet"}, evlib.FlagGnet or
+// PLUGLOOP_EVLIB=gnet. Its priority is below epoll's, so it is never the
+// default.
+//
+// gnet's Polling owns the wait loop and has no timeout, so the backend is
+// an evlib.Looper: Context.Run runs Polling on the calling goroutine and
+// calls the core's Pass after every fd. Thread.Service (a single pass) uses
+// Poll, which enters Polling and leaves it after the first batch or the
+// timeout; it is slower than Run but correct.
+//
+// The backend needs epoll: it runs on Linux only (gnet's kqueue poller has
+// another event model). Elsewhere it registers as unavailable. The gnet
+// build tag poll_opt changes the Poller's API and crashes under -race
+// (checkptr), so this package refuses to build with it.
+//
+// It can share a *netpoll.Poller the application owns and polls
+// (evlib.CapForeignLoop): see Dispatcher.
+package evlib_gnet
+
+import "github.com/plugloop/plugloop/evlib"
+
+// Name is the backend's registry name.
+const Name = "gnet"
+
+func init() {
+	d := descriptor()
+	d.Name, d.Flag, d.Priority = Name, evlib.FlagGnet, 5
+	if err := evlib.Register(d); err != nil {
+		panic(err)
+	}
+}

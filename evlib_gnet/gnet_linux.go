@@ -1,0 +1,600 @@
+//go:build linux && !poll_opt
+
+package evlib_gnet
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	gerrors "github.com/panjf2000/gnet/v2/pkg/errors"
+	"github.com/panjf2000/gnet/v2/pkg/netpoll"
+	"github.com/panjf2000/gnet/v2/pkg/queue"
+	"github.com/plugloop/plugloop/evlib"
+	"github.com/plugloop/plugloop/internal/sys"
+	"golang.org/x/sys/unix"
+)
+
+func descriptor() evlib.Descriptor {
+	return evlib.Descriptor{
+		Caps: evlib.CapReadiness | evlib.CapRxBackpressure | evlib.CapFiles |
+			evlib.CapOwnWaker | evlib.CapForeignLoop,
+		New: New,
+	}
+}
+
+// Design notes.
+//
+// Interest. gnet's Poller has AddRead/AddWrite/AddReadWrite, ModRead,
+// ModReadWrite and Delete: no ModWrite and no "registered with an empty
+// mask". The backend keeps each fd's interest and whether it is in the
+// epoll set, and picks the calls: write-only from a registered fd is
+// Delete+AddWrite (two epoll_ctl, both counted in InterestChanges), and
+// interest 0 is Delete. So an fd with interest 0 is not in the epoll set
+// and its Hangup/Error are not reported until it gets an interest again
+// (the contract allows it; the conformance suite skips that check).
+//
+// Signals. gnet's Trigger cannot be used while we own the poller: Polling
+// returns on ErrEngineShutdown from a task (or from an fd callback in a
+// batch that also held gnet's wake eventfd) before it resets its private
+// wakeupCall flag, and its wake eventfd is edge-triggered and never read.
+// After such a return every later Trigger only queues its task and never
+// wakes epoll_wait again: the second Poll(0) of a Thread.Service loop, or a
+// Run after Run returned on its context, would hang. Single passes must
+// leave Polling many times, so when the backend owns the poller it uses two
+// level-triggered eventfds of its own, registered in the poller and never
+// seen by gnet's task queue:
+//
+//   - sig: written (once, coalesced by an atomic flag) by Wake, by the
+//     timer for Pass's next, and by Poll to end its pass. Any goroutine may
+//     write it; a RWMutex and a closed flag fence it against Close, so a
+//     late timer or Wake never writes into a reused fd number.
+//   - idle: written by the loop goroutine when Pass returns 0 (work is
+//     pending) and left readable, so epoll_wait keeps returning at once and
+//     fd events interleave with the pending work; read (disarmed) once Pass
+//     returns something else. Re-Triggering a task instead would starve
+//     epoll_wait (gnet drains its urgent queue until it is empty).
+//
+// Stopping: the fd callback returns gnet's ErrEngineShutdown, which is the
+// only way out of Polling; no gnet task is ever queued, so nothing is left
+// stranded in gnet's queue.
+//
+// On a foreign Poller (see Dispatcher) the application's Polling never
+// returns because of us, so there Wake and timers do use
+// Trigger(HighPriority, ...), and idle is registered in the application's
+// poller (the application forwards it to Dispatch with our other fds).
+
+const (
+	regBit  = 1 << 7 // in fdState.st: the fd is in the epoll set
+	watched = 1 << 6 // in fdState.st: the core added the fd
+	special = 1 << 5 // in fdState.st: one of our own eventfds
+	ioMask  = uint8(evlib.Readable | evlib.Writable)
+)
+
+type fdState struct {
+	st   uint8  // watched | regBit | interest
+	seen uint32 // batch stamp, see Backend.gen
+}
+
+type mode uint8
+
+const (
+	modeIdle mode = iota
+	modeLoop
+	modePoll
+)
+
+// errStop makes Polling return.
+var errStop = gerrors.ErrEngineShutdown
+
+// Backend is gnet's Poller serving one service thread.
+type Backend struct {
+	poller  *netpoll.Poller
+	foreign *Host // non-nil: the poller belongs to the application
+	drv     driver
+	sink    evlib.Sink
+	ctr     *evlib.Counters
+
+	// Loop-goroutine state: only the service thread touches it. On a
+	// foreign poller Add/Modify/Remove may run on a goroutine other than
+	// the application's Polling one (core.New, Listen before the loop
+	// runs), so there fdMu guards fds.
+	fds     []fdState
+	fdMu    sync.Mutex
+	mode    mode
+	passer  evlib.Passer
+	gen     uint32 // current batch stamp
+	counted bool   // the wait ahead of the loop is counted in Waits
+	reports int    // fds reported by the current Poll
+	idleOn  bool   // idle is readable
+	timerAt time.Time
+	timer   *time.Timer
+
+	sig, idle sys.Waker // sig: own poller only
+
+	// Cross-goroutine state.
+	sigReq atomic.Bool // sig written (or a kick task queued), not yet consumed
+	mu     sync.RWMutex
+	closed bool
+	isDown atomic.Bool // closed, readable without mu
+}
+
+// driver is what a foreign poller's Dispatch needs from the core: its
+// foreign-mode entry points (core.Thread has them).
+type driver interface {
+	ServiceFD(*unix.PollFd) error
+	Service(time.Duration) error
+	ServiceAdjustTimeout(time.Duration) time.Duration
+}
+
+// New creates the backend. With cfg.Foreign set to a *netpoll.Poller the
+// application owns, it registers its fds there instead of in a poller of
+// its own; the application's Polling callback forwards the fds it does not
+// know to Dispatcher(poller).Dispatch.
+func New(cfg evlib.Config) (evlib.Backend, error) {
+	quietGnet()
+	b := &Backend{sink: cfg.Sink, ctr: cfg.Counters}
+	switch f := cfg.Foreign.(type) {
+	case nil:
+		p, err := netpoll.OpenPoller()
+		if err != nil {
+			return nil, fmt.Errorf("gnet OpenPoller: %w", err)
+		}
+		b.poller = p
+		if b.sig, err = sys.NewWaker(); err != nil {
+			p.Close()
+			return nil, err
+		}
+		if err := b.addSpecial(b.sig.R); err != nil {
+			b.sig.Close()
+			p.Close()
+			return nil, err
+		}
+	case *netpoll.Poller:
+		if f == nil {
+			return nil, fmt.Errorf("%w: nil *netpoll.Poller", evlib.ErrForeignUnsupported)
+		}
+		d, ok := cfg.Sink.(driver)
+		if !ok {
+			return nil, fmt.Errorf("%w: the sink %T has no ServiceFD/Service/ServiceAdjustTimeout to be driven from the application's Polling", evlib.ErrForeignUnsupported, cfg.Sink)
+		}
+		b.poller, b.drv = f, d
+		b.foreign = Dispatcher(f)
+	default:
+		return nil, fmt.Errorf("%w: want a *netpoll.Poller (github.com/panjf2000/gnet/v2/pkg/netpoll), got %T", evlib.ErrForeignUnsupported, cfg.Foreign)
+	}
+	var err error
+	if b.idle, err = sys.NewWaker(); err == nil {
+		if err = b.addSpecial(b.idle.R); err != nil {
+			b.idle.Close()
+		}
+	}
+	if err != nil {
+		if b.foreign == nil {
+			b.poller.Delete(b.sig.R)
+			b.sig.Close()
+			b.poller.Close()
+		}
+		return nil, err
+	}
+	if b.foreign != nil {
+		b.foreign.attach(b)
+	}
+	return b, nil
+}
+
+func (b *Backend) addSpecial(fd int) error {
+	b.ctr.InterestChanges.Add(1)
+	if err := b.poller.AddRead(&netpoll.PollAttachment{FD: fd}, false); err != nil {
+		return fmt.Errorf("gnet poller: %w", err)
+	}
+	b.grow(fd)
+	b.fds[fd].st = special | regBit
+	return nil
+}
+
+func (b *Backend) grow(fd int) {
+	if fd >= len(b.fds) {
+		st := make([]fdState, max(fd+1, 2*len(b.fds), 64))
+		copy(st, b.fds)
+		b.fds = st
+	}
+}
+
+// Translate converts gnet's event (the epoll mask on Linux) to evlib events.
+func Translate(e netpoll.IOEvent) evlib.Events {
+	var ev evlib.Events
+	if e&(unix.EPOLLIN|unix.EPOLLPRI|unix.EPOLLRDHUP) != 0 {
+		ev |= evlib.Readable
+	}
+	if e&unix.EPOLLOUT != 0 {
+		ev |= evlib.Writable
+	}
+	if e&unix.EPOLLHUP != 0 {
+		ev |= evlib.Hangup
+	}
+	if e&unix.EPOLLERR != 0 {
+		ev |= evlib.Error
+	}
+	return ev
+}
+
+func (b *Backend) lock() {
+	if b.foreign != nil {
+		b.fdMu.Lock()
+	}
+}
+
+func (b *Backend) unlock() {
+	if b.foreign != nil {
+		b.fdMu.Unlock()
+	}
+}
+
+// Add implements evlib.Backend.
+func (b *Backend) Add(fd int, kind evlib.Kind, ev evlib.Events) error {
+	if b.isDown.Load() {
+		return evlib.ErrClosed
+	}
+	if fd < 0 {
+		return evlib.ErrBadFD
+	}
+	b.lock()
+	defer b.unlock()
+	b.grow(fd)
+	if b.fds[fd].st&(watched|special) != 0 {
+		return fmt.Errorf("%w: fd %d", evlib.ErrExist, fd)
+	}
+	if ev&(evlib.Readable|evlib.Writable) == 0 {
+		// Not put in the epoll set (gnet cannot register an empty
+		// mask), so check the fd the way epoll_ctl would have.
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
+			return fmt.Errorf("%w: fd %d: %v", evlib.ErrBadFD, fd, err)
+		}
+	}
+	b.fds[fd].st = watched
+	if err := b.set(fd, ev); err != nil {
+		b.fds[fd].st = 0
+		if errors.Is(err, unix.EPERM) {
+			return fmt.Errorf("%w: fd %d: epoll cannot watch this kind of file (regular files and directories are always ready)", evlib.ErrBadFD, fd)
+		}
+		if errors.Is(err, unix.EBADF) {
+			return fmt.Errorf("%w: fd %d", evlib.ErrBadFD, fd)
+		}
+		return err
+	}
+	return nil
+}
+
+// Modify implements evlib.Backend.
+func (b *Backend) Modify(fd int, ev evlib.Events) error {
+	if b.isDown.Load() {
+		return evlib.ErrClosed
+	}
+	b.lock()
+	defer b.unlock()
+	if fd < 0 || fd >= len(b.fds) || b.fds[fd].st&watched == 0 {
+		return fmt.Errorf("%w: fd %d", evlib.ErrNotWatched, fd)
+	}
+	return b.set(fd, ev)
+}
+
+// set moves a watched fd to interest ev with the fewest gnet calls.
+func (b *Backend) set(fd int, ev evlib.Events) error {
+	want := uint8(ev) & ioMask
+	s := &b.fds[fd]
+	if s.st&ioMask == want && (want == 0) == (s.st&regBit == 0) {
+		return nil
+	}
+	pa := &netpoll.PollAttachment{FD: fd}
+	reg := s.st&regBit != 0
+	var err error
+	switch {
+	case want == 0:
+		err = b.del(fd)
+		reg = false
+	case want == uint8(evlib.Readable) && reg:
+		b.ctr.InterestChanges.Add(1)
+		err = b.poller.ModRead(pa, false)
+	case want == uint8(evlib.Readable):
+		b.ctr.InterestChanges.Add(1)
+		err = b.poller.AddRead(pa, false)
+	case want == uint8(evlib.Readable|evlib.Writable) && reg:
+		b.ctr.InterestChanges.Add(1)
+		err = b.poller.ModReadWrite(pa, false)
+	case want == uint8(evlib.Readable|evlib.Writable):
+		b.ctr.InterestChanges.Add(1)
+		err = b.poller.AddReadWrite(pa, false)
+	default: // write only: there is no ModWrite
+		if reg {
+			if err = b.del(fd); err != nil {
+				break
+			}
+			reg = false
+			s.st = watched
+		}
+		b.ctr.InterestChanges.Add(1)
+		err = b.poller.AddWrite(pa, false)
+	}
+	if err != nil {
+		return fmt.Errorf("gnet poller fd %d: %w", fd, err)
+	}
+	s.st = watched | want
+	if want != 0 {
+		s.st |= regBit
+	}
+	return nil
+}
+
+func (b *Backend) del(fd int) error {
+	b.ctr.InterestChanges.Add(1)
+	if err := b.poller.Delete(fd); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EBADF) {
+		return err
+	}
+	return nil
+}
+
+// Remove implements evlib.Backend.
+func (b *Backend) Remove(fd int) error {
+	if b.isDown.Load() {
+		return nil
+	}
+	b.lock()
+	defer b.unlock()
+	if fd < 0 || fd >= len(b.fds) || b.fds[fd].st&watched == 0 {
+		return nil
+	}
+	reg := b.fds[fd].st&regBit != 0
+	b.fds[fd].st = 0
+	if reg {
+		if err := b.del(fd); err != nil {
+			return fmt.Errorf("gnet poller delete fd %d: %w", fd, err)
+		}
+	}
+	return nil
+}
+
+// Wake implements evlib.Waker: it makes a Poll in progress (or the next
+// one) return, and makes Loop call Pass soon. Any goroutine may call it;
+// wakeups coalesce until the loop consumed the last one.
+func (b *Backend) Wake() error {
+	if b.kick() {
+		b.ctr.Wakes.Add(1)
+	}
+	return nil
+}
+
+// kick signals the loop: it writes sig (or, on a foreign poller, Triggers
+// a task) unless a signal is outstanding already or the backend is closed.
+// It reports whether it signalled.
+func (b *Backend) kick() bool {
+	if b.isDown.Load() || !b.sigReq.CompareAndSwap(false, true) {
+		return false
+	}
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	if b.closed {
+		return false
+	}
+	if b.foreign != nil {
+		b.poller.Trigger(queue.HighPriority, b.kickTask, nil)
+	} else {
+		b.sig.Signal()
+	}
+	return true
+}
+
+// consumeSig takes the outstanding signal: drain first, then clear the
+// flag, so a kick that lands in between writes again instead of being
+// swallowed.
+func (b *Backend) consumeSig() {
+	b.sig.Drain()
+	b.sigReq.Store(false)
+}
+
+// Poll implements evlib.Backend. gnet's Polling has no timeout and never
+// returns between batches, so a pass enters Polling and leaves it from an
+// fd callback: sig is made readable by a timer (timeout > 0), at once
+// (timeout 0), by Wake, or once the first fd was reported, and since it is
+// level-triggered and not drained until Polling returned, the next batch
+// holds it again. An fd seen twice in one pass therefore marks the second
+// batch, where the pass stops, reporting every fd of the first batch once.
+func (b *Backend) Poll(timeout time.Duration) (int, error) {
+	if b.isDown.Load() {
+		return 0, evlib.ErrClosed
+	}
+	if b.foreign != nil {
+		return 0, fmt.Errorf("%w: the gnet poller belongs to the application", evlib.ErrAppDriven)
+	}
+	b.disarmIdle()
+	b.mode, b.reports = modePoll, 0
+	b.gen++
+	b.ctr.Waits.Add(1)
+	b.counted = false // the second batch's wait is counted when seen
+	switch {
+	case timeout == 0:
+		b.kick()
+	case timeout > 0:
+		t := time.AfterFunc(timeout, func() { b.kick() })
+		defer t.Stop()
+	}
+	err := b.poller.Polling(b.onEvent)
+	b.mode = modeIdle
+	b.consumeSig()
+	if err != nil && !errors.Is(err, errStop) {
+		return b.reports, fmt.Errorf("gnet Polling: %w", err)
+	}
+	return b.reports, nil
+}
+
+// Loop implements evlib.Looper: it runs gnet's Polling on the calling
+// goroutine and calls p.Pass after every fd (gnet shows no batch ends),
+// after a wakeup and when the time Pass asked for has come.
+func (b *Backend) Loop(p evlib.Passer) error {
+	if b.isDown.Load() {
+		return evlib.ErrClosed
+	}
+	if b.foreign != nil {
+		return fmt.Errorf("%w: the gnet poller belongs to the application", evlib.ErrAppDriven)
+	}
+	next, stop := p.Pass()
+	if stop {
+		return nil
+	}
+	b.mode, b.passer = modeLoop, p
+	b.gen++
+	b.ctr.Waits.Add(1)
+	b.counted = true
+	b.schedule(next)
+	err := b.poller.Polling(b.onEvent)
+	b.mode, b.passer = modeIdle, nil
+	if b.timer != nil {
+		b.timer.Stop()
+		b.timerAt = time.Time{}
+	}
+	b.disarmIdle()
+	if err != nil && !errors.Is(err, errStop) {
+		return fmt.Errorf("gnet Polling: %w", err)
+	}
+	return nil
+}
+
+// Waits. gnet's epoll_wait calls happen inside Polling, out of sight, so
+// Waits is approximate for this backend; it counts:
+//
+//   - one when Poll or Loop enters Polling (its first epoll_wait);
+//   - in Poll, the second batch (exact: a pass is one or two epoll_waits);
+//   - in Loop, a batch that starts while the loop is busy, recognised when
+//     an fd already reported in the current batch is reported again (an
+//     epoll_wait returns each fd once); batches whose fds are all new are
+//     not recognised and not counted;
+//   - in Loop, one wait ahead whenever a callback hands control back to
+//     Polling with nothing due at once (Pass returned next != 0), at most
+//     once until the next batch is recognised, and always after handling
+//     sig (a wakeup), so a wait is counted after a posted function ran.
+//
+// Not counted: the zero-timeout epoll_wait gnet makes after every batch
+// when it returns nothing (gnet then blocks with the next call, which is
+// the one counted as the wait ahead).
+func (b *Backend) stamp(fd int) (repeat bool) {
+	if fd >= len(b.fds) {
+		return false
+	}
+	s := &b.fds[fd]
+	if s.seen == b.gen {
+		b.gen++
+		if !b.counted {
+			b.ctr.Waits.Add(1)
+		}
+		b.counted = false
+		repeat = true
+	}
+	s.seen = b.gen
+	return repeat
+}
+
+// onEvent is the Polling callback of a poller the backend owns.
+func (b *Backend) onEvent(fd int, e netpoll.IOEvent, _ netpoll.IOFlags) error {
+	if b.mode == modePoll {
+		if b.stamp(fd) {
+			return errStop // the second batch: the pass is over
+		}
+		if fd == b.sig.R || fd == b.idle.R || fd >= len(b.fds) || b.fds[fd].st&watched == 0 {
+			return nil // sig stays readable until Poll returns
+		}
+		b.sink.Ready(fd, Translate(e))
+		b.reports++
+		b.kick() // end the pass after this batch
+		return nil
+	}
+	b.stamp(fd)
+	switch {
+	case fd == b.sig.R:
+		b.consumeSig()
+		b.counted = false
+	case fd == b.idle.R:
+	case fd < len(b.fds) && b.fds[fd].st&watched != 0:
+		b.sink.Ready(fd, Translate(e))
+	default:
+		return nil // removed earlier in this batch
+	}
+	next, stop := b.passer.Pass()
+	if stop {
+		return errStop
+	}
+	b.schedule(next)
+	return nil
+}
+
+// schedule makes sure Pass runs again when it asked to: at once (idle
+// stays readable), after next (one timer, moved only to an earlier time:
+// a spurious early Pass is harmless) or only on an event (next < 0).
+func (b *Backend) schedule(next time.Duration) {
+	if next == 0 {
+		if !b.idleOn {
+			b.idleOn = true
+			b.idle.Signal()
+		}
+		return
+	}
+	b.disarmIdle()
+	if !b.counted {
+		b.ctr.Waits.Add(1)
+		b.counted = true
+	}
+	if next < 0 {
+		return
+	}
+	now := time.Now()
+	at := now.Add(next)
+	if !b.timerAt.IsZero() && now.Before(b.timerAt) && !at.Before(b.timerAt) {
+		return // the armed timer fires first
+	}
+	b.timerAt = at
+	if b.timer == nil {
+		b.timer = time.AfterFunc(next, func() { b.kick() })
+	} else {
+		b.timer.Reset(next)
+	}
+}
+
+func (b *Backend) disarmIdle() {
+	if b.idleOn {
+		b.idleOn = false
+		b.idle.Drain()
+	}
+}
+
+// Close implements evlib.Backend. On a foreign poller it deletes what it
+// registered there and leaves the poller alone.
+func (b *Backend) Close() error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	b.isDown.Store(true)
+	b.mu.Unlock()
+	if b.timer != nil {
+		b.timer.Stop()
+	}
+	if b.foreign != nil {
+		b.foreign.detach(b)
+		b.lock()
+		for fd := range b.fds {
+			if b.fds[fd].st&regBit != 0 {
+				b.poller.Delete(fd)
+			}
+			b.fds[fd].st = 0
+		}
+		b.unlock()
+		return b.idle.Close()
+	}
+	err := b.poller.Close()
+	b.sig.Close()
+	b.idle.Close()
+	return err
+}
