@@ -27,6 +27,7 @@ import (
 	"github.com/panjf2000/gnet/v2"
 	"github.com/plugloop/plugloop/core"
 	"github.com/plugloop/plugloop/evlib"
+	"github.com/plugloop/plugloop/foreign"
 	"github.com/plugloop/plugloop/internal/echo"
 	"golang.org/x/sys/unix"
 )
@@ -57,6 +58,7 @@ type hello struct {
 	GoMaxProcs int    `json:"gomaxprocs"`
 	CPUs       []int  `json:"cpus,omitempty"` // the child's affinity
 	PinError   string `json:"pin_error,omitempty"`
+	FDLimit    uint64 `json:"fd_limit"`
 }
 
 // usage is the child's answer to stop: what the server used between start
@@ -123,12 +125,13 @@ func knownServers() []serverInfo {
 			} else {
 				s.Skip = "no constructor"
 			}
-		case d.Caps&evlib.CapAppDriven != 0:
+		case d.Caps&evlib.CapAppDriven != 0 && d.Name != foreign.Name:
 			s.Skip = "app-driven: needs the application's own loop"
 		}
 		out = append(out, s)
 	}
-	return append(out, serverInfo{Name: gnetName}, serverInfo{Name: netName})
+	return append(out, serverInfo{Name: rawName, Skip: rawAvailable}, serverInfo{Name: gnetName},
+		serverInfo{Name: netpollName}, serverInfo{Name: netName})
 }
 
 // runChild is the child's main. It never returns.
@@ -142,6 +145,7 @@ func runChild(name string) {
 	}
 	h.CPUs, _ = affinity()
 	h.GoMaxProcs = runtime.GOMAXPROCS(0)
+	h.FDLimit = raiseFDLimit()
 
 	addr, stats, err := startServer(name)
 	if err != nil {
@@ -227,6 +231,14 @@ func startServer(name string) (addr string, stats func() core.Stats, err error) 
 	case name == netName:
 		addr, err = startNet()
 		return addr, nil, err
+	case name == netpollName:
+		addr, err = startNetpoll()
+		return addr, nil, err
+	case name == rawName:
+		addr, err = startRawEpoll()
+		return addr, nil, err
+	case name == plugloopPrefix+foreign.Name:
+		return startForeign()
 	case strings.HasPrefix(name, plugloopPrefix):
 		return startPlugloop(strings.TrimPrefix(name, plugloopPrefix))
 	}
