@@ -26,7 +26,7 @@ func Run(t *testing.T, name string) {
 		t.Skipf("conformance: backend %q cannot run here: %v", name, err)
 	}
 	require.NoError(t, err, "conformance: looking up backend %q", name)
-	run(t, d)
+	runSuite(t, d, nil)
 }
 
 // RunBackend runs the whole suite against d, a backend that need not be
@@ -50,13 +50,14 @@ func RunBackend(t *testing.T, d evlib.Descriptor) {
 	} else {
 		require.Equal(t, d.Caps, reg.Caps, "conformance: a backend named %q with other capabilities is registered already", d.Name)
 	}
-	run(t, d)
+	runSuite(t, d, nil)
 }
 
 // suite is one run of the suite against one backend.
 type suite struct {
 	name string
 	desc evlib.Descriptor
+	host *Host // the application's loop (foreign mode), or nil: Context.Run
 }
 
 type subtest struct {
@@ -64,12 +65,16 @@ type subtest struct {
 	f    func(*testing.T)
 }
 
-func run(t *testing.T, d evlib.Descriptor) {
+func runSuite(t *testing.T, d evlib.Descriptor, host *Host) {
 	t.Helper()
 	if os.Getenv(evlib.EnvVar) != "" {
 		t.Setenv(evlib.EnvVar, "")
 	}
-	s := &suite{name: d.Name, desc: d}
+	if host == nil && d.Caps&evlib.CapAppDriven != 0 {
+		h := PollSetHost(d.Name) // an app-driven backend needs an application's loop
+		host = &h
+	}
+	s := &suite{name: d.Name, desc: d, host: host}
 	t.Logf("conformance: backend %q, capabilities %v", d.Name, d.Caps)
 
 	// Let the Go runtime open what it keeps open for good (its own
@@ -86,10 +91,12 @@ func run(t *testing.T, d evlib.Descriptor) {
 		}
 	})
 	t.Run("Core", func(t *testing.T) {
-		if d.Caps&evlib.CapAppDriven != 0 {
-			t.Skipf("conformance: backend %q is app-driven (evlib.CapAppDriven): the application's loop drives the core, so the Context.Run based tests do not apply", d.Name)
+		tests := s.coreTests()
+		if s.host != nil {
+			t.Logf("conformance: foreign mode, the suite's loop is host %q", s.host.Name)
+			tests = append(tests, s.hostTests()...)
 		}
-		for _, st := range s.coreTests() {
+		for _, st := range tests {
 			t.Run(st.name, st.f)
 		}
 	})

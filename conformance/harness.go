@@ -400,6 +400,7 @@ type harness struct {
 	runG    atomic.Uint64
 	started bool
 	done    bool
+	host    *hostRun // foreign mode: the application's loop
 }
 
 // newHarness creates a context on the backend under test. Info.EventLib is
@@ -415,6 +416,9 @@ func (s *suite) newHarness(t *testing.T, info core.Info) *harness {
 		names = append(names, info.Protocols[i].Name)
 	}
 	h := &harness{t: t, rec: newRecorder(names), runErr: make(chan error, 1)}
+	// A copy: tests share one Info between harnesses, and each wraps the
+	// callbacks for itself only.
+	info.Protocols = append([]core.Protocol(nil), info.Protocols...)
 	for i := range info.Protocols {
 		user := info.Protocols[i].Callback
 		info.Protocols[i].Callback = func(ev core.Event) error {
@@ -426,6 +430,10 @@ func (s *suite) newHarness(t *testing.T, info core.Info) *harness {
 			return user(ev)
 		}
 	}
+	if s.host != nil {
+		h.setupHost(s.host, &info)
+		t.Cleanup(h.host.close) // after h.cleanup
+	}
 	ctx, err := core.New(info)
 	require.NoError(t, err)
 	require.Equal(t, s.name, ctx.EventLib(), "core.New picked another backend")
@@ -434,7 +442,8 @@ func (s *suite) newHarness(t *testing.T, info core.Info) *harness {
 	return h
 }
 
-// start runs the context on a new goroutine.
+// start runs the context on a new goroutine (in foreign mode: the host's
+// loop, as the application would).
 func (h *harness) start() {
 	h.t.Helper()
 	require.False(h.t, h.started, "harness started twice")
@@ -443,7 +452,7 @@ func (h *harness) start() {
 	go func() {
 		h.runG.Store(goid())
 		close(ready)
-		h.runErr <- h.ctx.Run(context.Background())
+		h.runErr <- h.run(context.Background())
 	}()
 	<-ready
 }

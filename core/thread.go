@@ -158,14 +158,14 @@ func (t *Thread) own() (bool, error) {
 func (t *Thread) release(took bool) {
 	if took {
 		t.finishStep()
+		t.leave()
 		if t.appDriven && !t.dying() {
 			// The call ran while the application's loop may be asleep
 			// in its own wait, with a watch set and a timeout from
-			// before the call: wake it (leave signals the wake fd) so
-			// it picks up new fds, interest, timers and forced service.
-			t.wakePending.Store(true)
+			// before the call: wake it, so that it picks up new fds,
+			// interest, timers and forced service.
+			t.signal()
 		}
-		t.leave()
 	}
 }
 
@@ -598,6 +598,14 @@ func (t *Thread) onReadable(c *Conn, ev evlib.Events) {
 	if c.state != stateOpen || c.hup || t.dying() {
 		return
 	}
+	switch c.kind {
+	case evlib.KindFile:
+		t.onFileReadable(c, ev)
+		return
+	case evlib.KindDatagram:
+		t.onDatagramReadable(c)
+		return
+	}
 	if c.rxPaused {
 		if ev&(evlib.Hangup|evlib.Error) != 0 {
 			t.readAll(c) // learn how it ended without losing input
@@ -756,7 +764,7 @@ func (t *Thread) deliverWriteable(c *Conn) {
 	c.wantWritable = false
 	prev := t.writing
 	t.writing, c.wrote = c, false
-	err := t.callback(Event{Reason: ReasonRawWriteable, Conn: c})
+	err := t.callback(Event{Reason: c.reason(ReasonRawWriteable), Conn: c})
 	t.writing = prev
 	if err != nil {
 		t.closeConn(c, err)
@@ -837,7 +845,7 @@ func (t *Thread) setInterest(c *Conn, ev evlib.Events) {
 
 // ---- connections ----
 
-func (t *Thread) adopt(fd int, kind evlib.Kind, p *Protocol, l *Listener) (*Conn, error) {
+func (t *Thread) adopt(fd int, kind evlib.Kind, p *Protocol, l *Listener, opts ...AdoptOption) (*Conn, error) {
 	if fd < 0 {
 		return nil, ErrBadFD
 	}
@@ -856,7 +864,11 @@ func (t *Thread) adopt(fd int, kind evlib.Kind, p *Protocol, l *Listener) (*Conn
 		copy(conns, t.conns)
 		t.conns = conns
 	}
-	c := &Conn{t: t, fd: fd, kind: kind, proto: p, listener: l, lastActive: t.clock()}
+	var o adoptOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	c := &Conn{t: t, fd: fd, kind: kind, proto: p, listener: l, user: o.user, lastActive: t.clock()}
 	t.conns[fd] = c
 	t.count++
 	if err := t.watch(fd, c, kind, evlib.Readable); err != nil {
@@ -877,9 +889,13 @@ func (t *Thread) adopt(fd int, kind evlib.Kind, p *Protocol, l *Listener) (*Conn
 		c.idle = &Timer{t: t, idx: -1, fn: func() { t.checkIdle(c) }}
 		t.timers.schedule(c.idle, c.lastActive+int64(d))
 	}
-	if err := t.callback(Event{Reason: ReasonRawAdopt, Conn: c}); err != nil {
+	if err := t.callback(Event{Reason: c.reason(ReasonRawAdopt), Conn: c}); err != nil {
 		t.closeConn(c, err)
 		return nil, fmt.Errorf("%w: %w", errAdoptRefused, err)
+	}
+	if len(o.readbuf) > 0 && c.state == stateOpen {
+		c.rxbuf = append(c.rxbuf, o.readbuf...)
+		t.queueRx(c)
 	}
 	return c, nil
 }
@@ -941,7 +957,7 @@ func (t *Thread) closeConn(c *Conn, why error) {
 		c.next.prev = c.prev
 	}
 	c.prev, c.next = nil, nil
-	_ = t.callback(Event{Reason: ReasonRawClose, Conn: c, Err: why})
+	_ = t.callback(Event{Reason: c.reason(ReasonRawClose), Conn: c, Err: why})
 }
 
 func (t *Thread) accept(lc *Conn) {

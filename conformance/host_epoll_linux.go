@@ -1,0 +1,91 @@
+package conformance
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/plugloop/plugloop/core"
+	"github.com/plugloop/plugloop/evlib"
+	"github.com/plugloop/plugloop/foreign"
+	"github.com/plugloop/plugloop/internal/sys"
+	"golang.org/x/sys/unix"
+)
+
+// EpollHost is an epoll loop the application owns, with plugloop's epoll
+// backend attached to it (core.Info{EventLib: "epoll", Foreign:
+// []any{epfd}}): the loop forwards the events of fds it does not know
+// with foreign.PollFromEpoll. Its watch set is read from the kernel
+// (/proc/self/fdinfo of the epoll fd).
+func EpollHost() Host {
+	return Host{Name: "epoll", EventLib: "epoll", New: func(t testing.TB) HostLoop {
+		epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+		if err != nil {
+			t.Fatalf("conformance: epoll_create1: %v", err)
+		}
+		return &epollLoop{epfd: epfd, own: map[int]bool{}, evs: make([]unix.EpollEvent, 128)}
+	}}
+}
+
+type epollLoop struct {
+	epfd int
+	own  map[int]bool
+	evs  []unix.EpollEvent
+}
+
+func (l *epollLoop) Setup(info *core.Info) { info.Foreign = []any{l.epfd} }
+
+func (l *epollLoop) AddOwn(fd int) error {
+	l.own[fd] = true
+	return unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)})
+}
+
+func (l *epollLoop) Wait(dst []unix.PollFd, timeout time.Duration) ([]unix.PollFd, error) {
+	n, err := unix.EpollWait(l.epfd, l.evs, sys.Msec(timeout))
+	if err != nil {
+		if errors.Is(err, unix.EINTR) {
+			return dst, nil
+		}
+		return dst, err
+	}
+	for _, e := range l.evs[:n] {
+		dst = append(dst, foreign.PollFromEpoll(e))
+	}
+	return dst, nil
+}
+
+// Watched reads the registrations of the epoll fd from the kernel:
+// "tfd: FD events: MASK data: ..." lines.
+func (l *epollLoop) Watched() map[int]evlib.Events {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/self/fdinfo/%d", l.epfd))
+	if err != nil {
+		return map[int]evlib.Events{-1: 0} // cannot tell: fail the comparison
+	}
+	m := map[int]evlib.Events{}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 4 || f[0] != "tfd:" || f[2] != "events:" {
+			continue
+		}
+		fd, err1 := strconv.Atoi(f[1])
+		mask, err2 := strconv.ParseUint(f[3], 16, 32)
+		if err1 != nil || err2 != nil || l.own[fd] {
+			continue
+		}
+		var ev evlib.Events
+		if mask&unix.EPOLLIN != 0 {
+			ev |= evlib.Readable
+		}
+		if mask&unix.EPOLLOUT != 0 {
+			ev |= evlib.Writable
+		}
+		m[fd] = ev
+	}
+	return m
+}
+
+func (l *epollLoop) Close() error { return unix.Close(l.epfd) }
