@@ -16,6 +16,10 @@ import (
 	"github.com/plugloop/plugloop/core"
 	"github.com/plugloop/plugloop/foreign"
 	"github.com/plugloop/plugloop/internal/echo"
+
+	// The adapters onto the peers' own pollers, as plugloop backends.
+	_ "github.com/plugloop/plugloop/evlib_gnet"
+	_ "github.com/plugloop/plugloop/evlib_netpoll"
 )
 
 const (
