@@ -103,7 +103,7 @@ func (c *Context) AdoptListener(ln net.Listener, protocol string) (*Listener, er
 // AdoptConn takes over a connected net.Conn (a *net.TCPConn, *net.UnixConn
 // or anything with SyscallConn). On success nc is closed (the core keeps a
 // duplicate of its socket); on error the caller still owns it.
-func (c *Context) AdoptConn(nc net.Conn, protocol string) (*Conn, error) {
+func (c *Context) AdoptConn(nc net.Conn, protocol string, opts ...AdoptOption) (*Conn, error) {
 	p, err := c.protocol(protocol)
 	if err != nil {
 		return nil, err
@@ -112,7 +112,7 @@ func (c *Context) AdoptConn(nc net.Conn, protocol string) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	conn, err := c.adoptFD(fd, p)
+	conn, err := c.adoptKind(fd, evlib.KindStream, p, opts)
 	if err != nil {
 		if !errors.Is(err, errAdoptRefused) {
 			unix.Close(fd)
@@ -128,7 +128,7 @@ func (c *Context) AdoptConn(nc net.Conn, protocol string) (*Conn, error) {
 // and will close it; on error — a bad or already adopted fd, the fd limit —
 // the caller still owns it, unless RAW_ADOPT itself refused the connection,
 // which closes it like any other close.
-func (c *Context) AdoptFD(fd int, protocol string) (*Conn, error) {
+func (c *Context) AdoptFD(fd int, protocol string, opts ...AdoptOption) (*Conn, error) {
 	p, err := c.protocol(protocol)
 	if err != nil {
 		return nil, err
@@ -139,28 +139,12 @@ func (c *Context) AdoptFD(fd int, protocol string) (*Conn, error) {
 	if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
 		return nil, fmt.Errorf("%w: fd %d: %v", ErrBadFD, fd, err)
 	}
-	return c.adoptFD(fd, p)
+	return c.adoptKind(fd, evlib.KindStream, p, opts)
 }
 
 // errAdoptRefused marks an adoption that RAW_ADOPT refused: the core
 // already owned the fd and closes it.
 var errAdoptRefused = errors.New("plugloop: RAW_ADOPT refused the connection")
-
-func (c *Context) adoptFD(fd int, p *Protocol) (*Conn, error) {
-	t := c.threads[0]
-	took, err := t.own()
-	if err != nil {
-		return nil, err
-	}
-	defer t.release(took)
-	if fd < len(t.conns) && t.conns[fd] != nil || fd == t.wfd.R {
-		return nil, fmt.Errorf("%w: fd %d is already adopted", ErrBadFD, fd)
-	}
-	if err := sys.SetNonblock(fd); err != nil {
-		return nil, fmt.Errorf("%w: fd %d: %v", ErrBadFD, fd, err)
-	}
-	return t.adopt(fd, evlib.KindStream, p, nil)
-}
 
 // dupOf duplicates the socket behind a net.Listener or net.Conn.
 func dupOf(v any) (int, error) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -44,6 +45,8 @@ type Event struct {
 	Protocol *Protocol
 	// Data holds received bytes (ReasonRawRX).
 	Data []byte
+	// From is the sender of a datagram (ReasonRawRX on a UDP connection).
+	From netip.AddrPort
 	// Poll describes the fd for the poll-fd reasons.
 	Poll PollArgs
 	// Len is 1 for LockPoll/UnlockPoll around an add or delete, 0 around

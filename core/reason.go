@@ -45,6 +45,17 @@ const (
 	// with Event.Len 1 around adds and deletes and 0 around mode changes.
 	ReasonLockPoll
 	ReasonUnlockPoll
+	// ReasonRawAdoptFile, ReasonRawRXFile, ReasonRawWriteableFile and
+	// ReasonRawCloseFile are the file-descriptor counterparts of the RAW
+	// reasons, for pipes, FIFOs and ttys adopted with Context.AdoptFile.
+	// The core does not read a file: RAW_RX_FILE says it is readable, and
+	// the callback reads it itself (Event.Data is nil). It does write it:
+	// Conn.Write works in RAW_WRITEABLE_FILE as in RAW_WRITEABLE. End of
+	// file (a FIFO whose writers are gone) closes it.
+	ReasonRawAdoptFile
+	ReasonRawRXFile
+	ReasonRawWriteableFile
+	ReasonRawCloseFile
 )
 
 var reasonNames = [...]string{
@@ -61,6 +72,10 @@ var reasonNames = [...]string{
 	ReasonChangeModePollFD:   "CHANGE_MODE_POLL_FD",
 	ReasonLockPoll:           "LOCK_POLL",
 	ReasonUnlockPoll:         "UNLOCK_POLL",
+	ReasonRawAdoptFile:       "RAW_ADOPT_FILE",
+	ReasonRawRXFile:          "RAW_RX_FILE",
+	ReasonRawWriteableFile:   "RAW_WRITEABLE_FILE",
+	ReasonRawCloseFile:       "RAW_CLOSE_FILE",
 }
 
 // String returns the lws-style name, such as "RAW_RX".

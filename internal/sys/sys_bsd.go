@@ -45,3 +45,7 @@ func Read(fd int, p []byte) (int, error) { return unix.Read(fd, p) }
 
 // Write is write(2).
 func Write(fd int, p []byte) (int, error) { return unix.Write(fd, p) }
+
+// FIONREAD is the ioctl that reports how many bytes are ready to read:
+// _IOR('f', 127, int) on every BSD and macOS (x/sys does not export it).
+const FIONREAD = 0x4004667f

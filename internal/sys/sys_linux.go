@@ -58,3 +58,6 @@ func Write(fd int, p []byte) (int, error) {
 	}
 	return int(r), nil
 }
+
+// FIONREAD is the ioctl that reports how many bytes are ready to read.
+const FIONREAD = unix.TIOCINQ

@@ -1,0 +1,207 @@
+package core_test
+
+import (
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/plugloop/plugloop/core"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+)
+
+var backends = []string{"poll", "epoll"}
+
+// serviceUntil runs passes on the calling goroutine until cond holds.
+func serviceUntil(t *testing.T, ctx *core.Context, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		require.True(t, time.Now().Before(deadline), "condition not reached")
+		require.NoError(t, ctx.Thread(0).Service(10*time.Millisecond))
+	}
+}
+
+// A pipe's lifecycle: RAW_ADOPT_FILE, RAW_RX_FILE when readable (the
+// callback reads), RAW_WRITEABLE_FILE with Conn.Write, and RAW_CLOSE_FILE
+// when the writer goes away.
+func TestPipeLifecycle(t *testing.T) {
+	for _, lib := range backends {
+		t.Run(lib, func(t *testing.T) {
+			var reasons []core.Reason
+			var got []byte
+			ctx, err := core.New(core.Info{EventLib: lib, Protocols: []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
+				if ev.Conn == nil || ev.Reason < core.ReasonRawAdoptFile {
+					return nil // the poll-fd reasons
+				}
+				reasons = append(reasons, ev.Reason)
+				switch ev.Reason {
+				case core.ReasonRawRXFile:
+					require.Nil(t, ev.Data, "the core does not read files")
+					var b [64]byte
+					n, _ := unix.Read(ev.Conn.FD(), b[:])
+					got = append(got, b[:max(n, 0)]...)
+				case core.ReasonRawWriteableFile:
+					_, err := ev.Conn.Write([]byte("out"))
+					return err
+				}
+				return nil
+			}}}})
+			require.NoError(t, err)
+			defer ctx.Destroy()
+
+			var in, out [2]int
+			require.NoError(t, unix.Pipe(in[:]))
+			require.NoError(t, unix.Pipe(out[:]))
+			defer unix.Close(out[0])
+			rc, err := ctx.AdoptFile(in[0], "")
+			require.NoError(t, err)
+			wc, err := ctx.AdoptFile(out[1], "")
+			require.NoError(t, err)
+
+			unix.Write(in[1], []byte("hello"))
+			serviceUntil(t, ctx, func() bool { return len(got) == 5 })
+			require.Equal(t, "hello", string(got))
+
+			require.NoError(t, wc.CallbackOnWritable())
+			serviceUntil(t, ctx, func() bool { return len(reasons) > 0 && reasons[len(reasons)-1] == core.ReasonRawWriteableFile })
+			var b [8]byte
+			n, err := unix.Read(out[0], b[:])
+			require.NoError(t, err)
+			require.Equal(t, "out", string(b[:n]))
+
+			unix.Close(in[1]) // FIFO EOF
+			serviceUntil(t, ctx, rc.Closed)
+			require.Equal(t, core.ReasonRawCloseFile, reasons[len(reasons)-1])
+			require.Equal(t, core.ReasonRawAdoptFile, reasons[0])
+		})
+	}
+}
+
+func TestRegularFileRefused(t *testing.T) {
+	for _, lib := range backends {
+		t.Run(lib, func(t *testing.T) {
+			ctx, err := core.New(core.Info{EventLib: lib, Protocols: []core.Protocol{{Name: "p", Callback: func(core.Event) error { return nil }}}})
+			require.NoError(t, err)
+			defer ctx.Destroy()
+			f, err := os.Create(filepath.Join(t.TempDir(), "f"))
+			require.NoError(t, err)
+			defer f.Close()
+			_, err = ctx.AdoptFile(int(f.Fd()), "")
+			require.ErrorIs(t, err, core.ErrNotPollable)
+			_, err = f.Write([]byte("still mine")) // the caller keeps the fd
+			require.NoError(t, err)
+		})
+	}
+}
+
+// Bytes read before adoption come first, then what the socket brings.
+func TestAdoptWithReadbuf(t *testing.T) {
+	for _, lib := range backends {
+		t.Run(lib, func(t *testing.T) {
+			var got []byte
+			ctx, err := core.New(core.Info{EventLib: lib, Protocols: []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
+				if ev.Reason == core.ReasonRawRX {
+					got = append(got, ev.Data...)
+				}
+				if ev.Reason == core.ReasonRawAdopt {
+					require.Equal(t, "mine", ev.Conn.User())
+				}
+				return nil
+			}}}})
+			require.NoError(t, err)
+			defer ctx.Destroy()
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			require.NoError(t, err)
+			defer ln.Close()
+			peer, err := net.Dial("tcp", ln.Addr().String())
+			require.NoError(t, err)
+			defer peer.Close()
+			srv, err := ln.Accept()
+			require.NoError(t, err)
+			_, err = ctx.AdoptConn(srv, "", core.WithReadbuf([]byte("early ")), core.WithUser("mine"))
+			require.NoError(t, err)
+			peer.Write([]byte("late"))
+			serviceUntil(t, ctx, func() bool { return len(got) == 10 })
+			require.Equal(t, "early late", string(got))
+		})
+	}
+}
+
+// UDP: each datagram is one RAW_RX with its sender; WRITEABLE requests are
+// granted on the next pass; WriteTo answers.
+func TestUDPEcho(t *testing.T) {
+	for _, lib := range backends {
+		t.Run(lib, func(t *testing.T) {
+			type reply struct {
+				data []byte
+				to   netip.AddrPort
+			}
+			var queue []reply
+			ctx, err := core.New(core.Info{EventLib: lib, Protocols: []core.Protocol{{Name: "udp", Callback: func(ev core.Event) error {
+				switch ev.Reason {
+				case core.ReasonRawRX:
+					queue = append(queue, reply{append([]byte(nil), ev.Data...), ev.From})
+					return ev.Conn.CallbackOnWritable()
+				case core.ReasonRawWriteable:
+					if len(queue) == 0 {
+						return nil
+					}
+					r := queue[0]
+					queue = queue[1:]
+					if _, err := ev.Conn.WriteTo(r.data, r.to); err != nil {
+						return err
+					}
+					if len(queue) > 0 {
+						return ev.Conn.CallbackOnWritable()
+					}
+				}
+				return nil
+			}}}})
+			require.NoError(t, err)
+			defer ctx.Destroy()
+			srv, err := ctx.ListenUDP("udp4", "127.0.0.1:0", "")
+			require.NoError(t, err)
+			unbound, err := ctx.ListenUDP("udp4", "", "")
+			require.NoError(t, err)
+			require.False(t, unbound.Closed())
+
+			cl, err := net.ListenPacket("udp4", "127.0.0.1:0")
+			require.NoError(t, err)
+			defer cl.Close()
+			to := net.UDPAddrFromAddrPort(srv.LocalAddr())
+			for _, m := range []string{"one", "two", "three"} {
+				_, err := cl.WriteTo([]byte(m), to)
+				require.NoError(t, err)
+			}
+			done := make(chan []string)
+			go func() {
+				var got []string
+				buf := make([]byte, 64)
+				cl.SetReadDeadline(time.Now().Add(10 * time.Second))
+				for len(got) < 3 {
+					n, from, err := cl.ReadFrom(buf)
+					if err != nil {
+						break
+					}
+					require.Equal(t, to.String(), from.String())
+					got = append(got, string(buf[:n]))
+				}
+				done <- got
+			}()
+			var got []string
+			serviceUntil(t, ctx, func() bool {
+				select {
+				case got = <-done:
+					return true
+				default:
+					return false
+				}
+			})
+			require.Equal(t, []string{"one", "two", "three"}, got)
+		})
+	}
+}

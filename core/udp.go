@@ -1,0 +1,169 @@
+package core
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/plugloop/plugloop/evlib"
+	"golang.org/x/sys/unix"
+)
+
+// datagramBatch bounds the datagrams read per readiness report, so one busy
+// socket cannot starve the others.
+const datagramBatch = 16
+
+// ListenUDP creates a UDP socket — network "udp", "udp4" or "udp6" — bound
+// to address, or not bound at all when address is "" (a socket that only
+// sends gets an ephemeral port from the kernel on its first send). Each
+// datagram arrives in its own RAW_RX with Event.From set; WriteTo sends.
+// It is loop-only.
+func (c *Context) ListenUDP(network, address, protocol string) (*Conn, error) {
+	p, err := c.protocol(protocol)
+	if err != nil {
+		return nil, err
+	}
+	if address == "" {
+		family := unix.AF_INET6
+		if network == "udp4" {
+			family = unix.AF_INET
+		}
+		fd, err := unix.Socket(family, unix.SOCK_DGRAM, 0)
+		if err != nil {
+			return nil, fmt.Errorf("plugloop: udp socket: %w", err)
+		}
+		conn, err := c.adoptKind(fd, evlib.KindDatagram, p, nil)
+		if err != nil {
+			unix.Close(fd)
+		}
+		return conn, err
+	}
+	pc, err := net.ListenPacket(network, address)
+	if err != nil {
+		return nil, err
+	}
+	defer pc.Close()
+	fd, err := dupOf(pc)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := c.adoptKind(fd, evlib.KindDatagram, p, nil)
+	if err != nil {
+		unix.Close(fd)
+	}
+	return conn, err
+}
+
+// AdoptPacketConn takes over a UDP net.PacketConn (or any with
+// SyscallConn). On success pc is closed (the core keeps a duplicate of its
+// socket); on error the caller still owns it.
+func (c *Context) AdoptPacketConn(pc net.PacketConn, protocol string, opts ...AdoptOption) (*Conn, error) {
+	p, err := c.protocol(protocol)
+	if err != nil {
+		return nil, err
+	}
+	fd, err := dupOf(pc)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := c.adoptKind(fd, evlib.KindDatagram, p, opts)
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	pc.Close()
+	return conn, nil
+}
+
+// LocalAddr returns the address the connection's socket is bound to, or an
+// invalid AddrPort.
+func (c *Conn) LocalAddr() netip.AddrPort {
+	sa, err := unix.Getsockname(c.fd)
+	if err != nil {
+		return netip.AddrPort{}
+	}
+	return addrPort(sa)
+}
+
+func (t *Thread) onDatagramReadable(c *Conn) {
+	if c.rxPaused {
+		if c.interest&evlib.Readable != 0 {
+			t.setInterest(c, c.interest&^evlib.Readable)
+		}
+		return
+	}
+	if t.rxBuf == nil {
+		t.rxBuf = make([]byte, rxBufSize)
+	}
+	for range datagramBatch {
+		t.ctr.Reads.Add(1)
+		n, sa, err := unix.Recvfrom(c.fd, t.rxBuf, unix.MSG_DONTWAIT)
+		if err != nil {
+			// Would block, or an ICMP error for an earlier send (which UDP
+			// reports on a later call): neither ends the socket.
+			return
+		}
+		c.lastActive = t.now
+		if err := t.callback(Event{Reason: ReasonRawRX, Conn: c, Data: t.rxBuf[:n], From: addrPort(sa)}); err != nil {
+			t.closeConn(c, err)
+			return
+		}
+		if c.state != stateOpen || c.rxPaused || t.dying() {
+			return
+		}
+	}
+}
+
+// WriteTo sends one datagram to addr. Like Write, it is allowed once per
+// RAW_WRITEABLE of this connection. A datagram goes out whole or not at all:
+// when the kernel cannot take it now, WriteTo returns an error wrapping
+// EAGAIN and nothing was sent — the core never drops or splits it silently
+// — and the caller asks for WRITEABLE again.
+func (c *Conn) WriteTo(p []byte, addr netip.AddrPort) (int, error) {
+	t := c.t
+	took, err := t.own()
+	if err != nil {
+		return 0, err
+	}
+	defer t.release(took)
+	if c.state != stateOpen {
+		return 0, ErrClosed
+	}
+	if t.writing != c || c.wrote {
+		return 0, ErrNotWritable
+	}
+	if c.kind != evlib.KindDatagram {
+		return 0, fmt.Errorf("%w: WriteTo needs a datagram socket", ErrInvalid)
+	}
+	c.wrote = true
+	sa, err := sockaddr(addr)
+	if err != nil {
+		return 0, err
+	}
+	t.ctr.Writes.Add(1)
+	if err := unix.Sendto(c.fd, p, unix.MSG_DONTWAIT, sa); err != nil {
+		return 0, &OpError{Op: "sendto", Err: err}
+	}
+	c.lastActive = t.now
+	return len(p), nil
+}
+
+func addrPort(sa unix.Sockaddr) netip.AddrPort {
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port))
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr).Unmap(), uint16(a.Port))
+	}
+	return netip.AddrPort{}
+}
+
+func sockaddr(ap netip.AddrPort) (unix.Sockaddr, error) {
+	if !ap.IsValid() {
+		return nil, fmt.Errorf("%w: address %v", ErrInvalid, ap)
+	}
+	if ap.Addr().Is4() {
+		return &unix.SockaddrInet4{Addr: ap.Addr().As4(), Port: int(ap.Port())}, nil
+	}
+	return &unix.SockaddrInet6{Addr: ap.Addr().As16(), Port: int(ap.Port())}, nil
+}
