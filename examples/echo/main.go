@@ -5,6 +5,8 @@
 //	nc 127.0.0.1 7681
 //
 // -evlib takes any backend name (see -list); PLUGLOOP_EVLIB overrides it.
+// With -evlib foreign the program runs its own unix.Poll loop through
+// foreign.PollSet and plugloop only services what that loop hands it.
 package main
 
 import (
@@ -17,9 +19,11 @@ import (
 	"strings"
 	"syscall"
 	"text/tabwriter"
+	"time"
 
 	"github.com/plugloop/plugloop/core"
 	"github.com/plugloop/plugloop/evlib"
+	"github.com/plugloop/plugloop/foreign"
 	"github.com/plugloop/plugloop/internal/echo"
 )
 
@@ -59,6 +63,13 @@ func run(lib, addr string, verbose bool) error {
 			return inner(ev)
 		}
 	}
+	// -evlib foreign: this program's own poll loop drives plugloop; the
+	// PollSet keeps its watch set from the poll-fd callbacks.
+	var set *foreign.PollSet
+	if lib == foreign.Name || os.Getenv(evlib.EnvVar) == foreign.Name {
+		set = new(foreign.PollSet)
+		proto = set.Protocol(proto)
+	}
 	ctx, err := core.New(core.Info{EventLib: lib, Logger: log, Protocols: []core.Protocol{proto}})
 	if err != nil {
 		return err
@@ -77,7 +88,15 @@ func run(lib, addr string, verbose bool) error {
 
 	sig, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := ctx.Run(sig); err != nil && err != context.Canceled {
+	if set != nil && ctx.Caps()&evlib.CapAppDriven != 0 {
+		// The application's loop: unix.Poll over plugloop's fds (and
+		// any of its own), ServiceFD for the ready ones, Service(0).
+		for sig.Err() == nil {
+			if err := set.Poll(ctx.Thread(0), nil, 100*time.Millisecond); err != nil {
+				return err
+			}
+		}
+	} else if err := ctx.Run(sig); err != nil && err != context.Canceled {
 		return err
 	}
 	s := ctx.Stats()
