@@ -58,10 +58,13 @@
 // error wrapping ENOBUFS, so the core closes the connection (RAW_CLOSE with
 // that error) instead of buffering without limit. The check is periodic, so
 // the buffer may overshoot by what the peer manages to send in one
-// PausedRxCheck interval (on loopback, tens of megabytes at most). While a
-// paused connection's input is held, netpoll reports the peer's hang-up to
-// the backend only once that input was read, so the core learns that a
-// paused peer went away when it resumes (the contract allows it).
+// PausedRxCheck interval (on loopback, tens of megabytes at most). A paused
+// connection still learns at once that its peer hung up or reset: netpoll
+// calls OnDisconnect as soon as its poller saw it (after it read all input),
+// and the backend reports Hangup whatever the interest, so the core moves
+// the input into its own buffer and closes once it was consumed or after
+// Info.CloseTimeout. A reset is told from an orderly close by the socket's
+// state (SO_ERROR, or TCP state CLOSE), since netpoll keeps the error.
 package evlib_netpoll
 
 import (

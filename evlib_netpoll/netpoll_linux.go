@@ -147,7 +147,7 @@ func (b *Backend) Add(fd int, kind evlib.Kind, ev evlib.Events) error {
 	if b.lookup(fd) != nil {
 		return fmt.Errorf("%w: fd %d", evlib.ErrExist, fd)
 	}
-	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	dup, err := dupFD(fd, kind == evlib.KindStream)
 	if err != nil {
 		if errors.Is(err, unix.EBADF) {
 			return fmt.Errorf("%w: fd %d", evlib.ErrBadFD, fd)
@@ -176,6 +176,28 @@ func (b *Backend) Add(fd int, kind evlib.Kind, ev evlib.Events) error {
 	b.enqueue(e)
 	return nil
 }
+
+// dupNext rotates the lowest number a stream's dup may get (see dupFD).
+var dupNext atomic.Uint32
+
+// dupFD duplicates fd. netpoll closes a stream's dup on its own goroutine,
+// some time after Remove; in race builds its poller finds connections by
+// fd number, so an event still in flight for a closed dup can reach a new
+// connection that got the same number at once (a hang-up that is not its
+// own). Rotating the lowest number through a window of dupWindow numbers
+// above dupBase keeps a freed number unused for a while. Where the fd limit
+// is lower, it falls back to the lowest free number.
+func dupFD(fd int, stream bool) (int, error) {
+	if stream {
+		low := dupBase + int(dupNext.Add(1)%dupWindow)
+		if d, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, low); err == nil || !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.EMFILE) {
+			return d, err
+		}
+	}
+	return unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+}
+
+const dupBase, dupWindow = 1024, 1024
 
 // attach gives netpoll the dup of a stream.
 func (b *Backend) attach(e *entry, dup int) error {
@@ -549,7 +571,10 @@ func (b *Backend) report() int {
 			case <-e.hold: // a hold the runner did not see any more
 			default:
 			}
-			e.ack <- struct{}{}
+			select {
+			case e.ack <- struct{}{}:
+			default: // cannot happen: one read post per park
+			}
 		}
 		if ev&evlib.Hangup != 0 && e.interest&evlib.Readable == 0 {
 			e.hupShown = true
