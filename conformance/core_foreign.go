@@ -46,7 +46,7 @@ func (s *suite) testForeignServiceFD(t *testing.T) {
 	h := s.newHarness(t, echoInfo())
 	th := h.th
 	var p [2]int
-	require.NoError(t, unix.Pipe2(p[:], unix.O_NONBLOCK|unix.O_CLOEXEC))
+	require.NoError(t, nonblockPipe(&p))
 	defer unix.Close(p[0])
 	defer unix.Close(p[1])
 	_, err := unix.Write(p[1], []byte("app"))

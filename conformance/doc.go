@@ -29,11 +29,22 @@
 //   - "NoLeaks" checks that the process holds the descriptors and
 //     goroutines it held before the suite.
 //
+// Foreign mode: RunHost runs the whole suite with the core driven by an
+// application's loop (a Host: PollSetHost, EpollHost, or your own), the
+// suite's loop goroutine acting as the application — ServiceAdjustTimeout,
+// the host's wait, ServiceFD for every ready pollfd, Service(0) — while
+// serving a pipe of its own that plugloop must never touch. Run does the
+// same with PollSetHost for an app-driven backend (evlib.CapAppDriven),
+// whose Backend part checks that Poll returns evlib.ErrAppDriven. Foreign
+// mode adds the external-poll tests (checklist 10, 13, 26, 27, 33) and
+// checks on every ServiceFD call that Revents of a handled fd is zeroed
+// and left alone otherwise, and at every UNLOCK_POLL that the host's watch
+// set already matches the poll-fd callbacks.
+//
 // Each test's comment names the items of the lws event-lib conformance
-// checklist it covers. Not covered: attaching to a foreign loop (the type
-// of Config.Foreign is the backend's own; the suite only checks that a
-// foreign loop of an unknown type is refused), the core-level tests of
-// app-driven backends, several service threads, the fd-limit accept pause,
+// checklist it covers. Not covered: attaching to a foreign loop of a
+// backend's own type outside RunHost (the suite only checks that a
+// foreign loop of an unknown type is refused), several service threads, the fd-limit accept pause,
 // client connection racing and graceful-close draining.
 //
 // Every callback of every core-level test goes through a recorder that

@@ -32,7 +32,7 @@ func (h *harness) setupHost(host *Host, info *core.Info) {
 	t := h.t
 	r := &hostRun{h: h, host: host, loop: host.New(t), pipe: [2]int{-1, -1}}
 	h.host = r
-	if err := unix.Pipe2(r.pipe[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
+	if err := nonblockPipe(&r.pipe); err != nil {
 		t.Fatalf("conformance: the application's own pipe: %v", err)
 	}
 	if err := r.loop.AddOwn(r.pipe[0]); err != nil {

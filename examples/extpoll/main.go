@@ -75,7 +75,7 @@ func run(addr string) error {
 	// The application's own signal handling (plugloop installs none): a
 	// pipe the loop watches too.
 	var sigp [2]int
-	if err := unix.Pipe2(sigp[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
+	if err := unix.Pipe(sigp[:]); err != nil {
 		return err
 	}
 	fds = slices.Insert(fds, own, unix.PollFd{Fd: int32(sigp[0]), Events: unix.POLLIN})
