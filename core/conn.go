@@ -2,6 +2,7 @@ package core
 
 import (
 	"net"
+	"net/netip"
 	"time"
 
 	"github.com/plugloop/plugloop/evlib"
@@ -43,6 +44,7 @@ type Conn struct {
 
 	closeReq bool
 	closeErr error
+	peerIP   netip.Addr // counted in the thread's per-IP table
 
 	timer, timeout, idle *Timer
 	lastActive           int64

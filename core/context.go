@@ -92,8 +92,19 @@ type Info struct {
 	// Protocols, at least one. Names must be unique.
 	Protocols []Protocol
 	// FDLimit caps the fds a service thread watches; 0 means the process'
-	// RLIMIT_NOFILE.
+	// RLIMIT_NOFILE. At the cap, listeners stop accepting (connections
+	// wait in the kernel's backlog) and resume when a connection closes.
 	FDLimit int
+	// RaiseFDLimit raises the process' RLIMIT_NOFILE soft limit to its
+	// hard limit first.
+	RaiseFDLimit bool
+	// MaxConnsPerIP closes accepted connections beyond this many from one
+	// peer address at once, before RAW_ADOPT (lws' ip_limit_wsi); 0 means
+	// no limit.
+	MaxConnsPerIP int
+	// Keepalive, when Idle > 0, turns on TCP keepalive for accepted
+	// connections, so a silently dead peer is noticed.
+	Keepalive Keepalive
 	// IdleTimeout closes a connection that neither received nor wrote for
 	// that long; 0 disables it.
 	IdleTimeout time.Duration
@@ -105,6 +116,15 @@ type Info struct {
 	Logger *slog.Logger
 	// User is free for the application; see Context.User.
 	User any
+}
+
+// Keepalive sets TCP keepalive: probes start after Idle without traffic,
+// every Interval, and Probes unanswered ones drop the connection. Zero
+// Interval or Probes keep the system's values; on OpenBSD only Idle > 0
+// (keepalive on) has an effect, as the system has no per-socket settings.
+type Keepalive struct {
+	Idle, Interval time.Duration
+	Probes         int
 }
 
 // Context is a plugloop instance: its protocols, backend choice and service
@@ -150,6 +170,15 @@ func New(info Info) (*Context, error) {
 		c.protocols = append(c.protocols, &p)
 	}
 	c.fdLimit = info.FDLimit
+	if info.RaiseFDLimit {
+		var rl unix.Rlimit
+		if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err == nil && rl.Cur < rl.Max {
+			rl.Cur = rl.Max
+			if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+				c.log.Warn("plugloop: raising RLIMIT_NOFILE failed", "err", err)
+			}
+		}
+	}
 	if c.fdLimit <= 0 {
 		var rl unix.Rlimit
 		if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err == nil && rl.Cur > 0 && rl.Cur < 1<<24 {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 
 	"github.com/plugloop/plugloop/evlib"
 	"github.com/plugloop/plugloop/internal/sys"
@@ -22,6 +23,7 @@ type AdoptOption func(*adoptOptions)
 type adoptOptions struct {
 	readbuf []byte
 	user    any
+	peerIP  netip.Addr // counted against Info.MaxConnsPerIP
 }
 
 // WithReadbuf hands over bytes already read from the socket before it was

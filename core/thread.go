@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -61,9 +63,12 @@ type Thread struct {
 	now    int64
 	timers timerHeap
 
-	conns    []*Conn // indexed by fd
-	count    int     // fds in conns
-	connHead *Conn   // every connection (not listeners), for the "all" calls
+	conns      []*Conn // indexed by fd
+	count      int     // fds in conns
+	listeners  []*Listener
+	acceptFull bool               // listeners stopped at the fd limit
+	perIP      map[netip.Addr]int // accepted connections per peer, with MaxConnsPerIP
+	connHead   *Conn              // every connection (not listeners), for the "all" calls
 
 	writable, writableSpare []*Conn // granted WRITEABLE without the kernel
 	rxReady, rxSpare        []*Conn // buffered input to deliver
@@ -871,9 +876,15 @@ func (t *Thread) adopt(fd int, kind evlib.Kind, p *Protocol, l *Listener, opts .
 	c := &Conn{t: t, fd: fd, kind: kind, proto: p, listener: l, user: o.user, lastActive: t.clock()}
 	t.conns[fd] = c
 	t.count++
+	if l != nil {
+		t.listeners = append(t.listeners, l)
+	}
 	if err := t.watch(fd, c, kind, evlib.Readable); err != nil {
 		t.conns[fd] = nil
 		t.count--
+		if l != nil {
+			t.listeners = t.listeners[:len(t.listeners)-1]
+		}
 		return nil, fmt.Errorf("plugloop: watching fd %d: %w", fd, err)
 	}
 	c.interest = evlib.Readable
@@ -885,6 +896,10 @@ func (t *Thread) adopt(fd int, kind evlib.Kind, p *Protocol, l *Listener, opts .
 		t.connHead.prev = c
 	}
 	t.connHead = c
+	if o.peerIP.IsValid() {
+		c.peerIP = o.peerIP
+		t.perIP[c.peerIP]++
+	}
 	if d := t.ctx.info.IdleTimeout; d > 0 {
 		c.idle = &Timer{t: t, idx: -1, fn: func() { t.checkIdle(c) }}
 		t.timers.schedule(c.idle, c.lastActive+int64(d))
@@ -939,6 +954,9 @@ func (t *Thread) closeConn(c *Conn, why error) {
 	t.fdClose = append(t.fdClose, c.fd)
 	c.rxbuf, c.out = nil, nil
 	if l := c.listener; l != nil {
+		if i := slices.Index(t.listeners, l); i >= 0 {
+			t.listeners = slices.Delete(t.listeners, i, i+1)
+		}
 		// Here, not in Listener.Close, so that Destroy does it too.
 		if l.resume != nil {
 			t.timers.remove(l.resume)
@@ -957,12 +975,25 @@ func (t *Thread) closeConn(c *Conn, why error) {
 		c.next.prev = c.prev
 	}
 	c.prev, c.next = nil, nil
+	if c.peerIP.IsValid() {
+		if t.perIP[c.peerIP]--; t.perIP[c.peerIP] <= 0 {
+			delete(t.perIP, c.peerIP)
+		}
+	}
+	if t.acceptFull && t.count < t.ctx.fdLimit {
+		t.resumeAccepting()
+	}
 	_ = t.callback(Event{Reason: c.reason(ReasonRawClose), Conn: c, Err: why})
 }
 
 func (t *Thread) accept(lc *Conn) {
 	l := lc.listener
+	info := &t.ctx.info
 	for range acceptBatch {
+		if t.count >= t.ctx.fdLimit {
+			t.stopAccepting()
+			return
+		}
 		fd, err := sys.Accept(lc.fd)
 		t.ctr.Accepts.Add(1)
 		if err != nil {
@@ -979,23 +1010,60 @@ func (t *Thread) accept(lc *Conn) {
 			}
 			return
 		}
+		var opts []AdoptOption
+		if info.MaxConnsPerIP > 0 {
+			var ip netip.Addr
+			if sa, err := unix.Getpeername(fd); err == nil {
+				ip = addrPort(sa).Addr()
+			}
+			if ip.IsValid() && t.perIP[ip] >= info.MaxConnsPerIP {
+				t.ctx.log.Debug("plugloop: connection over the per-IP limit dropped", "peer", ip)
+				unix.Close(fd)
+				t.ctr.Closes.Add(1)
+				continue
+			}
+			if t.perIP == nil {
+				t.perIP = map[netip.Addr]int{}
+			}
+			opts = append(opts, func(o *adoptOptions) { o.peerIP = ip })
+		}
 		if l.tcp {
 			// Like Go's net and gnet: a small write goes out at once. The
 			// core already writes once per WRITEABLE, so Nagle only delays.
 			unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+			if ka := info.Keepalive; ka.Idle > 0 {
+				if err := sys.SetKeepalive(fd, ka.Idle, ka.Interval, ka.Probes); err != nil {
+					t.ctx.log.Warn("plugloop: keepalive", "err", err)
+				}
+			}
 		}
-		if _, err := t.adopt(fd, evlib.KindStream, lc.proto, nil); err != nil {
+		if _, err := t.adopt(fd, evlib.KindStream, lc.proto, nil, opts...); err != nil {
 			if !errors.Is(err, errAdoptRefused) {
 				unix.Close(fd)
 				t.ctr.Closes.Add(1)
 			}
-			if errors.Is(err, ErrFDLimit) {
-				t.pauseListener(l)
-				return
-			}
 		}
 		if lc.state != stateOpen || t.dying() {
 			return
+		}
+	}
+}
+
+// stopAccepting takes read interest off every listener of the thread at the
+// fd limit: new connections wait in the kernel's backlog instead of being
+// accepted and dropped.
+func (t *Thread) stopAccepting() {
+	t.acceptFull = true
+	for _, l := range t.listeners {
+		t.setInterest(l.c, 0)
+	}
+}
+
+func (t *Thread) resumeAccepting() {
+	t.acceptFull = false
+	for _, l := range t.listeners {
+		if l.resume == nil || l.resume.idx < 0 { // not resting after EMFILE
+			t.setInterest(l.c, evlib.Readable)
 		}
 	}
 }
@@ -1005,7 +1073,7 @@ func (t *Thread) pauseListener(l *Listener) {
 	t.setInterest(lc, 0)
 	if l.resume == nil {
 		l.resume = &Timer{t: t, idx: -1, fn: func() {
-			if lc.state == stateOpen {
+			if lc.state == stateOpen && !t.acceptFull {
 				t.setInterest(lc, evlib.Readable)
 			}
 		}}

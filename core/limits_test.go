@@ -1,0 +1,88 @@
+package core_test
+
+import (
+	"io"
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/plugloop/plugloop/core"
+	"github.com/stretchr/testify/require"
+)
+
+// At the fd limit the listener stops accepting: further connections wait in
+// the backlog, and one is taken as soon as a connection closes.
+func TestAcceptStopsAtFDLimit(t *testing.T) {
+	for _, lib := range backends {
+		t.Run(lib, func(t *testing.T) {
+			var open []*core.Conn
+			adopted := 0
+			ctx, err := core.New(core.Info{EventLib: lib, FDLimit: 3, Protocols: []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
+				switch ev.Reason {
+				case core.ReasonRawAdopt:
+					adopted++
+					open = append(open, ev.Conn)
+				}
+				return nil
+			}}}})
+			require.NoError(t, err)
+			defer ctx.Destroy()
+			ln, err := ctx.Listen("tcp", "127.0.0.1:0", "")
+			require.NoError(t, err)
+			var clients []net.Conn
+			for range 4 {
+				c, err := net.Dial("tcp", ln.Addr().String())
+				require.NoError(t, err)
+				defer c.Close()
+				clients = append(clients, c)
+			}
+			serviceUntil(t, ctx, func() bool { return adopted == 2 }) // the listener holds the third fd
+			for range 5 {
+				require.NoError(t, ctx.Thread(0).Service(5*time.Millisecond))
+			}
+			require.Equal(t, 2, adopted, "no accept beyond the limit")
+			for _, c := range clients[2:] {
+				c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+				_, err := c.Read(make([]byte, 1))
+				require.ErrorIs(t, err, os.ErrDeadlineExceeded, "waiting in the backlog, not accepted and dropped")
+			}
+			require.NoError(t, open[0].Close())
+			serviceUntil(t, ctx, func() bool { return adopted == 3 })
+		})
+	}
+}
+
+// Connections beyond MaxConnsPerIP from one address are closed before
+// RAW_ADOPT.
+func TestMaxConnsPerIP(t *testing.T) {
+	adopted := 0
+	ctx, err := core.New(core.Info{MaxConnsPerIP: 2, Protocols: []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
+		if ev.Reason == core.ReasonRawAdopt {
+			adopted++
+		}
+		return nil
+	}}}})
+	require.NoError(t, err)
+	defer ctx.Destroy()
+	ln, err := ctx.Listen("tcp", "127.0.0.1:0", "")
+	require.NoError(t, err)
+	var clients []net.Conn
+	for range 4 {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		require.NoError(t, err)
+		defer c.Close()
+		clients = append(clients, c)
+	}
+	closed := 0
+	serviceUntil(t, ctx, func() bool {
+		closed = 0
+		for _, c := range clients {
+			c.SetReadDeadline(time.Now().Add(time.Millisecond))
+			if _, err := c.Read(make([]byte, 1)); err == io.EOF {
+				closed++
+			}
+		}
+		return adopted == 2 && closed == 2
+	})
+}

@@ -1,0 +1,19 @@
+package sys
+
+import (
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// SetKeepalive turns TCP keepalive on for fd and, where the system allows
+// it per socket, sets the idle time before the first probe, the interval
+// between probes and how many unanswered probes drop the connection (zero
+// values keep the system's defaults). Where it does not (OpenBSD), the
+// system-wide settings apply, as lws documents for the BSDs.
+func SetKeepalive(fd int, idle, interval time.Duration, probes int) error {
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1); err != nil {
+		return err
+	}
+	return keepaliveParams(fd, int(idle/time.Second), int(interval/time.Second), probes)
+}
