@@ -44,6 +44,8 @@ type Conn struct {
 
 	closeReq bool
 	closeErr error
+	draining bool // Close waits for output to drain (and the peer, if graceful)
+	shutWR   bool // the write side is shut down
 	peerIP   netip.Addr // counted in the thread's per-IP table
 
 	timer, timeout, idle *Timer
@@ -89,7 +91,7 @@ func (c *Conn) CallbackOnWritable() error {
 		return err
 	}
 	defer t.release(took)
-	if c.state != stateOpen || c.hup {
+	if c.state != stateOpen || c.hup || c.draining {
 		return ErrClosed
 	}
 	if c.wantWritable {
@@ -186,8 +188,14 @@ func (c *Conn) RxFlowControl(enable bool) error {
 // RxPaused reports whether rx flow control stopped the connection.
 func (c *Conn) RxPaused() bool { return c.rxPaused }
 
-// Close closes the connection: inside a callback once the callback returns,
-// otherwise at once. RAW_CLOSE follows with a nil Err.
+// Close closes the connection once what it wrote has left: at once (inside
+// a callback, once the callback returns) when nothing is pending, otherwise
+// after the core has sent the rest, bounded by Info.CloseTimeout. With
+// Info.GracefulClose it then shuts the write side down and waits, within
+// the same bound, for the peer to close its side. Meanwhile nothing more is
+// delivered but RAW_CLOSE, which follows with a nil Err (ErrTimeout when the
+// bound ran out). Returning an error from a callback, by contrast, closes at
+// once and drops what is pending (lws' return -1).
 func (c *Conn) Close() error {
 	t := c.t
 	took, err := t.own()
@@ -195,12 +203,20 @@ func (c *Conn) Close() error {
 		return err
 	}
 	defer t.release(took)
-	if c.state != stateOpen {
+	if c.state != stateOpen || c.draining {
 		return ErrClosed
 	}
-	t.requestClose(c, nil)
+	if len(c.out) == 0 && !(t.ctx.info.GracefulClose && c.kind == evlib.KindStream) {
+		t.requestClose(c, nil)
+		return nil
+	}
+	t.beginClose(c)
 	return nil
 }
+
+// Draining reports whether Close is waiting for pending output (or, with
+// GracefulClose, for the peer) before the connection closes.
+func (c *Conn) Draining() bool { return c.draining }
 
 // SetTimer schedules a TIMER callback after d (lws_set_timer_usecs),
 // replacing an earlier one.

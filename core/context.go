@@ -109,9 +109,14 @@ type Info struct {
 	// that long; 0 disables it.
 	IdleTimeout time.Duration
 	// CloseTimeout bounds how long a connection whose peer hung up keeps
-	// buffered input waiting to be consumed (lws' PENDING_TIMEOUT_CLOSE_ACK);
-	// 0 means 3 s.
+	// buffered input waiting to be consumed (lws' PENDING_TIMEOUT_CLOSE_ACK),
+	// and how long Conn.Close waits for output to drain and, with
+	// GracefulClose, for the peer; 0 means 3 s.
 	CloseTimeout time.Duration
+	// GracefulClose makes Conn.Close of a stream shut its write side down
+	// once output has drained and wait for the peer to close (lws' policy
+	// for its poll loop). It is the same on every backend.
+	GracefulClose bool
 	// Logger receives diagnostics; nil means slog.Default().
 	Logger *slog.Logger
 	// User is free for the application; see Context.User.

@@ -603,6 +603,10 @@ func (t *Thread) onReadable(c *Conn, ev evlib.Events) {
 	if c.state != stateOpen || c.hup || t.dying() {
 		return
 	}
+	if c.draining {
+		t.discardInput(c)
+		return
+	}
 	switch c.kind {
 	case evlib.KindFile:
 		t.onFileReadable(c, ev)
@@ -737,6 +741,10 @@ func (t *Thread) onWritable(c *Conn) {
 		return
 	}
 	c.writeBlocked = false
+	if c.draining {
+		t.drained(c)
+		return
+	}
 	if c.wantWritable {
 		t.deliverWriteable(c)
 	}
@@ -1046,6 +1054,53 @@ func (t *Thread) accept(lc *Conn) {
 		if lc.state != stateOpen || t.dying() {
 			return
 		}
+	}
+}
+
+// beginClose starts a close that waits for pending output and, when
+// graceful, for the peer's end of stream; CloseTimeout bounds both.
+func (t *Thread) beginClose(c *Conn) {
+	c.draining, c.wantWritable = true, false
+	c.rxPaused, c.rxbuf = false, nil
+	c.setTimeoutErr(t.ctx.info.CloseTimeout, ErrTimeout)
+	if len(c.out) == 0 {
+		t.drained(c)
+		return
+	}
+	if c.interest&evlib.Writable == 0 {
+		t.setInterest(c, c.interest|evlib.Writable)
+	}
+}
+
+// drained runs once a closing connection's output is all sent.
+func (t *Thread) drained(c *Conn) {
+	if !t.ctx.info.GracefulClose || c.kind != evlib.KindStream {
+		t.requestClose(c, nil)
+		return
+	}
+	if !c.shutWR {
+		c.shutWR = true
+		unix.Shutdown(c.fd, unix.SHUT_WR)
+	}
+	t.setInterest(c, evlib.Readable) // wait for the peer's FIN
+}
+
+// discardInput reads and drops what a closing connection receives, until
+// the peer's end of stream closes it.
+func (t *Thread) discardInput(c *Conn) {
+	var buf [4 << 10]byte
+	for range 16 {
+		n, err := t.read(c.fd, buf[:])
+		switch {
+		case n > 0:
+			continue
+		case err == nil:
+			t.requestClose(c, nil)
+		case wouldBlock(err):
+		default:
+			t.requestClose(c, &OpError{Op: "read", Err: err})
+		}
+		return
 	}
 }
 

@@ -1,0 +1,110 @@
+package core_test
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/plugloop/plugloop/core"
+	"github.com/stretchr/testify/require"
+)
+
+// closeServer writes payload once in the first WRITEABLE, then closes.
+func closeServer(t *testing.T, lib string, info core.Info, payload []byte, closed chan error) (*core.Context, string) {
+	info.EventLib = lib
+	info.Protocols = []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
+		switch ev.Reason {
+		case core.ReasonRawAdopt:
+			return ev.Conn.CallbackOnWritable()
+		case core.ReasonRawWriteable:
+			if _, err := ev.Conn.Write(payload); err != nil {
+				return err
+			}
+			return ev.Conn.Close()
+		case core.ReasonRawClose:
+			closed <- ev.Err
+		}
+		return nil
+	}}}
+	ctx, err := core.New(info)
+	require.NoError(t, err)
+	ln, err := ctx.Listen("tcp", "127.0.0.1:0", "")
+	require.NoError(t, err)
+	return ctx, ln.Addr().String()
+}
+
+// Close waits for what the kernel did not take yet: a slow reader still
+// gets every byte, then end of stream.
+func TestCloseWhenDrained(t *testing.T) {
+	for _, lib := range backends {
+		t.Run(lib, func(t *testing.T) {
+			payload := bytes.Repeat([]byte("0123456789abcdef"), 1<<18) // 4 MiB
+			closed := make(chan error, 1)
+			ctx, addr := closeServer(t, lib, core.Info{CloseTimeout: 30 * time.Second}, payload, closed)
+			defer ctx.Destroy()
+			c, err := net.Dial("tcp", addr)
+			require.NoError(t, err)
+			defer c.Close()
+			got := make(chan []byte)
+			go func() {
+				b, _ := io.ReadAll(c)
+				got <- b
+			}()
+			var b []byte
+			serviceUntil(t, ctx, func() bool {
+				select {
+				case b = <-got:
+					return true
+				default:
+					return false
+				}
+			})
+			require.True(t, bytes.Equal(payload, b), "all %d bytes, got %d", len(payload), len(b))
+			serviceUntil(t, ctx, func() bool { return len(closed) > 0 })
+			require.NoError(t, <-closed)
+		})
+	}
+}
+
+// With GracefulClose the write side is shut down and the connection stays
+// until the peer closes; a peer that never does is cut off at CloseTimeout.
+func TestGracefulClose(t *testing.T) {
+	for _, lib := range backends {
+		t.Run(lib, func(t *testing.T) {
+			closed := make(chan error, 1)
+			ctx, addr := closeServer(t, lib, core.Info{GracefulClose: true, CloseTimeout: 10 * time.Second}, []byte("bye"), closed)
+			defer ctx.Destroy()
+			c, err := net.Dial("tcp", addr)
+			require.NoError(t, err)
+			got := make(chan []byte)
+			go func() {
+				b, _ := io.ReadAll(c) // returns at the server's FIN
+				got <- b
+			}()
+			var b []byte
+			serviceUntil(t, ctx, func() bool {
+				select {
+				case b = <-got:
+					return true
+				default:
+					return false
+				}
+			})
+			require.Equal(t, "bye", string(b))
+			require.Empty(t, closed, "still open: waiting for the peer")
+			c.Close()
+			serviceUntil(t, ctx, func() bool { return len(closed) > 0 })
+			require.NoError(t, <-closed)
+
+			ctx2, addr2 := closeServer(t, lib, core.Info{GracefulClose: true, CloseTimeout: 30 * time.Millisecond}, []byte("bye"), closed)
+			defer ctx2.Destroy()
+			c2, err := net.Dial("tcp", addr2)
+			require.NoError(t, err)
+			defer c2.Close() // never closes before the timeout
+			serviceUntil(t, ctx2, func() bool { return len(closed) > 0 })
+			require.ErrorIs(t, <-closed, core.ErrTimeout)
+		})
+	}
+}
