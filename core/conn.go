@@ -44,8 +44,8 @@ type Conn struct {
 
 	closeReq bool
 	closeErr error
-	draining bool // Close waits for output to drain (and the peer, if graceful)
-	shutWR   bool // the write side is shut down
+	draining bool       // Close waits for output to drain (and the peer, if graceful)
+	shutWR   bool       // the write side is shut down
 	peerIP   netip.Addr // counted in the thread's per-IP table
 
 	timer, timeout, idle *Timer
