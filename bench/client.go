@@ -37,6 +37,7 @@ type child struct {
 	stderr *tailBuffer
 	hello  hello
 	done   chan struct{} // closed once Wait returned
+	t0     time.Time     // a -target's window start
 }
 
 // spawn re-executes the bench binary as the named server, optionally under
@@ -119,8 +120,28 @@ func childEnviron(name string, cpus []int) []string {
 	return env
 }
 
+// targetChild stands for an external server (-target): it has no process
+// to ask, so start and stop only time the window.
+func targetChild(addr string) *child {
+	c := &child{name: targetName, stderr: &tailBuffer{max: 1}, done: make(chan struct{})}
+	c.hello.Addr = addr
+	close(c.done)
+	return c
+}
+
 // request sends a command line and decodes the one-line answer into v.
 func (c *child) request(ctx context.Context, command string, v any) error {
+	if c.cmd == nil { // a -target
+		var answer any = map[string]bool{"ok": true}
+		switch command {
+		case "start":
+			c.t0 = time.Now()
+		case "stop":
+			answer = usage{WallNS: int64(time.Since(c.t0))}
+		}
+		b, _ := json.Marshal(answer)
+		return json.Unmarshal(b, v)
+	}
 	if _, err := io.WriteString(c.stdin, command+"\n"); err != nil {
 		return c.failure(fmt.Errorf("sending %q: %w", command, err))
 	}
@@ -157,6 +178,9 @@ func (c *child) failure(err error) error {
 // stop asks the child to exit and waits for it (and, under strace, for the
 // summary to be written); a child that does not exit in time is killed.
 func (c *child) stop() {
+	if c.cmd == nil {
+		return
+	}
 	io.WriteString(c.stdin, "quit\n")
 	c.stdin.Close()
 	select {
@@ -169,6 +193,9 @@ func (c *child) stop() {
 // kill kills the child's process group (the server, and strace with its
 // tracee) and reaps it.
 func (c *child) kill() {
+	if c.cmd == nil {
+		return
+	}
 	if p := c.cmd.Process; p != nil {
 		syscall.Kill(-p.Pid, syscall.SIGKILL)
 		p.Kill()
@@ -388,7 +415,13 @@ func runOne(ctx context.Context, cfg *config, name string, repeat int, straced b
 		f.Close()
 		defer os.Remove(straceOut)
 	}
-	ch, err := spawn(ctx, cfg, name, straceOut)
+	var ch *child
+	var err error
+	if name == targetName {
+		ch = targetChild(cfg.target)
+	} else {
+		ch, err = spawn(ctx, cfg, name, straceOut)
+	}
 	if err != nil {
 		res.Error = "start: " + err.Error()
 		return res
@@ -429,7 +462,7 @@ func runOne(ctx context.Context, cfg *config, name string, repeat int, straced b
 	}
 	var pc *perfCounter
 	var p0 float64
-	if cfg.perfPath != "" && !straced {
+	if cfg.perfPath != "" && !straced && ch.cmd != nil {
 		if pc, err = startPerf(cfg.perfPath, ch.cmd.Process.Pid); err == nil {
 			pa := lg.total()
 			err = pc.command(ctx, "enable")

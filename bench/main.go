@@ -47,7 +47,7 @@ import (
 type config struct {
 	servers    []serverInfo
 	skipped    []serverInfo // known but unable to run here
-	conns      int
+	conns      int          // ping-pong: the configuration being run
 	size       int
 	warmup     time.Duration
 	duration   time.Duration
@@ -64,34 +64,53 @@ type config struct {
 	load       string // loadUring or loadNet
 	loadNote   string // which load generator, and how
 	loadWait   int    // -load-wait
+	target     string // -target: an external echo server
+	fdLimit    uint64 // this process's RLIMIT_NOFILE, raised to the hard limit
 }
 
 func main() {
 	if name := os.Getenv(childEnv); name != "" {
 		runChild(name) // a server child; never returns
 	}
+	if name := os.Getenv(taskEnv); name != "" {
+		runTask(name) // an in-process measurement child; never returns
+	}
 	cfg := &config{}
+	s := &suite{cfg: cfg}
 	servers := flag.String("servers", "", "comma-separated servers to run (default: all); plugloop backends may be named without the plugloop/ prefix")
-	flag.IntVar(&cfg.conns, "conns", 50, "concurrent connections, one message in flight on each")
-	flag.IntVar(&cfg.size, "size", 64, "payload bytes per message")
-	flag.DurationVar(&cfg.duration, "duration", 2*time.Second, "measured time per server and repeat")
-	flag.DurationVar(&cfg.warmup, "warmup", 500*time.Millisecond, "load before measuring, per server and repeat")
-	flag.IntVar(&cfg.repeats, "repeats", 2, "runs per server, interleaved (A B C A B C); medians are reported")
-	flag.BoolVar(&cfg.json, "json", false, "print machine-readable JSON instead of the table")
-	flag.BoolVar(&cfg.strace, "strace", false, "add one run per server under strace -c -f and report its syscalls per round trip (that run's CPU figures are not comparable)")
-	perf := flag.Bool("perf", false, "count every system call of each server over the measured window with perf stat (syscall tracepoints; adds a little kernel CPU per call)")
+	scen := flag.String("scenarios", "", "comma-separated scenarios to run (default: all): "+strings.Join(scenarioNames(), ", "))
+	conns := flag.String("conns", "", "ping-pong: comma-separated connection counts (default 50,1000; -full 50,1000,10000)")
+	sizes := flag.String("sizes", "", "ping-pong: comma-separated payload sizes in bytes (default 64,1024)")
+	flag.BoolVar(&s.full, "full", false, "run every scenario at every size and connection count, longer and with 3 repeats (several minutes)")
+	flag.DurationVar(&cfg.duration, "duration", 0, "measured time per server and repeat (default 0.8s; -full 2s)")
+	flag.DurationVar(&cfg.warmup, "warmup", 250*time.Millisecond, "load before measuring, per server and repeat")
+	flag.IntVar(&cfg.repeats, "repeats", 0, "runs per server, interleaved (A B C A B C); medians are reported (default 2 for the first ping-pong, else 1; -full 3)")
+	flag.IntVar(&s.streamConns, "stream-conns", 50, "streaming echo: connections, each with a writer and a reader")
+	flag.IntVar(&s.idleConns, "idle-conns", 10000, "idle: connections opened against each server")
+	flag.IntVar(&s.slowConns, "slow-conns", 50, "slow consumer: connections")
+	flag.IntVar(&s.timerCount, "timers", 1000000, "timers: how many to schedule and cancel")
+	flag.StringVar(&s.htmlPath, "html", "", "also write a self-contained HTML report with charts to `file`")
+	flag.StringVar(&cfg.target, "target", "", "drive the external echo server at `host:port` instead of the bench's own (ping-pong and streaming only; no server CPU figures)")
+	flag.BoolVar(&cfg.json, "json", false, "print machine-readable JSON instead of the tables")
+	flag.BoolVar(&cfg.strace, "strace", false, "ping-pong: add one run per server under strace -c -f and report its syscalls per round trip (that run's CPU figures are not comparable)")
+	perf := flag.Bool("perf", false, "ping-pong: count every system call of each server over the measured window with perf stat (syscall tracepoints; adds a little kernel CPU per call)")
 	flag.StringVar(&cfg.profileDir, "cpuprofile", "", "write a CPU profile of each server's measured window to `dir`/SERVER.pprof (the last repeat wins; profiling costs the server a little CPU)")
-	flag.StringVar(&cfg.load, "load", loadUring, "load generator: uring (one thread, all connections on one io_uring; falls back to net where io_uring is unavailable) or net (a goroutine per connection)")
+	flag.StringVar(&cfg.load, "load", loadUring, "ping-pong load generator: uring (one thread, all connections on one io_uring; falls back to net where io_uring is unavailable) or net (a goroutine per connection)")
 	flag.IntVar(&cfg.loadWait, "load-wait", 0, "uring load generator: completions to wait for per io_uring_enter (0: a quarter of -conns, at most 64)")
 	pin := flag.Bool("pin", true, "pin the server to one CPU and the load generator to the others (needs >= 2 CPUs)")
-	list := flag.Bool("list", false, "list the servers and exit")
+	list := flag.Bool("list", false, "list the servers and scenarios and exit")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: bench [flags]\n\n"+
-			"Echo ping-pong over loopback against each plugloop backend, gnet and Go's net.\n\n")
+			"plugloop's cross-backend benchmark: every plugloop backend against gnet, netpoll, Go's net and a bare epoll loop.\n\n")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
-	if flag.NArg() > 0 || (cfg.load != loadUring && cfg.load != loadNet) || cfg.conns < 1 || cfg.size < 1 || cfg.repeats < 1 || cfg.duration <= 0 || cfg.warmup < 0 {
+	var err error
+	if s.sizes, err = intList(*sizes); err == nil {
+		s.conns, err = intList(*conns)
+	}
+	if err != nil || flag.NArg() > 0 || (cfg.load != loadUring && cfg.load != loadNet) || cfg.repeats < 0 || cfg.duration < 0 || cfg.warmup < 0 ||
+		s.streamConns < 1 || s.idleConns < 1 || s.slowConns < 1 || s.timerCount < 1 {
 		flag.Usage()
 		os.Exit(2)
 	}
@@ -103,12 +122,20 @@ func main() {
 				fmt.Println(s.Name)
 			}
 		}
+		fmt.Println("\nscenarios:")
+		for _, sc := range scenarios {
+			fmt.Printf("  %-12s %s\n", sc.Name, sc.Title)
+		}
 		return
 	}
-	if err := selectServers(cfg, *servers); err != nil {
+	if s.scenarios, err = selectScenarios(*scen); err == nil {
+		err = selectServers(cfg, *servers)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(2)
 	}
+	cfg.fdLimit = raiseFDLimit()
 	setupPinning(cfg, *pin)
 	setupLoad(cfg)
 	if cfg.strace {
@@ -142,11 +169,18 @@ func main() {
 		<-ctx.Done()
 		stop() // a second Ctrl-C kills the bench at once
 	}()
-	rep := run(ctx, cfg)
+	rep := s.run(ctx)
 	if cfg.json {
 		printJSON(os.Stdout, rep)
 	} else {
-		printTable(os.Stdout, rep)
+		printSuite(os.Stdout, rep)
+	}
+	if s.htmlPath != "" {
+		if err := writeHTML(s.htmlPath, rep); err != nil {
+			fmt.Fprintln(os.Stderr, "bench: -html:", err)
+		} else {
+			fmt.Fprintln(os.Stderr, "bench: wrote", s.htmlPath)
+		}
 	}
 	if ctx.Err() != nil {
 		fmt.Fprintln(os.Stderr, "bench: interrupted")
@@ -234,11 +268,12 @@ func setupLoad(cfg *config) {
 		fmt.Fprintf(os.Stderr, "bench: -load uring: io_uring unavailable (%v); using the net load generator, which costs about as much CPU per round trip as a server\n", err)
 		return
 	}
-	if cfg.loadWait <= 0 {
-		cfg.loadWait = uringWait(cfg.conns)
+	wait := "a quarter of the connections' completions (at most 64)"
+	if cfg.loadWait > 0 {
+		wait = fmt.Sprintf("%d completions", cfg.loadWait)
 	}
 	cfg.loadNote = fmt.Sprintf("uring: one thread, all connections on one io_uring (%s), SEND linked to RECV per connection,\n"+
-		"              waits for %d completions per io_uring_enter (-load-wait)", how, cfg.loadWait)
+		"              waits for %s per io_uring_enter (-load-wait)", how, wait)
 	// One more P than CPUs: the io_uring thread sits in io_uring_enter
 	// most of the time, holding its P. With no P idle, sysmon would take
 	// that P back from every wait that outlasts its 20 µs tick, handing
@@ -249,15 +284,16 @@ func setupLoad(cfg *config) {
 	cfg.clientProc = runtime.GOMAXPROCS(0)
 }
 
-// run measures every server, repeats interleaved, then the strace runs.
-func run(ctx context.Context, cfg *config) *report {
+// runPingPong measures every server at one size and connection count,
+// repeats interleaved, then the strace runs.
+func runPingPong(ctx context.Context, cfg *config) *report {
 	start := time.Now()
 	per := cfg.warmup + cfg.duration + 200*time.Millisecond
 	runs := len(cfg.servers) * cfg.repeats
 	if cfg.strace {
 		runs += len(cfg.servers)
 	}
-	progress("bench: %d servers × %d repeats (%v warm-up + %v each), about %v\n",
+	progress("  %d servers × %d repeats (%v warm-up + %v each), about %v\n",
 		len(cfg.servers), cfg.repeats, cfg.warmup, cfg.duration, (time.Duration(runs) * per).Round(time.Second))
 
 	results := map[string][]runResult{}
@@ -273,7 +309,7 @@ func run(ctx context.Context, cfg *config) *report {
 			if ctx.Err() != nil {
 				break // interrupted: this run is incomplete, not failed
 			}
-			progress("  %d/%d %-16s %s\n", r+1, cfg.repeats, s.Name, res.brief())
+			progress("  %d/%d %-17s %s\n", r+1, cfg.repeats, s.Name, res.brief())
 			results[s.Name] = append(results[s.Name], res)
 		}
 	}

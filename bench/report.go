@@ -30,11 +30,15 @@ type conditions struct {
 	Pinning          string  `json:"pinning"`
 	LoadGenerator    string  `json:"load_generator"`
 	CPUs             int     `json:"cpus"`
-	Conns            int     `json:"conns"`
-	PayloadBytes     int     `json:"payload_bytes"`
+	NetpollVersion   string  `json:"netpoll_version,omitempty"`
+	FDLimit          uint64  `json:"fd_limit,omitempty"`
+	Full             bool    `json:"full,omitempty"`
+	Target           string  `json:"target,omitempty"`
+	Conns            int     `json:"conns,omitempty"`
+	PayloadBytes     int     `json:"payload_bytes,omitempty"`
 	WarmupSeconds    float64 `json:"warmup_seconds"`
 	DurationSeconds  float64 `json:"duration_seconds"`
-	Repeats          int     `json:"repeats"`
+	Repeats          int     `json:"repeats,omitempty"`
 	Kernel           string  `json:"kernel"`
 	Date             string  `json:"date"`
 	ElapsedSeconds   float64 `json:"elapsed_seconds"`
@@ -271,7 +275,7 @@ func moduleVersion(path string) string {
 	return "unknown"
 }
 
-func printJSON(w io.Writer, r *report) {
+func printJSON(w io.Writer, r any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	if err := enc.Encode(r); err != nil {
@@ -286,171 +290,6 @@ const noisyPct = 10
 // spreadPct is the ± of CPU per round trip between repeats above which the
 // median is flagged as fragile.
 const spreadPct = 5
-
-// printTable writes the human-readable report.
-func printTable(w io.Writer, r *report) {
-	c := r.Conditions
-	fmt.Fprintf(w, "\nplugloop bench: %d-byte echo ping-pong over loopback, %d connections; medians of %d × %gs\n\n",
-		c.PayloadBytes, c.Conns, c.Repeats, c.DurationSeconds)
-
-	strace := c.Strace
-	head := []string{"server", "round trips/s", "CPU µs/rt", "±", "CPU/rt vs epoll", "syscalls/rt", "ctx sw/rt", "peak RSS MB", "others %CPU"}
-	perf := r.Conditions.Perf
-	if perf {
-		head = append(head, "perf syscalls/rt")
-	}
-	if strace {
-		head = append(head, "strace syscalls/rt")
-	}
-	rows := [][]string{head}
-	var errs []string
-	noisy := false
-	for _, s := range r.Servers {
-		if s.RTPerSec == 0 {
-			rows = append(rows, []string{s.Name, "error"})
-			errs = append(errs, fmt.Sprintf("%s: %s", s.Name, s.Error))
-			continue
-		}
-		row := []string{
-			s.Name,
-			thousands(s.RTPerSec),
-			fmt.Sprintf("%.2f", s.CPUPerRT),
-			fmt.Sprintf("%.1f%%", s.CPUSpreadPct),
-			dash(s.CPUVsEpoll, "%.2fx"),
-			dash(s.SyscallsPerRT, "%.2f"),
-			fmt.Sprintf("%.2f", s.CSWPerRT),
-			fmt.Sprintf("%.1f", s.PeakRSSMB),
-			"?",
-		}
-		if s.OtherCPU >= 0 {
-			row[len(row)-1] = fmt.Sprintf("%.0f", s.OtherCPU)
-			if s.OtherCPU > noisyPct {
-				noisy = true
-			}
-		}
-		if perf {
-			row = append(row, dash(s.PerfSyscallsPerRT, "%.2f"))
-		}
-		if strace {
-			row = append(row, dash(s.StraceSyscallsPerRT, "%.2f"))
-		}
-		if s.Error != "" {
-			errs = append(errs, fmt.Sprintf("%s: %s", s.Name, s.Error))
-		}
-		rows = append(rows, row)
-	}
-	writeColumns(w, rows)
-	for _, e := range errs {
-		fmt.Fprintf(w, "  ! %s\n", e)
-	}
-	var unsteady []string
-	for _, s := range r.Servers {
-		if s.RTPerSec > 0 && s.CPUSpreadPct > spreadPct {
-			unsteady = append(unsteady, s.Name)
-		}
-	}
-	if len(unsteady) > 0 {
-		fmt.Fprintf(w, "  ! CPU/rt of %s varied by more than ±%d%% between repeats: a median of few runs is fragile; use more -repeats\n",
-			strings.Join(unsteady, ", "), spreadPct)
-	}
-	if noisy {
-		fmt.Fprintf(w, "  ! other processes used more than %d%% of a CPU during some runs: those figures are disturbed; rerun on a quiet machine\n", noisyPct)
-	}
-
-	fmt.Fprintf(w, "\nCPU µs/rt: the server child's user+sys CPU time (getrusage) over the measured window per round trip; ± is half the\n"+
-		"min–max range over the repeats; ctx sw/rt: the server's context switches (getrusage), i.e. how often it slept;\n"+
-		"others %%CPU: the most CPU any other process used during a run (/proc/stat), %% of one CPU.\n"+
-		"syscalls/rt: the plugloop core's own count (core.Context.Stats); - = not counted")
-	if perf {
-		fmt.Fprintf(w, ";\nperf syscalls/rt: every system call of the server process over the measured window (perf stat, syscall tracepoints)")
-	}
-	if strace {
-		fmt.Fprintf(w, ";\nstrace syscalls/rt: every system call of the server process (strace -c -f) over its life, per round trip,\n"+
-			"in a separate traced run; tracing slows the server so much that it batches far more per wait than untraced")
-	}
-	if !perf && !strace {
-		fmt.Fprintf(w, "\n(-perf or -strace count every server's system calls)")
-	}
-	fmt.Fprintln(w, ".")
-
-	var client, server []float64
-	for _, s := range r.Servers {
-		if s.RTPerSec > 0 {
-			client = append(client, s.ClientCPU)
-			server = append(server, s.CPUPerRT)
-		}
-	}
-	if len(client) > 0 {
-		lc, least := median(client), slices.Min(server)
-		if lc < least*0.8 {
-			fmt.Fprintf(w, "The load generator used %.1f µs CPU per round trip (median), less than any server (%.1f): the servers limit round trips/s.\n", lc, least)
-		} else {
-			fmt.Fprintf(w, "The load generator used %.1f µs CPU per round trip (median), about as much as a server (%.1f): it, not the server, may limit round trips/s.\n", lc, least)
-		}
-	}
-
-	var per []string
-	for _, s := range r.Servers {
-		if p := s.PerRT; p != nil && s.RTPerSec > 0 {
-			per = append(per, fmt.Sprintf("  %-16s read %.2f  write %.2f  wait %.2f  interest %.2f  wake %.2f  accept+close %.2f | callbacks %.2f  forced passes %.2f",
-				s.Name, p.Reads, p.Writes, p.Waits, p.InterestChanges, p.Wakes, p.Accepts+p.Closes, p.Dispatches, p.ForcedServices))
-		}
-	}
-	if len(per) > 0 {
-		fmt.Fprintf(w, "\nplugloop core counters per round trip (Stats; waits/rt is 1 / round trips per wait, so it falls as the server saturates):\n%s\n", strings.Join(per, "\n"))
-	}
-	if perf {
-		fmt.Fprintf(w, "\nall system calls per round trip (perf):\n")
-		for _, s := range r.Servers {
-			switch {
-			case s.PerfPerRT != nil:
-				fmt.Fprintf(w, "  %-16s %s\n", s.Name, topCalls(s.PerfPerRT, 7))
-			case s.PerfError != "":
-				fmt.Fprintf(w, "  %-16s perf error: %s\n", s.Name, s.PerfError)
-			}
-		}
-	}
-	if strace {
-		fmt.Fprintf(w, "\nstrace runs (one per server, traced: CPU and rate NOT comparable with the table):\n")
-		for _, s := range r.Servers {
-			st := s.StraceRun
-			if st == nil {
-				continue
-			}
-			if st.Error != "" {
-				fmt.Fprintf(w, "  %-16s error: %s\n", s.Name, st.Error)
-				continue
-			}
-			fmt.Fprintf(w, "  %-16s %s rt/s, %.2f µs CPU/rt; per rt: %s\n", s.Name, thousands(st.RTPerSec), st.CPUPerRT, topCalls(s.StracePerRT, 6))
-		}
-	}
-
-	fmt.Fprintf(w, "\nconditions:\n")
-	kv := [][2]string{
-		{"go", c.GoVersion + ", gnet " + c.GnetVersion},
-		{"GOMAXPROCS", fmt.Sprintf("%d in every server child (plugloop; gnet with one event loop, multicore off; net too, for fairness); load generator %d", c.ServerGoMaxProcs, c.ClientGoMaxProcs)},
-		{"pinning", fmt.Sprintf("%s (%d CPUs)", c.Pinning, c.CPUs)},
-		{"load", fmt.Sprintf("%d connections, %d B payload, one message in flight per connection (closed loop); echoes checked byte for byte", c.Conns, c.PayloadBytes)},
-		{"load gen", c.LoadGenerator},
-		{"timing", fmt.Sprintf("%gs warm-up + %gs measured per run; repeats: %d, interleaved; medians; %gs in all", c.WarmupSeconds, c.DurationSeconds, c.Repeats, c.ElapsedSeconds)},
-		{"servers", "plugloop/* = internal/echo (lws style: RAW_RX buffers, CallbackOnWritable, one Write per RAW_WRITEABLE);\n" +
-			"              gnet = gnet.Run, OnTraffic writes back Next(-1); net = goroutine per connection, 32 KiB buffer"},
-		{"kernel", c.Kernel},
-		{"date", c.Date},
-	}
-	for _, p := range kv {
-		fmt.Fprintf(w, "  %-11s %s\n", p[0], p[1])
-	}
-	if len(r.Skipped) > 0 {
-		fmt.Fprintf(w, "  skipped:\n")
-		for _, s := range r.Skipped {
-			fmt.Fprintf(w, "    %-16s %s\n", s.Server, s.Reason)
-		}
-	}
-	if r.Interrupted {
-		fmt.Fprintf(w, "\ninterrupted: results are partial\n")
-	}
-}
 
 // writeColumns prints rows as columns: the first left-aligned, the rest
 // right-aligned. A row shorter than the header spans the rest.
