@@ -14,6 +14,7 @@ type connState uint8
 const (
 	stateOpen connState = iota
 	stateClosed
+	stateConnecting // a client connection not established yet
 )
 
 // Conn is a connection or other descriptor the core services (lws' wsi).
@@ -47,6 +48,7 @@ type Conn struct {
 	draining bool       // Close waits for output to drain (and the peer, if graceful)
 	shutWR   bool       // the write side is shut down
 	peerIP   netip.Addr // counted in the thread's per-IP table
+	dial     *dialState // a client connection being established
 
 	timer, timeout, idle *Timer
 	lastActive           int64
@@ -68,8 +70,13 @@ func (c *Conn) User() any { return c.user }
 // SetUser stores application data with the connection.
 func (c *Conn) SetUser(v any) { c.user = v }
 
-// Closed reports whether the connection is closed.
-func (c *Conn) Closed() bool { return c.state != stateOpen }
+// Closed reports whether the connection is closed (or a client connection
+// failed).
+func (c *Conn) Closed() bool { return c.state == stateClosed }
+
+// Connecting reports whether a client connection is still being
+// established.
+func (c *Conn) Connecting() bool { return c.state == stateConnecting }
 
 // RemoteAddr returns the peer's address, or nil if it has none.
 func (c *Conn) RemoteAddr() net.Addr {
@@ -203,6 +210,10 @@ func (c *Conn) Close() error {
 		return err
 	}
 	defer t.release(took)
+	if c.state == stateConnecting {
+		t.dialFailed(c, ErrClosed) // abort: CLIENT_CONNECTION_ERROR, no RAW_CLOSE
+		return nil
+	}
 	if c.state != stateOpen || c.draining {
 		return ErrClosed
 	}

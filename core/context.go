@@ -113,6 +113,9 @@ type Info struct {
 	// and how long Conn.Close waits for output to drain and, with
 	// GracefulClose, for the peer; 0 means 3 s.
 	CloseTimeout time.Duration
+	// ConnectTimeout bounds a client connection from Connect to
+	// established, resolution included; 0 means 5 s.
+	ConnectTimeout time.Duration
 	// GracefulClose makes Conn.Close of a stream shut its write side down
 	// once output has drained and wait for the peer to close (lws' policy
 	// for its poll loop). It is the same on every backend.
@@ -164,6 +167,9 @@ func New(info Info) (*Context, error) {
 	}
 	if info.CloseTimeout == 0 {
 		c.info.CloseTimeout = 3 * time.Second
+	}
+	if info.ConnectTimeout == 0 {
+		c.info.ConnectTimeout = 5 * time.Second
 	}
 	seen := map[string]bool{}
 	for i := range info.Protocols {

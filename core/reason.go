@@ -56,26 +56,32 @@ const (
 	ReasonRawRXFile
 	ReasonRawWriteableFile
 	ReasonRawCloseFile
+	// ReasonClientConnectionError: a connection started with
+	// Context.Connect failed — resolution, every address refused, or
+	// ConnectTimeout. Event.Err says why. Nothing else is delivered for
+	// it; a connection that is established gets RAW_ADOPT instead.
+	ReasonClientConnectionError
 )
 
 var reasonNames = [...]string{
-	ReasonProtocolInit:       "PROTOCOL_INIT",
-	ReasonProtocolDestroy:    "PROTOCOL_DESTROY",
-	ReasonRawAdopt:           "RAW_ADOPT",
-	ReasonRawRX:              "RAW_RX",
-	ReasonRawWriteable:       "RAW_WRITEABLE",
-	ReasonRawClose:           "RAW_CLOSE",
-	ReasonTimer:              "TIMER",
-	ReasonEventWaitCancelled: "EVENT_WAIT_CANCELLED",
-	ReasonAddPollFD:          "ADD_POLL_FD",
-	ReasonDelPollFD:          "DEL_POLL_FD",
-	ReasonChangeModePollFD:   "CHANGE_MODE_POLL_FD",
-	ReasonLockPoll:           "LOCK_POLL",
-	ReasonUnlockPoll:         "UNLOCK_POLL",
-	ReasonRawAdoptFile:       "RAW_ADOPT_FILE",
-	ReasonRawRXFile:          "RAW_RX_FILE",
-	ReasonRawWriteableFile:   "RAW_WRITEABLE_FILE",
-	ReasonRawCloseFile:       "RAW_CLOSE_FILE",
+	ReasonProtocolInit:          "PROTOCOL_INIT",
+	ReasonProtocolDestroy:       "PROTOCOL_DESTROY",
+	ReasonRawAdopt:              "RAW_ADOPT",
+	ReasonRawRX:                 "RAW_RX",
+	ReasonRawWriteable:          "RAW_WRITEABLE",
+	ReasonRawClose:              "RAW_CLOSE",
+	ReasonTimer:                 "TIMER",
+	ReasonEventWaitCancelled:    "EVENT_WAIT_CANCELLED",
+	ReasonAddPollFD:             "ADD_POLL_FD",
+	ReasonDelPollFD:             "DEL_POLL_FD",
+	ReasonChangeModePollFD:      "CHANGE_MODE_POLL_FD",
+	ReasonLockPoll:              "LOCK_POLL",
+	ReasonUnlockPoll:            "UNLOCK_POLL",
+	ReasonRawAdoptFile:          "RAW_ADOPT_FILE",
+	ReasonRawRXFile:             "RAW_RX_FILE",
+	ReasonRawWriteableFile:      "RAW_WRITEABLE_FILE",
+	ReasonRawCloseFile:          "RAW_CLOSE_FILE",
+	ReasonClientConnectionError: "CLIENT_CONNECTION_ERROR",
 }
 
 // String returns the lws-style name, such as "RAW_RX".

@@ -68,6 +68,7 @@ type Thread struct {
 	listeners  []*Listener
 	acceptFull bool               // listeners stopped at the fd limit
 	perIP      map[netip.Addr]int // accepted connections per peer, with MaxConnsPerIP
+	dialing    []*Conn            // client connections not established yet
 	connHead   *Conn              // every connection (not listeners), for the "all" calls
 
 	writable, writableSpare []*Conn // granted WRITEABLE without the kernel
@@ -571,6 +572,10 @@ func (t *Thread) Ready(fd int, ev evlib.Events) {
 		t.accept(c)
 		return
 	}
+	if c.state == stateConnecting {
+		t.onConnect(c)
+		return
+	}
 	if ev&evlib.Writable != 0 {
 		t.onWritable(c)
 	}
@@ -859,17 +864,35 @@ func (t *Thread) setInterest(c *Conn, ev evlib.Events) {
 // ---- connections ----
 
 func (t *Thread) adopt(fd int, kind evlib.Kind, p *Protocol, l *Listener, opts ...AdoptOption) (*Conn, error) {
+	var o adoptOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	c := &Conn{t: t, fd: fd, kind: kind, proto: p, listener: l, user: o.user, lastActive: t.clock()}
+	if err := t.insert(c, evlib.Readable); err != nil {
+		return nil, err
+	}
+	if l != nil {
+		return c, nil
+	}
+	return t.established(c, &o)
+}
+
+// insert puts c (whose fd is set) in the fd table and has the backend watch
+// it for ev.
+func (t *Thread) insert(c *Conn, ev evlib.Events) error {
+	fd := c.fd
 	if fd < 0 {
-		return nil, ErrBadFD
+		return ErrBadFD
 	}
 	if fd < len(t.conns) && t.conns[fd] != nil {
-		return nil, fmt.Errorf("%w: fd %d is already adopted", ErrBadFD, fd)
+		return fmt.Errorf("%w: fd %d is already adopted", ErrBadFD, fd)
 	}
 	if t.dying() {
-		return nil, ErrDestroyed
+		return ErrDestroyed
 	}
 	if t.count >= t.ctx.fdLimit {
-		return nil, ErrFDLimit
+		return ErrFDLimit
 	}
 	if fd >= len(t.conns) {
 		n := max(2*len(t.conns), fd+1, 64)
@@ -877,28 +900,22 @@ func (t *Thread) adopt(fd int, kind evlib.Kind, p *Protocol, l *Listener, opts .
 		copy(conns, t.conns)
 		t.conns = conns
 	}
-	var o adoptOptions
-	for _, opt := range opts {
-		opt(&o)
+	if err := t.watch(fd, c, c.kind, ev); err != nil {
+		return fmt.Errorf("plugloop: watching fd %d: %w", fd, err)
 	}
-	c := &Conn{t: t, fd: fd, kind: kind, proto: p, listener: l, user: o.user, lastActive: t.clock()}
 	t.conns[fd] = c
 	t.count++
-	if l != nil {
-		t.listeners = append(t.listeners, l)
+	c.interest = ev
+	if c.listener != nil {
+		t.listeners = append(t.listeners, c.listener)
 	}
-	if err := t.watch(fd, c, kind, evlib.Readable); err != nil {
-		t.conns[fd] = nil
-		t.count--
-		if l != nil {
-			t.listeners = t.listeners[:len(t.listeners)-1]
-		}
-		return nil, fmt.Errorf("plugloop: watching fd %d: %w", fd, err)
-	}
-	c.interest = evlib.Readable
-	if l != nil {
-		return c, nil
-	}
+	return nil
+}
+
+// established makes an inserted connection live: the connection list,
+// per-IP accounting, the idle timeout, RAW_ADOPT and any read buffer.
+func (t *Thread) established(c *Conn, o *adoptOptions) (*Conn, error) {
+	c.state = stateOpen
 	c.next = t.connHead
 	if t.connHead != nil {
 		t.connHead.prev = c
@@ -1148,6 +1165,9 @@ func (t *Thread) teardown() {
 	t.postClosed, t.posted = true, nil
 	t.postMu.Unlock()
 	t.endCallback()
+	for len(t.dialing) > 0 {
+		t.dialFailed(t.dialing[0], ErrDestroyed)
+	}
 	for fd, c := range t.conns {
 		if c != nil {
 			t.closeConn(c, ErrDestroyed)

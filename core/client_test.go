@@ -1,0 +1,129 @@
+package core_test
+
+import (
+	"net"
+	"testing"
+	"time"
+
+	"github.com/plugloop/plugloop/core"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+)
+
+type clientLog struct {
+	adopted, rx []string
+	errs        []error
+}
+
+func clientCtx(t *testing.T, lib string, info core.Info) (*core.Context, *clientLog) {
+	log := &clientLog{}
+	info.EventLib = lib
+	info.Protocols = []core.Protocol{
+		{Name: "client", Callback: func(ev core.Event) error {
+			switch ev.Reason {
+			case core.ReasonRawAdopt:
+				log.adopted = append(log.adopted, "client")
+				return ev.Conn.CallbackOnWritable()
+			case core.ReasonRawWriteable:
+				_, err := ev.Conn.Write([]byte("hi"))
+				return err
+			case core.ReasonRawRX:
+				log.rx = append(log.rx, string(ev.Data))
+			case core.ReasonClientConnectionError:
+				require.NotNil(t, ev.Conn)
+				log.errs = append(log.errs, ev.Err)
+			}
+			return nil
+		}},
+		{Name: "server", Callback: func(ev core.Event) error {
+			switch ev.Reason {
+			case core.ReasonRawAdopt:
+				log.adopted = append(log.adopted, "server")
+			case core.ReasonRawRX:
+				ev.Conn.SetUser(string(ev.Data))
+				return ev.Conn.CallbackOnWritable()
+			case core.ReasonRawWriteable:
+				_, err := ev.Conn.Write([]byte("re:" + ev.Conn.User().(string)))
+				return err
+			}
+			return nil
+		}},
+	}
+	ctx, err := core.New(info)
+	require.NoError(t, err)
+	t.Cleanup(func() { ctx.Destroy() })
+	return ctx, log
+}
+
+func TestConnect(t *testing.T) {
+	for _, lib := range backends {
+		t.Run(lib, func(t *testing.T) {
+			ctx, log := clientCtx(t, lib, core.Info{})
+			ln, err := ctx.Listen("tcp", "127.0.0.1:0", "server")
+			require.NoError(t, err)
+			_, port, _ := net.SplitHostPort(ln.Addr().String())
+			for _, addr := range []string{ln.Addr().String(), "localhost:" + port} {
+				c, err := ctx.Connect("tcp4", addr, "client")
+				require.NoError(t, err)
+				require.True(t, c.Connecting(), "identifiable before any callback")
+				n := len(log.rx)
+				serviceUntil(t, ctx, func() bool { return len(log.rx) > n })
+				require.Equal(t, "re:hi", log.rx[len(log.rx)-1])
+				require.False(t, c.Connecting())
+			}
+			require.Empty(t, log.errs)
+		})
+	}
+}
+
+func TestConnectRefused(t *testing.T) {
+	for _, lib := range backends {
+		t.Run(lib, func(t *testing.T) {
+			ctx, log := clientCtx(t, lib, core.Info{})
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			require.NoError(t, err)
+			addr := l.Addr().String()
+			l.Close() // nobody listens there now
+			c, err := ctx.Connect("tcp", addr, "client")
+			require.NoError(t, err)
+			serviceUntil(t, ctx, func() bool { return len(log.errs) > 0 })
+			require.ErrorIs(t, log.errs[0], unix.ECONNREFUSED)
+			require.True(t, c.Closed())
+			require.Empty(t, log.adopted)
+		})
+	}
+}
+
+// A listener whose backlog is full drops SYNs, so the connect never
+// finishes: ConnectTimeout ends it.
+func TestConnectTimeout(t *testing.T) {
+	ctx, log := clientCtx(t, "epoll", core.Info{ConnectTimeout: 100 * time.Millisecond})
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+	require.NoError(t, err)
+	defer unix.Close(fd)
+	require.NoError(t, unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}))
+	require.NoError(t, unix.Listen(fd, 0))
+	sa, _ := unix.Getsockname(fd)
+	addr := (&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: sa.(*unix.SockaddrInet4).Port}).String()
+	for range 4 { // fill the backlog
+		if c, err := net.DialTimeout("tcp", addr, 50*time.Millisecond); err == nil {
+			defer c.Close()
+		}
+	}
+	_, err = ctx.Connect("tcp", addr, "client")
+	require.NoError(t, err)
+	serviceUntil(t, ctx, func() bool { return len(log.errs) > 0 })
+	require.ErrorIs(t, log.errs[0], core.ErrTimeout)
+}
+
+func TestConnectAbortAndDestroy(t *testing.T) {
+	ctx, log := clientCtx(t, "epoll", core.Info{})
+	c, err := ctx.Connect("tcp", "localhost:1", "client") // resolution in flight
+	require.NoError(t, err)
+	require.NoError(t, c.Close())
+	require.ErrorIs(t, log.errs[0], core.ErrClosed)
+	_, err = ctx.Connect("tcp", "localhost:1", "client")
+	require.NoError(t, err)
+	require.NoError(t, ctx.Destroy())
+	require.ErrorIs(t, log.errs[1], core.ErrDestroyed)
+}
