@@ -1,31 +1,44 @@
-// Command bench measures plugloop's echo server on every available backend
-// against gnet's echo server and a goroutine-per-connection net server:
-// 64-byte ping-pong over loopback, each server alone in a child process
-// pinned to one CPU, the load generator on the others.
+// Command bench is plugloop's cross-backend benchmark: every plugloop
+// backend (poll, epoll, foreign under a unix.Poll host loop, the gnet and
+// netpoll adapters, kqueue where it exists) against gnet and
+// cloudwego/netpoll natively, Go's net and a bare epoll loop, in seven
+// scenarios:
 //
-//	go run ./bench                       # all servers, about 25 s
-//	go run ./bench -servers epoll,gnet -conns 1000 -duration 5s
-//	go run ./bench -json > result.json
-//	go run ./bench -perf                 # every server's syscalls per round trip
-//	go run ./bench -strace               # adds a traced run per server
-//	go run ./bench -cpuprofile prof      # prof/SERVER.pprof for go tool pprof
+//	pingpong     closed-loop echo, 64 B and 1 KiB, 50 / 1,000 / 10,000 connections
+//	abstraction  the same echo on each backend and on the bare epoll loop
+//	stream       pipelined echo, MB/s and server CPU per MB
+//	idle         server RSS per idle connection (10,000)
+//	slow         slow readers: does the server's RSS plateau?
+//	timers       schedule and cancel a million timers; fire order
+//	wakeup       Post / CancelService latency and rate per backend
 //
-// The figure to compare is server CPU per round trip (getrusage deltas of
-// the server child over the measured window). The load generator is, by
-// default, one thread driving every connection through one io_uring
-// (uring_linux.go): it costs well under half a server's CPU per round
-// trip, so requests queue at the server, which runs near 100 % of its CPU.
-// -load net uses a goroutine per connection instead (about as costly as a
-// server, so the server is then not saturated); it is also the fallback
-// where io_uring is unavailable. BENCH_DEBUG=1 prints the ring's figures.
+//	go run ./bench                          # the default suite, about a minute
+//	go run ./bench -full                    # everything, longer (several minutes)
+//	go run ./bench -scenarios pingpong -servers epoll,gnet -conns 1000 -sizes 64 -duration 5s
+//	go run ./bench -json > result.json      # machine-readable
+//	go run ./bench -html report.html        # tables and SVG charts in one file
+//	go run ./bench -target 10.0.0.2:7000    # any external echo server (no server CPU then)
+//	go run ./bench -scenarios pingpong -perf     # every server's syscalls per round trip
+//	go run ./bench -scenarios pingpong -strace   # adds a traced run per server
+//	go run ./bench -cpuprofile prof         # prof/SERVER.pprof for go tool pprof
+//
+// The figure to compare is server CPU per operation (getrusage deltas of
+// the server child over the measured window). The ping-pong load
+// generator is, by default, one thread driving every connection through
+// one io_uring (uring_linux.go): it costs well under half a server's CPU
+// per round trip, so requests queue at the server. -load net uses a
+// goroutine per connection instead; it is also the fallback where
+// io_uring is unavailable. BENCH_DEBUG=1 prints the ring's figures.
 //
 // Each server runs in a child process (this binary, re-executed with
 // PLUGLOOP_BENCH_SERVER set) with GOMAXPROCS=1, pinned to the first CPU
-// while the load generator runs on the others. The child answers start,
+// while the load generators run on the others. The child answers start,
 // stop and quit on stdin and reports its CPU time, peak RSS, context
-// switches and, for plugloop, the core's Stats over the window. The bench
-// also watches /proc/stat and flags runs during which other processes were
-// busy, and repeats that disagree by more than ±5 %.
+// switches and, for plugloop, the core's Stats over the window; the
+// parent reads its RSS from /proc. Timers and wakeups run in task children
+// (PLUGLOOP_BENCH_TASK). The bench watches /proc/stat and flags runs
+// during which other processes were busy, and repeats that disagree by
+// more than ±5 %.
 package main
 
 import (
@@ -82,8 +95,8 @@ func main() {
 	conns := flag.String("conns", "", "ping-pong: comma-separated connection counts (default 50,1000; -full 50,1000,10000)")
 	sizes := flag.String("sizes", "", "ping-pong: comma-separated payload sizes in bytes (default 64,1024)")
 	flag.BoolVar(&s.full, "full", false, "run every scenario at every size and connection count, longer and with 3 repeats (several minutes)")
-	flag.DurationVar(&cfg.duration, "duration", 0, "measured time per server and repeat (default 0.8s; -full 2s)")
-	flag.DurationVar(&cfg.warmup, "warmup", 250*time.Millisecond, "load before measuring, per server and repeat")
+	flag.DurationVar(&cfg.duration, "duration", 0, "measured time per server and repeat (default 0.6s; -full 2s)")
+	flag.DurationVar(&cfg.warmup, "warmup", 200*time.Millisecond, "load before measuring, per server and repeat")
 	flag.IntVar(&cfg.repeats, "repeats", 0, "runs per server, interleaved (A B C A B C); medians are reported (default 2 for the first ping-pong, else 1; -full 3)")
 	flag.IntVar(&s.streamConns, "stream-conns", 50, "streaming echo: connections, each with a writer and a reader")
 	flag.IntVar(&s.idleConns, "idle-conns", 10000, "idle: connections opened against each server")

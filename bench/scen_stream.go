@@ -462,7 +462,7 @@ func (s *suite) slowDuration() time.Duration {
 	if s.full {
 		return 6 * time.Second
 	}
-	return 2500 * time.Millisecond
+	return 2 * time.Second
 }
 
 func runSlow(ctx context.Context, s *suite) *scenarioResult {

@@ -206,7 +206,7 @@ func (s *suite) duration() time.Duration {
 	case s.full:
 		return 2 * time.Second
 	}
-	return 800 * time.Millisecond
+	return 600 * time.Millisecond
 }
 
 func (s *suite) repeats(first bool) int {
