@@ -9,5 +9,5 @@ import (
 )
 
 func descriptor() evlib.Descriptor {
-	return evlib.Descriptor{Unavailable: errors.New("evlib_netpoll is built and tested on Linux only (cloudwego/netpoll's kqueue poller is untested with plugloop)")}
+	return evlib.Descriptor{Unavailable: errors.New("evlib_netpoll runs on Linux only: cloudwego/netpoll v0.7.2 does not build on netbsd/openbsd (no EVFILT_USER), and its kqueue poller on darwin/freebsd is untested with plugloop")}
 }
