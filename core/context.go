@@ -120,6 +120,9 @@ type Info struct {
 	// once output has drained and wait for the peer to close (lws' policy
 	// for its poll loop). It is the same on every backend.
 	GracefulClose bool
+	// Notifiers follow the system state from the first step on (see
+	// Notifier); Context.RegisterNotifier adds more later.
+	Notifiers []Notifier
 	// Logger receives diagnostics; nil means slog.Default().
 	Logger *slog.Logger
 	// User is free for the application; see Context.User.
@@ -145,6 +148,7 @@ type Context struct {
 	log       *slog.Logger
 	fdLimit   int
 
+	sys        system
 	destroyReq atomic.Bool
 	live       atomic.Int32 // threads not yet torn down
 	finishOnce sync.Once
@@ -215,6 +219,9 @@ func New(info Info) (*Context, error) {
 	for _, p := range c.protocols {
 		_ = t.callback(Event{Reason: ReasonProtocolInit, Protocol: p})
 	}
+	c.sys.notifiers = append([]Notifier(nil), info.Notifiers...)
+	c.sys.target = SystemOperational
+	c.stepSystem()
 	if t.wfd.R >= 0 {
 		// newThread registered the wake fd; announce it only now.
 		t.pollCallback(ReasonLockPoll, nil, t.wfd.R, 0, 0, 1)
@@ -375,6 +382,15 @@ func (c *Context) threadDown(t *Thread) {
 		return
 	}
 	c.finishOnce.Do(func() {
+		cur := c.SystemState()
+		for _, n := range c.sys.notifiers {
+			n.Notify(c, cur, SystemContextDestroying) // told, not asked
+		}
+		c.sys.state.Store(int32(SystemContextDestroying))
+		c.sys.mu.Lock()
+		c.sys.attached = nil
+		c.sys.pending.Store(0)
+		c.sys.mu.Unlock()
 		for _, p := range c.protocols {
 			_ = t.callback(Event{Reason: ReasonProtocolDestroy, Protocol: p})
 		}

@@ -435,6 +435,7 @@ func (t *Thread) pass(timeout time.Duration) bool {
 // afterEvents is the part of a pass that follows the events of one wait.
 func (t *Thread) afterEvents() {
 	t.afterWake()
+	t.runAttached()
 	t.forced()
 	t.now = t.clock()
 	t.runTimers()

@@ -1,0 +1,119 @@
+package core_test
+
+import (
+	"io"
+	"testing"
+
+	"github.com/plugloop/plugloop/core"
+	"github.com/stretchr/testify/require"
+)
+
+func nop(core.Event) error { return nil }
+
+func TestSystemReachesOperational(t *testing.T) {
+	var steps []core.SystemState
+	ctx, err := core.New(core.Info{
+		Protocols: []core.Protocol{{Name: "p", Callback: nop}},
+		Notifiers: []core.Notifier{{Name: "log", Notify: func(_ *core.Context, cur, next core.SystemState) bool {
+			steps = append(steps, next)
+			return true
+		}}},
+	})
+	require.NoError(t, err)
+	require.Equal(t, core.SystemOperational, ctx.SystemState())
+	require.Len(t, steps, int(core.SystemOperational), "every step is announced")
+	require.NoError(t, ctx.Destroy())
+	require.Equal(t, core.SystemContextDestroying, ctx.SystemState())
+	require.Equal(t, core.SystemContextDestroying, steps[len(steps)-1])
+}
+
+// A notifier holds the system before TIME_VALID until its asynchronous work
+// is done; functions attached from other goroutines wait for OPERATIONAL and
+// then run once each, in order, on the service goroutine.
+func TestNotifierHoldsAndAttach(t *testing.T) {
+	timeKnown := false
+	ctx, err := core.New(core.Info{
+		Protocols: []core.Protocol{{Name: "p", Callback: nop}},
+		Notifiers: []core.Notifier{{Name: "ntp", Notify: func(_ *core.Context, cur, next core.SystemState) bool {
+			return next != core.SystemTimeValid || timeKnown
+		}}},
+	})
+	require.NoError(t, err)
+	defer ctx.Destroy()
+	require.Equal(t, core.SystemCPDPreTime, ctx.SystemState(), "held before TIME_VALID")
+
+	var ran []int
+	booked := make(chan struct{})
+	for i := range 3 {
+		go func() { // the booking goroutine is gone long before fn runs
+			require.NoError(t, ctx.Attach(0, core.SystemOperational, func() { ran = append(ran, i) }))
+			booked <- struct{}{}
+		}()
+		<-booked
+	}
+	th := ctx.Thread(0)
+	for range 3 {
+		require.NoError(t, th.Service(0))
+	}
+	require.Empty(t, ran, "not before OPERATIONAL")
+
+	go func() { // the asynchronous work completes elsewhere and reports back
+		th.Post(func() {
+			timeKnown = true
+			require.NoError(t, ctx.SystemTransition(core.SystemOperational))
+		})
+	}()
+	serviceUntil(t, ctx, func() bool { return len(ran) == 3 })
+	require.Equal(t, []int{0, 1, 2}, ran)
+	require.Equal(t, core.SystemOperational, ctx.SystemState())
+	for range 3 {
+		require.NoError(t, th.Service(0))
+	}
+	require.Len(t, ran, 3, "exactly once")
+
+	require.NoError(t, ctx.Destroy())
+	require.ErrorIs(t, ctx.Attach(0, core.SystemOperational, func() {}), core.ErrDestroyed)
+}
+
+func TestPolicyInvalidCycle(t *testing.T) {
+	var seen []core.SystemState
+	ctx, err := core.New(core.Info{Protocols: []core.Protocol{{Name: "p", Callback: nop}}})
+	require.NoError(t, err)
+	defer ctx.Destroy()
+	require.NoError(t, ctx.RegisterNotifier(core.Notifier{Name: "n", Notify: func(_ *core.Context, _, next core.SystemState) bool {
+		seen = append(seen, next)
+		return true
+	}}))
+	require.NoError(t, ctx.SystemTransition(core.SystemPolicyInvalid))
+	require.Equal(t, core.SystemPolicyInvalid, ctx.SystemState())
+	require.NoError(t, ctx.SystemTransition(core.SystemOperational))
+	require.Equal(t, core.SystemOperational, ctx.SystemState())
+	require.Equal(t, core.SystemPolicyInvalid, seen[0])
+	require.Equal(t, core.SystemInitialized, seen[1], "back up from INITIALIZED")
+}
+
+func TestBlobs(t *testing.T) {
+	ctx, err := core.New(core.Info{Protocols: []core.Protocol{{Name: "p", Callback: nop}}})
+	require.NoError(t, err)
+	defer ctx.Destroy()
+	b := ctx.Blob(core.BlobDeviceSerial, 0)
+	require.Same(t, b, ctx.Blob(core.BlobDeviceSerial, 0))
+	b.SetDirect([]byte("SN-0042"))
+	require.Equal(t, 7, b.Size())
+	buf := make([]byte, 4)
+	n, err := b.ReadAt(buf, 3)
+	require.NoError(t, err)
+	require.Equal(t, "0042", string(buf[:n]))
+
+	h := ctx.Blob(core.BlobAuth, 1)
+	h.Append([]byte("tok"))
+	h.Append([]byte("en-"))
+	h.Append([]byte("xyz"))
+	require.Equal(t, 9, h.Size())
+	buf = make([]byte, 16)
+	n, err = h.ReadAt(buf, 2)
+	require.ErrorIs(t, err, io.EOF)
+	require.Equal(t, "ken-xyz", string(buf[:n]))
+	h.Reset()
+	require.Zero(t, h.Size())
+}
