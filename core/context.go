@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -120,6 +123,10 @@ type Info struct {
 	// once output has drained and wait for the peer to close (lws' policy
 	// for its poll loop). It is the same on every backend.
 	GracefulClose bool
+	// HandleSignals makes Run turn SIGINT and SIGTERM into an orderly
+	// Destroy while it runs (lws' default signal handling for its own
+	// loop). An app-driven (foreign) context never installs a handler.
+	HandleSignals bool
 	// Notifiers follow the system state from the first step on (see
 	// Notifier); Context.RegisterNotifier adds more later.
 	Notifiers []Notifier
@@ -311,6 +318,22 @@ func (c *Context) Run(cctx context.Context) error {
 	if t.appDriven {
 		t.leave()
 		return errAppLoop
+	}
+	if c.info.HandleSignals {
+		sigs := make(chan os.Signal, 1)
+		signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+		stopSigs := make(chan struct{})
+		go func() {
+			select {
+			case <-sigs:
+				c.Destroy()
+			case <-stopSigs:
+			}
+		}()
+		defer func() {
+			signal.Stop(sigs)
+			close(stopSigs)
+		}()
 	}
 	t.runStop.Store(false)
 	unhook := context.AfterFunc(cctx, func() {

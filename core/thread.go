@@ -94,6 +94,13 @@ func newThread(c *Context, index int, foreign any) (*Thread, error) {
 	}
 	t.be = be
 	t.appDriven = c.backend.Caps&evlib.CapAppDriven != 0
+	if foreign != nil && !t.appDriven {
+		// Attached to a loop the application runs? Such a backend says so
+		// at once, and has nothing to report yet.
+		if _, err := be.Poll(0); errors.Is(err, evlib.ErrAppDriven) {
+			t.appDriven = true
+		}
+	}
 	t.io, _ = be.(evlib.IO)
 	if w, ok := be.(evlib.Waker); ok {
 		t.waker = w
