@@ -7,9 +7,9 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
-	"syscall"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/plugloop/plugloop/evlib"
