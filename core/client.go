@@ -196,6 +196,7 @@ func (t *Thread) dropDialFD(conn *Conn) {
 	t.unwatch(conn.fd, conn, conn.interest)
 	t.conns[conn.fd] = nil
 	t.count--
+	t.load.Add(-1)
 	t.fdClose = append(t.fdClose, conn.fd)
 	conn.fd, conn.interest = -1, 0
 }

@@ -98,6 +98,16 @@ type Info struct {
 	// RLIMIT_NOFILE. At the cap, listeners stop accepting (connections
 	// wait in the kernel's backlog) and resume when a connection closes.
 	FDLimit int
+	// CountThreads is the number of service threads (lws' count_threads),
+	// each with its own backend instance and, in Run, its own goroutine;
+	// 0 means 1. Accepted connections go to the least-loaded thread and
+	// are only ever serviced there. Connections adopted or started with
+	// the Context methods (AdoptFD, Connect, ListenUDP...) live on thread
+	// 0; Info.Foreign, if given, has one entry per thread.
+	CountThreads int
+	// FDLimitPerThread caps each thread's fds; 0 shares FDLimit (or the
+	// process limit) out evenly.
+	FDLimitPerThread int
 	// RaiseFDLimit raises the process' RLIMIT_NOFILE soft limit to its
 	// hard limit first.
 	RaiseFDLimit bool
@@ -155,11 +165,13 @@ type Context struct {
 	log       *slog.Logger
 	fdLimit   int
 
-	sys        system
-	destroyReq atomic.Bool
-	live       atomic.Int32 // threads not yet torn down
-	finishOnce sync.Once
-	done       chan struct{}
+	sys           system
+	perIP         ipCounts    // accepted connections per peer, with MaxConnsPerIP
+	acceptBlocked atomic.Bool // some thread's listeners stopped at the fd limit
+	destroyReq    atomic.Bool
+	live          atomic.Int32 // threads not yet torn down
+	finishOnce    sync.Once
+	done          chan struct{}
 }
 
 // New creates a context and its service thread with the backend Info
@@ -209,15 +221,27 @@ func New(info Info) (*Context, error) {
 			c.fdLimit = 1 << 16
 		}
 	}
-	var foreign any
-	if len(info.Foreign) > 0 {
-		foreign = info.Foreign[0]
+	n := max(info.CountThreads, 1)
+	perThread := info.FDLimitPerThread
+	if perThread <= 0 {
+		perThread = max(c.fdLimit/n, 1)
 	}
-	t, err := newThread(c, 0, foreign)
-	if err != nil {
-		return nil, err
+	for i := range n {
+		var foreign any
+		if i < len(info.Foreign) {
+			foreign = info.Foreign[i]
+		}
+		t, err := newThread(c, i, foreign, perThread)
+		if err != nil {
+			for _, t := range c.threads {
+				t.wfd.Close()
+				t.be.Close()
+			}
+			return nil, err
+		}
+		c.threads = append(c.threads, t)
 	}
-	c.threads = []*Thread{t}
+	t := c.threads[0]
 	c.live.Store(int32(len(c.threads)))
 	c.log.Debug("plugloop: context created", "evlib", d.Name, "fdlimit", c.fdLimit)
 	// The thread is not serviced yet, so the creating goroutine owns it.
@@ -229,11 +253,13 @@ func New(info Info) (*Context, error) {
 	c.sys.notifiers = append([]Notifier(nil), info.Notifiers...)
 	c.sys.target = SystemOperational
 	c.stepSystem()
-	if t.wfd.R >= 0 {
-		// newThread registered the wake fd; announce it only now.
-		t.pollCallback(ReasonLockPoll, nil, t.wfd.R, 0, 0, 1)
-		t.pollCallback(ReasonAddPollFD, nil, t.wfd.R, evlib.Readable, 0, 0)
-		t.pollCallback(ReasonUnlockPoll, nil, t.wfd.R, 0, 0, 1)
+	for _, t := range c.threads {
+		if t.wfd.R >= 0 {
+			// newThread registered the wake fd; announce it only now.
+			t.pollCallback(ReasonLockPoll, nil, t.wfd.R, 0, 0, 1)
+			t.pollCallback(ReasonAddPollFD, nil, t.wfd.R, evlib.Readable, 0, 0)
+			t.pollCallback(ReasonUnlockPoll, nil, t.wfd.R, 0, 0, 1)
+		}
 	}
 	t.release(true)
 	return c, nil
@@ -311,13 +337,20 @@ func (c *Context) Stats() Stats {
 // ErrDestroyed. When the application's loop drives the backend (the foreign
 // mode), Run returns an error wrapping evlib.ErrAppDriven at once.
 func (c *Context) Run(cctx context.Context) error {
-	t := c.threads[0]
-	if err := t.enter(); err != nil {
-		return err
-	}
-	if t.appDriven {
-		t.leave()
-		return errAppLoop
+	for i, t := range c.threads {
+		if err := t.enter(); err != nil {
+			for _, u := range c.threads[:i] {
+				u.leave()
+			}
+			return err
+		}
+		if t.appDriven {
+			for _, u := range c.threads[:i+1] {
+				u.leave()
+			}
+			return errAppLoop
+		}
+		t.runStop.Store(false)
 	}
 	if c.info.HandleSignals {
 		sigs := make(chan os.Signal, 1)
@@ -335,12 +368,34 @@ func (c *Context) Run(cctx context.Context) error {
 			close(stopSigs)
 		}()
 	}
-	t.runStop.Store(false)
 	unhook := context.AfterFunc(cctx, func() {
-		t.runStop.Store(true)
-		t.wake()
+		for _, t := range c.threads {
+			t.runStop.Store(true)
+			t.wake()
+		}
 	})
 	defer unhook()
+	errs := make([]error, len(c.threads))
+	var wg sync.WaitGroup
+	for i, t := range c.threads[1:] {
+		wg.Go(func() {
+			t.setOwner() // this goroutine services it from now on
+			errs[i+1] = t.run(cctx)
+		})
+	}
+	errs[0] = c.threads[0].run(cctx)
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// run services the thread, which the caller has entered, until destroy
+// (nil) or Run's context ends (its error).
+func (t *Thread) run(cctx context.Context) error {
 	if lp, ok := t.be.(evlib.Looper); ok {
 		err := lp.Loop(t)
 		t.mode.Store(modeBusy)
@@ -350,7 +405,7 @@ func (c *Context) Run(cctx context.Context) error {
 		}
 		t.leave()
 		if err != nil {
-			return fmt.Errorf("plugloop: %s loop: %w", c.backend.Name, err)
+			return fmt.Errorf("plugloop: %s loop: %w", t.ctx.backend.Name, err)
 		}
 		return cctx.Err()
 	}
@@ -361,10 +416,6 @@ func (c *Context) Run(cctx context.Context) error {
 		}
 		if !t.pass(-1) {
 			return nil // destroyed; pass released the thread
-		}
-		if t.appDriven {
-			t.leave()
-			return errAppLoop
 		}
 	}
 }
@@ -419,6 +470,34 @@ func (c *Context) threadDown(t *Thread) {
 		}
 		close(c.done)
 	})
+}
+
+// ipCounts counts connections per peer address across threads.
+type ipCounts struct {
+	mu sync.Mutex
+	n  map[netip.Addr]int
+}
+
+// take counts one more connection from ip unless it already has max.
+func (p *ipCounts) take(ip netip.Addr, max int) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.n[ip] >= max {
+		return false
+	}
+	if p.n == nil {
+		p.n = map[netip.Addr]int{}
+	}
+	p.n[ip]++
+	return true
+}
+
+func (p *ipCounts) add(ip netip.Addr, d int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.n[ip] += d; p.n[ip] <= 0 {
+		delete(p.n, ip)
+	}
 }
 
 // Stats are a service thread's counters (see evlib.Counters).

@@ -63,13 +63,14 @@ type Thread struct {
 	now    int64
 	timers timerHeap
 
-	conns      []*Conn // indexed by fd
-	count      int     // fds in conns
+	conns      []*Conn      // indexed by fd
+	count      int          // fds in conns
+	limit      int          // most fds the thread may watch
+	load       atomic.Int32 // count plus connections being handed over, for placement
 	listeners  []*Listener
-	acceptFull bool               // listeners stopped at the fd limit
-	perIP      map[netip.Addr]int // accepted connections per peer, with MaxConnsPerIP
-	dialing    []*Conn            // client connections not established yet
-	connHead   *Conn              // every connection (not listeners), for the "all" calls
+	acceptFull bool    // listeners stopped at the fd limit
+	dialing    []*Conn // client connections not established yet
+	connHead   *Conn   // every connection (not listeners), for the "all" calls
 
 	writable, writableSpare []*Conn // granted WRITEABLE without the kernel
 	rxReady, rxSpare        []*Conn // buffered input to deliver
@@ -83,8 +84,8 @@ type Thread struct {
 	destroyed bool
 }
 
-func newThread(c *Context, index int, foreign any) (*Thread, error) {
-	t := &Thread{ctx: c, index: index, epoch: time.Now(), wfd: sys.Waker{R: -1, W: -1}}
+func newThread(c *Context, index int, foreign any, limit int) (*Thread, error) {
+	t := &Thread{ctx: c, index: index, limit: limit, epoch: time.Now(), wfd: sys.Waker{R: -1, W: -1}}
 	be, err := c.backend.New(evlib.Config{
 		Sink: t, Counters: &t.ctr, Thread: index, MaxFDs: c.fdLimit,
 		Foreign: foreign, Logger: c.log,
@@ -899,7 +900,7 @@ func (t *Thread) insert(c *Conn, ev evlib.Events) error {
 	if t.dying() {
 		return ErrDestroyed
 	}
-	if t.count >= t.ctx.fdLimit {
+	if t.count >= t.limit {
 		return ErrFDLimit
 	}
 	if fd >= len(t.conns) {
@@ -913,6 +914,7 @@ func (t *Thread) insert(c *Conn, ev evlib.Events) error {
 	}
 	t.conns[fd] = c
 	t.count++
+	t.load.Add(1)
 	c.interest = ev
 	if c.listener != nil {
 		t.listeners = append(t.listeners, c.listener)
@@ -930,8 +932,7 @@ func (t *Thread) established(c *Conn, o *adoptOptions) (*Conn, error) {
 	}
 	t.connHead = c
 	if o.peerIP.IsValid() {
-		c.peerIP = o.peerIP
-		t.perIP[c.peerIP]++
+		c.peerIP = o.peerIP // counted by the accepting thread
 	}
 	if d := t.ctx.info.IdleTimeout; d > 0 {
 		c.idle = &Timer{t: t, idx: -1, fn: func() { t.checkIdle(c) }}
@@ -984,6 +985,7 @@ func (t *Thread) closeConn(c *Conn, why error) {
 	t.unwatch(c.fd, c, c.interest)
 	t.conns[c.fd] = nil
 	t.count--
+	t.load.Add(-1)
 	t.fdClose = append(t.fdClose, c.fd)
 	c.rxbuf, c.out = nil, nil
 	if l := c.listener; l != nil {
@@ -1009,12 +1011,16 @@ func (t *Thread) closeConn(c *Conn, why error) {
 	}
 	c.prev, c.next = nil, nil
 	if c.peerIP.IsValid() {
-		if t.perIP[c.peerIP]--; t.perIP[c.peerIP] <= 0 {
-			delete(t.perIP, c.peerIP)
-		}
+		t.ctx.perIP.add(c.peerIP, -1)
 	}
-	if t.acceptFull && t.count < t.ctx.fdLimit {
-		t.resumeAccepting()
+	if t.ctx.acceptBlocked.Load() && t.count < t.limit && t.ctx.acceptBlocked.CompareAndSwap(true, false) {
+		for _, u := range t.ctx.threads {
+			if u == t {
+				t.resumeAccepting()
+			} else {
+				u.Post(u.resumeAccepting)
+			}
+		}
 	}
 	_ = t.callback(Event{Reason: c.reason(ReasonRawClose), Conn: c, Err: why})
 }
@@ -1023,7 +1029,8 @@ func (t *Thread) accept(lc *Conn) {
 	l := lc.listener
 	info := &t.ctx.info
 	for range acceptBatch {
-		if t.count >= t.ctx.fdLimit {
+		target := t.ctx.placement(t)
+		if target == nil {
 			t.stopAccepting()
 			return
 		}
@@ -1049,14 +1056,11 @@ func (t *Thread) accept(lc *Conn) {
 			if sa, err := unix.Getpeername(fd); err == nil {
 				ip = addrPort(sa).Addr()
 			}
-			if ip.IsValid() && t.perIP[ip] >= info.MaxConnsPerIP {
+			if ip.IsValid() && !t.ctx.perIP.take(ip, info.MaxConnsPerIP) {
 				t.ctx.log.Debug("plugloop: connection over the per-IP limit dropped", "peer", ip)
 				unix.Close(fd)
 				t.ctr.Closes.Add(1)
 				continue
-			}
-			if t.perIP == nil {
-				t.perIP = map[netip.Addr]int{}
 			}
 			opts = append(opts, func(o *adoptOptions) { o.peerIP = ip })
 		}
@@ -1070,16 +1074,63 @@ func (t *Thread) accept(lc *Conn) {
 				}
 			}
 		}
-		if _, err := t.adopt(fd, evlib.KindStream, lc.proto, nil, opts...); err != nil {
-			if !errors.Is(err, errAdoptRefused) {
-				unix.Close(fd)
-				t.ctr.Closes.Add(1)
-			}
+		if target == t {
+			t.adoptAccepted(fd, lc.proto, opts)
+		} else {
+			t.handOver(target, fd, lc.proto, opts)
 		}
 		if lc.state != stateOpen || t.dying() {
 			return
 		}
 	}
+}
+
+// adoptAccepted adopts an accepted fd on t, closing it if that fails.
+func (t *Thread) adoptAccepted(fd int, p *Protocol, opts []AdoptOption) {
+	if _, err := t.adopt(fd, evlib.KindStream, p, nil, opts...); err != nil && !errors.Is(err, errAdoptRefused) {
+		var o adoptOptions
+		for _, opt := range opts {
+			opt(&o)
+		}
+		if o.peerIP.IsValid() {
+			t.ctx.perIP.add(o.peerIP, -1)
+		}
+		unix.Close(fd)
+		t.ctr.Closes.Add(1)
+	}
+}
+
+// handOver gives an accepted fd to another service thread, which adopts it
+// on its own goroutine: the connection is never touched by two threads.
+// The target's load counts it from now, so one accept batch spreads out.
+func (t *Thread) handOver(target *Thread, fd int, p *Protocol, opts []AdoptOption) {
+	target.load.Add(1)
+	err := target.Post(func() {
+		target.load.Add(-1)
+		target.adoptAccepted(fd, p, opts)
+	})
+	if err != nil {
+		target.load.Add(-1)
+		unix.Close(fd)
+		t.ctr.Closes.Add(1)
+	}
+}
+
+// placement picks the thread for the next accepted connection: the least
+// loaded one with room (lws_get_idlest_tsi), preferring the accepting one
+// on a tie; nil when every thread is at its limit.
+func (c *Context) placement(accepting *Thread) *Thread {
+	best := accepting
+	if int(best.load.Load()) >= best.limit {
+		best = nil
+	}
+	for _, t := range c.threads {
+		l := t.load.Load()
+		if int(l) < t.limit && t.mode.Load() != modeDead && (best == nil || l < best.load.Load()) {
+			best = t
+		}
+	}
+	return best
 }
 
 // beginClose starts a close that waits for pending output and, when
@@ -1134,6 +1185,7 @@ func (t *Thread) discardInput(c *Conn) {
 // accepted and dropped.
 func (t *Thread) stopAccepting() {
 	t.acceptFull = true
+	t.ctx.acceptBlocked.Store(true)
 	for _, l := range t.listeners {
 		t.setInterest(l.c, 0)
 	}
