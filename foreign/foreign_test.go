@@ -93,3 +93,39 @@ func TestPollSetHost(t *testing.T) {
 	require.Equal(t, 3, <-loopDone, "the app's own fd was served and never touched by plugloop")
 	require.Equal(t, 0, set.Len())
 }
+
+// Several service threads in foreign mode: one application loop per
+// thread, each with a PollSet following its own thread's fds.
+func TestPollSetPerThread(t *testing.T) {
+	sets := []*foreign.PollSet{{Thread: 0}, {Thread: 1}}
+	proto := echo.Protocol("echo")
+	for _, s := range sets {
+		proto = s.Protocol(proto)
+	}
+	ctx, err := core.New(core.Info{EventLib: foreign.Name, CountThreads: 2, Protocols: []core.Protocol{proto}})
+	require.NoError(t, err)
+	require.Equal(t, 1, sets[0].Len(), "thread 0's wake fd only")
+	require.Equal(t, 1, sets[1].Len(), "thread 1's wake fd only")
+	ln, err := ctx.Listen("tcp", "127.0.0.1:0", "echo")
+	require.NoError(t, err)
+	require.Equal(t, 2, sets[0].Len())
+	loops := make(chan error, 2)
+	for i, s := range sets {
+		go func() {
+			for {
+				if err := s.Poll(ctx.Thread(i), nil, 20*time.Millisecond); err != nil {
+					loops <- err
+					return
+				}
+			}
+		}()
+	}
+	for range 4 {
+		roundTrip(t, ln.Addr().String())
+	}
+	require.NoError(t, ctx.Thread(0).Post(func() { ctx.Destroy() }))
+	<-ctx.Done()
+	require.ErrorIs(t, <-loops, core.ErrDestroyed)
+	require.ErrorIs(t, <-loops, core.ErrDestroyed)
+	require.Zero(t, sets[0].Len()+sets[1].Len())
+}

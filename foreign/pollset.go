@@ -28,7 +28,15 @@ import (
 //			// the application's own fd is ready
 //		}
 //	}
+//
+// With several service threads (core.Info.CountThreads), each thread needs
+// a loop of its own: give each loop a PollSet with Thread set to its
+// thread's index and wrap the first protocol with each set in turn
+// (setB.Protocol(setA.Protocol(p))); a set follows only its thread's fds.
 type PollSet struct {
+	// Thread is the index of the service thread whose fds the set follows.
+	Thread int
+
 	mu  sync.Mutex
 	fds []unix.PollFd
 	buf []unix.PollFd // Poll's scratch: the application's fds, then ours
@@ -40,7 +48,11 @@ type PollSet struct {
 func (s *PollSet) Protocol(p core.Protocol) core.Protocol {
 	inner := p.Callback
 	p.Callback = func(ev core.Event) error {
-		switch ev.Reason {
+		reason := ev.Reason
+		if ev.Thread == nil || ev.Thread.Index() != s.Thread {
+			reason = 0 // another thread's fd: another set's business
+		}
+		switch reason {
 		case core.ReasonAddPollFD:
 			s.mu.Lock()
 			s.fds = append(s.fds, unix.PollFd{Fd: int32(ev.Poll.FD), Events: pollMask(ev.Poll.Events)})
