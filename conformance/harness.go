@@ -26,10 +26,18 @@ type event struct {
 	data   int // len(Event.Data)
 	g      uint64
 	thread bool
+	ti     int  // Event.Thread's index, -1 without a thread
+	file   bool // a RAW_*_FILE reason, recorded as its RAW_* counterpart
 }
 
 func (e event) String() string {
 	s := fmt.Sprintf("#%d %s proto=%s fd=%d", e.seq, e.reason, e.proto, e.fd)
+	if e.file {
+		s += " (file)"
+	}
+	if e.ti > 0 {
+		s += fmt.Sprintf(" thread=%d", e.ti)
+	}
 	switch e.reason {
 	case core.ReasonAddPollFD, core.ReasonDelPollFD, core.ReasonChangeModePollFD:
 		s += fmt.Sprintf(" events=%v prev=%v", e.poll.Events, e.poll.PrevEvents)
@@ -56,14 +64,19 @@ func isPollReason(r core.Reason) bool {
 // the invariants every backend must keep (checklist 6, 33 and the
 // lifecycle rules of 28-31):
 //
-//   - callbacks never run on two goroutines at once;
+//   - the callbacks of one service thread never run on two goroutines at
+//     once (with several threads, each thread's callbacks may run alongside
+//     the others');
 //   - PROTOCOL_INIT comes once per protocol before any other callback,
 //     PROTOCOL_DESTROY once per protocol after every other one;
 //   - a connection gets exactly one RAW_ADOPT, first, and at most one
 //     RAW_CLOSE, and no callback at all after it;
-//   - RAW_RX never carries zero bytes;
+//   - RAW_RX never carries zero bytes (RAW_RX_FILE carries none: the
+//     callback reads the file); the RAW_*_FILE reasons of an adopted file
+//     are recorded and checked as their RAW_* counterparts;
 //   - the poll-fd reasons come as LOCK, ADD|DEL|CHANGE, UNLOCK with Len 1
-//     around adds and deletes and 0 around changes; ADD once per fd before
+//     around adds and deletes and 0 around changes, each sequence on one
+//     thread; ADD once per fd before
 //     any event for it, with Events Readable; CHANGE and DEL report the
 //     interest the fd really had; every fd is deleted by the end.
 type recorder struct {
@@ -80,11 +93,11 @@ type recorder struct {
 	closed  map[*core.Conn]int
 	watched map[int]evlib.Events
 	owner   map[int]*core.Conn // conn an fd was added for (nil: core's own fd)
-	lock    *event             // LOCK_POLL awaiting its UNLOCK
-	lockOp  bool               // the op inside the pending lock came
+	lock    map[int]*event     // per thread: LOCK_POLL awaiting its UNLOCK
+	lockOp  map[int]bool       // per thread: the op inside the pending lock came
 
-	active  int
-	activeG uint64
+	active  map[int]int    // per thread: callbacks running
+	activeG map[int]uint64 // per thread: the goroutine running them
 }
 
 func newRecorder(protos []string) *recorder {
@@ -93,6 +106,8 @@ func newRecorder(protos []string) *recorder {
 		inits: map[string]int{}, destroy: map[string]int{},
 		adopted: map[*core.Conn]int{}, closed: map[*core.Conn]int{},
 		watched: map[int]evlib.Events{}, owner: map[int]*core.Conn{},
+		lock: map[int]*event{}, lockOp: map[int]bool{},
+		active: map[int]int{}, activeG: map[int]uint64{},
 	}
 }
 
@@ -103,15 +118,30 @@ func (r *recorder) problem(format string, args ...any) {
 // enter records a callback on entry and checks it; exit must follow.
 func (r *recorder) enter(ev core.Event) {
 	g := goid()
+	ti := -1
+	if ev.Thread != nil {
+		ti = ev.Thread.Index()
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.active > 0 && r.activeG != g {
-		r.problem("%s ran on goroutine %d while a callback was running on goroutine %d", ev.Reason, g, r.activeG)
+	if r.active[ti] > 0 && r.activeG[ti] != g {
+		r.problem("%s ran on goroutine %d while a callback of the same thread was running on goroutine %d", ev.Reason, g, r.activeG[ti])
 	}
-	r.active++
-	r.activeG = g
-	e := event{seq: len(r.events), reason: ev.Reason, conn: ev.Conn, fd: -1, poll: ev.Poll,
-		n: ev.Len, err: ev.Err, data: len(ev.Data), g: g, thread: ev.Thread != nil}
+	r.active[ti]++
+	r.activeG[ti] = g
+	reason, file := ev.Reason, false
+	switch ev.Reason {
+	case core.ReasonRawAdoptFile:
+		reason, file = core.ReasonRawAdopt, true
+	case core.ReasonRawRXFile:
+		reason, file = core.ReasonRawRX, true
+	case core.ReasonRawWriteableFile:
+		reason, file = core.ReasonRawWriteable, true
+	case core.ReasonRawCloseFile:
+		reason, file = core.ReasonRawClose, true
+	}
+	e := event{seq: len(r.events), reason: reason, conn: ev.Conn, fd: -1, poll: ev.Poll,
+		n: ev.Len, err: ev.Err, data: len(ev.Data), g: g, thread: ev.Thread != nil, ti: ti, file: file}
 	if ev.Protocol != nil {
 		e.proto = ev.Protocol.Name
 	}
@@ -127,9 +157,13 @@ func (r *recorder) enter(ev core.Event) {
 	r.notify = make(chan struct{})
 }
 
-func (r *recorder) exit() {
+func (r *recorder) exit(ev core.Event) {
+	ti := -1
+	if ev.Thread != nil {
+		ti = ev.Thread.Index()
+	}
 	r.mu.Lock()
-	r.active--
+	r.active[ti]--
 	r.mu.Unlock()
 }
 
@@ -187,8 +221,8 @@ func (r *recorder) check(e event, ev core.Event) {
 		r.checkPoll(e)
 		return
 	}
-	if r.lock != nil {
-		r.problem("%v between LOCK_POLL and UNLOCK_POLL", e)
+	if l := r.lock[e.ti]; l != nil {
+		r.problem("%v between LOCK_POLL and UNLOCK_POLL (%v)", e, *l)
 	}
 	switch e.reason {
 	case core.ReasonRawAdopt, core.ReasonRawRX, core.ReasonRawWriteable, core.ReasonRawClose, core.ReasonTimer:
@@ -228,7 +262,7 @@ func (r *recorder) check(e event, ev core.Event) {
 	if _, ok := r.watched[e.fd]; !ok || r.owner[e.fd] != c {
 		r.problem("%v while its fd is not watched for it (no ADD_POLL_FD)", e)
 	}
-	if e.reason == core.ReasonRawRX && e.data == 0 {
+	if e.reason == core.ReasonRawRX && e.data == 0 && !e.file {
 		r.problem("%v with no data", e)
 	}
 }
@@ -236,38 +270,38 @@ func (r *recorder) check(e event, ev core.Event) {
 func (r *recorder) checkPoll(e event) {
 	switch e.reason {
 	case core.ReasonLockPoll:
-		if r.lock != nil {
-			r.problem("%v inside another LOCK_POLL (%v)", e, *r.lock)
+		if l := r.lock[e.ti]; l != nil {
+			r.problem("%v inside another LOCK_POLL (%v)", e, *l)
 		}
 		if e.n != 0 && e.n != 1 {
 			r.problem("%v: Len must be 0 or 1", e)
 		}
 		l := e
-		r.lock, r.lockOp = &l, false
+		r.lock[e.ti], r.lockOp[e.ti] = &l, false
 		return
 	case core.ReasonUnlockPoll:
-		switch {
-		case r.lock == nil:
+		switch l := r.lock[e.ti]; {
+		case l == nil:
 			r.problem("%v without LOCK_POLL", e)
-		case r.lock.fd != e.fd || r.lock.n != e.n:
-			r.problem("%v does not match %v", e, *r.lock)
+		case l.fd != e.fd || l.n != e.n:
+			r.problem("%v does not match %v", e, *l)
 		}
-		r.lock = nil
+		delete(r.lock, e.ti)
 		return
 	}
 	wantLen := 1
 	if e.reason == core.ReasonChangeModePollFD {
 		wantLen = 0
 	}
-	switch {
-	case r.lock == nil:
+	switch l := r.lock[e.ti]; {
+	case l == nil:
 		r.problem("%v outside LOCK_POLL/UNLOCK_POLL", e)
-	case r.lockOp:
+	case r.lockOp[e.ti]:
 		r.problem("%v: second change inside one LOCK_POLL", e)
-	case r.lock.fd != e.fd || r.lock.n != wantLen:
-		r.problem("%v inside %v (want Len %d for the same fd)", e, *r.lock, wantLen)
+	case l.fd != e.fd || l.n != wantLen:
+		r.problem("%v inside %v (want Len %d for the same fd)", e, *l, wantLen)
 	}
-	r.lockOp = true
+	r.lockOp[e.ti] = true
 	cur, ok := r.watched[e.fd]
 	switch e.reason {
 	case core.ReasonAddPollFD:
@@ -423,7 +457,7 @@ func (s *suite) newHarness(t *testing.T, info core.Info) *harness {
 		user := info.Protocols[i].Callback
 		info.Protocols[i].Callback = func(ev core.Event) error {
 			h.rec.enter(ev)
-			defer h.rec.exit()
+			defer h.rec.exit(ev)
 			if user == nil {
 				return nil
 			}
