@@ -1,6 +1,7 @@
 package core
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -19,6 +20,8 @@ type Listener struct {
 	unixPath string // removed on Close
 	tcp      bool   // accepted connections get TCP_NODELAY
 	resume   *Timer
+	reuse    bool        // one of a SO_REUSEPORT group: accepts for its own thread
+	siblings []*Listener // the group's listeners on the other threads
 }
 
 // Addr returns the address the listener is bound to.
@@ -40,6 +43,10 @@ func (l *Listener) Close() error {
 		return ErrClosed
 	}
 	t.closeConn(l.c, nil)
+	for _, sib := range l.siblings {
+		st := sib.c.t
+		st.Post(func() { st.closeConn(sib.c, nil) })
+	}
 	return nil
 }
 
@@ -55,6 +62,9 @@ func (c *Context) Listen(network, address, protocol string) (*Listener, error) {
 	default:
 		return nil, fmt.Errorf("%w: network %q (want tcp, tcp4, tcp6 or unix)", ErrInvalid, network)
 	}
+	if c.info.ReusePort && len(c.threads) > 1 && network != "unix" {
+		return c.listenReusePort(network, address, protocol)
+	}
 	ln, err := net.Listen(network, address)
 	if err != nil {
 		return nil, err
@@ -67,6 +77,65 @@ func (c *Context) Listen(network, address, protocol string) (*Listener, error) {
 	return l, nil
 }
 
+// listenReusePort opens one SO_REUSEPORT listener per thread on the same
+// address, each adopted by (and accepting for) its own thread, so the
+// kernel spreads connections. Every thread must be free to adopt: call
+// Listen before Run, or from a goroutine while no thread is serviced.
+func (c *Context) listenReusePort(network, address, protocol string) (*Listener, error) {
+	p, err := c.protocol(protocol)
+	if err != nil {
+		return nil, err
+	}
+	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		if err := rc.Control(func(fd uintptr) { serr = sys.SetReusePort(int(fd)) }); err != nil {
+			return err
+		}
+		return serr
+	}}
+	var group []*Listener
+	fail := func(err error) (*Listener, error) {
+		for _, l := range group {
+			if took, e := l.c.t.own(); e == nil {
+				l.c.t.closeConn(l.c, nil)
+				l.c.t.release(took)
+			}
+		}
+		return nil, err
+	}
+	for _, t := range c.threads {
+		took, err := t.own()
+		if err != nil || (!took && t != c.threads[0]) {
+			if err == nil {
+				err = ErrWrongGoroutine
+			}
+			if took {
+				t.release(took)
+			}
+			return fail(fmt.Errorf("%w: a SO_REUSEPORT listener needs every thread free (listen before Run)", err))
+		}
+		ln, err := lc.Listen(context.Background(), network, address)
+		if err != nil {
+			t.release(took)
+			return fail(err)
+		}
+		address = ln.Addr().String() // the others share the port the first got
+		l, err := adoptListener(t, ln, p)
+		if err != nil {
+			ln.Close()
+			t.release(took)
+			return fail(err)
+		}
+		l.reuse = true
+		group = append(group, l)
+		if took {
+			t.release(took)
+		}
+	}
+	group[0].siblings = group[1:]
+	return group[0], nil
+}
+
 // AdoptListener takes over a net.Listener: the core accepts its connections
 // from then on. On success ln is closed (the core keeps a duplicate of its
 // socket); on error the caller still owns it.
@@ -75,6 +144,17 @@ func (c *Context) AdoptListener(ln net.Listener, protocol string) (*Listener, er
 	if err != nil {
 		return nil, err
 	}
+	t := c.threads[0]
+	took, err := t.own()
+	if err != nil {
+		return nil, err
+	}
+	defer t.release(took)
+	return adoptListener(t, ln, p)
+}
+
+// adoptListener adopts ln on t, which the caller owns.
+func adoptListener(t *Thread, ln net.Listener, p *Protocol) (*Listener, error) {
 	fd, err := dupOf(ln)
 	if err != nil {
 		return nil, err
@@ -85,13 +165,6 @@ func (c *Context) AdoptListener(ln net.Listener, protocol string) (*Listener, er
 		ul.SetUnlinkOnClose(false)
 		l.unixPath = ln.Addr().String()
 	}
-	t := c.threads[0]
-	took, err := t.own()
-	if err != nil {
-		unix.Close(fd)
-		return nil, err
-	}
-	defer t.release(took)
 	if l.c, err = t.adopt(fd, evlib.KindListener, p, l); err != nil {
 		unix.Close(fd)
 		return nil, err

@@ -105,6 +105,11 @@ type Info struct {
 	// the Context methods (AdoptFD, Connect, ListenUDP...) live on thread
 	// 0; Info.Foreign, if given, has one entry per thread.
 	CountThreads int
+	// ReusePort makes Listen (TCP, with several threads) open one
+	// SO_REUSEPORT listener per thread, each accepting for its own thread,
+	// so the kernel spreads connections instead of thread 0. Listen must
+	// then run while no thread is being serviced (before Run).
+	ReusePort bool
 	// FDLimitPerThread caps each thread's fds; 0 shares FDLimit (or the
 	// process limit) out evenly.
 	FDLimitPerThread int

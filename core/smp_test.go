@@ -141,3 +141,30 @@ func TestSMPFDLimitPerThread(t *testing.T) {
 	require.NoError(t, ctx.Destroy())
 	require.NoError(t, <-done)
 }
+
+// With ReusePort every thread has a listener of its own on the same port,
+// and the kernel spreads connections over them.
+func TestSMPReusePort(t *testing.T) {
+	ctx, err := core.New(core.Info{CountThreads: 2, ReusePort: true, Protocols: []core.Protocol{echo.Protocol("echo")}})
+	require.NoError(t, err)
+	ln, err := ctx.Listen("tcp4", "127.0.0.1:0", "")
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	go func() { done <- ctx.Run(context.Background()) }()
+	for i := range 16 {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		require.NoError(t, err)
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		msg := []byte("n" + strconv.Itoa(i))
+		_, err = c.Write(msg)
+		require.NoError(t, err)
+		_, err = io.ReadFull(c, msg)
+		require.NoError(t, err)
+		c.Close()
+	}
+	for i := range 2 {
+		require.NotZero(t, ctx.Thread(i).Stats().Accepts, "thread %d accepted on its own listener", i)
+	}
+	require.NoError(t, ctx.Destroy())
+	require.NoError(t, <-done)
+}

@@ -1030,6 +1030,12 @@ func (t *Thread) accept(lc *Conn) {
 	info := &t.ctx.info
 	for range acceptBatch {
 		target := t.ctx.placement(t)
+		if l.reuse { // the kernel already chose this thread
+			target = t
+			if t.count >= t.limit {
+				target = nil
+			}
+		}
 		if target == nil {
 			t.stopAccepting()
 			return

@@ -75,3 +75,9 @@ func SetNonblock(fd int) error {
 func DupCloexec(fd int) (int, error) {
 	return unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
 }
+
+// SetReusePort sets SO_REUSEPORT, so several sockets can listen on one
+// address and the kernel spreads connections over them.
+func SetReusePort(fd int) error {
+	return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+}
