@@ -1,3 +1,5 @@
+//go:build unix
+
 package conformance
 
 import (
@@ -91,7 +93,8 @@ func runSuite(t *testing.T, d evlib.Descriptor, host *Host) {
 		}
 	})
 	t.Run("Core", func(t *testing.T) {
-		tests := s.coreTests()
+		tests := append(s.coreTests(), s.moreCoreTests()...)
+		tests = append(tests, subtest{"Leaks", s.testLeaks})
 		if s.host != nil {
 			t.Logf("conformance: foreign mode, the suite's loop is host %q", s.host.Name)
 			tests = append(tests, s.hostTests()...)

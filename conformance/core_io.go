@@ -1,3 +1,5 @@
+//go:build unix
+
 package conformance
 
 import (
@@ -47,7 +49,6 @@ func (s *suite) coreTests() []subtest {
 		{"Listen", s.testListen},
 		{"Adopt", s.testAdopt},
 		{"PollFDCallbacks", s.testPollFD},
-		{"Leaks", s.testLeaks},
 	}
 }
 

@@ -1,3 +1,5 @@
+//go:build unix
+
 // Package conformance is plugloop's conformance suite for event-loop
 // backends, in the spirit of golang.org/x/net/nettest.TestConn: every
 // backend package calls it from its tests, and a backend is conforming

@@ -1,3 +1,5 @@
+//go:build unix
+
 package core
 
 // The backends that need nothing beyond golang.org/x/sys are linked into

@@ -1,3 +1,5 @@
+//go:build unix
+
 package core
 
 import (
@@ -152,12 +154,15 @@ func (t *Thread) dialNext(conn *Conn) {
 			continue
 		}
 		conn.fd = fd
-		if err := t.insert(conn, evlib.Writable); err != nil {
+		// Like every new fd (and lws' client connect): added for reading,
+		// then writability asked for, which reports the connect's end.
+		if err := t.insert(conn, evlib.Readable); err != nil {
 			unix.Close(fd)
 			conn.fd = -1
 			t.dialFailed(conn, err)
 			return
 		}
+		t.setInterest(conn, evlib.Readable|evlib.Writable)
 		return
 	}
 	why := d.last

@@ -1,3 +1,5 @@
+//go:build unix
+
 // Package evlib_poll is plugloop's poll(2) backend, the portable baseline
 // (lws' default loop). Interest lives in a pollfd array that the kernel
 // scans on every wait, so it costs O(fds) per wait but nothing per interest

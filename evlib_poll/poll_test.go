@@ -1,3 +1,5 @@
+//go:build unix
+
 package evlib_poll_test
 
 import (

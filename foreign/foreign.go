@@ -1,3 +1,5 @@
+//go:build unix
+
 // Package foreign runs plugloop inside a poll loop the application owns:
 // the application is the event loop, plugloop only tells it what to watch
 // and services what it hands back. Nothing in plugloop waits.

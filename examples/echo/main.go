@@ -1,3 +1,5 @@
+//go:build unix
+
 // Command echo serves raw TCP (or unix-socket) echo on any plugloop backend,
 // with writable callbacks and rx flow control, until SIGINT or SIGTERM.
 //

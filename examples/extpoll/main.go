@@ -1,3 +1,5 @@
+//go:build unix
+
 // Command extpoll embeds plugloop in a poll loop the application owns: one
 // goroutine runs unix.Poll over its own fd (stdin lines are echoed back
 // with a prefix) and plugloop's echo server, with the raw foreign-mode API.

@@ -1,3 +1,5 @@
+//go:build unix
+
 // Package echo is plugloop's echo protocol, written the libwebsockets way:
 // RAW_RX appends the received bytes to a per-connection buffer and asks for
 // a WRITEABLE callback; RAW_WRITEABLE writes the whole buffer once. When a

@@ -1,3 +1,5 @@
+//go:build unix
+
 // Package sys holds the few system-call wrappers plugloop's core and
 // backends share, one file per platform family, so the rest of the code
 // stays free of build tags.

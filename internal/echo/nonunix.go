@@ -1,0 +1,6 @@
+//go:build !unix
+
+package echo
+
+// plugloop needs a Unix system (Linux, macOS, the BSDs): on others this
+// package is empty, so that "go build ./..." still succeeds there.
