@@ -3,6 +3,7 @@ package conformance
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -27,12 +28,21 @@ func EpollHost() Host {
 		if err != nil {
 			t.Fatalf("conformance: epoll_create1: %v", err)
 		}
-		return &epollLoop{epfd: epfd, own: map[int]bool{}, evs: make([]unix.EpollEvent, 128)}
+		// The fdinfo file is opened once and re-read with pread, so Watched
+		// needs no new descriptor (a test may have the fd table full).
+		info, err := os.Open(fmt.Sprintf("/proc/self/fdinfo/%d", epfd))
+		if err != nil {
+			unix.Close(epfd)
+			t.Fatalf("conformance: opening the epoll fd's fdinfo: %v", err)
+		}
+		return &epollLoop{epfd: epfd, info: info, own: map[int]bool{}, evs: make([]unix.EpollEvent, 128)}
 	}}
 }
 
 type epollLoop struct {
 	epfd int
+	info *os.File // /proc/self/fdinfo/<epfd>
+	buf  []byte
 	own  map[int]bool
 	evs  []unix.EpollEvent
 }
@@ -61,9 +71,20 @@ func (l *epollLoop) Wait(dst []unix.PollFd, timeout time.Duration) ([]unix.PollF
 // Watched reads the registrations of the epoll fd from the kernel:
 // "tfd: FD events: MASK data: ..." lines.
 func (l *epollLoop) Watched() map[int]evlib.Events {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/self/fdinfo/%d", l.epfd))
-	if err != nil {
-		return map[int]evlib.Events{-1: 0} // cannot tell: fail the comparison
+	if l.buf == nil {
+		l.buf = make([]byte, 16<<10)
+	}
+	var b []byte
+	for {
+		n, err := l.info.ReadAt(l.buf, 0)
+		if err != nil && !errors.Is(err, io.EOF) {
+			return map[int]evlib.Events{-1: 0} // cannot tell: fail the comparison
+		}
+		if n < len(l.buf) {
+			b = l.buf[:n]
+			break
+		}
+		l.buf = make([]byte, 2*len(l.buf))
 	}
 	m := map[int]evlib.Events{}
 	for _, line := range strings.Split(string(b), "\n") {
@@ -88,4 +109,7 @@ func (l *epollLoop) Watched() map[int]evlib.Events {
 	return m
 }
 
-func (l *epollLoop) Close() error { return unix.Close(l.epfd) }
+func (l *epollLoop) Close() error {
+	l.info.Close()
+	return unix.Close(l.epfd)
+}
