@@ -7,6 +7,12 @@
 //	nc 127.0.0.1 7681
 //
 // -evlib takes any backend name (see -list); PLUGLOOP_EVLIB overrides it.
+// -threads N asks for N service threads (core.Info.CountThreads): accepted
+// connections go to the least-loaded one; the program prints how many it
+// got. Try several at once:
+//
+//	go run ./examples/echo -threads 3 -v
+//	for i in 1 2 3 4; do (echo hi $i | nc -q1 127.0.0.1 7681 &); done
 // With -evlib foreign the program runs its own unix.Poll loop through
 // foreign.PollSet and plugloop only services what that loop hands it.
 package main
@@ -34,18 +40,19 @@ func main() {
 	addr := flag.String("addr", "127.0.0.1:7681", "listen address: HOST:PORT, or a path for a unix socket")
 	list := flag.Bool("list", false, "list the backends and exit")
 	verbose := flag.Bool("v", false, "log connections")
+	threads := flag.Int("threads", 1, "service threads (core.Info.CountThreads)")
 	flag.Parse()
 	if *list {
 		listBackends()
 		return
 	}
-	if err := run(*lib, *addr, *verbose); err != nil {
+	if err := run(*lib, *addr, *threads, *verbose); err != nil {
 		fmt.Fprintln(os.Stderr, "echo:", err)
 		os.Exit(1)
 	}
 }
 
-func run(lib, addr string, verbose bool) error {
+func run(lib, addr string, threads int, verbose bool) error {
 	level := slog.LevelWarn
 	if verbose {
 		level = slog.LevelDebug
@@ -58,7 +65,7 @@ func run(lib, addr string, verbose bool) error {
 		proto.Callback = func(ev core.Event) error {
 			switch ev.Reason {
 			case core.ReasonRawAdopt:
-				log.Info("open", "fd", ev.Conn.FD(), "peer", ev.Conn.RemoteAddr())
+				log.Info("open", "fd", ev.Conn.FD(), "peer", ev.Conn.RemoteAddr(), "thread", ev.Thread.Index())
 			case core.ReasonRawClose:
 				log.Info("close", "fd", ev.Conn.FD(), "why", ev.Err)
 			}
@@ -69,10 +76,14 @@ func run(lib, addr string, verbose bool) error {
 	// PollSet keeps its watch set from the poll-fd callbacks.
 	var set *foreign.PollSet
 	if lib == foreign.Name || os.Getenv(evlib.EnvVar) == foreign.Name {
+		if threads > 1 {
+			// Each thread would need an application loop of its own.
+			return fmt.Errorf("-threads %d: the foreign loop of this example drives one service thread", threads)
+		}
 		set = new(foreign.PollSet)
 		proto = set.Protocol(proto)
 	}
-	ctx, err := core.New(core.Info{EventLib: lib, Logger: log, Protocols: []core.Protocol{proto}})
+	ctx, err := core.New(core.Info{EventLib: lib, Logger: log, CountThreads: threads, Protocols: []core.Protocol{proto}})
 	if err != nil {
 		return err
 	}
@@ -86,7 +97,7 @@ func run(lib, addr string, verbose bool) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(os.Stderr, "echo: serving %s on %s with the %s backend; ^C stops\n", network, ln.Addr(), ctx.EventLib())
+	fmt.Fprintf(os.Stderr, "echo: serving %s on %s with the %s backend, %d service thread(s); ^C stops\n", network, ln.Addr(), ctx.EventLib(), ctx.CountThreads())
 
 	sig, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
