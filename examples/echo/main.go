@@ -13,6 +13,7 @@
 //
 //	go run ./examples/echo -threads 3 -v
 //	for i in 1 2 3 4; do (echo hi $i | nc -q1 127.0.0.1 7681 &); done
+//
 // With -evlib foreign the program runs its own unix.Poll loop through
 // foreign.PollSet and plugloop only services what that loop hands it.
 package main
