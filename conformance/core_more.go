@@ -44,14 +44,6 @@ func (s *suite) moreCoreTests() []subtest {
 
 func nop(core.Event) error { return nil }
 
-// doOn runs f on the goroutine of thread th and waits for it.
-func (h *harness) doOn(th *core.Thread, f func()) {
-	h.t.Helper()
-	done := make(chan struct{})
-	require.NoError(h.t, th.Post(func() { f(); close(done) }))
-	waitCh(h.t, done, "posted function to run")
-}
-
 // Checklist 34: with CountThreads 2 and 3 each thread runs its callbacks
 // on one goroutine of its own (Run starts them), an accepted connection
 // goes to the least-loaded thread (the listener counts on thread 0, a tie
@@ -478,7 +470,7 @@ func (s *suite) testAcceptEMFILE(t *testing.T) {
 	var rl unix.Rlimit
 	require.NoError(t, unix.Getrlimit(unix.RLIMIT_NOFILE, &rl))
 	low := rl
-	low.Cur = uint64(probe)
+	setCur(&low, probe)
 	require.NoError(t, unix.Setrlimit(unix.RLIMIT_NOFILE, &low))
 	restored := false
 	restore := func() {

@@ -1,0 +1,7 @@
+//go:build unix && !freebsd
+
+package conformance
+
+import "golang.org/x/sys/unix"
+
+func setCur(rl *unix.Rlimit, n int) { rl.Cur = uint64(n) }
