@@ -46,8 +46,16 @@
 // Each test's comment names the items of the lws event-lib conformance
 // checklist it covers. Not covered: attaching to a foreign loop of a
 // backend's own type outside RunHost (the suite only checks that a
-// foreign loop of an unknown type is refused), several service threads, the fd-limit accept pause,
-// client connection racing and graceful-close draining.
+// foreign loop of an unknown type is refused), and several service threads
+// in foreign mode (a Host models one application loop; SMP is checked with
+// Context.Run only).
+//
+// The completeness tests check, on every backend: SMP placement and
+// exclusivity (34), raw pipe, FIFO and UDP lifecycles (36), the fd-limit
+// accept stop and the EMFILE pause (24, 25; the EMFILE test lowers
+// RLIMIT_NOFILE in a child process running that one test), fds far beyond
+// the fd table (25), Attach (22), the close policy (37) and client
+// connections.
 //
 // Every callback of every core-level test goes through a recorder that
 // checks the lifecycle and poll-fd invariants of the conformance checklist
