@@ -1,3 +1,5 @@
+//go:build unix
+
 package main
 
 import (
@@ -5,12 +7,15 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/plugloop/plugloop/core"
+	"github.com/plugloop/plugloop/foreign"
 	"github.com/plugloop/plugloop/internal/echo"
 )
 
@@ -19,6 +24,9 @@ import (
 func TestMain(m *testing.M) {
 	if name := os.Getenv(childEnv); name != "" {
 		runChild(name)
+	}
+	if name := os.Getenv(taskEnv); name != "" {
+		runTask(name)
 	}
 	os.Exit(m.Run())
 }
@@ -43,6 +51,50 @@ func TestRunOne(t *testing.T) {
 				t.Fatalf("no reads or writes counted: %+v", r.Stats)
 			}
 		})
+	}
+}
+
+// TestScenarios runs every scenario but ping-pong briefly against two
+// servers and checks that each produced a table without errors.
+func TestScenarios(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts server children")
+	}
+	known := knownServers()
+	var servers []serverInfo
+	for _, sv := range known {
+		if sv.Name == plugloopPrefix+"epoll" || sv.Name == netName {
+			servers = append(servers, sv)
+		}
+	}
+	cfg := &config{servers: servers, warmup: 50 * time.Millisecond, duration: 200 * time.Millisecond, fdLimit: raiseFDLimit(), repeats: 1}
+	s := &suite{cfg: cfg, streamConns: 2, idleConns: 20, slowConns: 2, slowDur: 300 * time.Millisecond, timerCount: 20000}
+	for _, name := range []string{"stream", "idle", "slow", "timers", "wakeup"} {
+		s.scenarios = append(s.scenarios, scenarios[scenarioIndex(name)])
+	}
+	rep := s.run(context.Background())
+	if len(rep.Unreached) > 0 {
+		t.Fatalf("unreached: %v", rep.Unreached)
+	}
+	if len(rep.Scenarios) != 5 {
+		t.Fatalf("%d scenarios reported", len(rep.Scenarios))
+	}
+	for _, sc := range rep.Scenarios {
+		for _, tb := range sc.Tables {
+			for _, row := range tb.Rows {
+				if len(row) < len(tb.Header) {
+					t.Errorf("%s: row %v: %v", sc.Name, row, tb.Notes)
+				}
+			}
+		}
+	}
+	var b strings.Builder
+	printSuite(&b, rep)
+	if !strings.Contains(b.String(), "== slow") {
+		t.Errorf("no slow scenario in\n%s", b.String())
+	}
+	if err := writeHTML(t.TempDir()+"/r.html", rep); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -190,7 +242,9 @@ func stopAll(ts []*core.Timer) {
 // (so ns/op includes the client's side). syscalls/op is the core's count.
 func BenchmarkEchoRoundTrip(b *testing.B) {
 	for _, s := range knownServers() {
-		if s.Backend == "" || s.Skip != "" {
+		// foreign needs a host loop rather than Run: BenchmarkEchoStream
+		// covers it.
+		if s.Backend == "" || s.Skip != "" || s.Backend == foreign.Name {
 			continue
 		}
 		b.Run(s.Backend, func(b *testing.B) {
@@ -231,6 +285,95 @@ func BenchmarkEchoRoundTrip(b *testing.B) {
 			}
 			b.StopTimer()
 			b.ReportMetric(float64(ctx.Stats().Syscalls()-s0.Syscalls())/float64(b.N), "syscalls/op")
+		})
+	}
+}
+
+// BenchmarkPost is the cross-goroutine dispatch path: Thread.Post from
+// another goroutine to the callback running on the loop, pipelined (at
+// most 1024 pending), per callback.
+func BenchmarkPost(b *testing.B) {
+	for _, s := range knownServers() {
+		if s.Backend == "" || s.Skip != "" {
+			continue
+		}
+		b.Run(s.Backend, func(b *testing.B) {
+			l, err := startLoop(s.Backend, core.Protocol{Name: "p", Callback: func(core.Event) error { return nil }})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer l.stop()
+			var done atomic.Int64
+			inc := func() { done.Add(1) }
+			t := l.ctx.Thread(0)
+			s0 := l.ctx.Stats()
+			b.ResetTimer()
+			for i := range b.N {
+				for int64(i)-done.Load() >= 1024 {
+					runtime.Gosched()
+				}
+				t.Post(inc)
+			}
+			for done.Load() < int64(b.N) {
+				runtime.Gosched()
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(l.ctx.Stats().Wakes-s0.Wakes)/float64(b.N), "wakes/op")
+		})
+	}
+}
+
+// BenchmarkEchoStream is the receive-dispatch-write path under pipelining:
+// a client writes 64-byte messages back to back while another goroutine
+// reads the echo; ns/op is per message, and syscalls/op the core's count
+// (which falls as reads and writes batch).
+func BenchmarkEchoStream(b *testing.B) {
+	const size = 64
+	for _, s := range knownServers() {
+		if s.Backend == "" || s.Skip != "" {
+			continue
+		}
+		b.Run(s.Backend, func(b *testing.B) {
+			l, err := startLoop(s.Backend, echo.Protocol("echo"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer l.stop()
+			// Listen on the loop: some backends own their thread once running.
+			var addr string
+			l.onLoop(func(*core.Thread) {
+				var ln *core.Listener
+				if ln, err = l.ctx.Listen("tcp", "127.0.0.1:0", ""); err == nil {
+					addr = ln.Addr().String()
+				}
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			msg := make([]byte, size)
+			readDone := make(chan error, 1)
+			s0 := l.ctx.Stats()
+			b.SetBytes(size)
+			b.ResetTimer()
+			go func() {
+				_, err := io.CopyN(io.Discard, c, int64(b.N)*size)
+				readDone <- err
+			}()
+			for range b.N {
+				if _, err := c.Write(msg); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if err := <-readDone; err != nil {
+				b.Fatal(err)
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(l.ctx.Stats().Syscalls()-s0.Syscalls())/float64(b.N), "syscalls/op")
 		})
 	}
 }

@@ -1,3 +1,5 @@
+//go:build unix
+
 package main
 
 // The load-generator side: it starts a server child, drives it with closed

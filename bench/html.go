@@ -1,3 +1,5 @@
+//go:build unix
+
 package main
 
 // -html: a self-contained report, tables and inline SVG charts, no

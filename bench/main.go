@@ -1,3 +1,5 @@
+//go:build unix
+
 // Command bench is plugloop's cross-backend benchmark: every plugloop
 // backend (poll, epoll, foreign under a unix.Poll host loop, the gnet and
 // netpoll adapters, kqueue where it exists) against gnet and

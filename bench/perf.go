@@ -1,3 +1,5 @@
+//go:build unix
+
 package main
 
 // Exact system call counts over the measured window, for every server:

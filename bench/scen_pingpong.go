@@ -1,3 +1,5 @@
+//go:build unix
+
 package main
 
 // Scenarios 1 and 7: closed-loop ping-pong echo over a matrix of payload
@@ -132,6 +134,14 @@ func pingpongTable(r *report, target bool) (table, []string) {
 			t.Notes = append(t.Notes, fmt.Sprintf("! %s: CPU/rt varied by ±%.0f%% between repeats; the median of few runs is fragile", s.Name, s.CPUSpreadPct))
 		}
 		t.Rows = append(t.Rows, row)
+	}
+	for _, s := range r.Servers {
+		if s.PerfPerRT != nil {
+			t.Notes = append(t.Notes, fmt.Sprintf("perf, per rt: %s: %s", s.Name, topCalls(s.PerfPerRT, 6)))
+		}
+		if s.StracePerRT != nil {
+			t.Notes = append(t.Notes, fmt.Sprintf("strace, per rt: %s: %s", s.Name, topCalls(s.StracePerRT, 6)))
+		}
 	}
 	if noisy {
 		t.Notes = append(t.Notes, fmt.Sprintf("! other processes used more than %d%% of a CPU during some runs: those figures are disturbed", noisyPct))

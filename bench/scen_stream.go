@@ -1,3 +1,5 @@
+//go:build unix
+
 package main
 
 // Scenarios 2, 3 and 6, which drive the server children with plain
@@ -459,6 +461,9 @@ func (s *suite) slowServers() []serverInfo {
 }
 
 func (s *suite) slowDuration() time.Duration {
+	if s.slowDur > 0 {
+		return s.slowDur
+	}
 	if s.full {
 		return 6 * time.Second
 	}

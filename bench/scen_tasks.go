@@ -1,3 +1,5 @@
+//go:build unix
+
 package main
 
 // Scenarios 4 and 5, measured inside a child process of their own (the

@@ -1,3 +1,5 @@
+//go:build unix
+
 package main
 
 // The server side: the bench re-executes itself with childEnv set, and the

@@ -1,3 +1,5 @@
+//go:build unix
+
 package main
 
 // More servers: plugloop's foreign backend hosted by a unix.Poll loop of
@@ -66,10 +68,9 @@ func startForeign() (string, func() core.Stats, error) {
 // startNetpoll is cloudwego/netpoll's echo: one poller, OnRequest moves
 // whatever the Reader holds to the Writer and flushes.
 func startNetpoll() (string, error) {
-	if err := netpoll.SetNumLoops(1); err != nil {
+	if err := netpoll.Configure(netpoll.Config{PollerNum: 1, LoggerOutput: discard{}}); err != nil {
 		return "", err
 	}
-	netpoll.SetLoggerOutput(discard{})
 	ln, err := netpoll.CreateListener("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", err

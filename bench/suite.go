@@ -1,3 +1,5 @@
+//go:build unix
+
 package main
 
 // The suite: scenarios, each a set of tables and charts, run in order with
@@ -24,6 +26,7 @@ type suite struct {
 	streamConns int
 	idleConns   int
 	slowConns   int
+	slowDur     time.Duration // 0: the default
 	timerCount  int
 	htmlPath    string
 	start       time.Time
