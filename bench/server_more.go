@@ -6,7 +6,6 @@ package main
 // the child's own, and cloudwego/netpoll's native echo.
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,14 +13,12 @@ import (
 	"runtime"
 	"syscall"
 
-	"github.com/cloudwego/netpoll"
 	"github.com/plugloop/plugloop/core"
 	"github.com/plugloop/plugloop/foreign"
 	"github.com/plugloop/plugloop/internal/echo"
 
 	// The adapters onto the peers' own pollers, as plugloop backends.
 	_ "github.com/plugloop/plugloop/evlib_gnet"
-	_ "github.com/plugloop/plugloop/evlib_netpoll"
 )
 
 const (
@@ -63,48 +60,6 @@ func startForeign() (string, func() core.Stats, error) {
 		}
 	}()
 	return ln.Addr().String(), ctx.Stats, nil
-}
-
-// startNetpoll is cloudwego/netpoll's echo: one poller, OnRequest moves
-// whatever the Reader holds to the Writer and flushes.
-func startNetpoll() (string, error) {
-	if err := netpoll.Configure(netpoll.Config{PollerNum: 1, LoggerOutput: discard{}}); err != nil {
-		return "", err
-	}
-	ln, err := netpoll.CreateListener("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	loop, err := netpoll.NewEventLoop(func(_ context.Context, c netpoll.Connection) error {
-		r, w := c.Reader(), c.Writer()
-		n := r.Len()
-		if n == 0 {
-			return nil
-		}
-		buf, err := r.Next(n)
-		if err != nil {
-			return err
-		}
-		if _, err := w.WriteBinary(buf); err != nil {
-			return err
-		}
-		// WriteBinary references buf: flush before releasing it.
-		if err := w.Flush(); err != nil {
-			return err
-		}
-		return r.Release()
-	})
-	if err != nil {
-		ln.Close()
-		return "", err
-	}
-	go func() {
-		if err := loop.Serve(ln); err != nil {
-			fmt.Fprintln(os.Stderr, "netpoll Serve:", err)
-		}
-		os.Exit(1)
-	}()
-	return ln.Addr().String(), nil
 }
 
 type discard struct{}
