@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/plugloop/plugloop/evlib"
+	"github.com/plugloop/plugloop/evlib_poll"
 	"github.com/plugloop/plugloop/internal/sys"
 	"golang.org/x/sys/unix"
 )
@@ -341,7 +342,7 @@ func (t *Thread) ServiceFD(pfd *unix.PollFd) error {
 		return nil
 	}
 	t.now = t.clock()
-	t.Ready(fd, pollEvents(pfd.Revents))
+	t.Ready(fd, evlib_poll.Translate(pfd.Revents))
 	if c == nil {
 		t.afterWake() // the wake fd: deliver what the wakeup was for
 	}
@@ -350,24 +351,6 @@ func (t *Thread) ServiceFD(pfd *unix.PollFd) error {
 	}
 	pfd.Revents = 0
 	return nil
-}
-
-// pollEvents converts poll(2) revents.
-func pollEvents(r int16) evlib.Events {
-	var ev evlib.Events
-	if r&(unix.POLLIN|unix.POLLPRI) != 0 {
-		ev |= evlib.Readable
-	}
-	if r&unix.POLLOUT != 0 {
-		ev |= evlib.Writable
-	}
-	if r&unix.POLLHUP != 0 {
-		ev |= evlib.Hangup
-	}
-	if r&(unix.POLLERR|unix.POLLNVAL) != 0 {
-		ev |= evlib.Error
-	}
-	return ev
 }
 
 // ServiceAdjustTimeout returns how long the thread's loop may sleep, at most
