@@ -167,8 +167,11 @@ type streamResult struct {
 	CPUPct        float64 `json:"server_cpu_pct"`
 	ClientCPUPct  float64 `json:"client_cpu_pct"`
 	SyscallsPerMB float64 `json:"syscalls_per_mb,omitempty"` // plugloop Stats
-	PeakRSSMB     float64 `json:"server_peak_rss_mb"`
-	OtherCPU      float64 `json:"other_cpu_pct"`
+	// PerfSyscallsPerMB counts every system call of any server (-perf).
+	PerfSyscallsPerMB float64 `json:"perf_syscalls_per_mb,omitempty"`
+	PerfError         string  `json:"perf_error,omitempty"`
+	PeakRSSMB         float64 `json:"server_peak_rss_mb"`
+	OtherCPU          float64 `json:"other_cpu_pct"`
 }
 
 const streamChunk = 16 << 10
@@ -192,6 +195,10 @@ func runStream(ctx context.Context, s *suite) *scenarioResult {
 		return fmt.Sprintf("%7.1f MB/s  %7.0f µs CPU/MB  others %.0f%% CPU", r.MBPerSec, r.CPUUSPerMB, r.OtherCPU)
 	})
 	t := table{Header: []string{"server", "MB/s echoed", "server CPU µs/MB", "server CPU %", "client CPU %", "syscalls/MB", "peak RSS MB", "others %CPU"}}
+	if s.cfg.perfPath != "" {
+		t.Header = append(t.Header, "perf syscalls/MB")
+		res.Measures += " perf syscalls/MB: every system call of each server over the measured window (perf stat, syscall tracepoints)."
+	}
 	mbs := chart{Title: fmt.Sprintf("streaming echo throughput, %d conns × %d KiB writes", s.streamConns, streamChunk>>10), Unit: "MB/s"}
 	cpu := chart{Title: "server CPU per MB echoed", Unit: "µs/MB", LowerBetter: true}
 	var data []streamResult
@@ -211,6 +218,9 @@ func runStream(ctx context.Context, s *suite) *scenarioResult {
 			fmt.Sprintf("%.0f", m.ClientCPUPct), dash(m.SyscallsPerMB, "%.0f"), fmt.Sprintf("%.1f", m.PeakRSSMB), fmt.Sprintf("%.0f", m.OtherCPU)}
 		if s.cfg.target != "" {
 			row[2], row[3], row[6] = "-", "-", "-"
+		}
+		if s.cfg.perfPath != "" {
+			row = append(row, dash(m.PerfSyscallsPerMB, "%.0f"))
 		}
 		t.Rows = append(t.Rows, row)
 		mbs.Bars = append(mbs.Bars, bar{Label: sv.Name, Value: m.MBPerSec})
@@ -248,12 +258,13 @@ func medianStream(name string, rs []streamResult) (*streamResult, string) {
 	}
 	return &streamResult{
 		Server: name, MBPerSec: med(func(r streamResult) float64 { return r.MBPerSec }),
-		CPUUSPerMB:    med(func(r streamResult) float64 { return r.CPUUSPerMB }),
-		CPUPct:        med(func(r streamResult) float64 { return r.CPUPct }),
-		ClientCPUPct:  med(func(r streamResult) float64 { return r.ClientCPUPct }),
-		SyscallsPerMB: med(func(r streamResult) float64 { return r.SyscallsPerMB }),
-		PeakRSSMB:     med(func(r streamResult) float64 { return r.PeakRSSMB }),
-		OtherCPU:      med(func(r streamResult) float64 { return r.OtherCPU }),
+		CPUUSPerMB:        med(func(r streamResult) float64 { return r.CPUUSPerMB }),
+		CPUPct:            med(func(r streamResult) float64 { return r.CPUPct }),
+		ClientCPUPct:      med(func(r streamResult) float64 { return r.ClientCPUPct }),
+		SyscallsPerMB:     med(func(r streamResult) float64 { return r.SyscallsPerMB }),
+		PerfSyscallsPerMB: med(func(r streamResult) float64 { return r.PerfSyscallsPerMB }),
+		PeakRSSMB:         med(func(r streamResult) float64 { return r.PeakRSSMB }),
+		OtherCPU:          med(func(r streamResult) float64 { return r.OtherCPU }),
 	}, strings.Join(errs, "; ")
 }
 
@@ -289,6 +300,22 @@ func (s *suite) streamOne(ctx context.Context, name string) (res streamResult) {
 	if err := sleep(ctx, s.cfg.warmup); err != nil {
 		return fail(err)
 	}
+	var pc *perfCounter
+	if s.cfg.perfPath != "" && ch.cmd != nil {
+		var err error
+		if pc, err = startPerf(s.cfg.perfPath, ch.cmd.Process.Pid); err == nil {
+			err = pc.command(ctx, "enable")
+		}
+		if err != nil {
+			res.PerfError = err.Error()
+			if pc != nil {
+				pc.abort()
+				pc = nil
+			}
+		} else {
+			defer pc.abort()
+		}
+	}
 	var ok map[string]bool
 	var ru0, ru1 syscall.Rusage
 	sys0, sysOK := systemCPU()
@@ -305,6 +332,18 @@ func (s *suite) streamOne(ctx context.Context, name string) (res streamResult) {
 		return fail(err)
 	}
 	b1 := st.read.Load()
+	if pc != nil {
+		err := pc.command(ctx, "disable")
+		var n *syscallCount
+		if err == nil {
+			n, err = pc.finish()
+		}
+		if err != nil {
+			res.PerfError = err.Error()
+		} else if b1 > b0 {
+			res.PerfSyscallsPerMB = float64(n.Total) / (float64(b1-b0) / 1e6)
+		}
+	}
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
 	sys1, sysOK1 := systemCPU()
 	if err := st.Err(); err != nil {
