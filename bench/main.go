@@ -60,27 +60,31 @@ import (
 
 // config is what the flags select.
 type config struct {
-	servers    []serverInfo
-	skipped    []serverInfo // known but unable to run here
-	conns      int          // ping-pong: the configuration being run
-	size       int
-	warmup     time.Duration
-	duration   time.Duration
-	repeats    int
-	json       bool
-	strace     bool
-	stracePath string
-	perfPath   string // -perf: count syscalls with perf stat
-	profileDir string // -cpuprofile: where children write CPU profiles
-	serverCPUs []int  // nil: not pinned
-	clientCPUs []int
-	clientProc int // the load generator's GOMAXPROCS
-	pinNote    string
-	load       string // loadUring or loadNet
-	loadNote   string // which load generator, and how
-	loadWait   int    // -load-wait
-	target     string // -target: an external echo server
-	fdLimit    uint64 // this process's RLIMIT_NOFILE, raised to the hard limit
+	servers  []serverInfo
+	skipped  []serverInfo // known but unable to run here
+	conns    int          // ping-pong: the configuration being run
+	size     int
+	warmup   time.Duration
+	duration time.Duration
+	repeats  int
+	json     bool
+	strace   bool
+	// straceFirst: -strace was not given and strace is installed, so the
+	// first ping-pong table gets the traced runs (syscalls for every
+	// server, peers included) and the rest of the run stays quick.
+	straceFirst bool
+	stracePath  string
+	perfPath    string // -perf: count syscalls with perf stat
+	profileDir  string // -cpuprofile: where children write CPU profiles
+	serverCPUs  []int  // nil: not pinned
+	clientCPUs  []int
+	clientProc  int // the load generator's GOMAXPROCS
+	pinNote     string
+	load        string // loadUring or loadNet
+	loadNote    string // which load generator, and how
+	loadWait    int    // -load-wait
+	target      string // -target: an external echo server
+	fdLimit     uint64 // this process's RLIMIT_NOFILE, raised to the hard limit
 }
 
 func main() {
@@ -107,7 +111,8 @@ func main() {
 	flag.StringVar(&s.htmlPath, "html", "", "also write a self-contained HTML report with charts to `file`")
 	flag.StringVar(&cfg.target, "target", "", "drive the external echo server at `host:port` instead of the bench's own (ping-pong and streaming only; no server CPU figures)")
 	flag.BoolVar(&cfg.json, "json", false, "print machine-readable JSON instead of the tables")
-	flag.BoolVar(&cfg.strace, "strace", false, "ping-pong: add one run per server under strace -c -f and report its syscalls per round trip (that run's CPU figures are not comparable)")
+	flag.BoolVar(&cfg.strace, "strace", false, "ping-pong: add one run per server under strace -c -f and report its syscalls per round trip (that run's CPU figures are not comparable); "+
+		"unset, the first ping-pong table gets it whenever strace is installed; -strace=false turns it off")
 	perf := flag.Bool("perf", false, "ping-pong: count every system call of each server over the measured window with perf stat (syscall tracepoints; adds a little kernel CPU per call)")
 	flag.StringVar(&cfg.profileDir, "cpuprofile", "", "write a CPU profile of each server's measured window to `dir`/SERVER.pprof (the last repeat wins; profiling costs the server a little CPU)")
 	flag.StringVar(&cfg.load, "load", loadUring, "ping-pong load generator: uring (one thread, all connections on one io_uring; falls back to net where io_uring is unavailable) or net (a goroutine per connection)")
@@ -153,6 +158,11 @@ func main() {
 	cfg.fdLimit = raiseFDLimit()
 	setupPinning(cfg, *pin)
 	setupLoad(cfg)
+	straceSet := false
+	flag.Visit(func(f *flag.Flag) { straceSet = straceSet || f.Name == "strace" })
+	if path, err := exec.LookPath("strace"); err == nil && !straceSet && cfg.target == "" {
+		cfg.straceFirst, cfg.stracePath = true, path
+	}
 	if cfg.strace {
 		path, err := exec.LookPath("strace")
 		if err != nil {

@@ -61,6 +61,7 @@ func runPingPongScenario(ctx context.Context, s *suite) *scenarioResult {
 		cfg.size, cfg.conns = size, n
 		cfg.duration, cfg.repeats = s.duration(), s.repeats(i == 0)
 		cfg.servers = s.servers()
+		cfg.strace = cfg.strace || (i == 0 && cfg.straceFirst)
 		if cfg.load == loadUring {
 			cfg.loadWait = s.cfg.loadWait
 			if cfg.loadWait <= 0 {
