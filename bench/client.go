@@ -465,18 +465,11 @@ func runOne(ctx context.Context, cfg *config, name string, repeat int, straced b
 	var pc *perfCounter
 	var p0 float64
 	if cfg.perfPath != "" && !straced && ch.cmd != nil {
-		if pc, err = startPerf(cfg.perfPath, ch.cmd.Process.Pid); err == nil {
-			pa := lg.total()
-			err = pc.command(ctx, "enable")
-			p0 = (float64(pa) + float64(lg.total())) / 2
-		}
-		if err != nil {
+		var pa uint64
+		if pc, err = enablePerf(ctx, cfg.perfPath, ch.cmd.Process.Pid, func() { pa = lg.total() }); err != nil {
 			res.PerfError = err.Error()
-			if pc != nil {
-				pc.abort()
-				pc = nil
-			}
 		} else {
+			p0 = (float64(pa) + float64(lg.total())) / 2
 			defer pc.abort()
 		}
 	}
@@ -505,12 +498,8 @@ func runOne(ctx context.Context, cfg *config, name string, repeat int, straced b
 	}
 	if pc != nil {
 		qa := lg.total()
-		err := pc.command(ctx, "disable")
-		p1 := (float64(qa) + float64(lg.total())) / 2
-		var n *syscallCount
-		if err == nil {
-			n, err = pc.finish()
-		}
+		var p1 float64
+		n, err := pc.stop(ctx, func() { p1 = (float64(qa) + float64(lg.total())) / 2 })
 		if err != nil {
 			res.PerfError = err.Error()
 		} else {

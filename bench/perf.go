@@ -197,3 +197,36 @@ func parsePerf(text string) (*syscallCount, error) {
 	}
 	return s, nil
 }
+
+// enablePerf attaches perf stat to pid and switches counting on; before, if
+// not nil, runs right before the switch so a caller can sample its own
+// counters there. On failure nothing is left running.
+func enablePerf(ctx context.Context, path string, pid int, before func()) (*perfCounter, error) {
+	pc, err := startPerf(path, pid)
+	if err == nil {
+		if before != nil {
+			before()
+		}
+		err = pc.command(ctx, "enable")
+	}
+	if err != nil {
+		if pc != nil {
+			pc.abort()
+		}
+		return nil, err
+	}
+	return pc, nil
+}
+
+// stop switches counting off and returns what perf counted; after, if not
+// nil, runs right after the switch, before perf is waited for.
+func (p *perfCounter) stop(ctx context.Context, after func()) (*syscallCount, error) {
+	err := p.command(ctx, "disable")
+	if after != nil {
+		after()
+	}
+	if err != nil {
+		return nil, err
+	}
+	return p.finish()
+}

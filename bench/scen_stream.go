@@ -303,15 +303,8 @@ func (s *suite) streamOne(ctx context.Context, name string) (res streamResult) {
 	var pc *perfCounter
 	if s.cfg.perfPath != "" && ch.cmd != nil {
 		var err error
-		if pc, err = startPerf(s.cfg.perfPath, ch.cmd.Process.Pid); err == nil {
-			err = pc.command(ctx, "enable")
-		}
-		if err != nil {
+		if pc, err = enablePerf(ctx, s.cfg.perfPath, ch.cmd.Process.Pid, nil); err != nil {
 			res.PerfError = err.Error()
-			if pc != nil {
-				pc.abort()
-				pc = nil
-			}
 		} else {
 			defer pc.abort()
 		}
@@ -333,11 +326,7 @@ func (s *suite) streamOne(ctx context.Context, name string) (res streamResult) {
 	}
 	b1 := st.read.Load()
 	if pc != nil {
-		err := pc.command(ctx, "disable")
-		var n *syscallCount
-		if err == nil {
-			n, err = pc.finish()
-		}
+		n, err := pc.stop(ctx, nil)
 		if err != nil {
 			res.PerfError = err.Error()
 		} else if b1 > b0 {
