@@ -32,6 +32,8 @@ import (
 
 	"github.com/plugloop/plugloop/core"
 	"github.com/plugloop/plugloop/evlib"
+	_ "github.com/plugloop/plugloop/evlib_gnet"    // -evlib gnet
+	_ "github.com/plugloop/plugloop/evlib_netpoll" // -evlib netpoll (Linux)
 	"github.com/plugloop/plugloop/foreign"
 	"github.com/plugloop/plugloop/internal/echo"
 )
