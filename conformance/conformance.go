@@ -62,6 +62,20 @@ type suite struct {
 	host *Host // the application's loop (foreign mode), or nil: Context.Run
 }
 
+// oneGoroutine reports whether the core must run on the goroutine
+// servicing each thread: true unless the backend declares
+// evlib.CapLibraryGoroutines.
+func (s *suite) oneGoroutine() bool { return s.desc.Caps&evlib.CapLibraryGoroutines == 0 }
+
+// onLoopGoroutine checks that a callback ran on the goroutine running the
+// loop, where the backend promises it.
+func (s *suite) onLoopGoroutine(t *testing.T, h *harness, g uint64, format string, args ...any) {
+	t.Helper()
+	if s.oneGoroutine() {
+		require.Equal(t, h.runG.Load(), g, append([]any{"not on the goroutine running the loop: " + format}, args...)...)
+	}
+}
+
 type subtest struct {
 	name string
 	f    func(*testing.T)

@@ -145,7 +145,7 @@ func (s *suite) testEcho(t *testing.T) {
 			require.ErrorIs(t, e.err, io.EOF, "the peer closed: %v", e)
 		}
 		if e.reason != core.ReasonProtocolInit && !isPollReason(e.reason) {
-			require.Equal(t, h.runG.Load(), e.g, "%v not on the goroutine running the loop", e)
+			s.onLoopGoroutine(t, h, e.g, "%v", e)
 		}
 	}
 	h.rec.verify(t)

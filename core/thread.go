@@ -409,6 +409,7 @@ func (t *Thread) pass(timeout time.Duration) bool {
 		}
 		_, err := t.be.Poll(wait)
 		t.mode.Store(modeBusy)
+		t.setOwner() // a backend may have reported from another goroutine
 		switch {
 		case errors.Is(err, evlib.ErrAppDriven):
 			t.appDriven = true
@@ -439,6 +440,7 @@ func (t *Thread) afterEvents() {
 // calls the thread counts as waiting, so wakeups signal the backend.
 func (t *Thread) Pass() (next time.Duration, stop bool) {
 	t.mode.Store(modeBusy)
+	t.setOwner()
 	t.finishStep()
 	t.afterEvents()
 	if t.ctx.destroyReq.Load() || t.runStop.Load() {
@@ -549,6 +551,7 @@ func (t *Thread) finishStep() {
 // Ready implements evlib.Sink: the backend reports fd ready for ev.
 func (t *Thread) Ready(fd int, ev evlib.Events) {
 	t.mode.Store(modeBusy)
+	t.setOwner()
 	if t.dying() {
 		return // the rest of the batch is for connections about to close
 	}

@@ -53,11 +53,16 @@ const (
 	CapFiles
 	// CapOwnWaker: implements Waker instead of using the core's wake fd.
 	CapOwnWaker
+	// CapLibraryGoroutines: may report from its event library's goroutines
+	// while the service goroutine waits (see the package documentation),
+	// so the core's callbacks may run there: one at a time per service
+	// thread and in order, but not always on the goroutine in Run.
+	CapLibraryGoroutines
 )
 
 // String lists the capabilities by name.
 func (c Caps) String() string {
-	names := []string{"readiness", "buffered-rx", "rx-backpressure", "foreign-loop", "app-driven", "files", "own-waker"}
+	names := []string{"readiness", "buffered-rx", "rx-backpressure", "foreign-loop", "app-driven", "files", "own-waker", "library-goroutines"}
 	var out []string
 	for i, n := range names {
 		if c&(1<<i) != 0 {
