@@ -13,24 +13,39 @@
 // SetRunner, DisableGopool): an application that already uses netpoll keeps
 // its pollers and settings, and plugloop's connections simply join them.
 //
-//   - Poll is a select on the service goroutine over a post queue (filled by
-//     netpoll's goroutines and by helper goroutines), a wake channel (the
+//   - The service goroutine waits (in Poll, or in Loop when Run drives the
+//     thread) in a select over a post queue (filled by netpoll's
+//     goroutines and by helper goroutines), a wake channel (the
 //     evlib.Waker: a non-blocking send, harmless after Close) and one
 //     time.Timer. Poll(0) never blocks.
 //   - A stream (KindStream) is handed to netpoll as a dup of the core's fd
 //     (netpoll.NewFDConnection): netpoll closes its fd on Close and on the
 //     peer's hang-up, from its own goroutine, while the core keeps and
 //     closes the original. netpoll reads the kernel into its buffer and
-//     runs OnRequest; OnRequest posts "readable" and parks netpoll's runner
-//     until the service goroutine has let the core read (the ack). Bytes
-//     left over make netpoll call OnRequest again, so readability is level
-//     triggered, as the contract wants. Without Readable interest the post
-//     is held, not reported. The close callback posts Hangup, reported as
-//     Readable|Hangup so the core reads the rest and then end of stream.
+//     runs OnRequest on a runner goroutine.
+//   - The runner does not hand the input over to the service goroutine:
+//     while that goroutine waits, it takes the thread's turn (a mutex the
+//     service goroutine holds at all other times), reports Readable to the
+//     core and, in Loop, runs the pass that follows (the callbacks, the
+//     writes, forced service), right there. Two goroutine hand-offs per
+//     round trip less; the price is that callbacks run on netpoll's
+//     runners, one at a time per thread and in order, so the backend
+//     declares evlib.CapLibraryGoroutines. In Poll a runner reports an fd
+//     at most once per call, and the caller runs the pass.
+//   - Input the core does not read at once (rx paused, or more than one
+//     read's worth) is held: the runner parks in OnRequest until IO.Read
+//     empties the buffer, and the fd is reported Readable while it has
+//     Readable interest: level-triggered, as the contract wants. (Released
+//     sooner, the runner would return to netpoll, which then calls it
+//     again at once, or on a hang-up drops the buffer.) The close callback
+//     posts Hangup, reported as Readable|Hangup so the core reads the rest
+//     and then end of stream.
 //   - IO.Read copies from netpoll's buffer (Next + Release): it returns an
 //     error wrapping evlib.ErrWouldBlock while the buffer is empty and the
 //     connection alive, and (0, nil) once it is empty and the peer closed.
-//   - IO.Write is a raw write(2) on the core's own fd. Writable is
+//   - IO.Write is a raw write(2) on the core's own fd (a raw system call,
+//     like the core's own: the scheduler need not hear of a write that
+//     cannot block, and telling it made sysmon retake the P). Writable is
 //     synthesized (no system call) while the fd is not known to be
 //     blocked; once a write met EAGAIN or was short, a helper goroutine
 //     waits for real writability (see below) and posts Writable.

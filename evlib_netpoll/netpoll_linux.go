@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -12,20 +13,20 @@ import (
 
 	"github.com/cloudwego/netpoll"
 	"github.com/plugloop/plugloop/evlib"
+	"github.com/plugloop/plugloop/internal/sys"
 	"golang.org/x/sys/unix"
 )
 
 func descriptor() evlib.Descriptor {
 	return evlib.Descriptor{
-		Caps: evlib.CapBufferedRx | evlib.CapOwnWaker | evlib.CapFiles,
+		Caps: evlib.CapBufferedRx | evlib.CapOwnWaker | evlib.CapFiles | evlib.CapLibraryGoroutines,
 		New:  New,
 	}
 }
 
 // What a post says.
 const (
-	postRead     = iota // netpoll's runner has input for a stream (and parks)
-	postHup             // netpoll closed the stream's connection
+	postHup      = iota // netpoll closed the stream's connection
 	postOverflow        // a paused stream's buffer passed MaxPausedRx
 	postRawRead         // a helper found the fd readable (ev says how)
 	postRawWrite        // a helper found the fd writable (ev says how)
@@ -38,25 +39,25 @@ type post struct {
 	n    int // postOverflow: bytes buffered
 }
 
-// entry is one watched fd. Its plain fields belong to the service
-// goroutine; other goroutines touch only the channels, gone and the
-// netpoll connection's atomic Len.
+// entry is one watched fd. Its plain fields belong to the holder of the
+// turn (Backend.turn); other goroutines touch only the channels, gone and
+// the netpoll connection's atomic Len.
 type entry struct {
 	fd       int
 	kind     evlib.Kind
 	interest evlib.Events
 
 	nc   netpoll.Connection // streams: netpoll's connection on a dup
-	ack  chan struct{}      // releases the parked runner after a read
-	hold chan struct{}      // tells the parked runner its input is held
+	ack  chan struct{}      // releases a runner parked with held input
 	done chan struct{}      // closed on Remove: releases everything
 	gone atomic.Bool        // removed (read by helpers)
 
 	file *os.File // dup for the helpers, made when first needed
 	rc   syscall.RawConn
 
-	readHeld  bool         // a read post awaits the core (runner parked)
-	holdSent  bool         // the runner was told its input is held
+	readHeld  bool         // input held while rx is paused (runner parked)
+	fresh     bool         // input its runner is reporting right now
+	seen      uint64       // Backend.gen of the Poll a runner reported this in
 	hup       bool         // netpoll closed the connection
 	hupShown  bool         // Hangup reported without Readable interest
 	overflow  bool         // MaxPausedRx exceeded
@@ -71,9 +72,22 @@ type entry struct {
 }
 
 // Backend serves one service thread.
+//
+// The turn is what makes netpoll's runners cheap: whoever holds it may call
+// the sink. The service thread holds it except while it waits in Poll or
+// Loop; then a runner with input takes it and lets the core read, run the
+// callbacks and (in Loop) a whole pass, right there on netpoll's goroutine,
+// instead of handing the input to the service goroutine and waiting for it
+// to come back. The turn's mutex gives each holder everything the previous
+// one did.
 type Backend struct {
-	sink evlib.Sink
-	ctr  *evlib.Counters
+	sink    evlib.Sink
+	ctr     *evlib.Counters
+	turn    sync.Mutex
+	passer  evlib.Passer // set while Loop runs
+	inline  int          // reports runners made during Poll's wait
+	gen     uint64       // counts waits
+	timerAt time.Time    // when the timer fires; zero: stopped
 
 	fds    []*entry
 	cand   []*entry // entries that may have something to report
@@ -96,10 +110,12 @@ func New(cfg evlib.Config) (evlib.Backend, error) {
 	}
 	t := time.NewTimer(time.Hour)
 	t.Stop()
-	return &Backend{
+	b := &Backend{
 		sink: cfg.Sink, ctr: cfg.Counters, timer: t,
 		wake: make(chan struct{}, 1), kick: make(chan struct{}, 1),
-	}, nil
+	}
+	b.turn.Lock() // the service thread's, until it waits
+	return b, nil
 }
 
 // Wake implements evlib.Waker. Any goroutine may call it, also after Close.
@@ -116,6 +132,11 @@ func (b *Backend) post(p post) {
 	b.mu.Lock()
 	b.posts = append(b.posts, p)
 	b.mu.Unlock()
+	b.kickWaiter()
+}
+
+// kickWaiter makes the service thread's wait return.
+func (b *Backend) kickWaiter() {
 	select {
 	case b.kick <- struct{}{}:
 	default:
@@ -208,7 +229,6 @@ func (b *Backend) attach(e *entry, dup int) error {
 	}
 	e.nc = nc
 	e.ack = make(chan struct{}, 1)
-	e.hold = make(chan struct{}, 1)
 	nc.AddCloseCallback(func(netpoll.Connection) error {
 		b.post(post{e: e, what: postHup})
 		return nil
@@ -226,8 +246,7 @@ func (b *Backend) attach(e *entry, dup int) error {
 		})
 	}
 	nc.SetOnRequest(func(_ context.Context, c netpoll.Connection) error {
-		b.post(post{e: e, what: postRead})
-		b.park(e, c)
+		b.onRequest(e, c)
 		return nil
 	})
 	if !nc.IsActive() {
@@ -236,18 +255,66 @@ func (b *Backend) attach(e *entry, dup int) error {
 	return nil
 }
 
-// park runs on netpoll's runner after a read post: it waits until the
-// core has read, or the fd was removed. If the service goroutine says the
-// input is held (rx paused), it checks the buffer against MaxPausedRx
-// meanwhile.
-func (b *Backend) park(e *entry, c netpoll.Connection) {
-	select {
-	case <-e.ack:
+// onRequest runs on netpoll's runner whenever the connection's buffer
+// holds input. It waits for the turn and lets the core read (see
+// Backend). Input left in the buffer after that, or while rx is paused, is
+// held: the runner parks until the core read it all (Read releases it) or
+// the fd was removed, so that netpoll neither calls it again in a busy
+// loop nor drops the buffer on a hang-up. In Poll a runner reports an fd
+// at most once per call, as the contract asks.
+func (b *Backend) onRequest(e *entry, c netpoll.Connection) {
+	b.turn.Lock()
+	if b.closed || e.removed || c.Reader().Len() == 0 {
+		b.turn.Unlock()
 		return
-	case <-e.done:
-		return
-	case <-e.hold:
 	}
+	if e.interest&evlib.Readable != 0 && (b.passer != nil || e.seen != b.gen) {
+		e.seen = b.gen
+		e.fresh = true
+		b.reportEntry(e)
+		e.fresh = false
+		b.afterInline()
+		if b.closed || e.removed || c.Reader().Len() == 0 {
+			b.turn.Unlock()
+			return
+		}
+	}
+	e.readHeld = true
+	if e.interest&evlib.Readable != 0 {
+		b.enqueue(e)
+		b.kickWaiter()
+	}
+	b.turn.Unlock()
+	b.park(e, c)
+}
+
+// afterInline follows a report made on a runner. In Loop it runs the
+// pass that follows events, and leaves the rest to the service thread:
+// whatever the pass could not finish (it wants to be called again at
+// once, or a report is pending) wakes it, a timer that falls due sooner
+// rearms its timer. In Poll it counts the report and wakes the wait, whose
+// caller runs the pass.
+func (b *Backend) afterInline() {
+	if b.passer == nil {
+		b.inline++
+		b.kickWaiter()
+		return
+	}
+	next, stop := b.passer.Pass()
+	switch {
+	case stop || next == 0 || len(b.cand) > 0:
+		b.kickWaiter()
+	case next > 0:
+		if at := time.Now().Add(next); b.timerAt.IsZero() || at.Before(b.timerAt) {
+			b.timerAt = at
+			b.timer.Reset(next)
+		}
+	}
+}
+
+// park holds the runner of a connection whose input waits for rx to
+// resume, checking the buffer against MaxPausedRx meanwhile.
+func (b *Backend) park(e *entry, c netpoll.Connection) {
 	t := time.NewTicker(PausedRxCheck)
 	defer t.Stop()
 	for {
@@ -436,49 +503,97 @@ func (b *Backend) drop(e *entry) {
 	}
 }
 
-// Poll implements evlib.Backend.
+// Poll implements evlib.Backend. While it waits, runners report on their
+// own goroutines (see Backend); it returns once one did, or a helper
+// posted, a wakeup came or timeout passed.
 func (b *Backend) Poll(timeout time.Duration) (int, error) {
 	if b.closed {
 		return 0, evlib.ErrClosed
 	}
-	b.ctr.Waits.Add(1)
+	b.gen++
 	var deadline time.Time
 	if timeout > 0 {
 		deadline = time.Now().Add(timeout)
 	}
+	// Runners waiting for the turn get it first: without this, a Poll
+	// that always finds something (a writable fd) would starve them.
+	woken := b.wait(0)
 	for {
 		b.drain()
-		if n := b.report(); n > 0 || b.closed {
+		n := b.inline + b.report()
+		b.inline = 0
+		if n > 0 || woken || timeout == 0 {
 			return n, nil
 		}
-		if timeout == 0 {
-			select {
-			case <-b.wake:
-			default:
-			}
-			return 0, nil
-		}
-		var tc <-chan time.Time
+		d := timeout
 		if timeout > 0 {
-			d := time.Until(deadline)
-			if d <= 0 {
+			if d = time.Until(deadline); d <= 0 {
 				return 0, nil
 			}
-			b.timer.Reset(d)
-			tc = b.timer.C
 		}
+		woken = b.wait(d)
+	}
+}
+
+// Loop implements evlib.Looper. It is Poll's loop with one difference: a
+// runner that reported input also runs the pass that follows, on its own
+// goroutine, so a round trip costs no hand-off to the service goroutine.
+func (b *Backend) Loop(p evlib.Passer) error {
+	if b.closed {
+		return evlib.ErrClosed
+	}
+	b.passer = p
+	defer func() { b.passer = nil }()
+	next, stop := p.Pass()
+	for !stop {
+		b.drain()
+		if b.report() > 0 {
+			next = 0 // pass now, but let waiting runners in first
+		}
+		b.wait(next)
+		next, stop = p.Pass()
+	}
+	return nil
+}
+
+// wait gives up the turn until a post or an inline report (kick), a
+// wakeup or d (d < 0: no limit; d == 0: only long enough for runners
+// waiting for the turn to take it), then takes it back. It reports
+// whether a wakeup came.
+func (b *Backend) wait(d time.Duration) (woken bool) {
+	if d == 0 {
+		b.turn.Unlock()
+		runtime.Gosched()
+		b.turn.Lock()
 		select {
-		case <-b.kick:
-			b.timer.Stop()
 		case <-b.wake:
-			b.timer.Stop()
-			b.drain()
-			return b.report(), nil
-		case <-tc:
-			b.drain()
-			return b.report(), nil
+			return true
+		default:
+			return false
 		}
 	}
+	b.ctr.Waits.Add(1)
+	if d > 0 {
+		b.timerAt = time.Now().Add(d)
+		b.timer.Reset(d)
+	} else if !b.timerAt.IsZero() {
+		b.timer.Stop()
+		b.timerAt = time.Time{}
+	}
+	fired := false
+	b.turn.Unlock()
+	select {
+	case <-b.kick:
+	case <-b.wake:
+		woken = true
+	case <-b.timer.C:
+		fired = true
+	}
+	b.turn.Lock()
+	if fired {
+		b.timerAt = time.Time{}
+	}
+	return woken
 }
 
 // drain applies the queued posts.
@@ -494,8 +609,6 @@ func (b *Backend) drain() {
 			continue
 		}
 		switch p.what {
-		case postRead:
-			e.readHeld = true
 		case postHup:
 			e.hup = true
 		case postOverflow:
@@ -517,7 +630,7 @@ func (b *Backend) drain() {
 func (e *entry) events() evlib.Events {
 	var ev evlib.Events
 	in := e.interest
-	if e.readHeld && in&evlib.Readable != 0 {
+	if (e.readHeld || e.fresh) && in&evlib.Readable != 0 {
 		ev |= evlib.Readable
 	}
 	if e.hup {
@@ -548,48 +661,40 @@ func (b *Backend) report() int {
 		if e.removed || b.closed {
 			continue
 		}
-		ev := e.events()
-		if ev == 0 {
-			if e.readHeld && !e.holdSent {
-				e.holdSent = true // rx paused: let the runner watch the bound
-				select {
-				case e.hold <- struct{}{}:
-				default:
-				}
-			}
+		if b.passer == nil && e.seen == b.gen {
+			b.enqueue(e) // a runner reported it in this Poll: the next one
 			continue
 		}
-		acked := ev&evlib.Readable != 0 && e.readHeld
-		b.sink.Ready(e.fd, ev)
-		n++
-		if e.removed {
-			continue
-		}
-		if acked {
-			e.readHeld, e.holdSent = false, false
-			select {
-			case <-e.hold: // a hold the runner did not see any more
-			default:
-			}
-			select {
-			case e.ack <- struct{}{}:
-			default: // cannot happen: one read post per park
-			}
-		}
-		if ev&evlib.Hangup != 0 && e.interest&evlib.Readable == 0 {
-			e.hupShown = true
-		}
-		if ev&evlib.Error != 0 && e.overflow {
-			e.errShown = true
-		}
-		e.rawReady &^= ev
-		b.arm(e)
-		if e.events() != 0 && (e.interest&evlib.Writable != 0 || e.hup) {
-			b.enqueue(e) // level-triggered: still ready next time
+		if b.reportEntry(e) {
+			n++
 		}
 	}
 	b.spare = cur[:0]
 	return n
+}
+
+// reportEntry hands what e has to report, if anything, to the sink.
+func (b *Backend) reportEntry(e *entry) bool {
+	ev := e.events()
+	if ev == 0 {
+		return false
+	}
+	b.sink.Ready(e.fd, ev)
+	if e.removed {
+		return true
+	}
+	if ev&evlib.Hangup != 0 && e.interest&evlib.Readable == 0 {
+		e.hupShown = true
+	}
+	if ev&evlib.Error != 0 && e.overflow {
+		e.errShown = true
+	}
+	e.rawReady &^= ev
+	b.arm(e)
+	if e.events() != 0 && (e.interest&evlib.Writable != 0 || e.hup) {
+		b.enqueue(e) // level-triggered: still ready next time
+	}
+	return true
 }
 
 // Read implements evlib.IO.
@@ -618,6 +723,16 @@ func (b *Backend) Read(fd int, p []byte) (int, error) {
 	}
 	copy(p, buf)
 	r.Release()
+	if e.readHeld && r.Len() == 0 {
+		// Held input all read: release the parked runner. Not sooner:
+		// once it returns, netpoll may run the close callbacks, which
+		// drop the buffer.
+		e.readHeld = false
+		select {
+		case e.ack <- struct{}{}:
+		default: // cannot happen: one park per hold
+		}
+	}
 	return n, nil
 }
 
@@ -639,7 +754,7 @@ const tcpClose = 7 // TCP_CLOSE in linux/tcp_states.h
 
 func rawRead(fd int, p []byte) (int, error) {
 	for {
-		n, err := unix.Read(fd, p)
+		n, err := sys.Read(fd, p)
 		switch {
 		case err == nil:
 			return n, nil
@@ -657,7 +772,7 @@ func rawRead(fd int, p []byte) (int, error) {
 func (b *Backend) Write(fd int, p []byte) (int, error) {
 	e := b.lookup(fd)
 	for {
-		n, err := unix.Write(fd, p)
+		n, err := sys.Write(fd, p)
 		switch {
 		case err == nil:
 			if n < len(p) && e != nil {
@@ -696,5 +811,6 @@ func (b *Backend) Close() error {
 	b.mu.Lock()
 	b.posts = nil
 	b.mu.Unlock()
+	b.turn.Unlock() // runners still waiting for it find the backend closed
 	return nil
 }
