@@ -674,12 +674,6 @@ func (s *suite) testClosePolicy(t *testing.T) {
 		require.NoError(t, c.Close())
 		e := h.rec.waitEvent(t, "RAW_CLOSE", is(core.ReasonRawClose, adopt.conn))
 		h.rec.verify(t)
-		if s.desc.Caps&evlib.CapBufferedRx != 0 && errors.Is(e.err, unix.ECONNRESET) {
-			// Known bug: netpoll's end-of-stream check takes TCP state
-			// CLOSE for a reset, but a socket that shut its write side
-			// down reaches CLOSE through TIME_WAIT after the peer's FIN.
-			t.Skipf("conformance: backend %q reports the peer's FIN after shutdown(SHUT_WR) as %v: known bug", s.name, e.err)
-		}
 		require.NoError(t, e.err)
 	})
 	t.Run("GracefulTimeout", func(t *testing.T) {
@@ -745,13 +739,6 @@ func (s *suite) testConnect(t *testing.T) {
 		h.rec.verify(t)
 	})
 	t.Run("Refused", func(t *testing.T) {
-		if s.desc.Caps&evlib.CapBufferedRx != 0 {
-			// Known bug: a buffered-rx backend (netpoll) reads the
-			// connecting socket itself and consumes its pending error, so
-			// the core's SO_ERROR check sees 0 and takes a refused connect
-			// for an established one (RAW_ADOPT, then EPIPE).
-			t.Skipf("conformance: backend %q (buffered rx) consumes a failed connect's SO_ERROR: known bug, refused connects are not tested", s.name)
-		}
 		h := s.newHarness(t, info)
 		l, err := net.Listen("tcp4", "127.0.0.1:0")
 		require.NoError(t, err)

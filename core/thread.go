@@ -1150,7 +1150,11 @@ func (t *Thread) drained(c *Conn) {
 	}
 	if !c.shutWR {
 		c.shutWR = true
-		unix.Shutdown(c.fd, unix.SHUT_WR)
+		if t.io != nil {
+			t.io.Shutdown(c.fd)
+		} else {
+			unix.Shutdown(c.fd, unix.SHUT_WR)
+		}
 	}
 	t.setInterest(c, evlib.Readable) // wait for the peer's FIN
 }

@@ -166,13 +166,18 @@ type Passer interface {
 }
 
 // IO is implemented by buffered-rx backends ([CapBufferedRx]): the core calls
-// Read instead of read(2) when an fd is reported Readable, and Write instead
-// of write(2). Both follow read(2)/write(2): (0, nil) from Read is end of
-// stream; "would block" is reported as an error wrapping ErrWouldBlock,
-// after which the backend reports Writable (or Readable) when that changed.
+// Read instead of read(2) when an fd is reported Readable, Write instead of
+// write(2) and Shutdown instead of shutdown(2). Read and Write follow
+// read(2)/write(2): (0, nil) from Read is end of stream; "would block" is
+// reported as an error wrapping ErrWouldBlock, after which the backend
+// reports Writable (or Readable) when that changed.
 type IO interface {
 	Read(fd int, p []byte) (int, error)
 	Write(fd int, p []byte) (int, error)
+	// Shutdown shuts the write side of a stream down, as shutdown(2) with
+	// SHUT_WR does (the core's graceful close), so that the backend can
+	// tell the peer's end of stream that follows from a reset.
+	Shutdown(fd int) error
 }
 
 // Sink is the core side of the contract: where a backend reports readiness.

@@ -55,20 +55,22 @@ type entry struct {
 	file *os.File // dup for the helpers, made when first needed
 	rc   syscall.RawConn
 
-	readHeld  bool         // input held while rx is paused (runner parked)
-	fresh     bool         // input its runner is reporting right now
-	seen      uint64       // Backend.gen of the Poll a runner reported this in
-	hup       bool         // netpoll closed the connection
-	hupShown  bool         // Hangup reported without Readable interest
-	overflow  bool         // MaxPausedRx exceeded
-	errShown  bool         // overflow reported
-	rawReady  evlib.Events // what helpers found, not yet reported
-	waitR     bool         // a read helper is out
-	waitW     bool         // a write helper is out
-	blocked   bool         // the last write met EAGAIN (or was short)
-	queued    bool         // in Backend.cand
-	removed   bool
-	overBytes int
+	readHeld   bool         // input held while rx is paused (runner parked)
+	fresh      bool         // input its runner is reporting right now
+	seen       uint64       // Backend.gen of the Poll a runner reported this in
+	hup        bool         // netpoll closed the connection
+	hupShown   bool         // Hangup reported without Readable interest
+	overflow   bool         // MaxPausedRx exceeded
+	connecting bool         // a stream not connected yet: not netpoll's
+	shutWR     bool         // the core shut the write side down
+	errShown   bool         // overflow reported
+	rawReady   evlib.Events // what helpers found, not yet reported
+	waitR      bool         // a read helper is out
+	waitW      bool         // a write helper is out
+	blocked    bool         // the last write met EAGAIN (or was short)
+	queued     bool         // in Backend.cand
+	removed    bool
+	overBytes  int
 }
 
 // Backend serves one service thread.
@@ -168,15 +170,20 @@ func (b *Backend) Add(fd int, kind evlib.Kind, ev evlib.Events) error {
 	if b.lookup(fd) != nil {
 		return fmt.Errorf("%w: fd %d", evlib.ErrExist, fd)
 	}
-	dup, err := dupFD(fd, kind == evlib.KindStream)
+	e := &entry{fd: fd, kind: kind, interest: ev & (evlib.Readable | evlib.Writable), done: make(chan struct{})}
+	// A stream whose connect is still in progress is not netpoll's yet:
+	// when the connect fails, netpoll's read would take the socket's
+	// error, which the core needs to tell why. Helpers watch it until it
+	// is connected (see connected).
+	e.connecting = kind == evlib.KindStream && !isConnected(fd)
+	dup, err := dupFD(fd, kind == evlib.KindStream && !e.connecting)
 	if err != nil {
 		if errors.Is(err, unix.EBADF) {
 			return fmt.Errorf("%w: fd %d", evlib.ErrBadFD, fd)
 		}
 		return fmt.Errorf("dup fd %d: %w", fd, err)
 	}
-	e := &entry{fd: fd, kind: kind, interest: ev & (evlib.Readable | evlib.Writable), done: make(chan struct{})}
-	if kind == evlib.KindStream {
+	if kind == evlib.KindStream && !e.connecting {
 		if err := b.attach(e, dup); err != nil {
 			return err
 		}
@@ -196,6 +203,30 @@ func (b *Backend) Add(fd int, kind evlib.Kind, ev evlib.Events) error {
 	b.arm(e)
 	b.enqueue(e)
 	return nil
+}
+
+// isConnected reports whether a stream socket has a peer: false while a
+// connect is in progress or after it failed.
+func isConnected(fd int) bool {
+	_, err := unix.Getpeername(fd)
+	return !errors.Is(err, unix.ENOTCONN)
+}
+
+// connected hands a stream whose connect completed to netpoll. A failed
+// connect stays with the helpers: the core reads its error (SO_ERROR) and
+// closes it.
+func (b *Backend) connected(e *entry) {
+	if !e.connecting || !isConnected(e.fd) {
+		return
+	}
+	e.connecting = false
+	dup, err := dupFD(e.fd, true)
+	if err == nil {
+		err = b.attach(e, dup)
+	}
+	if err != nil {
+		e.rawReady |= evlib.Error
+	}
 }
 
 // dupNext rotates the lowest number a stream's dup may get (see dupFD).
@@ -370,7 +401,7 @@ func (b *Backend) arm(e *entry) {
 	if e.removed {
 		return
 	}
-	if e.kind != evlib.KindStream && e.interest&evlib.Readable != 0 && !e.waitR {
+	if e.nc == nil && e.interest&evlib.Readable != 0 && !e.waitR {
 		e.waitR = true
 		go b.helper(e, e.rc, false)
 	}
@@ -620,6 +651,7 @@ func (b *Backend) drain() {
 			e.waitW = false
 			e.blocked = false
 			e.rawReady |= p.ev &^ evlib.Writable
+			b.connected(e)
 		}
 		b.enqueue(e)
 	}
@@ -713,7 +745,7 @@ func (b *Backend) Read(fd int, p []byte) (int, error) {
 			return 0, nil
 		}
 		if e.hup || !e.nc.IsActive() {
-			return 0, endError(fd)
+			return 0, e.endError()
 		}
 		return 0, fmt.Errorf("fd %d: %w", fd, evlib.ErrWouldBlock)
 	}
@@ -739,12 +771,17 @@ func (b *Backend) Read(fd int, p []byte) (int, error) {
 // endError tells how the stream ended: netpoll read everything and saw the
 // hang-up, but keeps the error (a reset) to itself. The socket still knows:
 // a pending error, or a TCP connection in state CLOSE, which only a reset
-// or a timeout (not the peer's FIN) leaves an open socket in.
-func endError(fd int) error {
-	if e, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); err == nil && e != 0 {
-		return unix.Errno(e)
+// or a timeout leaves an open socket in while its own write side is open.
+// After Shutdown, the peer's FIN leads to CLOSE too (through TIME_WAIT), so
+// a reset then cannot be told from an orderly end and reads as one.
+func (e *entry) endError() error {
+	if v, err := unix.GetsockoptInt(e.fd, unix.SOL_SOCKET, unix.SO_ERROR); err == nil && v != 0 {
+		return unix.Errno(v)
 	}
-	if ti, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO); err == nil && ti.State == tcpClose {
+	if e.shutWR {
+		return nil
+	}
+	if ti, err := unix.GetsockoptTCPInfo(e.fd, unix.IPPROTO_TCP, unix.TCP_INFO); err == nil && ti.State == tcpClose {
 		return unix.ECONNRESET
 	}
 	return nil
@@ -792,6 +829,15 @@ func (b *Backend) Write(fd int, p []byte) (int, error) {
 			return 0, err
 		}
 	}
+}
+
+// Shutdown implements evlib.IO: shutdown(2) of the write side, noted so
+// that the end of the stream is told right (see endError).
+func (b *Backend) Shutdown(fd int) error {
+	if e := b.lookup(fd); e != nil {
+		e.shutWR = true
+	}
+	return unix.Shutdown(fd, unix.SHUT_WR)
 }
 
 // Close implements evlib.Backend: it lets go of every fd's netpoll
