@@ -23,6 +23,7 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -252,7 +253,7 @@ func startServer(name string) (addr string, stats func() core.Stats, err error) 
 func startPlugloop(backend string) (string, func() core.Stats, error) {
 	ctx, err := core.New(core.Info{
 		EventLib:  backend,
-		Protocols: []core.Protocol{echo.Protocol("echo")},
+		Protocols: []core.Protocol{tellBound(echo.Protocol("echo"))},
 		Logger:    slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
 	if err != nil {
@@ -270,6 +271,22 @@ func startPlugloop(backend string) (string, func() core.Stats, error) {
 		}
 	}()
 	return ln.Addr().String(), ctx.Stats, nil
+}
+
+// tellBound makes the child say on stderr (which the bench prints with a
+// failed run) when a backend without rx back-pressure closed a connection
+// because it held too much input for it (evlib_netpoll.MaxPausedRx), so a
+// reset the load generator saw is explained by the run itself.
+func tellBound(p core.Protocol) core.Protocol {
+	var once sync.Once
+	cb := p.Callback
+	p.Callback = func(ev core.Event) error {
+		if ev.Reason == core.ReasonRawClose && errors.Is(ev.Err, unix.ENOBUFS) {
+			once.Do(func() { fmt.Fprintln(os.Stderr, "server closed a connection:", ev.Err) })
+		}
+		return cb(ev)
+	}
+	return p
 }
 
 // gnetEcho is gnet's own echo server: one event loop, OnTraffic writes back
