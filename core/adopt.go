@@ -167,7 +167,7 @@ func adoptListener(t *Thread, ln net.Listener, p *Protocol) (*Listener, error) {
 		ul.SetUnlinkOnClose(false)
 		l.unixPath = ln.Addr().String()
 	}
-	if l.c, err = t.adopt(fd, evlib.KindListener, p, l); err != nil {
+	if l.c, err = t.adopt(fd, evlib.KindListener, p, l, new(adoptOptions), false); err != nil {
 		unix.Close(fd)
 		return nil, err
 	}
@@ -177,9 +177,14 @@ func adoptListener(t *Thread, ln net.Listener, p *Protocol) (*Listener, error) {
 
 // AdoptConn takes over a connected net.Conn (a *net.TCPConn, *net.UnixConn
 // or anything with SyscallConn). On success nc is closed (the core keeps a
-// duplicate of its socket); on error the caller still owns it.
+// duplicate of its socket); on error the caller still owns it. The
+// connection is placed like AdoptFD's.
 func (c *Context) AdoptConn(nc net.Conn, protocol string, opts ...AdoptOption) (*Conn, error) {
 	p, err := c.protocol(protocol)
+	if err != nil {
+		return nil, err
+	}
+	o, err := c.adoptOpts(opts)
 	if err != nil {
 		return nil, err
 	}
@@ -187,7 +192,7 @@ func (c *Context) AdoptConn(nc net.Conn, protocol string, opts ...AdoptOption) (
 	if err != nil {
 		return nil, err
 	}
-	conn, err := c.adoptKind(fd, evlib.KindStream, p, opts)
+	conn, err := c.adoptKind(fd, evlib.KindStream, p, o)
 	if err != nil {
 		if !errors.Is(err, errAdoptRefused) {
 			unix.Close(fd)
@@ -200,11 +205,22 @@ func (c *Context) AdoptConn(nc net.Conn, protocol string, opts ...AdoptOption) (
 
 // AdoptFD takes over a connected stream socket's descriptor
 // (lws_adopt_socket) and makes it non-blocking. On success the core owns fd
-// and will close it; on error — a bad or already adopted fd, the fd limit —
-// the caller still owns it, unless RAW_ADOPT itself refused the connection,
-// which closes it like any other close.
+// and will close it; on error — a bad or already adopted fd, the fd limit,
+// a bad OnThread index, a call from the wrong goroutine — the caller still
+// owns it, unless RAW_ADOPT itself refused the connection, which closes it
+// like any other close.
+//
+// With several service threads the connection goes to the least-loaded
+// one, or to the one OnThread names; from a callback of another thread it
+// is handed over to that thread, which adopts it on its own goroutine.
+// OnThread documents the rules, which AdoptConn, AdoptFile,
+// AdoptPacketConn, ListenUDP and Connect share.
 func (c *Context) AdoptFD(fd int, protocol string, opts ...AdoptOption) (*Conn, error) {
 	p, err := c.protocol(protocol)
+	if err != nil {
+		return nil, err
+	}
+	o, err := c.adoptOpts(opts)
 	if err != nil {
 		return nil, err
 	}
@@ -214,7 +230,7 @@ func (c *Context) AdoptFD(fd int, protocol string, opts ...AdoptOption) (*Conn, 
 	if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
 		return nil, fmt.Errorf("%w: fd %d: %v", ErrBadFD, fd, err)
 	}
-	return c.adoptKind(fd, evlib.KindStream, p, opts)
+	return c.adoptKind(fd, evlib.KindStream, p, o)
 }
 
 // errAdoptRefused marks an adoption that RAW_ADOPT refused: the core

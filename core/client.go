@@ -17,9 +17,14 @@ import (
 )
 
 type dialState struct {
-	addrs []unix.Sockaddr // left to try, in order
-	last  error           // why the previous address failed
-	opts  adoptOptions
+	addrs    []unix.Sockaddr // left to try, in order
+	last     error           // why the previous address failed
+	opts     adoptOptions
+	reserved bool // room on the thread is held for the first attempt's fd
+
+	// What startDial resolves when addrs is nil, and names in a timeout.
+	network, host, address string
+	port                   uint16
 }
 
 // Connect starts a raw client connection — network "tcp", "tcp4", "tcp6"
@@ -31,29 +36,23 @@ type dialState struct {
 // the connection is like any other; if every address fails or
 // Info.ConnectTimeout passes, it gets CLIENT_CONNECTION_ERROR with the
 // reason in Event.Err and nothing else. Addresses are tried one after the
-// other. Connect is loop-only.
+// other. A bad network or address is an error of the call itself. The
+// connection is placed like AdoptFD's (see OnThread), counting from the
+// call on, resolution included; handed over to another thread, it starts
+// connecting there.
 func (c *Context) Connect(network, address, protocol string, opts ...AdoptOption) (*Conn, error) {
 	p, err := c.protocol(protocol)
 	if err != nil {
 		return nil, err
 	}
-	t := c.threads[0]
-	took, err := t.own()
+	o, err := c.adoptOpts(opts)
 	if err != nil {
 		return nil, err
 	}
-	defer t.release(took)
-	if t.dying() {
-		return nil, ErrDestroyed
-	}
-	conn := &Conn{t: t, fd: -1, kind: evlib.KindStream, proto: p, state: stateConnecting, dial: &dialState{}}
-	for _, o := range opts {
-		o(&conn.dial.opts)
-	}
-	conn.user = conn.dial.opts.user
+	d := &dialState{opts: *o, network: network, address: address}
 	switch network {
 	case "unix":
-		conn.dial.addrs = []unix.Sockaddr{&unix.SockaddrUnix{Name: address}}
+		d.addrs = []unix.Sockaddr{&unix.SockaddrUnix{Name: address}}
 	case "tcp", "tcp4", "tcp6":
 		host, portStr, err := net.SplitHostPort(address)
 		if err != nil {
@@ -64,20 +63,54 @@ func (c *Context) Connect(network, address, protocol string, opts ...AdoptOption
 			return nil, fmt.Errorf("%w: port %q", ErrInvalid, portStr)
 		}
 		if ip, err := netip.ParseAddr(host); err == nil {
-			conn.dial.addrs = sockaddrs(network, []netip.Addr{ip}, uint16(port))
+			d.addrs = sockaddrs(network, []netip.Addr{ip}, uint16(port))
 		} else {
-			t.resolve(conn, network, host, uint16(port))
+			d.host, d.port = host, uint16(port)
 		}
 	default:
 		return nil, fmt.Errorf("%w: network %q (want tcp, tcp4, tcp6 or unix)", ErrInvalid, network)
 	}
-	t.dialing = append(t.dialing, conn)
-	conn.setTimeoutErr(c.info.ConnectTimeout, ErrTimeout)
-	conn.timeout.fn = func() { t.dialFailed(conn, fmt.Errorf("%w: connecting to %s", ErrTimeout, address)) }
-	if conn.dial.addrs != nil {
-		t.dialNext(conn)
+	if c.destroyReq.Load() {
+		return nil, ErrDestroyed
 	}
+	t, err := c.pick(o)
+	if err != nil {
+		return nil, err
+	}
+	d.reserved = true
+	conn := &Conn{t: t, fd: -1, kind: evlib.KindStream, proto: p, user: o.user, state: stateConnecting, dial: d}
+	took, handover, err := c.route(t)
+	switch {
+	case err != nil:
+		t.load.Add(-1)
+		return nil, err
+	case handover:
+		if err := t.handoff(conn); err != nil {
+			t.load.Add(-1)
+			return nil, err
+		}
+		return conn, nil
+	}
+	defer t.release(took)
+	if t.dying() {
+		t.load.Add(-1)
+		return nil, ErrDestroyed
+	}
+	t.startDial(conn)
 	return conn, nil
+}
+
+// startDial starts a connection Connect made, on its own thread.
+func (t *Thread) startDial(conn *Conn) {
+	d := conn.dial
+	t.dialing = append(t.dialing, conn)
+	conn.setTimeoutErr(t.ctx.info.ConnectTimeout, ErrTimeout)
+	conn.timeout.fn = func() { t.dialFailed(conn, fmt.Errorf("%w: connecting to %s", ErrTimeout, d.address)) }
+	if d.addrs == nil {
+		t.resolve(conn, d.network, d.host, d.port)
+		return
+	}
+	t.dialNext(conn)
 }
 
 // resolve looks host up on its own goroutine and posts the addresses back.
@@ -156,7 +189,9 @@ func (t *Thread) dialNext(conn *Conn) {
 		conn.fd = fd
 		// Like every new fd (and lws' client connect): added for reading,
 		// then writability asked for, which reports the connect's end.
-		if err := t.insert(conn, evlib.Readable); err != nil {
+		reserved := d.reserved
+		d.reserved = false // used, or given back by a failed insert
+		if err := t.insert(conn, evlib.Readable, reserved); err != nil {
 			unix.Close(fd)
 			conn.fd = -1
 			t.dialFailed(conn, err)
@@ -217,6 +252,9 @@ func (t *Thread) dialFailed(conn *Conn, why error) {
 		t.timers.remove(conn.timeout)
 	}
 	t.dropDialFD(conn)
+	if conn.dial.reserved {
+		t.load.Add(-1)
+	}
 	conn.dial = nil
 	_ = t.callback(Event{Reason: ReasonClientConnectionError, Conn: conn, Err: why})
 }

@@ -17,6 +17,7 @@ const (
 	stateOpen connState = iota
 	stateClosed
 	stateConnecting // a client connection not established yet
+	stateHandover   // handed to its thread, which has not adopted it yet
 )
 
 // Conn is a connection or other descriptor the core services (lws' wsi).
@@ -47,10 +48,11 @@ type Conn struct {
 
 	closeReq bool
 	closeErr error
-	draining bool       // Close waits for output to drain (and the peer, if graceful)
-	shutWR   bool       // the write side is shut down
-	peerIP   netip.Addr // counted in the thread's per-IP table
-	dial     *dialState // a client connection being established
+	draining bool          // Close waits for output to drain (and the peer, if graceful)
+	shutWR   bool          // the write side is shut down
+	peerIP   netip.Addr    // counted in the thread's per-IP table
+	dial     *dialState    // a client connection being established
+	pending  *adoptOptions // a handed-over connection's options, until adopted
 
 	timer, timeout, idle *Timer
 	lastActive           int64
@@ -60,7 +62,8 @@ type Conn struct {
 // FD returns the connection's file descriptor.
 func (c *Conn) FD() int { return c.fd }
 
-// Thread returns the service thread that owns the connection.
+// Thread returns the service thread that owns the connection. A
+// connection never moves, so any goroutine may call it.
 func (c *Conn) Thread() *Thread { return c.t }
 
 // Protocol returns the protocol bound to the connection.
@@ -204,7 +207,10 @@ func (c *Conn) RxPaused() bool { return c.rxPaused }
 // the same bound, for the peer to close its side. Meanwhile nothing more is
 // delivered but RAW_CLOSE, which follows with a nil Err (ErrTimeout when the
 // bound ran out). Returning an error from a callback, by contrast, closes at
-// once and drops what is pending (lws' return -1).
+// once and drops what is pending (lws' return -1). A client connection not
+// established yet is aborted with CLIENT_CONNECTION_ERROR, and a
+// connection handed over to its thread but not adopted yet is dropped
+// with no callback; neither gets RAW_CLOSE.
 func (c *Conn) Close() error {
 	t := c.t
 	took, err := t.own()
@@ -212,8 +218,10 @@ func (c *Conn) Close() error {
 		return err
 	}
 	defer t.release(took)
-	if c.state == stateConnecting {
-		t.dialFailed(c, ErrClosed) // abort: CLIENT_CONNECTION_ERROR, no RAW_CLOSE
+	if c.state == stateConnecting || c.state == stateHandover {
+		// Abort: a client connection gets CLIENT_CONNECTION_ERROR, an
+		// adoption not made yet nothing; neither gets RAW_CLOSE.
+		t.dropHandoff(c, ErrClosed)
 		return nil
 	}
 	if c.state != stateOpen || c.draining {

@@ -103,9 +103,11 @@ type Info struct {
 	// CountThreads is the number of service threads (lws' count_threads),
 	// each with its own backend instance and, in Run, its own goroutine;
 	// 0 means 1. Accepted connections go to the least-loaded thread and
-	// are only ever serviced there. Connections adopted or started with
-	// the Context methods (AdoptFD, Connect, ListenUDP...) live on thread
-	// 0; Info.Foreign, if given, has one entry per thread.
+	// are only ever serviced there; so do connections adopted or started
+	// with the Context methods (AdoptFD, Connect, ListenUDP...), unless
+	// OnThread names a thread (see OnThread for who adopts them where).
+	// Listeners live on thread 0. Info.Foreign, if given, has one entry
+	// per thread.
 	CountThreads int
 	// ReusePort makes Listen (TCP, with several threads) open one
 	// SO_REUSEPORT listener per thread, each accepting for its own thread,
@@ -174,6 +176,7 @@ type Context struct {
 
 	sys           system
 	perIP         ipCounts    // accepted connections per peer, with MaxConnsPerIP
+	fds           fdSet       // every fd the threads own or are being handed
 	acceptBlocked atomic.Bool // some thread's listeners stopped at the fd limit
 	destroyReq    atomic.Bool
 	live          atomic.Int32 // threads not yet torn down
@@ -247,6 +250,9 @@ func New(info Info) (*Context, error) {
 			return nil, err
 		}
 		c.threads = append(c.threads, t)
+		if t.wfd.R >= 0 {
+			c.fds.add(t.wfd.R)
+		}
 	}
 	t := c.threads[0]
 	c.live.Store(int32(len(c.threads)))

@@ -25,6 +25,8 @@ type AdoptOption func(*adoptOptions)
 type adoptOptions struct {
 	readbuf []byte
 	user    any
+	thread  int        // with pinned: OnThread's index
+	pinned  bool       // OnThread was given
 	peerIP  netip.Addr // counted against Info.MaxConnsPerIP
 }
 
@@ -46,9 +48,13 @@ func WithUser(v any) AdoptOption {
 // readable (the callback reads it), RAW_WRITEABLE_FILE after
 // CallbackOnWritable (Conn.Write works there), and RAW_CLOSE_FILE. Regular
 // files and directories are refused with ErrNotPollable on every backend.
-// Ownership follows AdoptFD: on error the caller keeps fd.
+// Ownership and placement follow AdoptFD: on error the caller keeps fd.
 func (c *Context) AdoptFile(fd int, protocol string, opts ...AdoptOption) (*Conn, error) {
 	p, err := c.protocol(protocol)
+	if err != nil {
+		return nil, err
+	}
+	o, err := c.adoptOpts(opts)
 	if err != nil {
 		return nil, err
 	}
@@ -63,23 +69,7 @@ func (c *Context) AdoptFile(fd int, protocol string, opts ...AdoptOption) (*Conn
 	if c.backend.Caps&evlib.CapFiles == 0 {
 		return nil, fmt.Errorf("%w: the %s backend cannot watch files (no evlib.CapFiles)", ErrInvalid, c.backend.Name)
 	}
-	return c.adoptKind(fd, evlib.KindFile, p, opts)
-}
-
-func (c *Context) adoptKind(fd int, kind evlib.Kind, p *Protocol, opts []AdoptOption) (*Conn, error) {
-	t := c.threads[0]
-	took, err := t.own()
-	if err != nil {
-		return nil, err
-	}
-	defer t.release(took)
-	if fd < len(t.conns) && t.conns[fd] != nil || fd == t.wfd.R {
-		return nil, fmt.Errorf("%w: fd %d is already adopted", ErrBadFD, fd)
-	}
-	if err := sys.SetNonblock(fd); err != nil {
-		return nil, fmt.Errorf("%w: fd %d: %v", ErrBadFD, fd, err)
-	}
-	return t.adopt(fd, kind, p, nil, opts...)
+	return c.adoptKind(fd, evlib.KindFile, p, o)
 }
 
 // reason maps a RAW reason to its file counterpart for file connections.

@@ -61,6 +61,8 @@ type Thread struct {
 	posted      []func()
 	postSpare   []func()
 	postClosed  bool
+	handoffs    []*Conn // handed over by other goroutines, to adopt (takeOver)
+	handSpare   []*Conn
 
 	epoch  time.Time
 	now    int64
@@ -464,7 +466,16 @@ func (t *Thread) afterWake() {
 	t.postMu.Lock()
 	fns := t.posted
 	t.posted = t.postSpare[:0]
+	hs := t.handoffs
+	t.handoffs = t.handSpare[:0]
 	t.postMu.Unlock()
+	// Handovers first: a function posted after a handover finds the
+	// connection adopted.
+	for i, c := range hs {
+		t.takeOver(c)
+		hs[i] = nil
+	}
+	t.handSpare = hs[:0]
 	for i, f := range fns {
 		if !t.dying() {
 			t.depth++
@@ -539,6 +550,9 @@ func (t *Thread) runTimers() {
 // stale events for it may still be in the batch.
 func (t *Thread) finishStep() {
 	t.endCallback()
+	if len(t.fdClose) > 0 {
+		t.ctx.fds.drop(t.fdClose...)
+	}
 	for _, fd := range t.fdClose {
 		unix.Close(fd)
 		t.ctr.Closes.Add(1)
@@ -860,36 +874,37 @@ func (t *Thread) setInterest(c *Conn, ev evlib.Events) {
 
 // ---- connections ----
 
-func (t *Thread) adopt(fd int, kind evlib.Kind, p *Protocol, l *Listener, opts ...AdoptOption) (*Conn, error) {
-	var o adoptOptions
-	for _, opt := range opts {
-		opt(&o)
-	}
+// adopt adopts fd as a new connection (or listener, l) of t, which the
+// caller owns. reserved: the caller holds room on t for it.
+func (t *Thread) adopt(fd int, kind evlib.Kind, p *Protocol, l *Listener, o *adoptOptions, reserved bool) (*Conn, error) {
 	c := &Conn{t: t, fd: fd, kind: kind, proto: p, listener: l, user: o.user, lastActive: t.clock()}
-	if err := t.insert(c, evlib.Readable); err != nil {
+	if err := t.adoptConn(c, o, reserved); err != nil {
 		return nil, err
 	}
-	if l != nil {
-		return c, nil
-	}
-	return t.established(c, &o)
+	return c, nil
 }
 
 // insert puts c (whose fd is set) in the fd table and has the backend watch
-// it for ev.
-func (t *Thread) insert(c *Conn, ev evlib.Events) error {
+// it for ev. reserved: the caller holds room on t for it (see reserve);
+// otherwise insert takes room itself. On failure the room goes back.
+func (t *Thread) insert(c *Conn, ev evlib.Events, reserved bool) error {
 	fd := c.fd
-	if fd < 0 {
-		return ErrBadFD
-	}
-	if fd < len(t.conns) && t.conns[fd] != nil {
-		return fmt.Errorf("%w: fd %d is already adopted", ErrBadFD, fd)
-	}
-	if t.dying() {
-		return ErrDestroyed
-	}
-	if t.count >= t.limit {
+	var err error
+	switch {
+	case t.dying():
+		err = ErrDestroyed
+	case fd < 0:
+		err = ErrBadFD
+	case fd < len(t.conns) && t.conns[fd] != nil:
+		err = fmt.Errorf("%w: fd %d is already adopted", ErrBadFD, fd)
+	case !reserved && !t.reserve():
 		return ErrFDLimit
+	}
+	if err != nil {
+		if reserved {
+			t.load.Add(-1)
+		}
+		return err
 	}
 	if fd >= len(t.conns) {
 		n := max(2*len(t.conns), fd+1, 64)
@@ -898,11 +913,12 @@ func (t *Thread) insert(c *Conn, ev evlib.Events) error {
 		t.conns = conns
 	}
 	if err := t.watch(fd, c, c.kind, ev); err != nil {
+		t.load.Add(-1)
 		return fmt.Errorf("plugloop: watching fd %d: %w", fd, err)
 	}
+	t.ctx.fds.add(fd)
 	t.conns[fd] = c
 	t.count++
-	t.load.Add(1)
 	c.interest = ev
 	if c.listener != nil {
 		t.listeners = append(t.listeners, c.listener)
@@ -1017,12 +1033,15 @@ func (t *Thread) accept(lc *Conn) {
 	l := lc.listener
 	info := &t.ctx.info
 	for range acceptBatch {
-		target := t.ctx.placement(t)
+		// Room is reserved before accept(2), so a full context leaves
+		// connections in the kernel's backlog instead of dropping them.
+		var target *Thread
 		if l.reuse { // the kernel already chose this thread
-			target = t
-			if t.count >= t.limit {
-				target = nil
+			if t.reserve() {
+				target = t
 			}
+		} else {
+			target = t.ctx.placement(t)
 		}
 		if target == nil {
 			t.stopAccepting()
@@ -1031,6 +1050,7 @@ func (t *Thread) accept(lc *Conn) {
 		fd, err := sys.Accept(lc.fd)
 		t.ctr.Accepts.Add(1)
 		if err != nil {
+			target.load.Add(-1)
 			switch {
 			case wouldBlock(err):
 			case errors.Is(err, unix.EMFILE), errors.Is(err, unix.ENFILE),
@@ -1044,7 +1064,7 @@ func (t *Thread) accept(lc *Conn) {
 			}
 			return
 		}
-		var opts []AdoptOption
+		o := new(adoptOptions)
 		if info.MaxConnsPerIP > 0 {
 			var ip netip.Addr
 			if sa, err := unix.Getpeername(fd); err == nil {
@@ -1052,11 +1072,12 @@ func (t *Thread) accept(lc *Conn) {
 			}
 			if ip.IsValid() && !t.ctx.perIP.take(ip, info.MaxConnsPerIP) {
 				t.ctx.log.Debug("plugloop: connection over the per-IP limit dropped", "peer", ip)
+				target.load.Add(-1)
 				unix.Close(fd)
 				t.ctr.Closes.Add(1)
 				continue
 			}
-			opts = append(opts, func(o *adoptOptions) { o.peerIP = ip })
+			o.peerIP = ip
 		}
 		if l.tcp {
 			// Like Go's net and gnet: a small write goes out at once. The
@@ -1069,9 +1090,9 @@ func (t *Thread) accept(lc *Conn) {
 			}
 		}
 		if target == t {
-			t.adoptAccepted(fd, lc.proto, opts)
+			t.adoptAccepted(fd, lc.proto, o)
 		} else {
-			t.handOver(target, fd, lc.proto, opts)
+			t.handOver(target, fd, lc.proto, o)
 		}
 		if lc.state != stateOpen || t.dying() {
 			return
@@ -1079,13 +1100,10 @@ func (t *Thread) accept(lc *Conn) {
 	}
 }
 
-// adoptAccepted adopts an accepted fd on t, closing it if that fails.
-func (t *Thread) adoptAccepted(fd int, p *Protocol, opts []AdoptOption) {
-	if _, err := t.adopt(fd, evlib.KindStream, p, nil, opts...); err != nil && !errors.Is(err, errAdoptRefused) {
-		var o adoptOptions
-		for _, opt := range opts {
-			opt(&o)
-		}
+// adoptAccepted adopts an accepted fd on t, which holds room for it,
+// closing it if that fails.
+func (t *Thread) adoptAccepted(fd int, p *Protocol, o *adoptOptions) {
+	if _, err := t.adopt(fd, evlib.KindStream, p, nil, o, true); err != nil && !errors.Is(err, errAdoptRefused) {
 		if o.peerIP.IsValid() {
 			t.ctx.perIP.add(o.peerIP, -1)
 		}
@@ -1094,37 +1112,19 @@ func (t *Thread) adoptAccepted(fd int, p *Protocol, opts []AdoptOption) {
 	}
 }
 
-// handOver gives an accepted fd to another service thread, which adopts it
-// on its own goroutine: the connection is never touched by two threads.
-// The target's load counts it from now, so one accept batch spreads out.
-func (t *Thread) handOver(target *Thread, fd int, p *Protocol, opts []AdoptOption) {
-	target.load.Add(1)
-	err := target.Post(func() {
+// handOver gives an accepted fd to another service thread, which holds
+// room for it and adopts it on its own goroutine (takeOver): the
+// connection is never touched by two threads.
+func (t *Thread) handOver(target *Thread, fd int, p *Protocol, o *adoptOptions) {
+	c := &Conn{t: target, fd: fd, kind: evlib.KindStream, proto: p, state: stateHandover, pending: o}
+	if err := target.handoff(c); err != nil {
 		target.load.Add(-1)
-		target.adoptAccepted(fd, p, opts)
-	})
-	if err != nil {
-		target.load.Add(-1)
+		if o.peerIP.IsValid() {
+			t.ctx.perIP.add(o.peerIP, -1)
+		}
 		unix.Close(fd)
 		t.ctr.Closes.Add(1)
 	}
-}
-
-// placement picks the thread for the next accepted connection: the least
-// loaded one with room (lws_get_idlest_tsi), preferring the accepting one
-// on a tie; nil when every thread is at its limit.
-func (c *Context) placement(accepting *Thread) *Thread {
-	best := accepting
-	if int(best.load.Load()) >= best.limit {
-		best = nil
-	}
-	for _, t := range c.threads {
-		l := t.load.Load()
-		if int(l) < t.limit && t.mode.Load() != modeDead && (best == nil || l < best.load.Load()) {
-			best = t
-		}
-	}
-	return best
 }
 
 // beginClose starts a close that waits for pending output and, when
@@ -1221,8 +1221,13 @@ func (t *Thread) teardown() {
 	t.mode.Store(modeBusy)
 	t.postMu.Lock()
 	t.postClosed, t.posted = true, nil
+	hs := t.handoffs
+	t.handoffs = nil
 	t.postMu.Unlock()
 	t.endCallback()
+	for _, c := range hs {
+		t.dropHandoff(c, ErrDestroyed)
+	}
 	for len(t.dialing) > 0 {
 		t.dialFailed(t.dialing[0], ErrDestroyed)
 	}

@@ -3,6 +3,7 @@
 package core
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -19,38 +20,39 @@ const datagramBatch = 16
 // to address, or not bound at all when address is "" (a socket that only
 // sends gets an ephemeral port from the kernel on its first send). Each
 // datagram arrives in its own RAW_RX with Event.From set; WriteTo sends.
-// It is loop-only.
-func (c *Context) ListenUDP(network, address, protocol string) (*Conn, error) {
+// The socket is placed like AdoptFD's (see OnThread); on error it is
+// closed.
+func (c *Context) ListenUDP(network, address, protocol string, opts ...AdoptOption) (*Conn, error) {
 	p, err := c.protocol(protocol)
 	if err != nil {
 		return nil, err
 	}
+	o, err := c.adoptOpts(opts)
+	if err != nil {
+		return nil, err
+	}
+	var fd int
 	if address == "" {
 		family := unix.AF_INET6
 		if network == "udp4" {
 			family = unix.AF_INET
 		}
-		fd, err := unix.Socket(family, unix.SOCK_DGRAM, 0)
-		if err != nil {
+		if fd, err = unix.Socket(family, unix.SOCK_DGRAM, 0); err != nil {
 			return nil, fmt.Errorf("plugloop: udp socket: %w", err)
 		}
-		conn, err := c.adoptKind(fd, evlib.KindDatagram, p, nil)
+	} else {
+		pc, err := net.ListenPacket(network, address)
 		if err != nil {
-			unix.Close(fd)
+			return nil, err
 		}
-		return conn, err
+		fd, err = dupOf(pc)
+		pc.Close()
+		if err != nil {
+			return nil, err
+		}
 	}
-	pc, err := net.ListenPacket(network, address)
-	if err != nil {
-		return nil, err
-	}
-	defer pc.Close()
-	fd, err := dupOf(pc)
-	if err != nil {
-		return nil, err
-	}
-	conn, err := c.adoptKind(fd, evlib.KindDatagram, p, nil)
-	if err != nil {
+	conn, err := c.adoptKind(fd, evlib.KindDatagram, p, o)
+	if err != nil && !errors.Is(err, errAdoptRefused) {
 		unix.Close(fd)
 	}
 	return conn, err
@@ -58,9 +60,13 @@ func (c *Context) ListenUDP(network, address, protocol string) (*Conn, error) {
 
 // AdoptPacketConn takes over a UDP net.PacketConn (or any with
 // SyscallConn). On success pc is closed (the core keeps a duplicate of its
-// socket); on error the caller still owns it.
+// socket); on error the caller still owns it. It is placed like AdoptFD's.
 func (c *Context) AdoptPacketConn(pc net.PacketConn, protocol string, opts ...AdoptOption) (*Conn, error) {
 	p, err := c.protocol(protocol)
+	if err != nil {
+		return nil, err
+	}
+	o, err := c.adoptOpts(opts)
 	if err != nil {
 		return nil, err
 	}
@@ -68,9 +74,11 @@ func (c *Context) AdoptPacketConn(pc net.PacketConn, protocol string, opts ...Ad
 	if err != nil {
 		return nil, err
 	}
-	conn, err := c.adoptKind(fd, evlib.KindDatagram, p, opts)
+	conn, err := c.adoptKind(fd, evlib.KindDatagram, p, o)
 	if err != nil {
-		unix.Close(fd)
+		if !errors.Is(err, errAdoptRefused) {
+			unix.Close(fd)
+		}
 		return nil, err
 	}
 	pc.Close()
