@@ -35,27 +35,31 @@
 // application's loop (a Host: PollSetHost, EpollHost, or your own), the
 // suite's loop goroutine acting as the application — ServiceAdjustTimeout,
 // the host's wait, ServiceFD for every ready pollfd, Service(0) — while
-// serving a pipe of its own that plugloop must never touch. Run does the
+// serving a pipe of its own that plugloop must never touch. With several
+// service threads each thread gets a loop of its own (Host.New is called
+// per thread), run on a goroutine of its own, and the SMP test (34) drives
+// them all at once; a host that runs a single loop returns nil from New for
+// the other threads, and the suite skips that test saying so. Run does the
 // same with PollSetHost for an app-driven backend (evlib.CapAppDriven),
 // whose Backend part checks that Poll returns evlib.ErrAppDriven. Foreign
 // mode adds the external-poll tests (checklist 10, 13, 26, 27, 33) and
-// checks on every ServiceFD call that Revents of a handled fd is zeroed
-// and left alone otherwise, and at every UNLOCK_POLL that the host's watch
-// set already matches the poll-fd callbacks.
+// checks on every ServiceFD call that Revents of a handled fd is zeroed and
+// left alone otherwise, and at every UNLOCK_POLL that the host's watch set
+// already matches the poll-fd callbacks.
 //
 // Each test's comment names the items of the lws event-lib conformance
 // checklist it covers. Not covered: attaching to a foreign loop of a
 // backend's own type outside RunHost (the suite only checks that a
-// foreign loop of an unknown type is refused), and several service threads
-// in foreign mode (a Host models one application loop; SMP is checked with
-// Context.Run only).
+// foreign loop of an unknown type is refused).
 //
 // The completeness tests check, on every backend: SMP placement and
-// exclusivity (34), raw pipe, FIFO and UDP lifecycles (36), the fd-limit
-// accept stop and the EMFILE pause (24, 25; the EMFILE test lowers
-// RLIMIT_NOFILE in a child process running that one test), fds far beyond
-// the fd table (25), Attach (22), the close policy (37) and client
-// connections.
+// exclusivity (34: accepted connections and AdoptFD from a callback, placed
+// by load or pinned with core.OnThread, each serviced by its own thread
+// only; in foreign mode with a loop per thread), raw pipe, FIFO and UDP
+// lifecycles (36), the fd-limit accept stop and the EMFILE pause (24, 25;
+// the EMFILE test lowers RLIMIT_NOFILE in a child process running that one
+// test), fds far beyond the fd table (25), Attach (22), the close policy
+// (37) and client connections.
 //
 // Every callback of every core-level test goes through a recorder that
 // checks the lifecycle and poll-fd invariants of the conformance checklist

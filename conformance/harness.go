@@ -436,7 +436,8 @@ type harness struct {
 	runG    atomic.Uint64
 	started bool
 	done    bool
-	host    *hostRun // foreign mode: the application's loop
+	host    *hostRun   // foreign mode: the application's loop of thread 0
+	hosts   []*hostRun // foreign mode: every thread's loop, thread order
 }
 
 // newHarness creates a context on the backend under test. Info.EventLib is
@@ -468,18 +469,20 @@ func (s *suite) newHarness(t *testing.T, info core.Info) *harness {
 	}
 	if s.host != nil {
 		h.setupHost(s.host, &info)
-		t.Cleanup(h.host.close) // after h.cleanup
 	}
 	ctx, err := core.New(info)
 	require.NoError(t, err)
 	require.Equal(t, s.name, ctx.EventLib(), "core.New picked another backend")
 	h.ctx, h.th = ctx, ctx.Thread(0)
+	for _, r := range h.hosts {
+		r.th = ctx.Thread(r.thread)
+	}
 	t.Cleanup(h.cleanup)
 	return h
 }
 
 // start runs the context on a new goroutine (in foreign mode: the host's
-// loop, as the application would).
+// loops, as the application would, thread 0's on that goroutine).
 func (h *harness) start() {
 	h.t.Helper()
 	require.False(h.t, h.started, "harness started twice")

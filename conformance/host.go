@@ -16,8 +16,8 @@ import (
 )
 
 // Host is an application's own event loop, for running the suite in
-// foreign mode: the core never waits, the suite's loop goroutine is the
-// application's loop. It asks the host's loop what became ready, offers
+// foreign mode: the core never waits, the suite's loop goroutines are the
+// application's loops. Each asks its host loop what became ready, offers
 // every ready pollfd (the application's own ones too) to Thread.ServiceFD,
 // serves its own pipe, and calls Thread.Service(0), exactly as an
 // application would. RunHost runs the suite in a host; Run uses
@@ -28,16 +28,24 @@ type Host struct {
 	// EventLib is the backend the core runs on in this host ("foreign",
 	// or a backend that attaches to the loop through Info.Foreign).
 	EventLib string
-	// New creates the loop for one context. The suite calls it once per
-	// context it creates and closes the loop after the context is gone.
-	New func(t testing.TB) HostLoop
+	// New creates the application's loop for one service thread of a
+	// context. The suite calls it before core.New for every thread, in
+	// order from 0, runs each loop on a goroutine of its own, and closes
+	// every loop after the context is gone. A host that runs a single
+	// loop returns nil for thread > 0: the suite then skips the tests
+	// that need several service threads (SMP, checklist 34), saying so.
+	New func(t testing.TB, thread int) HostLoop
 }
 
-// HostLoop is one instance of the application's loop.
+// HostLoop is one instance of the application's loop, driving one
+// service thread.
 type HostLoop interface {
-	// Setup adjusts the context's Info before core.New: it sets
-	// Info.Foreign, or wraps Info.Protocols[0] when the loop learns its
-	// watch set from the poll-fd callbacks.
+	// Setup adjusts the context's Info before core.New for the loop's
+	// thread: it sets that thread's entry of Info.Foreign, or wraps
+	// Info.Protocols[0] when the loop learns its watch set from the
+	// poll-fd callbacks (which then carry Event.Thread: a loop keeps
+	// only its own thread's fds). With several loops, each one's Setup
+	// runs in turn on the same Info.
 	Setup(info *core.Info)
 	// AddOwn adds an fd of the application's own, watched for Readable.
 	AddOwn(fd int) error
@@ -54,14 +62,17 @@ type HostLoop interface {
 	Close() error
 }
 
-// PollSetHost is a unix.Poll loop that keeps plugloop's fds with a
-// foreign.PollSet, on the app-driven backend named eventLib.
+// PollSetHost is a unix.Poll loop per service thread, each keeping its
+// thread's fds with a foreign.PollSet, on the app-driven backend named
+// eventLib.
 func PollSetHost(eventLib string) Host {
-	return Host{Name: "PollSet", EventLib: eventLib, New: func(testing.TB) HostLoop { return &pollSetLoop{} }}
+	return Host{Name: "PollSet", EventLib: eventLib, New: func(_ testing.TB, thread int) HostLoop {
+		return &pollSetLoop{set: &foreign.PollSet{Thread: thread}}
+	}}
 }
 
 type pollSetLoop struct {
-	set foreign.PollSet
+	set *foreign.PollSet
 	own []unix.PollFd
 	buf []unix.PollFd
 }
@@ -112,9 +123,10 @@ func (l *pollSetLoop) Watched() map[int]evlib.Events {
 func (l *pollSetLoop) Close() error { return nil }
 
 // RunHost runs the whole suite with the core in foreign mode inside the
-// host's loop: "Backend" against the backend named h.EventLib, then every
-// "Core" test with the suite's loop goroutine being h's loop, plus the
-// external-poll tests (checklist 10, 13, 26, 27, 33), then "NoLeaks".
+// host's loops: "Backend" against the backend named h.EventLib, then every
+// "Core" test with the suite's loop goroutines being h's loops (one per
+// service thread), plus the external-poll tests (checklist 10, 13, 26, 27,
+// 33), then "NoLeaks".
 func RunHost(t *testing.T, h Host) {
 	t.Helper()
 	d, err := evlib.Lookup(h.EventLib)

@@ -17,13 +17,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// EpollHost is an epoll loop the application owns, with plugloop's epoll
-// backend attached to it (core.Info{EventLib: "epoll", Foreign:
-// []any{epfd}}): the loop forwards the events of fds it does not know
-// with foreign.PollFromEpoll. Its watch set is read from the kernel
-// (/proc/self/fdinfo of the epoll fd).
+// EpollHost is an epoll loop the application owns per service thread,
+// with plugloop's epoll backend attached to it (core.Info{EventLib:
+// "epoll", Foreign: []any{epfd0, epfd1...}}): each loop forwards the
+// events of fds it does not know with foreign.PollFromEpoll. Its watch set
+// is read from the kernel (/proc/self/fdinfo of the epoll fd).
 func EpollHost() Host {
-	return Host{Name: "epoll", EventLib: "epoll", New: func(t testing.TB) HostLoop {
+	return Host{Name: "epoll", EventLib: "epoll", New: func(t testing.TB, thread int) HostLoop {
 		epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 		if err != nil {
 			t.Fatalf("conformance: epoll_create1: %v", err)
@@ -35,19 +35,25 @@ func EpollHost() Host {
 			unix.Close(epfd)
 			t.Fatalf("conformance: opening the epoll fd's fdinfo: %v", err)
 		}
-		return &epollLoop{epfd: epfd, info: info, own: map[int]bool{}, evs: make([]unix.EpollEvent, 128)}
+		return &epollLoop{thread: thread, epfd: epfd, info: info, own: map[int]bool{}, evs: make([]unix.EpollEvent, 128)}
 	}}
 }
 
 type epollLoop struct {
-	epfd int
-	info *os.File // /proc/self/fdinfo/<epfd>
-	buf  []byte
-	own  map[int]bool
-	evs  []unix.EpollEvent
+	thread int
+	epfd   int
+	info   *os.File // /proc/self/fdinfo/<epfd>
+	buf    []byte
+	own    map[int]bool
+	evs    []unix.EpollEvent
 }
 
-func (l *epollLoop) Setup(info *core.Info) { info.Foreign = []any{l.epfd} }
+func (l *epollLoop) Setup(info *core.Info) {
+	if n := l.thread + 1; len(info.Foreign) < n {
+		info.Foreign = append(info.Foreign, make([]any, n-len(info.Foreign))...)
+	}
+	info.Foreign[l.thread] = l.epfd
+}
 
 func (l *epollLoop) AddOwn(fd int) error {
 	l.own[fd] = true

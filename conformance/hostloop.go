@@ -13,49 +13,67 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// hostRun is the application's loop for one harness: the host's loop, a
-// pipe of the application's own that it writes to and reads from, and the
-// checks an application can make on every ServiceFD and Service call.
+// hostRun is the application's loop for one service thread of a harness:
+// the host's loop, a pipe of the application's own that it writes to and
+// reads from, and the checks an application can make on every ServiceFD
+// and Service call.
 type hostRun struct {
-	h     *harness
-	host  *Host
-	loop  HostLoop
-	pipe  [2]int // the application's own fd: read end, write end
-	wrote atomic.Int64
-	read  atomic.Int64
-	waits atomic.Uint64
-	iter  int
-	ready []unix.PollFd
+	h      *harness
+	host   *Host
+	thread int
+	th     *core.Thread // set once the context exists
+	loop   HostLoop
+	runG   atomic.Uint64 // the goroutine running the loop
+	pipe   [2]int        // the application's own fd: read end, write end
+	wrote  atomic.Int64
+	read   atomic.Int64
+	waits  atomic.Uint64
+	iter   int
+	ready  []unix.PollFd
 }
 
-// setupHost prepares the application's loop before core.New; the
-// protocols are already wrapped by the recorder.
+// setupHost prepares the application's loops, one per service thread,
+// before core.New; the protocols are already wrapped by the recorder. A
+// host that has no loop for a thread beyond the first makes the test skip.
 func (h *harness) setupHost(host *Host, info *core.Info) {
 	t := h.t
-	r := &hostRun{h: h, host: host, loop: host.New(t), pipe: [2]int{-1, -1}}
-	h.host = r
-	if err := nonblockPipe(&r.pipe); err != nil {
-		t.Fatalf("conformance: the application's own pipe: %v", err)
-	}
-	if err := r.loop.AddOwn(r.pipe[0]); err != nil {
-		t.Fatalf("conformance: host %q: adding the application's own fd: %v", host.Name, err)
-	}
-	// Checklist 33: a change has reached the application's watch set by
-	// the time its LOCK/op/UNLOCK sequence ends, from whatever goroutine.
-	inner := info.Protocols[0].Callback
-	info.Protocols[0].Callback = func(ev core.Event) error {
-		err := inner(ev)
-		switch ev.Reason {
-		case core.ReasonUnlockPoll:
-			r.checkWatched(ev.Poll.FD)
-		case core.ReasonProtocolDestroy:
-			// The application learns that plugloop is gone (Destroy
-			// may have run on another goroutine while it waited).
-			r.kick()
+	for i := range max(info.CountThreads, 1) {
+		loop := host.New(t, i)
+		if loop == nil {
+			if i == 0 {
+				t.Fatalf("conformance: host %q: New returned no loop for service thread 0", host.Name)
+			}
+			t.Skipf("conformance: host %q has a single application loop (its New returned nil for service thread %d); this test needs %d service threads, each driven by a loop of its own, so it does not run in foreign mode with this host", host.Name, i, info.CountThreads)
 		}
-		return err
+		r := &hostRun{h: h, host: host, thread: i, loop: loop, pipe: [2]int{-1, -1}}
+		h.hosts = append(h.hosts, r)
+		t.Cleanup(r.close) // after h.cleanup
+		if err := nonblockPipe(&r.pipe); err != nil {
+			t.Fatalf("conformance: the application's own pipe: %v", err)
+		}
+		if err := r.loop.AddOwn(r.pipe[0]); err != nil {
+			t.Fatalf("conformance: host %q: adding the application's own fd: %v", host.Name, err)
+		}
+		// Checklist 33: a change has reached the application's watch set
+		// by the time its LOCK/op/UNLOCK sequence ends, from whatever
+		// goroutine.
+		inner := info.Protocols[0].Callback
+		info.Protocols[0].Callback = func(ev core.Event) error {
+			err := inner(ev)
+			switch {
+			case ev.Reason == core.ReasonUnlockPoll && ev.Thread != nil && ev.Thread.Index() == r.thread:
+				r.checkWatched(ev.Poll.FD)
+			case ev.Reason == core.ReasonProtocolDestroy:
+				// The application learns that plugloop is gone
+				// (Destroy may have run on another goroutine while
+				// its loop waited).
+				r.kick()
+			}
+			return err
+		}
+		r.loop.Setup(info)
 	}
-	r.loop.Setup(info)
+	h.host = h.hosts[0]
 }
 
 func (r *hostRun) problem(format string, args ...any) {
@@ -96,7 +114,7 @@ func (r *hostRun) drain() {
 // serve its own fd, then Service(0). It reports whether plugloop said it
 // is destroyed.
 func (r *hostRun) iterate(max time.Duration) (destroyed bool, err error) {
-	th := r.h.th
+	th := r.th
 	timeout := th.ServiceAdjustTimeout(max)
 	r.waits.Add(1)
 	r.ready, err = r.loop.Wait(r.ready[:0], timeout)
@@ -158,8 +176,9 @@ func (r *hostRun) iterate(max time.Duration) (destroyed bool, err error) {
 // nil, after checking that the loop carries on without plugloop) or cctx
 // ends (it returns cctx.Err()).
 func (r *hostRun) run(cctx context.Context) error {
+	r.runG.Store(goid())
 	defer context.AfterFunc(cctx, r.kick)()
-	if err := r.h.th.Service(0); errors.Is(err, core.ErrDestroyed) {
+	if err := r.th.Service(0); errors.Is(err, core.ErrDestroyed) {
 		return r.afterDestroy()
 	}
 	for {
@@ -248,13 +267,24 @@ func (h *harness) waits() uint64 {
 	return h.th.Stats().Waits
 }
 
-// run runs the loop on the calling goroutine: Context.Run, or the host's
-// loop in foreign mode.
+// run runs the loop on the calling goroutine: Context.Run, or in foreign
+// mode the host's loops, thread 0's on the calling goroutine and every
+// other thread's on a goroutine of its own, until all of them return.
 func (h *harness) run(cctx context.Context) error {
-	if h.host != nil {
-		return h.host.run(cctx)
+	if h.host == nil {
+		return h.ctx.Run(cctx)
 	}
-	return h.ctx.Run(cctx)
+	errs := make(chan error, len(h.hosts))
+	for _, r := range h.hosts[1:] {
+		go func() { errs <- r.run(cctx) }()
+	}
+	err := h.host.run(cctx)
+	for range h.hosts[1:] {
+		if e := <-errs; err == nil {
+			err = e
+		}
+	}
+	return err
 }
 
 // service is one pass on the calling goroutine: Thread.Service(timeout),
