@@ -182,8 +182,9 @@ func acceptor(t *testing.T) (addr string, conns <-chan net.Conn) {
 
 func socketPair(t *testing.T) (fd int, peer net.Conn) {
 	t.Helper()
-	p, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	p, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
 	require.NoError(t, err)
+	unix.CloseOnExec(p[0])
 	f := os.NewFile(uintptr(p[1]), "peer")
 	peer, err = net.FileConn(f)
 	f.Close()
@@ -318,7 +319,7 @@ func TestAdoptFromCallbackHandsOver(t *testing.T) {
 				}
 			}
 			var pipe [2]int
-			require.NoError(t, unix.Pipe2(pipe[:], unix.O_CLOEXEC))
+			require.NoError(t, unix.Pipe(pipe[:]))
 			t.Cleanup(func() { unix.Close(pipe[1]) })
 
 			var conns []*core.Conn
@@ -399,7 +400,7 @@ func TestAdoptOnThreadOutOfRange(t *testing.T) {
 	require.NoError(t, err)
 	defer pc.Close()
 	var pipe [2]int
-	require.NoError(t, unix.Pipe2(pipe[:], unix.O_CLOEXEC))
+	require.NoError(t, unix.Pipe(pipe[:]))
 	defer unix.Close(pipe[0])
 	defer unix.Close(pipe[1])
 	before := openFDs(t)
