@@ -39,13 +39,16 @@ func idleConnect(ctx context.Context, addr string, n int) ([]int, error) {
 		}
 	}
 	var b [1]byte
-	for _, fd := range fds {
+	for i, fd := range fds {
 		k, err := unix.Read(fd, b[:])
+		if errors.Is(err, unix.EAGAIN) {
+			return fds, &heldShort{echoed: i}
+		}
 		if err != nil {
 			return fds, err
 		}
 		if k != 1 || b[0] != 'x' {
-			return fds, errors.New("no echo")
+			return fds, errors.New("echo returned a different byte")
 		}
 	}
 	return fds, nil

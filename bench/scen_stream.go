@@ -367,7 +367,8 @@ func (s *suite) streamOne(ctx context.Context, name string) (res streamResult) {
 type idleResult struct {
 	Server      string  `json:"server"`
 	Error       string  `json:"error,omitempty"`
-	Conns       int     `json:"conns"`
+	Conns       int     `json:"conns"`           // connections held (and measured)
+	Short       string  `json:"short,omitempty"` // why fewer than asked for were held
 	RSSBeforeKB int64   `json:"rss_before_kb"`
 	RSSAfterKB  int64   `json:"rss_after_kb"`
 	KBPerConn   float64 `json:"kb_per_conn"`
@@ -378,7 +379,8 @@ func runIdle(ctx context.Context, s *suite) *scenarioResult {
 	n := s.idleConns
 	res := &scenarioResult{
 		Measures: fmt.Sprintf("The server child's resident set (VmRSS) before and after %s connections are opened and each has echoed one byte "+
-			"(so every server has set up its per-connection state), then left idle; KiB per connection = the difference / %s.", thousands(float64(n)), thousands(float64(n))),
+			"(so every server has set up its per-connection state), then left idle; KiB per connection = the difference / the connections held "+
+			"(%s, unless a server stopped taking them sooner).", thousands(float64(n)), thousands(float64(n))),
 	}
 	if s.cfg.target != "" {
 		s.unreachable("idle: needs the server's RSS, so not with -target")
@@ -407,6 +409,9 @@ func runIdle(ctx context.Context, s *suite) *scenarioResult {
 				t.Notes = append(t.Notes, "! "+sv.Name+": "+r.Error)
 				continue
 			}
+			if r.Short != "" {
+				t.Notes = append(t.Notes, fmt.Sprintf("! %s held %s of %s connections: %s", sv.Name, thousands(float64(r.Conns)), thousands(float64(n)), r.Short))
+			}
 			t.Rows = append(t.Rows, []string{sv.Name, thousands(float64(r.Conns)), fmt.Sprintf("%.1f", float64(r.RSSBeforeKB)/1024),
 				fmt.Sprintf("%.1f", float64(r.RSSAfterKB)/1024), fmt.Sprintf("%.2f", r.KBPerConn), fmt.Sprintf("%.2f", r.ConnectSec)})
 			ch.Bars = append(ch.Bars, bar{Label: sv.Name, Value: r.KBPerConn})
@@ -415,6 +420,15 @@ func runIdle(ctx context.Context, s *suite) *scenarioResult {
 	t.Notes = append(t.Notes, "kernel socket memory is not in RSS; net's figure is mostly its 32 KiB read buffer and goroutine stack per connection.")
 	res.Tables, res.Charts, res.Data = []table{t}, []chart{ch}, data
 	return res
+}
+
+// heldShort is idleConnect's error when a connection got no echo within
+// its read timeout while those before it did: the server stopped taking
+// connections (its fd limit, say) rather than failing.
+type heldShort struct{ echoed int }
+
+func (e *heldShort) Error() string {
+	return fmt.Sprintf("%d connections echoed, the next got no echo within 5 s", e.echoed)
 }
 
 func (s *suite) idleOne(ctx context.Context, name string, n int) (res idleResult) {
@@ -438,17 +452,26 @@ func (s *suite) idleOne(ctx context.Context, name string, n int) (res idleResult
 			syscall.Close(fd)
 		}
 	}()
+	held := n
 	if err != nil {
-		res.Error = ch.failure(fmt.Errorf("after %d connections: %w", len(fds), err)).Error()
-		return res
+		var short *heldShort
+		if !errors.As(err, &short) {
+			res.Error = ch.failure(fmt.Errorf("after %d connections: %w", len(fds), err)).Error()
+			return res
+		}
+		// The server stopped short (its fd limit): measure what it holds,
+		// and say why it stopped.
+		held = short.echoed
+		res.Short = ch.failure(err).Error()
 	}
+	res.Conns = held
 	res.ConnectSec = time.Since(t0).Seconds()
 	time.Sleep(300 * time.Millisecond)
 	if res.RSSAfterKB, err = procRSSKB(pid); err != nil {
 		res.Error = err.Error()
 		return res
 	}
-	res.KBPerConn = float64(res.RSSAfterKB-res.RSSBeforeKB) / float64(n)
+	res.KBPerConn = float64(res.RSSAfterKB-res.RSSBeforeKB) / float64(max(held, 1))
 	ch.stop()
 	return res
 }

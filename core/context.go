@@ -97,8 +97,11 @@ type Info struct {
 	// Protocols, at least one. Names must be unique.
 	Protocols []Protocol
 	// FDLimit caps the fds a service thread watches; 0 means the process'
-	// RLIMIT_NOFILE. At the cap, listeners stop accepting (connections
-	// wait in the kernel's backlog) and resume when a connection closes.
+	// RLIMIT_NOFILE (where the backend holds a dup of every fd it watches,
+	// evlib.Descriptor.DupsPerFD, as netpoll does: that limit less a
+	// reserve of 64, divided by what each watched fd costs). At the cap,
+	// listeners stop accepting (connections wait in the kernel's backlog)
+	// and resume when a connection closes.
 	FDLimit int
 	// CountThreads is the number of service threads (lws' count_threads),
 	// each with its own backend instance and, in Run, its own goroutine;
@@ -234,7 +237,15 @@ func New(info Info) (*Context, error) {
 	n := max(info.CountThreads, 1)
 	perThread := info.FDLimitPerThread
 	if perThread <= 0 {
-		perThread = max(c.fdLimit/n, 1)
+		watchable := c.fdLimit
+		if info.FDLimit <= 0 && d.DupsPerFD > 0 {
+			// The process limit counts the backend's dups too, and a
+			// reserve for the descriptors it and the runtime hold anyway:
+			// past the limit the dup of an accepted connection would fail
+			// and drop it, where accept(2) itself fails harmlessly.
+			watchable = max(watchable-fdReserve, 1) / (1 + d.DupsPerFD)
+		}
+		perThread = max(watchable/n, 1)
 	}
 	for i := range n {
 		var foreign any
@@ -342,6 +353,10 @@ func (c *Context) Stats() Stats {
 	}
 	return s
 }
+
+// fdReserve is what a backend with dups leaves of the process' fd limit
+// to descriptors that are not connections (its pollers, the runtime's).
+const fdReserve = 64
 
 // Run services every thread until the context is destroyed (it then returns
 // nil) or cctx is cancelled (it returns cctx.Err() and the context stays

@@ -10,7 +10,9 @@ import (
 	"time"
 
 	"github.com/plugloop/plugloop/core"
+	"github.com/plugloop/plugloop/evlib"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 )
 
 // At the fd limit the listener stops accepting: further connections wait in
@@ -87,4 +89,37 @@ func TestMaxConnsPerIP(t *testing.T) {
 		}
 		return adopted == 2 && closed == 2
 	})
+}
+
+// A backend that holds a dup of every fd it watches (evlib.Descriptor.
+// DupsPerFD) gets half the process' fd limit (less a reserve of 64 for the
+// descriptors that are not connections), so that accept stops at the
+// limit, connections waiting in the backlog, instead of the dup failing
+// with EMFILE and the connection being dropped. An explicit FDLimit is
+// taken as given.
+func TestFDLimitCountsBackendDups(t *testing.T) {
+	d, err := evlib.Lookup("poll")
+	require.NoError(t, err)
+	d.Name, d.Flag, d.DupsPerFD = "poll-with-dups", 0, 1
+	require.NoError(t, evlib.Register(d))
+	var rl unix.Rlimit
+	require.NoError(t, unix.Getrlimit(unix.RLIMIT_NOFILE, &rl))
+	proto := []core.Protocol{{Name: "p", Callback: func(core.Event) error { return nil }}}
+	for _, c := range []struct {
+		lib           string
+		threads, want int
+		limit         int
+	}{
+		{"poll", 1, int(rl.Cur), 0},
+		{"poll-with-dups", 1, (int(rl.Cur) - 64) / 2, 0},
+		{"poll-with-dups", 2, (int(rl.Cur) - 64) / 2 / 2, 0},
+		{"poll-with-dups", 2, 50, 100},
+	} {
+		ctx, err := core.New(core.Info{EventLib: c.lib, CountThreads: c.threads, FDLimit: c.limit, Protocols: proto})
+		require.NoError(t, err)
+		for i := range ctx.CountThreads() {
+			require.Equal(t, c.want, ctx.Thread(i).FDLimit(), "%s, %d threads, FDLimit %d: thread %d", c.lib, c.threads, c.limit, i)
+		}
+		require.NoError(t, ctx.Destroy())
+	}
 }

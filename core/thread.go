@@ -74,6 +74,7 @@ type Thread struct {
 	load       atomic.Int32 // count plus connections being handed over, for placement
 	listeners  []*Listener
 	acceptFull bool    // listeners stopped at the fd limit
+	toldFull   bool    // stopping at the limit was logged
 	dialing    []*Conn // client connections not established yet
 	connHead   *Conn   // every connection (not listeners), for the "all" calls
 
@@ -126,6 +127,11 @@ func newThread(c *Context, index int, foreign any, limit int) (*Thread, error) {
 	}
 	return t, nil
 }
+
+// FDLimit returns how many fds the thread may watch (connections,
+// listeners, files): at the limit its listeners stop accepting. See
+// Info.FDLimit and Info.FDLimitPerThread.
+func (t *Thread) FDLimit() int { return t.limit }
 
 // Index returns the thread's index (lws' tsi).
 func (t *Thread) Index() int { return t.index }
@@ -1184,6 +1190,11 @@ func (t *Thread) discardInput(c *Conn) {
 func (t *Thread) stopAccepting() {
 	t.acceptFull = true
 	t.ctx.acceptBlocked.Store(true)
+	if !t.toldFull {
+		// Once: a thread at its limit stops and resumes with every close.
+		t.toldFull = true
+		t.ctx.log.Warn("plugloop: accept stopped at the thread's fd limit; it resumes as connections close (said once per thread)", "thread", t.index, "limit", t.limit)
+	}
 	for _, l := range t.listeners {
 		t.setInterest(l.c, 0)
 	}

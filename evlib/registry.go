@@ -85,6 +85,12 @@ type Descriptor struct {
 	// Priority orders the default choice: the available backend with the
 	// highest priority is used when the program names none.
 	Priority int
+	// DupsPerFD is how many descriptors the backend holds for each fd it
+	// watches, beyond the fd itself: 1 for a backend that watches a dup
+	// (netpoll closes the fds it is given). The core shares the process'
+	// fd limit out accordingly, so that accept stops at the limit instead
+	// of failing past it.
+	DupsPerFD int
 	// Unavailable, if not nil, tells why the backend cannot run in this
 	// process (wrong OS, missing kernel feature). nil means available.
 	Unavailable error

@@ -19,8 +19,9 @@ import (
 
 func descriptor() evlib.Descriptor {
 	return evlib.Descriptor{
-		Caps: evlib.CapBufferedRx | evlib.CapOwnWaker | evlib.CapFiles | evlib.CapLibraryGoroutines,
-		New:  New,
+		Caps:      evlib.CapBufferedRx | evlib.CapOwnWaker | evlib.CapFiles | evlib.CapLibraryGoroutines,
+		DupsPerFD: 1, // netpoll's (or a helper's) dup of every fd
+		New:       New,
 	}
 }
 
