@@ -71,7 +71,7 @@ type Thread struct {
 	conns      []*Conn      // indexed by fd
 	count      int          // fds in conns
 	limit      int          // most fds the thread may watch
-	load       atomic.Int32 // count plus connections being handed over, for placement
+	load       atomic.Int32 // count plus room reserved for fds on their way (reserve), for placement
 	listeners  []*Listener
 	acceptFull bool    // listeners stopped at the fd limit
 	toldFull   bool    // stopping at the limit was logged
