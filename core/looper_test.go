@@ -3,6 +3,7 @@
 package core_test
 
 import (
+	"sync"
 	"testing"
 
 	"github.com/plugloop/plugloop/conformance"
@@ -15,10 +16,21 @@ import (
 // drives the core (evlib.Looper), so the whole suite covers Run's Loop path.
 type looper struct {
 	evlib.Backend
-	waker sys.Waker
+	mu     sync.RWMutex // fences Wake against Close
+	closed bool
+	waker  sys.Waker
 }
 
-func (l *looper) Wake() error { return l.waker.Signal() }
+// Wake may race with Close (evlib.Waker): after it, it must not write to
+// a descriptor number the process may have reused.
+func (l *looper) Wake() error {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if l.closed {
+		return nil
+	}
+	return l.waker.Signal()
+}
 
 func (l *looper) Loop(p evlib.Passer) error {
 	for {
@@ -33,7 +45,10 @@ func (l *looper) Loop(p evlib.Passer) error {
 }
 
 func (l *looper) Close() error {
+	l.mu.Lock()
+	l.closed = true
 	l.waker.Close()
+	l.mu.Unlock()
 	return l.Backend.Close()
 }
 
