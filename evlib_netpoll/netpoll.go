@@ -71,7 +71,10 @@
 // every PausedRxCheck while a connection holds unread input without Readable
 // interest: past the bound it reports Error, and the next Read returns an
 // error wrapping ENOBUFS, so the core closes the connection (RAW_CLOSE with
-// that error) instead of buffering without limit. The check is periodic, so
+// that error) instead of buffering without limit. (Taking the connection
+// back from netpoll instead, so that TCP pushes back from then on, cannot
+// be done without losing bytes: netpoll's poller may still be reading when
+// its connection is closed, and the close drops the buffer.) The check is periodic, so
 // the buffer may overshoot by what the peer manages to send in one
 // PausedRxCheck interval (on loopback, tens of megabytes at most). A paused
 // connection still learns at once that its peer hung up or reset: netpoll
