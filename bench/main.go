@@ -60,15 +60,16 @@ import (
 
 // config is what the flags select.
 type config struct {
-	servers  []serverInfo
-	skipped  []serverInfo // known but unable to run here
-	conns    int          // ping-pong: the configuration being run
-	size     int
-	warmup   time.Duration
-	duration time.Duration
-	repeats  int
-	json     bool
-	strace   bool
+	servers       []serverInfo
+	serversChosen bool         // -servers named them (else: the default set)
+	skipped       []serverInfo // known but unable to run here
+	conns         int          // ping-pong: the configuration being run
+	size          int
+	warmup        time.Duration
+	duration      time.Duration
+	repeats       int
+	json          bool
+	strace        bool
 	// straceFirst: -strace was not given and strace is installed, so the
 	// first ping-pong table gets the traced runs (syscalls for every
 	// server, peers included) and the rest of the run stays quick.
@@ -138,6 +139,8 @@ func main() {
 		for _, s := range knownServers() {
 			if s.Skip != "" {
 				fmt.Printf("%-18s (skipped: %s)\n", s.Name, s.Skip)
+			} else if s.OptIn != "" {
+				fmt.Printf("%-18s (only with -servers: %s)\n", s.Name, s.OptIn)
 			} else {
 				fmt.Println(s.Name)
 			}
@@ -220,14 +223,17 @@ func selectServers(cfg *config, list string) error {
 	known := knownServers()
 	if strings.TrimSpace(list) == "" {
 		for _, s := range known {
-			if s.Skip == "" {
+			switch {
+			case s.OptIn != "":
+			case s.Skip == "":
 				cfg.servers = append(cfg.servers, s)
-			} else {
+			default:
 				cfg.skipped = append(cfg.skipped, s)
 			}
 		}
 		return nil
 	}
+	cfg.serversChosen = true
 	var names []string
 	for _, s := range known {
 		names = append(names, s.Name)

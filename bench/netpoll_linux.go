@@ -6,17 +6,23 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 
 	"github.com/cloudwego/netpoll"
+	"github.com/plugloop/plugloop/internal/sys"
+	"golang.org/x/sys/unix"
 
 	_ "github.com/plugloop/plugloop/evlib_netpoll"
 )
 
 // startNetpoll is cloudwego/netpoll's echo: one poller, OnRequest moves
-// whatever the Reader holds to the Writer and flushes.
-func startNetpoll() (string, error) {
+// whatever the Reader holds to the Writer and flushes. With rawWrite (the
+// netpoll-floor server) OnRequest writes it with write(2) on the fd
+// instead, as plugloop's adapter does, and leaves only what the socket did
+// not take to the Writer.
+func startNetpoll(rawWrite bool) (string, error) {
 	if err := netpoll.Configure(netpoll.Config{PollerNum: 1, LoggerOutput: discard{}}); err != nil {
 		return "", err
 	}
@@ -33,6 +39,17 @@ func startNetpoll() (string, error) {
 		buf, err := r.Next(n)
 		if err != nil {
 			return err
+		}
+		if rawWrite {
+			if fd, ok := c.(interface{ Fd() int }); ok {
+				k, err := sys.Write(fd.Fd(), buf)
+				if err != nil && !errors.Is(err, unix.EAGAIN) {
+					return err
+				}
+				if buf = buf[max(k, 0):]; len(buf) == 0 {
+					return r.Release()
+				}
+			}
 		}
 		if _, err := w.WriteBinary(buf); err != nil {
 			return err

@@ -6,6 +6,6 @@ import "errors"
 
 // startNetpoll: cloudwego/netpoll's native server runs in the bench on
 // Linux only.
-func startNetpoll() (string, error) {
+func startNetpoll(rawWrite bool) (string, error) {
 	return "", errors.New("cloudwego/netpoll's native server runs in the bench on Linux only")
 }

@@ -499,7 +499,7 @@ const (
 )
 
 func (s *suite) slowServers() []serverInfo {
-	if s.full || s.cfg.target != "" || len(s.cfg.servers) < len(knownServers())-len(s.cfg.skipped) {
+	if s.full || s.cfg.target != "" || s.cfg.serversChosen {
 		return s.servers() // -full, or -servers chose
 	}
 	var out []serverInfo

@@ -112,6 +112,7 @@ type serverInfo struct {
 	Name    string
 	Backend string // plugloop backend name; "" for peers
 	Skip    string // why it cannot run here; "" if it can
+	OptIn   string // why it runs only when -servers names it; "" if by default
 }
 
 // knownServers lists plugloop's backends (evlib.Backends) followed by the
@@ -134,7 +135,8 @@ func knownServers() []serverInfo {
 		out = append(out, s)
 	}
 	return append(out, serverInfo{Name: rawName, Skip: rawAvailable}, serverInfo{Name: gnetName},
-		serverInfo{Name: netpollName}, serverInfo{Name: netName})
+		serverInfo{Name: netpollName}, serverInfo{Name: netName},
+		serverInfo{Name: netpollFloorName, OptIn: "the least any server on netpoll's reads can cost: netpoll's echo with raw write(2)s"})
 }
 
 // runChild is the child's main. It never returns.
@@ -235,7 +237,10 @@ func startServer(name string) (addr string, stats func() core.Stats, err error) 
 		addr, err = startNet()
 		return addr, nil, err
 	case name == netpollName:
-		addr, err = startNetpoll()
+		addr, err = startNetpoll(false)
+		return addr, nil, err
+	case name == netpollFloorName:
+		addr, err = startNetpoll(true)
 		return addr, nil, err
 	case name == rawName:
 		addr, err = startRawEpoll()

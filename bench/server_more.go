@@ -23,7 +23,11 @@ import (
 
 const (
 	netpollName = "netpoll"
-	rawName     = "bare-epoll"
+	// netpollFloorName is netpoll's echo with the write done as a raw
+	// write(2) on the connection's fd, as plugloop's adapter writes: what
+	// netpoll's reading and hand-off cost under any adapter (opt-in).
+	netpollFloorName = "netpoll-floor"
+	rawName          = "bare-epoll"
 	// targetName stands for the external server -target names.
 	targetName = "target"
 )
