@@ -14,7 +14,7 @@
 //	timers       schedule and cancel a million timers; fire order
 //	wakeup       Post / CancelService latency and rate per backend
 //
-//	go run ./bench                          # the default suite, about a minute
+//	go run ./bench                          # the default suite, about 80 s
 //	go run ./bench -full                    # everything, longer (several minutes)
 //	go run ./bench -scenarios pingpong -servers epoll,gnet -conns 1000 -sizes 64 -duration 5s
 //	go run ./bench -json > result.json      # machine-readable
