@@ -802,8 +802,8 @@ func (s *suite) testWrongGoroutine(t *testing.T) {
 		wrong("Thread.AfterFunc", err)
 		wrong("Timer.Reset", tm.Reset(time.Second))
 		require.False(t, tm.Stop(), "Timer.Stop from another goroutine")
-		wrong("Context.CallbackOnWritableAll", h.ctx.CallbackOnWritableAll(""))
-		wrong("Context.RxFlowControlAll", h.ctx.RxFlowControlAll("", false))
+		// (Context.CallbackOnWritableAll and RxFlowControlAll may be
+		// called from anywhere: they post to threads the caller is not on.)
 		fd2, peer2 := unixPair(t)
 		_, err = h.ctx.AdoptFD(fd2, "")
 		wrong("Context.AdoptFD", err)

@@ -258,40 +258,64 @@ func dupOf(v any) (int, error) {
 }
 
 // CallbackOnWritableAll asks for RAW_WRITEABLE on every connection of the
-// named protocol (lws_callback_on_writable_all_protocol). Loop-only.
+// named protocol (lws_callback_on_writable_all_protocol), on every service
+// thread. Any goroutine may call it: the threads whose code the caller may
+// run (its own, from a callback; idle ones) are done before it returns, the
+// others on their next pass, through Thread.Post.
 func (c *Context) CallbackOnWritableAll(protocol string) error {
 	return c.eachConn(protocol, (*Conn).CallbackOnWritable)
 }
 
 // RxFlowControlAll stops or resumes rx on every connection of the named
-// protocol (lws_rx_flow_allow_all_protocol). Loop-only.
+// protocol (lws_rx_flow_allow_all_protocol), on every service thread, as
+// CallbackOnWritableAll does.
 func (c *Context) RxFlowControlAll(protocol string, enable bool) error {
 	return c.eachConn(protocol, func(conn *Conn) error { return conn.RxFlowControl(enable) })
 }
 
+// eachConn applies f to the open connections of a protocol, thread by
+// thread, each on a goroutine allowed to run that thread's code. f's
+// errors for a connection that closed meanwhile are ignored; other errors
+// of a thread done in place are returned, those of a posted pass dropped.
 func (c *Context) eachConn(protocol string, f func(*Conn) error) error {
 	p, err := c.protocol(protocol)
 	if err != nil {
 		return err
 	}
-	for _, t := range c.threads {
-		took, err := t.own()
-		if err != nil {
-			return err
-		}
+	apply := func(t *Thread) error {
 		for conn := t.connHead; conn != nil; {
 			next := conn.next
 			if conn.proto == p && conn.state == stateOpen {
 				if err := f(conn); err != nil && !errors.Is(err, ErrClosed) {
-					t.release(took)
 					return err
 				}
 			}
 			conn = next
 		}
-		t.release(took)
+		return nil
 	}
-	return nil
+	var first error
+	for _, t := range c.threads {
+		took, post, err := c.route(t)
+		switch {
+		case errors.Is(err, ErrWrongGoroutine):
+			post = true // another goroutine services t: let it
+		case err != nil:
+			return err
+		}
+		if post {
+			if err := t.Post(func() { apply(t) }); err != nil {
+				return err
+			}
+			continue
+		}
+		err = apply(t)
+		t.release(took)
+		if first == nil {
+			first = err
+		}
+	}
+	return first
 }
 
 func sockaddrToAddr(sa unix.Sockaddr) net.Addr {

@@ -170,3 +170,129 @@ func TestSMPReusePort(t *testing.T) {
 	require.NoError(t, ctx.Destroy())
 	require.NoError(t, <-done)
 }
+
+// CallbackOnWritableAll and RxFlowControlAll reach every connection of the
+// protocol on every thread, each on its own thread, whether called from
+// another goroutine while Run services the threads or from a callback of
+// one thread.
+func TestAllProtocolCallsOnEveryThread(t *testing.T) {
+	for _, lib := range backends {
+		t.Run(lib, func(t *testing.T) {
+			var mu sync.Mutex
+			adopted := map[*core.Conn]int{}
+			writeable := map[*core.Conn]int{}
+			rx := 0
+			wrongThread := 0
+			proto := core.Protocol{Name: "p", Callback: func(ev core.Event) error {
+				if ev.Conn == nil {
+					return nil
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				if ev.Conn.Thread() != ev.Thread {
+					wrongThread++
+				}
+				switch ev.Reason {
+				case core.ReasonRawAdopt:
+					adopted[ev.Conn] = ev.Thread.Index()
+				case core.ReasonRawWriteable:
+					writeable[ev.Conn]++
+				case core.ReasonRawRX:
+					rx += len(ev.Data)
+				}
+				return nil
+			}}
+			ctx, err := core.New(core.Info{EventLib: lib, CountThreads: 3, Protocols: []core.Protocol{proto}})
+			require.NoError(t, err)
+			ln, err := ctx.Listen("tcp", "127.0.0.1:0", "")
+			require.NoError(t, err)
+			done := make(chan error, 1)
+			go func() { done <- ctx.Run(context.Background()) }()
+			defer func() {
+				ctx.Destroy()
+				<-done
+			}()
+			var peers []net.Conn
+			for range 6 {
+				c, err := net.Dial("tcp", ln.Addr().String())
+				require.NoError(t, err)
+				defer c.Close()
+				peers = append(peers, c)
+			}
+			waitFor := func(what string, cond func() bool) {
+				t.Helper()
+				deadline := time.Now().Add(10 * time.Second)
+				for {
+					mu.Lock()
+					ok := cond()
+					mu.Unlock()
+					if ok {
+						return
+					}
+					require.True(t, time.Now().Before(deadline), what)
+					time.Sleep(time.Millisecond)
+				}
+			}
+			threads := map[int]bool{}
+			waitFor("every connection adopted", func() bool { return len(adopted) == 6 })
+			mu.Lock()
+			for _, i := range adopted {
+				threads[i] = true
+			}
+			mu.Unlock()
+			require.Len(t, threads, 3, "the connections are spread over the threads")
+
+			// From a goroutine outside the loop.
+			require.NoError(t, ctx.CallbackOnWritableAll("p"))
+			waitFor("RAW_WRITEABLE on every connection", func() bool {
+				for c := range adopted {
+					if writeable[c] < 1 {
+						return false
+					}
+				}
+				return true
+			})
+			// From a callback of thread 0.
+			errc := make(chan error, 1)
+			require.NoError(t, ctx.Thread(0).Post(func() { errc <- ctx.CallbackOnWritableAll("p") }))
+			require.NoError(t, <-errc)
+			waitFor("a second RAW_WRITEABLE on every connection", func() bool {
+				for c := range adopted {
+					if writeable[c] < 2 {
+						return false
+					}
+				}
+				return true
+			})
+
+			// Paused everywhere, nothing is received; resumed, all of it.
+			require.NoError(t, ctx.RxFlowControlAll("p", false))
+			sync := func(i int) {
+				ch := make(chan struct{})
+				require.NoError(t, ctx.Thread(i).Post(func() { close(ch) }))
+				<-ch
+			}
+			for i := range 3 {
+				sync(i) // every thread has paused its connections
+			}
+			for _, c := range peers {
+				_, err := c.Write([]byte("0123456789"))
+				require.NoError(t, err)
+			}
+			for range 2 {
+				for i := range 3 {
+					sync(i)
+				}
+			}
+			mu.Lock()
+			require.Zero(t, rx, "RAW_RX while rx was paused on every thread")
+			mu.Unlock()
+			require.NoError(t, ctx.RxFlowControlAll("p", true))
+			waitFor("every byte once rx resumed", func() bool { return rx == 60 })
+			mu.Lock()
+			require.Zero(t, wrongThread, "a callback on another thread than its connection's")
+			mu.Unlock()
+			require.ErrorIs(t, ctx.CallbackOnWritableAll("nope"), core.ErrUnknownProtocol)
+		})
+	}
+}
