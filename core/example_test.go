@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/plugloop/plugloop/core"
+	"golang.org/x/sys/unix"
 )
 
 // An echo server written the libwebsockets way: RAW_RX queues the bytes and
@@ -103,4 +104,33 @@ func ExampleThread_AfterFunc() {
 	// timer 1
 	// timer 2
 	// timer 3
+}
+
+// With several service threads, adopted connections go to the least-loaded
+// thread, like accepted ones; OnThread pins one.
+func ExampleOnThread() {
+	ctx, _ := core.New(core.Info{CountThreads: 2, Protocols: []core.Protocol{{Name: "p", Callback: func(core.Event) error { return nil }}}})
+	adopt := func(opts ...core.AdoptOption) {
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+		if err != nil {
+			fmt.Println(err)
+			return
+		}
+		defer unix.Close(fds[1]) // the peer; plugloop owns fds[0] from here
+		c, err := ctx.AdoptFD(fds[0], "p", opts...)
+		if err != nil {
+			fmt.Println(err)
+			unix.Close(fds[0])
+			return
+		}
+		fmt.Println("on thread", c.Thread().Index())
+	}
+	adopt()                 // both threads are empty: the first one
+	adopt()                 // thread 0 has one: thread 1
+	adopt(core.OnThread(1)) // pinned
+	ctx.Destroy()
+	// Output:
+	// on thread 0
+	// on thread 1
+	// on thread 1
 }
