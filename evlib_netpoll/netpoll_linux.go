@@ -56,7 +56,7 @@ type entry struct {
 	file *os.File // dup for the helpers, made when first needed
 	rc   syscall.RawConn
 
-	readHeld   bool         // input held while rx is paused (runner parked)
+	readHeld   bool         // input left after a report: its runner parks until Read empties the buffer
 	fresh      bool         // input its runner is reporting right now
 	seen       uint64       // Backend.gen of the Poll a runner reported this in
 	hup        bool         // netpoll closed the connection
@@ -89,7 +89,7 @@ type Backend struct {
 	turn    sync.Mutex
 	passer  evlib.Passer // set while Loop runs
 	inline  int          // reports runners made during Poll's wait
-	gen     uint64       // counts waits
+	gen     uint64       // counts Polls
 	timerAt time.Time    // when the timer fires; zero: stopped
 
 	fds    []*entry
