@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"syscall"
 
@@ -180,6 +181,12 @@ func adoptListener(t *Thread, ln net.Listener, p *Protocol) (*Listener, error) {
 // duplicate of its socket); on error the caller still owns it. The
 // connection is placed like AdoptFD's.
 func (c *Context) AdoptConn(nc net.Conn, protocol string, opts ...AdoptOption) (*Conn, error) {
+	return c.adoptCopy(nc, evlib.KindStream, protocol, opts)
+}
+
+// adoptCopy adopts a duplicate of the socket behind v (a net.Conn or a
+// net.PacketConn) and closes v once the duplicate is the core's.
+func (c *Context) adoptCopy(v io.Closer, kind evlib.Kind, protocol string, opts []AdoptOption) (*Conn, error) {
 	p, err := c.protocol(protocol)
 	if err != nil {
 		return nil, err
@@ -188,18 +195,18 @@ func (c *Context) AdoptConn(nc net.Conn, protocol string, opts ...AdoptOption) (
 	if err != nil {
 		return nil, err
 	}
-	fd, err := dupOf(nc)
+	fd, err := dupOf(v)
 	if err != nil {
 		return nil, err
 	}
-	conn, err := c.adoptKind(fd, evlib.KindStream, p, o)
+	conn, err := c.adoptKind(fd, kind, p, o)
 	if err != nil {
 		if !errors.Is(err, errAdoptRefused) {
 			unix.Close(fd)
 		}
 		return nil, err
 	}
-	nc.Close()
+	v.Close()
 	return conn, nil
 }
 

@@ -62,27 +62,7 @@ func (c *Context) ListenUDP(network, address, protocol string, opts ...AdoptOpti
 // SyscallConn). On success pc is closed (the core keeps a duplicate of its
 // socket); on error the caller still owns it. It is placed like AdoptFD's.
 func (c *Context) AdoptPacketConn(pc net.PacketConn, protocol string, opts ...AdoptOption) (*Conn, error) {
-	p, err := c.protocol(protocol)
-	if err != nil {
-		return nil, err
-	}
-	o, err := c.adoptOpts(opts)
-	if err != nil {
-		return nil, err
-	}
-	fd, err := dupOf(pc)
-	if err != nil {
-		return nil, err
-	}
-	conn, err := c.adoptKind(fd, evlib.KindDatagram, p, o)
-	if err != nil {
-		if !errors.Is(err, errAdoptRefused) {
-			unix.Close(fd)
-		}
-		return nil, err
-	}
-	pc.Close()
-	return conn, nil
+	return c.adoptCopy(pc, evlib.KindDatagram, protocol, opts)
 }
 
 // LocalAddr returns the address the connection's socket is bound to, or an
