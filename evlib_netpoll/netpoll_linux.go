@@ -175,10 +175,8 @@ func (b *Backend) Add(fd int, kind evlib.Kind, ev evlib.Events) error {
 	// A stream whose connect is still in progress is not netpoll's yet:
 	// when the connect fails, netpoll's read would take the socket's
 	// error, which the core needs to tell why. Helpers watch it until it
-	// is connected (see connected). The core waits for a connect with
-	// Writable interest alone, so an accepted stream (Readable) costs no
-	// getpeername.
-	e.connecting = kind == evlib.KindStream && ev&evlib.Readable == 0 && !isConnected(fd)
+	// is connected (see connected).
+	e.connecting = kind == evlib.KindStream && !isConnected(fd)
 	dup, err := dupFD(fd, kind == evlib.KindStream && !e.connecting)
 	if err != nil {
 		if errors.Is(err, unix.EBADF) {
