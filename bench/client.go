@@ -272,14 +272,42 @@ type counter struct {
 type loadGen struct {
 	conns  []net.Conn
 	counts []counter
-	stop   atomic.Bool
 	wg     sync.WaitGroup
+	firstError
+}
+
+// firstError keeps the first error a set of connections met. Once stop is
+// set the set is closing, and what fails then is not a failure.
+type firstError struct {
+	stop   atomic.Bool
+	prefix string // put before the error, with ": "
 	mu     sync.Mutex
 	err    error
 }
 
+func (f *firstError) fail(err error) {
+	if f.stop.Load() {
+		return
+	}
+	if f.prefix != "" {
+		err = fmt.Errorf("%s: %w", f.prefix, err)
+	}
+	f.mu.Lock()
+	if f.err == nil {
+		f.err = err
+	}
+	f.mu.Unlock()
+}
+
+// Err returns the first error a connection met.
+func (f *firstError) Err() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.err
+}
+
 func startLoad(ctx context.Context, addr string, n, size int, deadline time.Time) (*loadGen, error) {
-	l := &loadGen{counts: make([]counter, n)}
+	l := &loadGen{counts: make([]counter, n), firstError: firstError{prefix: "load"}}
 	d := net.Dialer{Timeout: 5 * time.Second}
 	for range n {
 		c, err := d.DialContext(ctx, "tcp", addr)
@@ -319,24 +347,6 @@ func (l *loadGen) pingPong(c net.Conn, cnt *counter, size int, seq byte) {
 		}
 		cnt.n.Add(1)
 	}
-}
-
-func (l *loadGen) fail(err error) {
-	if l.stop.Load() {
-		return // closing
-	}
-	l.mu.Lock()
-	if l.err == nil {
-		l.err = fmt.Errorf("load: %w", err)
-	}
-	l.mu.Unlock()
-}
-
-// Err returns the first error a connection met.
-func (l *loadGen) Err() error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.err
 }
 
 // total is the number of round trips completed so far.

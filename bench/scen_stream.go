@@ -46,10 +46,8 @@ type streamConns struct {
 	conns   []net.Conn
 	read    atomic.Int64
 	written atomic.Int64
-	stop    atomic.Bool
 	wg      sync.WaitGroup
-	mu      sync.Mutex
-	err     error
+	firstError
 }
 
 const patternLen = 251
@@ -130,23 +128,6 @@ func (s *streamConns) reader(c net.Conn, chunk int, rate float64) {
 			}
 		}
 	}
-}
-
-func (s *streamConns) fail(err error) {
-	if s.stop.Load() {
-		return
-	}
-	s.mu.Lock()
-	if s.err == nil {
-		s.err = err
-	}
-	s.mu.Unlock()
-}
-
-func (s *streamConns) Err() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.err
 }
 
 func (s *streamConns) close() {

@@ -19,7 +19,6 @@ import (
 	"net/netip"
 	"runtime"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -345,11 +344,9 @@ type uringLoad struct {
 	skip   uint8 // sqeCQESkipSuccess, if the kernel has it
 	active int
 	n      atomic.Uint64 // round trips completed
-	stop   atomic.Bool
 	done   chan struct{}
-	mu     sync.Mutex
-	err    error
 	stats  string // ring figures, for tests and debugging
+	firstError
 }
 
 const (
@@ -377,7 +374,7 @@ func startUringLoad(ctx context.Context, addr string, n, size, wait int) (*uring
 	if wait <= 0 {
 		wait = uringWait(n)
 	}
-	l := &uringLoad{conns: make([]uconn, n), size: size, wait: wait, done: make(chan struct{})}
+	l := &uringLoad{conns: make([]uconn, n), size: size, wait: wait, done: make(chan struct{}), firstError: firstError{prefix: "load"}}
 	buf := make([]byte, 2*n*size)
 	for i := range l.conns {
 		c := &l.conns[i]
@@ -626,24 +623,6 @@ func (l *uringLoad) finish(c *uconn) {
 func (l *uringLoad) connFail(c *uconn, err error) {
 	l.finish(c)
 	l.fail(err)
-}
-
-func (l *uringLoad) fail(err error) {
-	if l.stop.Load() {
-		return // closing
-	}
-	l.mu.Lock()
-	if l.err == nil {
-		l.err = fmt.Errorf("load: %w", err)
-	}
-	l.mu.Unlock()
-}
-
-// Err returns the first error a connection met.
-func (l *uringLoad) Err() error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.err
 }
 
 func (l *uringLoad) total() uint64 { return l.n.Load() }
