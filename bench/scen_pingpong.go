@@ -106,8 +106,7 @@ func pingpongTable(r *report, target bool) (table, []string) {
 	noisy := false
 	for _, s := range r.Servers {
 		if s.RTPerSec == 0 {
-			t.Rows = append(t.Rows, []string{s.Name, "error"})
-			t.Notes = append(t.Notes, fmt.Sprintf("! %s: %s", s.Name, s.Error))
+			t.failed(s.Name, s.Error)
 			continue
 		}
 		row := []string{

@@ -191,8 +191,7 @@ func runStream(ctx context.Context, s *suite) *scenarioResult {
 		m, errs := medianStream(sv.Name, rs)
 		data = append(data, rs...)
 		if m == nil {
-			t.Rows = append(t.Rows, []string{sv.Name, "error"})
-			t.Notes = append(t.Notes, "! "+sv.Name+": "+errs)
+			t.failed(sv.Name, errs)
 			continue
 		}
 		row := []string{sv.Name, fmt.Sprintf("%.1f", m.MBPerSec), fmt.Sprintf("%.0f", m.CPUUSPerMB), fmt.Sprintf("%.0f", m.CPUPct),
@@ -386,8 +385,7 @@ func runIdle(ctx context.Context, s *suite) *scenarioResult {
 		for _, r := range runs[sv.Name] {
 			data = append(data, r)
 			if r.Error != "" {
-				t.Rows = append(t.Rows, []string{sv.Name, "error"})
-				t.Notes = append(t.Notes, "! "+sv.Name+": "+r.Error)
+				t.failed(sv.Name, r.Error)
 				continue
 			}
 			if r.Short != "" {
@@ -530,8 +528,7 @@ func runSlow(ctx context.Context, s *suite) *scenarioResult {
 		for _, r := range runs[sv.Name] {
 			data = append(data, r)
 			if r.Error != "" {
-				t.Rows = append(t.Rows, []string{sv.Name, "error"})
-				t.Notes = append(t.Notes, "! "+sv.Name+": "+r.Error)
+				t.failed(sv.Name, r.Error)
 				continue
 			}
 			verdict := "yes"

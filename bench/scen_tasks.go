@@ -486,8 +486,7 @@ func runWakeup(ctx context.Context, s *suite) *scenarioResult {
 		}
 		if r.Error != "" {
 			progress("  %-17s error: %s\n", label, r.Error)
-			t.Rows = append(t.Rows, []string{label, "error"})
-			t.Notes = append(t.Notes, "! "+label+": "+r.Error)
+			t.failed(label, r.Error)
 			continue
 		}
 		progress("  %-17s Post p50 %.1f µs p99 %.1f µs, %s/s\n", label, r.PostP50US, r.PostP99US, thousands(r.PostRate))

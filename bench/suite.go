@@ -127,6 +127,12 @@ type table struct {
 	Notes  []string   `json:"notes,omitempty"`
 }
 
+// failed adds the row of a server whose run failed, and why, as a note.
+func (t *table) failed(name, why string) {
+	t.Rows = append(t.Rows, []string{name, "error"})
+	t.Notes = append(t.Notes, "! "+name+": "+why)
+}
+
 // chart is a bar chart (Bars) or a line chart (Series) for the HTML
 // report.
 type chart struct {
