@@ -482,6 +482,47 @@ func (s *suite) testConnTimers(t *testing.T) {
 		require.ErrorIs(t, e.err, core.ErrTimeout)
 		expectEOF(t, peer)
 	})
+	// Input that arrives late in a long wait counts from when it came, not
+	// from when the wait began: the connection lives a whole IdleTimeout
+	// after it.
+	t.Run("IdleTimeoutCountsActivity", func(t *testing.T) {
+		const d = 300 * time.Millisecond
+		var rxAt, closeAt time.Time // loop goroutine
+		cb := func(ev core.Event) error {
+			switch ev.Reason {
+			case core.ReasonRawRX:
+				rxAt = time.Now()
+			case core.ReasonRawClose:
+				closeAt = time.Now()
+			}
+			return nil
+		}
+		h := s.newHarness(t, core.Info{IdleTimeout: d, Protocols: []core.Protocol{{Name: "idle", Callback: cb}}})
+		h.start()
+		for attempt := 1; ; attempt++ {
+			fd, peer := unixPair(t)
+			var c *core.Conn
+			var err error
+			h.do(func() { c, err = h.ctx.AdoptFD(fd, "") })
+			require.NoError(t, err)
+			h.waitBlocked()
+			time.Sleep(d * 2 / 3)
+			_, err = peer.Write([]byte("x"))
+			require.NoError(t, err)
+			e := h.rec.waitEvent(t, "RAW_CLOSE after Info.IdleTimeout", is(core.ReasonRawClose, c))
+			require.ErrorIs(t, e.err, core.ErrTimeout)
+			var rx, closed time.Time
+			h.do(func() { rx, closed, rxAt = rxAt, closeAt, time.Time{} })
+			if rx.IsZero() {
+				// The timeout came before the byte: this machine is too
+				// busy for the sleep above to mean anything. Again.
+				require.Less(t, attempt, 5, "the connection closed before its input arrived, %d times", attempt)
+				continue
+			}
+			require.GreaterOrEqual(t, closed.Sub(rx), d/2, "closed %v after its last input; IdleTimeout is %v", closed.Sub(rx), d)
+			return
+		}
+	})
 }
 
 // Checklist 19: CancelService from many goroutines wakes the blocked loop

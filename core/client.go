@@ -224,7 +224,7 @@ func (t *Thread) onConnect(conn *Conn) {
 	o := conn.dial.opts
 	conn.dial = nil
 	t.setInterest(conn, evlib.Readable)
-	conn.lastActive = t.now
+	t.touch(conn)
 	t.established(conn, &o)
 }
 

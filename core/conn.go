@@ -147,7 +147,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 	}
 	n, err := t.write(c.fd, p)
 	if n == len(p) {
-		c.lastActive = t.now
+		t.touch(c)
 		return n, nil
 	}
 	if err != nil && !wouldBlock(err) {

@@ -106,7 +106,7 @@ func (t *Thread) onFileReadable(c *Conn, ev evlib.Events) {
 			return
 		}
 	}
-	c.lastActive = t.now
+	t.touch(c)
 	if err := t.callback(Event{Reason: ReasonRawRXFile, Conn: c}); err != nil {
 		t.closeConn(c, err)
 	}

@@ -95,6 +95,8 @@ func (q *timerHeap) remove(tm *Timer) {
 	}
 }
 
+func (q *timerHeap) len() int { return len(q.h) }
+
 // next returns the earliest deadline, or ok=false when none is scheduled.
 func (q *timerHeap) next() (when int64, ok bool) {
 	if len(q.h) == 0 {

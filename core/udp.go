@@ -93,7 +93,7 @@ func (t *Thread) onDatagramReadable(c *Conn) {
 			// reports on a later call): neither ends the socket.
 			return
 		}
-		c.lastActive = t.now
+		t.touch(c)
 		if err := t.callback(Event{Reason: ReasonRawRX, Conn: c, Data: t.rxBuf[:n], From: addrPort(sa)}); err != nil {
 			t.closeConn(c, err)
 			return
@@ -134,7 +134,7 @@ func (c *Conn) WriteTo(p []byte, addr netip.AddrPort) (int, error) {
 	if err := unix.Sendto(c.fd, p, unix.MSG_DONTWAIT, sa); err != nil {
 		return 0, &OpError{Op: "sendto", Err: err}
 	}
-	c.lastActive = t.now
+	t.touch(c)
 	return len(p), nil
 }
 
