@@ -20,8 +20,8 @@
 // Every method of [Backend] is called on the service thread's goroutine, one
 // call at a time, except [Waker.Wake], which any goroutine may call.
 //
-// A backend may report from a goroutine of its library instead (netpoll's
-// runners do): while the service goroutine is blocked in Poll or Loop, the
+// A backend may report from other goroutines instead (evlib_netpoll's
+// per-connection readers, woken by netpoll, do): while the service goroutine is blocked in Poll or Loop, the
 // backend may let one other goroutine at a time call [Sink.Ready] and, in
 // Loop, [Passer.Pass], provided something like a mutex orders each such
 // goroutine's calls after everything the previous holder did and before

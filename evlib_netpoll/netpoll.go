@@ -19,27 +19,32 @@
 //     evlib.Waker: a non-blocking send, harmless after Close) and one
 //     time.Timer. Poll(0) never blocks.
 //   - A stream (KindStream) is handed to netpoll as a dup of the core's fd
-//     (netpoll.NewFDConnection): netpoll closes its fd on Close and on the
-//     peer's hang-up, from its own goroutine, while the core keeps and
-//     closes the original. netpoll reads the kernel into its buffer and
-//     runs OnRequest on a runner goroutine.
-//   - The runner does not hand the input over to the service goroutine:
+//     (netpoll.NewFDConnection): netpoll reads the kernel into its buffer
+//     on its poller goroutine, and closes the dup when the backend closes
+//     the connection; the core keeps and closes the original.
+//   - Each stream has a reader goroutine, parked in netpoll's Peek until
+//     the buffer holds input. (Not netpoll's OnRequest: that starts a task
+//     on netpoll's goroutine pool for every burst of input, a closure, a
+//     pool task and a new goroutine each time, and once the task ends
+//     netpoll may drop unread input on a hang-up. A parked reader is woken
+//     by one channel send, and with no OnRequest netpoll leaves the close,
+//     and the buffer, to the backend.)
+//   - The reader does not hand the input over to the service goroutine:
 //     while that goroutine waits, it takes the thread's turn (a mutex the
 //     service goroutine holds at all other times), reports Readable to the
 //     core and, in Loop, runs the pass that follows (the callbacks, the
 //     writes, forced service), right there. Two goroutine hand-offs per
-//     round trip less; the price is that callbacks run on netpoll's
-//     runners, one at a time per thread and in order, so the backend
-//     declares evlib.CapLibraryGoroutines. In Poll a runner reports an fd
-//     at most once per call, and the caller runs the pass.
+//     round trip less; the price is that callbacks run on the readers,
+//     one at a time per thread and in order, so the backend declares
+//     evlib.CapLibraryGoroutines. In Poll a reader reports an fd at most
+//     once per call, and the caller runs the pass.
 //   - Input the core does not read at once (rx paused, or more than one
-//     read's worth) is held: the runner parks in OnRequest until IO.Read
-//     empties the buffer, and the fd is reported Readable while it has
-//     Readable interest: level-triggered, as the contract wants. (Released
-//     sooner, the runner would return to netpoll, which then calls it
-//     again at once, or on a hang-up drops the buffer.) The close callback
-//     posts Hangup, reported as Readable|Hangup so the core reads the rest
-//     and then end of stream.
+//     read's worth) is held: the reader parks until IO.Read empties the
+//     buffer, and the fd is reported Readable while it has Readable
+//     interest: level-triggered, as the contract wants. netpoll's
+//     OnDisconnect posts Hangup as soon as its poller saw the hang-up
+//     (after it read all input), reported as Readable|Hangup so the core
+//     reads the rest and then end of stream.
 //   - IO.Read copies from netpoll's buffer (Next + Release): it returns an
 //     error wrapping evlib.ErrWouldBlock while the buffer is empty and the
 //     connection alive, and (0, nil) once it is empty and the peer closed.

@@ -41,24 +41,26 @@ type post struct {
 }
 
 // entry is one watched fd. Its plain fields belong to the holder of the
-// turn (Backend.turn); other goroutines touch only the channels, gone and
-// the netpoll connection's atomic Len.
+// turn (Backend.turn); other goroutines touch only the channels, gone, peek
+// and the netpoll connection's atomic Len.
 type entry struct {
 	fd       int
 	kind     evlib.Kind
 	interest evlib.Events
 
 	nc   netpoll.Connection // streams: netpoll's connection on a dup
-	ack  chan struct{}      // releases a runner parked with held input
+	ack  chan struct{}      // releases a reader parked with held input
 	done chan struct{}      // closed on Remove: releases everything
 	gone atomic.Bool        // removed (read by helpers)
 
 	file *os.File // dup for the helpers, made when first needed
 	rc   syscall.RawConn
 
-	readHeld   bool         // input left after a report: its runner parks until Read empties the buffer
-	fresh      bool         // input its runner is reporting right now
-	seen       uint64       // Backend.gen of the Poll a runner reported this in
+	waiting    bool         // the reader waits in netpoll (see Read)
+	peek       sync.Mutex   // held by the reader while it waits in netpoll's Peek
+	readHeld   bool         // input left after a report: the reader parks until Read empties the buffer
+	fresh      bool         // input the reader is reporting right now
+	seen       uint64       // Backend.gen of the Poll a reader reported this in
 	hup        bool         // netpoll closed the connection
 	hupShown   bool         // Hangup reported without Readable interest
 	overflow   bool         // MaxPausedRx exceeded
@@ -76,19 +78,19 @@ type entry struct {
 
 // Backend serves one service thread.
 //
-// The turn is what makes netpoll's runners cheap: whoever holds it may call
-// the sink. The service thread holds it except while it waits in Poll or
-// Loop; then a runner with input takes it and lets the core read, run the
-// callbacks and (in Loop) a whole pass, right there on netpoll's goroutine,
-// instead of handing the input to the service goroutine and waiting for it
-// to come back. The turn's mutex gives each holder everything the previous
+// The turn is what makes the readers cheap: whoever holds it may call the
+// sink. The service thread holds it except while it waits in Poll or Loop;
+// then a reader with input takes it and lets the core read, run the
+// callbacks and (in Loop) a whole pass, right there on the reader, instead
+// of handing the input to the service goroutine and waiting for it to come
+// back. The turn's mutex gives each holder everything the previous
 // one did.
 type Backend struct {
 	sink    evlib.Sink
 	ctr     *evlib.Counters
 	turn    sync.Mutex
 	passer  evlib.Passer // set while Loop runs
-	inline  int          // reports runners made during Poll's wait
+	inline  int          // reports readers made during Poll's wait
 	gen     uint64       // counts Polls
 	timerAt time.Time    // when the timer fires; zero: stopped
 
@@ -252,7 +254,7 @@ func dupFD(fd int, stream bool) (int, error) {
 
 const dupBase, dupWindow = 1024, 1024
 
-// attach gives netpoll the dup of a stream.
+// attach gives netpoll the dup of a stream and starts its reader.
 func (b *Backend) attach(e *entry, dup int) error {
 	nc, err := netpoll.NewFDConnection(dup)
 	if err != nil {
@@ -261,15 +263,11 @@ func (b *Backend) attach(e *entry, dup int) error {
 	}
 	e.nc = nc
 	e.ack = make(chan struct{}, 1)
-	nc.AddCloseCallback(func(netpoll.Connection) error {
-		b.post(post{e: e, what: postHup})
-		return nil
-	})
-	// The close callbacks run only once netpoll's runner is done, and ours
-	// is parked while a paused connection's input is held. OnDisconnect
-	// runs as soon as netpoll's poller saw the hang-up (after it read all
-	// input), whoever holds the runner. It is an exported method of
-	// netpoll's connection, though not of the Connection interface.
+	// OnDisconnect runs as soon as netpoll's poller saw the hang-up (after
+	// it read all input), so a paused connection learns of it at once. It
+	// is an exported method of netpoll's connection, though not of the
+	// Connection interface. (With no OnRequest, netpoll leaves the rest of
+	// the close, and the buffer, to our Close.)
 	if d, ok := nc.(interface {
 		SetOnDisconnect(netpoll.OnDisconnect) error
 	}); ok {
@@ -277,28 +275,60 @@ func (b *Backend) attach(e *entry, dup int) error {
 			b.post(post{e: e, what: postHup})
 		})
 	}
-	nc.SetOnRequest(func(_ context.Context, c netpoll.Connection) error {
-		b.onRequest(e, c)
-		return nil
-	})
 	if !nc.IsActive() {
-		b.post(post{e: e, what: postHup}) // hung up before the callback was set
+		// The poller saw the hang-up before the callback was set (a
+		// connection registers as it is made). Later, it sees ours.
+		b.post(post{e: e, what: postHup})
 	}
+	e.waiting = true
+	go b.reader(e, nc)
 	return nil
 }
 
-// onRequest runs on netpoll's runner whenever the connection's buffer
-// holds input. It waits for the turn and lets the core read (see
-// Backend). Input left in the buffer after that, or while rx is paused, is
-// held: the runner parks until the core read it all (Read releases it) or
-// the fd was removed, so that netpoll neither calls it again in a busy
-// loop nor drops the buffer on a hang-up. In Poll a runner reports an fd
-// at most once per call, as the contract asks.
-func (b *Backend) onRequest(e *entry, c netpoll.Connection) {
+// reader is a stream's goroutine. It waits in netpoll (Peek) until the
+// connection's buffer holds input, then reports it (see onInput).
+//
+// Why a goroutine per stream and not netpoll's OnRequest: OnRequest starts
+// a task on netpoll's goroutine pool for every burst of input (a closure,
+// a pool task and a new goroutine each time); a parked reader is woken by
+// one channel send. netpoll's buffer is not safe for two readers: Peek
+// holds e.peek, which Read takes when input came while the reader waited.
+func (b *Backend) reader(e *entry, c netpoll.Connection) {
+	r := c.Reader()
+	for {
+		e.peek.Lock()
+		_, err := r.Peek(1)
+		e.peek.Unlock()
+		if err != nil {
+			// Closed by Remove, or the peer hung up and all input was read.
+			if !e.gone.Load() {
+				b.post(post{e: e, what: postHup})
+			}
+			return
+		}
+		if !b.onInput(e, c) {
+			return
+		}
+	}
+}
+
+// onInput runs on a stream's reader whenever netpoll's buffer holds input.
+// It waits for the turn and lets the core read (see Backend). Input left
+// in the buffer after that, or while rx is paused, is held: the reader
+// parks until the core read it all (Read releases it) or the fd was
+// removed. In Poll a reader reports an fd at most once per call, as the
+// contract asks. It reports whether the reader goes on.
+func (b *Backend) onInput(e *entry, c netpoll.Connection) bool {
 	b.turn.Lock()
-	if b.closed || e.removed || c.Reader().Len() == 0 {
+	e.waiting = false
+	if b.closed || e.removed {
 		b.turn.Unlock()
-		return
+		return false
+	}
+	if c.Reader().Len() == 0 { // Read took it meanwhile
+		e.waiting = true
+		b.turn.Unlock()
+		return true
 	}
 	if e.interest&evlib.Readable != 0 && (b.passer != nil || e.seen != b.gen) {
 		e.seen = b.gen
@@ -306,10 +336,15 @@ func (b *Backend) onRequest(e *entry, c netpoll.Connection) {
 		b.reportEntry(e)
 		e.fresh = false
 		b.afterInline()
-		if b.closed || e.removed || c.Reader().Len() == 0 {
+		if b.closed || e.removed {
 			b.turn.Unlock()
-			return
+			return false
 		}
+	}
+	if c.Reader().Len() == 0 {
+		e.waiting = true
+		b.turn.Unlock()
+		return true
 	}
 	e.readHeld = true
 	if e.interest&evlib.Readable != 0 {
@@ -317,10 +352,10 @@ func (b *Backend) onRequest(e *entry, c netpoll.Connection) {
 		b.kickWaiter()
 	}
 	b.turn.Unlock()
-	b.park(e, c)
+	return b.park(e, c)
 }
 
-// afterInline follows a report made on a runner. In Loop it runs the
+// afterInline follows a report made on a reader. In Loop it runs the
 // pass that follows events, and leaves the rest to the service thread:
 // whatever the pass could not finish (it wants to be called again at
 // once, or a report is pending) wakes it, a timer that falls due sooner
@@ -344,25 +379,27 @@ func (b *Backend) afterInline() {
 	}
 }
 
-// park holds the runner of a connection whose input waits for rx to
-// resume, checking the buffer against MaxPausedRx meanwhile.
-func (b *Backend) park(e *entry, c netpoll.Connection) {
+// park holds the reader of a connection whose input waits for rx to
+// resume, checking the buffer against MaxPausedRx meanwhile. It reports
+// whether the reader goes on (false: the fd was removed).
+func (b *Backend) park(e *entry, c netpoll.Connection) bool {
 	t := time.NewTicker(PausedRxCheck)
 	defer t.Stop()
 	for {
 		select {
 		case <-e.ack:
-			return
+			return true
 		case <-e.done:
-			return
+			return false
 		case <-t.C:
 			if n := c.Reader().Len(); n > MaxPausedRx {
 				b.post(post{e: e, what: postOverflow, n: n})
 				select {
 				case <-e.ack:
+					return true
 				case <-e.done:
+					return false
 				}
-				return
 			}
 		}
 	}
@@ -535,7 +572,7 @@ func (b *Backend) drop(e *entry) {
 	}
 }
 
-// Poll implements evlib.Backend. While it waits, runners report on their
+// Poll implements evlib.Backend. While it waits, readers report on their
 // own goroutines (see Backend); it returns once one did, or a helper
 // posted, a wakeup came or timeout passed.
 func (b *Backend) Poll(timeout time.Duration) (int, error) {
@@ -547,7 +584,7 @@ func (b *Backend) Poll(timeout time.Duration) (int, error) {
 	if timeout > 0 {
 		deadline = time.Now().Add(timeout)
 	}
-	// Runners waiting for the turn get it first: without this, a Poll
+	// Readers waiting for the turn get it first: without this, a Poll
 	// that always finds something (a writable fd) would starve them.
 	woken := b.wait(0)
 	for {
@@ -568,7 +605,7 @@ func (b *Backend) Poll(timeout time.Duration) (int, error) {
 }
 
 // Loop implements evlib.Looper. It is Poll's loop with one difference: a
-// runner that reported input also runs the pass that follows, on its own
+// reader that reported input also runs the pass that follows, on its own
 // goroutine, so a round trip costs no hand-off to the service goroutine.
 func (b *Backend) Loop(p evlib.Passer) error {
 	if b.closed {
@@ -580,7 +617,7 @@ func (b *Backend) Loop(p evlib.Passer) error {
 	for !stop {
 		b.drain()
 		if b.report() > 0 {
-			next = 0 // pass now, but let waiting runners in first
+			next = 0 // pass now, but let waiting readers in first
 		}
 		b.wait(next)
 		next, stop = p.Pass()
@@ -589,7 +626,7 @@ func (b *Backend) Loop(p evlib.Passer) error {
 }
 
 // wait gives up the turn until a post or an inline report (kick), a
-// wakeup or d (d < 0: no limit; d == 0: only long enough for runners
+// wakeup or d (d < 0: no limit; d == 0: only long enough for readers
 // waiting for the turn to take it), then takes it back. It reports
 // whether a wakeup came.
 func (b *Backend) wait(d time.Duration) (woken bool) {
@@ -695,7 +732,7 @@ func (b *Backend) report() int {
 			continue
 		}
 		if b.passer == nil && e.seen == b.gen {
-			b.enqueue(e) // a runner reported it in this Poll: the next one
+			b.enqueue(e) // a reader reported it in this Poll: the next one
 			continue
 		}
 		if b.reportEntry(e) {
@@ -741,6 +778,12 @@ func (b *Backend) Read(fd int, p []byte) (int, error) {
 	}
 	r := e.nc.Reader()
 	n := min(r.Len(), len(p))
+	if e.waiting && n > 0 {
+		// Input just came and the reader may be looking at the buffer
+		// (Peek) right now. It is done soon: its wait is over.
+		e.peek.Lock()
+		defer e.peek.Unlock()
+	}
 	if n == 0 {
 		if len(p) == 0 {
 			return 0, nil
@@ -757,10 +800,9 @@ func (b *Backend) Read(fd int, p []byte) (int, error) {
 	copy(p, buf)
 	r.Release()
 	if e.readHeld && r.Len() == 0 {
-		// Held input all read: release the parked runner. Not sooner:
-		// once it returns, netpoll may run the close callbacks, which
-		// drop the buffer.
+		// Held input all read: the buffer is the reader's again.
 		e.readHeld = false
+		e.waiting = true
 		select {
 		case e.ack <- struct{}{}:
 		default: // cannot happen: one park per hold
@@ -858,6 +900,6 @@ func (b *Backend) Close() error {
 	b.mu.Lock()
 	b.posts = nil
 	b.mu.Unlock()
-	b.turn.Unlock() // runners still waiting for it find the backend closed
+	b.turn.Unlock() // readers still waiting for it find the backend closed
 	return nil
 }
