@@ -18,11 +18,13 @@ import (
 )
 
 // startNetpoll is cloudwego/netpoll's echo: one poller, OnRequest moves
-// whatever the Reader holds to the Writer and flushes. With rawWrite (the
-// netpoll-floor server) OnRequest writes it with write(2) on the fd
-// instead, as plugloop's adapter does, and leaves only what the socket did
-// not take to the Writer.
-func startNetpoll(rawWrite bool) (string, error) {
+// whatever the Reader holds to the Writer and flushes. With floor (the
+// netpoll-floor server) it is the cheapest echo on netpoll's reads found:
+// no OnRequest (a pool task per burst of input) but a goroutine per
+// connection parked in Peek, netpoll's blocking style, writing with
+// write(2) on the fd as plugloop's adapter does and leaving only what the
+// socket did not take to the Writer.
+func startNetpoll(floor bool) (string, error) {
 	if err := netpoll.Configure(netpoll.Config{PollerNum: 1, LoggerOutput: discard{}}); err != nil {
 		return "", err
 	}
@@ -30,36 +32,26 @@ func startNetpoll(rawWrite bool) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	loop, err := netpoll.NewEventLoop(func(_ context.Context, c netpoll.Connection) error {
-		r, w := c.Reader(), c.Writer()
-		n := r.Len()
-		if n == 0 {
-			return nil
-		}
-		buf, err := r.Next(n)
-		if err != nil {
-			return err
-		}
-		if rawWrite {
-			if fd, ok := c.(interface{ Fd() int }); ok {
-				k, err := sys.Write(fd.Fd(), buf)
-				if err != nil && !errors.Is(err, unix.EAGAIN) {
-					return err
-				}
-				if buf = buf[max(k, 0):]; len(buf) == 0 {
-					return r.Release()
-				}
+	var loop netpoll.EventLoop
+	if floor {
+		loop, err = netpoll.NewEventLoop(nil, netpoll.WithOnConnect(func(ctx context.Context, c netpoll.Connection) context.Context {
+			go netpollFloorConn(c)
+			return ctx
+		}))
+	} else {
+		loop, err = netpoll.NewEventLoop(func(_ context.Context, c netpoll.Connection) error {
+			r := c.Reader()
+			n := r.Len()
+			if n == 0 {
+				return nil
 			}
-		}
-		if _, err := w.WriteBinary(buf); err != nil {
-			return err
-		}
-		// WriteBinary references buf: flush before releasing it.
-		if err := w.Flush(); err != nil {
-			return err
-		}
-		return r.Release()
-	})
+			buf, err := r.Next(n)
+			if err != nil {
+				return err
+			}
+			return netpollEcho(c, buf, nil)
+		})
+	}
 	if err != nil {
 		ln.Close()
 		return "", err
@@ -71,4 +63,46 @@ func startNetpoll(rawWrite bool) (string, error) {
 		os.Exit(1)
 	}()
 	return ln.Addr().String(), nil
+}
+
+// netpollFloorConn is the floor server's goroutine for one connection.
+func netpollFloorConn(c netpoll.Connection) {
+	defer c.Close()
+	r := c.Reader()
+	fd := -1
+	if f, ok := c.(interface{ Fd() int }); ok {
+		fd = f.Fd()
+	}
+	for {
+		if _, err := r.Peek(1); err != nil {
+			return
+		}
+		buf, err := r.Next(r.Len())
+		if err != nil || netpollEcho(c, buf, &fd) != nil {
+			return
+		}
+	}
+}
+
+// netpollEcho sends buf back and releases the input: with a raw write(2)
+// when fd is given, through netpoll's Writer for what that did not take.
+func netpollEcho(c netpoll.Connection, buf []byte, fd *int) error {
+	r, w := c.Reader(), c.Writer()
+	if fd != nil && *fd >= 0 {
+		k, err := sys.Write(*fd, buf)
+		if err != nil && !errors.Is(err, unix.EAGAIN) {
+			return err
+		}
+		if buf = buf[max(k, 0):]; len(buf) == 0 {
+			return r.Release()
+		}
+	}
+	if _, err := w.WriteBinary(buf); err != nil {
+		return err
+	}
+	// WriteBinary references buf: flush before releasing it.
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	return r.Release()
 }

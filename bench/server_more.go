@@ -23,9 +23,9 @@ import (
 
 const (
 	netpollName = "netpoll"
-	// netpollFloorName is netpoll's echo with the write done as a raw
-	// write(2) on the connection's fd, as plugloop's adapter writes: what
-	// netpoll's reading and hand-off cost under any adapter (opt-in).
+	// netpollFloorName is the cheapest echo found on netpoll's reads (see
+	// startNetpoll): what netpoll's reading and hand-off cost under any
+	// adapter (opt-in).
 	netpollFloorName = "netpoll-floor"
 	rawName          = "bare-epoll"
 	// targetName stands for the external server -target names.
