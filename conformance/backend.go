@@ -71,6 +71,19 @@ func (s *suite) newBackend(t *testing.T) *beHarness {
 	return b
 }
 
+// watchReadable makes a socket pair and watches its first end for
+// Readable; both ends are closed when the test ends.
+func (b *beHarness) watchReadable() (a, peer int) {
+	b.t.Helper()
+	a, peer = nonblockPair(b.t)
+	b.t.Cleanup(func() {
+		unix.Close(a)
+		unix.Close(peer)
+	})
+	require.NoError(b.t, b.be.Add(a, evlib.KindStream, evlib.Readable))
+	return a, peer
+}
+
 // needPoll skips a test that needs Poll on an app-driven backend.
 func (b *beHarness) needPoll() {
 	b.t.Helper()
@@ -244,10 +257,7 @@ func (s *suite) testBackendAddModifyRemove(t *testing.T) {
 func (s *suite) testBackendReadable(t *testing.T) {
 	b := s.newBackend(t)
 	b.needPoll()
-	a, peer := nonblockPair(t)
-	defer unix.Close(a)
-	defer unix.Close(peer)
-	require.NoError(t, b.be.Add(a, evlib.KindStream, evlib.Readable))
+	a, peer := b.watchReadable()
 	b.notReported(a, "idle socket watched for Readable only")
 
 	_, err := unix.Write(peer, []byte("ping"))
@@ -423,10 +433,7 @@ func (s *suite) testBackendPollZero(t *testing.T) {
 	var got []report
 	goWithin(t, "Poll(0) with no fds", func() { got = b.poll(0) })
 	require.Empty(t, got)
-	a, peer := nonblockPair(t)
-	defer unix.Close(a)
-	defer unix.Close(peer)
-	require.NoError(t, b.be.Add(a, evlib.KindStream, evlib.Readable))
+	a, _ := b.watchReadable()
 	for range 3 {
 		goWithin(t, "Poll(0) with an idle fd", func() { got = b.poll(0) })
 		require.Empty(t, got)
@@ -439,10 +446,7 @@ func (s *suite) testBackendPollZero(t *testing.T) {
 func (s *suite) testBackendPollTimeout(t *testing.T) {
 	b := s.newBackend(t)
 	b.needPoll()
-	a, peer := nonblockPair(t)
-	defer unix.Close(a)
-	defer unix.Close(peer)
-	require.NoError(t, b.be.Add(a, evlib.KindStream, evlib.Readable))
+	a, _ := b.watchReadable()
 	for _, d := range []time.Duration{time.Microsecond, 20 * time.Millisecond} {
 		var got []report
 		goWithin(t, fmt.Sprintf("Poll(%v) with nothing ready", d), func() { got = b.poll(d) })
@@ -455,10 +459,7 @@ func (s *suite) testBackendPollTimeout(t *testing.T) {
 func (s *suite) testBackendPollWakes(t *testing.T) {
 	b := s.newBackend(t)
 	b.needPoll()
-	a, peer := nonblockPair(t)
-	defer unix.Close(a)
-	defer unix.Close(peer)
-	require.NoError(t, b.be.Add(a, evlib.KindStream, evlib.Readable))
+	a, peer := b.watchReadable()
 	type res struct {
 		n   int
 		err error
@@ -623,10 +624,7 @@ func (s *suite) testBackendFiles(t *testing.T) {
 // it returns ErrClosed.
 func (s *suite) testBackendClose(t *testing.T) {
 	b := s.newBackend(t)
-	a, peer := nonblockPair(t)
-	defer unix.Close(a)
-	defer unix.Close(peer)
-	require.NoError(t, b.be.Add(a, evlib.KindStream, evlib.Readable))
+	a, peer := b.watchReadable()
 	require.NoError(t, b.be.Close())
 	require.NoError(t, b.be.Close(), "second Close")
 	require.True(t, fdOpen(a), "Close closed an fd the core added")
