@@ -49,7 +49,7 @@ func startNetpoll(floor bool) (string, error) {
 			if err != nil {
 				return err
 			}
-			return netpollEcho(c, buf, nil)
+			return netpollEcho(c, buf, -1)
 		})
 	}
 	if err != nil {
@@ -78,18 +78,19 @@ func netpollFloorConn(c netpoll.Connection) {
 			return
 		}
 		buf, err := r.Next(r.Len())
-		if err != nil || netpollEcho(c, buf, &fd) != nil {
+		if err != nil || netpollEcho(c, buf, fd) != nil {
 			return
 		}
 	}
 }
 
 // netpollEcho sends buf back and releases the input: with a raw write(2)
-// when fd is given, through netpoll's Writer for what that did not take.
-func netpollEcho(c netpoll.Connection, buf []byte, fd *int) error {
+// on fd unless it is -1, through netpoll's Writer for what that did not
+// take.
+func netpollEcho(c netpoll.Connection, buf []byte, fd int) error {
 	r, w := c.Reader(), c.Writer()
-	if fd != nil && *fd >= 0 {
-		k, err := sys.Write(*fd, buf)
+	if fd >= 0 {
+		k, err := sys.Write(fd, buf)
 		if err != nil && !errors.Is(err, unix.EAGAIN) {
 			return err
 		}

@@ -21,11 +21,12 @@
 // call at a time, except [Waker.Wake], which any goroutine may call.
 //
 // A backend may report from other goroutines instead (evlib_netpoll's
-// per-connection readers, woken by netpoll, do): while the service goroutine is blocked in Poll or Loop, the
-// backend may let one other goroutine at a time call [Sink.Ready] and, in
-// Loop, [Passer.Pass], provided something like a mutex orders each such
-// goroutine's calls after everything the previous holder did and before
-// the service goroutine goes on. The calling goroutine is then the
+// per-connection readers, woken by netpoll, do): while the service
+// goroutine is blocked in Poll or Loop, the backend may let one other
+// goroutine at a time call [Sink.Ready] and, in Loop, [Passer.Pass],
+// provided something like a mutex orders each such goroutine's calls after
+// everything the previous holder did and before the service goroutine goes
+// on. The calling goroutine is then the
 // service thread's goroutine for the duration: the core's callbacks run
 // on it, and the core calls the backend's methods from it.
 package evlib

@@ -56,7 +56,6 @@ type entry struct {
 	file *os.File // dup for the helpers, made when first needed
 	rc   syscall.RawConn
 
-	waiting    bool         // the reader waits in netpoll (see Read)
 	peek       sync.Mutex   // held by the reader while it waits in netpoll's Peek
 	readHeld   bool         // input left after a report: the reader parks until Read empties the buffer
 	fresh      bool         // input the reader is reporting right now
@@ -280,7 +279,6 @@ func (b *Backend) attach(e *entry, dup int) error {
 		// connection registers as it is made). Later, it sees ours.
 		b.post(post{e: e, what: postHup})
 	}
-	e.waiting = true
 	go b.reader(e, nc)
 	return nil
 }
@@ -292,7 +290,8 @@ func (b *Backend) attach(e *entry, dup int) error {
 // a task on netpoll's goroutine pool for every burst of input (a closure,
 // a pool task and a new goroutine each time); a parked reader is woken by
 // one channel send. netpoll's buffer is not safe for two readers: Peek
-// holds e.peek, which Read takes when input came while the reader waited.
+// holds e.peek, which Read takes for input the reader is not reporting or
+// holding.
 func (b *Backend) reader(e *entry, c netpoll.Connection) {
 	r := c.Reader()
 	for {
@@ -320,17 +319,13 @@ func (b *Backend) reader(e *entry, c netpoll.Connection) {
 // contract asks. It reports whether the reader goes on.
 func (b *Backend) onInput(e *entry, c netpoll.Connection) bool {
 	b.turn.Lock()
-	e.waiting = false
 	if b.closed || e.removed {
 		b.turn.Unlock()
 		return false
 	}
-	if c.Reader().Len() == 0 { // Read took it meanwhile
-		e.waiting = true
-		b.turn.Unlock()
-		return true
-	}
-	if e.interest&evlib.Readable != 0 && (b.passer != nil || e.seen != b.gen) {
+	r := c.Reader()
+	// (Empty if a Read between Peek and the turn took the input.)
+	if r.Len() > 0 && e.interest&evlib.Readable != 0 && (b.passer != nil || e.seen != b.gen) {
 		e.seen = b.gen
 		e.fresh = true
 		b.reportEntry(e)
@@ -341,8 +336,7 @@ func (b *Backend) onInput(e *entry, c netpoll.Connection) bool {
 			return false
 		}
 	}
-	if c.Reader().Len() == 0 {
-		e.waiting = true
+	if r.Len() == 0 {
 		b.turn.Unlock()
 		return true
 	}
@@ -778,8 +772,9 @@ func (b *Backend) Read(fd int, p []byte) (int, error) {
 	}
 	r := e.nc.Reader()
 	n := min(r.Len(), len(p))
-	if e.waiting && n > 0 {
-		// Input just came and the reader may be looking at the buffer
+	if n > 0 && !e.fresh && !e.readHeld {
+		// Not the input the reader reports or holds: it came while the
+		// reader waited, and the reader may be looking at the buffer
 		// (Peek) right now. It is done soon: its wait is over.
 		e.peek.Lock()
 		defer e.peek.Unlock()
@@ -800,9 +795,8 @@ func (b *Backend) Read(fd int, p []byte) (int, error) {
 	copy(p, buf)
 	r.Release()
 	if e.readHeld && r.Len() == 0 {
-		// Held input all read: the buffer is the reader's again.
+		// Held input all read: the reader goes back to waiting.
 		e.readHeld = false
-		e.waiting = true
 		select {
 		case e.ack <- struct{}{}:
 		default: // cannot happen: one park per hold
