@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/plugloop/plugloop/evlib"
-	"github.com/plugloop/plugloop/evlib_poll"
+	"github.com/plugloop/plugloop/internal/evmask"
 	"github.com/plugloop/plugloop/internal/sys"
 	"golang.org/x/sys/unix"
 )
@@ -351,7 +351,7 @@ func (t *Thread) ServiceFD(pfd *unix.PollFd) error {
 		return nil
 	}
 	t.nowFresh = false // each call is a batch of its own
-	t.Ready(fd, evlib_poll.Translate(pfd.Revents))
+	t.Ready(fd, evmask.FromPoll(pfd.Revents))
 	if c == nil {
 		t.afterWake() // the wake fd: deliver what the wakeup was for
 	}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/plugloop/plugloop/evlib"
+	"github.com/plugloop/plugloop/internal/evmask"
 	"github.com/plugloop/plugloop/internal/sys"
 	"golang.org/x/sys/unix"
 )
@@ -58,38 +59,9 @@ func New(cfg evlib.Config) (evlib.Backend, error) {
 	return b, nil
 }
 
-func mask(ev evlib.Events) uint32 {
-	var m uint32
-	if ev&evlib.Readable != 0 {
-		m |= unix.EPOLLIN
-	}
-	if ev&evlib.Writable != 0 {
-		m |= unix.EPOLLOUT
-	}
-	return m
-}
-
-// Translate converts an epoll event mask to evlib events.
-func Translate(m uint32) evlib.Events {
-	var ev evlib.Events
-	if m&(unix.EPOLLIN|unix.EPOLLPRI|unix.EPOLLRDHUP) != 0 {
-		ev |= evlib.Readable
-	}
-	if m&unix.EPOLLOUT != 0 {
-		ev |= evlib.Writable
-	}
-	if m&unix.EPOLLHUP != 0 {
-		ev |= evlib.Hangup
-	}
-	if m&unix.EPOLLERR != 0 {
-		ev |= evlib.Error
-	}
-	return ev
-}
-
 func (b *Backend) ctl(op, fd int, ev evlib.Events) error {
 	b.ctr.InterestChanges.Add(1)
-	e := unix.EpollEvent{Events: mask(ev), Fd: int32(fd)}
+	e := unix.EpollEvent{Events: evmask.EpollInterest(ev), Fd: int32(fd)}
 	return unix.EpollCtl(b.epfd, op, fd, &e)
 }
 
@@ -173,7 +145,7 @@ func (b *Backend) Poll(timeout time.Duration) (int, error) {
 	}
 	for i := range n {
 		e := &b.events[i]
-		b.sink.Ready(int(e.Fd), Translate(e.Events))
+		b.sink.Ready(int(e.Fd), evmask.FromEpoll(e.Events))
 	}
 	if n == len(b.events) && n < maxBatch {
 		b.events = make([]unix.EpollEvent, 2*n)

@@ -14,7 +14,7 @@ import (
 
 	"github.com/panjf2000/gnet/v2/pkg/logging"
 	"github.com/panjf2000/gnet/v2/pkg/netpoll"
-	"github.com/plugloop/plugloop/evlib"
+	"github.com/plugloop/plugloop/internal/evmask"
 	"golang.org/x/sys/unix"
 )
 
@@ -129,7 +129,8 @@ func (b *Backend) dispatch(fd int, e netpoll.IOEvent) {
 		return
 	}
 	if fd != b.idle.R {
-		pfd := unix.PollFd{Fd: int32(fd), Events: pollMask(e), Revents: pollMask(e)}
+		r := evmask.ToPoll(evmask.FromEpoll(e))
+		pfd := unix.PollFd{Fd: int32(fd), Events: r, Revents: r}
 		b.drv.ServiceFD(&pfd)
 	}
 	b.servicePass()
@@ -178,24 +179,6 @@ func (b *Backend) scheduleForeign(next time.Duration) {
 	} else {
 		b.timer.Reset(next)
 	}
-}
-
-func pollMask(e netpoll.IOEvent) int16 {
-	var r int16
-	ev := Translate(e)
-	if ev&evlib.Readable != 0 {
-		r |= unix.POLLIN
-	}
-	if ev&evlib.Writable != 0 {
-		r |= unix.POLLOUT
-	}
-	if ev&evlib.Hangup != 0 {
-		r |= unix.POLLHUP
-	}
-	if ev&evlib.Error != 0 {
-		r |= unix.POLLERR
-	}
-	return r
 }
 
 var quietOnce sync.Once

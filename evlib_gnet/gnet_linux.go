@@ -13,6 +13,7 @@ import (
 	"github.com/panjf2000/gnet/v2/pkg/netpoll"
 	"github.com/panjf2000/gnet/v2/pkg/queue"
 	"github.com/plugloop/plugloop/evlib"
+	"github.com/plugloop/plugloop/internal/evmask"
 	"github.com/plugloop/plugloop/internal/sys"
 	"golang.org/x/sys/unix"
 )
@@ -201,24 +202,6 @@ func (b *Backend) grow(fd int) {
 		copy(st, b.fds)
 		b.fds = st
 	}
-}
-
-// Translate converts gnet's event (the epoll mask on Linux) to evlib events.
-func Translate(e netpoll.IOEvent) evlib.Events {
-	var ev evlib.Events
-	if e&(unix.EPOLLIN|unix.EPOLLPRI|unix.EPOLLRDHUP) != 0 {
-		ev |= evlib.Readable
-	}
-	if e&unix.EPOLLOUT != 0 {
-		ev |= evlib.Writable
-	}
-	if e&unix.EPOLLHUP != 0 {
-		ev |= evlib.Hangup
-	}
-	if e&unix.EPOLLERR != 0 {
-		ev |= evlib.Error
-	}
-	return ev
 }
 
 func (b *Backend) lock() {
@@ -504,7 +487,7 @@ func (b *Backend) onEvent(fd int, e netpoll.IOEvent, _ netpoll.IOFlags) error {
 		if fd == b.sig.R || fd == b.idle.R || fd >= len(b.fds) || b.fds[fd].st&watched == 0 {
 			return nil // sig stays readable until Poll returns
 		}
-		b.sink.Ready(fd, Translate(e))
+		b.sink.Ready(fd, evmask.FromEpoll(e))
 		b.reports++
 		b.kick() // end the pass after this batch
 		return nil
@@ -516,7 +499,7 @@ func (b *Backend) onEvent(fd int, e netpoll.IOEvent, _ netpoll.IOFlags) error {
 		b.counted = false
 	case fd == b.idle.R:
 	case fd < len(b.fds) && b.fds[fd].st&watched != 0:
-		b.sink.Ready(fd, Translate(e))
+		b.sink.Ready(fd, evmask.FromEpoll(e))
 	default:
 		return nil // removed earlier in this batch
 	}

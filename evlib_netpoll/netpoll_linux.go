@@ -13,6 +13,7 @@ import (
 
 	"github.com/cloudwego/netpoll"
 	"github.com/plugloop/plugloop/evlib"
+	"github.com/plugloop/plugloop/internal/evmask"
 	"github.com/plugloop/plugloop/internal/sys"
 	"golang.org/x/sys/unix"
 )
@@ -495,27 +496,11 @@ func (b *Backend) helper(e *entry, rc syscall.RawConn, write bool) {
 	if write {
 		what = postRawWrite
 	}
-	b.post(post{e: e, what: what, ev: translate(got, write)})
-}
-
-func translate(r int16, write bool) evlib.Events {
-	var ev evlib.Events
-	if r&(unix.POLLIN|unix.POLLPRI) != 0 {
-		ev |= evlib.Readable
+	ev := evmask.FromPoll(got)
+	if ev&evlib.Hangup != 0 && !write {
+		ev |= evlib.Readable // end of file is to be read
 	}
-	if r&unix.POLLOUT != 0 {
-		ev |= evlib.Writable
-	}
-	if r&unix.POLLHUP != 0 {
-		ev |= evlib.Hangup
-		if !write {
-			ev |= evlib.Readable // end of file is to be read
-		}
-	}
-	if r&(unix.POLLERR|unix.POLLNVAL) != 0 {
-		ev |= evlib.Error
-	}
-	return ev
+	b.post(post{e: e, what: what, ev: ev})
 }
 
 // Modify implements evlib.Backend.

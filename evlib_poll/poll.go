@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/plugloop/plugloop/evlib"
+	"github.com/plugloop/plugloop/internal/evmask"
 	"github.com/plugloop/plugloop/internal/sys"
 	"golang.org/x/sys/unix"
 )
@@ -59,35 +60,6 @@ func New(cfg evlib.Config) (evlib.Backend, error) {
 	return &Backend{sink: cfg.Sink, ctr: cfg.Counters}, nil
 }
 
-func mask(ev evlib.Events) int16 {
-	var m int16
-	if ev&evlib.Readable != 0 {
-		m |= unix.POLLIN
-	}
-	if ev&evlib.Writable != 0 {
-		m |= unix.POLLOUT
-	}
-	return m
-}
-
-// Translate converts poll(2) revents to evlib events.
-func Translate(r int16) evlib.Events {
-	var ev evlib.Events
-	if r&(unix.POLLIN|unix.POLLPRI) != 0 {
-		ev |= evlib.Readable
-	}
-	if r&unix.POLLOUT != 0 {
-		ev |= evlib.Writable
-	}
-	if r&unix.POLLHUP != 0 {
-		ev |= evlib.Hangup
-	}
-	if r&(unix.POLLERR|unix.POLLNVAL) != 0 {
-		ev |= evlib.Error
-	}
-	return ev
-}
-
 func (b *Backend) index(fd int) int {
 	if fd < 0 || fd >= len(b.pos) {
 		return -1
@@ -119,7 +91,7 @@ func (b *Backend) Add(fd int, kind evlib.Kind, ev evlib.Events) error {
 		b.pos = pos
 	}
 	b.pos[fd] = int32(len(b.fds))
-	b.fds = append(b.fds, unix.PollFd{Fd: int32(fd), Events: mask(ev)})
+	b.fds = append(b.fds, unix.PollFd{Fd: int32(fd), Events: evmask.PollInterest(ev)})
 	return nil
 }
 
@@ -129,7 +101,7 @@ func (b *Backend) Modify(fd int, ev evlib.Events) error {
 	if i < 0 {
 		return fmt.Errorf("%w: fd %d", evlib.ErrNotWatched, fd)
 	}
-	b.fds[i].Events = mask(ev)
+	b.fds[i].Events = evmask.PollInterest(ev)
 	return nil
 }
 
@@ -165,7 +137,7 @@ func (b *Backend) Poll(timeout time.Duration) (int, error) {
 	b.ready = b.ready[:0]
 	for i := range b.fds {
 		if r := b.fds[i].Revents; r != 0 {
-			b.ready = append(b.ready, ready{int(b.fds[i].Fd), Translate(r)})
+			b.ready = append(b.ready, ready{int(b.fds[i].Fd), evmask.FromPoll(r)})
 			if len(b.ready) == n {
 				break
 			}

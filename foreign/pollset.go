@@ -10,6 +10,7 @@ import (
 
 	"github.com/plugloop/plugloop/core"
 	"github.com/plugloop/plugloop/evlib"
+	"github.com/plugloop/plugloop/internal/evmask"
 	"github.com/plugloop/plugloop/internal/sys"
 	"golang.org/x/sys/unix"
 )
@@ -57,7 +58,7 @@ func (s *PollSet) Protocol(p core.Protocol) core.Protocol {
 		switch reason {
 		case core.ReasonAddPollFD:
 			s.mu.Lock()
-			s.fds = append(s.fds, unix.PollFd{Fd: int32(ev.Poll.FD), Events: pollMask(ev.Poll.Events)})
+			s.fds = append(s.fds, unix.PollFd{Fd: int32(ev.Poll.FD), Events: PollEvents(ev.Poll.Events)})
 			s.mu.Unlock()
 		case core.ReasonDelPollFD:
 			s.mu.Lock()
@@ -67,7 +68,7 @@ func (s *PollSet) Protocol(p core.Protocol) core.Protocol {
 			s.mu.Lock()
 			for i := range s.fds {
 				if int(s.fds[i].Fd) == ev.Poll.FD {
-					s.fds[i].Events = pollMask(ev.Poll.Events)
+					s.fds[i].Events = PollEvents(ev.Poll.Events)
 				}
 			}
 			s.mu.Unlock()
@@ -118,13 +119,6 @@ func (s *PollSet) Poll(t *core.Thread, mine []unix.PollFd, max time.Duration) er
 	return t.Service(0)
 }
 
-func pollMask(ev evlib.Events) int16 {
-	var m int16
-	if ev&evlib.Readable != 0 {
-		m |= unix.POLLIN
-	}
-	if ev&evlib.Writable != 0 {
-		m |= unix.POLLOUT
-	}
-	return m
-}
+// PollEvents is the pollfd Events field for the interest an
+// ADD_POLL_FD or CHANGE_MODE_POLL_FD callback carries (Event.Poll.Events).
+func PollEvents(ev evlib.Events) int16 { return evmask.PollInterest(ev) }

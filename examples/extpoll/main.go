@@ -25,7 +25,6 @@ import (
 	"time"
 
 	"github.com/plugloop/plugloop/core"
-	"github.com/plugloop/plugloop/evlib"
 	"github.com/plugloop/plugloop/foreign"
 	"github.com/plugloop/plugloop/internal/echo"
 	"github.com/plugloop/plugloop/internal/sys"
@@ -51,13 +50,13 @@ func run(addr string) error {
 	proto.Callback = func(ev core.Event) error {
 		switch ev.Reason {
 		case core.ReasonAddPollFD:
-			fds = append(fds, unix.PollFd{Fd: int32(ev.Poll.FD), Events: mask(ev.Poll.Events)})
+			fds = append(fds, unix.PollFd{Fd: int32(ev.Poll.FD), Events: foreign.PollEvents(ev.Poll.Events)})
 		case core.ReasonDelPollFD:
 			fds = slices.DeleteFunc(fds, func(p unix.PollFd) bool { return int(p.Fd) == ev.Poll.FD })
 		case core.ReasonChangeModePollFD:
 			for i := range fds {
 				if int(fds[i].Fd) == ev.Poll.FD {
-					fds[i].Events = mask(ev.Poll.Events)
+					fds[i].Events = foreign.PollEvents(ev.Poll.Events)
 				}
 			}
 		}
@@ -120,15 +119,4 @@ func serveStdin() error {
 	}
 	fmt.Printf("app: %s", b[:n])
 	return nil
-}
-
-func mask(ev evlib.Events) int16 {
-	var m int16
-	if ev&evlib.Readable != 0 {
-		m |= unix.POLLIN
-	}
-	if ev&evlib.Writable != 0 {
-		m |= unix.POLLOUT
-	}
-	return m
 }
