@@ -187,11 +187,7 @@ func (c *Context) AdoptConn(nc net.Conn, protocol string, opts ...AdoptOption) (
 // adoptCopy adopts a duplicate of the socket behind v (a net.Conn or a
 // net.PacketConn) and closes v once the duplicate is the core's.
 func (c *Context) adoptCopy(v io.Closer, kind evlib.Kind, protocol string, opts []AdoptOption) (*Conn, error) {
-	p, err := c.protocol(protocol)
-	if err != nil {
-		return nil, err
-	}
-	o, err := c.adoptOpts(opts)
+	p, o, err := c.adoptArgs(protocol, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -223,11 +219,7 @@ func (c *Context) adoptCopy(v io.Closer, kind evlib.Kind, protocol string, opts 
 // OnThread documents the rules, which AdoptConn, AdoptFile,
 // AdoptPacketConn, ListenUDP and Connect share.
 func (c *Context) AdoptFD(fd int, protocol string, opts ...AdoptOption) (*Conn, error) {
-	p, err := c.protocol(protocol)
-	if err != nil {
-		return nil, err
-	}
-	o, err := c.adoptOpts(opts)
+	p, o, err := c.adoptArgs(protocol, opts)
 	if err != nil {
 		return nil, err
 	}

@@ -123,6 +123,18 @@ func (c *Conn) CallbackOnWritable() error {
 	return nil
 }
 
+// writeAllowed enforces lws' rule: one write, inside this connection's
+// RAW_WRITEABLE, while it is open.
+func (c *Conn) writeAllowed() error {
+	if c.state != stateOpen {
+		return ErrClosed
+	}
+	if c.t.writing != c || c.wrote {
+		return ErrNotWritable
+	}
+	return nil
+}
+
 // Write sends p. It is allowed once per RAW_WRITEABLE callback of this
 // connection and returns ErrNotWritable anywhere else. What the kernel does
 // not take is kept by the core and sent before the next RAW_WRITEABLE, so a
@@ -135,11 +147,8 @@ func (c *Conn) Write(p []byte) (int, error) {
 		return 0, err
 	}
 	defer t.release(took)
-	if c.state != stateOpen {
-		return 0, ErrClosed
-	}
-	if t.writing != c || c.wrote {
-		return 0, ErrNotWritable
+	if err := c.writeAllowed(); err != nil {
+		return 0, err
 	}
 	c.wrote = true
 	if len(p) == 0 {

@@ -50,11 +50,7 @@ func WithUser(v any) AdoptOption {
 // files and directories are refused with ErrNotPollable on every backend.
 // Ownership and placement follow AdoptFD: on error the caller keeps fd.
 func (c *Context) AdoptFile(fd int, protocol string, opts ...AdoptOption) (*Conn, error) {
-	p, err := c.protocol(protocol)
-	if err != nil {
-		return nil, err
-	}
-	o, err := c.adoptOpts(opts)
+	p, o, err := c.adoptArgs(protocol, opts)
 	if err != nil {
 		return nil, err
 	}

@@ -61,8 +61,13 @@ func OnThread(i int) AdoptOption {
 	return func(o *adoptOptions) { o.thread, o.pinned = i, true }
 }
 
-// adoptOpts applies opts and checks them against the context.
-func (c *Context) adoptOpts(opts []AdoptOption) (*adoptOptions, error) {
+// adoptArgs resolves an adopting call's protocol name and applies its
+// options, checking both against the context.
+func (c *Context) adoptArgs(protocol string, opts []AdoptOption) (*Protocol, *adoptOptions, error) {
+	p, err := c.protocol(protocol)
+	if err != nil {
+		return nil, nil, err
+	}
 	o := new(adoptOptions)
 	for _, opt := range opts {
 		opt(o)
@@ -71,9 +76,9 @@ func (c *Context) adoptOpts(opts []AdoptOption) (*adoptOptions, error) {
 	// bytes after the call has returned.
 	o.readbuf = bytes.Clone(o.readbuf)
 	if o.pinned && (o.thread < 0 || o.thread >= len(c.threads)) {
-		return nil, fmt.Errorf("%w: OnThread(%d): the context has %d service threads", ErrInvalid, o.thread, len(c.threads))
+		return nil, nil, fmt.Errorf("%w: OnThread(%d): the context has %d service threads", ErrInvalid, o.thread, len(c.threads))
 	}
-	return o, nil
+	return p, o, nil
 }
 
 // reserve counts one more fd on t if it has room below its limit. The

@@ -23,11 +23,7 @@ const datagramBatch = 16
 // The socket is placed like AdoptFD's (see OnThread); on error it is
 // closed.
 func (c *Context) ListenUDP(network, address, protocol string, opts ...AdoptOption) (*Conn, error) {
-	p, err := c.protocol(protocol)
-	if err != nil {
-		return nil, err
-	}
-	o, err := c.adoptOpts(opts)
+	p, o, err := c.adoptArgs(protocol, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -116,11 +112,8 @@ func (c *Conn) WriteTo(p []byte, addr netip.AddrPort) (int, error) {
 		return 0, err
 	}
 	defer t.release(took)
-	if c.state != stateOpen {
-		return 0, ErrClosed
-	}
-	if t.writing != c || c.wrote {
-		return 0, ErrNotWritable
+	if err := c.writeAllowed(); err != nil {
+		return 0, err
 	}
 	if c.kind != evlib.KindDatagram {
 		return 0, fmt.Errorf("%w: WriteTo needs a datagram socket", ErrInvalid)
