@@ -6,7 +6,6 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -22,22 +21,6 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
-
-func roundTrip(t *testing.T, addr string) {
-	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	require.NoError(t, err)
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	for range 20 {
-		_, err = c.Write([]byte("ping"))
-		require.NoError(t, err)
-		buf := make([]byte, 4)
-		_, err = io.ReadFull(c, buf)
-		require.NoError(t, err)
-		require.Equal(t, "ping", string(buf))
-	}
-}
 
 // plugloop attached to a gnet Poller the application owns and polls: the
 // application serves its own pipe in its Polling callback and forwards the
@@ -87,7 +70,7 @@ func TestForeignPoller(t *testing.T) {
 		})
 	}()
 
-	roundTrip(t, ln.Addr().String())
+	require.NoError(t, echo.Check(ln.Addr().String(), 20))
 	unix.Write(p[1], []byte("app"))
 	require.Equal(t, "app", <-got, "the application's loop serves its own fd")
 
@@ -106,7 +89,7 @@ func TestForeignPoller(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("a timer on a foreign poller never fired")
 	}
-	roundTrip(t, ln.Addr().String())
+	require.NoError(t, echo.Check(ln.Addr().String(), 20))
 
 	lnFD := ln.FD()
 	require.NoError(t, th.Post(func() { ctx.Destroy() }))
@@ -277,14 +260,14 @@ func TestRunAgain(t *testing.T) {
 		cctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		go func() { done <- ctx.Run(cctx) }()
-		roundTrip(t, ln.Addr().String())
+		require.NoError(t, echo.Check(ln.Addr().String(), 20))
 		cancel()
 		require.ErrorIs(t, <-done, context.Canceled)
 		require.NoError(t, ctx.Thread(0).Service(0))
 	}
 	done := make(chan error, 1)
 	go func() { done <- ctx.Run(context.Background()) }()
-	roundTrip(t, ln.Addr().String())
+	require.NoError(t, echo.Check(ln.Addr().String(), 20))
 	require.NoError(t, ctx.Thread(0).Post(func() { ctx.Destroy() }))
 	require.NoError(t, <-done)
 }

@@ -1,11 +1,7 @@
 package evlib_netpoll_test
 
 import (
-	"bytes"
 	"context"
-	"fmt"
-	"io"
-	"net"
 	"sync"
 	"testing"
 	"time"
@@ -59,11 +55,11 @@ func TestBesideNetpollApplication(t *testing.T) {
 	var wg sync.WaitGroup
 	errs := make(chan error, 2*clients)
 	for _, addr := range []string{appLn.Addr().String(), ln.Addr().String()} {
-		for i := range clients {
+		for range clients {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				errs <- roundTrips(addr, i, rounds)
+				errs <- echo.Check(addr, rounds)
 			}()
 		}
 	}
@@ -83,27 +79,4 @@ func TestBesideNetpollApplication(t *testing.T) {
 	defer cancel()
 	require.NoError(t, loop.Shutdown(sctx))
 	<-served
-}
-
-func roundTrips(addr string, id, rounds int) error {
-	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(20 * time.Second))
-	got := make([]byte, 64<<10)
-	for r := range rounds {
-		msg := bytes.Repeat([]byte(fmt.Sprintf("%d.%d;", id, r)), 1+r%97*(1+r%7))
-		if _, err := c.Write(msg); err != nil {
-			return fmt.Errorf("%s: write: %w", addr, err)
-		}
-		if _, err := io.ReadFull(c, got[:len(msg)]); err != nil {
-			return fmt.Errorf("%s: read: %w", addr, err)
-		}
-		if !bytes.Equal(got[:len(msg)], msg) {
-			return fmt.Errorf("%s: round %d: echo differs", addr, r)
-		}
-	}
-	return nil
 }

@@ -67,7 +67,7 @@ func TestEpollHost(t *testing.T) {
 			}
 		}
 	}()
-	roundTrip(t, ln.Addr().String())
+	require.NoError(t, echo.Check(ln.Addr().String(), 20))
 	unix.Write(p[1], []byte("app!"))
 	require.Equal(t, 4, <-got, "the app's loop serves its own fd")
 	require.NoError(t, th.Post(func() { ctx.Destroy() }))

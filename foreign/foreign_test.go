@@ -3,8 +3,6 @@
 package foreign_test
 
 import (
-	"io"
-	"net"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,21 +14,6 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
-
-func roundTrip(t *testing.T, addr string) {
-	c, err := net.Dial("tcp", addr)
-	require.NoError(t, err)
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	for range 20 {
-		_, err = c.Write([]byte("ping"))
-		require.NoError(t, err)
-		buf := make([]byte, 4)
-		_, err = io.ReadFull(c, buf)
-		require.NoError(t, err)
-		require.Equal(t, "ping", string(buf))
-	}
-}
 
 // The application's unix.Poll loop serves its own pipe and plugloop's echo,
 // wakes up for CancelService, and keeps running after Destroy with nothing
@@ -85,7 +68,7 @@ func TestPollSetHost(t *testing.T) {
 			}
 		}
 	}()
-	roundTrip(t, ln.Addr().String())
+	require.NoError(t, echo.Check(ln.Addr().String(), 20))
 	unix.Write(p[1], []byte("app"))
 	require.NoError(t, ctx.CancelService())
 	require.Eventually(t, func() bool { return cancelled.Load() > 0 }, 5*time.Second, time.Millisecond)
@@ -123,7 +106,7 @@ func TestPollSetPerThread(t *testing.T) {
 		}()
 	}
 	for range 4 {
-		roundTrip(t, ln.Addr().String())
+		require.NoError(t, echo.Check(ln.Addr().String(), 20))
 	}
 	require.NoError(t, ctx.Thread(0).Post(func() { ctx.Destroy() }))
 	<-ctx.Done()
