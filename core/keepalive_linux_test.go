@@ -1,7 +1,6 @@
 package core_test
 
 import (
-	"net"
 	"testing"
 	"time"
 
@@ -11,25 +10,14 @@ import (
 )
 
 func TestKeepalive(t *testing.T) {
-	idle := make(chan int, 1)
-	ctx, err := core.New(core.Info{
-		Keepalive: core.Keepalive{Idle: 7 * time.Second, Interval: 3 * time.Second, Probes: 4},
-		Protocols: []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
-			if ev.Reason == core.ReasonRawAdopt {
-				on, _ := unix.GetsockoptInt(ev.Conn.FD(), unix.SOL_SOCKET, unix.SO_KEEPALIVE)
-				v, _ := unix.GetsockoptInt(ev.Conn.FD(), unix.IPPROTO_TCP, unix.TCP_KEEPIDLE)
-				idle <- on * v
-			}
-			return nil
-		}}},
+	info := core.Info{Keepalive: core.Keepalive{Idle: 7 * time.Second, Interval: 3 * time.Second, Probes: 4}}
+	idle := acceptedSockopt(t, info, func(fd int) (int, error) {
+		on, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE)
+		if err != nil {
+			return 0, err
+		}
+		v, err := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE)
+		return on * v, err
 	})
-	require.NoError(t, err)
-	defer ctx.Destroy()
-	ln, err := ctx.Listen("tcp", "127.0.0.1:0", "")
-	require.NoError(t, err)
-	c, err := net.Dial("tcp", ln.Addr().String())
-	require.NoError(t, err)
-	defer c.Close()
-	serviceUntil(t, ctx, func() bool { return len(idle) > 0 })
-	require.Equal(t, 7, <-idle)
+	require.Equal(t, 7, idle)
 }

@@ -5,25 +5,27 @@ package core_test
 import (
 	"net"
 	"testing"
-	"time"
 
 	"github.com/plugloop/plugloop/core"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
 
-// Accepted TCP connections have Nagle off, as with Go's net and gnet: the
-// core writes once per WRITEABLE, so Nagle could only delay a reply.
-func TestAcceptedTCPHasNoDelay(t *testing.T) {
-	nodelay := make(chan int, 1)
-	ctx, err := core.New(core.Info{Protocols: []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
+// acceptedSockopt accepts one loopback TCP connection on a context made
+// from info (its Protocols replaced) and returns what get read from the
+// connection's fd at RAW_ADOPT.
+func acceptedSockopt(t *testing.T, info core.Info, get func(fd int) (int, error)) int {
+	t.Helper()
+	got := make(chan int, 1)
+	info.Protocols = []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
 		if ev.Reason == core.ReasonRawAdopt {
-			v, err := unix.GetsockoptInt(ev.Conn.FD(), unix.IPPROTO_TCP, unix.TCP_NODELAY)
+			v, err := get(ev.Conn.FD())
 			require.NoError(t, err)
-			nodelay <- v
+			got <- v
 		}
 		return nil
-	}}}})
+	}}}
+	ctx, err := core.New(info)
 	require.NoError(t, err)
 	defer ctx.Destroy()
 	ln, err := ctx.Listen("tcp", "127.0.0.1:0", "")
@@ -31,8 +33,15 @@ func TestAcceptedTCPHasNoDelay(t *testing.T) {
 	c, err := net.Dial("tcp", ln.Addr().String())
 	require.NoError(t, err)
 	defer c.Close()
-	for len(nodelay) == 0 {
-		require.NoError(t, ctx.Thread(0).Service(time.Second))
-	}
-	require.Equal(t, 1, <-nodelay)
+	serviceUntil(t, ctx, func() bool { return len(got) > 0 })
+	return <-got
+}
+
+// Accepted TCP connections have Nagle off, as with Go's net and gnet: the
+// core writes once per WRITEABLE, so Nagle could only delay a reply.
+func TestAcceptedTCPHasNoDelay(t *testing.T) {
+	v := acceptedSockopt(t, core.Info{}, func(fd int) (int, error) {
+		return unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY)
+	})
+	require.Equal(t, 1, v)
 }
