@@ -256,17 +256,8 @@ func startServer(name string) (addr string, stats func() core.Stats, err error) 
 // startPlugloop serves internal/echo — the lws-style echo of examples/echo
 // — on one plugloop context with the named backend.
 func startPlugloop(backend string) (string, func() core.Stats, error) {
-	ctx, err := core.New(core.Info{
-		EventLib:  backend,
-		Protocols: []core.Protocol{tellBound(echo.Protocol("echo"))},
-		Logger:    slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
-	})
+	ctx, addr, err := echoContext(backend, tellBound(echo.Protocol("echo")))
 	if err != nil {
-		return "", nil, err
-	}
-	ln, err := ctx.Listen("tcp", "127.0.0.1:0", "")
-	if err != nil {
-		ctx.Destroy()
 		return "", nil, err
 	}
 	go func() {
@@ -275,7 +266,27 @@ func startPlugloop(backend string) (string, func() core.Stats, error) {
 			os.Exit(1)
 		}
 	}()
-	return ln.Addr().String(), ctx.Stats, nil
+	return addr, ctx.Stats, nil
+}
+
+// echoContext makes the context a plugloop server child runs: proto on the
+// named backend, listening on a loopback port (returned), warnings and
+// worse logged to stderr.
+func echoContext(backend string, proto core.Protocol) (*core.Context, string, error) {
+	ctx, err := core.New(core.Info{
+		EventLib:  backend,
+		Protocols: []core.Protocol{proto},
+		Logger:    slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	ln, err := ctx.Listen("tcp", "127.0.0.1:0", "")
+	if err != nil {
+		ctx.Destroy()
+		return nil, "", err
+	}
+	return ctx, ln.Addr().String(), nil
 }
 
 // tellBound makes the child say on stderr (which the bench prints with a

@@ -8,7 +8,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"runtime"
 	"syscall"
@@ -37,17 +36,8 @@ const (
 // hands it what is ready, as an application embedding plugloop would.
 func startForeign() (string, func() core.Stats, error) {
 	set := new(foreign.PollSet)
-	ctx, err := core.New(core.Info{
-		EventLib:  foreign.Name,
-		Protocols: []core.Protocol{set.Protocol(echo.Protocol("echo"))},
-		Logger:    slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
-	})
+	ctx, addr, err := echoContext(foreign.Name, set.Protocol(echo.Protocol("echo")))
 	if err != nil {
-		return "", nil, err
-	}
-	ln, err := ctx.Listen("tcp", "127.0.0.1:0", "")
-	if err != nil {
-		ctx.Destroy()
 		return "", nil, err
 	}
 	t := ctx.Thread(0)
@@ -63,7 +53,7 @@ func startForeign() (string, func() core.Stats, error) {
 			}
 		}
 	}()
-	return ln.Addr().String(), ctx.Stats, nil
+	return addr, ctx.Stats, nil
 }
 
 type discard struct{}
