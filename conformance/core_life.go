@@ -14,6 +14,7 @@ import (
 
 	"github.com/plugloop/plugloop/core"
 	"github.com/plugloop/plugloop/evlib"
+	"github.com/plugloop/plugloop/internal/goid"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
@@ -236,7 +237,7 @@ func (s *suite) testDestroyIdle(t *testing.T) {
 		t.Fatal("conformance: Destroy of a context nobody runs returned before destruction completed")
 	}
 	afterDestroyOnly(t, h, m, a)
-	me := goid()
+	me := goid.ID()
 	for _, e := range h.rec.snapshot()[m:] {
 		require.Equal(t, me, e.g, "%v not on the goroutine that called Destroy", e)
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/plugloop/plugloop/core"
 	"github.com/plugloop/plugloop/evlib"
+	"github.com/plugloop/plugloop/internal/goid"
 	"github.com/stretchr/testify/require"
 )
 
@@ -609,7 +610,7 @@ func (s *suite) testPost(t *testing.T) {
 			for i := range each {
 				errs <- h.th.Post(func() {
 					runs[p][i]++
-					if goid() != runG && s.oneGoroutine() {
+					if goid.ID() != runG && s.oneGoroutine() {
 						wrongG++
 					}
 					if last[p] != i-1 {

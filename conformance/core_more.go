@@ -21,6 +21,7 @@ import (
 
 	"github.com/plugloop/plugloop/core"
 	"github.com/plugloop/plugloop/evlib"
+	"github.com/plugloop/plugloop/internal/goid"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
@@ -576,7 +577,7 @@ func (s *suite) testAttach(t *testing.T) {
 		go func() { // gone long before fn runs
 			res <- h.ctx.Attach(0, state, func() {
 				mu.Lock()
-				ran = append(ran, run{i, goid()})
+				ran = append(ran, run{i, goid.ID()})
 				mu.Unlock()
 			})
 		}()

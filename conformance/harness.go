@@ -12,6 +12,7 @@ import (
 
 	"github.com/plugloop/plugloop/core"
 	"github.com/plugloop/plugloop/evlib"
+	"github.com/plugloop/plugloop/internal/goid"
 	"github.com/stretchr/testify/require"
 )
 
@@ -119,7 +120,7 @@ func (r *recorder) problem(format string, args ...any) {
 
 // enter records a callback on entry and checks it; exit must follow.
 func (r *recorder) enter(ev core.Event) {
-	g := goid()
+	g := goid.ID()
 	ti := -1
 	if ev.Thread != nil {
 		ti = ev.Thread.Index()
@@ -489,7 +490,7 @@ func (h *harness) start() {
 	h.started = true
 	ready := make(chan struct{})
 	go func() {
-		h.runG.Store(goid())
+		h.runG.Store(goid.ID())
 		close(ready)
 		h.runErr <- h.run(context.Background())
 	}()

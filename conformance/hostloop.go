@@ -10,6 +10,7 @@ import (
 
 	"github.com/plugloop/plugloop/core"
 	"github.com/plugloop/plugloop/evlib"
+	"github.com/plugloop/plugloop/internal/goid"
 	"golang.org/x/sys/unix"
 )
 
@@ -176,7 +177,7 @@ func (r *hostRun) iterate(max time.Duration) (destroyed bool, err error) {
 // nil, after checking that the loop carries on without plugloop) or cctx
 // ends (it returns cctx.Err()).
 func (r *hostRun) run(cctx context.Context) error {
-	r.runG.Store(goid())
+	r.runG.Store(goid.ID())
 	defer context.AfterFunc(cctx, r.kick)()
 	if err := r.th.Service(0); errors.Is(err, core.ErrDestroyed) {
 		return r.afterDestroy()

@@ -3,7 +3,6 @@
 package conformance
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -26,19 +25,6 @@ import (
 // never a performance threshold: a conforming backend meets every
 // condition long before it.
 const hang = 10 * time.Second
-
-// goid returns the calling goroutine's id, so the suite can tell on which
-// goroutine a callback ran.
-func goid() uint64 {
-	var buf [64]byte
-	b := buf[:runtime.Stack(buf[:], false)]
-	b = bytes.TrimPrefix(b, []byte("goroutine "))
-	if i := bytes.IndexByte(b, ' '); i > 0 {
-		b = b[:i]
-	}
-	id, _ := strconv.ParseUint(string(b), 10, 64)
-	return id
-}
 
 // waitCh waits for ch to be closed or to deliver, failing the test after
 // the hang guard.

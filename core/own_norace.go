@@ -4,4 +4,4 @@ package core
 
 const exactOwner = false
 
-func goid() uint64 { return 0 }
+func goroutineID() uint64 { return 0 }

@@ -144,7 +144,7 @@ func (c *Context) pick(o *adoptOptions) (*Thread, error) {
 // are busy, since the caller may be in any of them.
 func (c *Context) callerThread() (home *Thread, unsure bool) {
 	if exactOwner {
-		me := goid()
+		me := goroutineID()
 		for _, t := range c.threads {
 			if t.mode.Load() == modeBusy && t.owner.Load() == me {
 				return t, false

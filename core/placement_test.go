@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/plugloop/plugloop/core"
+	"github.com/plugloop/plugloop/internal/goid"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
@@ -56,12 +57,12 @@ func (l *placeLog) callback(ev core.Event) error {
 		if l.threadG[i] == nil {
 			l.threadG[i] = map[uint64]bool{}
 		}
-		l.threadG[i][goroutineID()] = true
+		l.threadG[i][goid.ID()] = true
 	}
 	switch ev.Reason {
 	case core.ReasonRawAdopt, core.ReasonRawAdoptFile:
 		l.adopted[c] = ev.Thread.Index()
-		l.adoptG[c] = goroutineID()
+		l.adoptG[c] = goid.ID()
 	case core.ReasonClientConnectionError:
 		l.connErr[c] = ev.Err
 	case core.ReasonRawClose, core.ReasonRawCloseFile:
@@ -328,7 +329,7 @@ func TestAdoptFromCallbackHandsOver(t *testing.T) {
 			done := make(chan struct{})
 			require.NoError(t, ctx.Thread(0).Post(func() {
 				defer close(done)
-				callerG = goroutineID()
+				callerG = goid.ID()
 				next := 0
 				for _, cl := range calls {
 					var c *core.Conn

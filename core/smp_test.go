@@ -3,11 +3,9 @@
 package core_test
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"net"
-	"runtime"
 	"strconv"
 	"sync"
 	"testing"
@@ -15,16 +13,9 @@ import (
 
 	"github.com/plugloop/plugloop/core"
 	"github.com/plugloop/plugloop/internal/echo"
+	"github.com/plugloop/plugloop/internal/goid"
 	"github.com/stretchr/testify/require"
 )
-
-func goroutineID() uint64 {
-	var b [64]byte
-	s := b[:runtime.Stack(b[:], false)]
-	s = bytes.TrimPrefix(s, []byte("goroutine "))
-	id, _ := strconv.ParseUint(string(s[:bytes.IndexByte(s, ' ')]), 10, 64)
-	return id
-}
 
 // Accepted connections spread over the least-loaded threads; each thread's
 // callbacks all run on one goroutine of its own, and a connection is only
@@ -45,7 +36,7 @@ func TestSMPPlacementAndExclusivity(t *testing.T) {
 					if goroutines[i] == nil {
 						goroutines[i] = map[uint64]bool{}
 					}
-					goroutines[i][goroutineID()] = true
+					goroutines[i][goid.ID()] = true
 					if ev.Conn != nil {
 						require.Equal(t, i, ev.Conn.Thread().Index())
 						if ev.Reason == core.ReasonRawAdopt {

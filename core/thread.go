@@ -154,7 +154,7 @@ func (t *Thread) Stats() Stats {
 
 func (t *Thread) setOwner() {
 	if exactOwner {
-		t.owner.Store(goid())
+		t.owner.Store(goroutineID())
 	}
 }
 
@@ -164,7 +164,7 @@ func (t *Thread) setOwner() {
 func (t *Thread) own() (bool, error) {
 	switch t.mode.Load() {
 	case modeBusy:
-		if exactOwner && goid() != t.owner.Load() {
+		if exactOwner && goroutineID() != t.owner.Load() {
 			return false, ErrWrongGoroutine
 		}
 		return false, nil
