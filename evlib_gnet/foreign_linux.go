@@ -9,7 +9,6 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
-	"time"
 	"weak"
 
 	"github.com/panjf2000/gnet/v2/pkg/logging"
@@ -151,34 +150,7 @@ func (b *Backend) servicePass() {
 	if err := b.drv.Service(0); err != nil || b.isDown.Load() {
 		return // destroyed: Close ran inside
 	}
-	b.scheduleForeign(b.drv.ServiceAdjustTimeout(-1))
-}
-
-// scheduleForeign is schedule for a foreign poller: no Waits are counted
-// (the application waits, not plugloop).
-func (b *Backend) scheduleForeign(next time.Duration) {
-	if next == 0 {
-		if !b.idleOn {
-			b.idleOn = true
-			b.idle.Signal()
-		}
-		return
-	}
-	b.disarmIdle()
-	if next < 0 {
-		return
-	}
-	now := time.Now()
-	at := now.Add(next)
-	if !b.timerAt.IsZero() && now.Before(b.timerAt) && !at.Before(b.timerAt) {
-		return
-	}
-	b.timerAt = at
-	if b.timer == nil {
-		b.timer = time.AfterFunc(next, func() { b.kick() })
-	} else {
-		b.timer.Reset(next)
-	}
+	b.schedule(b.drv.ServiceAdjustTimeout(-1))
 }
 
 var quietOnce sync.Once

@@ -523,7 +523,7 @@ func (b *Backend) schedule(next time.Duration) {
 		return
 	}
 	b.disarmIdle()
-	if !b.counted {
+	if b.foreign == nil && !b.counted { // on a foreign poller the application waits
 		b.ctr.Waits.Add(1)
 		b.counted = true
 	}
