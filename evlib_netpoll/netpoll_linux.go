@@ -50,6 +50,7 @@ type entry struct {
 	interest evlib.Events
 
 	nc   netpoll.Connection // streams: netpoll's connection on a dup
+	r    netpoll.Reader     // nc's reader
 	ack  chan struct{}      // releases a reader parked with held input
 	done chan struct{}      // closed on Remove: releases everything
 	gone atomic.Bool        // removed (read by helpers)
@@ -261,7 +262,7 @@ func (b *Backend) attach(e *entry, dup int) error {
 		unix.Close(dup)
 		return fmt.Errorf("%w: fd %d: netpoll: %v", evlib.ErrBadFD, e.fd, err)
 	}
-	e.nc = nc
+	e.nc, e.r = nc, nc.Reader()
 	e.ack = make(chan struct{}, 1)
 	// OnDisconnect runs as soon as netpoll's poller saw the hang-up (after
 	// it read all input), so a paused connection learns of it at once. It
@@ -280,7 +281,7 @@ func (b *Backend) attach(e *entry, dup int) error {
 		// connection registers as it is made). Later, it sees ours.
 		b.post(post{e: e, what: postHup})
 	}
-	go b.reader(e, nc)
+	go b.reader(e)
 	return nil
 }
 
@@ -293,11 +294,10 @@ func (b *Backend) attach(e *entry, dup int) error {
 // one channel send. netpoll's buffer is not safe for two readers: Peek
 // holds e.peek, which Read takes for input the reader is not reporting or
 // holding.
-func (b *Backend) reader(e *entry, c netpoll.Connection) {
-	r := c.Reader()
+func (b *Backend) reader(e *entry) {
 	for {
 		e.peek.Lock()
-		_, err := r.Peek(1)
+		_, err := e.r.Peek(1)
 		e.peek.Unlock()
 		if err != nil {
 			// Closed by Remove, or the peer hung up and all input was read.
@@ -306,7 +306,7 @@ func (b *Backend) reader(e *entry, c netpoll.Connection) {
 			}
 			return
 		}
-		if !b.onInput(e, c) {
+		if !b.onInput(e) {
 			return
 		}
 	}
@@ -318,13 +318,13 @@ func (b *Backend) reader(e *entry, c netpoll.Connection) {
 // parks until the core read it all (Read releases it) or the fd was
 // removed. In Poll a reader reports an fd at most once per call, as the
 // contract asks. It reports whether the reader goes on.
-func (b *Backend) onInput(e *entry, c netpoll.Connection) bool {
+func (b *Backend) onInput(e *entry) bool {
 	b.turn.Lock()
 	if b.closed || e.removed {
 		b.turn.Unlock()
 		return false
 	}
-	r := c.Reader()
+	r := e.r
 	// (Empty if a Read between Peek and the turn took the input.)
 	if r.Len() > 0 && e.interest&evlib.Readable != 0 && (b.passer != nil || e.seen != b.gen) {
 		e.seen = b.gen
@@ -335,6 +335,11 @@ func (b *Backend) onInput(e *entry, c netpoll.Connection) bool {
 		if b.closed || e.removed {
 			b.turn.Unlock()
 			return false
+		}
+		if b.passer != nil && e.interest&evlib.Readable != 0 {
+			// Input the core left is the next Peek's at once: no hold.
+			b.turn.Unlock()
+			return true
 		}
 	}
 	if r.Len() == 0 {
@@ -347,7 +352,7 @@ func (b *Backend) onInput(e *entry, c netpoll.Connection) bool {
 		b.kickWaiter()
 	}
 	b.turn.Unlock()
-	return b.park(e, c)
+	return b.park(e)
 }
 
 // afterInline follows a report made on a reader. In Loop it runs the
@@ -377,7 +382,7 @@ func (b *Backend) afterInline() {
 // park holds the reader of a connection whose input waits for rx to
 // resume, checking the buffer against MaxPausedRx meanwhile. It reports
 // whether the reader goes on (false: the fd was removed).
-func (b *Backend) park(e *entry, c netpoll.Connection) bool {
+func (b *Backend) park(e *entry) bool {
 	t := time.NewTicker(PausedRxCheck)
 	defer t.Stop()
 	for {
@@ -387,7 +392,7 @@ func (b *Backend) park(e *entry, c netpoll.Connection) bool {
 		case <-e.done:
 			return false
 		case <-t.C:
-			if n := c.Reader().Len(); n > MaxPausedRx {
+			if n := e.r.Len(); n > MaxPausedRx {
 				b.post(post{e: e, what: postOverflow, n: n})
 				select {
 				case <-e.ack:
@@ -755,7 +760,7 @@ func (b *Backend) Read(fd int, p []byte) (int, error) {
 	if e.overflow {
 		return 0, fmt.Errorf("evlib_netpoll: fd %d: more than %d bytes (%d) buffered while rx was paused: %w", fd, MaxPausedRx, e.overBytes, unix.ENOBUFS)
 	}
-	r := e.nc.Reader()
+	r := e.r
 	n := min(r.Len(), len(p))
 	if n > 0 && !e.fresh && !e.readHeld {
 		// Not the input the reader reports or holds: it came while the
@@ -829,27 +834,31 @@ func rawRead(fd int, p []byte) (int, error) {
 
 // Write implements evlib.IO: a raw write(2) on the core's fd.
 func (b *Backend) Write(fd int, p []byte) (int, error) {
-	e := b.lookup(fd)
 	for {
 		n, err := sys.Write(fd, p)
 		switch {
 		case err == nil:
-			if n < len(p) && e != nil {
-				e.blocked = true
-				b.arm(e)
+			if n < len(p) {
+				b.blocked(fd)
 			}
 			return n, nil
 		case errors.Is(err, unix.EINTR):
 			continue
 		case errors.Is(err, unix.EAGAIN):
-			if e != nil {
-				e.blocked = true
-				b.arm(e)
-			}
+			b.blocked(fd)
 			return 0, fmt.Errorf("fd %d: %w: %w", fd, evlib.ErrWouldBlock, err)
 		default:
 			return 0, err
 		}
+	}
+}
+
+// blocked notes that a write to fd could not finish: writable is reported
+// again only once a helper saw the fd writable.
+func (b *Backend) blocked(fd int) {
+	if e := b.lookup(fd); e != nil {
+		e.blocked = true
+		b.arm(e)
 	}
 }
 
