@@ -252,5 +252,5 @@ func (t *Thread) dialFailed(conn *Conn, why error) {
 		t.load.Add(-1)
 	}
 	conn.dial = nil
-	_ = t.callback(&Event{Reason: ReasonClientConnectionError, Conn: conn, Err: why})
+	_ = t.callback(Event{Reason: ReasonClientConnectionError, Conn: conn, Err: why})
 }

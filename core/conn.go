@@ -262,7 +262,7 @@ func (c *Conn) SetTimer(d time.Duration) error {
 	}
 	if c.timer == nil {
 		c.timer = &Timer{t: t, idx: -1, fn: func() {
-			if err := t.callback(&Event{Reason: ReasonTimer, Conn: c}); err != nil {
+			if err := t.callback(Event{Reason: ReasonTimer, Conn: c}); err != nil {
 				t.closeConn(c, err)
 			}
 		}}

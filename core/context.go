@@ -272,7 +272,7 @@ func New(info Info) (*Context, error) {
 	t.mode.Store(modeBusy)
 	t.setOwner()
 	for _, p := range c.protocols {
-		_ = t.callback(&Event{Reason: ReasonProtocolInit, Protocol: p})
+		_ = t.callback(Event{Reason: ReasonProtocolInit, Protocol: p})
 	}
 	c.sys.notifiers = append([]Notifier(nil), info.Notifiers...)
 	c.sys.target = SystemOperational
@@ -494,7 +494,7 @@ func (c *Context) threadDown(t *Thread) {
 		c.sys.pending.Store(0)
 		c.sys.mu.Unlock()
 		for _, p := range c.protocols {
-			_ = t.callback(&Event{Reason: ReasonProtocolDestroy, Protocol: p})
+			_ = t.callback(Event{Reason: ReasonProtocolDestroy, Protocol: p})
 		}
 		close(c.done)
 	})

@@ -103,7 +103,7 @@ func (t *Thread) onFileReadable(c *Conn, ev evlib.Events) {
 		}
 	}
 	t.touch(c)
-	if err := t.callback(&Event{Reason: ReasonRawRXFile, Conn: c}); err != nil {
+	if err := t.callback(Event{Reason: ReasonRawRXFile, Conn: c}); err != nil {
 		t.closeConn(c, err)
 	}
 }

@@ -524,7 +524,7 @@ func (t *Thread) afterWake() {
 			if t.dying() {
 				break
 			}
-			_ = t.callback(&Event{Reason: ReasonEventWaitCancelled, Protocol: p})
+			_ = t.callback(Event{Reason: ReasonEventWaitCancelled, Protocol: p})
 		}
 	}
 }
@@ -747,7 +747,7 @@ func (t *Thread) deliver(c *Conn, p []byte) {
 			q = q[:chunk]
 		}
 		p = p[len(q):]
-		if err := t.callback(&Event{Reason: ReasonRawRX, Conn: c, Data: q}); err != nil {
+		if err := t.callback(Event{Reason: ReasonRawRX, Conn: c, Data: q}); err != nil {
 			t.closeConn(c, err)
 			return
 		}
@@ -762,7 +762,7 @@ func (t *Thread) deliverBuffered(c *Conn) {
 			q = q[:chunk]
 		}
 		c.rxbuf = c.rxbuf[len(q):]
-		if err := t.callback(&Event{Reason: ReasonRawRX, Conn: c, Data: q}); err != nil {
+		if err := t.callback(Event{Reason: ReasonRawRX, Conn: c, Data: q}); err != nil {
 			t.closeConn(c, err)
 			return
 		}
@@ -826,7 +826,7 @@ func (t *Thread) deliverWriteable(c *Conn) {
 	c.wantWritable = false
 	prev := t.writing
 	t.writing, c.wrote = c, false
-	err := t.callback(&Event{Reason: c.reason(ReasonRawWriteable), Conn: c})
+	err := t.callback(Event{Reason: c.reason(ReasonRawWriteable), Conn: c})
 	t.writing = prev
 	if err != nil {
 		t.closeConn(c, err)
@@ -835,10 +835,7 @@ func (t *Thread) deliverWriteable(c *Conn) {
 
 // callback runs a protocol callback. Closes requested from inside it are
 // applied when the outermost callback returns.
-//
-// ev is a pointer so that the event is copied once per callback, into the
-// user's callback arguments, and not once more on the way.
-func (t *Thread) callback(ev *Event) error {
+func (t *Thread) callback(ev Event) error {
 	if ev.Protocol == nil {
 		ev.Protocol = ev.Conn.proto
 	}
@@ -846,7 +843,7 @@ func (t *Thread) callback(ev *Event) error {
 		ev.Thread = t
 	}
 	t.depth++
-	err := ev.Protocol.Callback(*ev)
+	err := ev.Protocol.Callback(ev)
 	t.depth--
 	t.ctr.Dispatches.Add(1)
 	t.endCallback()
@@ -868,7 +865,7 @@ func (t *Thread) endCallback() {
 // ---- fd registration, with the poll-fd callbacks ----
 
 func (t *Thread) pollCallback(r Reason, c *Conn, fd int, ev, prev evlib.Events, n int) {
-	_ = t.callback(&Event{Reason: r, Conn: c, Protocol: t.ctx.protocols[0],
+	_ = t.callback(Event{Reason: r, Conn: c, Protocol: t.ctx.protocols[0],
 		Poll: PollArgs{FD: fd, Events: ev, PrevEvents: prev}, Len: n})
 }
 
@@ -978,7 +975,7 @@ func (t *Thread) established(c *Conn, o *adoptOptions) (*Conn, error) {
 		c.idle = &Timer{t: t, idx: -1, fn: func() { t.checkIdle(c) }}
 		t.timers.schedule(c.idle, c.lastActive+int64(d))
 	}
-	if err := t.callback(&Event{Reason: c.reason(ReasonRawAdopt), Conn: c}); err != nil {
+	if err := t.callback(Event{Reason: c.reason(ReasonRawAdopt), Conn: c}); err != nil {
 		t.closeConn(c, err)
 		return nil, fmt.Errorf("%w: %w", errAdoptRefused, err)
 	}
@@ -1062,7 +1059,7 @@ func (t *Thread) closeConn(c *Conn, why error) {
 			}
 		}
 	}
-	_ = t.callback(&Event{Reason: c.reason(ReasonRawClose), Conn: c, Err: why})
+	_ = t.callback(Event{Reason: c.reason(ReasonRawClose), Conn: c, Err: why})
 }
 
 func (t *Thread) accept(lc *Conn) {

@@ -90,7 +90,7 @@ func (t *Thread) onDatagramReadable(c *Conn) {
 			return
 		}
 		t.touch(c)
-		if err := t.callback(&Event{Reason: ReasonRawRX, Conn: c, Data: t.rxBuf[:n], From: addrPort(sa)}); err != nil {
+		if err := t.callback(Event{Reason: ReasonRawRX, Conn: c, Data: t.rxBuf[:n], From: addrPort(sa)}); err != nil {
 			t.closeConn(c, err)
 			return
 		}
