@@ -33,9 +33,17 @@ var nextMem *memBackend
 
 func init() {
 	if err := evlib.Register(evlib.Descriptor{
-		Name: "mem-bench",
-		Caps: evlib.CapBufferedRx | evlib.CapOwnWaker,
-		New:  func(evlib.Config) (evlib.Backend, error) { return nextMem, nil },
+		Name:     "mem-bench",
+		Caps:     evlib.CapBufferedRx | evlib.CapOwnWaker,
+		Priority: -1, // never the default of the other tests
+		New: func(evlib.Config) (evlib.Backend, error) {
+			if nextMem == nil {
+				return nil, errors.New("mem-bench: only for BenchmarkDispatch")
+			}
+			m := nextMem
+			nextMem = nil
+			return m, nil
+		},
 	}); err != nil {
 		panic(err)
 	}
