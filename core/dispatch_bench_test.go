@@ -96,7 +96,7 @@ func benchDispatch(b *testing.B, batch int) {
 	}
 	defer ctx.Destroy()
 	for range 50 {
-		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
 		if err != nil {
 			b.Fatal(err)
 		}
