@@ -313,20 +313,18 @@ func (b *Backend) reader(e *entry) {
 }
 
 // onInput runs on a stream's reader whenever netpoll's buffer holds input.
-// It waits for the turn and lets the core read (see Backend). Input left
-// in the buffer after that, or while rx is paused, is held: the reader
-// parks until the core read it all (Read releases it) or the fd was
-// removed. In Poll a reader reports an fd at most once per call, as the
-// contract asks. It reports whether the reader goes on.
+// It waits for the turn and lets the core read (see Backend). Input the
+// reader may not report now is held: the reader parks until the core read
+// it all (Read releases it) or the fd was removed. It reports whether the
+// reader goes on.
 func (b *Backend) onInput(e *entry) bool {
 	b.turn.Lock()
 	if b.closed || e.removed {
 		b.turn.Unlock()
 		return false
 	}
-	r := e.r
 	// (Empty if a Read between Peek and the turn took the input.)
-	if r.Len() > 0 && e.interest&evlib.Readable != 0 && (b.passer != nil || e.seen != b.gen) {
+	if e.r.Len() > 0 && b.mayReport(e) {
 		e.seen = b.gen
 		e.fresh = true
 		b.reportEntry(e)
@@ -336,13 +334,9 @@ func (b *Backend) onInput(e *entry) bool {
 			b.turn.Unlock()
 			return false
 		}
-		if b.passer != nil && e.interest&evlib.Readable != 0 {
-			// Input the core left is the next Peek's at once: no hold.
-			b.turn.Unlock()
-			return true
-		}
 	}
-	if r.Len() == 0 {
+	if e.r.Len() == 0 || b.mayReport(e) {
+		// Nothing left, or what the core left is the next Peek's at once.
 		b.turn.Unlock()
 		return true
 	}
@@ -353,6 +347,13 @@ func (b *Backend) onInput(e *entry) bool {
 	}
 	b.turn.Unlock()
 	return b.park(e)
+}
+
+// mayReport tells whether e's reader may report input now: rx is on and,
+// in Poll, the reader did not report e in this call already (the contract
+// allows one report of an fd per Poll).
+func (b *Backend) mayReport(e *entry) bool {
+	return e.interest&evlib.Readable != 0 && (b.passer != nil || e.seen != b.gen)
 }
 
 // afterInline follows a report made on a reader. In Loop it runs the
@@ -839,13 +840,13 @@ func (b *Backend) Write(fd int, p []byte) (int, error) {
 		switch {
 		case err == nil:
 			if n < len(p) {
-				b.blocked(fd)
+				b.writeBlocked(fd)
 			}
 			return n, nil
 		case errors.Is(err, unix.EINTR):
 			continue
 		case errors.Is(err, unix.EAGAIN):
-			b.blocked(fd)
+			b.writeBlocked(fd)
 			return 0, fmt.Errorf("fd %d: %w: %w", fd, evlib.ErrWouldBlock, err)
 		default:
 			return 0, err
@@ -853,9 +854,9 @@ func (b *Backend) Write(fd int, p []byte) (int, error) {
 	}
 }
 
-// blocked notes that a write to fd could not finish: writable is reported
-// again only once a helper saw the fd writable.
-func (b *Backend) blocked(fd int) {
+// writeBlocked notes that a write to fd could not finish: writable is
+// reported again only once a helper saw the fd writable.
+func (b *Backend) writeBlocked(fd int) {
 	if e := b.lookup(fd); e != nil {
 		e.blocked = true
 		b.arm(e)
