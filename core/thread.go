@@ -1269,11 +1269,10 @@ func (t *Thread) teardown() {
 	for len(t.dialing) > 0 {
 		t.dialFailed(t.dialing[0], ErrDestroyed)
 	}
-	for fd, c := range t.conns {
+	for _, c := range t.conns {
 		if c != nil {
 			t.closeConn(c, ErrDestroyed)
 		}
-		_ = fd
 	}
 	if t.wfd.R >= 0 {
 		t.unwatch(t.wfd.R, nil, evlib.Readable)
