@@ -30,6 +30,7 @@ func (s *suite) coreTests() []subtest {
 		{"PartialWrites", s.testPartialWrites},
 		{"RxFlowControl", s.testRxFlowControl},
 		{"RxBackpressure", s.testRxBackpressure},
+		{"ResumeDeliversAll", s.testResumeDeliversAll},
 		{"Files", s.testCoreFiles},
 		{"IdleSleeps", s.testIdleSleeps},
 		{"ServiceAdjustTimeout", s.testAdjustTimeout},
@@ -708,21 +709,52 @@ func (s *suite) testRxBackpressure(t *testing.T) {
 	if s.desc.Caps&evlib.CapRxBackpressure == 0 {
 		t.Skipf("conformance: backend %q declares it lacks evlib.CapRxBackpressure: a paused connection does not push back on its peer", s.name)
 	}
-	table := crc64.MakeTable(crc64.ECMA)
+	const limit = 256 << 20
+	p := s.newPausedPeer(t)
+	written := p.fill(t, limit)
+	require.Less(t, written, limit, "the peer wrote %d bytes to a paused connection without ever blocking", written)
+	t.Logf("peer blocked after %d bytes", written)
+	p.resume(t)
+}
+
+// A paused connection that holds many reads' worth of input delivers all
+// of it, in order, after resume, on every backend, whether the input waits
+// in the kernel or in the backend's buffer.
+func (s *suite) testResumeDeliversAll(t *testing.T) {
+	p := s.newPausedPeer(t)
+	written := p.fill(t, 1<<20)
+	t.Logf("peer wrote %d bytes while paused", written)
+	p.resume(t)
+}
+
+// pausedPeer is a connection paused from its adoption and the peer that
+// writes to it.
+type pausedPeer struct {
+	h       *harness
+	conn    *core.Conn
+	cli     *net.TCPConn
+	table   *crc64.Table
+	written int
+	sum     uint64 // of the bytes written
 	// st is touched only on the loop goroutine.
-	st := struct {
+	st struct {
 		n       int
 		sum     uint64
 		want    int
 		reached chan struct{}
-	}{}
+	}
+}
+
+func (s *suite) newPausedPeer(t *testing.T) *pausedPeer {
+	p := &pausedPeer{table: crc64.MakeTable(crc64.ECMA)}
 	cb := func(ev core.Event) error {
 		switch ev.Reason {
 		case core.ReasonRawAdopt:
 			return ev.Conn.RxFlowControl(false)
 		case core.ReasonRawRX:
+			st := &p.st
 			st.n += len(ev.Data)
-			st.sum = crc64.Update(st.sum, table, ev.Data)
+			st.sum = crc64.Update(st.sum, p.table, ev.Data)
 			if st.want > 0 && st.n >= st.want {
 				st.want = 0
 				close(st.reached)
@@ -730,26 +762,31 @@ func (s *suite) testRxBackpressure(t *testing.T) {
 		}
 		return nil
 	}
-	h := s.newHarness(t, core.Info{Protocols: []core.Protocol{{Name: "bp", Callback: cb}}})
+	p.h = s.newHarness(t, core.Info{Protocols: []core.Protocol{{Name: "paused", Callback: cb}}})
 	srv, cli := tcpPair(t)
 	require.NoError(t, cli.SetWriteBuffer(16<<10))
-	conn, err := h.ctx.AdoptConn(srv, "")
+	conn, err := p.h.ctx.AdoptConn(srv, "")
 	require.NoError(t, err)
-	h.start()
+	p.conn, p.cli = conn, cli
+	p.h.start()
+	return p
+}
 
-	rc, err := cli.SyscallConn()
+// fill writes to the paused connection until the peer stays blocked or
+// limit bytes are written, and returns how many it wrote. No RAW_RX may
+// come meanwhile.
+func (p *pausedPeer) fill(t *testing.T, limit int) int {
+	rc, err := p.cli.SyscallConn()
 	require.NoError(t, err)
 	buf := pattern(31, 64<<10)
-	const limit = 256 << 20
-	written, sum := 0, uint64(0)
 	var werr error
-	for blocked := false; !blocked && written < limit && werr == nil; {
+	for blocked := false; !blocked && p.written < limit && werr == nil; {
 		require.NoError(t, rc.Write(func(fd uintptr) bool {
-			for written < limit {
-				n, err := unix.Write(int(fd), buf)
+			for p.written < limit {
+				n, err := unix.Write(int(fd), buf[:min(len(buf), limit-p.written)])
 				if n > 0 {
-					written += n
-					sum = crc64.Update(sum, table, buf[:n])
+					p.written += n
+					p.sum = crc64.Update(p.sum, p.table, buf[:n])
 				}
 				if errors.Is(err, unix.EAGAIN) {
 					return true
@@ -763,32 +800,37 @@ func (s *suite) testRxBackpressure(t *testing.T) {
 		}))
 		// Full for now. Blocked for good means it stays full while the
 		// loop runs: the core does not read a paused connection.
-		h.sync()
+		p.h.sync()
 		require.NoError(t, rc.Control(func(fd uintptr) {
-			p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
-			n, _ := unix.Poll(p, 100)
+			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+			n, _ := unix.Poll(pfd, 100)
 			blocked = n == 0
 		}))
 	}
 	require.NoError(t, werr)
-	require.Less(t, written, limit, "the peer wrote %d bytes to a paused connection without ever blocking", written)
 	var n int
-	h.do(func() { n = st.n })
+	p.h.do(func() { n = p.st.n })
 	require.Zero(t, n, "RAW_RX while paused")
-	t.Logf("peer blocked after %d bytes", written)
+	return p.written
+}
 
+// resume turns rx back on and checks that every byte written arrives, in
+// order.
+func (p *pausedPeer) resume(t *testing.T) {
+	h := p.h
 	ch := make(chan struct{})
+	var err error
 	h.do(func() {
-		st.want, st.reached = written, ch
-		err = conn.RxFlowControl(true)
+		p.st.want, p.st.reached = p.written, ch
+		err = p.conn.RxFlowControl(true)
 	})
 	require.NoError(t, err)
-	waitCh(t, ch, fmt.Sprintf("%d bytes after resume", written))
+	waitCh(t, ch, fmt.Sprintf("%d bytes after resume", p.written))
 	h.sync()
 	var got, gotSum = 0, uint64(0)
-	h.do(func() { got, gotSum = st.n, st.sum })
-	require.Equal(t, written, got, "bytes delivered after resume")
-	require.Equal(t, sum, gotSum, "checksum of the bytes delivered after resume")
+	h.do(func() { got, gotSum = p.st.n, p.st.sum })
+	require.Equal(t, p.written, got, "bytes delivered after resume")
+	require.Equal(t, p.sum, gotSum, "checksum of the bytes delivered after resume")
 	h.rec.verify(t)
 }
 

@@ -746,7 +746,7 @@ func (b *Backend) reportEntry(e *entry) bool {
 	}
 	e.rawReady &^= ev
 	b.arm(e)
-	if e.events() != 0 && (e.interest&evlib.Writable != 0 || e.hup) {
+	if e.events() != 0 && (e.interest&evlib.Writable != 0 || e.hup || e.readHeld) {
 		b.enqueue(e) // level-triggered: still ready next time
 	}
 	return true
