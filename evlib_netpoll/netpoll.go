@@ -66,26 +66,35 @@
 //     poller parks a goroutine, not an OS thread, which a blocking poll(2)
 //     per connection would cost.
 //
-// # No rx back-pressure, and its bound
+// # Rx back-pressure and read-ahead
 //
-// netpoll's poller keeps reading from the kernel into its own buffer
-// whatever plugloop's interest is, so the backend does not declare
-// evlib.CapRxBackpressure: pausing a connection's rx does not push back on
-// its peer, the bytes pile up in netpoll's buffer instead of the kernel's.
-// The backend bounds that pile at MaxPausedRx bytes per connection, checked
-// every PausedRxCheck while a connection holds unread input without Readable
-// interest: past the bound it reports Error, and the next Read returns an
-// error wrapping ENOBUFS, so the core closes the connection (RAW_CLOSE with
-// that error) instead of buffering without limit. (Taking the connection
-// back from netpoll instead, so that TCP pushes back from then on, cannot
-// be done without losing bytes: netpoll's poller may still be reading when
-// its connection is closed, and the close drops the buffer.) The check is periodic, so
-// the buffer may overshoot by what the peer manages to send in one
-// PausedRxCheck interval (on loopback, tens of megabytes at most). A paused
-// connection still learns at once that its peer hung up or reset: netpoll
-// calls OnDisconnect as soon as its poller saw it (after it read all input),
-// and the backend reports Hangup whatever the interest, so the core moves
-// the input into its own buffer and closes once it was consumed or after
+// netpoll's poller reads from the kernel into its own buffer whatever
+// plugloop's interest is, so pausing a connection's rx at first only stops
+// RAW_RX, and a core that falls behind finds netpoll far ahead of it. The
+// backend takes a connection out of netpoll's poller (netpoll's Detach,
+// which waits for a read in progress and keeps the buffer and the fd) when
+// its rx stays paused for DetachDelay, or when netpoll holds more than
+// MaxReadAhead bytes the core has not read. From then on the kernel keeps
+// what arrives and TCP pushes back on the peer, so the backend declares
+// evlib.CapRxBackpressure. Once the core has read what netpoll held and rx
+// is on, the stream goes back to netpoll as a new connection on a new dup.
+//
+// The check runs where the connection's reader holds the thread's turn, so
+// netpoll holds for one connection what it read up to then: MaxReadAhead,
+// plus what it reads while the reader waits for the turn (other
+// connections' callbacks run meanwhile), plus, after a pause, what the peer
+// sends in DetachDelay. That is no fixed number of bytes; the README gives
+// measured ones. A pause shorter than DetachDelay, as in a busy pipelined
+// stream, costs a timer; a longer one, or a core that far behind, pays the
+// detach and the re-attach (a few system calls and netpoll's connection
+// setup) once, and costs nothing while it lasts.
+//
+// A paused connection still learns at once that its peer hung up or reset:
+// netpoll calls OnDisconnect as soon as its poller saw it (after it read
+// all input), and while the connection is out of netpoll a helper
+// goroutine waits for it in the runtime poller. Either way the backend
+// reports Hangup whatever the interest, so the core moves the input into
+// its own buffer and closes once it was consumed or after
 // Info.CloseTimeout. A reset is told from an orderly close by the socket's
 // state (SO_ERROR, or TCP state CLOSE), since netpoll keeps the error.
 package evlib_netpoll
@@ -99,14 +108,15 @@ import (
 // Name is the backend's registry name.
 const Name = "netpoll"
 
-// MaxPausedRx is how many bytes netpoll may hold for a connection whose rx
-// is paused before the backend fails the connection (see the package
-// documentation).
-const MaxPausedRx = 4 << 20
+// DetachDelay is how long a connection may stay paused while netpoll goes
+// on reading it, before the backend takes it out of netpoll's poller so
+// that the kernel pushes back on the peer (see the package documentation).
+const DetachDelay = 2 * time.Millisecond
 
-// PausedRxCheck is how often a paused connection's buffered input is
-// compared with MaxPausedRx.
-const PausedRxCheck = 10 * time.Millisecond
+// MaxReadAhead is how many bytes netpoll may hold for a connection that the
+// core has not read before the backend takes it out of netpoll's poller
+// (see the package documentation).
+const MaxReadAhead = 1 << 20
 
 func init() {
 	d := descriptor()

@@ -20,7 +20,7 @@ import (
 
 func descriptor() evlib.Descriptor {
 	return evlib.Descriptor{
-		Caps:      evlib.CapBufferedRx | evlib.CapOwnWaker | evlib.CapFiles | evlib.CapLibraryGoroutines,
+		Caps:      evlib.CapBufferedRx | evlib.CapRxBackpressure | evlib.CapOwnWaker | evlib.CapFiles | evlib.CapLibraryGoroutines,
 		DupsPerFD: 1, // netpoll's (or a helper's) dup of every fd
 		New:       New,
 	}
@@ -29,16 +29,15 @@ func descriptor() evlib.Descriptor {
 // What a post says.
 const (
 	postHup      = iota // netpoll closed the stream's connection
-	postOverflow        // a paused stream's buffer passed MaxPausedRx
 	postRawRead         // a helper found the fd readable (ev says how)
 	postRawWrite        // a helper found the fd writable (ev says how)
+	postWatchEnd        // the hang-up helper of a detached stream ended (ev: Hangup if it saw one)
 )
 
 type post struct {
 	e    *entry
 	what uint8
 	ev   evlib.Events
-	n    int // postOverflow: bytes buffered
 }
 
 // entry is one watched fd. Its plain fields belong to the holder of the
@@ -49,32 +48,43 @@ type entry struct {
 	kind     evlib.Kind
 	interest evlib.Events
 
-	nc   netpoll.Connection // streams: netpoll's connection on a dup
-	r    netpoll.Reader     // nc's reader
-	ack  chan struct{}      // releases a reader parked with held input
-	done chan struct{}      // closed on Remove: releases everything
-	gone atomic.Bool        // removed (read by helpers)
+	nc    netpoll.Connection // streams: netpoll's connection on a dup (nil while detached)
+	ncFD  int                // nc's dup, netpoll's to close
+	r     netpoll.Reader     // nc's reader
+	ack   chan struct{}      // releases a reader parked with held input
+	rearm chan struct{}      // restarts a parked reader's DetachDelay (rx paused again)
+	done  chan struct{}      // closed on Remove: releases everything
+	gone  atomic.Bool        // removed (read by helpers)
+
+	// A stream taken out of netpoll's poller (see detach): its buffer
+	// still holds input for the core in held; its dup, ours to close now,
+	// is heldFD.
+	held     netpoll.Reader
+	heldFD   int
+	detached bool
+	watchHup atomic.Bool // the hang-up helper is still wanted (read by it)
 
 	file *os.File // dup for the helpers, made when first needed
 	rc   syscall.RawConn
 
 	peek       sync.Mutex   // held by the reader while it waits in netpoll's Peek
-	readHeld   bool         // input left after a report: the reader parks until Read empties the buffer
+	readHeld   bool         // input left after a report, to be reported Readable
+	parked     bool         // the reader waits for ack (it parked with readHeld)
 	fresh      bool         // input the reader is reporting right now
 	seen       uint64       // Backend.gen of the Poll a reader reported this in
 	hup        bool         // netpoll closed the connection
 	hupShown   bool         // Hangup reported without Readable interest
-	overflow   bool         // MaxPausedRx exceeded
+	fail       error        // the stream cannot go on (a failed re-attach): Read returns it
 	connecting bool         // a stream not connected yet: not netpoll's
 	shutWR     bool         // the core shut the write side down
-	errShown   bool         // overflow reported
+	failShown  bool         // Error reported for fail
 	rawReady   evlib.Events // what helpers found, not yet reported
 	waitR      bool         // a read helper is out
 	waitW      bool         // a write helper is out
+	waitH      bool         // a hang-up helper is out
 	blocked    bool         // the last write met EAGAIN (or was short)
 	queued     bool         // in Backend.cand
 	removed    bool
-	overBytes  int
 }
 
 // Backend serves one service thread.
@@ -174,7 +184,7 @@ func (b *Backend) Add(fd int, kind evlib.Kind, ev evlib.Events) error {
 	if b.lookup(fd) != nil {
 		return fmt.Errorf("%w: fd %d", evlib.ErrExist, fd)
 	}
-	e := &entry{fd: fd, kind: kind, interest: ev & (evlib.Readable | evlib.Writable), done: make(chan struct{})}
+	e := &entry{fd: fd, kind: kind, interest: ev & (evlib.Readable | evlib.Writable), done: make(chan struct{}), ncFD: -1, heldFD: -1}
 	// A stream whose connect is still in progress is not netpoll's yet:
 	// when the connect fails, netpoll's read would take the socket's
 	// error, which the core needs to tell why. Helpers watch it until it
@@ -257,13 +267,30 @@ const dupBase, dupWindow = 1024, 1024
 
 // attach gives netpoll the dup of a stream and starts its reader.
 func (b *Backend) attach(e *entry, dup int) error {
+	if err := b.connect(e, dup); err != nil {
+		return err
+	}
+	e.ack, e.rearm = make(chan struct{}, 1), make(chan struct{}, 1)
+	go b.reader(e)
+	return nil
+}
+
+// detacher is netpoll's connection's Detach: an exported method, though
+// not of the Connection interface.
+type detacher interface{ Detach() error }
+
+// connect makes the dup of a stream netpoll's connection.
+func (b *Backend) connect(e *entry, dup int) error {
 	nc, err := netpoll.NewFDConnection(dup)
 	if err != nil {
 		unix.Close(dup)
 		return fmt.Errorf("%w: fd %d: netpoll: %v", evlib.ErrBadFD, e.fd, err)
 	}
-	e.nc, e.r = nc, nc.Reader()
-	e.ack = make(chan struct{}, 1)
+	if _, ok := nc.(detacher); !ok {
+		nc.Close()
+		return fmt.Errorf("evlib_netpoll: fd %d: netpoll's connection (%T) has no Detach; plugloop needs netpoll v0.7.2", e.fd, nc)
+	}
+	e.nc, e.r, e.ncFD = nc, nc.Reader(), dup
 	// OnDisconnect runs as soon as netpoll's poller saw the hang-up (after
 	// it read all input), so a paused connection learns of it at once. It
 	// is an exported method of netpoll's connection, though not of the
@@ -281,7 +308,6 @@ func (b *Backend) attach(e *entry, dup int) error {
 		// connection registers as it is made). Later, it sees ours.
 		b.post(post{e: e, what: postHup})
 	}
-	go b.reader(e)
 	return nil
 }
 
@@ -335,12 +361,16 @@ func (b *Backend) onInput(e *entry) bool {
 			return false
 		}
 	}
-	if e.r.Len() == 0 || b.mayReport(e) {
+	n := e.r.Len()
+	if n == 0 || b.mayReport(e) && n <= MaxReadAhead {
 		// Nothing left, or what the core left is the next Peek's at once.
 		b.turn.Unlock()
 		return true
 	}
-	e.readHeld = true
+	e.readHeld, e.parked = true, true
+	if n > MaxReadAhead {
+		b.detach(e) // the core is that far behind: let the kernel hold the rest
+	}
 	if e.interest&evlib.Readable != 0 {
 		b.enqueue(e)
 		b.kickWaiter()
@@ -380,11 +410,13 @@ func (b *Backend) afterInline() {
 	}
 }
 
-// park holds the reader of a connection whose input waits for rx to
-// resume, checking the buffer against MaxPausedRx meanwhile. It reports
-// whether the reader goes on (false: the fd was removed).
+// park holds the reader of a connection whose input waits for the core to
+// read it. If rx stays paused for DetachDelay meanwhile, it takes the turn
+// and the stream out of netpoll (see detach); pausing again while it is
+// parked (rearm) restarts the delay. It reports whether the reader goes on
+// (false: the fd was removed).
 func (b *Backend) park(e *entry) bool {
-	t := time.NewTicker(PausedRxCheck)
+	t := time.NewTimer(DetachDelay)
 	defer t.Stop()
 	for {
 		select {
@@ -392,18 +424,135 @@ func (b *Backend) park(e *entry) bool {
 			return true
 		case <-e.done:
 			return false
+		case <-e.rearm:
+			t.Reset(DetachDelay)
 		case <-t.C:
-			if n := e.r.Len(); n > MaxPausedRx {
-				b.post(post{e: e, what: postOverflow, n: n})
-				select {
-				case <-e.ack:
-					return true
-				case <-e.done:
-					return false
-				}
+			b.turn.Lock()
+			// Not if the core read it all meanwhile (the ack is on
+			// its way) or rx resumed.
+			if !b.closed && !e.removed && e.parked && e.interest&evlib.Readable == 0 {
+				b.detach(e)
 			}
+			b.turn.Unlock()
 		}
 	}
+}
+
+// unpark notes that the input the reader holds was all read, and lets
+// the reader go back to netpoll's Peek if the stream is netpoll's.
+func (b *Backend) unpark(e *entry) {
+	e.readHeld = false
+	if e.parked && e.nc != nil {
+		e.parked = false
+		select {
+		case e.ack <- struct{}{}:
+		default: // cannot happen: one park per hold
+		}
+	}
+}
+
+// detach takes a stream out of netpoll's poller, so that from now on the
+// kernel keeps its input and TCP pushes back on the peer: when it stayed
+// paused for DetachDelay, or netpoll read more than MaxReadAhead ahead of
+// the core. Only its reader calls it, with the turn, and not from Peek.
+// netpoll's Detach removes the fd from its epoll and waits for a read its
+// poller may be doing on it to finish, and leaves the buffer and the dup
+// as they are: nothing is lost. The core reads what the buffer holds
+// (held) first; once it has and rx is on, the stream goes back to netpoll
+// (a new dup, a new connection): not before, or netpoll would read on
+// while the core works through held. Meanwhile a helper watches for the
+// peer's hang-up, which netpoll no longer sees.
+//
+// The detached connection is used for nothing but its buffer: Close would
+// free its poller's operator a second time (by then another connection's),
+// and Release of an emptied buffer touches that operator too.
+func (b *Backend) detach(e *entry) {
+	if e.nc == nil || e.hup || !e.nc.IsActive() {
+		return // out already, or ending: netpoll read all there is
+	}
+	if err := e.nc.(detacher).Detach(); err != nil {
+		b.fail(e, fmt.Errorf("evlib_netpoll: fd %d: netpoll's Detach: %w", e.fd, err))
+		return
+	}
+	if e.r.Len() > 0 {
+		e.held, e.heldFD = e.r, e.ncFD
+	} else {
+		unix.Close(e.ncFD) // (held is never empty: Read would take it for end of stream)
+		e.readHeld = false
+	}
+	e.nc, e.r, e.ncFD = nil, nil, -1
+	e.detached = true
+	detaches.Add(1)
+	b.watchHangup(e)
+	if e.held == nil && e.interest&evlib.Readable != 0 {
+		b.reattach(e)
+	}
+}
+
+// detaches counts the streams taken out of netpoll, for tests.
+var detaches atomic.Int64
+
+// reattach gives a detached stream whose held input was read back to
+// netpoll, and its reader to it.
+func (b *Backend) reattach(e *entry) {
+	dup, err := dupFD(e.fd, true)
+	if err == nil {
+		err = b.connect(e, dup)
+	}
+	if err != nil {
+		b.fail(e, fmt.Errorf("evlib_netpoll: fd %d: back to netpoll after rx resumed: %w", e.fd, err))
+		return
+	}
+	e.detached = false
+	e.watchHup.Store(false)
+	b.unpark(e)
+}
+
+// fail ends a stream the backend cannot serve any more: it is reported
+// with Error and Read returns err.
+func (b *Backend) fail(e *entry, err error) {
+	if e.fail == nil {
+		e.fail = err
+	}
+	b.enqueue(e)
+}
+
+// watchHangup starts the helper that tells a detached stream's hang-up.
+// Without the runtime poller's dup (fd exhaustion) the hang-up is learnt
+// when rx resumes.
+func (b *Backend) watchHangup(e *entry) {
+	e.watchHup.Store(true)
+	if e.waitH || e.ensureFile() != nil {
+		return
+	}
+	e.waitH = true
+	go b.hangupHelper(e, e.rc)
+}
+
+// hangupHelper waits in the runtime poller until a detached stream's
+// peer hung up (or the stream went back to netpoll) and posts what it
+// found. poll(2) asked only for POLLRDHUP reports no input, of which a
+// detached stream has plenty; each new segment wakes the wait once, and
+// once the socket is full nothing does until the FIN or reset.
+func (b *Backend) hangupHelper(e *entry, rc syscall.RawConn) {
+	hup := false
+	err := rc.Read(func(fd uintptr) bool {
+		if !e.watchHup.Load() {
+			return true
+		}
+		p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
+		n, err := unix.Poll(p, 0)
+		hup = err == nil && n > 0
+		return hup
+	})
+	if e.gone.Load() {
+		return
+	}
+	var ev evlib.Events
+	if hup || err != nil {
+		ev = evlib.Hangup
+	}
+	b.post(post{e: e, what: postWatchEnd, ev: ev})
 }
 
 // openFile makes the dup the helpers wait on, in the Go runtime's poller.
@@ -428,6 +577,18 @@ func (e *entry) openFile(dup int) error {
 	return nil
 }
 
+// ensureFile makes the dup the helpers wait on unless it exists.
+func (e *entry) ensureFile() error {
+	if e.file != nil {
+		return nil
+	}
+	dup, err := unix.FcntlInt(uintptr(e.fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	return e.openFile(dup)
+}
+
 // writableNow asks the kernel without waiting.
 func writableNow(fd int) bool {
 	p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
@@ -440,22 +601,16 @@ func (b *Backend) arm(e *entry) {
 	if e.removed {
 		return
 	}
-	if e.nc == nil && e.interest&evlib.Readable != 0 && !e.waitR {
+	if e.nc == nil && !e.detached && e.interest&evlib.Readable != 0 && !e.waitR {
 		e.waitR = true
 		go b.helper(e, e.rc, false)
 	}
 	if e.interest&evlib.Writable != 0 && e.blocked && !e.waitW {
-		if e.file == nil {
-			dup, err := unix.FcntlInt(uintptr(e.fd), unix.F_DUPFD_CLOEXEC, 0)
-			if err == nil {
-				err = e.openFile(dup)
-			}
-			if err != nil {
-				// Cannot wait: let the write find out.
-				e.blocked = false
-				b.enqueue(e)
-				return
-			}
+		if e.ensureFile() != nil {
+			// Cannot wait: let the write find out.
+			e.blocked = false
+			b.enqueue(e)
+			return
 		}
 		e.waitW = true
 		go b.helper(e, e.rc, true)
@@ -523,10 +678,19 @@ func (b *Backend) Modify(fd int, ev evlib.Events) error {
 		return nil
 	}
 	b.ctr.InterestChanges.Add(1)
-	added := ev &^ e.interest
+	added, dropped := ev&^e.interest, e.interest&^ev
 	e.interest = ev
+	if dropped&evlib.Readable != 0 && e.parked && e.nc != nil {
+		select {
+		case e.rearm <- struct{}{}:
+		default:
+		}
+	}
 	if added&evlib.Writable != 0 && !e.blocked && !writableNow(fd) {
 		e.blocked = true
+	}
+	if added&evlib.Readable != 0 && e.detached && e.held == nil && !e.hup && e.fail == nil {
+		b.reattach(e)
 	}
 	b.arm(e)
 	b.enqueue(e)
@@ -548,9 +712,14 @@ func (b *Backend) Remove(fd int) error {
 func (b *Backend) drop(e *entry) {
 	e.removed = true
 	e.gone.Store(true)
+	e.watchHup.Store(false)
 	close(e.done)
 	if e.nc != nil {
 		e.nc.Close()
+	}
+	if e.held != nil {
+		unix.Close(e.heldFD)
+		e.held, e.heldFD = nil, -1
 	}
 	if e.file != nil {
 		e.file.Close()
@@ -665,8 +834,14 @@ func (b *Backend) drain() {
 		switch p.what {
 		case postHup:
 			e.hup = true
-		case postOverflow:
-			e.overflow, e.overBytes = true, p.n
+		case postWatchEnd:
+			e.waitH = false
+			switch {
+			case p.ev&evlib.Hangup != 0 && e.detached:
+				e.hup = true
+			case e.detached && !e.hup && e.watchHup.Load():
+				b.watchHangup(e) // detached again before this helper ended
+			}
 		case postRawRead:
 			e.waitR = false
 			e.rawReady |= p.ev
@@ -695,7 +870,7 @@ func (e *entry) events() evlib.Events {
 			ev |= evlib.Hangup
 		}
 	}
-	if e.overflow && !e.errShown {
+	if e.fail != nil && !e.failShown {
 		ev |= evlib.Error
 	}
 	ev |= e.rawReady & (in | evlib.Hangup | evlib.Error)
@@ -741,8 +916,8 @@ func (b *Backend) reportEntry(e *entry) bool {
 	if ev&evlib.Hangup != 0 && e.interest&evlib.Readable == 0 {
 		e.hupShown = true
 	}
-	if ev&evlib.Error != 0 && e.overflow {
-		e.errShown = true
+	if ev&evlib.Error != 0 && e.fail != nil {
+		e.failShown = true
 	}
 	e.rawReady &^= ev
 	b.arm(e)
@@ -755,11 +930,17 @@ func (b *Backend) reportEntry(e *entry) bool {
 // Read implements evlib.IO.
 func (b *Backend) Read(fd int, p []byte) (int, error) {
 	e := b.lookup(fd)
-	if e == nil || e.nc == nil {
+	switch {
+	case e == nil:
 		return rawRead(fd, p)
-	}
-	if e.overflow {
-		return 0, fmt.Errorf("evlib_netpoll: fd %d: more than %d bytes (%d) buffered while rx was paused: %w", fd, MaxPausedRx, e.overBytes, unix.ENOBUFS)
+	case e.fail != nil:
+		return 0, e.fail
+	case e.held != nil:
+		return b.readDetached(e, p)
+	case e.nc == nil:
+		// A stream the helpers watch: connecting, or detached with
+		// its buffer read (the core reads on after a hang-up).
+		return rawRead(fd, p)
 	}
 	r := e.r
 	n := min(r.Len(), len(p))
@@ -786,12 +967,34 @@ func (b *Backend) Read(fd int, p []byte) (int, error) {
 	copy(p, buf)
 	r.Release()
 	if e.readHeld && r.Len() == 0 {
-		// Held input all read: the reader goes back to waiting.
-		e.readHeld = false
-		select {
-		case e.ack <- struct{}{}:
-		default: // cannot happen: one park per hold
+		b.unpark(e) // held input all read: the reader goes back to waiting
+	}
+	return n, nil
+}
+
+// readDetached reads what netpoll had read for a detached stream (see
+// detach). Once that is all read, the stream goes back to netpoll if rx is
+// on.
+func (b *Backend) readDetached(e *entry, p []byte) (int, error) {
+	r := e.held
+	n := min(r.Len(), len(p))
+	if n > 0 {
+		buf, err := r.Next(n)
+		if err != nil {
+			return 0, fmt.Errorf("fd %d: netpoll: %w", e.fd, err)
 		}
+		copy(p, buf)
+	}
+	if r.Len() > 0 {
+		r.Release()
+		return n, nil
+	}
+	// All read. Not Release: see detach.
+	unix.Close(e.heldFD)
+	e.held, e.heldFD = nil, -1
+	e.readHeld = false
+	if e.interest&evlib.Readable != 0 && !e.hup && e.fail == nil {
+		b.reattach(e)
 	}
 	return n, nil
 }
