@@ -483,7 +483,7 @@ func (s *suite) slowServers() []serverInfo {
 	}
 	var out []serverInfo
 	for _, sv := range s.cfg.servers {
-		if slices.Contains([]string{plugloopPrefix + "epoll", plugloopPrefix + "gnet", gnetName, netpollName, netName}, sv.Name) {
+		if slices.Contains([]string{plugloopPrefix + "epoll", plugloopPrefix + "gnet", plugloopPrefix + "netpoll", gnetName, netpollName, netName}, sv.Name) {
 			out = append(out, sv)
 		}
 	}

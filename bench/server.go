@@ -23,7 +23,6 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -256,7 +255,7 @@ func startServer(name string) (addr string, stats func() core.Stats, err error) 
 // startPlugloop serves internal/echo — the lws-style echo of examples/echo
 // — on one plugloop context with the named backend.
 func startPlugloop(backend string) (string, func() core.Stats, error) {
-	ctx, addr, err := echoContext(backend, tellBound(echo.Protocol("echo")))
+	ctx, addr, err := echoContext(backend, echo.Protocol("echo"))
 	if err != nil {
 		return "", nil, err
 	}
@@ -287,22 +286,6 @@ func echoContext(backend string, proto core.Protocol) (*core.Context, string, er
 		return nil, "", err
 	}
 	return ctx, ln.Addr().String(), nil
-}
-
-// tellBound makes the child say on stderr (which the bench prints with a
-// failed run) when a backend without rx back-pressure closed a connection
-// because it held too much input for it (evlib_netpoll.MaxPausedRx), so a
-// reset the load generator saw is explained by the run itself.
-func tellBound(p core.Protocol) core.Protocol {
-	var once sync.Once
-	cb := p.Callback
-	p.Callback = func(ev core.Event) error {
-		if ev.Reason == core.ReasonRawClose && errors.Is(ev.Err, unix.ENOBUFS) {
-			once.Do(func() { fmt.Fprintln(os.Stderr, "server closed a connection:", ev.Err) })
-		}
-		return cb(ev)
-	}
-	return p
 }
 
 // gnetEcho is gnet's own echo server: one event loop, OnTraffic writes back
