@@ -6,9 +6,12 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
+	"runtime"
 	"testing"
 	"time"
 
+	"github.com/cloudwego/netpoll"
 	"github.com/plugloop/plugloop/core"
 	"github.com/plugloop/plugloop/evlib_netpoll"
 	"github.com/stretchr/testify/require"
@@ -27,6 +30,7 @@ type detachedRig struct {
 }
 
 func newDetachedRig(t *testing.T) *detachedRig {
+	noLeaks(t)
 	r := &detachedRig{closed: make(chan error, 1), runDone: make(chan error, 1)}
 	ctx, err := core.New(core.Info{
 		EventLib:     evlib_netpoll.Name,
@@ -59,6 +63,28 @@ func newDetachedRig(t *testing.T) *detachedRig {
 	t.Cleanup(func() { r.cli.Close() })
 	require.NoError(t, r.cli.SetWriteBuffer(16<<10))
 	return r
+}
+
+// noLeaks checks, when t ends, that the process is back to the goroutines
+// and descriptors it had now: a detached stream's dup, its hang-up helper
+// and its reader go with its connection.
+func noLeaks(t *testing.T) {
+	netpoll.Initialize() // netpoll's pollers stay for good
+	if ln, err := net.Listen("tcp4", "127.0.0.1:0"); err == nil {
+		ln.Close() // so does the runtime's poller
+	}
+	baseG, baseFDs := runtime.NumGoroutine(), countFDs(t)
+	t.Cleanup(func() {
+		waitUntil(t, "goroutines or descriptors left behind", func() bool {
+			return runtime.NumGoroutine() <= baseG && countFDs(t) <= baseFDs
+		})
+	})
+}
+
+func countFDs(t *testing.T) int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	require.NoError(t, err)
+	return len(ents)
 }
 
 // fillUntilBlocked writes to cli until it stays blocked and returns what
