@@ -207,12 +207,15 @@ func TestDetachedFIN(t *testing.T) {
 	require.True(t, bytes.Equal(r.sent, got), "bytes delivered out of order or altered")
 }
 
-// A connection detached and resumed twice in a row goes back to netpoll
-// each time and loses nothing.
+// A connection detached and resumed twice in a row loses nothing, and goes
+// back to netpoll each time its core has caught up.
 func TestDetachTwice(t *testing.T) {
 	r := newDetachedRig(t)
+	d0 := evlib_netpoll.Detaches()
 	r.sent = fillUntilBlocked(t, r.cli)
+	require.Greater(t, evlib_netpoll.Detaches(), d0, "the peer blocked, yet the stream was never taken out of netpoll")
 	resumeAll := func(want int) {
+		a0 := evlib_netpoll.Reattaches()
 		var err error
 		r.do(t, func() { err = r.conn.RxFlowControl(true) })
 		require.NoError(t, err)
@@ -221,15 +224,20 @@ func TestDetachTwice(t *testing.T) {
 			r.do(t, func() { n = len(r.got) })
 			return n >= want
 		})
+		waitUntil(t, "the stream did not go back to netpoll once its core caught up", func() bool {
+			return evlib_netpoll.Reattaches() > a0
+		})
 		r.do(t, func() { err = r.conn.RxFlowControl(false) })
 		require.NoError(t, err)
 	}
 	resumeAll(len(r.sent))
 	first := len(r.sent)
 	// The peer can write again: fill until blocked once more.
+	d1 := evlib_netpoll.Detaches()
 	more := fillUntilBlocked(t, r.cli)
-	r.sent = append(r.sent, more...)
 	require.NotEmpty(t, more)
+	require.Greater(t, evlib_netpoll.Detaches(), d1, "blocked the second time without a detach")
+	r.sent = append(r.sent, more...)
 	resumeAll(first + len(more))
 	var got []byte
 	r.do(t, func() { got = r.got })

@@ -1,5 +1,8 @@
 package evlib_netpoll
 
-// Detaches tells how many times a paused stream was taken out of netpoll's
-// poller in this process.
+// Detaches tells how many times a stream was taken out of netpoll's poller
+// in this process.
 func Detaches() int64 { return detaches.Load() }
+
+// Reattaches tells how many times a stream went back to netpoll.
+func Reattaches() int64 { return reattaches.Load() }

@@ -76,18 +76,23 @@
 // its rx stays paused for DetachDelay, or when netpoll holds more than
 // MaxReadAhead bytes the core has not read. From then on the kernel keeps
 // what arrives and TCP pushes back on the peer, so the backend declares
-// evlib.CapRxBackpressure. Once the core has read what netpoll held and rx
-// is on, the stream goes back to netpoll as a new connection on a new dup.
+// evlib.CapRxBackpressure. The core reads what netpoll held, then the
+// kernel directly, as on a readiness backend, until it finds the kernel
+// empty with rx on: it has caught up, and the stream goes back to netpoll
+// as a new connection on a new dup. (Going back as soon as netpoll's
+// leftover was read would let netpoll's eager reads pile up again what the
+// kernel holds, for a consumer that stays slow.)
 //
 // The check runs where the connection's reader holds the thread's turn, so
 // netpoll holds for one connection what it read up to then: MaxReadAhead,
 // plus what it reads while the reader waits for the turn (other
 // connections' callbacks run meanwhile), plus, after a pause, what the peer
-// sends in DetachDelay. That is no fixed number of bytes; the README gives
-// measured ones. A pause shorter than DetachDelay, as in a busy pipelined
-// stream, costs a timer; a longer one, or a core that far behind, pays the
-// detach and the re-attach (a few system calls and netpoll's connection
-// setup) once, and costs nothing while it lasts.
+// sends in DetachDelay. That is no fixed number of bytes, but it is paid
+// once per stretch of falling behind, not again for every pause while the
+// consumer stays slow; the README gives measured figures. A pause shorter
+// than DetachDelay, as in a busy pipelined stream, costs a timer; a longer
+// one, or a core that far behind, pays the detach and the re-attach (a few
+// system calls and netpoll's connection setup) once.
 //
 // A paused connection still learns at once that its peer hung up or reset:
 // netpoll calls OnDisconnect as soon as its poller saw it (after it read

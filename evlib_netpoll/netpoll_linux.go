@@ -56,9 +56,9 @@ type entry struct {
 	done  chan struct{}      // closed on Remove: releases everything
 	gone  atomic.Bool        // removed (read by helpers)
 
-	// A stream taken out of netpoll's poller (see detach): its buffer
-	// still holds input for the core in held; its dup, ours to close now,
-	// is heldFD.
+	// A stream taken out of netpoll's poller (see detach): the core reads
+	// what netpoll's buffer still holds (held; its dup, ours to close, is
+	// heldFD), then the kernel.
 	held     netpoll.Reader
 	heldFD   int
 	detached bool
@@ -457,11 +457,16 @@ func (b *Backend) unpark(e *entry) {
 // the core. Only its reader calls it, with the turn, and not from Peek.
 // netpoll's Detach removes the fd from its epoll and waits for a read its
 // poller may be doing on it to finish, and leaves the buffer and the dup
-// as they are: nothing is lost. The core reads what the buffer holds
-// (held) first; once it has and rx is on, the stream goes back to netpoll
-// (a new dup, a new connection): not before, or netpoll would read on
-// while the core works through held. Meanwhile a helper watches for the
-// peer's hang-up, which netpoll no longer sees.
+// as they are: nothing is lost.
+//
+// While the stream is out, the core reads what netpoll's buffer holds
+// (held), then the kernel directly, the way a readiness backend's core
+// does: Readable is reported whenever rx is on, and a read finds input or
+// the kernel empty. Only once it finds the kernel empty with rx on, so the
+// core has caught up, does the stream go back to netpoll (a new dup, a new
+// connection), whose eager reads would otherwise pile up again what the
+// kernel holds. While rx is paused, a helper watches for the peer's
+// hang-up, which netpoll no longer sees.
 //
 // The detached connection is used for nothing but its buffer: Close would
 // free its poller's operator a second time (by then another connection's),
@@ -477,34 +482,35 @@ func (b *Backend) detach(e *entry) {
 	if e.r.Len() > 0 {
 		e.held, e.heldFD = e.r, e.ncFD
 	} else {
-		unix.Close(e.ncFD) // (held is never empty: Read would take it for end of stream)
-		e.readHeld = false
+		unix.Close(e.ncFD) // (held is never empty: a read of it would say end of stream)
 	}
 	e.nc, e.r, e.ncFD = nil, nil, -1
+	e.readHeld = false // events says Readable for a detached stream
 	e.detached = true
 	detaches.Add(1)
-	b.watchHangup(e)
-	if e.held == nil && e.interest&evlib.Readable != 0 {
-		b.reattach(e)
+	if e.interest&evlib.Readable == 0 {
+		b.watchHangup(e)
 	}
 }
 
-// detaches counts the streams taken out of netpoll, for tests.
-var detaches atomic.Int64
+// detaches and reattaches count streams taken out of netpoll and given
+// back, for tests.
+var detaches, reattaches atomic.Int64
 
-// reattach gives a detached stream whose held input was read back to
-// netpoll, and its reader to it.
+// reattach gives a detached stream whose core caught up back to netpoll,
+// and its reader to it.
 func (b *Backend) reattach(e *entry) {
 	dup, err := dupFD(e.fd, true)
 	if err == nil {
 		err = b.connect(e, dup)
 	}
 	if err != nil {
-		b.fail(e, fmt.Errorf("evlib_netpoll: fd %d: back to netpoll after rx resumed: %w", e.fd, err))
+		b.fail(e, fmt.Errorf("evlib_netpoll: fd %d: back to netpoll: %w", e.fd, err))
 		return
 	}
 	e.detached = false
 	e.watchHup.Store(false)
+	reattaches.Add(1)
 	b.unpark(e)
 }
 
@@ -686,11 +692,15 @@ func (b *Backend) Modify(fd int, ev evlib.Events) error {
 		default:
 		}
 	}
+	if e.detached && !e.hup {
+		if dropped&evlib.Readable != 0 {
+			b.watchHangup(e)
+		} else if added&evlib.Readable != 0 {
+			e.watchHup.Store(false) // the core's reads will tell
+		}
+	}
 	if added&evlib.Writable != 0 && !e.blocked && !writableNow(fd) {
 		e.blocked = true
-	}
-	if added&evlib.Readable != 0 && e.detached && e.held == nil && !e.hup && e.fail == nil {
-		b.reattach(e)
 	}
 	b.arm(e)
 	b.enqueue(e)
@@ -839,8 +849,8 @@ func (b *Backend) drain() {
 			switch {
 			case p.ev&evlib.Hangup != 0 && e.detached:
 				e.hup = true
-			case e.detached && !e.hup && e.watchHup.Load():
-				b.watchHangup(e) // detached again before this helper ended
+			case e.detached && !e.hup && e.interest&evlib.Readable == 0:
+				b.watchHangup(e) // paused again before this helper ended
 			}
 		case postRawRead:
 			e.waitR = false
@@ -860,7 +870,7 @@ func (b *Backend) drain() {
 func (e *entry) events() evlib.Events {
 	var ev evlib.Events
 	in := e.interest
-	if (e.readHeld || e.fresh) && in&evlib.Readable != 0 {
+	if (e.readHeld || e.fresh || e.detached) && in&evlib.Readable != 0 {
 		ev |= evlib.Readable
 	}
 	if e.hup {
@@ -921,7 +931,7 @@ func (b *Backend) reportEntry(e *entry) bool {
 	}
 	e.rawReady &^= ev
 	b.arm(e)
-	if e.events() != 0 && (e.interest&evlib.Writable != 0 || e.hup || e.readHeld) {
+	if e.events() != 0 && (e.interest&evlib.Writable != 0 || e.hup || e.readHeld || e.detached) {
 		b.enqueue(e) // level-triggered: still ready next time
 	}
 	return true
@@ -935,12 +945,11 @@ func (b *Backend) Read(fd int, p []byte) (int, error) {
 		return rawRead(fd, p)
 	case e.fail != nil:
 		return 0, e.fail
-	case e.held != nil:
+	case e.detached:
 		return b.readDetached(e, p)
 	case e.nc == nil:
-		// A stream the helpers watch: connecting, or detached with
-		// its buffer read (the core reads on after a hang-up).
-		return rawRead(fd, p)
+		return rawRead(fd, p) // watched by helpers
+
 	}
 	r := e.r
 	n := min(r.Len(), len(p))
@@ -972,31 +981,33 @@ func (b *Backend) Read(fd int, p []byte) (int, error) {
 	return n, nil
 }
 
-// readDetached reads what netpoll had read for a detached stream (see
-// detach). Once that is all read, the stream goes back to netpoll if rx is
-// on.
+// readDetached reads for a detached stream (see detach): what netpoll's
+// buffer held, then the kernel. Finding the kernel empty with rx on, it
+// gives the stream back to netpoll.
 func (b *Backend) readDetached(e *entry, p []byte) (int, error) {
-	r := e.held
-	n := min(r.Len(), len(p))
-	if n > 0 {
-		buf, err := r.Next(n)
-		if err != nil {
-			return 0, fmt.Errorf("fd %d: netpoll: %w", e.fd, err)
+	if r := e.held; r != nil {
+		n := min(r.Len(), len(p))
+		if n > 0 {
+			buf, err := r.Next(n)
+			if err != nil {
+				return 0, fmt.Errorf("fd %d: netpoll: %w", e.fd, err)
+			}
+			copy(p, buf)
 		}
-		copy(p, buf)
-	}
-	if r.Len() > 0 {
-		r.Release()
+		if r.Len() > 0 {
+			r.Release()
+		} else {
+			// All read. Not Release: see detach.
+			unix.Close(e.heldFD)
+			e.held, e.heldFD = nil, -1
+		}
 		return n, nil
 	}
-	// All read. Not Release: see detach.
-	unix.Close(e.heldFD)
-	e.held, e.heldFD = nil, -1
-	e.readHeld = false
-	if e.interest&evlib.Readable != 0 && !e.hup && e.fail == nil {
+	n, err := rawRead(e.fd, p)
+	if errors.Is(err, evlib.ErrWouldBlock) && e.interest&evlib.Readable != 0 && !e.hup && e.fail == nil {
 		b.reattach(e)
 	}
-	return n, nil
+	return n, err
 }
 
 // endError tells how the stream ended: netpoll read everything and saw the
