@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -241,5 +242,64 @@ func TestDetachTwice(t *testing.T) {
 	resumeAll(first + len(more))
 	var got []byte
 	r.do(t, func() { got = r.got })
+	require.True(t, bytes.Equal(r.sent, got), "bytes delivered out of order or altered")
+}
+
+// A detached stream that cannot go back to netpoll because the process is
+// out of descriptors delivers everything it read and then closes with an
+// error that says why (EMFILE), leaking nothing.
+func TestReattachAtFDLimit(t *testing.T) {
+	r := newDetachedRig(t)
+	r.sent = fillUntilBlocked(t, r.cli)
+
+	// Leave no descriptor free. netpoll's dups take numbers from 1024 up
+	// (see dupFD), so with the soft limit at 1024 and every number below
+	// it taken, the held dup the core closes on the way frees nothing
+	// usable.
+	var rl unix.Rlimit
+	require.NoError(t, unix.Getrlimit(unix.RLIMIT_NOFILE, &rl))
+	require.GreaterOrEqual(t, rl.Cur, uint64(2048), "the test needs a soft fd limit of 2048 or more, for netpoll's dups to sit above 1024")
+	ents, err := os.ReadDir("/proc/self/fd")
+	require.NoError(t, err)
+	above := 0
+	for _, e := range ents {
+		var fd int
+		if _, err := fmt.Sscan(e.Name(), &fd); err == nil && fd >= 1024 {
+			above++
+		}
+	}
+	require.NotZero(t, above, "no netpoll dup above 1024")
+	low := rl
+	low.Cur = 1024
+	require.NoError(t, unix.Setrlimit(unix.RLIMIT_NOFILE, &low))
+	var fillers []int
+	release := func() {
+		for _, fd := range fillers {
+			unix.Close(fd)
+		}
+		fillers = nil
+		require.NoError(t, unix.Setrlimit(unix.RLIMIT_NOFILE, &rl))
+	}
+	defer release()
+	for {
+		fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			require.ErrorIs(t, err, unix.EMFILE)
+			break
+		}
+		fillers = append(fillers, fd)
+	}
+
+	require.NoError(t, r.ctx.Thread(0).Post(func() { _ = r.conn.RxFlowControl(true) }))
+	select {
+	case err := <-r.closed:
+		require.ErrorIs(t, err, unix.EMFILE)
+	case <-time.After(20 * time.Second):
+		t.Fatal("no RAW_CLOSE for a stream that could not go back to netpoll (hang guard)")
+	}
+	release()
+	var got []byte
+	r.do(t, func() { got = r.got })
+	require.Equal(t, len(r.sent), len(got), "bytes delivered before the close")
 	require.True(t, bytes.Equal(r.sent, got), "bytes delivered out of order or altered")
 }
