@@ -41,8 +41,8 @@ type post struct {
 }
 
 // entry is one watched fd. Its plain fields belong to the holder of the
-// turn (Backend.turn); other goroutines touch only the channels, gone, peek
-// and the netpoll connection's atomic Len.
+// turn (Backend.turn); other goroutines touch only the channels, gone,
+// watchHup, peek and the netpoll connection's atomic Len.
 type entry struct {
 	fd       int
 	kind     evlib.Kind
@@ -51,7 +51,7 @@ type entry struct {
 	nc    netpoll.Connection // streams: netpoll's connection on a dup (nil while detached)
 	ncFD  int                // nc's dup, netpoll's to close
 	r     netpoll.Reader     // nc's reader
-	ack   chan struct{}      // releases a reader parked with held input
+	ack   chan struct{}      // sends a parked reader back to netpoll's Peek
 	rearm chan struct{}      // restarts a parked reader's DetachDelay (rx paused again)
 	done  chan struct{}      // closed on Remove: releases everything
 	gone  atomic.Bool        // removed (read by helpers)
@@ -69,10 +69,10 @@ type entry struct {
 
 	peek       sync.Mutex   // held by the reader while it waits in netpoll's Peek
 	readHeld   bool         // input left after a report, to be reported Readable
-	parked     bool         // the reader waits for ack (it parked with readHeld)
+	parked     bool         // the reader waits for ack: input held, or the stream detached
 	fresh      bool         // input the reader is reporting right now
 	seen       uint64       // Backend.gen of the Poll a reader reported this in
-	hup        bool         // netpoll closed the connection
+	hup        bool         // the peer hung up (seen by netpoll, or by a detached stream's helper)
 	hupShown   bool         // Hangup reported without Readable interest
 	fail       error        // the stream cannot go on (a failed re-attach): Read returns it
 	connecting bool         // a stream not connected yet: not netpoll's
@@ -341,8 +341,9 @@ func (b *Backend) reader(e *entry) {
 // onInput runs on a stream's reader whenever netpoll's buffer holds input.
 // It waits for the turn and lets the core read (see Backend). Input the
 // reader may not report now is held: the reader parks until the core read
-// it all (Read releases it) or the fd was removed. It reports whether the
-// reader goes on.
+// it all (Read releases it) or the fd was removed. A core more than
+// MaxReadAhead behind gets the stream detached (see detach). It reports
+// whether the reader goes on.
 func (b *Backend) onInput(e *entry) bool {
 	b.turn.Lock()
 	if b.closed || e.removed {
