@@ -69,7 +69,6 @@ type entry struct {
 
 	peek       sync.Mutex   // held by the reader while it waits in netpoll's Peek
 	readHeld   bool         // input left after a report, to be reported Readable
-	parked     bool         // the reader waits for ack: input held, or the stream detached
 	fresh      bool         // input the reader is reporting right now
 	seen       uint64       // Backend.gen of the Poll a reader reported this in
 	hup        bool         // the peer hung up (seen by netpoll, or by a detached stream's helper)
@@ -368,7 +367,7 @@ func (b *Backend) onInput(e *entry) bool {
 		b.turn.Unlock()
 		return true
 	}
-	e.readHeld, e.parked = true, true
+	e.readHeld = true
 	if n > MaxReadAhead {
 		b.detach(e) // the core is that far behind: let the kernel hold the rest
 	}
@@ -379,6 +378,10 @@ func (b *Backend) onInput(e *entry) bool {
 	b.turn.Unlock()
 	return b.park(e)
 }
+
+// parked tells whether e's reader waits for ack: it parked with input
+// held, and stays parked while its stream is detached.
+func (e *entry) parked() bool { return e.readHeld || e.detached }
 
 // mayReport tells whether e's reader may report input now: rx is on and,
 // in Poll, the reader did not report e in this call already (the contract
@@ -431,7 +434,7 @@ func (b *Backend) park(e *entry) bool {
 			b.turn.Lock()
 			// Not if the core read it all meanwhile (the ack is on
 			// its way) or rx resumed.
-			if !b.closed && !e.removed && e.parked && e.interest&evlib.Readable == 0 {
+			if !b.closed && !e.removed && e.parked() && e.interest&evlib.Readable == 0 {
 				b.detach(e)
 			}
 			b.turn.Unlock()
@@ -442,9 +445,9 @@ func (b *Backend) park(e *entry) bool {
 // unpark notes that the input the reader holds was all read, and lets
 // the reader go back to netpoll's Peek if the stream is netpoll's.
 func (b *Backend) unpark(e *entry) {
+	wasParked := e.parked()
 	e.readHeld = false
-	if e.parked && e.nc != nil {
-		e.parked = false
+	if wasParked && e.nc != nil {
 		select {
 		case e.ack <- struct{}{}:
 		default: // cannot happen: one park per hold
@@ -509,10 +512,10 @@ func (b *Backend) reattach(e *entry) {
 		b.fail(e, fmt.Errorf("evlib_netpoll: fd %d: back to netpoll: %w", e.fd, err))
 		return
 	}
-	e.detached = false
 	e.watchHup.Store(false)
 	reattaches.Add(1)
-	b.unpark(e)
+	b.unpark(e) // while still detached: the reader is parked
+	e.detached = false
 }
 
 // fail ends a stream the backend cannot serve any more: it is reported
@@ -687,7 +690,7 @@ func (b *Backend) Modify(fd int, ev evlib.Events) error {
 	b.ctr.InterestChanges.Add(1)
 	added, dropped := ev&^e.interest, e.interest&^ev
 	e.interest = ev
-	if dropped&evlib.Readable != 0 && e.parked && e.nc != nil {
+	if dropped&evlib.Readable != 0 && e.parked() && e.nc != nil {
 		select {
 		case e.rearm <- struct{}{}:
 		default:
