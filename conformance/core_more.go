@@ -119,6 +119,10 @@ func (s *suite) testSMPThreads(t *testing.T, threads int) {
 			delete(open, c)
 		}
 	}
+	// Thread 0 reserves room for its next accept before accept(2), on the
+	// thread least loaded then; it may still hold room reserved before the
+	// closes. Its next pass starts from the loads as they are now.
+	h.do(func() {})
 	c := dial()
 	require.Equal(t, last, c.Thread().Index(), "the least-loaded thread gets the next connection")
 

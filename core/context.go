@@ -105,8 +105,9 @@ type Info struct {
 	FDLimit int
 	// CountThreads is the number of service threads (lws' count_threads),
 	// each with its own backend instance and, in Run, its own goroutine;
-	// 0 means 1. Accepted connections go to the least-loaded thread and
-	// are only ever serviced there; so do connections adopted or started
+	// 0 means 1. Accepted connections go to the least-loaded thread (as
+	// loaded when the accepting thread reserves room for the connection,
+	// just before accept(2)) and are only ever serviced there; so do connections adopted or started
 	// with the Context methods (AdoptFD, Connect, ListenUDP...), unless
 	// OnThread names a thread (see OnThread for who adopts them where).
 	// Listeners live on thread 0. Info.Foreign, if given, has one entry
