@@ -953,7 +953,6 @@ func (b *Backend) Read(fd int, p []byte) (int, error) {
 		return b.readDetached(e, p)
 	case e.nc == nil:
 		return rawRead(fd, p) // watched by helpers
-
 	}
 	r := e.r
 	n := min(r.Len(), len(p))
