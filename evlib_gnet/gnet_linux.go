@@ -455,8 +455,11 @@ func (b *Backend) Loop(p evlib.Passer) error {
 //     not recognised and not counted;
 //   - in Loop, one wait ahead whenever a callback hands control back to
 //     Polling with nothing due at once (Pass returned next != 0), at most
-//     once until the next batch is recognised, and always after handling
-//     sig (a wakeup), so a wait is counted after a posted function ran.
+//     once until the next batch is recognised, Pass asks to run again at
+//     once, or sig (a wakeup) is handled. The core runs a function posted
+//     while it was busy in a pass it asked for at once, and one posted
+//     while it waited after sig, so a wait is always counted after a
+//     posted function ran, before the loop blocks.
 //
 // Not counted: the zero-timeout epoll_wait gnet makes after every batch
 // when it returns nothing (gnet then blocks with the next call, which is
@@ -516,6 +519,7 @@ func (b *Backend) onEvent(fd int, e netpoll.IOEvent, _ netpoll.IOFlags) error {
 // a spurious early Pass is harmless) or only on an event (next < 0).
 func (b *Backend) schedule(next time.Duration) {
 	if next == 0 {
+		b.counted = false // the wait counted ahead does not block
 		if !b.idleOn {
 			b.idleOn = true
 			b.idle.Signal()
