@@ -1007,7 +1007,12 @@ func (b *Backend) readDetached(e *entry, p []byte) (int, error) {
 		return n, nil
 	}
 	n, err := rawRead(e.fd, p)
-	if errors.Is(err, evlib.ErrWouldBlock) && e.interest&evlib.Readable != 0 && !e.hup && e.fail == nil {
+	switch {
+	case n == 0 && err == nil && len(p) > 0:
+		// netpoll may have read the reset just before the detach and
+		// kept it; the kernel then says end of stream.
+		return 0, e.endError()
+	case errors.Is(err, evlib.ErrWouldBlock) && e.interest&evlib.Readable != 0 && !e.hup && e.fail == nil:
 		b.reattach(e)
 	}
 	return n, err
