@@ -1018,12 +1018,14 @@ func (b *Backend) readDetached(e *entry, p []byte) (int, error) {
 	return n, err
 }
 
-// endError tells how the stream ended: netpoll read everything and saw the
-// hang-up, but keeps the error (a reset) to itself. The socket still knows:
-// a pending error, or a TCP connection in state CLOSE, which only a reset
-// or a timeout leaves an open socket in while its own write side is open.
-// After Shutdown, the peer's FIN leads to CLOSE too (through TIME_WAIT), so
-// a reset then cannot be told from an orderly end and reads as one.
+// endError tells how a stream netpoll has read from ended: netpoll may
+// have read the reset and kept the error to itself, attached or just
+// before a detach, so the kernel alone says end of stream. The socket
+// still knows: a pending error, or a TCP connection in state CLOSE, which
+// only a reset or a timeout leaves an open socket in while its own write
+// side is open. After Shutdown, the peer's FIN leads to CLOSE too (through
+// TIME_WAIT), so a reset then cannot be told from an orderly end and reads
+// as one.
 func (e *entry) endError() error {
 	if v, err := unix.GetsockoptInt(e.fd, unix.SOL_SOCKET, unix.SO_ERROR); err == nil && v != 0 {
 		return unix.Errno(v)
