@@ -107,11 +107,11 @@ type Info struct {
 	// each with its own backend instance and, in Run, its own goroutine;
 	// 0 means 1. Accepted connections go to the least-loaded thread (as
 	// loaded when the accepting thread reserves room for the connection,
-	// just before accept(2)) and are only ever serviced there; so do connections adopted or started
-	// with the Context methods (AdoptFD, Connect, ListenUDP...), unless
-	// OnThread names a thread (see OnThread for who adopts them where).
-	// Listeners live on thread 0. Info.Foreign, if given, has one entry
-	// per thread.
+	// just before accept(2)) and are only ever serviced there; so do
+	// connections adopted or started with the Context methods (AdoptFD,
+	// Connect, ListenUDP...), unless OnThread names a thread (see OnThread
+	// for who adopts them where). Listeners live on thread 0. Info.Foreign,
+	// if given, has one entry per thread.
 	CountThreads int
 	// ReusePort makes Listen (TCP, with several threads) open one
 	// SO_REUSEPORT listener per thread, each accepting for its own thread,
