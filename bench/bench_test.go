@@ -152,6 +152,45 @@ func TestThousands(t *testing.T) {
 	}
 }
 
+// TestEachServerAlternates checks the run order: every other round
+// reversed, results kept per server in round order.
+func TestEachServerAlternates(t *testing.T) {
+	servers := []serverInfo{{Name: "a"}, {Name: "b"}, {Name: "c"}}
+	var order []string
+	out := eachServer(context.Background(), servers, 3, func(sv serverInfo, r int) int {
+		order = append(order, sv.Name+strconv.Itoa(r))
+		return r
+	}, strconv.Itoa)
+	if got, want := strings.Join(order, " "), "a0 b0 c0 c1 b1 a1 a2 b2 c2"; got != want {
+		t.Fatalf("order %q, want %q", got, want)
+	}
+	for _, sv := range servers {
+		if got := out[sv.Name]; len(got) != 3 || got[0] != 0 || got[1] != 1 || got[2] != 2 {
+			t.Fatalf("%s: results %v, want rounds 0 1 2", sv.Name, got)
+		}
+	}
+}
+
+// TestPaired checks that a comparison pairs runs of the same round and
+// skips rounds in which either failed: a machine that runs twice as fast
+// in round 1 leaves the ratio where it was.
+func TestPaired(t *testing.T) {
+	run := func(rep int, cpu float64, err string) runResult {
+		return runResult{Repeat: rep, CPUPerRT: cpu, Error: err}
+	}
+	base := []runResult{run(0, 10, ""), run(1, 5, ""), run(2, 0, "refused")}
+	runs := []runResult{run(0, 12, ""), run(1, 6, ""), run(2, 7, "")}
+	if got := paired(runs, base, ratio); got != 1.2 {
+		t.Errorf("ratio %v, want 1.2", got)
+	}
+	if got := paired(runs, base, diff); got != 1.5 {
+		t.Errorf("diff %v, want 1.5 (median of 2 and 1)", got)
+	}
+	if got := paired(runs[2:], base, ratio); got != 0 {
+		t.Errorf("no shared round: %v, want 0", got)
+	}
+}
+
 // ---- micro benchmarks (go test -bench . ./bench) ----
 
 // inLoop runs f on a plugloop service thread, where callbacks run, so it

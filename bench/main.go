@@ -104,7 +104,7 @@ func main() {
 	flag.BoolVar(&s.full, "full", false, "run every scenario at every size and connection count, longer and with 3 repeats (several minutes)")
 	flag.DurationVar(&cfg.duration, "duration", 0, "measured time per server and repeat (default 0.6s; -full 2s)")
 	flag.DurationVar(&cfg.warmup, "warmup", 200*time.Millisecond, "load before measuring, per server and repeat")
-	flag.IntVar(&cfg.repeats, "repeats", 0, "runs per server, interleaved (A B C A B C); medians are reported (default 2 for the first ping-pong, else 1; -full 3)")
+	flag.IntVar(&cfg.repeats, "repeats", 0, "runs per server, interleaved, every other round reversed (A B C, C B A); medians are reported (default 2 for the first ping-pong, else 1; -full 3)")
 	flag.IntVar(&s.streamConns, "stream-conns", 50, "streaming echo: connections, each with a writer and a reader")
 	flag.IntVar(&s.idleConns, "idle-conns", 10000, "idle: connections opened against each server")
 	flag.IntVar(&s.slowConns, "slow-conns", 50, "slow consumer: connections")
@@ -327,23 +327,12 @@ func runPingPong(ctx context.Context, cfg *config) *report {
 	progress("  %d servers × %d repeats (%v warm-up + %v each), about %v\n",
 		len(cfg.servers), cfg.repeats, cfg.warmup, cfg.duration, (time.Duration(runs) * per).Round(time.Second))
 
-	results := map[string][]runResult{}
-	for r := range cfg.repeats {
-		for _, s := range cfg.servers {
-			if ctx.Err() != nil {
-				break
-			}
-			res := runResult{Server: s.Name, Repeat: r, Error: s.Skip}
-			if s.Skip == "" {
-				res = runOne(ctx, cfg, s.Name, r, false)
-			}
-			if ctx.Err() != nil {
-				break // interrupted: this run is incomplete, not failed
-			}
-			progress("  %d/%d %-17s %s\n", r+1, cfg.repeats, s.Name, res.brief())
-			results[s.Name] = append(results[s.Name], res)
+	results := eachServer(ctx, cfg.servers, cfg.repeats, func(s serverInfo, r int) runResult {
+		if s.Skip != "" {
+			return runResult{Server: s.Name, Repeat: r, Error: s.Skip}
 		}
-	}
+		return runOne(ctx, cfg, s.Name, r, false)
+	}, runResult.brief)
 	straced := map[string]runResult{}
 	if cfg.strace {
 		for _, s := range cfg.servers {

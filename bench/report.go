@@ -144,16 +144,39 @@ func buildReport(cfg *config, results map[string][]runResult, straced map[string
 		r.Servers = append(r.Servers, sr)
 	}
 	// The ratio column: CPU per round trip relative to plugloop's epoll.
-	if i := slices.IndexFunc(r.Servers, func(s serverReport) bool { return s.Name == plugloopPrefix+"epoll" }); i >= 0 && r.Servers[i].Error == "" {
-		base := r.Servers[i].CPUPerRT
+	if i := slices.IndexFunc(r.Servers, func(s serverReport) bool { return s.Name == plugloopPrefix+"epoll" }); i >= 0 {
+		base := r.Servers[i].Runs
 		for j := range r.Servers {
-			if r.Servers[j].Error == "" {
-				r.Servers[j].CPUVsEpoll = r.Servers[j].CPUPerRT / base
-			}
+			r.Servers[j].CPUVsEpoll = paired(r.Servers[j].Runs, base, ratio)
 		}
 	}
 	return r
 }
+
+// paired compares two servers' CPU per round trip run by run: the median,
+// over the rounds in which both ran without error, of f(run, base's run
+// of that round); 0 if there is no such round. The two runs of a round
+// are seconds apart, and rounds alternate their order (see eachServer),
+// so a change in the machine's speed from one round to the next (this
+// VM's kernel paths speed up and slow down by 20–30% at times) stays out
+// of the comparison, where a ratio of medians would take one server's
+// figure from before such a change and the other's from after it.
+func paired(runs, base []runResult, f func(run, base float64) float64) float64 {
+	var v []float64
+	for _, r := range runs {
+		if r.Error != "" || r.CPUPerRT <= 0 {
+			continue
+		}
+		i := slices.IndexFunc(base, func(b runResult) bool { return b.Repeat == r.Repeat && b.Error == "" && b.CPUPerRT > 0 })
+		if i >= 0 {
+			v = append(v, f(r.CPUPerRT, base[i].CPUPerRT))
+		}
+	}
+	return median(v)
+}
+
+func ratio(a, b float64) float64 { return a / b }
+func diff(a, b float64) float64  { return a - b }
 
 func summarize(name string, runs []runResult) serverReport {
 	sr := serverReport{Name: name, Runs: runs}

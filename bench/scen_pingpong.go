@@ -147,6 +147,7 @@ func pingpongTable(r *report, target bool) (table, []string) {
 		t.Notes = append(t.Notes, fmt.Sprintf("! other processes used more than %d%% of a CPU during some runs: those figures are disturbed", noisyPct))
 	}
 	notes = append(notes, "server CPU µs/rt: user+sys CPU of the server child per round trip; ± half the min–max range over repeats; "+
+		"vs plugloop/epoll: the median over repeats of the ratio to plugloop/epoll's run in the same round (rounds alternate their order); "+
 		"ctx sw/rt: the server's context switches per round trip; others %CPU: the most CPU other processes used during a run (% of one CPU).")
 	if target {
 		notes = append(notes, "-target: the server is external, so no server CPU, RSS or syscall figures.")
@@ -234,11 +235,15 @@ func runAbstraction(ctx context.Context, s *suite) *scenarioResult {
 		if sv.RTPerSec == 0 || !slices.ContainsFunc(servers, func(x serverInfo) bool { return x.Name == sv.Name }) {
 			continue
 		}
-		t.Rows = append(t.Rows, []string{sv.Name, fmt.Sprintf("%.2f", sv.CPUPerRT), fmt.Sprintf("%.2fx", sv.CPUPerRT/base.CPUPerRT),
-			fmt.Sprintf("%+.2f", sv.CPUPerRT-base.CPUPerRT), dash(sv.SyscallsPerRT, "%.2f"), thousands(sv.RTPerSec)})
+		vs, extra := "-", "-" // no round in which both ran
+		if r := paired(sv.Runs, base.Runs, ratio); r > 0 {
+			vs, extra = fmt.Sprintf("%.2fx", r), fmt.Sprintf("%+.2f", paired(sv.Runs, base.Runs, diff))
+		}
+		t.Rows = append(t.Rows, []string{sv.Name, fmt.Sprintf("%.2f", sv.CPUPerRT), vs, extra, dash(sv.SyscallsPerRT, "%.2f"), thousands(sv.RTPerSec)})
 		ch.Bars = append(ch.Bars, bar{Label: sv.Name, Value: sv.CPUPerRT})
 	}
-	t.Notes = append(t.Notes, "bare-epoll makes 2 system calls per round trip plus a share of one epoll_wait; plugloop's Stats count the same kinds of calls.")
+	t.Notes = append(t.Notes, "vs bare-epoll, extra µs/rt: medians over repeats of the comparison with bare-epoll's run in the same round.",
+		"bare-epoll makes 2 system calls per round trip plus a share of one epoll_wait; plugloop's Stats count the same kinds of calls.")
 	res.Tables = []table{t}
 	res.Charts = []chart{ch}
 	res.Data = rep

@@ -245,12 +245,16 @@ func (s *suite) unreachable(format string, args ...any) {
 	progress("  ! %s\n", msg)
 }
 
-// eachServer runs f for every server, repeats interleaved (A B C A B C),
-// printing a progress line per run.
+// eachServer runs f for every server, repeats interleaved, every other
+// round in reverse order (A B C, C B A, A B C…), printing a progress line
+// per run. A steady drift in the machine's speed then favours no server
+// over a pair of rounds, and a comparison between two servers can pair
+// their runs of the same round (see pairedRatio).
 func eachServer[T any](ctx context.Context, servers []serverInfo, repeats int, f func(sv serverInfo, rep int) T, brief func(T) string) map[string][]T {
 	out := map[string][]T{}
+	order := slices.Clone(servers)
 	for r := range repeats {
-		for _, sv := range servers {
+		for _, sv := range order {
 			if ctx.Err() != nil {
 				return out
 			}
@@ -261,6 +265,7 @@ func eachServer[T any](ctx context.Context, servers []serverInfo, repeats int, f
 			progress("  %d/%d %-17s %s\n", r+1, repeats, sv.Name, brief(v))
 			out[sv.Name] = append(out[sv.Name], v)
 		}
+		slices.Reverse(order)
 	}
 	return out
 }
@@ -338,7 +343,7 @@ func (c conditions) pairs() [][2]string {
 		{"pinning", fmt.Sprintf("%s (%d CPUs)", c.Pinning, c.CPUs)},
 		{"fd limit", fmt.Sprintf("%d per process (RLIMIT_NOFILE, soft raised to hard in the bench and every child)", c.FDLimit)},
 		{"load gen", c.LoadGenerator},
-		{"timing", fmt.Sprintf("%gs warm-up + %gs measured per run unless a scenario says otherwise; repeats interleaved, medians; %gs in all", c.WarmupSeconds, c.DurationSeconds, c.ElapsedSeconds)},
+		{"timing", fmt.Sprintf("%gs warm-up + %gs measured per run unless a scenario says otherwise; repeats interleaved, every other round reversed, medians; %gs in all", c.WarmupSeconds, c.DurationSeconds, c.ElapsedSeconds)},
 		{"servers", "plugloop/* = internal/echo (lws style: RAW_RX buffers, CallbackOnWritable, one Write per RAW_WRITEABLE, rx paused past 64 KiB)\n" +
 			"              on each backend (foreign: hosted by the child's own unix.Poll loop via foreign.PollSet; gnet, netpoll: plugloop's adapters);\n" +
 			"              bare-epoll = a minimal level-triggered epoll loop in x/sys calls; gnet = gnet.Run, OnTraffic writes back Next(-1);\n" +
