@@ -4,12 +4,14 @@ package core_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"time"
 
 	"github.com/plugloop/plugloop/core"
+	"github.com/plugloop/plugloop/evlib"
 	"golang.org/x/sys/unix"
 )
 
@@ -133,4 +135,23 @@ func ExampleOnThread() {
 	// on thread 0
 	// on thread 1
 	// on thread 1
+}
+
+// A context's backend is chosen by name (Info.EventLib), by option flag
+// (Info.Options) or by the PLUGLOOP_EVLIB environment variable. A name
+// that cannot be used is an error that says why.
+func ExampleNew_unknownBackend() {
+	protocols := []core.Protocol{{Name: "raw", Callback: func(core.Event) error { return nil }}}
+	_, err := core.New(core.Info{EventLib: "libuv", Protocols: protocols})
+	fmt.Println(errors.Is(err, evlib.ErrUnknown))
+	// The message names what this program can use, for example:
+	// evlib: unknown event-loop backend: "libuv" (available: epoll, poll)
+
+	// A built-in backend is known even when its package is not linked in;
+	// the message says which package to import.
+	_, err = core.New(core.Info{EventLib: "netpoll", Protocols: protocols})
+	fmt.Println(errors.Is(err, evlib.ErrUnavailable))
+	// Output:
+	// true
+	// true
 }
