@@ -451,7 +451,7 @@ func measureChanWakeup(r *wakeResult) *wakeResult {
 
 func runWakeup(ctx context.Context, s *suite) *scenarioResult {
 	res := &scenarioResult{
-		Measures: fmt.Sprintf("In a child (GOMAXPROCS=2, not pinned): another goroutine calls Thread.Post(f) or Context.CancelService() while the loop sleeps "+
+		Measures: fmt.Sprintf("In a child (GOMAXPROCS=2, on every CPU): another goroutine calls Thread.Post(f) or Context.CancelService() while the loop sleeps "+
 			"(%v apart, %d samples each); latency = from the call to f, or to the EVENT_WAIT_CANCELLED callback, running on the loop. "+
 			"Rate: one goroutine Posts as fast as it can (at most 4096 pending) for %v; CancelService calls coalesce, so calls/s and callbacks/s differ. "+
 			"Baseline: a Go channel send to a goroutine blocked receiving (gnet and netpoll have no loop-level equivalent).", wakeGap, wakeSamples, wakeRateFor),
@@ -469,12 +469,16 @@ func runWakeup(ctx context.Context, s *suite) *scenarioResult {
 	p50 := chart{Title: "Post → callback latency on the loop, p50 (p99 in the table)", Unit: "µs", LowerBetter: true}
 	rate := chart{Title: "Post throughput, one posting goroutine", Unit: "callbacks/s"}
 	var data []*wakeResult
+	// Every CPU: a child inherits this process' affinity, which pinning
+	// narrowed to the load generator's CPU; the poster and the loop would
+	// then share one CPU, and the rates measure the scheduler's turns.
+	all := slices.Concat(s.cfg.serverCPUs, s.cfg.clientCPUs)
 	for _, b := range names {
 		if ctx.Err() != nil {
 			break
 		}
 		var r wakeResult
-		if err := runTaskChild(ctx, "wakeup:"+b, nil, 2, &r); err != nil {
+		if err := runTaskChild(ctx, "wakeup:"+b, all, 2, &r); err != nil {
 			if ctx.Err() != nil {
 				break
 			}
