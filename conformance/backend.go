@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"sync"
 	"testing"
 	"time"
@@ -234,6 +235,12 @@ func (s *suite) testBackendAddModifyRemove(t *testing.T) {
 	require.ErrorIs(t, be.Modify(a, evlib.Readable), evlib.ErrNotWatched, "Modify of an fd not watched")
 
 	require.ErrorIs(t, be.Add(-1, evlib.KindStream, evlib.Readable), evlib.ErrBadFD, "Add of a negative fd")
+	require.ErrorIs(t, be.Add(math.MaxInt, evlib.KindStream, evlib.Readable), evlib.ErrBadFD, "Add of an fd beyond a C int")
+	if alias, ok := aliasOf(a); ok {
+		// Not taken for a, which the re-Add below then finds free.
+		require.ErrorIs(t, be.Add(alias, evlib.KindStream, evlib.Readable), evlib.ErrBadFD,
+			"Add of %d, which a system call would truncate to the open fd %d", alias, a)
+	}
 	bad := closedFD(t)
 	require.ErrorIs(t, be.Add(bad, evlib.KindStream, evlib.Readable), evlib.ErrBadFD, "Add of a closed fd %d", bad)
 	require.ErrorIs(t, be.Modify(bad, evlib.Readable), evlib.ErrNotWatched, "Modify of a closed fd")

@@ -5,6 +5,7 @@ package conformance
 import (
 	"errors"
 	"io"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -354,6 +355,13 @@ func (s *suite) testAdopt(t *testing.T) {
 	require.ErrorIs(t, err, core.ErrInvalid, "AdoptConn of a net.Conn without a socket")
 	require.ErrorIs(t, adoptFD(-1, ""), core.ErrBadFD)
 	require.ErrorIs(t, adoptFD(closedFD(t), ""), core.ErrBadFD)
+	require.ErrorIs(t, adoptFD(math.MaxInt, ""), core.ErrBadFD, "AdoptFD of an fd beyond a C int")
+	free, freePeer := unixPair(t)
+	if alias, ok := aliasOf(free); ok {
+		require.ErrorIs(t, adoptFD(alias, ""), core.ErrBadFD, "AdoptFD of %d, which a system call would truncate to the open fd %d", alias, free)
+	}
+	require.NoError(t, closeFD(free))
+	require.NoError(t, freePeer.Close())
 	require.ErrorIs(t, adoptFD(c.FD(), ""), core.ErrBadFD, "AdoptFD of an adopted fd")
 	for _, e := range h.rec.snapshot() {
 		if e.reason == core.ReasonAddPollFD && e.conn == nil {

@@ -173,6 +173,16 @@ func highFD() int {
 	return 4000
 }
 
+// aliasOf returns a number that a system call, which takes a C int, would
+// truncate to fd; ok is false where int has 32 bits.
+func aliasOf(fd int) (alias int, ok bool) {
+	if strconv.IntSize < 64 {
+		return 0, false
+	}
+	shift := 32 // not a constant: 1<<32 does not compile where int has 32 bits
+	return 1<<shift + fd, true
+}
+
 // fdOpen reports whether fd is an open descriptor.
 func fdOpen(fd int) bool {
 	_, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)

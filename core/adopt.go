@@ -223,8 +223,8 @@ func (c *Context) AdoptFD(fd int, protocol string, opts ...AdoptOption) (*Conn, 
 	if err != nil {
 		return nil, err
 	}
-	if fd < 0 {
-		return nil, ErrBadFD
+	if !sys.ValidFD(fd) {
+		return nil, fmt.Errorf("%w: fd %d", ErrBadFD, fd)
 	}
 	if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
 		return nil, fmt.Errorf("%w: fd %d: %v", ErrBadFD, fd, err)

@@ -55,7 +55,7 @@ func (c *Context) AdoptFile(fd int, protocol string, opts ...AdoptOption) (*Conn
 		return nil, err
 	}
 	var st unix.Stat_t
-	if fd < 0 || unix.Fstat(fd, &st) != nil {
+	if !sys.ValidFD(fd) || unix.Fstat(fd, &st) != nil {
 		return nil, fmt.Errorf("%w: fd %d", ErrBadFD, fd)
 	}
 	switch st.Mode & unix.S_IFMT {

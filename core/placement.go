@@ -333,7 +333,7 @@ type fdSet struct {
 
 // claim adds fd and reports whether it was absent.
 func (s *fdSet) claim(fd int) bool {
-	if fd < 0 {
+	if !sys.ValidFD(fd) {
 		return false
 	}
 	s.mu.Lock()

@@ -926,8 +926,8 @@ func (t *Thread) insert(c *Conn, ev evlib.Events, reserved bool) error {
 	switch {
 	case t.dying():
 		err = ErrDestroyed
-	case fd < 0:
-		err = ErrBadFD
+	case !sys.ValidFD(fd):
+		err = fmt.Errorf("%w: fd %d", ErrBadFD, fd)
 	case fd < len(t.conns) && t.conns[fd] != nil:
 		err = fmt.Errorf("%w: fd %d is already adopted", ErrBadFD, fd)
 	case !reserved && !t.reserve():

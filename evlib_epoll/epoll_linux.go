@@ -70,18 +70,18 @@ func (b *Backend) Add(fd int, kind evlib.Kind, ev evlib.Events) error {
 	if b.closed {
 		return evlib.ErrClosed
 	}
-	if fd < 0 {
-		return evlib.ErrBadFD
+	if !sys.ValidFD(fd) {
+		return fmt.Errorf("%w: fd %d", evlib.ErrBadFD, fd)
 	}
-	if fd >= len(b.state) {
-		st := make([]uint8, max(fd+1, 2*len(b.state), 64))
-		copy(st, b.state)
-		b.state = st
-	}
-	if b.state[fd]&watched != 0 {
+	if fd < len(b.state) && b.state[fd]&watched != 0 {
 		return fmt.Errorf("%w: fd %d", evlib.ErrExist, fd)
 	}
+	// The kernel first: the table grows only for an fd it took.
 	if err := b.ctl(unix.EPOLL_CTL_ADD, fd, ev); err != nil {
+		if errors.Is(err, unix.EEXIST) {
+			// Only in an application's epoll set, which holds it already.
+			return fmt.Errorf("%w: fd %d is in the epoll set already", evlib.ErrExist, fd)
+		}
 		if errors.Is(err, unix.EPERM) {
 			return fmt.Errorf("%w: fd %d: epoll cannot watch this kind of file (regular files and directories are always ready)", evlib.ErrBadFD, fd)
 		}
@@ -89,6 +89,11 @@ func (b *Backend) Add(fd int, kind evlib.Kind, ev evlib.Events) error {
 			return fmt.Errorf("%w: fd %d", evlib.ErrBadFD, fd)
 		}
 		return fmt.Errorf("epoll_ctl add fd %d: %w", fd, err)
+	}
+	if fd >= len(b.state) {
+		st := make([]uint8, max(fd+1, 2*len(b.state), 64))
+		copy(st, b.state)
+		b.state = st
 	}
 	b.state[fd] = watched | uint8(ev&(evlib.Readable|evlib.Writable))
 	return nil

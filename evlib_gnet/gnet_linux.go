@@ -221,8 +221,8 @@ func (b *Backend) Add(fd int, kind evlib.Kind, ev evlib.Events) error {
 	if b.isDown.Load() {
 		return evlib.ErrClosed
 	}
-	if fd < 0 {
-		return evlib.ErrBadFD
+	if !sys.ValidFD(fd) {
+		return fmt.Errorf("%w: fd %d", evlib.ErrBadFD, fd)
 	}
 	b.lock()
 	defer b.unlock()

@@ -152,7 +152,7 @@ func (b *Backend) Add(fd int, kind evlib.Kind, ev evlib.Events) error {
 	if b.closed {
 		return evlib.ErrClosed
 	}
-	if fd < 0 {
+	if !sys.ValidFD(fd) {
 		return fmt.Errorf("%w: fd %d", evlib.ErrBadFD, fd)
 	}
 	if b.in.isWatched(fd) {

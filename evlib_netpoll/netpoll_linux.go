@@ -177,8 +177,8 @@ func (b *Backend) Add(fd int, kind evlib.Kind, ev evlib.Events) error {
 	if b.closed {
 		return evlib.ErrClosed
 	}
-	if fd < 0 {
-		return evlib.ErrBadFD
+	if !sys.ValidFD(fd) {
+		return fmt.Errorf("%w: fd %d", evlib.ErrBadFD, fd)
 	}
 	if b.lookup(fd) != nil {
 		return fmt.Errorf("%w: fd %d", evlib.ErrExist, fd)

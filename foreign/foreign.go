@@ -37,6 +37,7 @@ import (
 	"time"
 
 	"github.com/plugloop/plugloop/evlib"
+	"github.com/plugloop/plugloop/internal/sys"
 	"golang.org/x/sys/unix"
 )
 
@@ -71,8 +72,8 @@ func (b *backend) Add(fd int, kind evlib.Kind, ev evlib.Events) error {
 	if b.closed {
 		return evlib.ErrClosed
 	}
-	if fd < 0 {
-		return evlib.ErrBadFD
+	if !sys.ValidFD(fd) {
+		return fmt.Errorf("%w: fd %d", evlib.ErrBadFD, fd)
 	}
 	if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
 		return fmt.Errorf("%w: fd %d: %v", evlib.ErrBadFD, fd, err)
