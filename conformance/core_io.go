@@ -462,6 +462,10 @@ func (s *suite) testHangupWhilePaused(t *testing.T) {
 		h.do(func() { n, closed = len(r.got), r.conn.Closed() })
 		require.Zero(t, n, "RAW_RX while paused")
 		require.False(t, closed, "closed while paused input was still buffered")
+		// Nothing can come for it any more, and a hang-up is reported
+		// whatever the interest: it must be out of the poll set, or every
+		// wait would end at once until the input is consumed.
+		require.Equal(t, 1, h.rec.count(is(core.ReasonDelPollFD, r.conn)), "DEL_POLL_FD of the hung-up paused connection")
 		var err error
 		h.do(func() { err = r.conn.RxFlowControl(true) })
 		require.NoError(t, err)

@@ -81,7 +81,12 @@ func isPollReason(r core.Reason) bool {
 //     around adds and deletes and 0 around changes, each sequence on one
 //     thread; ADD once per fd before
 //     any event for it, with Events Readable; CHANGE and DEL report the
-//     interest the fd really had; every fd is deleted by the end.
+//     interest the fd really had; every fd is deleted by the end;
+//   - a connection's callbacks come while its fd is added, except RAW_CLOSE
+//     (after the DEL) and, for one taken out of the poll set while open
+//     (a DEL, then no RAW_CLOSE yet: nothing more can come for it), the
+//     RAW_RX of the input it kept and TIMER; ADD puts it back, with any
+//     interest.
 type recorder struct {
 	mu       sync.Mutex
 	events   []event
@@ -95,9 +100,10 @@ type recorder struct {
 	adopted map[*core.Conn]int
 	closed  map[*core.Conn]int
 	watched map[int]evlib.Events
-	owner   map[int]*core.Conn // conn an fd was added for (nil: core's own fd)
-	lock    map[int]*event     // per thread: LOCK_POLL awaiting its UNLOCK
-	lockOp  map[int]bool       // per thread: the op inside the pending lock came
+	owner   map[int]*core.Conn  // conn an fd was added for (nil: core's own fd)
+	parked  map[*core.Conn]bool // open, but taken out of the poll set
+	lock    map[int]*event      // per thread: LOCK_POLL awaiting its UNLOCK
+	lockOp  map[int]bool        // per thread: the op inside the pending lock came
 
 	active  map[int]int    // per thread: callbacks running
 	activeG map[int]uint64 // per thread: the goroutine running them
@@ -108,7 +114,7 @@ func newRecorder(protos []string) *recorder {
 		notify: make(chan struct{}), protos: protos,
 		inits: map[string]int{}, destroy: map[string]int{},
 		adopted: map[*core.Conn]int{}, closed: map[*core.Conn]int{},
-		watched: map[int]evlib.Events{}, owner: map[int]*core.Conn{},
+		watched: map[int]evlib.Events{}, owner: map[int]*core.Conn{}, parked: map[*core.Conn]bool{},
 		lock: map[int]*event{}, lockOp: map[int]bool{},
 		active: map[int]int{}, activeG: map[int]uint64{},
 	}
@@ -262,7 +268,11 @@ func (r *recorder) check(e event, ev core.Event) {
 			r.problem("%v before RAW_ADOPT", e)
 		}
 	}
-	if _, ok := r.watched[e.fd]; !ok || r.owner[e.fd] != c {
+	// A connection taken out of the poll set while open (its stream ended
+	// with input kept, or a paused file hung up) still gets that input, and
+	// its timer.
+	kept := r.parked[c] && (e.reason == core.ReasonRawRX || e.reason == core.ReasonTimer)
+	if _, ok := r.watched[e.fd]; (!ok || r.owner[e.fd] != c) && !kept {
 		r.problem("%v while its fd is not watched for it (no ADD_POLL_FD)", e)
 	}
 	if e.reason == core.ReasonRawRX && e.data == 0 && !e.file {
@@ -311,11 +321,12 @@ func (r *recorder) checkPoll(e event) {
 		if ok {
 			r.problem("%v for an fd already added", e)
 		}
-		if e.poll.Events != evlib.Readable {
+		if e.poll.Events != evlib.Readable && !r.parked[e.conn] {
 			r.problem("%v: a new fd must be added with Readable interest", e)
 		}
 		r.watched[e.fd] = e.poll.Events
 		r.owner[e.fd] = e.conn
+		delete(r.parked, e.conn)
 	case core.ReasonDelPollFD:
 		if !ok {
 			r.problem("%v for an fd never added", e)
@@ -324,6 +335,9 @@ func (r *recorder) checkPoll(e event) {
 		}
 		delete(r.watched, e.fd)
 		delete(r.owner, e.fd)
+		if e.conn != nil && r.closed[e.conn] == 0 {
+			r.parked[e.conn] = true // RAW_CLOSE follows, or input kept, or a re-ADD
+		}
 	case core.ReasonChangeModePollFD:
 		if !ok {
 			r.problem("%v for an fd never added", e)

@@ -4,6 +4,7 @@ package core_test
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"net"
 	"testing"
@@ -66,6 +67,87 @@ func TestCloseWhenDrained(t *testing.T) {
 			require.True(t, bytes.Equal(payload, b), "all %d bytes, got %d", len(payload), len(b))
 			serviceUntil(t, ctx, func() bool { return len(closed) > 0 })
 			require.NoError(t, <-closed)
+		})
+	}
+}
+
+// A peer that shut its write side down, as a client waiting for the whole
+// reply does, still gets every byte Close waits for: its end of stream
+// says it sends no more, not that it stopped reading.
+func TestCloseDrainsToHalfClosedPeer(t *testing.T) {
+	for _, lib := range backends {
+		for _, graceful := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/graceful=%v", lib, graceful), func(t *testing.T) {
+				payload := bytes.Repeat([]byte("0123456789abcdef"), 1<<18) // 4 MiB
+				closed := make(chan error, 1)
+				info := core.Info{CloseTimeout: 30 * time.Second, GracefulClose: graceful}
+				ctx, addr := closeServer(t, lib, info, payload, closed)
+				defer ctx.Destroy()
+				c, err := net.Dial("tcp", addr)
+				require.NoError(t, err)
+				defer c.Close()
+				require.NoError(t, c.(*net.TCPConn).CloseWrite())
+				got := make(chan []byte)
+				go func() {
+					time.Sleep(50 * time.Millisecond) // let the server meet the FIN with output pending
+					b, _ := io.ReadAll(c)
+					got <- b
+				}()
+				var b []byte
+				serviceUntil(t, ctx, func() bool {
+					select {
+					case b = <-got:
+						return true
+					default:
+						return false
+					}
+				})
+				require.True(t, bytes.Equal(payload, b), "all %d bytes, got %d", len(payload), len(b))
+				serviceUntil(t, ctx, func() bool { return len(closed) > 0 })
+				require.NoError(t, <-closed)
+			})
+		}
+	}
+}
+
+// Close stops TIMER: while a connection drains, nothing but RAW_CLOSE comes.
+func TestNoTimerWhileDraining(t *testing.T) {
+	for _, lib := range backends {
+		t.Run(lib, func(t *testing.T) {
+			var conn *core.Conn
+			var timers int
+			var closedAt time.Time
+			ctx, err := core.New(core.Info{EventLib: lib, GracefulClose: true, CloseTimeout: time.Minute,
+				Protocols: []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
+					switch ev.Reason {
+					case core.ReasonRawAdopt:
+						conn = ev.Conn
+						if err := ev.Conn.SetTimer(20 * time.Millisecond); err != nil {
+							return err
+						}
+						return ev.Conn.CallbackOnWritable()
+					case core.ReasonRawWriteable:
+						if _, err := ev.Conn.Write([]byte("bye")); err != nil {
+							return err
+						}
+						closedAt = time.Now()
+						return ev.Conn.Close()
+					case core.ReasonTimer:
+						timers++
+					}
+					return nil
+				}}}})
+			require.NoError(t, err)
+			defer ctx.Destroy()
+			ln, err := ctx.Listen("tcp", "127.0.0.1:0", "")
+			require.NoError(t, err)
+			peer, err := net.Dial("tcp", ln.Addr().String())
+			require.NoError(t, err)
+			defer peer.Close() // open: the connection drains, waiting for its FIN
+			serviceUntil(t, ctx, func() bool { return conn != nil && conn.Draining() })
+			serviceUntil(t, ctx, func() bool { return time.Since(closedAt) > 100*time.Millisecond }) // past the timer's due time
+			require.True(t, conn.Draining())
+			require.Zero(t, timers, "TIMER while draining")
 		})
 	}
 }

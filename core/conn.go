@@ -45,10 +45,12 @@ type Conn struct {
 	rxbuf    []byte
 	hup      bool // the stream ended; close once rxbuf is consumed
 	hupErr   error
+	parked   bool // out of the backend, nothing to wait for (see Thread.park)
 
 	closeReq bool
 	closeErr error
 	draining bool          // Close waits for output to drain (and the peer, if graceful)
+	peerDone bool          // draining, the peer's end of stream was read
 	shutWR   bool          // the write side is shut down
 	peerIP   netip.Addr    // counted in the thread's per-IP table
 	dial     *dialState    // a client connection being established
@@ -262,6 +264,9 @@ func (c *Conn) SetTimer(d time.Duration) error {
 	}
 	if c.timer == nil {
 		c.timer = &Timer{t: t, idx: -1, fn: func() {
+			if c.draining {
+				return // closing: nothing but RAW_CLOSE from now on
+			}
 			if err := t.callback(Event{Reason: ReasonTimer, Conn: c}); err != nil {
 				t.closeConn(c, err)
 			}

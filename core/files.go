@@ -91,7 +91,10 @@ func (c *Conn) reason(r Reason) Reason {
 // writers are all gone. Only then does it cost an ioctl.
 func (t *Thread) onFileReadable(c *Conn, ev evlib.Events) {
 	if c.rxPaused {
-		if c.interest&evlib.Readable != 0 {
+		switch {
+		case ev&(evlib.Hangup|evlib.Error) != 0:
+			t.park(c) // reported whatever the interest; resume watches it again
+		case c.interest&evlib.Readable != 0:
 			t.setInterest(c, c.interest&^evlib.Readable)
 		}
 		return

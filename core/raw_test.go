@@ -83,6 +83,53 @@ func TestPipeLifecycle(t *testing.T) {
 	}
 }
 
+// A paused pipe whose writer has gone is taken out of the poll set: its
+// hang-up is reported whatever the interest, and would end every wait.
+// Resume puts it back; the callback reads what is left, and end of file
+// closes it.
+func TestPausedPipeHangup(t *testing.T) {
+	for _, lib := range backends {
+		t.Run(lib, func(t *testing.T) {
+			var conn *core.Conn
+			var rxs, dels int
+			var got []byte
+			ctx, err := core.New(core.Info{EventLib: lib, Protocols: []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
+				switch ev.Reason {
+				case core.ReasonDelPollFD:
+					if conn != nil && ev.Poll.FD == conn.FD() && !conn.Closed() {
+						dels++
+					}
+				case core.ReasonRawRXFile:
+					if rxs++; rxs == 1 {
+						return ev.Conn.RxFlowControl(false) // read it later
+					}
+					var b [16]byte
+					n, _ := unix.Read(ev.Conn.FD(), b[:])
+					got = append(got, b[:max(n, 0)]...)
+				}
+				return nil
+			}}}})
+			require.NoError(t, err)
+			defer ctx.Destroy()
+			var p [2]int
+			require.NoError(t, unix.Pipe(p[:]))
+			conn, err = ctx.AdoptFile(p[0], "")
+			require.NoError(t, err)
+			_, err = unix.Write(p[1], []byte("x"))
+			require.NoError(t, err)
+			serviceUntil(t, ctx, func() bool { return rxs == 1 })
+			require.NoError(t, unix.Close(p[1]))
+			serviceUntil(t, ctx, func() bool { return dels == 1 })
+			require.False(t, conn.Closed(), "closed while paused, with input left")
+
+			require.NoError(t, conn.RxFlowControl(true))
+			serviceUntil(t, ctx, conn.Closed)
+			require.Equal(t, "x", string(got))
+			require.Equal(t, 1, dels, "DEL_POLL_FD again at close")
+		})
+	}
+}
+
 func TestRegularFileRefused(t *testing.T) {
 	for _, lib := range backends {
 		t.Run(lib, func(t *testing.T) {

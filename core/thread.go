@@ -724,9 +724,7 @@ func (t *Thread) hangup(c *Conn, why error) {
 		return
 	}
 	c.hup, c.hupErr = true, why
-	if c.interest != 0 {
-		t.setInterest(c, 0)
-	}
+	t.park(c)
 	c.setTimeoutErr(t.ctx.info.CloseTimeout, why)
 }
 
@@ -894,6 +892,14 @@ func (t *Thread) setInterest(c *Conn, ev evlib.Events) {
 	if c.interest == ev {
 		return
 	}
+	if c.parked {
+		c.parked, c.interest = false, ev
+		if err := t.watch(c.fd, c, c.kind, ev); err != nil {
+			c.parked, c.interest = true, 0
+			t.requestClose(c, &OpError{Op: "watch", Err: err})
+		}
+		return
+	}
 	prev := c.interest
 	c.interest = ev
 	t.pollCallback(ReasonLockPoll, c, c.fd, 0, 0, 0)
@@ -903,6 +909,19 @@ func (t *Thread) setInterest(c *Conn, ev evlib.Events) {
 	if err != nil {
 		t.requestClose(c, &OpError{Op: "modify interest", Err: err})
 	}
+}
+
+// park takes a connection out of the backend while no event can be
+// handled for it: its stream ended with input still to deliver, or a
+// paused file hung up. Backends, and an application's poll loop, report a
+// hang-up whatever the interest, so an fd left watched would end every
+// wait at once. setInterest watches it again.
+func (t *Thread) park(c *Conn) {
+	if c.parked {
+		return
+	}
+	t.unwatch(c.fd, c, c.interest)
+	c.parked, c.interest = true, 0
 }
 
 // ---- connections ----
@@ -1019,7 +1038,9 @@ func (t *Thread) closeConn(c *Conn, why error) {
 			t.timers.remove(tm)
 		}
 	}
-	t.unwatch(c.fd, c, c.interest)
+	if !c.parked {
+		t.unwatch(c.fd, c, c.interest)
+	}
 	t.conns[c.fd] = nil
 	t.count--
 	t.load.Add(-1)
@@ -1177,7 +1198,7 @@ func (t *Thread) beginClose(c *Conn) {
 
 // drained runs once a closing connection's output is all sent.
 func (t *Thread) drained(c *Conn) {
-	if !t.ctx.info.GracefulClose || c.kind != evlib.KindStream {
+	if !t.ctx.info.GracefulClose || c.kind != evlib.KindStream || c.peerDone {
 		t.requestClose(c, nil)
 		return
 	}
@@ -1193,7 +1214,9 @@ func (t *Thread) drained(c *Conn) {
 }
 
 // discardInput reads and drops what a closing connection receives, until
-// the peer's end of stream closes it.
+// the peer's end of stream closes it, or, while output is pending, stops
+// reading: the peer's FIN only says it sends no more, not that it stopped
+// reading what it was sent.
 func (t *Thread) discardInput(c *Conn) {
 	var buf [4 << 10]byte
 	for range 16 {
@@ -1201,6 +1224,9 @@ func (t *Thread) discardInput(c *Conn) {
 		switch {
 		case n > 0:
 			continue
+		case err == nil && len(c.out) > 0:
+			c.peerDone = true
+			t.setInterest(c, c.interest&^evlib.Readable) // end of stream stays readable
 		case err == nil:
 			t.requestClose(c, nil)
 		case wouldBlock(err):
