@@ -220,7 +220,6 @@ func (t *Thread) onConnect(conn *Conn) {
 	o := conn.dial.opts
 	conn.dial = nil
 	t.setInterest(conn, evlib.Readable)
-	t.touch(conn)
 	t.established(conn, &o)
 }
 

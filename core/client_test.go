@@ -78,6 +78,36 @@ func TestConnect(t *testing.T) {
 	}
 }
 
+// A client connection's idle timeout counts from when it is established:
+// on a context older than IdleTimeout, a quiet one is not closed at once.
+func TestConnectIdleTimeout(t *testing.T) {
+	for _, lib := range backends {
+		t.Run(lib, func(t *testing.T) {
+			const idle = 500 * time.Millisecond
+			var closeErr error
+			ctx, err := core.New(core.Info{EventLib: lib, IdleTimeout: idle, Protocols: []core.Protocol{{Name: "quiet", Callback: func(ev core.Event) error {
+				if ev.Reason == core.ReasonRawClose {
+					closeErr = ev.Err
+				}
+				return nil
+			}}}})
+			require.NoError(t, err)
+			defer ctx.Destroy()
+			ln, err := ctx.Listen("tcp", "127.0.0.1:0", "")
+			require.NoError(t, err)
+			time.Sleep(idle + 100*time.Millisecond) // the context is older than IdleTimeout
+			c, err := ctx.Connect("tcp4", ln.Addr().String(), "")
+			require.NoError(t, err)
+			serviceUntil(t, ctx, func() bool { return !c.Connecting() })
+			for range 3 {
+				require.NoError(t, ctx.Thread(0).Service(0)) // due timers run here
+			}
+			require.False(t, c.Closed(), "closed right after it was established: %v", closeErr)
+			serviceUntil(t, ctx, c.Closed) // and the timeout still applies
+		})
+	}
+}
+
 func TestConnectRefused(t *testing.T) {
 	for _, lib := range backends {
 		t.Run(lib, func(t *testing.T) {

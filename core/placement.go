@@ -224,7 +224,6 @@ func (c *Context) adoptKind(fd int, kind evlib.Kind, p *Protocol, o *adoptOption
 		return conn, nil
 	}
 	defer t.release(took)
-	conn.lastActive = t.clock()
 	if err := t.adoptConn(conn, o, true); err != nil {
 		if !errors.Is(err, errAdoptRefused) {
 			c.fds.drop(fd) // the reservation went back with the failed insert
@@ -284,7 +283,6 @@ func (t *Thread) takeOver(c *Conn) {
 	}
 	o := c.pending
 	c.pending = nil
-	c.lastActive = t.clock()
 	err := t.adoptConn(c, o, true)
 	if err == nil || errors.Is(err, errAdoptRefused) {
 		return

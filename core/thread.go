@@ -929,7 +929,7 @@ func (t *Thread) park(c *Conn) {
 // adopt adopts fd as a new connection (or listener, l) of t, which the
 // caller owns. reserved: the caller holds room on t for it.
 func (t *Thread) adopt(fd int, kind evlib.Kind, p *Protocol, l *Listener, o *adoptOptions, reserved bool) (*Conn, error) {
-	c := &Conn{t: t, fd: fd, kind: kind, proto: p, listener: l, user: o.user, lastActive: t.clock()}
+	c := &Conn{t: t, fd: fd, kind: kind, proto: p, listener: l, user: o.user}
 	if err := t.adoptConn(c, o, reserved); err != nil {
 		return nil, err
 	}
@@ -991,6 +991,9 @@ func (t *Thread) established(c *Conn, o *adoptOptions) (*Conn, error) {
 		c.peerIP = o.peerIP // counted by the accepting thread
 	}
 	if d := t.ctx.info.IdleTimeout; d > 0 {
+		// From here: a client connection was made long before, and a
+		// handed-over one waited for its thread.
+		c.lastActive = t.clock()
 		c.idle = &Timer{t: t, idx: -1, fn: func() { t.checkIdle(c) }}
 		t.timers.schedule(c.idle, c.lastActive+int64(d))
 	}
