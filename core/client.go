@@ -106,7 +106,14 @@ func (t *Thread) startDial(conn *Conn) {
 		t.resolve(conn, d.network, d.host, d.port)
 		return
 	}
-	t.dialNext(conn)
+	// Not here but in the next pass: a connect that fails at once would
+	// deliver CLIENT_CONNECTION_ERROR inside Connect, before the caller has
+	// the Conn it identifies. (Refused after destroy: teardown reports it.)
+	_ = t.Post(func() {
+		if conn.state == stateConnecting {
+			t.dialNext(conn)
+		}
+	})
 }
 
 // resolve looks host up on its own goroutine and posts the addresses back.
@@ -176,8 +183,10 @@ func (t *Thread) dialNext(conn *Conn) {
 		if family != unix.AF_UNIX {
 			unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 		}
+		// EAGAIN is a failure: a unix listener's backlog is full (or no
+		// local port is free); only EINPROGRESS finishes later.
 		err = unix.Connect(fd, sa)
-		if err != nil && !errors.Is(err, unix.EINPROGRESS) && !errors.Is(err, unix.EAGAIN) {
+		if err != nil && !errors.Is(err, unix.EINPROGRESS) {
 			unix.Close(fd)
 			d.last = err
 			continue

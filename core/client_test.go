@@ -4,6 +4,7 @@ package core_test
 
 import (
 	"net"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -104,6 +105,60 @@ func TestConnectIdleTimeout(t *testing.T) {
 			}
 			require.False(t, c.Closed(), "closed right after it was established: %v", closeErr)
 			serviceUntil(t, ctx, c.Closed) // and the timeout still applies
+		})
+	}
+}
+
+// A connect that fails at once still reports through the Conn that
+// Connect returned: CLIENT_CONNECTION_ERROR comes after Connect returns.
+func TestConnectFailsAfterReturn(t *testing.T) {
+	for _, lib := range backends {
+		t.Run(lib, func(t *testing.T) {
+			ctx, log := clientCtx(t, lib, core.Info{})
+			c, err := ctx.Connect("unix", filepath.Join(t.TempDir(), "nobody"), "client")
+			require.NoError(t, err)
+			require.Empty(t, log.errs, "CLIENT_CONNECTION_ERROR inside Connect")
+			require.True(t, c.Connecting())
+			serviceUntil(t, ctx, func() bool { return len(log.errs) > 0 })
+			require.ErrorIs(t, log.errs[0], unix.ENOENT)
+			require.True(t, c.Closed())
+		})
+	}
+}
+
+// A unix listener with a full backlog refuses a connect with EAGAIN: that
+// attempt failed, it is not in progress.
+func TestConnectUnixBacklogFull(t *testing.T) {
+	for _, lib := range backends {
+		t.Run(lib, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "s")
+			lfd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+			require.NoError(t, err)
+			defer unix.Close(lfd)
+			require.NoError(t, unix.Bind(lfd, &unix.SockaddrUnix{Name: path}))
+			require.NoError(t, unix.Listen(lfd, 0)) // never accepts
+			ctx, log := clientCtx(t, lib, core.Info{})
+			const n = 8
+			var conns []*core.Conn
+			for range n {
+				c, err := ctx.Connect("unix", path, "client")
+				require.NoError(t, err)
+				conns = append(conns, c)
+			}
+			serviceUntil(t, ctx, func() bool {
+				for _, c := range conns {
+					if c.Connecting() {
+						return false
+					}
+				}
+				return true
+			})
+			// The backlog takes one or two; the rest fail, not adopted.
+			require.GreaterOrEqual(t, len(log.errs), n-2, "adopted: %v", log.adopted)
+			for _, err := range log.errs {
+				require.ErrorIs(t, err, unix.EAGAIN)
+			}
+			require.Equal(t, n, len(log.errs)+len(log.adopted))
 		})
 	}
 }
