@@ -78,18 +78,18 @@ func (c *Context) Connect(network, address, protocol string, opts ...AdoptOption
 	took, handover, err := c.route(t)
 	switch {
 	case err != nil:
-		t.load.Add(-1)
+		t.giveBack(false)
 		return nil, err
 	case handover:
 		if err := t.handoff(conn); err != nil {
-			t.load.Add(-1)
+			t.giveBack(false)
 			return nil, err
 		}
 		return conn, nil
 	}
 	defer t.release(took)
 	if t.dying() {
-		t.load.Add(-1)
+		t.giveBack(true)
 		return nil, ErrDestroyed
 	}
 	t.startDial(conn)
@@ -240,7 +240,7 @@ func (t *Thread) dropDialFD(conn *Conn) {
 	t.unwatch(conn.fd, conn, conn.interest)
 	t.conns[conn.fd] = nil
 	t.count--
-	t.load.Add(-1)
+	t.giveBack(true)
 	t.fdClose = append(t.fdClose, conn.fd)
 	conn.fd, conn.interest = -1, 0
 }
@@ -257,7 +257,7 @@ func (t *Thread) dialFailed(conn *Conn, why error) {
 	}
 	t.dropDialFD(conn)
 	if conn.dial.reserved {
-		t.load.Add(-1)
+		t.giveBack(true)
 	}
 	conn.dial = nil
 	_ = t.callback(Event{Reason: ReasonClientConnectionError, Conn: conn, Err: why})

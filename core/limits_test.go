@@ -4,8 +4,10 @@ package core_test
 
 import (
 	"io"
+	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"testing"
 	"time"
 
@@ -59,6 +61,52 @@ func TestAcceptStopsAtFDLimit(t *testing.T) {
 
 // Connections beyond MaxConnsPerIP from one address are closed before
 // RAW_ADOPT.
+// Room freed by anything, not only a closed connection, resumes accepting:
+// here a Connect that held the last place fails.
+func TestAcceptResumesWhenConnectFails(t *testing.T) {
+	for _, lib := range backends {
+		t.Run(lib, func(t *testing.T) {
+			// A listener whose one-place backlog is full drops SYNs: a
+			// connect to it stays in progress until ConnectTimeout.
+			bfd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+			require.NoError(t, err)
+			defer unix.Close(bfd)
+			require.NoError(t, unix.Bind(bfd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}))
+			require.NoError(t, unix.Listen(bfd, 0))
+			sa, err := unix.Getsockname(bfd)
+			require.NoError(t, err)
+			black := net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*unix.SockaddrInet4).Port))
+			filler, err := net.Dial("tcp", black)
+			require.NoError(t, err)
+			defer filler.Close()
+
+			var adopted, connErrs int
+			ctx, err := core.New(core.Info{EventLib: lib, FDLimit: 2, ConnectTimeout: 200 * time.Millisecond,
+				Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+				Protocols: []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
+					switch ev.Reason {
+					case core.ReasonRawAdopt:
+						adopted++
+					case core.ReasonClientConnectionError:
+						connErrs++
+					}
+					return nil
+				}}}})
+			require.NoError(t, err)
+			defer ctx.Destroy()
+			ln, err := ctx.Listen("tcp", "127.0.0.1:0", "") // place 1 of 2
+			require.NoError(t, err)
+			_, err = ctx.Connect("tcp4", black, "") // place 2 of 2, in progress
+			require.NoError(t, err)
+			peer, err := net.Dial("tcp", ln.Addr().String()) // waits in the backlog
+			require.NoError(t, err)
+			defer peer.Close()
+			serviceUntil(t, ctx, func() bool { return connErrs == 1 }) // ConnectTimeout: room again
+			serviceUntil(t, ctx, func() bool { return adopted == 1 })
+		})
+	}
+}
+
 func TestMaxConnsPerIP(t *testing.T) {
 	adopted := 0
 	ctx, err := core.New(core.Info{MaxConnsPerIP: 2, Protocols: []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {

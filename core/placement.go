@@ -83,7 +83,7 @@ func (c *Context) adoptArgs(protocol string, opts []AdoptOption) (*Protocol, *ad
 
 // reserve counts one more fd on t if it has room below its limit. The
 // reservation becomes the fd's place in insert, or is given back with
-// load.Add(-1).
+// giveBack.
 func (t *Thread) reserve() bool {
 	for {
 		l := t.load.Load()
@@ -92,6 +92,24 @@ func (t *Thread) reserve() bool {
 		}
 		if t.load.CompareAndSwap(l, l+1) {
 			return true
+		}
+	}
+}
+
+// giveBack returns room on t: a reservation not used, or the place of an
+// fd that is gone. If listeners stopped accepting for want of room, every
+// thread's resume: directly on t when the caller owns it (own), else
+// through Post.
+func (t *Thread) giveBack(own bool) {
+	t.load.Add(-1)
+	if !t.ctx.acceptBlocked.Load() || !t.ctx.acceptBlocked.CompareAndSwap(true, false) {
+		return
+	}
+	for _, u := range t.ctx.threads {
+		if u == t && own {
+			t.resumeAccepting()
+		} else {
+			u.Post(u.resumeAccepting)
 		}
 	}
 }
@@ -203,7 +221,7 @@ func (c *Context) adoptKind(fd int, kind evlib.Kind, p *Protocol, o *adoptOption
 		return nil, err
 	}
 	fail := func(err error) (*Conn, error) {
-		t.load.Add(-1)
+		t.giveBack(false)
 		c.fds.drop(fd)
 		return nil, err
 	}
@@ -306,7 +324,7 @@ func (t *Thread) dropHandoff(c *Conn, why error) {
 	}
 	o := c.pending
 	c.state, c.pending = stateClosed, nil
-	t.load.Add(-1)
+	t.giveBack(true)
 	t.closeHandedFD(c.fd, o)
 }
 

@@ -954,7 +954,7 @@ func (t *Thread) insert(c *Conn, ev evlib.Events, reserved bool) error {
 	}
 	if err != nil {
 		if reserved {
-			t.load.Add(-1)
+			t.giveBack(true)
 		}
 		return err
 	}
@@ -965,7 +965,7 @@ func (t *Thread) insert(c *Conn, ev evlib.Events, reserved bool) error {
 		t.conns = conns
 	}
 	if err := t.watch(fd, c, c.kind, ev); err != nil {
-		t.load.Add(-1)
+		t.giveBack(true)
 		return fmt.Errorf("plugloop: watching fd %d: %w", fd, err)
 	}
 	t.ctx.fds.add(fd)
@@ -1046,7 +1046,6 @@ func (t *Thread) closeConn(c *Conn, why error) {
 	}
 	t.conns[c.fd] = nil
 	t.count--
-	t.load.Add(-1)
 	t.fdClose = append(t.fdClose, c.fd)
 	c.rxbuf, c.out = nil, nil
 	if l := c.listener; l != nil {
@@ -1060,6 +1059,7 @@ func (t *Thread) closeConn(c *Conn, why error) {
 		if l.unixPath != "" {
 			os.Remove(l.unixPath)
 		}
+		t.giveBack(true)
 		return
 	}
 	if c.prev != nil {
@@ -1074,15 +1074,7 @@ func (t *Thread) closeConn(c *Conn, why error) {
 	if c.peerIP.IsValid() {
 		t.ctx.perIP.add(c.peerIP, -1)
 	}
-	if t.ctx.acceptBlocked.Load() && t.count < t.limit && t.ctx.acceptBlocked.CompareAndSwap(true, false) {
-		for _, u := range t.ctx.threads {
-			if u == t {
-				t.resumeAccepting()
-			} else {
-				u.Post(u.resumeAccepting)
-			}
-		}
-	}
+	t.giveBack(true)
 	_ = t.callback(Event{Reason: c.reason(ReasonRawClose), Conn: c, Err: why})
 }
 
@@ -1107,7 +1099,7 @@ func (t *Thread) accept(lc *Conn) {
 		fd, err := sys.Accept(lc.fd)
 		t.ctr.Accepts.Add(1)
 		if err != nil {
-			target.load.Add(-1)
+			target.giveBack(false)
 			switch {
 			case wouldBlock(err):
 			case errors.Is(err, unix.EMFILE), errors.Is(err, unix.ENFILE),
@@ -1129,7 +1121,7 @@ func (t *Thread) accept(lc *Conn) {
 			}
 			if ip.IsValid() && !t.ctx.perIP.take(ip, info.MaxConnsPerIP) {
 				t.ctx.log.Debug("plugloop: connection over the per-IP limit dropped", "peer", ip)
-				target.load.Add(-1)
+				target.giveBack(false)
 				unix.Close(fd)
 				t.ctr.Closes.Add(1)
 				continue
@@ -1175,7 +1167,7 @@ func (t *Thread) adoptAccepted(fd int, p *Protocol, o *adoptOptions) {
 func (t *Thread) handOver(target *Thread, fd int, p *Protocol, o *adoptOptions) {
 	c := &Conn{t: target, fd: fd, kind: evlib.KindStream, proto: p, state: stateHandover, pending: o}
 	if err := target.handoff(c); err != nil {
-		target.load.Add(-1)
+		target.giveBack(false)
 		if o.peerIP.IsValid() {
 			t.ctx.perIP.add(o.peerIP, -1)
 		}
