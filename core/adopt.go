@@ -294,8 +294,9 @@ func (c *Context) eachConn(protocol string, f func(*Conn) error) error {
 		return nil
 	}
 	var first error
+	home, unsure := c.callerThreadExact()
 	for _, t := range c.threads {
-		took, post, err := c.route(t)
+		took, post, err := c.routeFrom(home, unsure, t)
 		switch {
 		case errors.Is(err, ErrWrongGoroutine):
 			post = true // another goroutine services t: let it

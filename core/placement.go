@@ -6,6 +6,9 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"reflect"
+	"runtime"
+	"strings"
 	"sync"
 
 	"github.com/plugloop/plugloop/evlib"
@@ -181,12 +184,52 @@ func (c *Context) callerThread() (home *Thread, unsure bool) {
 	return home, false
 }
 
+// threadMethods is the name prefix of Thread's methods, as stack frames
+// spell it.
+var threadMethods = strings.TrimSuffix(runtime.FuncForPC(reflect.ValueOf((*Thread).Index).Pointer()).Name(), "Index")
+
+// inThreadCode reports whether the calling goroutine runs a service
+// thread's code: a callback, or a Post, AfterFunc or Attach function, all
+// of which run beneath a Thread method (a pass, Service, ServiceFD, or a
+// backend's Ready). It walks the stack (a few microseconds), which the
+// methods any goroutine may call can afford where builds without the race
+// detector cannot tell goroutines apart otherwise.
+func inThreadCode() bool {
+	var pcs [64]uintptr
+	frames := runtime.CallersFrames(pcs[:runtime.Callers(2, pcs[:])])
+	for {
+		f, more := frames.Next()
+		if strings.HasPrefix(f.Function, threadMethods) {
+			return true
+		}
+		if !more {
+			return false
+		}
+	}
+}
+
+// callerThreadExact is callerThread for the methods any goroutine may
+// call: a goroutine outside every thread's code is never taken for the
+// busy thread's own.
+func (c *Context) callerThreadExact() (home *Thread, unsure bool) {
+	home, unsure = c.callerThread()
+	if !exactOwner && (home != nil || unsure) && !inThreadCode() {
+		return nil, false
+	}
+	return home, unsure
+}
+
 // route decides how an adoption made on the calling goroutine reaches t:
 // in place (took: the caller took the idle thread and must release it),
 // handed over, or refused. It never runs t's code on a goroutine that may
 // be servicing another thread: that is what handover is for.
 func (c *Context) route(t *Thread) (took, handover bool, err error) {
 	home, unsure := c.callerThread()
+	return c.routeFrom(home, unsure, t)
+}
+
+// routeFrom is route for a caller whose thread is known.
+func (c *Context) routeFrom(home *Thread, unsure bool, t *Thread) (took, handover bool, err error) {
 	switch {
 	case home == t:
 		return false, false, nil

@@ -8,6 +8,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -286,4 +287,65 @@ func TestAllProtocolCallsOnEveryThread(t *testing.T) {
 			require.ErrorIs(t, ctx.CallbackOnWritableAll("nope"), core.ErrUnknownProtocol)
 		})
 	}
+}
+
+// RxFlowControlAll from a goroutine outside the loop, while the loop is
+// busy in a callback, is posted: its work (here a CHANGE_MODE_POLL_FD)
+// runs on the loop's goroutine once the callback returns, never beside it.
+// Builds without the race detector cannot tell goroutines apart by their
+// state alone, so this is the case that must hold there.
+func TestAllFromOutsideWhileBusy(t *testing.T) {
+	var loopG, stranger atomic.Uint64
+	var busy, paused atomic.Bool
+	var first atomic.Int32
+	first.Store(-1)
+	ctx, err := core.New(core.Info{EventLib: "epoll", Protocols: []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
+		if g := goid.ID(); busy.Load() && g != loopG.Load() {
+			stranger.Store(g)
+		}
+		switch ev.Reason {
+		case core.ReasonChangeModePollFD:
+			if int32(ev.Poll.FD) == first.Load() && ev.Poll.Events == 0 {
+				paused.Store(true) // input came while paused: read interest dropped
+			}
+		case core.ReasonRawAdopt:
+			loopG.Store(goid.ID())
+			if first.CompareAndSwap(-1, int32(ev.Conn.FD())) {
+				return ev.Conn.RxFlowControl(false)
+			}
+		case core.ReasonRawRX:
+			busy.Store(true)
+			time.Sleep(200 * time.Millisecond) // busy in a callback meanwhile
+			busy.Store(false)
+		}
+		return nil
+	}}}})
+	require.NoError(t, err)
+	ln, err := ctx.Listen("tcp", "127.0.0.1:0", "")
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	go func() { done <- ctx.Run(context.Background()) }()
+	defer func() { ctx.Destroy(); <-done }()
+
+	a, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	defer a.Close()
+	_, err = a.Write([]byte("a"))
+	require.NoError(t, err)
+	for !paused.Load() {
+		time.Sleep(time.Millisecond)
+	}
+	b, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	defer b.Close()
+	_, err = b.Write([]byte("b"))
+	require.NoError(t, err)
+	for !busy.Load() {
+		time.Sleep(time.Millisecond)
+	}
+	require.NoError(t, ctx.RxFlowControlAll("", true))
+	resumed := make(chan struct{})
+	require.NoError(t, ctx.Thread(0).Post(func() { close(resumed) }))
+	<-resumed
+	require.Zero(t, stranger.Load(), "a callback ran on the calling goroutine while the loop was busy in another")
 }
