@@ -23,6 +23,10 @@
 //     blocks here.
 //   - Destroy deregisters every fd (DEL_POLL_FD), closes only plugloop's
 //     own fds, installs no signal handler and leaves the loop running.
+//     Called on another goroutine while the loop sleeps, it does not wake
+//     the loop (closing an fd wakes no poll watching it): PROTOCOL_DESTROY,
+//     delivered on that goroutine, is where the application wakes it.
+//     PollSet does that itself.
 //
 // PollSet does the bookkeeping for the commonest host, a unix.Poll loop.
 //

@@ -3,6 +3,7 @@
 package foreign_test
 
 import (
+	"os"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -113,4 +114,49 @@ func TestPollSetPerThread(t *testing.T) {
 	require.ErrorIs(t, <-loops, core.ErrDestroyed)
 	require.ErrorIs(t, <-loops, core.ErrDestroyed)
 	require.Zero(t, sets[0].Len()+sets[1].Len())
+}
+
+// Destroy from another goroutine ends a Poll that sleeps with no limit,
+// and the set's own descriptor is closed with it.
+func TestPollSetDestroyWhileWaiting(t *testing.T) {
+	before := openFDs(t)
+	set := new(foreign.PollSet)
+	ctx, err := core.New(core.Info{EventLib: foreign.Name, Protocols: []core.Protocol{set.Protocol(echo.Protocol("echo"))}})
+	require.NoError(t, err)
+	th := ctx.Thread(0)
+	polls := make(chan struct{}, 1)
+	done := make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case polls <- struct{}{}:
+			default:
+			}
+			if err := set.Poll(th, nil, -1); err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	<-polls
+	time.Sleep(50 * time.Millisecond) // most likely asleep in unix.Poll by now
+	require.NoError(t, ctx.Destroy())
+	select {
+	case err := <-done:
+		require.ErrorIs(t, err, core.ErrDestroyed)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Poll still asleep after Destroy")
+	}
+	require.Zero(t, set.Len())
+	require.Equal(t, before, openFDs(t), "descriptors open before and after")
+}
+
+// openFDs counts this process' open descriptors.
+func openFDs(t *testing.T) int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		ents, err = os.ReadDir("/dev/fd")
+	}
+	require.NoError(t, err)
+	return len(ents)
 }

@@ -36,13 +36,26 @@ import (
 // a loop of its own: give each loop a PollSet with Thread set to its
 // thread's index and wrap the first protocol with each set in turn
 // (setB.Protocol(setA.Protocol(p))); a set follows only its thread's fds.
+//
+// Destroy from another goroutine ends a Poll that sleeps: the set keeps a
+// descriptor of its own for that (an eventfd, or a pipe where there is
+// none) from its first Poll until Poll returns core.ErrDestroyed.
 type PollSet struct {
 	// Thread is the index of the service thread whose fds the set follows.
 	Thread int
 
 	mu  sync.Mutex
 	fds []unix.PollFd
-	buf []unix.PollFd // Poll's scratch: the application's fds, then ours
+	buf []unix.PollFd // Poll's scratch: the application's fds, ours, stop
+
+	// stop wakes a sleeping Poll on PROTOCOL_DESTROY: Destroy on another
+	// goroutine closes plugloop's fds, which wakes no poll(2) watching
+	// them. Made by the first Poll; closed by whichever of that Poll and
+	// PROTOCOL_DESTROY comes second.
+	stop    sys.Waker
+	hasStop bool
+	polling bool // a Poll is inside unix.Poll
+	gone    bool // PROTOCOL_DESTROY came
 }
 
 // Protocol returns p with a callback that keeps the set up to date before
@@ -51,6 +64,9 @@ type PollSet struct {
 func (s *PollSet) Protocol(p core.Protocol) core.Protocol {
 	inner := p.Callback
 	p.Callback = func(ev core.Event) error {
+		if ev.Reason == core.ReasonProtocolDestroy {
+			s.destroyed()
+		}
 		reason := ev.Reason
 		if ev.Thread == nil || ev.Thread.Index() != s.Thread {
 			reason = 0 // another thread's fd: another set's business
@@ -81,6 +97,27 @@ func (s *PollSet) Protocol(p core.Protocol) core.Protocol {
 	return p
 }
 
+// destroyed ends a Poll that sleeps, or releases stop if none does.
+func (s *PollSet) destroyed() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.gone = true
+	switch {
+	case !s.hasStop:
+	case s.polling:
+		s.stop.Signal()
+	default:
+		s.closeStop()
+	}
+}
+
+func (s *PollSet) closeStop() {
+	if s.hasStop {
+		s.stop.Close()
+		s.hasStop = false
+	}
+}
+
 // AppendTo appends plugloop's pollfds to dst, with Revents cleared.
 func (s *PollSet) AppendTo(dst []unix.PollFd) []unix.PollFd {
 	s.mu.Lock()
@@ -101,14 +138,42 @@ func (s *PollSet) Len() int {
 // runs forced service, and leaves the Revents of mine set for the caller.
 // It returns core.ErrDestroyed once the context is destroyed.
 func (s *PollSet) Poll(t *core.Thread, mine []unix.PollFd, max time.Duration) error {
-	s.buf = s.AppendTo(append(s.buf[:0], mine...))
-	if _, err := unix.Poll(s.buf, sys.Msec(t.ServiceAdjustTimeout(max))); err != nil && !errors.Is(err, unix.EINTR) {
+	timeout := sys.Msec(t.ServiceAdjustTimeout(max))
+	s.mu.Lock()
+	if s.gone {
+		s.closeStop()
+		s.mu.Unlock()
+		return core.ErrDestroyed
+	}
+	if !s.hasStop {
+		w, err := sys.NewWaker()
+		if err != nil {
+			s.mu.Unlock()
+			return err
+		}
+		s.stop, s.hasStop = w, true
+	}
+	s.buf = append(append(append(s.buf[:0], mine...), s.fds...), unix.PollFd{Fd: int32(s.stop.R), Events: unix.POLLIN})
+	s.polling = true
+	s.mu.Unlock()
+	_, err := unix.Poll(s.buf, timeout)
+	s.mu.Lock()
+	s.polling = false
+	gone := s.gone
+	if gone {
+		s.closeStop()
+	}
+	s.mu.Unlock()
+	switch {
+	case gone:
+		return core.ErrDestroyed
+	case err != nil && !errors.Is(err, unix.EINTR):
 		return err
 	}
 	for i := range mine {
 		mine[i].Revents = s.buf[i].Revents
 	}
-	for i := len(mine); i < len(s.buf); i++ {
+	for i := len(mine); i < len(s.buf)-1; i++ {
 		if s.buf[i].Revents == 0 {
 			continue
 		}
