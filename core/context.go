@@ -275,17 +275,19 @@ func New(info Info) (*Context, error) {
 	for _, p := range c.protocols {
 		_ = t.callback(Event{Reason: ReasonProtocolInit, Protocol: p})
 	}
-	c.sys.notifiers = append([]Notifier(nil), info.Notifiers...)
-	c.sys.target = SystemOperational
-	c.stepSystem()
 	for _, t := range c.threads {
 		if t.wfd.R >= 0 {
-			// newThread registered the wake fd; announce it only now.
+			// newThread registered the wake fd; announced after
+			// PROTOCOL_INIT, and before a notifier may destroy the
+			// context (which deletes it again).
 			t.pollCallback(ReasonLockPoll, nil, t.wfd.R, 0, 0, 1)
 			t.pollCallback(ReasonAddPollFD, nil, t.wfd.R, evlib.Readable, 0, 0)
 			t.pollCallback(ReasonUnlockPoll, nil, t.wfd.R, 0, 0, 1)
 		}
 	}
+	c.sys.notifiers = append([]Notifier(nil), info.Notifiers...)
+	c.sys.target = SystemOperational
+	c.stepSystem()
 	t.release(true)
 	return c, nil
 }

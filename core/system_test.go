@@ -3,6 +3,7 @@
 package core_test
 
 import (
+	"fmt"
 	"io"
 	"testing"
 
@@ -118,4 +119,40 @@ func TestBlobs(t *testing.T) {
 	require.Equal(t, "ken-xyz", string(buf[:n]))
 	h.Reset()
 	require.Zero(t, h.Size())
+}
+
+// A notifier that destroys the context while New steps the system state
+// sees every wake fd added before it is deleted, and none left added.
+func TestDestroyInNotifierPollFDs(t *testing.T) {
+	type key struct{ thread, fd int }
+	added := map[key]bool{}
+	var problems []string
+	proto := core.Protocol{Name: "p", Callback: func(ev core.Event) error {
+		switch ev.Reason {
+		case core.ReasonAddPollFD:
+			k := key{ev.Thread.Index(), ev.Poll.FD}
+			if added[k] {
+				problems = append(problems, fmt.Sprintf("ADD twice: %v", k))
+			}
+			added[k] = true
+		case core.ReasonDelPollFD:
+			k := key{ev.Thread.Index(), ev.Poll.FD}
+			if !added[k] {
+				problems = append(problems, fmt.Sprintf("DEL before ADD: %v", k))
+			}
+			delete(added, k)
+		}
+		return nil
+	}}
+	ctx, err := core.New(core.Info{EventLib: "epoll", CountThreads: 3, Protocols: []core.Protocol{proto},
+		Notifiers: []core.Notifier{{Name: "n", Notify: func(c *core.Context, _, next core.SystemState) bool {
+			if next == core.SystemOperational {
+				c.Destroy()
+			}
+			return true
+		}}}})
+	require.NoError(t, err)
+	<-ctx.Done()
+	require.Empty(t, problems)
+	require.Empty(t, added, "fds left added after destroy")
 }
