@@ -88,6 +88,9 @@ func (b *Backend) Add(fd int, kind evlib.Kind, ev evlib.Events) error {
 		if errors.Is(err, unix.EBADF) {
 			return fmt.Errorf("%w: fd %d", evlib.ErrBadFD, fd)
 		}
+		if b.foreign && errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("%w: fd %d is not an epoll instance", evlib.ErrForeignUnsupported, b.epfd)
+		}
 		return fmt.Errorf("epoll_ctl add fd %d: %w", fd, err)
 	}
 	if fd >= len(b.state) {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/plugloop/plugloop/core"
+	"github.com/plugloop/plugloop/evlib"
 	"github.com/plugloop/plugloop/foreign"
 	"github.com/plugloop/plugloop/internal/echo"
 	"github.com/plugloop/plugloop/internal/sys"
@@ -79,4 +80,26 @@ func TestEpollHost(t *testing.T) {
 	n, err := unix.EpollWait(epfd, make([]unix.EpollEvent, 4), 1000)
 	require.NoError(t, err)
 	require.Equal(t, 1, n)
+}
+
+// A foreign epoll fd that is open but no epoll instance is refused with
+// ErrForeignUnsupported, and one plugloop's fds are in already with
+// ErrExist.
+func TestEpollHostRefusesOtherFDs(t *testing.T) {
+	var p [2]int
+	require.NoError(t, unix.Pipe2(p[:], unix.O_CLOEXEC))
+	defer unix.Close(p[0])
+	defer unix.Close(p[1])
+	_, err := core.New(core.Info{EventLib: "epoll", Foreign: []any{p[0]}, Protocols: []core.Protocol{echo.Protocol("echo")}})
+	require.ErrorIs(t, err, evlib.ErrForeignUnsupported)
+
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	require.NoError(t, err)
+	defer unix.Close(epfd)
+	require.NoError(t, unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, p[0], &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(p[0])}))
+	ctx, err := core.New(core.Info{EventLib: "epoll", Foreign: []any{epfd}, Protocols: []core.Protocol{echo.Protocol("echo")}})
+	require.NoError(t, err)
+	defer ctx.Destroy()
+	_, err = ctx.AdoptFile(p[0], "")
+	require.ErrorIs(t, err, evlib.ErrExist, "the application's epoll set holds the fd already")
 }
