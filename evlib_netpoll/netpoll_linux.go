@@ -38,6 +38,7 @@ type post struct {
 	e    *entry
 	what uint8
 	ev   evlib.Events
+	end  sockEnd // postHup: how the stream ended, as the socket said then
 }
 
 // entry is one watched fd. Its plain fields belong to the holder of the
@@ -67,11 +68,13 @@ type entry struct {
 	file *os.File // dup for the helpers, made when first needed
 	rc   syscall.RawConn
 
-	peek       sync.Mutex   // held by the reader while it waits in netpoll's Peek
-	readHeld   bool         // input left after a report, to be reported Readable
-	fresh      bool         // input the reader is reporting right now
-	seen       uint64       // Backend.gen of the Poll a reader reported this in
-	hup        bool         // the peer hung up (seen by netpoll, or by a detached stream's helper)
+	peek       sync.Mutex // held by the reader while it waits in netpoll's Peek
+	readHeld   bool       // input left after a report, to be reported Readable
+	fresh      bool       // input the reader is reporting right now
+	seen       uint64     // Backend.gen of the Poll a reader reported this in
+	hup        bool       // the peer hung up (seen by netpoll, or by a detached stream's helper)
+	end        error      // how it ended (see ended), once endSeen
+	endSeen    bool
 	hupShown   bool         // Hangup reported without Readable interest
 	fail       error        // the stream cannot go on (a failed re-attach): Read returns it
 	connecting bool         // a stream not connected yet: not netpoll's
@@ -299,15 +302,26 @@ func (b *Backend) connect(e *entry, dup int) error {
 		SetOnDisconnect(netpoll.OnDisconnect) error
 	}); ok {
 		d.SetOnDisconnect(func(context.Context, netpoll.Connection) {
-			b.post(post{e: e, what: postHup})
+			b.hungUp(e)
 		})
 	}
 	if !nc.IsActive() {
 		// The poller saw the hang-up before the callback was set (a
 		// connection registers as it is made). Later, it sees ours.
-		b.post(post{e: e, what: postHup})
+		b.hungUp(e)
 	}
 	return nil
+}
+
+// hungUp posts that netpoll saw e's stream end, with how it ended as the
+// socket says now: our reply to a peer that closed provokes a reset, which
+// would later make an orderly end look like one that was cut off.
+func (b *Backend) hungUp(e *entry) {
+	var end sockEnd
+	if !e.gone.Load() { // else the fd may be closed, or another's by now
+		end = sockEndOf(e.fd)
+	}
+	b.post(post{e: e, what: postHup, end: end})
 }
 
 // reader is a stream's goroutine. It waits in netpoll (Peek) until the
@@ -327,7 +341,7 @@ func (b *Backend) reader(e *entry) {
 		if err != nil {
 			// Closed by Remove, or the peer hung up and all input was read.
 			if !e.gone.Load() {
-				b.post(post{e: e, what: postHup})
+				b.hungUp(e)
 			}
 			return
 		}
@@ -848,6 +862,9 @@ func (b *Backend) drain() {
 		switch p.what {
 		case postHup:
 			e.hup = true
+			if !e.endSeen {
+				e.end, e.endSeen = e.verdict(p.end), true
+			}
 		case postWatchEnd:
 			e.waitH = false
 			switch {
@@ -968,7 +985,7 @@ func (b *Backend) Read(fd int, p []byte) (int, error) {
 			return 0, nil
 		}
 		if e.hup || !e.nc.IsActive() {
-			return 0, e.endError()
+			return 0, e.ended()
 		}
 		return 0, fmt.Errorf("fd %d: %w", fd, evlib.ErrWouldBlock)
 	}
@@ -1011,7 +1028,7 @@ func (b *Backend) readDetached(e *entry, p []byte) (int, error) {
 	case n == 0 && err == nil && len(p) > 0:
 		// netpoll may have read the reset just before the detach and
 		// kept it; the kernel then says end of stream.
-		return 0, e.endError()
+		return 0, e.ended()
 	case errors.Is(err, evlib.ErrWouldBlock) && e.interest&evlib.Readable != 0 && !e.hup && e.fail == nil:
 		b.reattach(e)
 	}
@@ -1026,20 +1043,52 @@ func (b *Backend) readDetached(e *entry, p []byte) (int, error) {
 // side is open. After Shutdown, the peer's FIN leads to CLOSE too (through
 // TIME_WAIT), so a reset then cannot be told from an orderly end and reads
 // as one.
-func (e *entry) endError() error {
-	if v, err := unix.GetsockoptInt(e.fd, unix.SOL_SOCKET, unix.SO_ERROR); err == nil && v != 0 {
-		return unix.Errno(v)
+//
+// A pending EPIPE is the one exception: the kernel leaves it for a reset
+// that came after the peer's FIN (in CLOSE_WAIT), and its own read then
+// says end of stream, as a read here does.
+func (e *entry) endError() error { return e.verdict(sockEndOf(e.fd)) }
+
+// sockEnd is what a socket says of how its stream ended.
+type sockEnd struct {
+	err    unix.Errno // pending error (SO_ERROR)
+	closed bool       // TCP state CLOSE
+}
+
+func sockEndOf(fd int) sockEnd {
+	var s sockEnd
+	if v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); err == nil {
+		s.err = unix.Errno(v)
 	}
-	if e.shutWR {
+	if ti, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+		s.closed = ti.State == tcpClose
+	}
+	return s
+}
+
+// verdict reads s as endError says.
+func (e *entry) verdict(s sockEnd) error {
+	switch {
+	case s.err == unix.EPIPE:
 		return nil
-	}
-	if ti, err := unix.GetsockoptTCPInfo(e.fd, unix.IPPROTO_TCP, unix.TCP_INFO); err == nil && ti.State == tcpClose {
+	case s.err != 0:
+		return s.err
+	case s.closed && !e.shutWR:
 		return unix.ECONNRESET
 	}
 	return nil
 }
 
 const tcpClose = 7 // TCP_CLOSE in linux/tcp_states.h
+
+// ended is how e's stream ended: what the socket said when netpoll saw the
+// end (hungUp), or, if that has not been posted yet, what it says now.
+func (e *entry) ended() error {
+	if !e.endSeen {
+		e.end, e.endSeen = e.endError(), true
+	}
+	return e.end
+}
 
 func rawRead(fd int, p []byte) (int, error) {
 	for {
