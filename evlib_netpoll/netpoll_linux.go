@@ -20,8 +20,11 @@ import (
 
 func descriptor() evlib.Descriptor {
 	return evlib.Descriptor{
-		Caps:      evlib.CapBufferedRx | evlib.CapRxBackpressure | evlib.CapOwnWaker | evlib.CapFiles | evlib.CapLibraryGoroutines,
-		DupsPerFD: 1, // netpoll's (or a helper's) dup of every fd
+		Caps: evlib.CapBufferedRx | evlib.CapRxBackpressure | evlib.CapOwnWaker | evlib.CapFiles | evlib.CapLibraryGoroutines,
+		// netpoll's dup of every stream, the helpers' of every other fd. A
+		// stream whose write is blocked, or that is out of netpoll, holds
+		// the helpers' too while that lasts (see releaseFile).
+		DupsPerFD: 1,
 		New:       New,
 	}
 }
@@ -530,6 +533,7 @@ func (b *Backend) reattach(e *entry) {
 	reattaches.Add(1)
 	b.unpark(e) // while still detached: the reader is parked
 	e.detached = false
+	e.releaseFile() // or when its hang-up helper ends
 }
 
 // fail ends a stream the backend cannot serve any more: it is reported
@@ -601,6 +605,16 @@ func (e *entry) openFile(dup int) error {
 	return nil
 }
 
+// releaseFile closes a stream's helper dup once no helper waits on it and
+// the stream is netpoll's again, so a stream holds one dup but while a
+// write is blocked or it is out of netpoll.
+func (e *entry) releaseFile() {
+	if e.file != nil && e.nc != nil && !e.waitW && !e.waitH {
+		e.file.Close()
+		e.file, e.rc = nil, nil
+	}
+}
+
 // ensureFile makes the dup the helpers wait on unless it exists.
 func (e *entry) ensureFile() error {
 	if e.file != nil {
@@ -630,10 +644,10 @@ func (b *Backend) arm(e *entry) {
 		go b.helper(e, e.rc, false)
 	}
 	if e.interest&evlib.Writable != 0 && e.blocked && !e.waitW {
-		if e.ensureFile() != nil {
-			// Cannot wait: let the write find out.
-			e.blocked = false
-			b.enqueue(e)
+		if err := e.ensureFile(); err != nil {
+			// Cannot wait (no descriptor free): reporting Writable anyway
+			// would have the core meet EAGAIN again and again.
+			b.fail(e, fmt.Errorf("evlib_netpoll: fd %d: waiting for writability: %w", e.fd, err))
 			return
 		}
 		e.waitW = true
@@ -873,6 +887,7 @@ func (b *Backend) drain() {
 			case e.detached && !e.hup && e.interest&evlib.Readable == 0:
 				b.watchHangup(e) // paused again before this helper ended
 			}
+			e.releaseFile()
 		case postRawRead:
 			e.waitR = false
 			e.rawReady |= p.ev
@@ -881,6 +896,7 @@ func (b *Backend) drain() {
 			e.blocked = false
 			e.rawReady |= p.ev &^ evlib.Writable
 			b.connected(e)
+			e.releaseFile()
 		}
 		b.enqueue(e)
 	}

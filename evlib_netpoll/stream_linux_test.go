@@ -2,8 +2,10 @@ package evlib_netpoll_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
+	"os"
 	"testing"
 	"time"
 
@@ -62,4 +64,58 @@ func TestEOFAfterReplyToClosedPeer(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A stream whose write blocked holds a second dup (the helpers') only
+// while it waits: once writable again, the socket has the core's fd and
+// netpoll's dup, as DupsPerFD says.
+func TestBlockedWriteReleasesDup(t *testing.T) {
+	noLeaks(t)
+	big := make([]byte, 8<<20)
+	var conn *core.Conn
+	ctx, err := core.New(core.Info{EventLib: evlib_netpoll.Name, Protocols: []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
+		switch ev.Reason {
+		case core.ReasonRawAdopt:
+			conn = ev.Conn
+			return ev.Conn.CallbackOnWritable()
+		case core.ReasonRawWriteable:
+			if b := big; b != nil {
+				big = nil
+				_, err := ev.Conn.Write(b) // far more than the socket takes: it blocks
+				return err
+			}
+		}
+		return nil
+	}}}})
+	require.NoError(t, err)
+	ln, err := ctx.Listen("tcp", "127.0.0.1:0", "p")
+	require.NoError(t, err)
+	runDone := make(chan error, 1)
+	go func() { runDone <- ctx.Run(context.Background()) }()
+	defer func() { ctx.Destroy(); <-runDone }()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	defer c.Close()
+	_, err = io.ReadFull(c, make([]byte, 8<<20))
+	require.NoError(t, err)
+	var n int
+	done := make(chan struct{})
+	require.NoError(t, ctx.Thread(0).Post(func() { n = sameSocket(t, conn.FD()); close(done) }))
+	<-done
+	require.Equal(t, 2, n, "descriptors on the server's socket: its fd and netpoll's dup")
+}
+
+// sameSocket counts this process' descriptors open on fd's socket.
+func sameSocket(t *testing.T, fd int) int {
+	want, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
+	require.NoError(t, err)
+	ents, err := os.ReadDir("/proc/self/fd")
+	require.NoError(t, err)
+	n := 0
+	for _, e := range ents {
+		if l, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && l == want {
+			n++
+		}
+	}
+	return n
 }
