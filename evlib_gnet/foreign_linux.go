@@ -150,7 +150,15 @@ func (b *Backend) servicePass() {
 	if err := b.drv.Service(0); err != nil || b.isDown.Load() {
 		return // destroyed: Close ran inside
 	}
-	b.schedule(b.drv.ServiceAdjustTimeout(-1))
+	next := b.drv.ServiceAdjustTimeout(-1)
+	// The thread is idle again: Destroy on another goroutine may be
+	// closing the backend right now. Close stops the timer and closes idle
+	// under mu, so this either schedules before it or not at all.
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.closed {
+		b.schedule(next)
+	}
 }
 
 var quietOnce sync.Once

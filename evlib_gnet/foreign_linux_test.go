@@ -271,3 +271,38 @@ func TestRunAgain(t *testing.T) {
 	require.NoError(t, ctx.Thread(0).Post(func() { ctx.Destroy() }))
 	require.NoError(t, <-done)
 }
+
+// Destroy on another goroutine, while the application's Polling goroutine
+// runs plugloop's passes (a Post that sets a timer, again and again), never
+// closes the backend beside a pass that schedules the next one (the race
+// detector watches), and leaves the poller running.
+func TestForeignDestroyWhilePassing(t *testing.T) {
+	for range 20 {
+		poller, err := netpoll.OpenPoller()
+		require.NoError(t, err)
+		ctx, err := core.New(core.Info{EventLib: evlib_gnet.Name, Foreign: []any{poller}, Protocols: []core.Protocol{echo.Protocol("echo")}})
+		require.NoError(t, err)
+		host := evlib_gnet.Dispatcher(poller)
+		polled := make(chan error, 1)
+		go func() {
+			polled <- poller.Polling(func(fd int, ev netpoll.IOEvent, fl netpoll.IOFlags) error {
+				return host.Dispatch(fd, ev, fl)
+			})
+		}()
+		th := ctx.Thread(0)
+		posting := make(chan struct{})
+		go func() {
+			defer close(posting)
+			for th.Post(func() { th.AfterFunc(time.Hour, func() {}) }) == nil {
+				time.Sleep(20 * time.Microsecond)
+			}
+		}()
+		time.Sleep(2 * time.Millisecond)
+		require.NoError(t, ctx.Destroy())
+		<-ctx.Done()
+		<-posting
+		require.NoError(t, poller.Trigger(queue.HighPriority, func(any) error { return gerrors.ErrEngineShutdown }, nil))
+		require.ErrorIs(t, <-polled, gerrors.ErrEngineShutdown, "the application's Polling ran on after Destroy")
+		require.NoError(t, poller.Close())
+	}
+}

@@ -564,10 +564,10 @@ func (b *Backend) Close() error {
 	}
 	b.closed = true
 	b.isDown.Store(true)
-	b.mu.Unlock()
 	if b.timer != nil {
-		b.timer.Stop()
+		b.timer.Stop() // under mu: see servicePass
 	}
+	b.mu.Unlock()
 	if b.foreign != nil {
 		b.foreign.detach(b)
 		b.lock()
