@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/plugloop/plugloop/core"
+	"github.com/plugloop/plugloop/evlib"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
@@ -159,6 +160,27 @@ func TestConnectUnixBacklogFull(t *testing.T) {
 				require.ErrorIs(t, err, unix.EAGAIN)
 			}
 			require.Equal(t, n, len(log.errs)+len(log.adopted))
+		})
+	}
+}
+
+// An event for a socket still connecting that is not its own (an
+// application's loop can hand over revents of an fd closed earlier in its
+// iteration, whose number the socket then got) does not establish it.
+func TestConnectIgnoresStaleEvent(t *testing.T) {
+	for _, lib := range backends {
+		t.Run(lib, func(t *testing.T) {
+			ctx, log := clientCtx(t, lib, core.Info{ConnectTimeout: time.Minute})
+			c, err := ctx.Connect("tcp4", blackHole(t), "client")
+			require.NoError(t, err)
+			th := ctx.Thread(0)
+			serviceUntil(t, ctx, func() bool { return c.FD() >= 0 }) // the attempt started
+			reported := false
+			require.NoError(t, th.Post(func() { th.Ready(c.FD(), evlib.Writable); reported = true }))
+			serviceUntil(t, ctx, func() bool { return reported })
+			require.NoError(t, th.Service(0))
+			require.True(t, c.Connecting(), "established by an event that was not its own")
+			require.Empty(t, log.adopted)
 		})
 	}
 }

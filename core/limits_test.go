@@ -66,19 +66,7 @@ func TestAcceptStopsAtFDLimit(t *testing.T) {
 func TestAcceptResumesWhenConnectFails(t *testing.T) {
 	for _, lib := range backends {
 		t.Run(lib, func(t *testing.T) {
-			// A listener whose one-place backlog is full drops SYNs: a
-			// connect to it stays in progress until ConnectTimeout.
-			bfd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
-			require.NoError(t, err)
-			defer unix.Close(bfd)
-			require.NoError(t, unix.Bind(bfd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}))
-			require.NoError(t, unix.Listen(bfd, 0))
-			sa, err := unix.Getsockname(bfd)
-			require.NoError(t, err)
-			black := net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*unix.SockaddrInet4).Port))
-			filler, err := net.Dial("tcp", black)
-			require.NoError(t, err)
-			defer filler.Close()
+			black := blackHole(t)
 
 			var adopted, connErrs int
 			ctx, err := core.New(core.Info{EventLib: lib, FDLimit: 2, ConnectTimeout: 200 * time.Millisecond,
@@ -105,6 +93,24 @@ func TestAcceptResumesWhenConnectFails(t *testing.T) {
 			serviceUntil(t, ctx, func() bool { return adopted == 1 })
 		})
 	}
+}
+
+// blackHole returns the address of a listener whose one-place backlog is
+// full, so it drops SYNs: a connect to it stays in progress until it
+// times out.
+func blackHole(t *testing.T) string {
+	bfd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+	require.NoError(t, err)
+	t.Cleanup(func() { unix.Close(bfd) })
+	require.NoError(t, unix.Bind(bfd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}))
+	require.NoError(t, unix.Listen(bfd, 0))
+	sa, err := unix.Getsockname(bfd)
+	require.NoError(t, err)
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*unix.SockaddrInet4).Port))
+	filler, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	t.Cleanup(func() { filler.Close() })
+	return addr
 }
 
 func TestMaxConnsPerIP(t *testing.T) {

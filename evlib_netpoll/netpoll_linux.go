@@ -288,7 +288,9 @@ type detacher interface{ Detach() error }
 func (b *Backend) connect(e *entry, dup int) error {
 	nc, err := netpoll.NewFDConnection(dup)
 	if err != nil {
-		unix.Close(dup)
+		// Not closing dup: its only failure, registering with netpoll's
+		// poller, closes the connection and the dup with it. A second
+		// close could hit a descriptor opened meanwhile.
 		return fmt.Errorf("%w: fd %d: netpoll: %v", evlib.ErrBadFD, e.fd, err)
 	}
 	if _, ok := nc.(detacher); !ok {
