@@ -125,6 +125,11 @@ func (c *Conn) WriteTo(p []byte, addr netip.AddrPort) (int, error) {
 	}
 	t.ctr.Writes.Add(1)
 	if err := unix.Sendto(c.fd, p, unix.MSG_DONTWAIT, sa); err != nil {
+		if wouldBlock(err) {
+			// The next CallbackOnWritable waits for the kernel's room
+			// instead of being granted at once into EAGAIN again.
+			c.writeBlocked = true
+		}
 		return 0, &OpError{Op: "sendto", Err: err}
 	}
 	t.touch(c)
