@@ -105,6 +105,12 @@ func (t *Thread) reserve() bool {
 // through Post.
 func (t *Thread) giveBack(own bool) {
 	t.load.Add(-1)
+	t.unblockAccept(own)
+}
+
+// unblockAccept resumes every thread's listeners if they stopped for want
+// of room (see giveBack).
+func (t *Thread) unblockAccept(own bool) {
 	if !t.ctx.acceptBlocked.Load() || !t.ctx.acceptBlocked.CompareAndSwap(true, false) {
 		return
 	}

@@ -1246,6 +1246,14 @@ func (t *Thread) stopAccepting() {
 	for _, l := range t.listeners {
 		t.setInterest(l.c, 0)
 	}
+	// Room given back on another thread after placement found none, but
+	// before acceptBlocked was set, resumed nothing: look again.
+	for _, u := range t.ctx.threads {
+		if int(u.load.Load()) < u.limit && u.mode.Load() != modeDead {
+			t.unblockAccept(true)
+			return
+		}
+	}
 }
 
 func (t *Thread) resumeAccepting() {
