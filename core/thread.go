@@ -355,7 +355,7 @@ func (t *Thread) ServiceFD(pfd *unix.PollFd) error {
 	if c == nil {
 		t.afterWake() // the wake fd: deliver what the wakeup was for
 	}
-	if c != nil && c.state != stateOpen {
+	if c != nil && c.state == stateClosed { // not one still connecting
 		return ErrClosed
 	}
 	pfd.Revents = 0
