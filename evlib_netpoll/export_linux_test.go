@@ -1,5 +1,9 @@
 package evlib_netpoll
 
+// Attaches tells how many streams were given to netpoll in this process
+// (not counting re-attaches).
+func Attaches() int64 { return attaches.Load() }
+
 // Detaches tells how many times a stream was taken out of netpoll's poller
 // in this process.
 func Detaches() int64 { return detaches.Load() }

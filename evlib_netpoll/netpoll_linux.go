@@ -245,7 +245,9 @@ func (b *Backend) connected(e *entry) {
 	}
 	if err != nil {
 		e.rawReady |= evlib.Error
+		return
 	}
+	e.releaseFile() // or when its helpers end
 }
 
 // dupNext rotates the lowest number a stream's dup may get (see dupFD).
@@ -277,6 +279,7 @@ func (b *Backend) attach(e *entry, dup int) error {
 	}
 	e.ack, e.rearm = make(chan struct{}, 1), make(chan struct{}, 1)
 	go b.reader(e)
+	attaches.Add(1)
 	return nil
 }
 
@@ -516,9 +519,9 @@ func (b *Backend) detach(e *entry) {
 	}
 }
 
-// detaches and reattaches count streams taken out of netpoll and given
-// back, for tests.
-var detaches, reattaches atomic.Int64
+// attaches, detaches and reattaches count streams given to netpoll, taken
+// out of it and given back, for tests.
+var attaches, detaches, reattaches atomic.Int64
 
 // reattach gives a detached stream whose core caught up back to netpoll,
 // and its reader to it.
@@ -611,7 +614,7 @@ func (e *entry) openFile(dup int) error {
 // the stream is netpoll's again, so a stream holds one dup but while a
 // write is blocked or it is out of netpoll.
 func (e *entry) releaseFile() {
-	if e.file != nil && e.nc != nil && !e.waitW && !e.waitH {
+	if e.file != nil && e.nc != nil && !e.waitR && !e.waitW && !e.waitH {
 		e.file.Close()
 		e.file, e.rc = nil, nil
 	}
@@ -735,6 +738,11 @@ func (b *Backend) Modify(fd int, ev evlib.Events) error {
 	}
 	if added&evlib.Writable != 0 && !e.blocked && !writableNow(fd) {
 		e.blocked = true
+	}
+	if e.connecting && dropped&evlib.Writable != 0 {
+		// The core is done with the connect: a connect that finished
+		// before writability was asked for got no write helper to say so.
+		b.connected(e)
 	}
 	b.arm(e)
 	b.enqueue(e)
@@ -893,6 +901,7 @@ func (b *Backend) drain() {
 		case postRawRead:
 			e.waitR = false
 			e.rawReady |= p.ev
+			e.releaseFile() // a stream's read helper from before netpoll took it
 		case postRawWrite:
 			e.waitW = false
 			e.blocked = false

@@ -119,3 +119,47 @@ func sameSocket(t *testing.T, fd int) int {
 	}
 	return n
 }
+
+// A client connection goes to netpoll once it is connected, however fast
+// its connect finished: on loopback it is done before the core asks for
+// writability, and no helper then reports it.
+func TestClientStreamGoesToNetpoll(t *testing.T) {
+	got := make(chan string, 1)
+	ctx, err := core.New(core.Info{EventLib: evlib_netpoll.Name, Protocols: []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
+		switch ev.Reason {
+		case core.ReasonRawAdopt:
+			return ev.Conn.CallbackOnWritable()
+		case core.ReasonRawWriteable:
+			_, err := ev.Conn.Write([]byte("hi"))
+			return err
+		case core.ReasonRawRX:
+			got <- string(ev.Data)
+		}
+		return nil
+	}}}})
+	require.NoError(t, err)
+	runDone := make(chan error, 1)
+	go func() { runDone <- ctx.Run(context.Background()) }()
+	defer func() { ctx.Destroy(); <-runDone }()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	before := evlib_netpoll.Attaches()
+	connected := make(chan struct{})
+	require.NoError(t, ctx.Thread(0).Post(func() {
+		_, err := ctx.Connect("tcp4", ln.Addr().String(), "p")
+		require.NoError(t, err)
+		close(connected)
+	}))
+	<-connected
+	srv, err := ln.Accept()
+	require.NoError(t, err)
+	defer srv.Close()
+	buf := make([]byte, 2)
+	_, err = io.ReadFull(srv, buf)
+	require.NoError(t, err)
+	_, err = srv.Write([]byte("yo"))
+	require.NoError(t, err)
+	require.Equal(t, "yo", <-got)
+	require.Equal(t, before+1, evlib_netpoll.Attaches(), "the client stream was not given to netpoll")
+}
