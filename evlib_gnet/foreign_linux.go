@@ -138,8 +138,26 @@ func (b *Backend) dispatch(fd int, e netpoll.IOEvent) {
 // kickTask is the Trigger task of Wake and of the timer on a foreign
 // poller.
 func (b *Backend) kickTask(any) error {
+	b.taskMu.Lock()
+	b.inTask = true
+	b.taskMu.Unlock()
 	b.sigReq.Store(false)
 	b.servicePass()
+	b.taskMu.Lock()
+	b.inTask = false
+	later := b.kickLater
+	b.kickLater = false
+	b.taskMu.Unlock()
+	if later {
+		// A kick came meanwhile: the next pass runs when gnet next polls
+		// (idle is readable), after the fds that are ready.
+		b.sigReq.Store(false)
+		b.mu.Lock()
+		if !b.closed {
+			b.schedule(0)
+		}
+		b.mu.Unlock()
+	}
 	return nil
 }
 

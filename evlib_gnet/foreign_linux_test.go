@@ -306,3 +306,65 @@ func TestForeignDestroyWhilePassing(t *testing.T) {
 		require.NoError(t, poller.Close())
 	}
 }
+
+// Posts arriving without pause from another goroutine do not starve the
+// application's own fds on its poller: a wakeup that comes while
+// plugloop's pass runs as a gnet task is taken up through the poller's
+// next wait, not by queueing another task, which gnet would run in the
+// same drain.
+func TestForeignPostsDoNotStarvePoller(t *testing.T) {
+	poller, err := netpoll.OpenPoller()
+	require.NoError(t, err)
+	defer poller.Close()
+	var p [2]int
+	require.NoError(t, unix.Pipe2(p[:], unix.O_NONBLOCK|unix.O_CLOEXEC))
+	defer unix.Close(p[0])
+	defer unix.Close(p[1])
+	require.NoError(t, poller.AddRead(&netpoll.PollAttachment{FD: p[0]}, false))
+	ctx, err := core.New(core.Info{EventLib: evlib_gnet.Name, Foreign: []any{poller}, Protocols: []core.Protocol{echo.Protocol("echo")}})
+	require.NoError(t, err)
+	host := evlib_gnet.Dispatcher(poller)
+	var served atomic.Bool
+	polled := make(chan error, 1)
+	go func() {
+		polled <- poller.Polling(func(fd int, ev netpoll.IOEvent, fl netpoll.IOFlags) error {
+			if fd == p[0] {
+				var b [8]byte
+				unix.Read(p[0], b[:])
+				served.Store(true)
+				return nil
+			}
+			return host.Dispatch(fd, ev, fl)
+		})
+	}()
+	th := ctx.Thread(0)
+	var posts atomic.Int64
+	postsDone := make(chan struct{})
+	go func() {
+		defer close(postsDone)
+		for !served.Load() && posts.Load() < 5_000_000 {
+			if th.Post(func() {}) != nil {
+				return
+			}
+			posts.Add(1)
+		}
+	}()
+	go func() {
+		for !served.Load() && posts.Load() < 5_000_000 {
+			if th.Post(func() {}) != nil {
+				return
+			}
+		}
+	}()
+	for posts.Load() < 1000 {
+		time.Sleep(time.Millisecond)
+	}
+	_, err = unix.Write(p[1], []byte("x"))
+	require.NoError(t, err)
+	<-postsDone
+	require.True(t, served.Load(), "the application's pipe was not served during %d posts", posts.Load())
+	require.NoError(t, th.Post(func() { ctx.Destroy() }))
+	<-ctx.Done()
+	require.NoError(t, poller.Trigger(queue.HighPriority, func(any) error { return gerrors.ErrEngineShutdown }, nil))
+	require.ErrorIs(t, <-polled, gerrors.ErrEngineShutdown)
+}

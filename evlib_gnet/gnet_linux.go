@@ -117,9 +117,16 @@ type Backend struct {
 
 	// Cross-goroutine state.
 	sigReq atomic.Bool // sig written (or a kick task queued), not yet consumed
-	mu     sync.RWMutex
-	closed bool
-	isDown atomic.Bool // closed, readable without mu
+	// On a foreign poller: a kick while kickTask runs must not Trigger,
+	// since gnet drains its urgent queue until it is empty, and a task that
+	// queues the next forever starves the poller's fds. kickTask takes it
+	// up afterwards through idle instead.
+	taskMu    sync.Mutex
+	inTask    bool
+	kickLater bool
+	mu        sync.RWMutex
+	closed    bool
+	isDown    atomic.Bool // closed, readable without mu
 }
 
 // driver is what a foreign poller's Dispatch needs from the core: its
@@ -362,7 +369,13 @@ func (b *Backend) kick() bool {
 		return false
 	}
 	if b.foreign != nil {
-		b.poller.Trigger(queue.HighPriority, b.kickTask, nil)
+		b.taskMu.Lock()
+		later := b.inTask
+		b.kickLater = b.kickLater || later
+		b.taskMu.Unlock()
+		if !later {
+			b.poller.Trigger(queue.HighPriority, b.kickTask, nil)
+		}
 	} else {
 		b.sig.Signal()
 	}
