@@ -42,32 +42,7 @@ func closeServer(t *testing.T, lib string, info core.Info, payload []byte, close
 // gets every byte, then end of stream.
 func TestCloseWhenDrained(t *testing.T) {
 	for _, lib := range backends {
-		t.Run(lib, func(t *testing.T) {
-			payload := bytes.Repeat([]byte("0123456789abcdef"), 1<<18) // 4 MiB
-			closed := make(chan error, 1)
-			ctx, addr := closeServer(t, lib, core.Info{CloseTimeout: 30 * time.Second}, payload, closed)
-			defer ctx.Destroy()
-			c, err := net.Dial("tcp", addr)
-			require.NoError(t, err)
-			defer c.Close()
-			got := make(chan []byte)
-			go func() {
-				b, _ := io.ReadAll(c)
-				got <- b
-			}()
-			var b []byte
-			serviceUntil(t, ctx, func() bool {
-				select {
-				case b = <-got:
-					return true
-				default:
-					return false
-				}
-			})
-			require.True(t, bytes.Equal(payload, b), "all %d bytes, got %d", len(payload), len(b))
-			serviceUntil(t, ctx, func() bool { return len(closed) > 0 })
-			require.NoError(t, <-closed)
-		})
+		t.Run(lib, func(t *testing.T) { checkDrained(t, lib, core.Info{}, false) })
 	}
 }
 
@@ -78,36 +53,45 @@ func TestCloseDrainsToHalfClosedPeer(t *testing.T) {
 	for _, lib := range backends {
 		for _, graceful := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%s/graceful=%v", lib, graceful), func(t *testing.T) {
-				payload := bytes.Repeat([]byte("0123456789abcdef"), 1<<18) // 4 MiB
-				closed := make(chan error, 1)
-				info := core.Info{CloseTimeout: 30 * time.Second, GracefulClose: graceful}
-				ctx, addr := closeServer(t, lib, info, payload, closed)
-				defer ctx.Destroy()
-				c, err := net.Dial("tcp", addr)
-				require.NoError(t, err)
-				defer c.Close()
-				require.NoError(t, c.(*net.TCPConn).CloseWrite())
-				got := make(chan []byte)
-				go func() {
-					time.Sleep(50 * time.Millisecond) // let the server meet the FIN with output pending
-					b, _ := io.ReadAll(c)
-					got <- b
-				}()
-				var b []byte
-				serviceUntil(t, ctx, func() bool {
-					select {
-					case b = <-got:
-						return true
-					default:
-						return false
-					}
-				})
-				require.True(t, bytes.Equal(payload, b), "all %d bytes, got %d", len(payload), len(b))
-				serviceUntil(t, ctx, func() bool { return len(closed) > 0 })
-				require.NoError(t, <-closed)
+				checkDrained(t, lib, core.Info{GracefulClose: graceful}, true)
 			})
 		}
 	}
+}
+
+// checkDrained has a closeServer write 4 MiB and close, and checks that a
+// client reading slowly gets all of it and the server a nil RAW_CLOSE.
+// halfClose: the client shuts its write side down first.
+func checkDrained(t *testing.T, lib string, info core.Info, halfClose bool) {
+	payload := bytes.Repeat([]byte("0123456789abcdef"), 1<<18) // 4 MiB
+	closed := make(chan error, 1)
+	info.CloseTimeout = 30 * time.Second
+	ctx, addr := closeServer(t, lib, info, payload, closed)
+	defer ctx.Destroy()
+	c, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer c.Close()
+	if halfClose {
+		require.NoError(t, c.(*net.TCPConn).CloseWrite())
+	}
+	got := make(chan []byte)
+	go func() {
+		time.Sleep(50 * time.Millisecond) // the server meets a full socket (and the FIN)
+		b, _ := io.ReadAll(c)
+		got <- b
+	}()
+	var b []byte
+	serviceUntil(t, ctx, func() bool {
+		select {
+		case b = <-got:
+			return true
+		default:
+			return false
+		}
+	})
+	require.True(t, bytes.Equal(payload, b), "all %d bytes, got %d", len(payload), len(b))
+	serviceUntil(t, ctx, func() bool { return len(closed) > 0 })
+	require.NoError(t, <-closed)
 }
 
 // Close stops TIMER: while a connection drains, nothing but RAW_CLOSE comes.

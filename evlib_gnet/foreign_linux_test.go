@@ -57,18 +57,15 @@ func TestForeignPoller(t *testing.T) {
 	require.ErrorIs(t, ctx.Run(t.Context()), evlib.ErrAppDriven, "the application's Polling drives the thread, not Run")
 
 	got := make(chan string, 16)
-	polled := make(chan error, 1)
-	go func() {
-		polled <- poller.Polling(func(fd int, ev netpoll.IOEvent, fl netpoll.IOFlags) error {
-			if fd == p[0] {
-				var b [16]byte
-				n, _ := unix.Read(p[0], b[:])
-				got <- string(b[:max(n, 0)])
-				return nil
-			}
-			return host.Dispatch(fd, ev, fl)
-		})
-	}()
+	stop := hostPolling(t, poller, host, func(fd int) bool {
+		if fd != p[0] {
+			return false
+		}
+		var b [16]byte
+		n, _ := unix.Read(p[0], b[:])
+		got <- string(b[:max(n, 0)])
+		return true
+	})
 
 	require.NoError(t, echo.Check(ln.Addr().String(), 20))
 	unix.Write(p[1], []byte("app"))
@@ -108,13 +105,27 @@ func TestForeignPoller(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the application's poller stopped serving its pipe after Destroy")
 	}
-	select {
-	case err := <-polled:
-		t.Fatalf("plugloop stopped the application's Polling: %v", err)
-	default:
+	stop()
+}
+
+// hostPolling runs the application's Polling loop on poller: own serves
+// the application's fds (it reports whether fd was one), the rest go to
+// host. stop ends the loop and checks that it ran until then.
+func hostPolling(t *testing.T, poller *netpoll.Poller, host *evlib_gnet.Host, own func(fd int) bool) (stop func()) {
+	polled := make(chan error, 1)
+	go func() {
+		polled <- poller.Polling(func(fd int, ev netpoll.IOEvent, fl netpoll.IOFlags) error {
+			if own != nil && own(fd) {
+				return nil
+			}
+			return host.Dispatch(fd, ev, fl)
+		})
+	}()
+	return func() {
+		t.Helper()
+		require.NoError(t, poller.Trigger(queue.HighPriority, func(any) error { return gerrors.ErrEngineShutdown }, nil))
+		require.ErrorIs(t, <-polled, gerrors.ErrEngineShutdown, "Polling ended before the application stopped it")
 	}
-	require.NoError(t, poller.Trigger(queue.HighPriority, func(any) error { return gerrors.ErrEngineShutdown }, nil))
-	require.ErrorIs(t, <-polled, gerrors.ErrEngineShutdown)
 }
 
 // recorder is a Sink that records reports.
@@ -282,13 +293,7 @@ func TestForeignDestroyWhilePassing(t *testing.T) {
 		require.NoError(t, err)
 		ctx, err := core.New(core.Info{EventLib: evlib_gnet.Name, Foreign: []any{poller}, Protocols: []core.Protocol{echo.Protocol("echo")}})
 		require.NoError(t, err)
-		host := evlib_gnet.Dispatcher(poller)
-		polled := make(chan error, 1)
-		go func() {
-			polled <- poller.Polling(func(fd int, ev netpoll.IOEvent, fl netpoll.IOFlags) error {
-				return host.Dispatch(fd, ev, fl)
-			})
-		}()
+		stop := hostPolling(t, poller, evlib_gnet.Dispatcher(poller), nil)
 		th := ctx.Thread(0)
 		posting := make(chan struct{})
 		go func() {
@@ -301,8 +306,7 @@ func TestForeignDestroyWhilePassing(t *testing.T) {
 		require.NoError(t, ctx.Destroy())
 		<-ctx.Done()
 		<-posting
-		require.NoError(t, poller.Trigger(queue.HighPriority, func(any) error { return gerrors.ErrEngineShutdown }, nil))
-		require.ErrorIs(t, <-polled, gerrors.ErrEngineShutdown, "the application's Polling ran on after Destroy")
+		stop()
 		require.NoError(t, poller.Close())
 	}
 }
@@ -323,20 +327,16 @@ func TestForeignPostsDoNotStarvePoller(t *testing.T) {
 	require.NoError(t, poller.AddRead(&netpoll.PollAttachment{FD: p[0]}, false))
 	ctx, err := core.New(core.Info{EventLib: evlib_gnet.Name, Foreign: []any{poller}, Protocols: []core.Protocol{echo.Protocol("echo")}})
 	require.NoError(t, err)
-	host := evlib_gnet.Dispatcher(poller)
 	var served atomic.Bool
-	polled := make(chan error, 1)
-	go func() {
-		polled <- poller.Polling(func(fd int, ev netpoll.IOEvent, fl netpoll.IOFlags) error {
-			if fd == p[0] {
-				var b [8]byte
-				unix.Read(p[0], b[:])
-				served.Store(true)
-				return nil
-			}
-			return host.Dispatch(fd, ev, fl)
-		})
-	}()
+	stop := hostPolling(t, poller, evlib_gnet.Dispatcher(poller), func(fd int) bool {
+		if fd != p[0] {
+			return false
+		}
+		var b [8]byte
+		unix.Read(p[0], b[:])
+		served.Store(true)
+		return true
+	})
 	th := ctx.Thread(0)
 	var posts atomic.Int64
 	postsDone := make(chan struct{})
@@ -365,6 +365,5 @@ func TestForeignPostsDoNotStarvePoller(t *testing.T) {
 	require.True(t, served.Load(), "the application's pipe was not served during %d posts", posts.Load())
 	require.NoError(t, th.Post(func() { ctx.Destroy() }))
 	<-ctx.Done()
-	require.NoError(t, poller.Trigger(queue.HighPriority, func(any) error { return gerrors.ErrEngineShutdown }, nil))
-	require.ErrorIs(t, <-polled, gerrors.ErrEngineShutdown)
+	stop()
 }

@@ -24,8 +24,8 @@ func TestEOFAfterReplyToClosedPeer(t *testing.T) {
 	const tcpCloseWait = 8 // TCP_CLOSE_WAIT in linux/tcp_states.h
 	for _, lib := range []string{"epoll", evlib_netpoll.Name} {
 		t.Run(lib, func(t *testing.T) {
-			closed := make(chan error, 1)
-			ctx, err := core.New(core.Info{EventLib: lib, Protocols: []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
+			closed := make(chan error, 4) // the listener's RAW_CLOSE too, at Destroy
+			_, addr := running(t, lib, func(ev core.Event) error {
 				switch ev.Reason {
 				case core.ReasonRawRX:
 					// Reply only once the peer's FIN is in: the reply then
@@ -44,14 +44,8 @@ func TestEOFAfterReplyToClosedPeer(t *testing.T) {
 					closed <- ev.Err
 				}
 				return nil
-			}}}})
-			require.NoError(t, err)
-			ln, err := ctx.Listen("tcp", "127.0.0.1:0", "p")
-			require.NoError(t, err)
-			runDone := make(chan error, 1)
-			go func() { runDone <- ctx.Run(context.Background()) }()
-			defer func() { ctx.Destroy(); <-runDone }()
-			c, err := net.Dial("tcp", ln.Addr().String())
+			})
+			c, err := net.Dial("tcp", addr)
 			require.NoError(t, err)
 			_, err = c.Write([]byte("hello"))
 			require.NoError(t, err)
@@ -73,7 +67,7 @@ func TestBlockedWriteReleasesDup(t *testing.T) {
 	noLeaks(t)
 	big := make([]byte, 8<<20)
 	var conn *core.Conn
-	ctx, err := core.New(core.Info{EventLib: evlib_netpoll.Name, Protocols: []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
+	ctx, addr := running(t, evlib_netpoll.Name, func(ev core.Event) error {
 		switch ev.Reason {
 		case core.ReasonRawAdopt:
 			conn = ev.Conn
@@ -86,14 +80,8 @@ func TestBlockedWriteReleasesDup(t *testing.T) {
 			}
 		}
 		return nil
-	}}}})
-	require.NoError(t, err)
-	ln, err := ctx.Listen("tcp", "127.0.0.1:0", "p")
-	require.NoError(t, err)
-	runDone := make(chan error, 1)
-	go func() { runDone <- ctx.Run(context.Background()) }()
-	defer func() { ctx.Destroy(); <-runDone }()
-	c, err := net.Dial("tcp", ln.Addr().String())
+	})
+	c, err := net.Dial("tcp", addr)
 	require.NoError(t, err)
 	defer c.Close()
 	_, err = io.ReadFull(c, make([]byte, 8<<20))
@@ -125,7 +113,7 @@ func sameSocket(t *testing.T, fd int) int {
 // writability, and no helper then reports it.
 func TestClientStreamGoesToNetpoll(t *testing.T) {
 	got := make(chan string, 1)
-	ctx, err := core.New(core.Info{EventLib: evlib_netpoll.Name, Protocols: []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
+	ctx, _ := running(t, evlib_netpoll.Name, func(ev core.Event) error {
 		switch ev.Reason {
 		case core.ReasonRawAdopt:
 			return ev.Conn.CallbackOnWritable()
@@ -136,11 +124,7 @@ func TestClientStreamGoesToNetpoll(t *testing.T) {
 			got <- string(ev.Data)
 		}
 		return nil
-	}}}})
-	require.NoError(t, err)
-	runDone := make(chan error, 1)
-	go func() { runDone <- ctx.Run(context.Background()) }()
-	defer func() { ctx.Destroy(); <-runDone }()
+	})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer ln.Close()
@@ -162,4 +146,17 @@ func TestClientStreamGoesToNetpoll(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "yo", <-got)
 	require.Equal(t, before+1, evlib_netpoll.Attaches(), "the client stream was not given to netpoll")
+}
+
+// running is a context with one protocol, "p", on lib, listening on
+// addr, serviced by Run until the test ends.
+func running(t *testing.T, lib string, cb core.Callback) (ctx *core.Context, addr string) {
+	ctx, err := core.New(core.Info{EventLib: lib, Protocols: []core.Protocol{{Name: "p", Callback: cb}}})
+	require.NoError(t, err)
+	ln, err := ctx.Listen("tcp", "127.0.0.1:0", "p")
+	require.NoError(t, err)
+	runDone := make(chan error, 1)
+	go func() { runDone <- ctx.Run(context.Background()) }()
+	t.Cleanup(func() { ctx.Destroy(); <-runDone })
+	return ctx, ln.Addr().String()
 }
