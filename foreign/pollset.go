@@ -143,6 +143,9 @@ func (s *PollSet) Poll(t *core.Thread, mine []unix.PollFd, max time.Duration) er
 	if s.gone {
 		s.closeStop()
 		s.mu.Unlock()
+		for i := range mine {
+			mine[i].Revents = 0 // not polled
+		}
 		return core.ErrDestroyed
 	}
 	if !s.hasStop {
@@ -164,14 +167,14 @@ func (s *PollSet) Poll(t *core.Thread, mine []unix.PollFd, max time.Duration) er
 		s.closeStop()
 	}
 	s.mu.Unlock()
+	for i := range mine {
+		mine[i].Revents = s.buf[i].Revents
+	}
 	switch {
 	case gone:
 		return core.ErrDestroyed
 	case err != nil && !errors.Is(err, unix.EINTR):
 		return err
-	}
-	for i := range mine {
-		mine[i].Revents = s.buf[i].Revents
 	}
 	for i := len(mine); i < len(s.buf)-1; i++ {
 		if s.buf[i].Revents == 0 {
