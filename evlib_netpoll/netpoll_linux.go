@@ -41,7 +41,6 @@ type post struct {
 	e    *entry
 	what uint8
 	ev   evlib.Events
-	end  sockEnd // postHup: how the stream ended, as the socket said then
 }
 
 // entry is one watched fd. Its plain fields belong to the holder of the
@@ -71,13 +70,16 @@ type entry struct {
 	file *os.File // dup for the helpers, made when first needed
 	rc   syscall.RawConn
 
-	peek       sync.Mutex // held by the reader while it waits in netpoll's Peek
-	readHeld   bool       // input left after a report, to be reported Readable
-	fresh      bool       // input the reader is reporting right now
-	seen       uint64     // Backend.gen of the Poll a reader reported this in
-	hup        bool       // the peer hung up (seen by netpoll, or by a detached stream's helper)
-	end        error      // how it ended (see ended), once endSeen
-	endSeen    bool
+	// How the stream ended, as the socket said when that was first asked
+	// (see snapEnd); endMu orders netpoll's goroutines and the core's.
+	endMu  sync.Mutex
+	endSay *sockEnd
+
+	peek       sync.Mutex   // held by the reader while it waits in netpoll's Peek
+	readHeld   bool         // input left after a report, to be reported Readable
+	fresh      bool         // input the reader is reporting right now
+	seen       uint64       // Backend.gen of the Poll a reader reported this in
+	hup        bool         // the peer hung up (seen by netpoll, or by a detached stream's helper)
 	hupShown   bool         // Hangup reported without Readable interest
 	fail       error        // the stream cannot go on (a failed re-attach): Read returns it
 	connecting bool         // a stream not connected yet: not netpoll's
@@ -321,15 +323,14 @@ func (b *Backend) connect(e *entry, dup int) error {
 	return nil
 }
 
-// hungUp posts that netpoll saw e's stream end, with how it ended as the
-// socket says now: our reply to a peer that closed provokes a reset, which
-// would later make an orderly end look like one that was cut off.
+// hungUp posts that netpoll saw e's stream end, and asks the socket how
+// it ended right then: our reply to a peer that closed provokes a reset,
+// which would later make an orderly end look like one that was cut off.
 func (b *Backend) hungUp(e *entry) {
-	var end sockEnd
 	if !e.gone.Load() { // else the fd may be closed, or another's by now
-		end = sockEndOf(e.fd)
+		e.snapEnd()
 	}
-	b.post(post{e: e, what: postHup, end: end})
+	b.post(post{e: e, what: postHup})
 }
 
 // reader is a stream's goroutine. It waits in netpoll (Peek) until the
@@ -886,9 +887,6 @@ func (b *Backend) drain() {
 		switch p.what {
 		case postHup:
 			e.hup = true
-			if !e.endSeen {
-				e.end, e.endSeen = e.verdict(p.end), true
-			}
 		case postWatchEnd:
 			e.waitH = false
 			switch {
@@ -1062,20 +1060,6 @@ func (b *Backend) readDetached(e *entry, p []byte) (int, error) {
 	return n, err
 }
 
-// endError tells how a stream netpoll has read from ended: netpoll may
-// have read the reset and kept the error to itself, attached or just
-// before a detach, so the kernel alone says end of stream. The socket
-// still knows: a pending error, or a TCP connection in state CLOSE, which
-// only a reset or a timeout leaves an open socket in while its own write
-// side is open. After Shutdown, the peer's FIN leads to CLOSE too (through
-// TIME_WAIT), so a reset then cannot be told from an orderly end and reads
-// as one.
-//
-// A pending EPIPE is the one exception: the kernel leaves it for a reset
-// that came after the peer's FIN (in CLOSE_WAIT), and its own read then
-// says end of stream, as a read here does.
-func (e *entry) endError() error { return e.verdict(sockEndOf(e.fd)) }
-
 // sockEnd is what a socket says of how its stream ended.
 type sockEnd struct {
 	err    unix.Errno // pending error (SO_ERROR)
@@ -1093,7 +1077,18 @@ func sockEndOf(fd int) sockEnd {
 	return s
 }
 
-// verdict reads s as endError says.
+// verdict tells how a stream netpoll has read from ended: netpoll may
+// have read the reset and kept the error to itself, attached or just
+// before a detach, so the kernel alone says end of stream. The socket
+// still knows (s): a pending error, or a TCP connection in state CLOSE,
+// which only a reset or a timeout leaves an open socket in while its own
+// write side is open. After Shutdown, the peer's FIN leads to CLOSE too
+// (through TIME_WAIT), so a reset then cannot be told from an orderly end
+// and reads as one.
+//
+// A pending EPIPE is the one exception: the kernel leaves it for a reset
+// that came after the peer's FIN (in CLOSE_WAIT), and its own read then
+// says end of stream, as a read here does.
 func (e *entry) verdict(s sockEnd) error {
 	switch {
 	case s.err == unix.EPIPE:
@@ -1109,12 +1104,21 @@ func (e *entry) verdict(s sockEnd) error {
 const tcpClose = 7 // TCP_CLOSE in linux/tcp_states.h
 
 // ended is how e's stream ended: what the socket said when netpoll saw the
-// end (hungUp), or, if that has not been posted yet, what it says now.
-func (e *entry) ended() error {
-	if !e.endSeen {
-		e.end, e.endSeen = e.endError(), true
+// end (hungUp), or, if it has not yet, what it says now.
+func (e *entry) ended() error { return e.verdict(*e.snapEnd()) }
+
+// snapEnd asks the socket how its stream ended, once: reading SO_ERROR
+// clears it, so a second reader (netpoll's OnDisconnect and the reader
+// both report the end) would take a reset after the peer's FIN for one
+// without (see verdict).
+func (e *entry) snapEnd() *sockEnd {
+	e.endMu.Lock()
+	defer e.endMu.Unlock()
+	if e.endSay == nil {
+		s := sockEndOf(e.fd)
+		e.endSay = &s
 	}
-	return e.end
+	return e.endSay
 }
 
 func rawRead(fd int, p []byte) (int, error) {
@@ -1164,7 +1168,7 @@ func (b *Backend) writeBlocked(fd int) {
 }
 
 // Shutdown implements evlib.IO: shutdown(2) of the write side, noted so
-// that the end of the stream is told right (see endError).
+// that the end of the stream is told right (see verdict).
 func (b *Backend) Shutdown(fd int) error {
 	if e := b.lookup(fd); e != nil {
 		e.shutWR = true
