@@ -202,13 +202,19 @@ var threadMethods = strings.TrimSuffix(runtime.FuncForPC(reflect.ValueOf((*Threa
 // detector cannot tell goroutines apart otherwise.
 func inThreadCode() bool {
 	var pcs [64]uintptr
-	frames := runtime.CallersFrames(pcs[:runtime.Callers(2, pcs[:])])
-	for {
-		f, more := frames.Next()
-		if strings.HasPrefix(f.Function, threadMethods) {
-			return true
+	for skip := 2; ; skip += len(pcs) { // however deep the callback's own calls go
+		n := runtime.Callers(skip, pcs[:])
+		frames := runtime.CallersFrames(pcs[:n])
+		for {
+			f, more := frames.Next()
+			if strings.HasPrefix(f.Function, threadMethods) {
+				return true
+			}
+			if !more {
+				break
+			}
 		}
-		if !more {
+		if n < len(pcs) {
 			return false
 		}
 	}
