@@ -74,21 +74,8 @@ func checkDrained(t *testing.T, lib string, info core.Info, halfClose bool) {
 	if halfClose {
 		require.NoError(t, c.(*net.TCPConn).CloseWrite())
 	}
-	got := make(chan []byte)
-	go func() {
-		time.Sleep(50 * time.Millisecond) // the server meets a full socket (and the FIN)
-		b, _ := io.ReadAll(c)
-		got <- b
-	}()
-	var b []byte
-	serviceUntil(t, ctx, func() bool {
-		select {
-		case b = <-got:
-			return true
-		default:
-			return false
-		}
-	})
+	// After a while: the server meets a full socket (and the FIN).
+	b := readAllServicing(t, ctx, c, 50*time.Millisecond)
 	require.True(t, bytes.Equal(payload, b), "all %d bytes, got %d", len(payload), len(b))
 	serviceUntil(t, ctx, func() bool { return len(closed) > 0 })
 	require.NoError(t, <-closed)
@@ -136,6 +123,27 @@ func TestNoTimerWhileDraining(t *testing.T) {
 	}
 }
 
+// readAllServicing reads c to its end, starting after delay, on another
+// goroutine while this one services ctx, and returns what it read.
+func readAllServicing(t *testing.T, ctx *core.Context, c net.Conn, delay time.Duration) []byte {
+	got := make(chan []byte)
+	go func() {
+		time.Sleep(delay)
+		b, _ := io.ReadAll(c)
+		got <- b
+	}()
+	var b []byte
+	serviceUntil(t, ctx, func() bool {
+		select {
+		case b = <-got:
+			return true
+		default:
+			return false
+		}
+	})
+	return b
+}
+
 // With GracefulClose the write side is shut down and the connection stays
 // until the peer closes; a peer that never does is cut off at CloseTimeout.
 func TestGracefulClose(t *testing.T) {
@@ -146,20 +154,7 @@ func TestGracefulClose(t *testing.T) {
 			defer ctx.Destroy()
 			c, err := net.Dial("tcp", addr)
 			require.NoError(t, err)
-			got := make(chan []byte)
-			go func() {
-				b, _ := io.ReadAll(c) // returns at the server's FIN
-				got <- b
-			}()
-			var b []byte
-			serviceUntil(t, ctx, func() bool {
-				select {
-				case b = <-got:
-					return true
-				default:
-					return false
-				}
-			})
+			b := readAllServicing(t, ctx, c, 0) // returns at the server's FIN
 			require.Equal(t, "bye", string(b))
 			require.Empty(t, closed, "still open: waiting for the peer")
 			c.Close()

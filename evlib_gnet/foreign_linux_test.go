@@ -28,14 +28,7 @@ import (
 // application's Polling goroutine; Destroy removes every registration and
 // leaves the poller running, open and the application's.
 func TestForeignPoller(t *testing.T) {
-	poller, err := netpoll.OpenPoller()
-	require.NoError(t, err)
-	defer poller.Close()
-	var p [2]int
-	require.NoError(t, unix.Pipe2(p[:], unix.O_NONBLOCK|unix.O_CLOEXEC))
-	defer unix.Close(p[0])
-	defer unix.Close(p[1])
-	require.NoError(t, poller.AddRead(&netpoll.PollAttachment{FD: p[0]}, false))
+	poller, p := pollerWithPipe(t)
 
 	var cancelled atomic.Int32
 	proto := echo.Protocol("echo")
@@ -106,6 +99,20 @@ func TestForeignPoller(t *testing.T) {
 		t.Fatal("the application's poller stopped serving its pipe after Destroy")
 	}
 	stop()
+}
+
+// pollerWithPipe opens an application's poller that watches the read end
+// of a pipe of its own (p[0]; p[1] writes to it); both close when the test
+// ends.
+func pollerWithPipe(t *testing.T) (*netpoll.Poller, [2]int) {
+	poller, err := netpoll.OpenPoller()
+	require.NoError(t, err)
+	t.Cleanup(func() { poller.Close() })
+	var p [2]int
+	require.NoError(t, unix.Pipe2(p[:], unix.O_NONBLOCK|unix.O_CLOEXEC))
+	t.Cleanup(func() { unix.Close(p[0]); unix.Close(p[1]) })
+	require.NoError(t, poller.AddRead(&netpoll.PollAttachment{FD: p[0]}, false))
+	return poller, p
 }
 
 // hostPolling runs the application's Polling loop on poller: own serves
@@ -317,14 +324,7 @@ func TestForeignDestroyWhilePassing(t *testing.T) {
 // next wait, not by queueing another task, which gnet would run in the
 // same drain.
 func TestForeignPostsDoNotStarvePoller(t *testing.T) {
-	poller, err := netpoll.OpenPoller()
-	require.NoError(t, err)
-	defer poller.Close()
-	var p [2]int
-	require.NoError(t, unix.Pipe2(p[:], unix.O_NONBLOCK|unix.O_CLOEXEC))
-	defer unix.Close(p[0])
-	defer unix.Close(p[1])
-	require.NoError(t, poller.AddRead(&netpoll.PollAttachment{FD: p[0]}, false))
+	poller, p := pollerWithPipe(t)
 	ctx, err := core.New(core.Info{EventLib: evlib_gnet.Name, Foreign: []any{poller}, Protocols: []core.Protocol{echo.Protocol("echo")}})
 	require.NoError(t, err)
 	var served atomic.Bool
