@@ -218,7 +218,7 @@ func (t *Thread) onConnect(conn *Conn) {
 	if err == nil && errno != 0 {
 		err = unix.Errno(errno)
 	}
-	if err == nil && !writableNow(conn.fd) {
+	if err == nil && !sys.WritableNow(conn.fd) {
 		// No error and not writable: still connecting, and the event was
 		// another socket's. An application's loop can hand over revents
 		// of an fd that closed earlier in its iteration, whose number
@@ -237,14 +237,6 @@ func (t *Thread) onConnect(conn *Conn) {
 	conn.dial = nil
 	t.setInterest(conn, evlib.Readable)
 	t.established(conn, &o)
-}
-
-// writableNow asks the kernel, without waiting, whether fd is writable (or
-// failed: poll reports that too).
-func writableNow(fd int) bool {
-	p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
-	n, err := unix.Poll(p, 0)
-	return err != nil || n > 0
 }
 
 // dropDialFD unregisters and closes the socket of a failed attempt.

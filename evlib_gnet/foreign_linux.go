@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 	"weak"
 
 	"github.com/panjf2000/gnet/v2/pkg/logging"
@@ -152,11 +153,7 @@ func (b *Backend) kickTask(any) error {
 		// A kick came meanwhile: the next pass runs when gnet next polls
 		// (idle is readable), after the fds that are ready.
 		b.sigReq.Store(false)
-		b.mu.Lock()
-		if !b.closed {
-			b.schedule(0)
-		}
-		b.mu.Unlock()
+		b.scheduleOpen(0)
 	}
 	return nil
 }
@@ -168,10 +165,14 @@ func (b *Backend) servicePass() {
 	if err := b.drv.Service(0); err != nil || b.isDown.Load() {
 		return // destroyed: Close ran inside
 	}
-	next := b.drv.ServiceAdjustTimeout(-1)
-	// The thread is idle again: Destroy on another goroutine may be
-	// closing the backend right now. Close stops the timer and closes idle
-	// under mu, so this either schedules before it or not at all.
+	b.scheduleOpen(b.drv.ServiceAdjustTimeout(-1))
+}
+
+// scheduleOpen is schedule for a pass run outside the core's hold on the
+// thread: Destroy on another goroutine may be closing the backend right
+// now. Close stops the timer and closes idle under mu, so this either
+// schedules before it or not at all.
+func (b *Backend) scheduleOpen(next time.Duration) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if !b.closed {

@@ -219,7 +219,7 @@ func (b *Backend) Add(fd int, kind evlib.Kind, ev evlib.Events) error {
 	}
 	b.fds[fd] = e
 	if e.interest&evlib.Writable != 0 {
-		e.blocked = !writableNow(fd)
+		e.blocked = !sys.WritableNow(fd)
 	}
 	b.arm(e)
 	b.enqueue(e)
@@ -633,13 +633,6 @@ func (e *entry) ensureFile() error {
 	return e.openFile(dup)
 }
 
-// writableNow asks the kernel without waiting.
-func writableNow(fd int) bool {
-	p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
-	n, err := unix.Poll(p, 0)
-	return err != nil || n > 0 // an error is for the write to report
-}
-
 // arm starts the helpers the entry's state calls for.
 func (b *Backend) arm(e *entry) {
 	if e.removed {
@@ -737,7 +730,7 @@ func (b *Backend) Modify(fd int, ev evlib.Events) error {
 			e.watchHup.Store(false) // the core's reads will tell
 		}
 	}
-	if added&evlib.Writable != 0 && !e.blocked && !writableNow(fd) {
+	if added&evlib.Writable != 0 && !e.blocked && !sys.WritableNow(fd) {
 		e.blocked = true
 	}
 	if e.connecting && dropped&evlib.Writable != 0 {

@@ -16,6 +16,14 @@ func WouldBlock(err error) bool {
 	return errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EWOULDBLOCK)
 }
 
+// WritableNow asks the kernel, without waiting, whether fd is writable. An
+// error counts as writable: it is for the write (or SO_ERROR) to report.
+func WritableNow(fd int) bool {
+	p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+	n, err := unix.Poll(p, 0)
+	return err != nil || n > 0
+}
+
 // Waker is a cross-goroutine wakeup: an eventfd on Linux, a pipe elsewhere.
 // R is watched for readability; Signal makes it readable; Drain clears it.
 type Waker struct {
