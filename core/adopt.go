@@ -187,7 +187,7 @@ func (c *Context) AdoptConn(nc net.Conn, protocol string, opts ...AdoptOption) (
 // adoptCopy adopts a duplicate of the socket behind v (a net.Conn or a
 // net.PacketConn) and closes v once the duplicate is the core's.
 func (c *Context) adoptCopy(v io.Closer, kind evlib.Kind, protocol string, opts []AdoptOption) (*Conn, error) {
-	p, o, err := c.adoptArgs(protocol, opts)
+	p, o, err := c.adoptArgs(kind, protocol, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -219,7 +219,7 @@ func (c *Context) adoptCopy(v io.Closer, kind evlib.Kind, protocol string, opts 
 // OnThread documents the rules, which AdoptConn, AdoptFile,
 // AdoptPacketConn, ListenUDP and Connect share.
 func (c *Context) AdoptFD(fd int, protocol string, opts ...AdoptOption) (*Conn, error) {
-	p, o, err := c.adoptArgs(protocol, opts)
+	p, o, err := c.adoptArgs(evlib.KindStream, protocol, opts)
 	if err != nil {
 		return nil, err
 	}

@@ -41,7 +41,7 @@ type dialState struct {
 // call on, resolution included; handed over to another thread, it starts
 // connecting there.
 func (c *Context) Connect(network, address, protocol string, opts ...AdoptOption) (*Conn, error) {
-	p, o, err := c.adoptArgs(protocol, opts)
+	p, o, err := c.adoptArgs(evlib.KindStream, protocol, opts)
 	if err != nil {
 		return nil, err
 	}

@@ -33,7 +33,8 @@ type adoptOptions struct {
 // WithReadbuf hands over bytes already read from the socket before it was
 // adopted (lws_adopt_socket_readbuf): they are delivered to RAW_RX first,
 // before anything read from the socket, without waiting for a network
-// event. p is copied.
+// event. p is copied. It is for stream sockets: AdoptFile, ListenUDP and
+// AdoptPacketConn refuse it with ErrInvalid.
 func WithReadbuf(p []byte) AdoptOption {
 	return func(o *adoptOptions) { o.readbuf = p }
 }
@@ -50,7 +51,7 @@ func WithUser(v any) AdoptOption {
 // files and directories are refused with ErrNotPollable on every backend.
 // Ownership and placement follow AdoptFD: on error the caller keeps fd.
 func (c *Context) AdoptFile(fd int, protocol string, opts ...AdoptOption) (*Conn, error) {
-	p, o, err := c.adoptArgs(protocol, opts)
+	p, o, err := c.adoptArgs(evlib.KindFile, protocol, opts)
 	if err != nil {
 		return nil, err
 	}

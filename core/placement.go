@@ -66,7 +66,7 @@ func OnThread(i int) AdoptOption {
 
 // adoptArgs resolves an adopting call's protocol name and applies its
 // options, checking both against the context.
-func (c *Context) adoptArgs(protocol string, opts []AdoptOption) (*Protocol, *adoptOptions, error) {
+func (c *Context) adoptArgs(kind evlib.Kind, protocol string, opts []AdoptOption) (*Protocol, *adoptOptions, error) {
 	p, err := c.protocol(protocol)
 	if err != nil {
 		return nil, nil, err
@@ -78,6 +78,12 @@ func (c *Context) adoptArgs(protocol string, opts []AdoptOption) (*Protocol, *ad
 	// WithReadbuf promises a copy, and a handover or a connect uses the
 	// bytes after the call has returned.
 	o.readbuf = bytes.Clone(o.readbuf)
+	if len(o.readbuf) > 0 && kind != evlib.KindStream {
+		// A file's RAW_RX_FILE carries no data (its callback reads), and a
+		// datagram's RAW_RX carries its sender: neither has a place for
+		// bytes read before adoption.
+		return nil, nil, fmt.Errorf("%w: WithReadbuf is for stream sockets (AdoptFD, AdoptConn, Connect)", ErrInvalid)
+	}
 	if o.pinned && (o.thread < 0 || o.thread >= len(c.threads)) {
 		return nil, nil, fmt.Errorf("%w: OnThread(%d): the context has %d service threads", ErrInvalid, o.thread, len(c.threads))
 	}

@@ -180,6 +180,36 @@ func TestAdoptWithReadbuf(t *testing.T) {
 	}
 }
 
+// WithReadbuf has no place on a file (its RAW_RX_FILE carries no data) or a
+// datagram socket (each RAW_RX carries its sender): those adoptions refuse
+// it, and the caller keeps what it handed in.
+func TestReadbufRefusedOffStreams(t *testing.T) {
+	ctx, err := core.New(core.Info{Protocols: []core.Protocol{{Name: "p", Callback: func(core.Event) error { return nil }}}})
+	require.NoError(t, err)
+	defer ctx.Destroy()
+	early := core.WithReadbuf([]byte("early"))
+
+	r, w, err := os.Pipe()
+	require.NoError(t, err)
+	defer r.Close()
+	defer w.Close()
+	_, err = ctx.AdoptFile(int(r.Fd()), "", early)
+	require.ErrorIs(t, err, core.ErrInvalid)
+
+	_, err = ctx.ListenUDP("udp4", "127.0.0.1:0", "", early)
+	require.ErrorIs(t, err, core.ErrInvalid)
+
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer pc.Close()
+	_, err = ctx.AdoptPacketConn(pc, "", early)
+	require.ErrorIs(t, err, core.ErrInvalid)
+	_, err = pc.WriteTo([]byte("x"), pc.LocalAddr()) // still the caller's
+	require.NoError(t, err)
+	_, err = w.Write([]byte("x"))
+	require.NoError(t, err)
+}
+
 // UDP: each datagram is one RAW_RX with its sender; WRITEABLE requests are
 // granted on the next pass; WriteTo answers.
 func TestUDPEcho(t *testing.T) {

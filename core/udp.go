@@ -23,7 +23,7 @@ const datagramBatch = 16
 // The socket is placed like AdoptFD's (see OnThread); on error it is
 // closed.
 func (c *Context) ListenUDP(network, address, protocol string, opts ...AdoptOption) (*Conn, error) {
-	p, o, err := c.adoptArgs(protocol, opts)
+	p, o, err := c.adoptArgs(evlib.KindDatagram, protocol, opts)
 	if err != nil {
 		return nil, err
 	}
