@@ -272,7 +272,7 @@ func (c *Conn) SetTimer(d time.Duration) error {
 			}
 		}}
 	}
-	t.timers.schedule(c.timer, t.clock()+int64(max(d, 0)))
+	t.timers.schedule(c.timer, deadline(t.clock(), d))
 	return nil
 }
 
@@ -319,5 +319,5 @@ func (c *Conn) setTimeoutErr(d time.Duration, why error) {
 		return
 	}
 	c.timeout.fn = func() { t.closeConn(c, why) }
-	t.timers.schedule(c.timeout, t.clock()+int64(d))
+	t.timers.schedule(c.timeout, deadline(t.clock(), d))
 }

@@ -995,7 +995,7 @@ func (t *Thread) established(c *Conn, o *adoptOptions) (*Conn, error) {
 		// handed-over one waited for its thread.
 		c.lastActive = t.clock()
 		c.idle = &Timer{t: t, idx: -1, fn: func() { t.checkIdle(c) }}
-		t.timers.schedule(c.idle, c.lastActive+int64(d))
+		t.timers.schedule(c.idle, deadline(c.lastActive, d))
 	}
 	if err := t.callback(Event{Reason: c.reason(ReasonRawAdopt), Conn: c}); err != nil {
 		t.closeConn(c, err)
@@ -1014,7 +1014,7 @@ func (t *Thread) checkIdle(c *Conn) {
 		t.closeConn(c, ErrTimeout)
 		return
 	}
-	t.timers.schedule(c.idle, c.lastActive+d)
+	t.timers.schedule(c.idle, deadline(c.lastActive, time.Duration(d)))
 }
 
 func (t *Thread) requestClose(c *Conn, why error) {

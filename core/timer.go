@@ -2,7 +2,10 @@
 
 package core
 
-import "time"
+import (
+	"math"
+	"time"
+)
 
 // Timer is a one-shot timer on a service thread's sorted timer list (lws'
 // lws_sorted_usec_list). Its function runs on the service thread's
@@ -16,6 +19,19 @@ type Timer struct {
 	idx  int // position in the heap; -1 when not scheduled
 }
 
+// deadline is the clock reading d from now, saturating: a duration too
+// long to add (math.MaxInt64, say) means "never" rather than wrapping
+// round to the past and firing at once. d <= 0 is now.
+func deadline(now int64, d time.Duration) int64 {
+	if d <= 0 {
+		return now
+	}
+	if now > math.MaxInt64-int64(d) {
+		return math.MaxInt64
+	}
+	return now + int64(d)
+}
+
 // AfterFunc schedules f to run on the thread's goroutine after d.
 func (t *Thread) AfterFunc(d time.Duration, f func()) (*Timer, error) {
 	if f == nil {
@@ -26,7 +42,7 @@ func (t *Thread) AfterFunc(d time.Duration, f func()) (*Timer, error) {
 		return nil, err
 	}
 	tm := &Timer{t: t, fn: f, idx: -1}
-	t.timers.schedule(tm, t.clock()+int64(max(d, 0)))
+	t.timers.schedule(tm, deadline(t.clock(), d))
 	t.release(rel)
 	return tm, nil
 }
@@ -38,7 +54,7 @@ func (tm *Timer) Reset(d time.Duration) error {
 	if err != nil {
 		return err
 	}
-	tm.t.timers.schedule(tm, tm.t.clock()+int64(max(d, 0)))
+	tm.t.timers.schedule(tm, deadline(tm.t.clock(), d))
 	tm.t.release(rel)
 	return nil
 }

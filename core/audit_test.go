@@ -1,0 +1,70 @@
+//go:build unix
+
+package core_test
+
+import (
+	"math"
+	"testing"
+	"time"
+
+	"github.com/plugloop/plugloop/core"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+)
+
+// auditConn adopts one end of a socketpair on a new context of lib; the
+// other end is closed with the test.
+func auditConn(t *testing.T, info core.Info, cb core.Callback) (*core.Context, *core.Conn) {
+	t.Helper()
+	info.Protocols = []core.Protocol{{Name: "p", Callback: cb}}
+	ctx, err := core.New(info)
+	require.NoError(t, err)
+	t.Cleanup(func() { ctx.Destroy() })
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	require.NoError(t, err)
+	t.Cleanup(func() { unix.Close(fds[1]) })
+	c, err := ctx.AdoptFD(fds[0], "")
+	require.NoError(t, err)
+	return ctx, c
+}
+
+// A duration too long to add to the clock means "not in this lifetime",
+// not "now": the deadline used to wrap round to the past, so
+// SetTimeout(math.MaxInt64) closed the connection at once with ErrTimeout,
+// AfterFunc(math.MaxInt64) ran f in the next pass, and a huge
+// Info.IdleTimeout rescheduled its check into the past forever (the pass
+// never returned).
+func TestHugeDurationsAreNotNow(t *testing.T) {
+	for _, lib := range []string{"poll", "epoll"} {
+		t.Run(lib, func(t *testing.T) {
+			var reasons []core.Reason
+			ctx, c := auditConn(t, core.Info{EventLib: lib, IdleTimeout: math.MaxInt64}, func(ev core.Event) error {
+				if ev.Conn != nil && ev.Reason != core.ReasonLockPoll && ev.Reason != core.ReasonUnlockPoll {
+					reasons = append(reasons, ev.Reason)
+				}
+				return nil
+			})
+			fired := false
+			_, err := ctx.Thread(0).AfterFunc(math.MaxInt64, func() { fired = true })
+			require.NoError(t, err)
+			require.NoError(t, c.SetTimeout(math.MaxInt64))
+			require.NoError(t, c.SetTimer(math.MaxInt64))
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				for range 3 {
+					ctx.Thread(0).Service(5 * time.Millisecond)
+				}
+			}()
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				t.Fatal("Service did not return: a timer keeps falling due")
+			}
+			require.False(t, fired, "AfterFunc(math.MaxInt64) ran at once")
+			require.False(t, c.Closed(), "closed by a timeout that should never expire")
+			require.NotContains(t, reasons, core.ReasonTimer)
+			require.NotContains(t, reasons, core.ReasonRawClose)
+		})
+	}
+}
