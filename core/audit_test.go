@@ -68,3 +68,12 @@ func TestHugeDurationsAreNotNow(t *testing.T) {
 		})
 	}
 }
+
+// ServiceFD(nil) is a bad argument, not a nil dereference inside
+// plugloop (which also left the thread's deferred release to a panic).
+func TestServiceFDNil(t *testing.T) {
+	ctx, _ := auditConn(t, core.Info{EventLib: "poll"}, func(core.Event) error { return nil })
+	th := ctx.Thread(0)
+	require.NotPanics(t, func() { require.ErrorIs(t, th.ServiceFD(nil), core.ErrInvalid) })
+	require.NoError(t, th.Service(0), "the thread is still usable")
+}
