@@ -164,13 +164,18 @@ func adoptListener(t *Thread, ln net.Listener, p *Protocol) (*Listener, error) {
 	}
 	_, tcp := ln.Addr().(*net.TCPAddr)
 	l := &Listener{addr: ln.Addr(), tcp: tcp}
-	if ul, ok := ln.(*net.UnixListener); ok {
-		ul.SetUnlinkOnClose(false)
+	ul, isUnix := ln.(*net.UnixListener)
+	if isUnix {
 		l.unixPath = ln.Addr().String()
 	}
 	if l.c, err = t.adopt(fd, evlib.KindListener, p, l, new(adoptOptions), false); err != nil {
+		// ln is still the caller's, unchanged: closing it removes its
+		// socket file as before.
 		unix.Close(fd)
 		return nil, err
+	}
+	if isUnix {
+		ul.SetUnlinkOnClose(false) // the core's Listener.Close removes it
 	}
 	ln.Close()
 	return l, nil

@@ -4,6 +4,8 @@ package core_test
 
 import (
 	"math"
+	"net"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -76,4 +78,27 @@ func TestServiceFDNil(t *testing.T) {
 	th := ctx.Thread(0)
 	require.NotPanics(t, func() { require.ErrorIs(t, th.ServiceFD(nil), core.ErrInvalid) })
 	require.NoError(t, th.Service(0), "the thread is still usable")
+}
+
+// A Listen on a unix socket that fails (here: the fd limit) leaves no
+// socket file behind, so the path can be listened on again; and
+// AdoptListener's error leaves the caller's listener as it was, removing
+// its file on Close.
+func TestListenUnixFailureRemovesSocketFile(t *testing.T) {
+	dir := t.TempDir()
+	ctx, err := core.New(core.Info{EventLib: "epoll", FDLimit: 1, Protocols: []core.Protocol{{Name: "p", Callback: func(core.Event) error { return nil }}}})
+	require.NoError(t, err)
+	defer ctx.Destroy()
+	_, err = ctx.Listen("unix", filepath.Join(dir, "a"), "")
+	require.NoError(t, err)
+	b := filepath.Join(dir, "b")
+	_, err = ctx.Listen("unix", b, "")
+	require.ErrorIs(t, err, core.ErrFDLimit)
+	require.NoFileExists(t, b, "a failed Listen left its socket file")
+	ln, err := net.Listen("unix", b)
+	require.NoError(t, err, "the path is free again")
+	_, err = ctx.AdoptListener(ln, "")
+	require.ErrorIs(t, err, core.ErrFDLimit)
+	require.NoError(t, ln.Close())
+	require.NoFileExists(t, b, "the caller's listener no longer removed its file on Close")
 }
