@@ -102,3 +102,21 @@ func TestListenUnixFailureRemovesSocketFile(t *testing.T) {
 	require.NoError(t, ln.Close())
 	require.NoFileExists(t, b, "the caller's listener no longer removed its file on Close")
 }
+
+// ListenUDP takes "udp", "udp4" or "udp6", like Listen and Connect check
+// theirs: with no address it made a UDP socket for any network name
+// ("tcp", "unix", ""), and with one it returned net's error, which wraps
+// no sentinel.
+func TestListenUDPBadNetwork(t *testing.T) {
+	ctx, _ := auditConn(t, core.Info{EventLib: "epoll"}, func(core.Event) error { return nil })
+	for _, network := range []string{"tcp", "unix", "", "ip"} {
+		for _, addr := range []string{"", "127.0.0.1:0"} {
+			c, err := ctx.ListenUDP(network, addr, "")
+			require.ErrorIs(t, err, core.ErrInvalid, "ListenUDP(%q, %q)", network, addr)
+			require.Nil(t, c)
+		}
+	}
+	c, err := ctx.ListenUDP("udp4", "", "")
+	require.NoError(t, err)
+	require.NoError(t, c.Close())
+}

@@ -27,6 +27,11 @@ func (c *Context) ListenUDP(network, address, protocol string, opts ...AdoptOpti
 	if err != nil {
 		return nil, err
 	}
+	switch network {
+	case "udp", "udp4", "udp6":
+	default:
+		return nil, fmt.Errorf("%w: network %q (want udp, udp4 or udp6)", ErrInvalid, network)
+	}
 	var fd int
 	if address == "" {
 		family := unix.AF_INET6
