@@ -213,8 +213,9 @@ func (c *Context) adoptCopy(v io.Closer, kind evlib.Kind, protocol string, opts 
 
 // AdoptFD takes over a connected stream socket's descriptor
 // (lws_adopt_socket) and makes it non-blocking. On success the core owns fd
-// and will close it; on error — a bad or already adopted fd, the fd limit,
-// a bad OnThread index, a call from the wrong goroutine — the caller still
+// and will close it; on error — a bad or already adopted fd, a regular
+// file or directory (ErrNotPollable, as for AdoptFile), the fd limit, a
+// bad OnThread index, a call from the wrong goroutine — the caller still
 // owns it, unless RAW_ADOPT itself refused the connection, which closes it
 // like any other close.
 //
@@ -231,8 +232,15 @@ func (c *Context) AdoptFD(fd int, protocol string, opts ...AdoptOption) (*Conn, 
 	if !sys.ValidFD(fd) {
 		return nil, fmt.Errorf("%w: fd %d", ErrBadFD, fd)
 	}
-	if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
 		return nil, fmt.Errorf("%w: fd %d: %v", ErrBadFD, fd, err)
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG, unix.S_IFDIR:
+		// As AdoptFile: poll would call it readable forever and serve
+		// the file as a stream, epoll refuses it with its own error.
+		return nil, fmt.Errorf("%w (fd %d)", ErrNotPollable, fd)
 	}
 	return c.adoptKind(fd, evlib.KindStream, p, o)
 }

@@ -5,6 +5,7 @@ package core_test
 import (
 	"math"
 	"net"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -119,4 +120,38 @@ func TestListenUDPBadNetwork(t *testing.T) {
 	c, err := ctx.ListenUDP("udp4", "", "")
 	require.NoError(t, err)
 	require.NoError(t, c.Close())
+}
+
+// AdoptFD of a regular file or a directory gets ErrNotPollable on every
+// backend, as AdoptFile does, and the caller keeps the fd. The poll
+// backend adopted a regular file as a stream (RAW_ADOPT, its contents as
+// RAW_RX, RAW_CLOSE at its end); epoll refused it with evlib.ErrBadFD,
+// which is not the core sentinel the docs promise.
+func TestAdoptFDRegularFile(t *testing.T) {
+	for _, lib := range []string{"poll", "epoll"} {
+		t.Run(lib, func(t *testing.T) {
+			var adopted bool
+			ctx, _ := auditConn(t, core.Info{EventLib: lib}, func(ev core.Event) error {
+				if ev.Reason == core.ReasonRawAdopt && ev.Conn.User() == "file" {
+					adopted = true
+				}
+				return nil
+			})
+			f, err := os.CreateTemp(t.TempDir(), "regular")
+			require.NoError(t, err)
+			defer f.Close()
+			d, err := os.Open(t.TempDir())
+			require.NoError(t, err)
+			defer d.Close()
+			for _, fd := range []int{int(f.Fd()), int(d.Fd())} {
+				c, err := ctx.AdoptFD(fd, "", core.WithUser("file"))
+				require.ErrorIs(t, err, core.ErrNotPollable)
+				require.Nil(t, c)
+				_, err = unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
+				require.NoError(t, err, "the caller keeps its fd")
+			}
+			require.NoError(t, ctx.Thread(0).Service(0))
+			require.False(t, adopted)
+		})
+	}
 }
