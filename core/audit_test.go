@@ -155,3 +155,19 @@ func TestAdoptFDRegularFile(t *testing.T) {
 		})
 	}
 }
+
+// A negative Info.CloseTimeout was taken as a bound already past: Close
+// of a connection with output pending closed it at once with ErrTimeout
+// and dropped the output. New now refuses negative CloseTimeout and
+// ConnectTimeout.
+func TestNegativeInfoTimeouts(t *testing.T) {
+	p := []core.Protocol{{Name: "p", Callback: func(core.Event) error { return nil }}}
+	for _, info := range []core.Info{
+		{EventLib: "epoll", Protocols: p, CloseTimeout: -time.Second},
+		{EventLib: "epoll", Protocols: p, ConnectTimeout: -1},
+	} {
+		ctx, err := core.New(info)
+		require.ErrorIs(t, err, core.ErrInvalid)
+		require.Nil(t, ctx)
+	}
+}

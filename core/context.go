@@ -137,10 +137,11 @@ type Info struct {
 	// CloseTimeout bounds how long a connection whose peer hung up keeps
 	// buffered input waiting to be consumed (lws' PENDING_TIMEOUT_CLOSE_ACK),
 	// and how long Conn.Close waits for output to drain and, with
-	// GracefulClose, for the peer; 0 means 3 s.
+	// GracefulClose, for the peer; 0 means 3 s. Negative is ErrInvalid.
 	CloseTimeout time.Duration
 	// ConnectTimeout bounds a client connection from Connect to
-	// established, resolution included; 0 means 5 s.
+	// established, resolution included; 0 means 5 s. Negative is
+	// ErrInvalid.
 	ConnectTimeout time.Duration
 	// GracefulClose makes Conn.Close of a stream shut its write side down
 	// once output has drained and wait for the peer to close (lws' policy
@@ -193,6 +194,11 @@ type Context struct {
 func New(info Info) (*Context, error) {
 	if len(info.Protocols) == 0 {
 		return nil, fmt.Errorf("%w: at least one protocol is required", ErrInvalid)
+	}
+	if info.CloseTimeout < 0 || info.ConnectTimeout < 0 {
+		// Read as "already expired", they closed every Close'd connection
+		// at once with ErrTimeout, dropping its pending output.
+		return nil, fmt.Errorf("%w: negative CloseTimeout (%v) or ConnectTimeout (%v)", ErrInvalid, info.CloseTimeout, info.ConnectTimeout)
 	}
 	d, err := evlib.Select(evlib.Flag(info.Options)&evlib.FlagMask, info.EventLib)
 	if err != nil {
