@@ -255,13 +255,15 @@ func dupOf(v any) (int, error) {
 	if !ok {
 		return -1, fmt.Errorf("%w: %T has no SyscallConn", ErrInvalid, v)
 	}
+	// A closed net.Conn or net.Listener is a closed descriptor: ErrBadFD,
+	// still matching net.ErrClosed.
 	rc, err := sc.SyscallConn()
 	if err != nil {
-		return -1, err
+		return -1, fmt.Errorf("%w: %w", ErrBadFD, err)
 	}
 	fd, derr := -1, error(nil)
 	if err := rc.Control(func(s uintptr) { fd, derr = sys.DupCloexec(int(s)) }); err != nil {
-		return -1, err
+		return -1, fmt.Errorf("%w: %w", ErrBadFD, err)
 	}
 	if derr != nil {
 		return -1, derr

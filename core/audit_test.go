@@ -171,3 +171,27 @@ func TestNegativeInfoTimeouts(t *testing.T) {
 		require.Nil(t, ctx)
 	}
 }
+
+// Adopting a net.Conn, net.PacketConn or net.Listener the caller already
+// closed is a closed descriptor: ErrBadFD, as the sentinel's doc says. It
+// returned net's error alone, which matches no plugloop sentinel.
+func TestAdoptClosedNetConn(t *testing.T) {
+	ctx, _ := auditConn(t, core.Info{EventLib: "epoll"}, func(core.Event) error { return nil })
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	c, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	require.NoError(t, c.Close())
+	require.NoError(t, ln.Close())
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	require.NoError(t, err)
+	require.NoError(t, pc.Close())
+
+	_, err = ctx.AdoptConn(c, "")
+	require.ErrorIs(t, err, core.ErrBadFD)
+	require.ErrorIs(t, err, net.ErrClosed, "net's reason is kept")
+	_, err = ctx.AdoptPacketConn(pc, "")
+	require.ErrorIs(t, err, core.ErrBadFD)
+	_, err = ctx.AdoptListener(ln, "")
+	require.ErrorIs(t, err, core.ErrBadFD)
+}
