@@ -4,6 +4,7 @@ package foreign
 
 import (
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"time"
@@ -136,8 +137,14 @@ func (s *PollSet) Len() int {
 // unix.Poll on mine and plugloop's fds for at most max (less when plugloop
 // has work due; max < 0 means no limit), hands plugloop its ready fds,
 // runs forced service, and leaves the Revents of mine set for the caller.
-// It returns core.ErrDestroyed once the context is destroyed.
+// It returns core.ErrDestroyed once the context is destroyed, and an error
+// wrapping core.ErrInvalid when t is not the set's Thread.
 func (s *PollSet) Poll(t *core.Thread, mine []unix.PollFd, max time.Duration) error {
+	if t == nil || t.Index() != s.Thread {
+		// The set holds only its own thread's fds: polling another
+		// thread with it would never service that thread's.
+		return fmt.Errorf("%w: a PollSet for service thread %d polled with %s", core.ErrInvalid, s.Thread, threadName(t))
+	}
 	timeout := sys.Msec(t.ServiceAdjustTimeout(max))
 	s.mu.Lock()
 	if s.gone {
@@ -185,6 +192,13 @@ func (s *PollSet) Poll(t *core.Thread, mine []unix.PollFd, max time.Duration) er
 		}
 	}
 	return t.Service(0)
+}
+
+func threadName(t *core.Thread) string {
+	if t == nil {
+		return "a nil thread"
+	}
+	return fmt.Sprintf("thread %d", t.Index())
 }
 
 // PollEvents is the pollfd Events field for the interest an

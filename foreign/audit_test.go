@@ -1,0 +1,26 @@
+//go:build unix
+
+package foreign_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/plugloop/plugloop/core"
+	"github.com/plugloop/plugloop/foreign"
+	"github.com/stretchr/testify/require"
+)
+
+// A PollSet follows one thread's fds (PollSet.Thread). Polled with another
+// thread it used to return nil every time while that thread's fds were in
+// no set, so nothing of it was ever serviced; now it says so.
+func TestPollSetWrongThread(t *testing.T) {
+	set := new(foreign.PollSet) // Thread 0
+	ctx, err := core.New(core.Info{EventLib: foreign.Name, CountThreads: 2,
+		Protocols: []core.Protocol{set.Protocol(core.Protocol{Name: "p", Callback: func(core.Event) error { return nil }})}})
+	require.NoError(t, err)
+	defer ctx.Destroy()
+	require.ErrorIs(t, set.Poll(ctx.Thread(1), nil, time.Millisecond), core.ErrInvalid)
+	require.ErrorIs(t, set.Poll(nil, nil, time.Millisecond), core.ErrInvalid)
+	require.NoError(t, set.Poll(ctx.Thread(0), nil, time.Millisecond))
+}
