@@ -326,8 +326,9 @@ func (t *Thread) Service(timeout time.Duration) error {
 // (a loop-only call made while the application's loop waited; it wakes
 // that loop when done, so the application just offers the fd again after
 // its next wait) or by a callback on this goroutine; a nil pfd is
-// ErrInvalid. After the events of one wait, the application calls Service(0) for forced service and timers;
-// ServiceAdjustTimeout tells it how long it may sleep.
+// ErrInvalid. After the events of one wait, the application calls
+// Service(0) for forced service and timers; ServiceAdjustTimeout tells it
+// how long it may sleep.
 func (t *Thread) ServiceFD(pfd *unix.PollFd) error {
 	if pfd == nil {
 		return fmt.Errorf("%w: ServiceFD(nil)", ErrInvalid)

@@ -15,9 +15,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// auditConn adopts one end of a socketpair on a new context of lib; the
+// socketpairConn adopts one end of a socketpair on a new context of lib; the
 // other end is closed with the test.
-func auditConn(t *testing.T, info core.Info, cb core.Callback) (*core.Context, *core.Conn) {
+func socketpairConn(t *testing.T, info core.Info, cb core.Callback) (*core.Context, *core.Conn) {
 	t.Helper()
 	info.Protocols = []core.Protocol{{Name: "p", Callback: cb}}
 	ctx, err := core.New(info)
@@ -41,7 +41,7 @@ func TestHugeDurationsAreNotNow(t *testing.T) {
 	for _, lib := range []string{"poll", "epoll"} {
 		t.Run(lib, func(t *testing.T) {
 			var reasons []core.Reason
-			ctx, c := auditConn(t, core.Info{EventLib: lib, IdleTimeout: math.MaxInt64}, func(ev core.Event) error {
+			ctx, c := socketpairConn(t, core.Info{EventLib: lib, IdleTimeout: math.MaxInt64}, func(ev core.Event) error {
 				if ev.Conn != nil && ev.Reason != core.ReasonLockPoll && ev.Reason != core.ReasonUnlockPoll {
 					reasons = append(reasons, ev.Reason)
 				}
@@ -75,7 +75,7 @@ func TestHugeDurationsAreNotNow(t *testing.T) {
 // ServiceFD(nil) is a bad argument, not a nil dereference inside
 // plugloop (which also left the thread's deferred release to a panic).
 func TestServiceFDNil(t *testing.T) {
-	ctx, _ := auditConn(t, core.Info{EventLib: "poll"}, func(core.Event) error { return nil })
+	ctx, _ := socketpairConn(t, core.Info{EventLib: "poll"}, func(core.Event) error { return nil })
 	th := ctx.Thread(0)
 	require.NotPanics(t, func() { require.ErrorIs(t, th.ServiceFD(nil), core.ErrInvalid) })
 	require.NoError(t, th.Service(0), "the thread is still usable")
@@ -109,7 +109,7 @@ func TestListenUnixFailureRemovesSocketFile(t *testing.T) {
 // ("tcp", "unix", ""), and with one it returned net's error, which wraps
 // no sentinel.
 func TestListenUDPBadNetwork(t *testing.T) {
-	ctx, _ := auditConn(t, core.Info{EventLib: "epoll"}, func(core.Event) error { return nil })
+	ctx, _ := socketpairConn(t, core.Info{EventLib: "epoll"}, func(core.Event) error { return nil })
 	for _, network := range []string{"tcp", "unix", "", "ip"} {
 		for _, addr := range []string{"", "127.0.0.1:0"} {
 			c, err := ctx.ListenUDP(network, addr, "")
@@ -131,7 +131,7 @@ func TestAdoptFDRegularFile(t *testing.T) {
 	for _, lib := range []string{"poll", "epoll"} {
 		t.Run(lib, func(t *testing.T) {
 			var adopted bool
-			ctx, _ := auditConn(t, core.Info{EventLib: lib}, func(ev core.Event) error {
+			ctx, _ := socketpairConn(t, core.Info{EventLib: lib}, func(ev core.Event) error {
 				if ev.Reason == core.ReasonRawAdopt && ev.Conn.User() == "file" {
 					adopted = true
 				}
@@ -176,7 +176,7 @@ func TestNegativeInfoTimeouts(t *testing.T) {
 // closed is a closed descriptor: ErrBadFD, as the sentinel's doc says. It
 // returned net's error alone, which matches no plugloop sentinel.
 func TestAdoptClosedNetConn(t *testing.T) {
-	ctx, _ := auditConn(t, core.Info{EventLib: "epoll"}, func(core.Event) error { return nil })
+	ctx, _ := socketpairConn(t, core.Info{EventLib: "epoll"}, func(core.Event) error { return nil })
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	c, err := net.Dial("tcp", ln.Addr().String())
