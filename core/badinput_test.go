@@ -23,7 +23,7 @@ func socketpairConn(t *testing.T, info core.Info, cb core.Callback) (*core.Conte
 	ctx, err := core.New(info)
 	require.NoError(t, err)
 	t.Cleanup(func() { ctx.Destroy() })
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
 	require.NoError(t, err)
 	t.Cleanup(func() { unix.Close(fds[1]) })
 	c, err := ctx.AdoptFD(fds[0], "")

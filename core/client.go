@@ -170,13 +170,8 @@ func (t *Thread) dialNext(conn *Conn) {
 		case *unix.SockaddrUnix:
 			family = unix.AF_UNIX
 		}
-		fd, err := unix.Socket(family, unix.SOCK_STREAM, 0)
+		fd, err := sys.Socket(family, unix.SOCK_STREAM, 0)
 		if err != nil {
-			d.last = err
-			continue
-		}
-		if err := sys.SetNonblock(fd); err != nil {
-			unix.Close(fd)
 			d.last = err
 			continue
 		}

@@ -5,6 +5,7 @@ package core_test
 import (
 	"net"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -235,4 +236,41 @@ func TestConnectAbortAndDestroy(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, ctx.Destroy())
 	require.ErrorIs(t, log.errs[1], core.ErrDestroyed)
+}
+
+// Every descriptor plugloop opens — the backend's, the wake fd, a
+// listener, an accepted and a client connection, a UDP socket of its own —
+// is close-on-exec, so a program that starts a subprocess leaks none of
+// them into it. (Creating them with the flag in one call, where the system
+// allows it, also keeps a fork on another goroutine from copying one in
+// the moment before the flag is set; no test can catch that moment.)
+func TestDescriptorsCloseOnExec(t *testing.T) {
+	for _, lib := range backends {
+		t.Run(lib, func(t *testing.T) {
+			before := map[string]bool{}
+			for _, fd := range openFDs(t) {
+				before[fd] = true
+			}
+			ctx, log := clientCtx(t, lib, core.Info{})
+			ln, err := ctx.Listen("tcp", "127.0.0.1:0", "server")
+			require.NoError(t, err)
+			_, err = ctx.Connect("tcp", ln.Addr().String(), "client")
+			require.NoError(t, err)
+			_, err = ctx.ListenUDP("udp4", "", "server")
+			require.NoError(t, err)
+			serviceUntil(t, ctx, func() bool { return len(log.adopted) == 3 }) // UDP, client, accepted
+			fresh := 0
+			for _, name := range openFDs(t) {
+				if before[name] {
+					continue
+				}
+				fresh++
+				fd, _ := strconv.Atoi(name)
+				flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
+				require.NoError(t, err)
+				require.NotZero(t, flags&unix.FD_CLOEXEC, "fd %d is not close-on-exec", fd)
+			}
+			require.GreaterOrEqual(t, fresh, 4) // listener, two connections, UDP
+		})
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 
 	"github.com/plugloop/plugloop/evlib"
+	"github.com/plugloop/plugloop/internal/sys"
 	"golang.org/x/sys/unix"
 )
 
@@ -38,7 +39,7 @@ func (c *Context) ListenUDP(network, address, protocol string, opts ...AdoptOpti
 		if network == "udp4" {
 			family = unix.AF_INET
 		}
-		if fd, err = unix.Socket(family, unix.SOCK_DGRAM, 0); err != nil {
+		if fd, err = sys.Socket(family, unix.SOCK_DGRAM, 0); err != nil {
 			return nil, fmt.Errorf("plugloop: udp socket: %w", err)
 		}
 	} else {

@@ -2,42 +2,82 @@
 
 package sys
 
-import "golang.org/x/sys/unix"
+import (
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
 
 const wakeLen = 1
 
-// NewWaker returns a non-blocking pipe.
+// cloexec makes descriptors with mk and sets close-on-exec on them before
+// a fork can copy them: macOS has no SOCK_CLOEXEC or pipe2, and x/sys has
+// accept4 on only some BSDs, so this is what the standard library does
+// there too (a fork/exec on another goroutine waits for the lock). The
+// descriptors are then made non-blocking; on any error none is left open.
+func cloexec(mk func() ([]int, error)) error {
+	syscall.ForkLock.RLock()
+	fds, err := mk()
+	if err == nil {
+		for _, fd := range fds {
+			unix.CloseOnExec(fd)
+		}
+	}
+	syscall.ForkLock.RUnlock()
+	if err != nil {
+		return err
+	}
+	for _, fd := range fds {
+		if err = unix.SetNonblock(fd, true); err != nil {
+			break
+		}
+	}
+	if err != nil {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+	}
+	return err
+}
+
+// NewWaker returns a non-blocking, close-on-exec pipe.
 func NewWaker() (Waker, error) {
 	var p [2]int
-	if err := unix.Pipe(p[:]); err != nil {
+	if err := cloexec(func() ([]int, error) { return p[:], unix.Pipe(p[:]) }); err != nil {
 		return Waker{-1, -1}, err
-	}
-	for _, fd := range p {
-		if err := SetNonblock(fd); err != nil {
-			unix.Close(p[0])
-			unix.Close(p[1])
-			return Waker{-1, -1}, err
-		}
 	}
 	return Waker{p[0], p[1]}, nil
 }
 
 // Accept accepts one connection as a non-blocking, close-on-exec fd.
 func Accept(fd int) (int, error) {
-	for {
-		nfd, _, err := unix.Accept(fd)
-		if err == unix.EINTR {
-			continue
+	var nfd int
+	err := cloexec(func() ([]int, error) {
+		for {
+			var err error
+			if nfd, _, err = unix.Accept(fd); err != unix.EINTR {
+				return []int{nfd}, err
+			}
 		}
-		if err != nil {
-			return -1, err
-		}
-		if err := SetNonblock(nfd); err != nil {
-			unix.Close(nfd)
-			return -1, err
-		}
-		return nfd, nil
+	})
+	if err != nil {
+		return -1, err
 	}
+	return nfd, nil
+}
+
+// Socket creates a non-blocking, close-on-exec socket.
+func Socket(family, typ, proto int) (int, error) {
+	var fd int
+	err := cloexec(func() ([]int, error) {
+		var err error
+		fd, err = unix.Socket(family, typ, proto)
+		return []int{fd}, err
+	})
+	if err != nil {
+		return -1, err
+	}
+	return fd, nil
 }
 
 // Read is read(2).

@@ -32,6 +32,12 @@ func Accept(fd int) (int, error) {
 	}
 }
 
+// Socket creates a non-blocking, close-on-exec socket in one call, so no
+// fork on another goroutine can copy it first.
+func Socket(family, typ, proto int) (int, error) {
+	return unix.Socket(family, typ|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, proto)
+}
+
 // Read is read(2) on a non-blocking fd. It never blocks, so it skips the
 // scheduler hand-off a blocking system call needs.
 func Read(fd int, p []byte) (int, error) {
