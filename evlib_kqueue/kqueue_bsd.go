@@ -4,6 +4,7 @@ package evlib_kqueue
 
 import (
 	"fmt"
+	"syscall"
 	"time"
 
 	"github.com/plugloop/plugloop/evlib"
@@ -40,11 +41,17 @@ type sysKqueue struct {
 }
 
 func openKqueue() (kernel, error) {
+	// Under ForkLock, as the standard library makes its kqueue: a fork on
+	// another goroutine must not copy it before close-on-exec is set.
+	syscall.ForkLock.RLock()
 	kq, err := unix.Kqueue()
+	if err == nil {
+		unix.CloseOnExec(kq)
+	}
+	syscall.ForkLock.RUnlock()
 	if err != nil {
 		return nil, fmt.Errorf("kqueue: %w", err)
 	}
-	unix.CloseOnExec(kq)
 	k := &sysKqueue{kq: kq}
 	if haveUser {
 		var reg [1]unix.Kevent_t
