@@ -171,3 +171,45 @@ func TestGracefulClose(t *testing.T) {
 		})
 	}
 }
+
+// Close inside a callback takes effect when the callback returns, but the
+// connection is closing from the call on: asking for WRITEABLE or writing
+// after it is ErrClosed, not a request that can never be granted or bytes
+// sent past the close.
+func TestCloseInCallbackEndsWrites(t *testing.T) {
+	for _, lib := range backends {
+		t.Run(lib, func(t *testing.T) {
+			var afterClose []error
+			closed := make(chan error, 1)
+			ctx, err := core.New(core.Info{EventLib: lib, Protocols: []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
+				switch ev.Reason {
+				case core.ReasonRawAdopt:
+					return ev.Conn.CallbackOnWritable()
+				case core.ReasonRawWriteable:
+					require.NoError(t, ev.Conn.Close())
+					_, werr := ev.Conn.Write([]byte("late"))
+					afterClose = append(afterClose, werr, ev.Conn.CallbackOnWritable())
+				case core.ReasonRawClose:
+					closed <- ev.Err
+				}
+				return nil
+			}}}})
+			require.NoError(t, err)
+			defer ctx.Destroy()
+			ln, err := ctx.Listen("tcp", "127.0.0.1:0", "")
+			require.NoError(t, err)
+			peer, err := net.Dial("tcp", ln.Addr().String())
+			require.NoError(t, err)
+			defer peer.Close()
+			serviceUntil(t, ctx, func() bool { return len(closed) == 1 })
+			require.NoError(t, <-closed)
+			require.Len(t, afterClose, 2)
+			for _, err := range afterClose {
+				require.ErrorIs(t, err, core.ErrClosed)
+			}
+			n, err := peer.Read(make([]byte, 8))
+			require.Zero(t, n, "bytes written after Close reached the peer")
+			require.ErrorIs(t, err, io.EOF)
+		})
+	}
+}

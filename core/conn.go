@@ -105,7 +105,7 @@ func (c *Conn) CallbackOnWritable() error {
 		return err
 	}
 	defer t.release(took)
-	if c.state != stateOpen || c.hup || c.draining {
+	if c.state != stateOpen || c.closeReq || c.hup || c.draining {
 		return ErrClosed
 	}
 	if c.wantWritable {
@@ -128,7 +128,7 @@ func (c *Conn) CallbackOnWritable() error {
 // writeAllowed enforces lws' rule: one write, inside this connection's
 // RAW_WRITEABLE, while it is open.
 func (c *Conn) writeAllowed() error {
-	if c.state != stateOpen {
+	if c.state != stateOpen || c.closeReq {
 		return ErrClosed
 	}
 	if c.t.writing != c || c.wrote {
@@ -221,7 +221,8 @@ func (c *Conn) RxPaused() bool { return c.rxPaused }
 // once and drops what is pending (lws' return -1). A client connection not
 // established yet is aborted with CLIENT_CONNECTION_ERROR, and a
 // connection handed over to its thread but not adopted yet is dropped
-// with no callback; neither gets RAW_CLOSE.
+// with no callback; neither gets RAW_CLOSE. From the Close on,
+// CallbackOnWritable and Write return ErrClosed.
 func (c *Conn) Close() error {
 	t := c.t
 	took, err := t.own()

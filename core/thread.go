@@ -1331,6 +1331,7 @@ type OpError struct {
 	Err error
 }
 
+// Error says which operation failed and why.
 func (e *OpError) Error() string { return "plugloop: " + e.Op + ": " + e.Err.Error() }
 
 // Unwrap returns the underlying error (often a syscall.Errno).
