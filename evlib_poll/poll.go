@@ -97,6 +97,9 @@ func (b *Backend) Add(fd int, kind evlib.Kind, ev evlib.Events) error {
 
 // Modify implements evlib.Backend. It makes no system call.
 func (b *Backend) Modify(fd int, ev evlib.Events) error {
+	if b.closed {
+		return evlib.ErrClosed
+	}
 	i := b.index(fd)
 	if i < 0 {
 		return fmt.Errorf("%w: fd %d", evlib.ErrNotWatched, fd)
