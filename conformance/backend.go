@@ -169,6 +169,8 @@ func (s *suite) backendTests() []subtest {
 		{"PollTimeout", s.testBackendPollTimeout},
 		{"PollWakesOnReadiness", s.testBackendPollWakes},
 		{"ChangesInsideReady", s.testBackendChangesInsideReady},
+		{"TableGrowth", s.testBackendTableGrowth},
+		{"ManyReady", s.testBackendManyReady},
 		{"Waker", s.testBackendWaker},
 		{"Files", s.testBackendFiles},
 		{"Close", s.testBackendClose},
@@ -548,6 +550,74 @@ func (s *suite) testBackendChangesInsideReady(t *testing.T) {
 	require.NoError(t, be.Remove(fds[3]))
 }
 
+// Checklist 25 (backend side): adding an fd numbered far beyond those
+// watched so far (where a backend's fd-indexed table grows) leaves the fds
+// watched before it as they were: Add of one still fails with ErrExist,
+// and Modify and Remove of one still take effect.
+func (s *suite) testBackendTableGrowth(t *testing.T) {
+	b := s.newBackend(t)
+	be := b.be
+	a, peer := b.watchReadable()
+	lo, hiPeer := nonblockPair(t)
+	defer unix.Close(hiPeer)
+	hi, err := unix.FcntlInt(uintptr(lo), unix.F_DUPFD_CLOEXEC, highFD())
+	unix.Close(lo)
+	require.NoError(t, err)
+	defer unix.Close(hi)
+	require.Greater(t, hi, a)
+
+	require.NoError(t, be.Add(hi, evlib.KindStream, evlib.Readable), "Add of the high fd %d", hi)
+	require.ErrorIs(t, be.Add(a, evlib.KindStream, evlib.Readable), evlib.ErrExist,
+		"Add of fd %d, watched since before fd %d was added", a, hi)
+	require.NoError(t, be.Modify(a, evlib.Readable|evlib.Writable),
+		"Modify of fd %d, watched since before fd %d was added", a, hi)
+	if !b.app {
+		require.Equal(t, evlib.Writable, b.pollFor(a, evlib.Writable),
+			"idle socket watched before the high fd was added, its interest changed to R|W after")
+		_, err = unix.Write(hiPeer, []byte("x"))
+		require.NoError(t, err)
+		require.Equal(t, evlib.Readable, b.pollFor(hi, evlib.Readable), "the high fd with data")
+		_, err = unix.Write(peer, []byte("x"))
+		require.NoError(t, err)
+	}
+	require.NoError(t, be.Remove(a))
+	require.ErrorIs(t, be.Modify(a, evlib.Readable), evlib.ErrNotWatched, "Modify of fd %d once removed", a)
+	if !b.app {
+		b.notReported(a, "fd removed after the table grew, with unread data and interest R|W")
+	}
+	require.NoError(t, be.Add(a, evlib.KindStream, evlib.Readable), "Add of fd %d again once removed", a)
+	require.NoError(t, be.Remove(a))
+	require.NoError(t, be.Remove(hi))
+}
+
+// Checklist 1: with more fds ready at once than one wait usually returns
+// (where a backend's event buffer grows), every one is reported, with its
+// events, each at most once per Poll, and no fd that is not watched is.
+func (s *suite) testBackendManyReady(t *testing.T) {
+	b := s.newBackend(t)
+	b.needPoll()
+	n := min(300, (highFD()-64)/3) // two fds each, below the descriptor limit
+	watched := map[int]bool{}
+	for range n {
+		a, peer := b.watchReadable()
+		_, err := unix.Write(peer, []byte("x"))
+		require.NoError(t, err)
+		watched[a] = true
+	}
+	seen := map[int]bool{}
+	waitUntil(t, fmt.Sprintf("all %d readable fds to be reported", n), func() bool {
+		for _, r := range b.poll(100 * time.Millisecond) { // b.poll checks counts and duplicates
+			require.True(t, watched[r.fd], "fd %d reported, which is not watched", r.fd)
+			require.Equal(t, evlib.Readable, r.ev, "fd %d with data, interest Readable", r.fd)
+			seen[r.fd] = true
+		}
+		return len(seen) == n
+	})
+	for fd := range watched {
+		require.NoError(t, b.be.Remove(fd))
+	}
+}
+
 // A backend with its own Waker: Wake from another goroutine makes a Poll
 // in progress, or the next one, return; after Close it is harmless.
 func (s *suite) testBackendWaker(t *testing.T) {
@@ -627,18 +697,21 @@ func (s *suite) testBackendFiles(t *testing.T) {
 	require.NoError(t, b.be.Remove(r))
 }
 
-// Close is idempotent, leaves the fds the core added open, and Poll after
-// it returns ErrClosed.
+// Close is idempotent, leaves the fds the core added open, and Add,
+// Modify and Poll after it return ErrClosed.
 func (s *suite) testBackendClose(t *testing.T) {
 	b := s.newBackend(t)
 	a, peer := b.watchReadable()
 	require.NoError(t, b.be.Close())
 	require.NoError(t, b.be.Close(), "second Close")
 	require.True(t, fdOpen(a), "Close closed an fd the core added")
+	// ErrClosed, not an error of a system call on a descriptor the
+	// backend closed, whose number may belong to something else by now.
+	require.ErrorIs(t, b.be.Add(peer, evlib.KindStream, evlib.Readable), evlib.ErrClosed, "Add after Close")
+	require.ErrorIs(t, b.be.Modify(a, evlib.Readable|evlib.Writable), evlib.ErrClosed, "Modify after Close of an fd watched before")
 	_, err := b.be.Poll(0)
 	if b.app && errors.Is(err, evlib.ErrAppDriven) {
 		return
 	}
 	require.ErrorIs(t, err, evlib.ErrClosed, "Poll after Close")
-	require.Error(t, b.be.Add(peer, evlib.KindStream, evlib.Readable), "Add after Close")
 }
