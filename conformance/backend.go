@@ -557,6 +557,7 @@ func (s *suite) testBackendChangesInsideReady(t *testing.T) {
 func (s *suite) testBackendTableGrowth(t *testing.T) {
 	b := s.newBackend(t)
 	be := b.be
+	first, firstPeer := b.watchReadable() // so that a is not the first entry of a table either
 	a, peer := b.watchReadable()
 	lo, hiPeer := nonblockPair(t)
 	defer unix.Close(hiPeer)
@@ -586,8 +587,15 @@ func (s *suite) testBackendTableGrowth(t *testing.T) {
 		b.notReported(a, "fd removed after the table grew, with unread data and interest R|W")
 	}
 	require.NoError(t, be.Add(a, evlib.KindStream, evlib.Readable), "Add of fd %d again once removed", a)
-	require.NoError(t, be.Remove(a))
-	require.NoError(t, be.Remove(hi))
+	if !b.app {
+		_, err = unix.Write(firstPeer, []byte("x"))
+		require.NoError(t, err)
+		require.Equal(t, evlib.Readable, b.pollFor(first, evlib.Readable),
+			"fd %d, watched for Readable since before the high fd was added, with data", first)
+	}
+	for _, fd := range []int{first, a, hi} {
+		require.NoError(t, be.Remove(fd))
+	}
 }
 
 // Checklist 1: with more fds ready at once than one wait usually returns
