@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/plugloop/plugloop/core"
 	"github.com/plugloop/plugloop/evlib"
@@ -375,9 +376,13 @@ func (r *recorder) waitEvent(t testing.TB, what string, pred func(event) bool) e
 }
 
 // waitEventFrom waits for an event from sequence number from on that
-// matches pred and returns it.
+// matches pred and returns it. The hang guard bounds the whole wait, not
+// the wait for each event: a loop that keeps delivering other events (a
+// backend reporting an fd over and over) must not hold it off.
 func (r *recorder) waitEventFrom(t testing.TB, what string, from int, pred func(event) bool) event {
 	t.Helper()
+	guard := time.NewTimer(hang)
+	defer guard.Stop()
 	for {
 		r.mu.Lock()
 		for _, e := range r.events[from:] {
@@ -389,7 +394,11 @@ func (r *recorder) waitEventFrom(t testing.TB, what string, from int, pred func(
 		from = len(r.events)
 		ch := r.notify
 		r.mu.Unlock()
-		waitCh(t, ch, what)
+		select {
+		case <-ch:
+		case <-guard.C:
+			t.Fatalf("conformance: no %s after %v (hang guard)", what, hang)
+		}
 	}
 }
 
