@@ -20,8 +20,10 @@
 //   - "Backend" drives the evlib.Backend directly, created with the
 //     descriptor's New and a recording evlib.Sink: Add/Modify/Remove
 //     idempotency and errors, readiness reports (Readable, Writable,
-//     Hangup, Error) as independent bits, Poll timeouts, Close, and the
-//     declared capabilities (IO, Waker, files).
+//     Hangup, Error) as independent bits, many fds ready at once, fds
+//     watched before a far higher one was added, Poll timeouts, Close
+//     (and ErrClosed after it), and the declared capabilities (IO, Waker,
+//     files).
 //   - "Core" runs a core.Context on the backend with real loopback TCP
 //     sockets, unix sockets and pipes: echo, WRITEABLE semantics, closes
 //     inside a ready batch, fd reuse, hangups, partial writes, rx flow
