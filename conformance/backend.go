@@ -173,6 +173,7 @@ func (s *suite) backendTests() []subtest {
 		{"ManyReady", s.testBackendManyReady},
 		{"Waker", s.testBackendWaker},
 		{"Files", s.testBackendFiles},
+		{"PipeReaderGone", s.testBackendPipeReaderGone},
 		{"Close", s.testBackendClose},
 	}
 }
@@ -703,6 +704,37 @@ func (s *suite) testBackendFiles(t *testing.T) {
 	require.NoError(t, err)
 	require.Zero(t, n, "read of a pipe whose writer closed must return end of file")
 	require.NoError(t, b.be.Remove(r))
+}
+
+// A pipe's write end whose reader closed (where epoll and poll(2) say
+// only ERR, no HUP) is reported with Hangup or Error, whatever the
+// interest, where the backend declares CapFiles: the core learns from it
+// that writing is over.
+func (s *suite) testBackendPipeReaderGone(t *testing.T) {
+	if s.desc.Caps&evlib.CapFiles == 0 {
+		t.Skipf("conformance: backend %q declares it lacks evlib.CapFiles: pipes are not tested", s.name)
+	}
+	b := s.newBackend(t)
+	b.needPoll()
+	var p [2]int
+	require.NoError(t, unix.Pipe(p[:]))
+	r, w := p[0], p[1]
+	defer unix.Close(w)
+	require.NoError(t, unix.SetNonblock(w, true))
+	require.NoError(t, b.be.Add(w, evlib.KindFile, evlib.Writable))
+	require.Equal(t, evlib.Writable, b.pollFor(w, evlib.Writable), "empty pipe's write end")
+	require.NoError(t, unix.Close(r))
+	if s.desc.Caps&evlib.CapBufferedRx != 0 {
+		t.Skipf("conformance: backend %q synthesizes Writable (evlib.CapBufferedRx) and does not watch a pipe's write end for its reader's close: the core learns of it only from its next write (EPIPE), and a writer with nothing to write not at all", s.name)
+	}
+	ev := b.pollFor(w, evlib.Hangup|evlib.Error)
+	require.NotZero(t, ev&(evlib.Hangup|evlib.Error), "write end of a pipe whose reader closed reported as %v", ev)
+	require.NoError(t, b.be.Modify(w, 0))
+	if ev, ok := evFor(b.poll(0), w); ok {
+		// b.poll has checked that ev is not empty.
+		require.Zero(t, ev&(evlib.Readable|evlib.Writable), "interest 0, yet reported %v", ev)
+	}
+	require.NoError(t, b.be.Remove(w))
 }
 
 // Close is idempotent, leaves the fds the core added open, and Add,
