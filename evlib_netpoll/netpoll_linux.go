@@ -70,6 +70,13 @@ type entry struct {
 	file *os.File // dup for the helpers, made when first needed
 	rc   syscall.RawConn
 
+	// A file's read helper also watches it while rx is paused, for its
+	// end: a pipe's write end learns that its reader closed only so
+	// (POLLERR). watchIn tells the helper whether input counts too (read
+	// by it); endSeen stops that watch once the end was posted.
+	watchIn atomic.Bool
+	endSeen bool
+
 	// How the stream ended, as the socket said when that was first asked
 	// (see snapEnd); endMu orders netpoll's goroutines and the core's.
 	endMu  sync.Mutex
@@ -192,6 +199,7 @@ func (b *Backend) Add(fd int, kind evlib.Kind, ev evlib.Events) error {
 		return fmt.Errorf("%w: fd %d", evlib.ErrExist, fd)
 	}
 	e := &entry{fd: fd, kind: kind, interest: ev & (evlib.Readable | evlib.Writable), done: make(chan struct{}), ncFD: -1, heldFD: -1}
+	e.watchIn.Store(true)
 	// A stream whose connect is still in progress is not netpoll's yet:
 	// when the connect fails, netpoll's read would take the socket's
 	// error, which the core needs to tell why. Helpers watch it until it
@@ -638,7 +646,11 @@ func (b *Backend) arm(e *entry) {
 	if e.removed {
 		return
 	}
-	if e.nc == nil && !e.detached && e.interest&evlib.Readable != 0 && !e.waitR {
+	in := e.interest&evlib.Readable != 0
+	if e.kind == evlib.KindFile {
+		e.watchIn.Store(in)
+	}
+	if e.nc == nil && !e.detached && !e.waitR && (in || e.kind == evlib.KindFile && !e.endSeen) {
 		e.waitR = true
 		go b.helper(e, e.rc, false)
 	}
@@ -664,12 +676,15 @@ func (b *Backend) arm(e *entry) {
 // readiness is edge-ish and reset when the wait starts, so the condition
 // is always tested with a zero-timeout poll(2) inside the callback.
 func (b *Backend) helper(e *entry, rc syscall.RawConn, write bool) {
-	want := int16(unix.POLLIN)
-	if write {
-		want = unix.POLLOUT
-	}
 	var got int16
 	check := func(fd uintptr) bool {
+		want := int16(unix.POLLIN)
+		switch {
+		case write:
+			want = unix.POLLOUT
+		case !e.watchIn.Load():
+			want = 0 // only the end: POLLHUP, POLLERR
+		}
 		p := []unix.PollFd{{Fd: int32(fd), Events: want}}
 		n, err := unix.Poll(p, 0)
 		if err != nil || n == 0 {
@@ -732,6 +747,14 @@ func (b *Backend) Modify(fd int, ev evlib.Events) error {
 	}
 	if added&evlib.Writable != 0 && !e.blocked && !sys.WritableNow(fd) {
 		e.blocked = true
+	}
+	if added&evlib.Readable != 0 && e.kind == evlib.KindFile && e.waitR {
+		// Its helper watched for the end only, and input that came
+		// meanwhile woke it for nothing: look now, once it counts (arm).
+		e.watchIn.Store(true)
+		if sys.ReadableNow(fd) {
+			e.rawReady |= evlib.Readable
+		}
 	}
 	if e.connecting && dropped&evlib.Writable != 0 {
 		// The core is done with the connect: a connect that finished
@@ -892,6 +915,7 @@ func (b *Backend) drain() {
 		case postRawRead:
 			e.waitR = false
 			e.rawReady |= p.ev
+			e.endSeen = e.endSeen || e.kind == evlib.KindFile && p.ev&(evlib.Hangup|evlib.Error) != 0
 			e.releaseFile() // a stream's read helper from before netpoll took it
 		case postRawWrite:
 			e.waitW = false

@@ -18,8 +18,14 @@ func WouldBlock(err error) bool {
 
 // WritableNow asks the kernel, without waiting, whether fd is writable. An
 // error counts as writable: it is for the write (or SO_ERROR) to report.
-func WritableNow(fd int) bool {
-	p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+func WritableNow(fd int) bool { return readyNow(fd, unix.POLLOUT) }
+
+// ReadableNow asks the kernel, without waiting, whether fd has input, an
+// end or an error for a read to find.
+func ReadableNow(fd int) bool { return readyNow(fd, unix.POLLIN) }
+
+func readyNow(fd int, events int16) bool {
+	p := []unix.PollFd{{Fd: int32(fd), Events: events}}
 	n, err := unix.Poll(p, 0)
 	return err != nil || n > 0
 }
