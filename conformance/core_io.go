@@ -36,6 +36,7 @@ func (s *suite) coreTests() []subtest {
 		{"ServiceAdjustTimeout", s.testAdjustTimeout},
 		{"Timers", s.testTimers},
 		{"TimerScheduledEarlier", s.testTimerEarlier},
+		{"TimersAfterIdleWait", s.testTimersAfterIdle},
 		{"ConnTimers", s.testConnTimers},
 		{"CancelService", s.testCancelService},
 		{"Post", s.testPost},

@@ -392,6 +392,94 @@ func (s *suite) testTimerEarlier(t *testing.T) {
 	h.rec.verify(t)
 }
 
+// Checklist 14 and 16: a timer counts from when it is scheduled, not from
+// when the loop last read the clock. Every way of scheduling one (AfterFunc,
+// Timer.Reset, Conn.SetTimer, Conn.SetTimeout), from a posted function or
+// from RAW_RX, after the loop idled in its wait for a while, fires no
+// earlier than its delay after the call. A core that computed the deadline
+// from the time of the batch (read before the wait) fires it at once.
+func (s *suite) testTimersAfterIdle(t *testing.T) {
+	const (
+		idle  = 60 * time.Millisecond // how long the loop idles in its wait first
+		delay = 30 * time.Millisecond
+	)
+	// Touched only on the loop goroutine.
+	var schedAt time.Time
+	var onRX func(c *core.Conn)
+	fired := make(chan time.Duration, 16) // room for a bug's extra fires: never block the loop
+	cb := func(ev core.Event) error {
+		switch ev.Reason {
+		case core.ReasonTimer:
+			fired <- time.Since(schedAt)
+		case core.ReasonRawClose:
+			if errors.Is(ev.Err, core.ErrTimeout) {
+				fired <- time.Since(schedAt)
+			}
+		case core.ReasonRawRX:
+			if f := onRX; f != nil {
+				onRX = nil
+				f(ev.Conn)
+			}
+		}
+		return nil
+	}
+	h := s.newHarness(t, core.Info{Protocols: []core.Protocol{{Name: "ti", Callback: cb}}})
+	h.start()
+	adopt := func() (*core.Conn, net.Conn) {
+		fd, peer := unixPair(t)
+		var c *core.Conn
+		var err error
+		h.do(func() { c, err = h.ctx.AdoptFD(fd, "") })
+		require.NoError(t, err)
+		return c, peer
+	}
+	var reused *core.Timer
+	var err error
+	h.do(func() { reused, err = h.th.AfterFunc(time.Hour, func() { fired <- time.Since(schedAt) }) })
+	require.NoError(t, err)
+	ways := []struct {
+		name     string
+		schedule func(c *core.Conn) error
+	}{
+		{"AfterFunc", func(*core.Conn) error {
+			_, err := h.th.AfterFunc(delay, func() { fired <- time.Since(schedAt) })
+			return err
+		}},
+		{"Reset", func(*core.Conn) error { return reused.Reset(delay) }},
+		{"SetTimer", func(c *core.Conn) error { return c.SetTimer(delay) }},
+		{"SetTimeout", func(c *core.Conn) error { return c.SetTimeout(delay) }},
+	}
+	for _, from := range []string{"Post", "RX"} {
+		for _, w := range ways {
+			t.Run(from+"/"+w.name, func(t *testing.T) {
+				c, peer := adopt()
+				var err error
+				schedule := func(c *core.Conn) {
+					schedAt = time.Now()
+					err = w.schedule(c)
+				}
+				h.waitBlocked()
+				time.Sleep(idle) // the loop idles in its wait: the scenario, not a synchronization
+				if from == "Post" {
+					h.do(func() { schedule(c) })
+				} else {
+					h.do(func() { onRX = schedule })
+					h.waitBlocked()
+					time.Sleep(idle)
+					write(t, peer, []byte("x"))
+				}
+				el := waitCh(t, fired, "the timer scheduled after an idle wait")
+				h.sync()
+				var e error
+				h.do(func() { e = err })
+				require.NoError(t, e)
+				require.GreaterOrEqual(t, el, delay, "%s from %s fired %v after it was scheduled, before its delay", w.name, from, el)
+			})
+		}
+	}
+	h.rec.verify(t)
+}
+
 // Checklist 14, 16 and 18: Conn.SetTimer delivers one TIMER (a second
 // SetTimer replaces the first), CancelTimer cancels it; SetTimeout closes
 // with ErrTimeout, SetTimeout(0) cancels.
