@@ -611,6 +611,64 @@ func (s *suite) testConnTimers(t *testing.T) {
 			return
 		}
 	})
+	// Writing is activity too: a connection that only sends (a feed whose
+	// peer never speaks) lives a whole IdleTimeout after its last write,
+	// however long it has been open.
+	t.Run("IdleTimeoutCountsWrites", func(t *testing.T) {
+		const (
+			d      = 300 * time.Millisecond
+			every  = d / 5
+			writes = 8 // 8 * every > d: the stream outlives one IdleTimeout
+		)
+		var n int
+		var lastWrite, closeAt time.Time // loop goroutine
+		var closeErr error
+		var errs []error
+		cb := func(ev core.Event) error {
+			var err error
+			switch ev.Reason {
+			case core.ReasonRawAdopt:
+				err = ev.Conn.SetTimer(every)
+			case core.ReasonTimer:
+				err = ev.Conn.CallbackOnWritable()
+			case core.ReasonRawWriteable:
+				if _, err = ev.Conn.Write([]byte("x")); err == nil {
+					n++
+					lastWrite = time.Now()
+					if n < writes {
+						err = ev.Conn.SetTimer(every)
+					}
+				}
+			case core.ReasonRawClose:
+				closeAt, closeErr = time.Now(), ev.Err
+				return nil
+			}
+			if err != nil {
+				errs = append(errs, err)
+			}
+			return nil
+		}
+		h := s.newHarness(t, core.Info{IdleTimeout: d, Protocols: []core.Protocol{{Name: "feed", Callback: cb}}})
+		fd, peer := unixPair(t)
+		c, err := h.ctx.AdoptFD(fd, "")
+		require.NoError(t, err)
+		h.start()
+		h.rec.waitEvent(t, "RAW_CLOSE after Info.IdleTimeout", is(core.ReasonRawClose, c))
+		var wrote int
+		var last, closed time.Time
+		var cerr error
+		var e []error
+		h.do(func() { wrote, last, closed, cerr, e = n, lastWrite, closeAt, closeErr, errs })
+		require.Empty(t, e)
+		require.ErrorIs(t, cerr, core.ErrTimeout)
+		require.Positive(t, wrote)
+		// The batch's clock may be read a little before the write: d/2,
+		// as above.
+		require.GreaterOrEqual(t, closed.Sub(last), d/2,
+			"closed %v after its last write (write %d of %d); IdleTimeout is %v", closed.Sub(last), wrote, writes, d)
+		readFull(t, peer, wrote)
+		expectEOF(t, peer)
+	})
 }
 
 // Checklist 19: CancelService from many goroutines wakes the blocked loop
