@@ -675,8 +675,17 @@ func (s *suite) testConnTimers(t *testing.T) {
 // and yields between 1 and N EVENT_WAIT_CANCELLED per protocol, on the
 // loop goroutine; every call is followed by at least one.
 func (s *suite) testCancelService(t *testing.T) {
+	// hold, touched only on the loop goroutine, makes p1's next
+	// EVENT_WAIT_CANCELLED wait inside the callback until released.
+	var hold func()
 	h := s.newHarness(t, core.Info{Protocols: []core.Protocol{
-		{Name: "p1", Callback: func(core.Event) error { return nil }},
+		{Name: "p1", Callback: func(ev core.Event) error {
+			if f := hold; f != nil && ev.Reason == core.ReasonEventWaitCancelled {
+				hold = nil
+				f()
+			}
+			return nil
+		}},
 		{Name: "p2", Callback: func(core.Event) error { return nil }},
 	}})
 	h.start()
@@ -729,6 +738,24 @@ func (s *suite) testCancelService(t *testing.T) {
 	require.LessOrEqual(t, c1, n, "more deliveries than calls")
 	require.Equal(t, c1, c2, "every delivery goes to every protocol")
 	t.Logf("%d concurrent CancelService calls: %d deliveries", n, c1)
+
+	// A CancelService made while the deliveries of an earlier one run is
+	// not folded into them: one more delivery follows it.
+	entered, release := make(chan struct{}), make(chan struct{})
+	h.do(func() {
+		hold = func() {
+			close(entered)
+			<-release
+		}
+	})
+	h.waitBlocked()
+	require.NoError(t, h.ctx.CancelService())
+	waitCh(t, entered, "EVENT_WAIT_CANCELLED to p1")
+	require.NoError(t, h.ctx.CancelService()) // the loop is inside p1's callback
+	m = h.rec.mark()
+	close(release)
+	h.rec.waitEventFrom(t, "EVENT_WAIT_CANCELLED to p1 for a CancelService made during the previous delivery", m, cancelled("p1"))
+	h.rec.waitEventFrom(t, "EVENT_WAIT_CANCELLED to p2 for a CancelService made during the previous delivery", m, cancelled("p2"))
 	h.rec.verify(t)
 }
 
