@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -164,6 +165,16 @@ func (s *suite) testSMPThreads(t *testing.T, threads int) {
 	close(errs)
 	for err := range errs {
 		require.NoError(t, err)
+	}
+
+	// Context.CancelService wakes every thread: each delivers
+	// EVENT_WAIT_CANCELLED itself (the check below covers the goroutine).
+	mark := h.rec.mark()
+	require.NoError(t, h.ctx.CancelService())
+	for i := range threads {
+		h.rec.waitEventFrom(t, "EVENT_WAIT_CANCELLED on thread "+strconv.Itoa(i), mark, func(e event) bool {
+			return e.reason == core.ReasonEventWaitCancelled && e.ti == i
+		})
 	}
 
 	// Exclusivity: a connection's callbacks all run on its own thread, every
