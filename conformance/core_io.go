@@ -29,6 +29,7 @@ func (s *suite) coreTests() []subtest {
 		{"HangupWhilePaused", s.testHangupWhilePaused},
 		{"PartialWrites", s.testPartialWrites},
 		{"RxFlowControl", s.testRxFlowControl},
+		{"RxShortPause", s.testRxShortPause},
 		{"RxBackpressure", s.testRxBackpressure},
 		{"ResumeDeliversAll", s.testResumeDeliversAll},
 		{"Files", s.testCoreFiles},
@@ -706,6 +707,55 @@ func (s *suite) testRxFlowControl(t *testing.T) {
 	want := bytes.Join([][]byte{p1, p2, p3, p4}, nil)
 	require.Equal(t, len(want), len(got), "bytes delivered")
 	require.True(t, bytes.Equal(want, got), "bytes delivered out of order or altered")
+	h.rec.verify(t)
+}
+
+// A short pause costs no interest change: an echo that stops rx in every
+// RAW_RX and resumes it in the RAW_WRITEABLE that sends the echo, before
+// the peer (which waits for the echo) can send again, never has input
+// arrive while stopped, so the core never changes the connection's
+// interest (RxFlowControl's promise).
+func (s *suite) testRxShortPause(t *testing.T) {
+	var errs []error // loop goroutine
+	cb := func(ev core.Event) error {
+		var err error
+		switch ev.Reason {
+		case core.ReasonRawRX:
+			if err = ev.Conn.RxFlowControl(false); err == nil {
+				err = echoCallback(ev)
+			}
+		case core.ReasonRawWriteable:
+			if err = echoCallback(ev); err == nil {
+				err = ev.Conn.RxFlowControl(true)
+			}
+		default:
+			return echoCallback(ev)
+		}
+		if err != nil {
+			errs = append(errs, err)
+		}
+		return err
+	}
+	h := s.newHarness(t, core.Info{Protocols: []core.Protocol{{Name: "pausing-echo", Callback: cb}}})
+	fd, peer := unixPair(t)
+	conn, err := h.ctx.AdoptFD(fd, "")
+	require.NoError(t, err)
+	h.start()
+	require.NoError(t, peer.SetDeadline(time.Now().Add(hang)))
+	for i := range 50 {
+		msg := pattern(uint64(500+i), 1+(i*97)%1000) // one write, taken by one read
+		write(t, peer, msg)
+		require.True(t, bytes.Equal(msg, readFull(t, peer, len(msg))), "echo %d", i)
+	}
+	h.sync()
+	var e []error
+	var paused bool
+	h.do(func() { e, paused = errs, conn.RxPaused() })
+	require.Empty(t, e)
+	require.False(t, paused)
+	require.Zero(t, h.rec.count(func(e event) bool {
+		return e.reason == core.ReasonChangeModePollFD && e.fd == conn.FD()
+	}), "interest changes for pauses that no input met")
 	h.rec.verify(t)
 }
 
