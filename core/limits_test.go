@@ -179,3 +179,35 @@ func TestFDLimitCountsBackendDups(t *testing.T) {
 		require.NoError(t, ctx.Destroy())
 	}
 }
+
+// AdoptFD and Listen stop at Info.FDLimit with ErrFDLimit, placed or
+// pinned with OnThread, and the caller keeps the fd; a close makes room.
+func TestAdoptStopsAtFDLimit(t *testing.T) {
+	for _, lib := range backends {
+		t.Run(lib, func(t *testing.T) {
+			ctx, err := core.New(core.Info{EventLib: lib, FDLimit: 2, Protocols: []core.Protocol{{Name: "p", Callback: func(core.Event) error { return nil }}}})
+			require.NoError(t, err)
+			defer ctx.Destroy()
+			fd1, _ := socketPair(t)
+			fd2, _ := socketPair(t)
+			fd3, _ := socketPair(t)
+			c1, err := ctx.AdoptFD(fd1, "")
+			require.NoError(t, err)
+			_, err = ctx.AdoptFD(fd2, "", core.OnThread(0))
+			require.NoError(t, err)
+
+			_, err = ctx.AdoptFD(fd3, "")
+			require.ErrorIs(t, err, core.ErrFDLimit, "AdoptFD beyond the limit")
+			_, err = ctx.AdoptFD(fd3, "", core.OnThread(0))
+			require.ErrorIs(t, err, core.ErrFDLimit, "AdoptFD with OnThread beyond the limit")
+			_, err = ctx.Listen("tcp", "127.0.0.1:0", "")
+			require.ErrorIs(t, err, core.ErrFDLimit, "Listen beyond the limit")
+			_, err = unix.FcntlInt(uintptr(fd3), unix.F_GETFD, 0)
+			require.NoError(t, err, "a refused fd stays the caller's")
+
+			require.NoError(t, c1.Close())
+			_, err = ctx.AdoptFD(fd3, "", core.OnThread(0))
+			require.NoError(t, err, "room made by a close")
+		})
+	}
+}
