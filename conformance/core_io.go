@@ -25,6 +25,7 @@ func (s *suite) coreTests() []subtest {
 		{"Writeable", s.testWriteable},
 		{"CloseInBatch", s.testCloseInBatch},
 		{"FDReuse", s.testFDReuse},
+		{"FDOpenInRawClose", s.testFDOpenInClose},
 		{"PeerClose", s.testPeerClose},
 		{"HangupWhilePaused", s.testHangupWhilePaused},
 		{"PartialWrites", s.testPartialWrites},
@@ -379,6 +380,73 @@ func (s *suite) testFDReuse(t *testing.T) {
 	e = h.rec.waitEvent(t, "RAW_CLOSE of the new connection", is(core.ReasonRawClose, y))
 	require.ErrorIs(t, e.err, io.EOF)
 	require.Equal(t, 1, h.rec.count(is(core.ReasonRawClose, x)))
+	h.rec.verify(t)
+}
+
+// Checklist 6 and 8: the core closes a connection's fd after RAW_CLOSE
+// returns (at the end of the batch), never before: inside RAW_CLOSE the fd
+// is still the connection's socket, whatever closed it — the peer, Conn.Close,
+// an error returned from a callback, a timeout — so the callback may still
+// ask it (RemoteAddr, getsockopt) and a number reused meanwhile cannot be
+// taken for it.
+func (s *suite) testFDOpenInClose(t *testing.T) {
+	type file struct{ dev, ino uint64 }
+	stat := func(fd int) (file, error) {
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			return file{}, err
+		}
+		return file{uint64(st.Dev), uint64(st.Ino)}, nil
+	}
+	// Touched only on the loop goroutine.
+	adopted := map[*core.Conn]file{}
+	var errs []error
+	cb := func(ev core.Event) error {
+		switch ev.Reason {
+		case core.ReasonRawAdopt:
+			f, err := stat(ev.Conn.FD())
+			if err != nil {
+				errs = append(errs, err)
+			}
+			adopted[ev.Conn] = f
+		case core.ReasonRawRX:
+			switch string(ev.Data) {
+			case "close":
+				return ev.Conn.Close()
+			case "error":
+				return errors.New("refused by the callback")
+			case "timeout":
+				return ev.Conn.SetTimeout(time.Millisecond)
+			}
+		case core.ReasonRawClose:
+			f, err := stat(ev.Conn.FD())
+			switch {
+			case err != nil:
+				errs = append(errs, fmt.Errorf("fd %d in RAW_CLOSE (%v): %w", ev.Conn.FD(), ev.Err, err))
+			case f != adopted[ev.Conn]:
+				errs = append(errs, fmt.Errorf("fd %d in RAW_CLOSE (%v) is another file", ev.Conn.FD(), ev.Err))
+			}
+		}
+		return nil
+	}
+	h := s.newHarness(t, core.Info{Protocols: []core.Protocol{{Name: "fd", Callback: cb}}})
+	h.start()
+	for _, how := range []string{"peer", "close", "error", "timeout"} {
+		fd, peer := unixPair(t)
+		var c *core.Conn
+		var err error
+		h.do(func() { c, err = h.ctx.AdoptFD(fd, "") })
+		require.NoError(t, err)
+		if how == "peer" {
+			require.NoError(t, peer.Close())
+		} else {
+			write(t, peer, []byte(how))
+		}
+		h.rec.waitEvent(t, "RAW_CLOSE after "+how, is(core.ReasonRawClose, c))
+	}
+	var e []error
+	h.do(func() { e = errs })
+	require.Empty(t, e)
 	h.rec.verify(t)
 }
 
