@@ -714,6 +714,40 @@ func (s *suite) testClosePolicy(t *testing.T) {
 		h.rec.verify(t)
 		require.NoError(t, e.err)
 	})
+	// Close cancels a RAW_WRITEABLE asked for before it: while the close
+	// waits for the peer, nothing but RAW_CLOSE comes.
+	t.Run("GracefulCancelsWriteable", func(t *testing.T) {
+		var errs []error // loop goroutine
+		info := core.Info{GracefulClose: true, CloseTimeout: 6 * hang, Protocols: []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
+			if ev.Reason == core.ReasonRawAdopt {
+				for _, err := range []error{ev.Conn.CallbackOnWritable(), ev.Conn.Close()} {
+					if err != nil {
+						errs = append(errs, err)
+					}
+				}
+			}
+			return nil
+		}}}}
+		h := s.newHarness(t, info)
+		ln, err := h.ctx.Listen("tcp4", "127.0.0.1:0", "")
+		require.NoError(t, err)
+		h.start()
+		c, err := net.Dial("tcp4", ln.Addr().String())
+		require.NoError(t, err)
+		t.Cleanup(func() { c.Close() })
+		require.Empty(t, readAll(t, c), "the write side shut down, nothing written")
+		adopt := h.rec.waitEvent(t, "RAW_ADOPT", is(core.ReasonRawAdopt, nil))
+		h.sync()
+		var e []error
+		h.do(func() { e = errs })
+		require.Empty(t, e)
+		require.Zero(t, h.rec.count(is(core.ReasonRawWriteable, adopt.conn)), "RAW_WRITEABLE after Close")
+		require.NoError(t, c.Close())
+		ce := h.rec.waitEvent(t, "RAW_CLOSE", is(core.ReasonRawClose, adopt.conn))
+		require.NoError(t, ce.err)
+		require.Zero(t, h.rec.count(is(core.ReasonRawWriteable, adopt.conn)), "RAW_WRITEABLE after Close")
+		h.rec.verify(t)
+	})
 	t.Run("GracefulTimeout", func(t *testing.T) {
 		h, c := serve(t, core.Info{GracefulClose: true, CloseTimeout: 50 * time.Millisecond}, []byte("bye"))
 		require.Equal(t, "bye", string(readAll(t, c)))
