@@ -27,7 +27,10 @@ const (
 	// CallbackOnWritable, though an extra one may come at any time.
 	ReasonRawWriteable
 	// ReasonRawClose: the connection is closed; Event.Err says why. It is
-	// delivered exactly once per adopted connection.
+	// delivered exactly once per adopted connection, while its fd is still
+	// open (Conn.FD names the same socket or file as at RAW_ADOPT, for a
+	// last getsockopt, say); the core closes the fd when the callback
+	// returns.
 	ReasonRawClose
 	// ReasonTimer: the connection's timer (Conn.SetTimer) expired.
 	ReasonTimer
