@@ -660,6 +660,18 @@ func (s *suite) testAttach(t *testing.T) {
 // still sends, delivers nothing but the final RAW_CLOSE, and closes when
 // the peer does — or with ErrTimeout at Info.CloseTimeout.
 func (s *suite) testClosePolicy(t *testing.T) {
+	// dial starts a context serving info's protocol and connects to it.
+	dial := func(t *testing.T, info core.Info) (*harness, net.Conn) {
+		h := s.newHarness(t, info)
+		ln, err := h.ctx.Listen("tcp4", "127.0.0.1:0", "")
+		require.NoError(t, err)
+		h.start()
+		c, err := net.Dial("tcp4", ln.Addr().String())
+		require.NoError(t, err)
+		t.Cleanup(func() { c.Close() })
+		return h, c
+	}
+	// serve writes payload in the first RAW_WRITEABLE, then closes.
 	serve := func(t *testing.T, info core.Info, payload []byte) (*harness, net.Conn) {
 		info.Protocols = []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
 			switch ev.Reason {
@@ -673,14 +685,7 @@ func (s *suite) testClosePolicy(t *testing.T) {
 			}
 			return nil
 		}}}
-		h := s.newHarness(t, info)
-		ln, err := h.ctx.Listen("tcp4", "127.0.0.1:0", "")
-		require.NoError(t, err)
-		h.start()
-		c, err := net.Dial("tcp4", ln.Addr().String())
-		require.NoError(t, err)
-		t.Cleanup(func() { c.Close() })
-		return h, c
+		return dial(t, info)
 	}
 	readAll := func(t *testing.T, c net.Conn) []byte {
 		require.NoError(t, c.SetReadDeadline(time.Now().Add(hang)))
@@ -728,13 +733,7 @@ func (s *suite) testClosePolicy(t *testing.T) {
 			}
 			return nil
 		}}}}
-		h := s.newHarness(t, info)
-		ln, err := h.ctx.Listen("tcp4", "127.0.0.1:0", "")
-		require.NoError(t, err)
-		h.start()
-		c, err := net.Dial("tcp4", ln.Addr().String())
-		require.NoError(t, err)
-		t.Cleanup(func() { c.Close() })
+		h, c := dial(t, info)
 		require.Empty(t, readAll(t, c), "the write side shut down, nothing written")
 		adopt := h.rec.waitEvent(t, "RAW_ADOPT", is(core.ReasonRawAdopt, nil))
 		h.sync()
