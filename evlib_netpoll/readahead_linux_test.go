@@ -1,0 +1,80 @@
+package evlib_netpoll_test
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"testing"
+
+	"github.com/plugloop/plugloop/core"
+	"github.com/plugloop/plugloop/evlib_netpoll"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+)
+
+// A core that falls more than MaxReadAhead behind netpoll with rx on (its
+// RAW_RX callback held the thread while netpoll went on reading) gets the
+// stream taken out of netpoll's poller, so netpoll's buffer stops growing
+// and the kernel pushes back on the peer; every byte still arrives, in
+// order.
+func TestReadAheadBound(t *testing.T) {
+	noLeaks(t)
+	const total = 8 << 20
+	release := make(chan struct{})
+	var got []byte // loop only
+	first := true
+	ctx, err := core.New(core.Info{EventLib: evlib_netpoll.Name,
+		Protocols: []core.Protocol{{Name: "slow", Callback: func(ev core.Event) error {
+			switch ev.Reason {
+			case core.ReasonRawAdopt:
+				// The kernel holds little: what the peer wrote is mostly
+				// in netpoll's buffer.
+				return unix.SetsockoptInt(ev.Conn.FD(), unix.SOL_SOCKET, unix.SO_RCVBUF, 64<<10)
+			case core.ReasonRawRX:
+				got = append(got, ev.Data...)
+				if first {
+					first = false
+					<-release
+				}
+			}
+			return nil
+		}}}})
+	require.NoError(t, err)
+	ln, err := ctx.Listen("tcp", "127.0.0.1:0", "slow")
+	require.NoError(t, err)
+	runDone := make(chan error, 1)
+	go func() { runDone <- ctx.Run(context.Background()) }()
+	t.Cleanup(func() { ctx.Destroy(); <-runDone })
+	c, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	require.NoError(t, c.(*net.TCPConn).SetWriteBuffer(16<<10))
+
+	sent := make([]byte, total)
+	for i := range sent {
+		sent[i] = byte(i * 11)
+	}
+	before := evlib_netpoll.Detaches()
+	// The whole write completes while the first RAW_RX holds the thread:
+	// netpoll reads it all into its buffer meanwhile.
+	_, err = c.Write(sent)
+	require.NoError(t, err)
+	close(release)
+	waitUntil(t, "netpoll held far more than MaxReadAhead, yet the stream was never taken out of its poller", func() bool {
+		return evlib_netpoll.Detaches() > before
+	})
+	waitUntil(t, "not every byte arrived", func() bool {
+		n := 0
+		done := make(chan struct{})
+		if ctx.Thread(0).Post(func() { n = len(got); close(done) }) != nil {
+			return false
+		}
+		<-done
+		return n >= total
+	})
+	done := make(chan struct{})
+	var same bool
+	require.NoError(t, ctx.Thread(0).Post(func() { same = bytes.Equal(sent, got); close(done) }))
+	<-done
+	require.True(t, same, "bytes delivered out of order or altered")
+}
