@@ -3,6 +3,7 @@ package evlib_netpoll_test
 import (
 	"bytes"
 	"context"
+	"io"
 	"net"
 	"testing"
 
@@ -17,9 +18,22 @@ import (
 // stream taken out of netpoll's poller, so netpoll's buffer stops growing
 // and the kernel pushes back on the peer; every byte still arrives, in
 // order.
-func TestReadAheadBound(t *testing.T) {
+func TestReadAheadBound(t *testing.T) { readAheadBound(t, false) }
+
+// The same with the core's own write blocked all the while (the peer does
+// not read until the end): going back to netpoll must leave the helper
+// that waits for writability its descriptor, and the reply all arrives.
+func TestReadAheadBoundWriteBlocked(t *testing.T) { readAheadBound(t, true) }
+
+func readAheadBound(t *testing.T, reply bool) {
 	noLeaks(t)
 	const total = 8 << 20
+	wantReply := make([]byte, total)
+	for i := range wantReply {
+		wantReply[i] = byte(i * 5)
+	}
+	replyBuf := bytes.Clone(wantReply) // loop only
+	closed := make(chan error, 1)
 	release := make(chan struct{})
 	var got []byte // loop only
 	first := true
@@ -34,8 +48,21 @@ func TestReadAheadBound(t *testing.T) {
 				got = append(got, ev.Data...)
 				if first {
 					first = false
+					if reply {
+						return ev.Conn.CallbackOnWritable()
+					}
 					<-release
 				}
+			case core.ReasonRawWriteable:
+				if b := replyBuf; b != nil && reply {
+					replyBuf = nil
+					// Far more than the sockets take: it blocks.
+					_, err := ev.Conn.Write(b)
+					<-release
+					return err
+				}
+			case core.ReasonRawClose:
+				closed <- ev.Err
 			}
 			return nil
 		}}}})
@@ -58,6 +85,13 @@ func TestReadAheadBound(t *testing.T) {
 	// The whole write completes while the first RAW_RX holds the thread:
 	// netpoll reads it all into its buffer meanwhile.
 	_, err = c.Write(sent)
+	if err != nil {
+		select {
+		case cerr := <-closed:
+			t.Logf("RAW_CLOSE: %v", cerr)
+		default:
+		}
+	}
 	require.NoError(t, err)
 	close(release)
 	waitUntil(t, "netpoll held far more than MaxReadAhead, yet the stream was never taken out of its poller", func() bool {
@@ -77,4 +111,15 @@ func TestReadAheadBound(t *testing.T) {
 	require.NoError(t, ctx.Thread(0).Post(func() { same = bytes.Equal(sent, got); close(done) }))
 	<-done
 	require.True(t, same, "bytes delivered out of order or altered")
+	if reply {
+		back := make([]byte, total)
+		_, err := io.ReadFull(c, back)
+		require.NoError(t, err, "the reply did not all arrive")
+		require.True(t, bytes.Equal(wantReply, back), "reply altered")
+	}
+	select {
+	case err := <-closed:
+		t.Fatalf("the connection closed early: %v", err)
+	default:
+	}
 }
