@@ -144,7 +144,7 @@ func (b *Backend) Poll(timeout time.Duration) (int, error) {
 	if b.foreign {
 		return 0, fmt.Errorf("%w: the epoll fd belongs to the application", evlib.ErrAppDriven)
 	}
-	n, err := b.pre.Wait(sys.Msec(timeout), b.wait)
+	n, err := b.pre.Wait(timeout, b.wait)
 	if err != nil {
 		if errors.Is(err, unix.EINTR) {
 			return 0, nil
@@ -161,12 +161,12 @@ func (b *Backend) Poll(timeout time.Duration) (int, error) {
 	return n, nil
 }
 
-func (b *Backend) wait(ms int) (int, error) {
+func (b *Backend) wait(timeout time.Duration) (int, error) {
 	b.ctr.Waits.Add(1)
-	if ms == 0 {
+	if timeout == 0 {
 		return epollWaitNoblock(b.epfd, b.events)
 	}
-	return unix.EpollWait(b.epfd, b.events, ms)
+	return epollWait(b.epfd, b.events, timeout)
 }
 
 // Close implements evlib.Backend. A foreign epoll fd is left open; every

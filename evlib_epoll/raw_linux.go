@@ -1,8 +1,11 @@
 package evlib_epoll
 
 import (
+	"sync/atomic"
+	"time"
 	"unsafe"
 
+	"github.com/plugloop/plugloop/internal/sys"
 	"golang.org/x/sys/unix"
 )
 
@@ -15,4 +18,29 @@ func epollWaitNoblock(epfd int, events []unix.EpollEvent) (int, error) {
 		return 0, e
 	}
 	return int(r), nil
+}
+
+// noPwait2 is set once epoll_pwait2 (Linux 5.11) turned out missing.
+var noPwait2 atomic.Bool
+
+// epollWait waits at most timeout (< 0: no limit). With epoll_pwait2 the
+// timeout keeps its nanoseconds, so a timer due in 300 µs is waited for
+// 300 µs; epoll_wait counts milliseconds, rounded up (see sys.Msec), and
+// is the fallback on older kernels.
+func epollWait(epfd int, events []unix.EpollEvent, timeout time.Duration) (int, error) {
+	if timeout > 0 && !noPwait2.Load() {
+		ts := unix.NsecToTimespec(int64(timeout))
+		r, _, e := unix.Syscall6(unix.SYS_EPOLL_PWAIT2, uintptr(epfd),
+			uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(unsafe.Pointer(&ts)), 0, 8)
+		// ENOSYS: an older kernel; EPERM: a seccomp filter that does not
+		// know the call (Docker's older default profile).
+		if e != unix.ENOSYS && e != unix.EPERM {
+			if e != 0 {
+				return 0, e
+			}
+			return int(r), nil
+		}
+		noPwait2.Store(true)
+	}
+	return unix.EpollWait(epfd, events, sys.Msec(timeout))
 }

@@ -130,7 +130,7 @@ func (b *Backend) Poll(timeout time.Duration) (int, error) {
 	if b.closed {
 		return 0, evlib.ErrClosed
 	}
-	n, err := b.pre.Wait(sys.Msec(timeout), b.wait)
+	n, err := b.pre.Wait(timeout, b.wait)
 	if err != nil {
 		if errors.Is(err, unix.EINTR) {
 			return 0, nil
@@ -152,9 +152,9 @@ func (b *Backend) Poll(timeout time.Duration) (int, error) {
 	return len(b.ready), nil
 }
 
-func (b *Backend) wait(ms int) (int, error) {
+func (b *Backend) wait(timeout time.Duration) (int, error) {
 	b.ctr.Waits.Add(1)
-	return unix.Poll(b.fds, ms)
+	return unix.Poll(b.fds, sys.Msec(timeout))
 }
 
 // Close implements evlib.Backend.

@@ -41,20 +41,20 @@ func (p *Prepoll) Waited(n int) {
 // (gnet's loop does the same), and costs nothing when nothing else runs.
 func BeforeBlock() { runtime.Gosched() }
 
-// Wait makes a backend's wait for at most ms milliseconds (-1: no limit)
-// under the policy: a zero-timeout look first when it is likely to pay off,
-// then, if that found nothing, a yield and the wait that may block.
-func (p *Prepoll) Wait(ms int, wait func(ms int) (int, error)) (int, error) {
+// Wait makes a backend's wait for at most timeout (< 0: no limit) under
+// the policy: a zero-timeout look first when it is likely to pay off, then,
+// if that found nothing, a yield and the wait that may block.
+func (p *Prepoll) Wait(timeout time.Duration, wait func(time.Duration) (int, error)) (int, error) {
 	n, err := 0, error(nil)
-	if p.Look(ms != 0) {
+	if p.Look(timeout != 0) {
 		n, err = wait(0)
 		p.Looked(n)
 	}
 	if n == 0 && err == nil {
-		if ms != 0 {
+		if timeout != 0 {
 			BeforeBlock()
 		}
-		n, err = wait(ms)
+		n, err = wait(timeout)
 		p.Waited(n)
 	}
 	return n, err
