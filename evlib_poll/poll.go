@@ -154,7 +154,7 @@ func (b *Backend) Poll(timeout time.Duration) (int, error) {
 
 func (b *Backend) wait(timeout time.Duration) (int, error) {
 	b.ctr.Waits.Add(1)
-	return pollWait(b.fds, timeout)
+	return sys.PollWait(b.fds, timeout)
 }
 
 // Close implements evlib.Backend.

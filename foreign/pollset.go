@@ -133,9 +133,10 @@ func (s *PollSet) Len() int {
 	return len(s.fds)
 }
 
-// Poll is one iteration of the application's loop: it waits with
-// unix.Poll on mine and plugloop's fds for at most max (less when plugloop
-// has work due; max < 0 means no limit), hands plugloop its ready fds,
+// Poll is one iteration of the application's loop: it waits with poll(2)
+// (ppoll on Linux, to the nanosecond) on mine and plugloop's fds for at
+// most max (less when plugloop has work due; max < 0 means no limit),
+// hands plugloop its ready fds,
 // runs forced service, and leaves the Revents of mine set for the caller.
 // It returns core.ErrDestroyed once the context is destroyed, and an error
 // wrapping core.ErrInvalid when t is not the set's Thread.
@@ -145,7 +146,7 @@ func (s *PollSet) Poll(t *core.Thread, mine []unix.PollFd, max time.Duration) er
 		// thread with it would never service that thread's.
 		return fmt.Errorf("%w: a PollSet for service thread %d polled with %s", core.ErrInvalid, s.Thread, threadName(t))
 	}
-	timeout := sys.Msec(t.ServiceAdjustTimeout(max))
+	timeout := t.ServiceAdjustTimeout(max)
 	s.mu.Lock()
 	if s.gone {
 		s.closeStop()
@@ -166,7 +167,7 @@ func (s *PollSet) Poll(t *core.Thread, mine []unix.PollFd, max time.Duration) er
 	s.buf = append(append(append(s.buf[:0], mine...), s.fds...), unix.PollFd{Fd: int32(s.stop.R), Events: unix.POLLIN})
 	s.polling = true
 	s.mu.Unlock()
-	_, err := unix.Poll(s.buf, timeout)
+	_, err := sys.PollWait(s.buf, timeout)
 	s.mu.Lock()
 	s.polling = false
 	gone := s.gone

@@ -4,6 +4,7 @@ package sys
 
 import (
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -78,6 +79,12 @@ func Socket(family, typ, proto int) (int, error) {
 		return -1, err
 	}
 	return fd, nil
+}
+
+// PollWait is poll(2) for at most timeout (< 0: no limit) in whole
+// milliseconds, rounded up (see Msec), so a timer never fires early.
+func PollWait(fds []unix.PollFd, timeout time.Duration) (int, error) {
+	return unix.Poll(fds, Msec(timeout))
 }
 
 // Read is read(2).

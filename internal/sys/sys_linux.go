@@ -1,6 +1,7 @@
 package sys
 
 import (
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -30,6 +31,17 @@ func Accept(fd int) (int, error) {
 		}
 		return int(r), nil
 	}
+}
+
+// PollWait is poll(2) for at most timeout (< 0: no limit), kept to the
+// nanosecond with ppoll, so a timer due in 300 µs is waited for 300 µs,
+// not a whole millisecond.
+func PollWait(fds []unix.PollFd, timeout time.Duration) (int, error) {
+	if timeout < 0 {
+		return unix.Ppoll(fds, nil, nil)
+	}
+	ts := unix.NsecToTimespec(int64(timeout))
+	return unix.Ppoll(fds, &ts, nil)
 }
 
 // Socket creates a non-blocking, close-on-exec socket in one call, so no
