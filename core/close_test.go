@@ -110,11 +110,7 @@ func TestNoTimerWhileDraining(t *testing.T) {
 				}}}})
 			require.NoError(t, err)
 			defer ctx.Destroy()
-			ln, err := ctx.Listen("tcp", "127.0.0.1:0", "")
-			require.NoError(t, err)
-			peer, err := net.Dial("tcp", ln.Addr().String())
-			require.NoError(t, err)
-			defer peer.Close() // open: the connection drains, waiting for its FIN
+			dialListener(t, ctx) // open: the connection drains, waiting for its FIN
 			serviceUntil(t, ctx, func() bool { return conn != nil && conn.Draining() })
 			serviceUntil(t, ctx, func() bool { return time.Since(closedAt) > 100*time.Millisecond }) // past the timer's due time
 			require.True(t, conn.Draining())
@@ -196,11 +192,7 @@ func TestCloseInCallbackEndsWrites(t *testing.T) {
 			}}}})
 			require.NoError(t, err)
 			defer ctx.Destroy()
-			ln, err := ctx.Listen("tcp", "127.0.0.1:0", "")
-			require.NoError(t, err)
-			peer, err := net.Dial("tcp", ln.Addr().String())
-			require.NoError(t, err)
-			defer peer.Close()
+			peer := dialListener(t, ctx)
 			serviceUntil(t, ctx, func() bool { return len(closed) == 1 })
 			require.NoError(t, <-closed)
 			require.Len(t, afterClose, 2)

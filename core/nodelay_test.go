@@ -3,7 +3,6 @@
 package core_test
 
 import (
-	"net"
 	"testing"
 
 	"github.com/plugloop/plugloop/core"
@@ -28,11 +27,7 @@ func acceptedSockopt(t *testing.T, info core.Info, get func(fd int) (int, error)
 	ctx, err := core.New(info)
 	require.NoError(t, err)
 	defer ctx.Destroy()
-	ln, err := ctx.Listen("tcp", "127.0.0.1:0", "")
-	require.NoError(t, err)
-	c, err := net.Dial("tcp", ln.Addr().String())
-	require.NoError(t, err)
-	defer c.Close()
+	dialListener(t, ctx)
 	serviceUntil(t, ctx, func() bool { return len(got) > 0 })
 	return <-got
 }

@@ -27,6 +27,18 @@ func serviceUntil(t *testing.T, ctx *core.Context, cond func() bool) {
 	}
 }
 
+// dialListener makes ctx listen on a loopback TCP port for its first
+// protocol and connects to it; the connection closes with the test.
+func dialListener(t *testing.T, ctx *core.Context) net.Conn {
+	t.Helper()
+	ln, err := ctx.Listen("tcp", "127.0.0.1:0", "")
+	require.NoError(t, err)
+	c, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 // A pipe's lifecycle: RAW_ADOPT_FILE, RAW_RX_FILE when readable (the
 // callback reads), RAW_WRITEABLE_FILE with Conn.Write, and RAW_CLOSE_FILE
 // when the writer goes away.

@@ -128,9 +128,12 @@ func fillUntilBlocked(t *testing.T, cli *net.TCPConn) []byte {
 }
 
 // do runs f on the loop and waits for it.
-func (r *detachedRig) do(t *testing.T, f func()) {
+func (r *detachedRig) do(t *testing.T, f func()) { onLoop(t, r.ctx, f) }
+
+// onLoop runs f on ctx's service thread and waits for it.
+func onLoop(t *testing.T, ctx *core.Context, f func()) {
 	done := make(chan struct{})
-	require.NoError(t, r.ctx.Thread(0).Post(func() { f(); close(done) }))
+	require.NoError(t, ctx.Thread(0).Post(func() { f(); close(done) }))
 	<-done
 }
 

@@ -2,7 +2,6 @@ package evlib_netpoll_test
 
 import (
 	"bytes"
-	"context"
 	"io"
 	"net"
 	"testing"
@@ -37,42 +36,35 @@ func readAheadBound(t *testing.T, reply bool) {
 	release := make(chan struct{})
 	var got []byte // loop only
 	first := true
-	ctx, err := core.New(core.Info{EventLib: evlib_netpoll.Name,
-		Protocols: []core.Protocol{{Name: "slow", Callback: func(ev core.Event) error {
-			switch ev.Reason {
-			case core.ReasonRawAdopt:
-				// The kernel holds little: what the peer wrote is mostly
-				// in netpoll's buffer.
-				return unix.SetsockoptInt(ev.Conn.FD(), unix.SOL_SOCKET, unix.SO_RCVBUF, 64<<10)
-			case core.ReasonRawRX:
-				got = append(got, ev.Data...)
-				if first {
-					first = false
-					if reply {
-						return ev.Conn.CallbackOnWritable()
-					}
-					<-release
+	ctx, addr := running(t, evlib_netpoll.Name, func(ev core.Event) error {
+		switch ev.Reason {
+		case core.ReasonRawAdopt:
+			// The kernel holds little: what the peer wrote is mostly
+			// in netpoll's buffer.
+			return unix.SetsockoptInt(ev.Conn.FD(), unix.SOL_SOCKET, unix.SO_RCVBUF, 64<<10)
+		case core.ReasonRawRX:
+			got = append(got, ev.Data...)
+			if first {
+				first = false
+				if reply {
+					return ev.Conn.CallbackOnWritable()
 				}
-			case core.ReasonRawWriteable:
-				if b := replyBuf; b != nil && reply {
-					replyBuf = nil
-					// Far more than the sockets take: it blocks.
-					_, err := ev.Conn.Write(b)
-					<-release
-					return err
-				}
-			case core.ReasonRawClose:
-				closed <- ev.Err
+				<-release
 			}
-			return nil
-		}}}})
-	require.NoError(t, err)
-	ln, err := ctx.Listen("tcp", "127.0.0.1:0", "slow")
-	require.NoError(t, err)
-	runDone := make(chan error, 1)
-	go func() { runDone <- ctx.Run(context.Background()) }()
-	t.Cleanup(func() { ctx.Destroy(); <-runDone })
-	c, err := net.Dial("tcp", ln.Addr().String())
+		case core.ReasonRawWriteable:
+			if b := replyBuf; b != nil && reply {
+				replyBuf = nil
+				// Far more than the sockets take: it blocks.
+				_, err := ev.Conn.Write(b)
+				<-release
+				return err
+			}
+		case core.ReasonRawClose:
+			closed <- ev.Err
+		}
+		return nil
+	})
+	c, err := net.Dial("tcp", addr)
 	require.NoError(t, err)
 	t.Cleanup(func() { c.Close() })
 	require.NoError(t, c.(*net.TCPConn).SetWriteBuffer(16<<10))
@@ -99,17 +91,11 @@ func readAheadBound(t *testing.T, reply bool) {
 	})
 	waitUntil(t, "not every byte arrived", func() bool {
 		n := 0
-		done := make(chan struct{})
-		if ctx.Thread(0).Post(func() { n = len(got); close(done) }) != nil {
-			return false
-		}
-		<-done
+		onLoop(t, ctx, func() { n = len(got) })
 		return n >= total
 	})
-	done := make(chan struct{})
 	var same bool
-	require.NoError(t, ctx.Thread(0).Post(func() { same = bytes.Equal(sent, got); close(done) }))
-	<-done
+	onLoop(t, ctx, func() { same = bytes.Equal(sent, got) })
 	require.True(t, same, "bytes delivered out of order or altered")
 	if reply {
 		back := make([]byte, total)

@@ -94,9 +94,7 @@ func TestBlockedWriteReleasesDup(t *testing.T) {
 	_, err = io.ReadFull(c, make([]byte, 8<<20))
 	require.NoError(t, err)
 	var n int
-	done := make(chan struct{})
-	require.NoError(t, ctx.Thread(0).Post(func() { n = sameSocket(t, conn.FD()); close(done) }))
-	<-done
+	onLoop(t, ctx, func() { n = sameSocket(t, conn.FD()) })
 	require.Equal(t, 2, n, "descriptors on the server's socket: its fd and netpoll's dup")
 }
 
@@ -136,13 +134,10 @@ func TestClientStreamGoesToNetpoll(t *testing.T) {
 	require.NoError(t, err)
 	defer ln.Close()
 	before := evlib_netpoll.Attaches()
-	connected := make(chan struct{})
-	require.NoError(t, ctx.Thread(0).Post(func() {
+	onLoop(t, ctx, func() {
 		_, err := ctx.Connect("tcp4", ln.Addr().String(), "p")
 		require.NoError(t, err)
-		close(connected)
-	}))
-	<-connected
+	})
 	srv, err := ln.Accept()
 	require.NoError(t, err)
 	defer srv.Close()
