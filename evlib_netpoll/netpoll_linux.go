@@ -648,7 +648,11 @@ func (b *Backend) arm(e *entry) {
 	}
 	in := e.interest&evlib.Readable != 0
 	if e.kind == evlib.KindFile {
-		e.watchIn.Store(in)
+		if was := e.watchIn.Swap(in); in && !was && e.waitR && sys.ReadableNow(e.fd) {
+			// Its helper watched for the end only, and input that came
+			// meanwhile woke it for nothing: look now that it counts.
+			e.rawReady |= evlib.Readable
+		}
 	}
 	if e.nc == nil && !e.detached && !e.waitR && (in || e.kind == evlib.KindFile && !e.endSeen) {
 		e.waitR = true
@@ -747,14 +751,6 @@ func (b *Backend) Modify(fd int, ev evlib.Events) error {
 	}
 	if added&evlib.Writable != 0 && !e.blocked && !sys.WritableNow(fd) {
 		e.blocked = true
-	}
-	if added&evlib.Readable != 0 && e.kind == evlib.KindFile && e.waitR {
-		// Its helper watched for the end only, and input that came
-		// meanwhile woke it for nothing: look now, once it counts (arm).
-		e.watchIn.Store(true)
-		if sys.ReadableNow(fd) {
-			e.rawReady |= evlib.Readable
-		}
 	}
 	if e.connecting && dropped&evlib.Writable != 0 {
 		// The core is done with the connect: a connect that finished
