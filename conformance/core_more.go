@@ -34,6 +34,7 @@ func (s *suite) moreCoreTests() []subtest {
 	return []subtest{
 		{"SMP", s.testSMP},
 		{"RawFileLifecycle", s.testRawFiles},
+		{"RawFileResume", s.testRawFileResume},
 		{"UDPLifecycle", s.testUDP},
 		{"AcceptFDLimit", s.testAcceptLimit},
 		{"AcceptEMFILE", s.testAcceptEMFILE},
@@ -214,6 +215,50 @@ func (s *suite) testSMPThreads(t *testing.T, threads int) {
 			seen[g] = i
 		}
 	}
+	h.rec.verify(t)
+}
+
+// Checklist 36 with rx flow control: an adopted pipe paused while input
+// arrives (its read interest dropped) gets RAW_RX_FILE for that input once
+// resumed, with nothing more written: the backend must look again for
+// input it saw, or that came, while only the pipe's end was watched.
+func (s *suite) testRawFileResume(t *testing.T) {
+	if s.desc.Caps&evlib.CapFiles == 0 {
+		t.Skipf("conformance: backend %q declares it lacks evlib.CapFiles: pipes are not tested", s.name)
+	}
+	var got []byte // loop goroutine
+	h := s.newHarness(t, core.Info{Protocols: []core.Protocol{{Name: "file", Callback: func(ev core.Event) error {
+		if ev.Reason == core.ReasonRawRXFile {
+			var b [256]byte
+			n, _ := unix.Read(ev.Conn.FD(), b[:])
+			got = append(got, b[:max(n, 0)]...)
+		}
+		return nil
+	}}}})
+	var p [2]int
+	require.NoError(t, nonblockPipe(&p))
+	defer unix.Close(p[1])
+	conn, err := h.ctx.AdoptFile(p[0], "")
+	if err != nil {
+		unix.Close(p[0])
+	}
+	require.NoError(t, err)
+	require.NoError(t, conn.RxFlowControl(false))
+	h.start()
+	mark := h.rec.mark()
+	_, err = unix.Write(p[1], []byte("held"))
+	require.NoError(t, err)
+	h.rec.waitEventFrom(t, "read interest dropped while paused", mark, func(e event) bool {
+		return e.reason == core.ReasonChangeModePollFD && e.fd == conn.FD() && e.poll.Events&evlib.Readable == 0
+	})
+	h.sync()
+	var resumeErr error
+	h.do(func() { resumeErr = conn.RxFlowControl(true) })
+	require.NoError(t, resumeErr)
+	h.rec.waitEventFrom(t, "RAW_RX_FILE after resume", mark, is(core.ReasonRawRX, conn)) // the recorder files it under RAW_RX
+	var s2 string
+	h.do(func() { s2 = string(got) })
+	require.Equal(t, "held", s2)
 	h.rec.verify(t)
 }
 
