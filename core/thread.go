@@ -1318,10 +1318,13 @@ func (t *Thread) teardown() {
 	}
 	t.wakeMu.Unlock()
 	t.timers = timerHeap{}
-	t.ctx.threadDown(t)
+	// The backend goes before the thread counts as down: the last thread
+	// down delivers PROTOCOL_DESTROY and closes Done, and by then nothing
+	// of plugloop's may be left in a loop the application owns.
 	if err := t.be.Close(); err != nil {
 		t.ctx.log.Warn("plugloop: backend close failed", "err", err)
 	}
+	t.ctx.threadDown(t)
 	t.mode.Store(modeDead)
 }
 
