@@ -26,7 +26,14 @@ import (
 func (h *harness) waitBlocked() {
 	h.t.Helper()
 	var w0 uint64
-	h.do(func() { w0 = h.waits() })
+	h.do(func() {
+		w0 = h.waits()
+		if h.host != nil && h.host.rl != nil {
+			// A RunLoop's wait is counted by a task queued behind the
+			// one running this function.
+			h.host.rl.waitAhead()
+		}
+	})
 	waitUntil(h.t, "the loop to block in the backend", func() bool { return h.waits() > w0 })
 }
 

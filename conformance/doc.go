@@ -37,7 +37,11 @@
 // application's loop (a Host: PollSetHost, EpollHost, or your own), the
 // suite's loop goroutine acting as the application — ServiceAdjustTimeout,
 // the host's wait, ServiceFD for every ready pollfd, Service(0) — while
-// serving a pipe of its own that plugloop must never touch. With several
+// serving a pipe of its own that plugloop must never touch. A loop that
+// keeps its wait and dispatch to itself and cannot be left between events
+// (gnet's Polling) is a RunLoop: the suite runs it on its loop goroutine
+// for good, serves its pipe from the loop's callbacks and steers it with
+// the loop's tasks, parking it between single passes (see RunLoop). With several
 // service threads each thread gets a loop of its own (Host.New is called
 // per thread), run on a goroutine of its own, and the SMP test (34) drives
 // them all at once; a host that runs a single loop returns nil from New for

@@ -513,7 +513,11 @@ func (h *harness) start() {
 	h.started = true
 	ready := make(chan struct{})
 	go func() {
-		h.runG.Store(goid.ID())
+		g := goid.ID()
+		if h.host != nil && h.host.rl != nil {
+			g = h.host.runG.Load() // a RunLoop runs on a goroutine of its own
+		}
+		h.runG.Store(g)
 		close(ready)
 		h.runErr <- h.run(context.Background())
 	}()

@@ -5,6 +5,7 @@ package conformance
 import (
 	"context"
 	"errors"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -24,8 +25,12 @@ type hostRun struct {
 	thread int
 	th     *core.Thread // set once the context exists
 	loop   HostLoop
+	wl     WaitLoop      // loop as a WaitLoop, or nil
+	rl     *runLoop      // loop as a RunLoop driven by the suite, or nil
 	runG   atomic.Uint64 // the goroutine running the loop
 	pipe   [2]int        // the application's own fd: read end, write end
+	pipeMu sync.Mutex    // kick against close: timers may kick late
+	shut   bool          // the pipe is closed
 	wrote  atomic.Int64
 	read   atomic.Int64
 	waits  atomic.Uint64
@@ -47,6 +52,14 @@ func (h *harness) setupHost(host *Host, info *core.Info) {
 			t.Skipf("conformance: host %q has a single application loop (its New returned nil for service thread %d); this test needs %d service threads, each driven by a loop of its own, so it does not run in foreign mode with this host", host.Name, i, info.CountThreads)
 		}
 		r := &hostRun{h: h, host: host, thread: i, loop: loop, pipe: [2]int{-1, -1}}
+		switch l := loop.(type) {
+		case WaitLoop:
+			r.wl = l
+		case RunLoop:
+			r.rl = &runLoop{r: r, loop: l}
+		default:
+			t.Fatalf("conformance: host %q: New returned a %T, which is neither a WaitLoop nor a RunLoop", host.Name, loop)
+		}
 		h.hosts = append(h.hosts, r)
 		t.Cleanup(r.close) // after h.cleanup
 		if err := nonblockPipe(&r.pipe); err != nil {
@@ -54,6 +67,9 @@ func (h *harness) setupHost(host *Host, info *core.Info) {
 		}
 		if err := r.loop.AddOwn(r.pipe[0]); err != nil {
 			t.Fatalf("conformance: host %q: adding the application's own fd: %v", host.Name, err)
+		}
+		if r.rl != nil {
+			r.rl.start() // parked until a pass or a run
 		}
 		// Checklist 33: a change has reached the application's watch set
 		// by the time its LOCK/op/UNLOCK sequence ends, from whatever
@@ -92,7 +108,13 @@ func (r *hostRun) checkWatched(fd int) {
 }
 
 // kick writes a byte to the application's own pipe, which wakes its loop.
+// Any goroutine may call it, even after the pipe was closed.
 func (r *hostRun) kick() {
+	r.pipeMu.Lock()
+	defer r.pipeMu.Unlock()
+	if r.shut {
+		return
+	}
 	if n, _ := unix.Write(r.pipe[1], []byte{1}); n == 1 {
 		r.wrote.Add(1)
 	}
@@ -118,7 +140,7 @@ func (r *hostRun) iterate(max time.Duration) (destroyed bool, err error) {
 	th := r.th
 	timeout := th.ServiceAdjustTimeout(max)
 	r.waits.Add(1)
-	r.ready, err = r.loop.Wait(r.ready[:0], timeout)
+	r.ready, err = r.wl.Wait(r.ready[:0], timeout)
 	if err != nil {
 		return false, err
 	}
@@ -163,20 +185,32 @@ func (r *hostRun) iterate(max time.Duration) (destroyed bool, err error) {
 	if r.iter++; r.iter%16 == 0 {
 		r.kick() // the application's own traffic, now and then
 	}
-	switch err := th.Service(0); {
-	case errors.Is(err, core.ErrDestroyed):
+	if r.service0() {
 		destroyed = true
+	}
+	return destroyed, nil
+}
+
+// service0 is the Service(0) after the events of a wait. It reports
+// whether plugloop said it is destroyed.
+func (r *hostRun) service0() (destroyed bool) {
+	switch err := r.th.Service(0); {
+	case errors.Is(err, core.ErrDestroyed):
+		return true
 	case err == nil, errors.Is(err, core.ErrInService):
 	default:
 		r.problem("Service(0) returned %v", err)
 	}
-	return destroyed, nil
+	return false
 }
 
 // run is the application's loop until plugloop is destroyed (it returns
 // nil, after checking that the loop carries on without plugloop) or cctx
 // ends (it returns cctx.Err()).
 func (r *hostRun) run(cctx context.Context) error {
+	if r.rl != nil {
+		return r.rl.run(cctx)
+	}
 	r.runG.Store(goid.ID())
 	defer context.AfterFunc(cctx, r.kick)()
 	if err := r.th.Service(0); errors.Is(err, core.ErrDestroyed) {
@@ -214,7 +248,7 @@ func (r *hostRun) afterDestroy() error {
 			r.problem("after destroy the loop no longer delivers its own fd: read %d of %d bytes", r.read.Load(), r.wrote.Load())
 			return nil
 		}
-		ready, err := r.loop.Wait(nil, time.Until(deadline))
+		ready, err := r.wl.Wait(nil, time.Until(deadline))
 		if err != nil {
 			r.problem("waiting after destroy: %v", err)
 			return nil
@@ -236,8 +270,12 @@ func (r *hostRun) checkEmpty() {
 	}
 }
 
-// close checks the application's own bytes and releases the loop.
+// close stops a RunLoop, checks the application's own bytes and releases
+// the loop.
 func (r *hostRun) close() {
+	if r.rl != nil {
+		r.rl.stop()
+	}
 	r.drain()
 	if w, rd := r.wrote.Load(), r.read.Load(); w != rd {
 		r.h.t.Errorf("conformance: host %q: the application wrote %d bytes to its own pipe and its loop read %d", r.host.Name, w, rd)
@@ -246,8 +284,11 @@ func (r *hostRun) close() {
 	if err := r.loop.Close(); err != nil {
 		r.h.t.Errorf("conformance: host %q: Close: %v", r.host.Name, err)
 	}
+	r.pipeMu.Lock()
+	r.shut = true
 	unix.Close(r.pipe[0])
 	unix.Close(r.pipe[1])
+	r.pipeMu.Unlock()
 }
 
 // watchedFD returns the interest the poll-fd callbacks gave fd, if it is
@@ -289,12 +330,19 @@ func (h *harness) run(cctx context.Context) error {
 }
 
 // service is one pass on the calling goroutine: Thread.Service(timeout),
-// or one iteration of the host's loop in foreign mode.
+// or one iteration of the host's loop in foreign mode (for a RunLoop: one
+// pass of the loop on its goroutine, this one waiting for it).
 func (h *harness) service(timeout time.Duration) error {
 	if h.host == nil {
 		return h.th.Service(timeout)
 	}
-	destroyed, err := h.host.iterate(timeout)
+	var destroyed bool
+	var err error
+	if h.host.rl != nil {
+		destroyed, err = h.host.rl.pass(timeout)
+	} else {
+		destroyed, err = h.host.iterate(timeout)
+	}
 	if err == nil && destroyed {
 		err = core.ErrDestroyed
 	}
