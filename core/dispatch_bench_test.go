@@ -86,11 +86,13 @@ func (m *memBackend) Loop(p evlib.Passer) error {
 // benchDispatch measures the core's work for one echoed message (RAW_RX,
 // CallbackOnWritable, RAW_WRITEABLE, Write) on 50 connections, with a pass
 // after every batch messages: 1 is how a backend that runs the core per
-// event (evlib_netpoll) drives it, larger batches how epoll does.
-func benchDispatch(b *testing.B, batch int) {
+// event (evlib_netpoll) drives it, larger batches how epoll does. idle is
+// Info.IdleTimeout: with one, every message reads the thread's clock (once
+// per batch) to push the connection's idle deadline back.
+func benchDispatch(b *testing.B, batch int, idle time.Duration) {
 	m := &memBackend{batch: batch, n: b.N, done: make(chan struct{})}
 	nextMem = m
-	ctx, err := core.New(core.Info{EventLib: "mem-bench", Protocols: []core.Protocol{echo.Protocol("echo")}})
+	ctx, err := core.New(core.Info{EventLib: "mem-bench", IdleTimeout: idle, Protocols: []core.Protocol{echo.Protocol("echo")}})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -123,5 +125,8 @@ func benchDispatch(b *testing.B, batch int) {
 	}
 }
 
-func BenchmarkDispatchPerEvent(b *testing.B) { benchDispatch(b, 1) }
-func BenchmarkDispatchBatch16(b *testing.B)  { benchDispatch(b, 16) }
+func BenchmarkDispatchPerEvent(b *testing.B) { benchDispatch(b, 1, 0) }
+func BenchmarkDispatchBatch16(b *testing.B)  { benchDispatch(b, 16, 0) }
+
+func BenchmarkDispatchPerEventIdleTimeout(b *testing.B) { benchDispatch(b, 1, time.Hour) }
+func BenchmarkDispatchBatch16IdleTimeout(b *testing.B)  { benchDispatch(b, 16, time.Hour) }
