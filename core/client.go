@@ -121,6 +121,11 @@ func (t *Thread) resolve(conn *Conn, network, host string, port uint16) {
 	family := map[string]string{"tcp": "ip", "tcp4": "ip4", "tcp6": "ip6"}[network]
 	timeout := t.ctx.info.ConnectTimeout
 	go func() {
+		// Wall time, not the thread's clock: the lookup is real network
+		// traffic on a goroutine of its own, and this bound only frees
+		// that goroutine. What the connection sees is bounded by its
+		// timeout on the thread's clock (startDial), which may be a
+		// backend's fake one.
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		ips, err := net.DefaultResolver.LookupNetIP(ctx, family, host)
 		cancel()

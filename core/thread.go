@@ -65,8 +65,9 @@ type Thread struct {
 	handSpare   []*Conn
 
 	epoch    time.Time
-	now      int64 // the clock (since epoch) as of nowFresh's batch
-	nowFresh bool  // now was read since the thread last waited
+	fake     evlib.Clock // the backend's own clock, which replaces epoch's
+	now      int64       // the clock as of nowFresh's batch
+	nowFresh bool        // now was read since the thread last waited
 	timers   timerHeap
 
 	conns      []*Conn      // indexed by fd
@@ -110,6 +111,7 @@ func newThread(c *Context, index int, foreign any, limit int) (*Thread, error) {
 		}
 	}
 	t.io, _ = be.(evlib.IO)
+	t.fake, _ = be.(evlib.Clock)
 	if w, ok := be.(evlib.Waker); ok {
 		t.waker = w
 		return t, nil
@@ -391,7 +393,16 @@ func (t *Thread) ServiceAdjustTimeout(max time.Duration) time.Duration {
 	return max
 }
 
-func (t *Thread) clock() int64 { return int64(time.Since(t.epoch)) }
+// clock returns the thread's time in nanoseconds: since the thread was
+// made, or on the backend's own clock where it has one (evlib.Clock).
+// Every deadline the core keeps is on it; nothing in the core reads the
+// system's clock elsewhere.
+func (t *Thread) clock() int64 {
+	if t.fake != nil {
+		return int64(t.fake.Now())
+	}
+	return int64(time.Since(t.epoch))
+}
 
 // tick brings t.now up to date unless it already is for this batch of
 // events.

@@ -143,6 +143,21 @@ type Waker interface {
 	Wake() error
 }
 
+// Clock is implemented by a backend that keeps time of its own: a simulated
+// backend with a fake clock, so that tests of timers and timeouts run
+// instantly and give exact results. The core asks once, when it creates the
+// service thread; with a Clock, everything it times (timers, connection
+// timeouts, the idle, close and connect timeouts, the rest after a failed
+// accept) is measured by Now instead of the system's monotonic clock, and
+// the timeouts it passes to Poll and returns from Passer.Pass are durations
+// on it. Without one the core reads the system's clock, at no extra cost.
+type Clock interface {
+	// Now returns the time elapsed since an arbitrary origin of the
+	// backend's choosing. It is monotonic: it never goes backwards. The
+	// core calls it on the service thread's goroutine only.
+	Now() time.Duration
+}
+
 // Looper is implemented by a backend whose event library must own the wait
 // loop (lws' run_pt): gnet's Polling, for one, never returns between
 // batches. The core's Run then calls Loop once instead of calling Poll in a
