@@ -24,7 +24,13 @@
 // to its next deadline whenever it finds nothing ready, however soon the
 // test means to act: such a test cannot rely on the clock standing still.
 //
-// Importing the package registers the backend as "sim", never the default.
+// The backend "sim-foreign" is the same for the foreign mode: app-driven
+// (evlib.CapAppDriven), it never polls; the test is the application's loop
+// and moves the clock itself, by what Thread.ServiceAdjustTimeout says it
+// may sleep.
+//
+// Importing the package registers the backends as "sim" and "sim-foreign",
+// never the default.
 // A context gets its own clock per service thread unless the test passes
 // one in Info.Foreign (one entry per thread; several threads may share a
 // Clock), which is how the test reads and advances it:
@@ -43,19 +49,23 @@ import (
 	"github.com/plugloop/plugloop/evlib_poll"
 )
 
-// Name is the backend's registry name.
-const Name = "sim"
+// The backends' registry names.
+const (
+	Name        = "sim"
+	ForeignName = "sim-foreign"
+)
 
 func init() {
-	if err := evlib.Register(evlib.Descriptor{
-		Name: Name,
-		// Below every real backend's, so that it runs only where named.
-		Priority: -100,
-		// CapForeignLoop: what the application lends it is a Clock.
-		Caps: evlib.CapReadiness | evlib.CapRxBackpressure | evlib.CapFiles | evlib.CapForeignLoop,
-		New:  New,
-	}); err != nil {
-		panic(err)
+	// CapForeignLoop: what the application lends them is a Clock.
+	caps := evlib.CapReadiness | evlib.CapRxBackpressure | evlib.CapFiles | evlib.CapForeignLoop
+	for _, d := range []evlib.Descriptor{
+		{Name: Name, Caps: caps, New: New},
+		{Name: ForeignName, Caps: caps | evlib.CapAppDriven, New: NewAppDriven},
+	} {
+		d.Priority = -100 // below every real backend's: only where named
+		if err := evlib.Register(d); err != nil {
+			panic(err)
+		}
 	}
 }
 
@@ -113,12 +123,19 @@ func sat(a, b int64) int64 {
 type Backend struct {
 	evlib.Backend // the poll backend: Add, Modify, Remove, Close
 	clock         *Clock
+	appDriven     bool
 }
 
-// New creates the backend. Config.Foreign may hold the *Clock to use; nil
-// gives the backend a clock of its own. Anything else is refused with
+// New creates a "sim" backend. Config.Foreign may hold the *Clock to use;
+// nil gives the backend a clock of its own. Anything else is refused with
 // evlib.ErrForeignUnsupported.
-func New(cfg evlib.Config) (evlib.Backend, error) {
+func New(cfg evlib.Config) (evlib.Backend, error) { return newBackend(cfg, false) }
+
+// NewAppDriven creates a "sim-foreign" backend: like New, but its Poll
+// returns evlib.ErrAppDriven, for the application's loop drives the core.
+func NewAppDriven(cfg evlib.Config) (evlib.Backend, error) { return newBackend(cfg, true) }
+
+func newBackend(cfg evlib.Config, appDriven bool) (evlib.Backend, error) {
 	clock, ok := cfg.Foreign.(*Clock)
 	if cfg.Foreign != nil && !ok {
 		return nil, fmt.Errorf("%w: the sim backend takes a *simloop.Clock, not %T", evlib.ErrForeignUnsupported, cfg.Foreign)
@@ -131,7 +148,7 @@ func New(cfg evlib.Config) (evlib.Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Backend{Backend: pb, clock: clock}, nil
+	return &Backend{Backend: pb, clock: clock, appDriven: appDriven}, nil
 }
 
 // Now implements evlib.Clock: the core times everything on the clock.
@@ -144,6 +161,9 @@ func (b *Backend) Clock() *Clock { return b.clock }
 // none is ready, a timeout moves the clock to its end, and no timeout
 // blocks until an fd is ready or the core is woken.
 func (b *Backend) Poll(timeout time.Duration) (int, error) {
+	if b.appDriven {
+		return 0, evlib.ErrAppDriven
+	}
 	start := int64(b.clock.Now())
 	n, err := b.Backend.Poll(0)
 	if n > 0 || err != nil || timeout == 0 {
