@@ -150,11 +150,13 @@ type Waker interface {
 // timeouts, the idle, close and connect timeouts, the rest after a failed
 // accept) is measured by Now instead of the system's monotonic clock, and
 // the timeouts it passes to Poll and returns from Passer.Pass are durations
-// on it. Without one the core reads the system's clock, at no extra cost.
+// on it. Without one the core reads the system's clock as before, for the
+// cost of a nil check.
 type Clock interface {
 	// Now returns the time elapsed since an arbitrary origin of the
-	// backend's choosing. It is monotonic: it never goes backwards. The
-	// core calls it on the service thread's goroutine only.
+	// backend's choosing. It is monotonic: it never goes backwards. Like
+	// the Backend methods, it is called from whichever goroutine services
+	// the thread at the time, never concurrently by the core.
 	Now() time.Duration
 }
 

@@ -30,10 +30,9 @@
 // may sleep.
 //
 // Importing the package registers the backends as "sim" and "sim-foreign",
-// never the default.
-// A context gets its own clock per service thread unless the test passes
-// one in Info.Foreign (one entry per thread; several threads may share a
-// Clock), which is how the test reads and advances it:
+// never chosen by default. Each service thread's backend has a clock of its
+// own unless the test lends it one in Info.Foreign (one entry per thread;
+// threads may share a Clock), which is how the test reads and advances it:
 //
 //	clk := simloop.NewClock()
 //	ctx, err := core.New(core.Info{EventLib: simloop.Name, Foreign: []any{clk}, ...})
