@@ -55,6 +55,23 @@ func RunBackend(t *testing.T, d evlib.Descriptor) {
 	runSuite(t, d, nil)
 }
 
+// RunContract runs the part of the suite that checks the evlib contract
+// alone, against the backend registered under name: subtests "Backend"
+// and "NoLeaks", without the core-level tests ("Core"). It is for a
+// backend under construction, before it runs the core, and for one whose
+// time is not the wall clock (a simulated backend with a fake clock, such
+// as internal/simloop's), which the core-level tests measure. A backend
+// that cannot run here is skipped as in Run.
+func RunContract(t *testing.T, name string) {
+	t.Helper()
+	d, err := evlib.Lookup(name)
+	if errors.Is(err, evlib.ErrUnavailable) {
+		t.Skipf("conformance: backend %q cannot run here: %v", name, err)
+	}
+	require.NoError(t, err, "conformance: looking up backend %q", name)
+	runParts(t, d, nil, false)
+}
+
 // suite is one run of the suite against one backend.
 type suite struct {
 	name string
@@ -83,6 +100,12 @@ type subtest struct {
 
 func runSuite(t *testing.T, d evlib.Descriptor, host *Host) {
 	t.Helper()
+	runParts(t, d, host, true)
+}
+
+// runParts runs subtests "Backend", "Core" (if core) and "NoLeaks".
+func runParts(t *testing.T, d evlib.Descriptor, host *Host, core bool) {
+	t.Helper()
 	if os.Getenv(evlib.EnvVar) != "" {
 		t.Setenv(evlib.EnvVar, "")
 	}
@@ -106,17 +129,19 @@ func runSuite(t *testing.T, d evlib.Descriptor, host *Host) {
 			t.Run(st.name, st.f)
 		}
 	})
-	t.Run("Core", func(t *testing.T) {
-		tests := append(s.coreTests(), s.moreCoreTests()...)
-		tests = append(tests, subtest{"Leaks", s.testLeaks})
-		if s.host != nil {
-			t.Logf("conformance: foreign mode, the suite's loop is host %q", s.host.Name)
-			tests = append(tests, s.hostTests()...)
-		}
-		for _, st := range tests {
-			t.Run(st.name, st.f)
-		}
-	})
+	if core {
+		t.Run("Core", func(t *testing.T) {
+			tests := append(s.coreTests(), s.moreCoreTests()...)
+			tests = append(tests, subtest{"Leaks", s.testLeaks})
+			if s.host != nil {
+				t.Logf("conformance: foreign mode, the suite's loop is host %q", s.host.Name)
+				tests = append(tests, s.hostTests()...)
+			}
+			for _, st := range tests {
+				t.Run(st.name, st.f)
+			}
+		})
+	}
 	t.Run("NoLeaks", func(t *testing.T) {
 		// Every subtest cleaned up after itself: the process must hold
 		// the descriptors and goroutines it held before the suite.

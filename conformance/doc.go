@@ -13,7 +13,10 @@
 // A backend that is not registered (one a program builds and hands over
 // itself) uses RunBackend with its descriptor instead; the suite registers
 // it under its Name for the core-level tests, so the Name must not be
-// taken by another backend.
+// taken by another backend. RunContract runs the "Backend" and "NoLeaks"
+// parts only: for a backend under construction, or for a simulated one
+// whose fake clock the core-level tests, which measure wall time, cannot
+// follow.
 //
 // The suite has three parts, each a subtest:
 //
