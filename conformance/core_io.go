@@ -40,6 +40,8 @@ func (s *suite) coreTests() []subtest {
 		{"TimerScheduledEarlier", s.testTimerEarlier},
 		{"TimersAfterIdleWait", s.testTimersAfterIdle},
 		{"ConnTimers", s.testConnTimers},
+		{"TimersNeverEarly", s.testTimersNeverEarly},
+		{"TimerOrder", s.testTimerOrder},
 		{"CancelService", s.testCancelService},
 		{"Post", s.testPost},
 		{"AllProtocol", s.testAllProtocol},
