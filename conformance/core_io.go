@@ -33,6 +33,7 @@ func (s *suite) coreTests() []subtest {
 		{"RxShortPause", s.testRxShortPause},
 		{"RxBackpressure", s.testRxBackpressure},
 		{"ResumeDeliversAll", s.testResumeDeliversAll},
+		{"ReadbufOrder", s.testReadbufOrder},
 		{"Files", s.testCoreFiles},
 		{"IdleSleeps", s.testIdleSleeps},
 		{"ServiceAdjustTimeout", s.testAdjustTimeout},
