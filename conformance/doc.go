@@ -30,9 +30,14 @@
 //   - "Core" runs a core.Context on the backend with real loopback TCP
 //     sockets, unix sockets and pipes: echo, WRITEABLE semantics, closes
 //     inside a ready batch, fd reuse, hangups, partial writes, rx flow
-//     control and back-pressure, forced service, timers, cancel-service,
-//     Post, wrong-goroutine detection, destroy, the poll-fd callbacks, and
-//     fd and goroutine leaks.
+//     control and back-pressure, input handed over with core.WithReadbuf,
+//     forced service, timers (never early, in deadline order),
+//     cancel-service, Post, wrong-goroutine detection, destroy, the
+//     poll-fd callbacks, and fd and goroutine leaks. One timer test runs a
+//     context on the backend wrapped so that every Poll returns after half
+//     its timeout (evlib allows a Poll to return early); the wrapper is
+//     registered once per process, with the lowest priority, as
+//     "conformance-early-poll-" followed by the backend's name.
 //   - "NoLeaks" checks that the process holds the descriptors and
 //     goroutines it held before the suite.
 //
