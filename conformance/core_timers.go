@@ -355,7 +355,7 @@ func (s *suite) timerOrder(t *testing.T, allDue bool) {
 		}
 		stop := func(name string) {
 			if !timers[name].Stop() {
-				errs = append(errs, fmt.Errorf("Stop of pending timer %s reported false", name))
+				errs = append(errs, fmt.Errorf("stopping pending timer %s: Stop reported false", name))
 			}
 			delete(sched, name)
 			stopped[name] = true
