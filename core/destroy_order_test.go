@@ -3,6 +3,7 @@
 package core_test
 
 import (
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -11,42 +12,53 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// closeCounting is a backend that counts its Close calls.
-type closeCounting struct {
-	evlib.Backend
-	closed *atomic.Int32
-}
+// closeCounting is a backend that counts its Close calls in closeCount.
+type closeCounting struct{ evlib.Backend }
+
+// closeCount is package-wide because the registry is process-wide: the
+// backend is registered once, by the first of several -count runs.
+var (
+	closeCount    atomic.Int32
+	closeCountReg sync.Once
+)
 
 func (b closeCounting) Close() error {
-	b.closed.Add(1)
+	closeCount.Add(1)
 	return b.Backend.Close()
+}
+
+// registerCloseCounting registers "poll-counting-close", the poll backend
+// counting its Close calls.
+func registerCloseCounting(t *testing.T) string {
+	const name = "poll-counting-close"
+	closeCountReg.Do(func() {
+		d, err := evlib.Lookup("poll")
+		require.NoError(t, err)
+		inner := d.New
+		d.Name, d.Flag = name, 0
+		d.New = func(cfg evlib.Config) (evlib.Backend, error) {
+			b, err := inner(cfg)
+			if err != nil {
+				return nil, err
+			}
+			return closeCounting{b}, nil
+		}
+		require.NoError(t, evlib.Register(d))
+	})
+	return name
 }
 
 // Destruction is complete when PROTOCOL_DESTROY comes and Done is closed:
 // every thread's backend is closed by then, so an application that owns
 // the loop finds nothing of plugloop's left in it once Done is closed.
 func TestDestroyClosesBackendsBeforeDone(t *testing.T) {
-	var closed atomic.Int32
-	d, err := evlib.Lookup("poll")
-	require.NoError(t, err)
-	inner := d.New
-	d.Name, d.Flag = "poll-counting-close", 0
-	d.New = func(cfg evlib.Config) (evlib.Backend, error) {
-		b, err := inner(cfg)
-		if err != nil {
-			return nil, err
-		}
-		return closeCounting{b, &closed}, nil
-	}
-	if _, err := evlib.Lookup(d.Name); err != nil { // registered by an earlier -count run
-		require.NoError(t, evlib.Register(d))
-	}
+	name := registerCloseCounting(t)
 	for _, threads := range []int{1, 3} {
-		closed.Store(0)
+		closeCount.Store(0)
 		atDestroy := int32(-1)
-		ctx, err := core.New(core.Info{EventLib: d.Name, CountThreads: threads, Protocols: []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
+		ctx, err := core.New(core.Info{EventLib: name, CountThreads: threads, Protocols: []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
 			if ev.Reason == core.ReasonProtocolDestroy {
-				atDestroy = closed.Load()
+				atDestroy = closeCount.Load()
 			}
 			return nil
 		}}}})
@@ -54,6 +66,6 @@ func TestDestroyClosesBackendsBeforeDone(t *testing.T) {
 		require.NoError(t, ctx.Destroy())
 		<-ctx.Done()
 		require.Equal(t, int32(threads), atDestroy, "backends closed when PROTOCOL_DESTROY came (%d threads)", threads)
-		require.Equal(t, int32(threads), closed.Load(), "backends closed when Done was closed (%d threads)", threads)
+		require.Equal(t, int32(threads), closeCount.Load(), "backends closed when Done was closed (%d threads)", threads)
 	}
 }
