@@ -2,17 +2,13 @@ package conformance
 
 import (
 	"errors"
-	"fmt"
-	"io"
-	"os"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/plugloop/plugloop/core"
 	"github.com/plugloop/plugloop/evlib"
 	"github.com/plugloop/plugloop/foreign"
+	"github.com/plugloop/plugloop/internal/evmask"
 	"github.com/plugloop/plugloop/internal/sys"
 	"golang.org/x/sys/unix"
 )
@@ -28,22 +24,19 @@ func EpollHost() Host {
 		if err != nil {
 			t.Fatalf("conformance: epoll_create1: %v", err)
 		}
-		// The fdinfo file is opened once and re-read with pread, so Watched
-		// needs no new descriptor (a test may have the fd table full).
-		info, err := os.Open(fmt.Sprintf("/proc/self/fdinfo/%d", epfd))
+		set, err := sys.OpenEpollSet(epfd)
 		if err != nil {
 			unix.Close(epfd)
 			t.Fatalf("conformance: opening the epoll fd's fdinfo: %v", err)
 		}
-		return &epollLoop{thread: thread, epfd: epfd, info: info, own: map[int]bool{}, evs: make([]unix.EpollEvent, 128)}
+		return &epollLoop{thread: thread, epfd: epfd, set: set, own: map[int]bool{}, evs: make([]unix.EpollEvent, 128)}
 	}}
 }
 
 type epollLoop struct {
 	thread int
 	epfd   int
-	info   *os.File // /proc/self/fdinfo/<epfd>
-	buf    []byte
+	set    *sys.EpollSet
 	own    map[int]bool
 	evs    []unix.EpollEvent
 }
@@ -74,48 +67,22 @@ func (l *epollLoop) Wait(dst []unix.PollFd, timeout time.Duration) ([]unix.PollF
 	return dst, nil
 }
 
-// Watched reads the registrations of the epoll fd from the kernel:
-// "tfd: FD events: MASK data: ..." lines.
+// Watched reads the registrations of the epoll fd from the kernel.
 func (l *epollLoop) Watched() map[int]evlib.Events {
-	if l.buf == nil {
-		l.buf = make([]byte, 16<<10)
-	}
-	var b []byte
-	for {
-		n, err := l.info.ReadAt(l.buf, 0)
-		if err != nil && !errors.Is(err, io.EOF) {
-			return map[int]evlib.Events{-1: 0} // cannot tell: fail the comparison
-		}
-		if n < len(l.buf) {
-			b = l.buf[:n]
-			break
-		}
-		l.buf = make([]byte, 2*len(l.buf))
+	set, err := l.set.Read()
+	if err != nil {
+		return map[int]evlib.Events{-1: 0} // cannot tell: fail the comparison
 	}
 	m := map[int]evlib.Events{}
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 4 || f[0] != "tfd:" || f[2] != "events:" {
-			continue
+	for fd, mask := range set {
+		if !l.own[fd] {
+			m[fd] = evmask.FromEpollInterest(mask)
 		}
-		fd, err1 := strconv.Atoi(f[1])
-		mask, err2 := strconv.ParseUint(f[3], 16, 32)
-		if err1 != nil || err2 != nil || l.own[fd] {
-			continue
-		}
-		var ev evlib.Events
-		if mask&unix.EPOLLIN != 0 {
-			ev |= evlib.Readable
-		}
-		if mask&unix.EPOLLOUT != 0 {
-			ev |= evlib.Writable
-		}
-		m[fd] = ev
 	}
 	return m
 }
 
 func (l *epollLoop) Close() error {
-	l.info.Close()
+	l.set.Close()
 	return unix.Close(l.epfd)
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -20,6 +19,8 @@ import (
 	"github.com/plugloop/plugloop/core"
 	"github.com/plugloop/plugloop/evlib"
 	"github.com/plugloop/plugloop/evlib_gnet"
+	"github.com/plugloop/plugloop/internal/evmask"
+	"github.com/plugloop/plugloop/internal/sys"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
@@ -60,11 +61,10 @@ type pollerLoop struct {
 	thread int
 	poller *netpoll.Poller
 	host   *evlib_gnet.Host
-	epfd   int      // the poller's epoll fd
-	efd    int      // gnet's own wake eventfd, registered in it
-	info   *os.File // /proc/self/fdinfo/<epfd>
+	epfd   int           // the poller's epoll fd
+	efd    int           // gnet's own wake eventfd, registered in it
+	set    *sys.EpollSet // under mu
 	mu     sync.Mutex
-	buf    []byte       // under mu
 	idle   map[int]bool // under mu: plugloop's fds watched with no interest
 	own    map[int]bool
 }
@@ -119,9 +119,7 @@ func (l *pollerLoop) findFDs(before map[int]string) error {
 	if l.epfd < 0 || l.efd < 0 {
 		return fmt.Errorf("no new epoll fd and eventfd (%d, %d)", l.epfd, l.efd)
 	}
-	// The fdinfo file is opened once and re-read with pread, so Watched
-	// needs no new descriptor (a test may have the fd table full).
-	if l.info, err = os.Open(fmt.Sprintf("/proc/self/fdinfo/%d", l.epfd)); err != nil {
+	if l.set, err = sys.OpenEpollSet(l.epfd); err != nil {
 		return err
 	}
 	set, err := l.kernelSet()
@@ -129,7 +127,7 @@ func (l *pollerLoop) findFDs(before map[int]string) error {
 		err = fmt.Errorf("eventfd %d is not registered in epoll fd %d", l.efd, l.epfd)
 	}
 	if err != nil {
-		l.info.Close()
+		l.set.Close()
 	}
 	return err
 }
@@ -194,40 +192,11 @@ func (l *pollerLoop) Do(f func() bool) error {
 	}, nil)
 }
 
-// kernelSet reads the registrations of the epoll fd from the kernel:
-// "tfd: FD events: MASK data: ..." lines.
+// kernelSet reads the registrations of the epoll fd from the kernel.
 func (l *pollerLoop) kernelSet() (map[int]uint32, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.buf == nil {
-		l.buf = make([]byte, 16<<10)
-	}
-	var b []byte
-	for {
-		n, err := l.info.ReadAt(l.buf, 0)
-		if err != nil && !errors.Is(err, io.EOF) {
-			return nil, err
-		}
-		if n < len(l.buf) {
-			b = l.buf[:n]
-			break
-		}
-		l.buf = make([]byte, 2*len(l.buf))
-	}
-	m := map[int]uint32{}
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 4 || f[0] != "tfd:" || f[2] != "events:" {
-			continue
-		}
-		fd, err1 := strconv.Atoi(f[1])
-		mask, err2 := strconv.ParseUint(f[3], 16, 32)
-		if err1 != nil || err2 != nil {
-			return nil, fmt.Errorf("fdinfo line %q", line)
-		}
-		m[fd] = uint32(mask)
-	}
-	return m, nil
+	return l.set.Read()
 }
 
 // Watched is what the kernel has in the poller's set besides gnet's
@@ -250,20 +219,13 @@ func (l *pollerLoop) Watched() map[int]evlib.Events {
 		if fd == l.efd || l.own[fd] {
 			continue
 		}
-		var ev evlib.Events
-		if mask&unix.EPOLLIN != 0 {
-			ev |= evlib.Readable
-		}
-		if mask&unix.EPOLLOUT != 0 {
-			ev |= evlib.Writable
-		}
-		m[fd] = ev
+		m[fd] = evmask.FromEpollInterest(mask)
 	}
 	return m
 }
 
 func (l *pollerLoop) Close() error {
-	l.info.Close()
+	l.set.Close()
 	return l.poller.Close()
 }
 

@@ -17,6 +17,19 @@ func EpollInterest(ev evlib.Events) uint32 {
 	return m
 }
 
+// FromEpollInterest is the interest an epoll_event mask registers:
+// EpollInterest's inverse.
+func FromEpollInterest(m uint32) evlib.Events {
+	var ev evlib.Events
+	if m&unix.EPOLLIN != 0 {
+		ev |= evlib.Readable
+	}
+	if m&unix.EPOLLOUT != 0 {
+		ev |= evlib.Writable
+	}
+	return ev
+}
+
 // FromEpoll converts an epoll event mask to evlib events. A peer's
 // half-close (EPOLLRDHUP) is Readable: end of stream is there to be read.
 func FromEpoll(m uint32) evlib.Events {
