@@ -23,12 +23,19 @@ import (
 // on the named backend.
 func Run(t *testing.T, name string) {
 	t.Helper()
+	runSuite(t, lookup(t, name), nil)
+}
+
+// lookup returns the backend registered under name, skipping t if it
+// cannot run here.
+func lookup(t *testing.T, name string) evlib.Descriptor {
+	t.Helper()
 	d, err := evlib.Lookup(name)
 	if errors.Is(err, evlib.ErrUnavailable) {
 		t.Skipf("conformance: backend %q cannot run here: %v", name, err)
 	}
 	require.NoError(t, err, "conformance: looking up backend %q", name)
-	runSuite(t, d, nil)
+	return d
 }
 
 // RunBackend runs the whole suite against d, a backend that need not be
@@ -64,12 +71,7 @@ func RunBackend(t *testing.T, d evlib.Descriptor) {
 // that cannot run here is skipped as in Run.
 func RunContract(t *testing.T, name string) {
 	t.Helper()
-	d, err := evlib.Lookup(name)
-	if errors.Is(err, evlib.ErrUnavailable) {
-		t.Skipf("conformance: backend %q cannot run here: %v", name, err)
-	}
-	require.NoError(t, err, "conformance: looking up backend %q", name)
-	runParts(t, d, nil, false)
+	runParts(t, lookup(t, name), nil, false)
 }
 
 // suite is one run of the suite against one backend.

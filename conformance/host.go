@@ -191,11 +191,7 @@ func (l *pollSetLoop) Close() error { return nil }
 // 33), then "NoLeaks".
 func RunHost(t *testing.T, h Host) {
 	t.Helper()
-	d, err := evlib.Lookup(h.EventLib)
-	if errors.Is(err, evlib.ErrUnavailable) {
-		t.Skipf("conformance: backend %q cannot run here: %v", h.EventLib, err)
-	}
-	require.NoError(t, err, "conformance: looking up backend %q", h.EventLib)
+	d := lookup(t, h.EventLib)
 	require.NotNil(t, h.New, "conformance: host %q has no New", h.Name)
 	runSuite(t, d, &h)
 }
