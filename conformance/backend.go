@@ -667,13 +667,11 @@ func (s *suite) testBackendWaker(t *testing.T) {
 // Checklist 36 (backend side): pipes are watched like sockets, where the
 // backend declares CapFiles.
 func (s *suite) testBackendFiles(t *testing.T) {
-	if s.desc.Caps&evlib.CapFiles == 0 {
-		t.Skipf("conformance: backend %q declares it lacks evlib.CapFiles: pipes and ttys are not tested", s.name)
-	}
+	s.needFiles(t, "pipes and ttys are not tested")
 	b := s.newBackend(t)
 	b.needPoll()
 	var p [2]int
-	require.NoError(t, unix.Pipe(p[:]))
+	require.NoError(t, nonblockPipe(&p))
 	r, w := p[0], p[1]
 	defer unix.Close(r)
 	wOpen := true
@@ -682,9 +680,6 @@ func (s *suite) testBackendFiles(t *testing.T) {
 			unix.Close(w)
 		}
 	}()
-	for _, fd := range p {
-		require.NoError(t, unix.SetNonblock(fd, true))
-	}
 	require.NoError(t, b.be.Add(r, evlib.KindFile, evlib.Readable))
 	require.NoError(t, b.be.Add(w, evlib.KindFile, evlib.Writable))
 	require.Equal(t, evlib.Writable, b.pollFor(w, evlib.Writable), "empty pipe's write end")
@@ -711,9 +706,7 @@ func (s *suite) testBackendFiles(t *testing.T) {
 // interest, where the backend declares CapFiles: the core learns from it
 // that writing is over.
 func (s *suite) testBackendPipeReaderGone(t *testing.T) {
-	if s.desc.Caps&evlib.CapFiles == 0 {
-		t.Skipf("conformance: backend %q declares it lacks evlib.CapFiles: pipes are not tested", s.name)
-	}
+	s.needFiles(t, "pipes are not tested")
 	b := s.newBackend(t)
 	b.needPoll()
 	var p [2]int

@@ -966,9 +966,7 @@ func (p *pausedPeer) resume(t *testing.T) {
 // writer closes, RAW_CLOSE with io.EOF, where the backend declares
 // CapFiles.
 func (s *suite) testCoreFiles(t *testing.T) {
-	if s.desc.Caps&evlib.CapFiles == 0 {
-		t.Skipf("conformance: backend %q declares it lacks evlib.CapFiles: adopted pipes are not tested", s.name)
-	}
+	s.needFiles(t, "adopted pipes are not tested")
 	var got []byte
 	cb := func(ev core.Event) error {
 		if ev.Reason == core.ReasonRawRX {

@@ -223,9 +223,7 @@ func (s *suite) testSMPThreads(t *testing.T, threads int) {
 // resumed, with nothing more written: the backend must look again for
 // input it saw, or that came, while only the pipe's end was watched.
 func (s *suite) testRawFileResume(t *testing.T) {
-	if s.desc.Caps&evlib.CapFiles == 0 {
-		t.Skipf("conformance: backend %q declares it lacks evlib.CapFiles: pipes are not tested", s.name)
-	}
+	s.needFiles(t, "pipes are not tested")
 	var got []byte // loop goroutine
 	h := s.newHarness(t, core.Info{Protocols: []core.Protocol{{Name: "file", Callback: func(ev core.Event) error {
 		if ev.Reason == core.ReasonRawRXFile {

@@ -2,7 +2,12 @@
 
 package conformance
 
-import "golang.org/x/sys/unix"
+import (
+	"testing"
+
+	"github.com/plugloop/plugloop/evlib"
+	"golang.org/x/sys/unix"
+)
 
 // nonblockPipe returns a pipe with both ends non-blocking and
 // close-on-exec (unix.Pipe2 is not on every system).
@@ -19,4 +24,13 @@ func nonblockPipe(p *[2]int) error {
 		}
 	}
 	return nil
+}
+
+// needFiles skips t, saying what goes untested, unless the backend
+// declares evlib.CapFiles.
+func (s *suite) needFiles(t *testing.T, untested string) {
+	t.Helper()
+	if s.desc.Caps&evlib.CapFiles == 0 {
+		t.Skipf("conformance: backend %q declares it lacks evlib.CapFiles: %s", s.name, untested)
+	}
 }
