@@ -13,7 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ErrNotPollable: the descriptor is a regular file or a directory. Those are
+// ErrNotPollable says the descriptor is a regular file or a directory. Those are
 // always ready, so no event loop can watch them (epoll refuses them, poll
 // reports them ready forever); read them directly or from a worker
 // goroutine. Every backend gives this same answer.
