@@ -429,8 +429,8 @@ func (s *suite) testUDP(t *testing.T) {
 	h := s.newHarness(t, core.Info{Protocols: []core.Protocol{{Name: "udp", Callback: cb}}})
 	srv, err := h.ctx.ListenUDP("udp4", "127.0.0.1:0", "")
 	require.NoError(t, err)
-	local := srv.LocalAddr()
-	require.True(t, local.IsValid() && local.Port() != 0, "LocalAddr %v", local)
+	local, ok := srv.LocalAddr().(*net.UDPAddr)
+	require.True(t, ok && local.Port != 0, "LocalAddr %#v", srv.LocalAddr())
 	h.start()
 	cl, err := net.ListenPacket("udp4", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -440,7 +440,7 @@ func (s *suite) testUDP(t *testing.T) {
 	buf := make([]byte, 64)
 	for _, m := range []string{"a", "bb", "ccc"} {
 		mark := h.rec.mark()
-		_, err := cl.WriteTo([]byte(m), net.UDPAddrFromAddrPort(local))
+		_, err := cl.WriteTo([]byte(m), local)
 		require.NoError(t, err)
 		rxe := h.rec.waitEventFrom(t, "RAW_RX of a datagram", mark, is(core.ReasonRawRX, srv))
 		require.Equal(t, len(m), rxe.data, "one RAW_RX per datagram")
@@ -449,7 +449,7 @@ func (s *suite) testUDP(t *testing.T) {
 		n, from, err := cl.ReadFrom(buf)
 		require.NoError(t, err)
 		require.Equal(t, "re:"+m, string(buf[:n]))
-		require.Equal(t, local, from.(*net.UDPAddr).AddrPort())
+		require.Equal(t, local.AddrPort(), from.(*net.UDPAddr).AddrPort())
 	}
 	h.do(func() {
 		mu.Lock()

@@ -30,8 +30,8 @@ type Listener struct {
 // Addr returns the address the listener is bound to.
 func (l *Listener) Addr() net.Addr { return l.addr }
 
-// FD returns the listening socket's descriptor.
-func (l *Listener) FD() int { return l.c.fd }
+// FD returns the listening socket's descriptor, or -1 once it was closed.
+func (l *Listener) FD() int { return l.c.FD() }
 
 // Close stops listening. Connections already accepted stay open. It is
 // loop-only, like Conn's methods.
@@ -331,16 +331,4 @@ func (c *Context) eachConn(protocol string, f func(*Conn) error) error {
 		}
 	}
 	return first
-}
-
-func sockaddrToAddr(sa unix.Sockaddr) net.Addr {
-	switch a := sa.(type) {
-	case *unix.SockaddrInet4:
-		return &net.TCPAddr{IP: net.IP(a.Addr[:]).To16(), Port: a.Port}
-	case *unix.SockaddrInet6:
-		return &net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}
-	case *unix.SockaddrUnix:
-		return &net.UnixAddr{Name: a.Name, Net: "unix"}
-	}
-	return nil
 }

@@ -3,12 +3,11 @@
 package core
 
 import (
-	"net"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/plugloop/plugloop/evlib"
-	"golang.org/x/sys/unix"
 )
 
 type connState uint8
@@ -56,13 +55,24 @@ type Conn struct {
 	dial     *dialState    // a client connection being established
 	pending  *adoptOptions // a handed-over connection's options, until adopted
 
+	fdClosed atomic.Bool // fd was closed: FD says -1 (read off the loop too)
+
 	timer, timeout, idle *Timer
 	lastActive           int64
 	prev, next           *Conn
 }
 
-// FD returns the connection's file descriptor.
-func (c *Conn) FD() int { return c.fd }
+// FD returns the connection's file descriptor, or -1 once the core closed
+// it: the descriptor is still open during RAW_CLOSE and is closed when the
+// pass that delivered RAW_CLOSE ends, after which its number may belong to
+// another file. It does not check the goroutine: off the loop its answer
+// may be out of date by the time it is used.
+func (c *Conn) FD() int {
+	if c.fdClosed.Load() {
+		return -1
+	}
+	return c.fd
+}
 
 // Thread returns the service thread that owns the connection. A
 // connection never moves, so any goroutine may call it.
@@ -84,15 +94,6 @@ func (c *Conn) Closed() bool { return c.state == stateClosed }
 // Connecting reports whether a client connection is still being
 // established.
 func (c *Conn) Connecting() bool { return c.state == stateConnecting }
-
-// RemoteAddr returns the peer's address, or nil if it has none.
-func (c *Conn) RemoteAddr() net.Addr {
-	sa, err := unix.Getpeername(c.fd)
-	if err != nil {
-		return nil
-	}
-	return sockaddrToAddr(sa)
-}
 
 // CallbackOnWritable asks for one RAW_WRITEABLE callback when the connection
 // can be written (lws_callback_on_writable). Asking again before it came

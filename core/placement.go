@@ -370,6 +370,7 @@ func (t *Thread) takeOver(c *Conn) {
 	t.ctx.log.Warn("plugloop: a connection handed to this thread could not be adopted; closed", "thread", t.index, "fd", c.fd, "err", err)
 	c.state = stateClosed
 	t.closeHandedFD(c.fd, o)
+	c.fdClosed.Store(true)
 }
 
 // dropHandoff ends a handed-over connection before it was adopted: Close,
@@ -387,6 +388,7 @@ func (t *Thread) dropHandoff(c *Conn, why error) {
 	c.state, c.pending = stateClosed, nil
 	t.giveBack(true)
 	t.closeHandedFD(c.fd, o)
+	c.fdClosed.Store(true)
 }
 
 // closeHandedFD closes the fd of a handed-over connection that never made

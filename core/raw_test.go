@@ -263,7 +263,7 @@ func TestUDPEcho(t *testing.T) {
 			cl, err := net.ListenPacket("udp4", "127.0.0.1:0")
 			require.NoError(t, err)
 			defer cl.Close()
-			to := net.UDPAddrFromAddrPort(srv.LocalAddr())
+			to := srv.LocalAddr()
 			for _, m := range []string{"one", "two", "three"} {
 				_, err := cl.WriteTo([]byte(m), to)
 				require.NoError(t, err)

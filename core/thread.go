@@ -84,6 +84,7 @@ type Thread struct {
 	rxReady, rxSpare        []*Conn // buffered input to deliver
 	closeReq                []*Conn // Conn.Close called inside a callback
 	fdClose                 []int   // close(2) deferred to the end of the batch
+	fdForget                []*Conn // closed in the batch: their FD becomes -1 after the close(2)
 
 	appDriven bool  // the application's loop waits: never call Poll
 	depth     int   // nesting of user callbacks
@@ -606,6 +607,11 @@ func (t *Thread) finishStep() {
 		t.ctr.Closes.Add(1)
 	}
 	t.fdClose = t.fdClose[:0]
+	for i, c := range t.fdForget {
+		c.fdClosed.Store(true) // its number may be another file's from now on
+		t.fdForget[i] = nil
+	}
+	t.fdForget = t.fdForget[:0]
 }
 
 // ---- dispatch (evlib.Sink) ----
@@ -1062,6 +1068,7 @@ func (t *Thread) closeConn(c *Conn, why error) {
 	t.conns[c.fd] = nil
 	t.count--
 	t.fdClose = append(t.fdClose, c.fd)
+	t.fdForget = append(t.fdForget, c)
 	c.rxbuf, c.out = nil, nil
 	if l := c.listener; l != nil {
 		if i := slices.Index(t.listeners, l); i >= 0 {

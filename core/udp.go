@@ -67,16 +67,6 @@ func (c *Context) AdoptPacketConn(pc net.PacketConn, protocol string, opts ...Ad
 	return c.adoptCopy(pc, evlib.KindDatagram, protocol, opts)
 }
 
-// LocalAddr returns the address the connection's socket is bound to, or an
-// invalid AddrPort.
-func (c *Conn) LocalAddr() netip.AddrPort {
-	sa, err := unix.Getsockname(c.fd)
-	if err != nil {
-		return netip.AddrPort{}
-	}
-	return addrPort(sa)
-}
-
 func (t *Thread) onDatagramReadable(c *Conn) {
 	if c.rxPaused {
 		if c.interest&evlib.Readable != 0 {
