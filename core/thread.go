@@ -440,6 +440,9 @@ func (t *Thread) forcedPending() bool {
 func (t *Thread) pass(timeout time.Duration) bool {
 	t.now, t.nowFresh = t.clock(), true
 	t.runTimers()
+	// A timer may have closed a connection: its close(2) must not wait
+	// for the end of the next batch, which an idle loop may never have.
+	t.finishStep()
 	wait := timeout
 	if t.forcedPending() || t.ctx.destroyReq.Load() {
 		wait = 0
