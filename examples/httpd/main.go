@@ -1,0 +1,363 @@
+//go:build unix
+
+// Command httpd is a minimal HTTP/1.1 server on plugloop's core: GET only,
+// "hello\n" at /, 404 elsewhere, on any backend.
+//
+//	go run ./examples/httpd -evlib epoll -addr 127.0.0.1:8080
+//	curl -v http://127.0.0.1:8080/
+//	wrk -c 50 -d 5s http://127.0.0.1:8080/
+//
+// It shows what the library is for, in a protocol people know:
+//
+//   - Connections are kept alive; "Connection: close" (and HTTP/1.0, for
+//     which it does not negotiate keep-alive) ends one after its response, with Conn.Close,
+//     which lets the response leave first.
+//   - Pipelined requests are parsed as they arrive and answered in order. All
+//     responses a pass produced go out in one Conn.Write, in RAW_WRITEABLE.
+//   - A client that sends requests and does not read the responses is pushed
+//     back on: once -maxqueued responses wait, or the kernel would not take
+//     the last write, the connection's rx is paused (rx flow control), and it
+//     resumes when the core has sent everything and the parsed input is
+//     answered. The memory a connection holds stays bounded: at most
+//     -maxqueued responses, a request head and one RxChunk of input.
+//   - A request head larger than -maxheader gets 431 and the connection
+//     closes; other requests it cannot serve get 400, 405 or 501 and close too.
+//   - Idle connections are closed by the core (core.Info.IdleTimeout).
+//
+// -evlib takes any backend name; PLUGLOOP_EVLIB overrides it. With -evlib
+// foreign, the program's own unix.Poll loop (foreign.PollSet) drives plugloop.
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/plugloop/plugloop/core"
+	"github.com/plugloop/plugloop/evlib"
+	_ "github.com/plugloop/plugloop/evlib_gnet"    // -evlib gnet
+	_ "github.com/plugloop/plugloop/evlib_netpoll" // -evlib netpoll (Linux)
+	"github.com/plugloop/plugloop/foreign"
+)
+
+func main() {
+	var cfg config
+	flag.StringVar(&cfg.evlib, "evlib", "", "event-loop backend (default: the best available)")
+	flag.StringVar(&cfg.addr, "addr", "127.0.0.1:8080", "listen address HOST:PORT")
+	flag.IntVar(&cfg.maxHeader, "maxheader", 8<<10, "largest request head in bytes; larger gets 431")
+	flag.IntVar(&cfg.maxQueued, "maxqueued", 64, "responses a connection may have waiting before its rx pauses")
+	flag.DurationVar(&cfg.idle, "idle", 60*time.Second, "close connections idle this long (0: never)")
+	flag.Parse()
+
+	srv, err := start(cfg)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "httpd:", err)
+		os.Exit(1)
+	}
+	fmt.Fprintf(os.Stderr, "httpd: serving http://%s/ with the %s backend; ^C stops\n", srv.addr(), srv.ctx.EventLib())
+	sig, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	select {
+	case <-sig.Done():
+	case <-srv.ctx.Done():
+	}
+	if err := srv.close(); err != nil {
+		fmt.Fprintln(os.Stderr, "httpd:", err)
+		os.Exit(1)
+	}
+	s := srv.stats()
+	fmt.Fprintf(os.Stderr, "httpd: stopped; %d requests, %d rx pauses\n", s.Requests, s.Pauses)
+}
+
+type config struct {
+	evlib     string
+	addr      string
+	maxHeader int           // bytes of request head before 431
+	maxQueued int           // responses waiting on one connection before its rx pauses
+	idle      time.Duration // core.Info.IdleTimeout
+}
+
+// rxChunk caps one RAW_RX (core.Protocol.RxChunk): what a paused
+// connection's last read brought beyond it, the core keeps for the resume.
+const rxChunk = 16 << 10
+
+// The responses, whole. Those ending a connection say so.
+var (
+	respOK            = response("200 OK", "", "hello\n")
+	respOKClose       = response("200 OK", "Connection: close\r\n", "hello\n")
+	respNotFound      = response("404 Not Found", "", "not found\n")
+	respNotFoundClose = response("404 Not Found", "Connection: close\r\n", "not found\n")
+	resp400           = response("400 Bad Request", "Connection: close\r\n", "")
+	resp405           = response("405 Method Not Allowed", "Allow: GET\r\nConnection: close\r\n", "")
+	resp431           = response("431 Request Header Fields Too Large", "Connection: close\r\n", "")
+	resp501           = response("501 Not Implemented", "Connection: close\r\n", "")
+)
+
+func response(status, headers, body string) []byte {
+	return []byte("HTTP/1.1 " + status + "\r\n" + headers + "Content-Type: text/plain\r\nContent-Length: " +
+		strconv.Itoa(len(body)) + "\r\n\r\n" + body)
+}
+
+// session is a connection's state (lws' per-session data).
+type session struct {
+	in      []byte // received, not parsed yet
+	out     []byte // responses not handed to Conn.Write yet
+	queued  int    // responses in out
+	closing bool   // out ends with the connection's last response
+	paused  bool   // rx paused by this server
+}
+
+// Stats are counters the server keeps; any goroutine may read them.
+type Stats struct {
+	Requests      uint64 // requests answered (queued for writing)
+	Pauses        uint64 // times a connection's rx was paused
+	RxWhilePaused uint64 // RAW_RX received while paused: never, if rx flow control works
+	MaxQueued     int64  // most responses one connection had waiting
+	MaxInput      int64  // most unparsed input bytes one connection held
+	IdleClosed    uint64 // connections the idle timeout closed
+}
+
+type server struct {
+	cfg  config
+	ctx  *core.Context
+	ln   *core.Listener
+	done chan error // the loop's result
+
+	requests, pauses, rxWhilePaused, idleClosed atomic.Uint64
+	maxQueued, maxInput                         atomic.Int64
+}
+
+// start creates the context, listens and services it on a goroutine of its
+// own until close.
+func start(cfg config) (*server, error) {
+	if cfg.maxHeader <= 0 || cfg.maxQueued <= 0 || cfg.idle < 0 {
+		return nil, fmt.Errorf("maxheader %d, maxqueued %d, idle %v: the sizes must be positive, the timeout not negative", cfg.maxHeader, cfg.maxQueued, cfg.idle)
+	}
+	s := &server{cfg: cfg, done: make(chan error, 1)}
+	proto := core.Protocol{Name: "http", Callback: s.callback, RxChunk: rxChunk}
+	var set *foreign.PollSet
+	if cfg.evlib == foreign.Name || os.Getenv(evlib.EnvVar) == foreign.Name {
+		set = new(foreign.PollSet)
+		proto = set.Protocol(proto)
+	}
+	ctx, err := core.New(core.Info{
+		EventLib:    cfg.evlib,
+		IdleTimeout: cfg.idle,
+		// Close waits for the client's end of stream after the last
+		// response (a lingering close): closing with a request of
+		// the client's still unread would reset the connection, and a
+		// reset can destroy the response before the client read it.
+		GracefulClose: true,
+		Protocols:     []core.Protocol{proto},
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.ctx = ctx
+	if s.ln, err = ctx.Listen("tcp", cfg.addr, "http"); err != nil {
+		ctx.Destroy()
+		return nil, err
+	}
+	if ctx.Caps()&evlib.CapAppDriven == 0 {
+		set = nil // PLUGLOOP_EVLIB chose a backend with a loop of its own
+	}
+	go func() {
+		if set == nil {
+			s.done <- ctx.Run(context.Background())
+			return
+		}
+		// The application's own loop; Destroy ends its Poll.
+		for {
+			if err := set.Poll(ctx.Thread(0), nil, -1); err != nil {
+				if errors.Is(err, core.ErrDestroyed) {
+					err = nil
+				}
+				s.done <- err
+				return
+			}
+		}
+	}()
+	return s, nil
+}
+
+func (s *server) addr() string { return s.ln.Addr().String() }
+
+// close destroys the context and waits for the loop to end.
+func (s *server) close() error {
+	s.ctx.Destroy()
+	<-s.ctx.Done()
+	err := <-s.done
+	if errors.Is(err, core.ErrDestroyed) {
+		err = nil // destroyed before the loop began
+	}
+	return err
+}
+
+func (s *server) stats() Stats {
+	return Stats{
+		Requests: s.requests.Load(), Pauses: s.pauses.Load(), RxWhilePaused: s.rxWhilePaused.Load(),
+		MaxQueued: s.maxQueued.Load(), MaxInput: s.maxInput.Load(), IdleClosed: s.idleClosed.Load(),
+	}
+}
+
+func (s *server) callback(ev core.Event) error {
+	c := ev.Conn
+	switch ev.Reason {
+	case core.ReasonRawAdopt:
+		c.SetUser(&session{})
+
+	case core.ReasonRawRX:
+		ss := c.User().(*session)
+		if ss.paused {
+			s.rxWhilePaused.Add(1)
+		}
+		if ss.closing {
+			return nil // the last response is queued; the rest is not read
+		}
+		ss.in = append(ss.in, ev.Data...)
+		raiseTo(&s.maxInput, int64(len(ss.in)))
+		return s.flow(c, ss)
+
+	case core.ReasonRawWriteable:
+		ss := c.User().(*session)
+		if len(ss.out) > 0 {
+			// The one write of this callback: every response queued.
+			// The core keeps what the kernel does not take now.
+			if _, err := c.Write(ss.out); err != nil {
+				return err
+			}
+			ss.out, ss.queued = ss.out[:0], 0
+		}
+		if ss.closing {
+			return c.Close() // after the core has sent the rest
+		}
+		return s.flow(c, ss)
+
+	case core.ReasonRawClose:
+		if errors.Is(ev.Err, core.ErrTimeout) {
+			s.idleClosed.Add(1)
+		}
+	}
+	return nil
+}
+
+// flow answers the complete requests held (up to maxQueued), then decides
+// whether to read on: not while responses wait, the core holds output the
+// kernel would not take, or a parsed-but-unanswered request is left.
+func (s *server) flow(c *core.Conn, ss *session) error {
+	backlog := s.parse(ss)
+	raiseTo(&s.maxQueued, int64(ss.queued))
+	if full := backlog || c.Buffered() > 0 || ss.closing; full != ss.paused {
+		ss.paused = full
+		if full && !ss.closing {
+			s.pauses.Add(1)
+		}
+		if err := c.RxFlowControl(!full); err != nil {
+			return err
+		}
+	}
+	if ss.queued > 0 || c.Buffered() > 0 {
+		// Buffered alone: the WRITEABLE after the core's flush resumes rx.
+		return c.CallbackOnWritable()
+	}
+	return nil
+}
+
+// parse queues a response for every complete request head in ss.in, in
+// order, until maxQueued wait. It reports whether it stopped for that
+// bound with a whole request still unparsed.
+func (s *server) parse(ss *session) (backlog bool) {
+	for !ss.closing {
+		end := bytes.Index(ss.in, []byte("\r\n\r\n"))
+		if end < 0 && len(ss.in) < s.cfg.maxHeader {
+			break // the head is not all here yet
+		}
+		if ss.queued >= s.cfg.maxQueued {
+			return true
+		}
+		if end < 0 || end+4 > s.cfg.maxHeader {
+			s.queue(ss, resp431, true)
+			break
+		}
+		resp, keep := answer(ss.in[:end])
+		ss.in = ss.in[end+4:]
+		s.queue(ss, resp, !keep)
+	}
+	if len(ss.in) == 0 {
+		ss.in = nil // do not keep a burst's buffer for an idle connection
+	}
+	return false
+}
+
+func (s *server) queue(ss *session, resp []byte, last bool) {
+	ss.out = append(ss.out, resp...)
+	ss.queued++
+	ss.closing = last
+	s.requests.Add(1)
+}
+
+// answer picks the response to one request head and whether the connection
+// stays open after it.
+func answer(head []byte) (resp []byte, keep bool) {
+	line, fields, _ := bytes.Cut(head, []byte("\r\n"))
+	method, rest, ok1 := strings.Cut(string(line), " ")
+	target, proto, ok2 := strings.Cut(rest, " ")
+	if !ok1 || !ok2 || !strings.HasPrefix(proto, "HTTP/1.") || target == "" {
+		return resp400, false
+	}
+	keep = proto == "HTTP/1.1" // HTTP/1.0 closes: no keep-alive negotiation here
+	for len(fields) > 0 {
+		var f []byte
+		f, fields, _ = bytes.Cut(fields, []byte("\r\n"))
+		name, value, ok := strings.Cut(string(f), ":")
+		if !ok {
+			return resp400, false
+		}
+		value = strings.ToLower(strings.TrimSpace(value))
+		switch strings.ToLower(name) {
+		case "connection":
+			for _, opt := range strings.Split(value, ",") {
+				if strings.TrimSpace(opt) == "close" {
+					keep = false
+				}
+			}
+		case "content-length":
+			if value != "0" {
+				return resp501, false // a body would have to be read
+			}
+		case "transfer-encoding":
+			return resp501, false
+		}
+	}
+	switch {
+	case method != "GET":
+		return resp405, false
+	case target == "/" && keep:
+		return respOK, true
+	case target == "/":
+		return respOKClose, false
+	case keep:
+		return respNotFound, true
+	default:
+		return respNotFoundClose, false
+	}
+}
+
+// raiseTo raises the high-water mark m to v.
+func raiseTo(m *atomic.Int64, v int64) {
+	for {
+		old := m.Load()
+		if v <= old || m.CompareAndSwap(old, v) {
+			return
+		}
+	}
+}

@@ -1,0 +1,383 @@
+//go:build unix
+
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/plugloop/plugloop/evlib"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+)
+
+// hang bounds every wait for the server, so that a bug fails the test
+// instead of hanging it; nothing waits for time to pass.
+const hang = 20 * time.Second
+
+// available lists the backends this test binary can run: the built-in
+// ones, gnet, netpoll and foreign (linked in by main.go).
+func available(t *testing.T) []string {
+	var names []string
+	for _, d := range evlib.Backends() {
+		if d.Available() {
+			names = append(names, d.Name)
+		}
+	}
+	require.NotEmpty(t, names)
+	return names
+}
+
+func TestHTTPD(t *testing.T) {
+	if os.Getenv(evlib.EnvVar) != "" {
+		t.Setenv(evlib.EnvVar, "") // each subtest names its backend
+	}
+	// What stays for good once used — the Go runtime's poller, netpoll's
+	// pollers — comes before the baselines: one request on each backend.
+	libs := available(t)
+	for _, lib := range libs {
+		srv, err := start(config{evlib: lib, addr: "127.0.0.1:0", maxHeader: 1 << 10, maxQueued: 8})
+		require.NoError(t, err)
+		c, br := dial(t, srv)
+		write(t, c, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+		readResponse(t, br)
+		expectEOF(t, br)
+		c.Close()
+		require.NoError(t, srv.close())
+	}
+	for _, lib := range libs {
+		t.Run(lib, func(t *testing.T) {
+			baseFDs, baseG := openFDs(t), runtime.NumGoroutine()
+			srv, err := start(config{evlib: lib, addr: "127.0.0.1:0", maxHeader: 1 << 10, maxQueued: 8, idle: time.Minute})
+			require.NoError(t, err)
+			require.Equal(t, lib, srv.ctx.EventLib())
+			t.Run("KeepAlive", func(t *testing.T) { testKeepAlive(t, srv) })
+			t.Run("ConnectionClose", func(t *testing.T) { testConnectionClose(t, srv) })
+			t.Run("Pipelining", func(t *testing.T) { testPipelining(t, srv) })
+			t.Run("SlowReader", func(t *testing.T) { testSlowReader(t, srv) })
+			t.Run("OversizedHeaders", func(t *testing.T) { testOversized(t, srv) })
+			t.Run("BadRequests", func(t *testing.T) { testBadRequests(t, srv) })
+			require.Zero(t, srv.stats().RxWhilePaused, "RAW_RX after the server paused rx")
+			require.NoError(t, srv.close())
+
+			t.Run("IdleTimeout", func(t *testing.T) { testIdle(t, lib) })
+
+			waitFor(t, "goroutines back to the count before the server", func() bool { return runtime.NumGoroutine() <= baseG },
+				func() string {
+					buf := make([]byte, 1<<20)
+					return string(buf[:runtime.Stack(buf, true)])
+				})
+			require.Equal(t, baseFDs, openFDs(t), "descriptors left open after Destroy")
+		})
+	}
+}
+
+// A client's connection is reused for every request, and each gets the body.
+func testKeepAlive(t *testing.T, srv *server) {
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: hang}
+	var conns int
+	trace := &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) {
+		if !i.Reused {
+			conns++
+		}
+	}}
+	for i := range 20 {
+		path := "/"
+		if i%5 == 4 {
+			path = "/nothing-here" // a 404 keeps the connection too
+		}
+		req, err := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), "GET", "http://"+srv.addr()+path, nil)
+		require.NoError(t, err)
+		resp, err := client.Do(req)
+		require.NoError(t, err)
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.NoError(t, err)
+		if path == "/" {
+			require.Equal(t, http.StatusOK, resp.StatusCode)
+			require.Equal(t, "hello\n", string(body))
+		} else {
+			require.Equal(t, http.StatusNotFound, resp.StatusCode)
+		}
+		require.False(t, resp.Close, "the server must keep the connection")
+	}
+	require.Equal(t, 1, conns, "every request after the first reuses the connection")
+}
+
+// "Connection: close" gets its response, marked so, and then end of stream:
+// a request pipelined behind it is not answered.
+func testConnectionClose(t *testing.T, srv *server) {
+	client := &http.Client{Transport: &http.Transport{}, Timeout: hang}
+	req, err := http.NewRequest("GET", "http://"+srv.addr()+"/", nil)
+	require.NoError(t, err)
+	req.Close = true
+	resp, err := client.Do(req)
+	require.NoError(t, err)
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	require.Equal(t, "hello\n", string(body))
+	require.True(t, resp.Close, "the response says Connection: close")
+
+	c, br := dial(t, srv)
+	write(t, c, "GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, close\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	resp = readResponse(t, br)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.True(t, resp.Close)
+	expectEOF(t, br)
+}
+
+// Fifty requests in one write get fifty responses, in order.
+func testPipelining(t *testing.T, srv *server) {
+	const n = 50
+	c, br := dial(t, srv)
+	var reqs strings.Builder
+	for i := range n {
+		fmt.Fprintf(&reqs, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", pathFor(i))
+	}
+	write(t, c, reqs.String())
+	for i := range n {
+		resp := readResponse(t, br)
+		want := http.StatusOK
+		if pathFor(i) != "/" {
+			want = http.StatusNotFound
+		}
+		require.Equal(t, want, resp.StatusCode, "response %d of %d", i, n)
+	}
+	write(t, c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	require.Equal(t, http.StatusOK, readResponse(t, br).StatusCode, "the connection stays usable")
+}
+
+// pathFor is the target of request i: a pattern of / and a 404, so that
+// the statuses show the order of the responses.
+func pathFor(i int) string {
+	if i%3 == 1 || i%7 == 0 {
+		return fmt.Sprintf("/missing/%d", i)
+	}
+	return "/"
+}
+
+// A client that pipelines requests and reads nothing makes the server stop
+// reading: it pauses rx with at most maxQueued responses waiting, and TCP
+// pushes back on the client. Once the client reads, everything is answered.
+func testSlowReader(t *testing.T, srv *server) {
+	before := srv.stats()
+	// A small receive window: the server's output backs up sooner.
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		err := rc.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4<<10)
+		})
+		if err != nil {
+			return err
+		}
+		return serr
+	}}
+	c, err := d.Dial("tcp", srv.addr())
+	require.NoError(t, err)
+	defer c.Close()
+	require.NoError(t, c.SetDeadline(time.Now().Add(hang)))
+
+	// The writer goes on until the server has paused this connection's
+	// rx (its writes then block until the reading below starts), then
+	// ends with a request that closes the connection.
+	req := []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	batch := []byte(strings.Repeat(string(req), 100))
+	var sent atomic.Int64
+	werr := make(chan error, 1)
+	go func() {
+		for srv.stats().Pauses == before.Pauses {
+			if _, err := c.Write(batch); err != nil {
+				werr <- err
+				return
+			}
+			sent.Add(100)
+		}
+		_, err := c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+		sent.Add(1)
+		werr <- err
+	}()
+	waitFor(t, "the server to pause the slow reader's rx", func() bool { return srv.stats().Pauses > before.Pauses })
+
+	br := bufio.NewReader(c)
+	var got int64
+	for {
+		resp, err := http.ReadResponse(br, nil)
+		if err == io.EOF {
+			break
+		}
+		require.NoError(t, err, "after %d responses", got)
+		_, err = io.Copy(io.Discard, resp.Body)
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		got++
+		if resp.Close {
+			break
+		}
+	}
+	require.NoError(t, <-werr)
+	require.Equal(t, sent.Load(), got, "one response per request")
+	expectEOF(t, br)
+
+	s := srv.stats()
+	require.LessOrEqual(t, s.MaxQueued, int64(srv.cfg.maxQueued), "responses waiting on one connection")
+	require.LessOrEqual(t, s.MaxInput, int64(srv.cfg.maxHeader+rxChunk), "unparsed input held for one connection")
+	require.Zero(t, s.RxWhilePaused)
+	t.Logf("%d requests, %d pauses", got, s.Pauses-before.Pauses)
+}
+
+// A request head beyond maxheader gets 431 and the connection closes,
+// whether the head ends or never does.
+func testOversized(t *testing.T, srv *server) {
+	big := strings.Repeat("a", 2*srv.cfg.maxHeader)
+	client := &http.Client{Transport: &http.Transport{}, Timeout: hang}
+	req, err := http.NewRequest("GET", "http://"+srv.addr()+"/", nil)
+	require.NoError(t, err)
+	req.Header.Set("X-Big", big)
+	resp, err := client.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusRequestHeaderFieldsTooLarge, resp.StatusCode)
+	require.True(t, resp.Close)
+
+	c, br := dial(t, srv)
+	write(t, c, "GET / HTTP/1.1\r\nX-Big: "+big) // no end of head
+	resp = readResponse(t, br)
+	require.Equal(t, http.StatusRequestHeaderFieldsTooLarge, resp.StatusCode)
+	expectEOF(t, br)
+}
+
+// Requests the server cannot serve get an error status and end the
+// connection; what was pipelined before them is answered first.
+func testBadRequests(t *testing.T, srv *server) {
+	for _, tc := range []struct {
+		req  string
+		code int
+	}{
+		{"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", http.StatusMethodNotAllowed},
+		{"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc", http.StatusNotImplemented},
+		{"GET /\r\n\r\n", http.StatusBadRequest},
+		{"GET / HTTP/1.1\r\nno colon\r\n\r\n", http.StatusBadRequest},
+	} {
+		c, br := dial(t, srv)
+		write(t, c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"+tc.req)
+		require.Equal(t, http.StatusOK, readResponse(t, br).StatusCode)
+		resp := readResponse(t, br)
+		require.Equal(t, tc.code, resp.StatusCode, "%q", tc.req)
+		require.True(t, resp.Close)
+		expectEOF(t, br)
+	}
+	// HTTP/1.0 does not negotiate keep-alive here: one response, then the end.
+	c, br := dial(t, srv)
+	write(t, c, "GET / HTTP/1.0\r\n\r\n")
+	resp := readResponse(t, br)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	expectEOF(t, br)
+}
+
+// A connection that stays silent, before its first request or after one,
+// is closed by the core's idle timeout.
+func testIdle(t *testing.T, lib string) {
+	srv, err := start(config{evlib: lib, addr: "127.0.0.1:0", maxHeader: 1 << 10, maxQueued: 8, idle: 20 * time.Millisecond})
+	require.NoError(t, err)
+	defer func() { require.NoError(t, srv.close()) }()
+	_, sbr := dial(t, srv)
+	served, br := dial(t, srv)
+	write(t, served, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	require.Equal(t, http.StatusOK, readResponse(t, br).StatusCode)
+	expectEOF(t, sbr)
+	expectEOF(t, br)
+	waitFor(t, "both closes counted", func() bool { return srv.stats().IdleClosed == 2 })
+}
+
+func dial(t *testing.T, srv *server) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", srv.addr())
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	require.NoError(t, c.SetDeadline(time.Now().Add(hang)))
+	return c, bufio.NewReader(c)
+}
+
+func write(t *testing.T, c net.Conn, s string) {
+	t.Helper()
+	_, err := io.WriteString(c, s)
+	require.NoError(t, err)
+}
+
+func readResponse(t *testing.T, br *bufio.Reader) *http.Response {
+	t.Helper()
+	resp, err := http.ReadResponse(br, nil)
+	require.NoError(t, err)
+	_, err = io.Copy(io.Discard, resp.Body)
+	require.NoError(t, err)
+	resp.Body.Close()
+	return resp
+}
+
+// expectEOF checks that the server ended the stream with nothing more.
+func expectEOF(t *testing.T, br *bufio.Reader) {
+	t.Helper()
+	b, err := io.ReadAll(br)
+	require.NoError(t, err, "the server closes the connection (a reset here means it dropped unread input)")
+	require.Empty(t, string(b))
+}
+
+// waitFor waits for cond, bounded by hang; it asserts nothing about time.
+// describe, if given, says what it found instead.
+func waitFor(t *testing.T, what string, cond func() bool, describe ...func() string) {
+	t.Helper()
+	deadline := time.Now().Add(hang)
+	for !cond() {
+		if time.Now().After(deadline) {
+			var found string
+			for _, d := range describe {
+				found += d()
+			}
+			t.Fatalf("gave up waiting for %s\n%s", what, found)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// openFDs lists the process' descriptors with what each refers to: from
+// /proc/self/fd where there is one, else by asking fcntl about every number
+// below the descriptor limit.
+func openFDs(t *testing.T) map[int]string {
+	t.Helper()
+	fds := map[int]string{}
+	if ents, err := os.ReadDir("/proc/self/fd"); err == nil {
+		for _, e := range ents {
+			fd, _ := strconv.Atoi(e.Name())
+			if link, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil {
+				fds[fd] = link
+			}
+		}
+		return fds
+	}
+	var rl unix.Rlimit
+	require.NoError(t, unix.Getrlimit(unix.RLIMIT_NOFILE, &rl))
+	for fd := range int(min(uint64(rl.Cur), 1<<16)) {
+		var st unix.Stat_t
+		if unix.Fstat(fd, &st) == nil {
+			fds[fd] = fmt.Sprintf("mode %#o inode %d", st.Mode&unix.S_IFMT, st.Ino)
+		}
+	}
+	return fds
+}
