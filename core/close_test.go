@@ -4,6 +4,7 @@ package core_test
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -202,6 +203,62 @@ func TestCloseInCallbackEndsWrites(t *testing.T) {
 			n, err := peer.Read(make([]byte, 8))
 			require.Zero(t, n, "bytes written after Close reached the peer")
 			require.ErrorIs(t, err, io.EOF)
+		})
+	}
+}
+
+// Close of a connection whose stream ended while its rx was paused (here
+// by a reset, its input still kept) closes it at once, GracefulClose or
+// not: the peer's end was read already, so there is nothing to wait for.
+// With GracefulClose it waited for that end again, with read interest on
+// an fd that stays readable, spinning the loop until CloseTimeout.
+func TestGracefulCloseAfterHangup(t *testing.T) {
+	for _, lib := range backends {
+		t.Run(lib, func(t *testing.T) {
+			var conn *core.Conn
+			parked := make(chan struct{}, 1)
+			closed := make(chan error, 1)
+			ctx, err := core.New(core.Info{EventLib: lib, GracefulClose: true, CloseTimeout: time.Minute,
+				Protocols: []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
+					switch ev.Reason {
+					case core.ReasonRawAdopt:
+						conn = ev.Conn
+						return ev.Conn.RxFlowControl(false)
+					case core.ReasonDelPollFD:
+						if ev.Conn != nil && ev.Conn == conn && !conn.Closed() {
+							parked <- struct{}{} // out of the poll set: the core read the reset
+						}
+					case core.ReasonRawClose:
+						closed <- ev.Err
+					}
+					return nil
+				}}}})
+			require.NoError(t, err)
+			srv, cli := tcpPair(t)
+			_, err = ctx.AdoptConn(srv, "p")
+			require.NoError(t, err)
+			_, err = cli.Write([]byte("kept"))
+			require.NoError(t, err)
+			require.NoError(t, cli.(*net.TCPConn).SetLinger(0))
+			require.NoError(t, cli.Close())
+			done := make(chan error, 1)
+			go func() { done <- ctx.Run(context.Background()) }()
+			select {
+			case <-parked:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the core did not take the reset connection out of the poll set")
+			}
+			stats := ctx.Stats()
+			require.NoError(t, ctx.Thread(0).Post(func() { require.NoError(t, conn.Close()) }))
+			select {
+			case err := <-closed:
+				require.NoError(t, err, "RAW_CLOSE after Close")
+			case <-time.After(10 * time.Second):
+				t.Fatalf("no RAW_CLOSE after Close (%d waits since)", ctx.Stats().Waits-stats.Waits)
+			}
+			require.NoError(t, ctx.Destroy())
+			<-ctx.Done()
+			require.NoError(t, <-done)
 		})
 	}
 }

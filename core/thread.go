@@ -1205,6 +1205,7 @@ func (t *Thread) handOver(target *Thread, fd int, p *Protocol, o *adoptOptions) 
 // graceful, for the peer's end of stream; CloseTimeout bounds both.
 func (t *Thread) beginClose(c *Conn) {
 	c.draining, c.wantWritable = true, false
+	c.peerDone = c.peerDone || c.hup // its end of stream was read already
 	c.rxPaused, c.rxbuf = false, nil
 	c.setTimeoutErr(t.ctx.info.CloseTimeout, ErrTimeout)
 	if len(c.out) == 0 {
