@@ -28,6 +28,7 @@ func (s *suite) coreTests() []subtest {
 		{"FDOpenInRawClose", s.testFDOpenInClose},
 		{"PeerClose", s.testPeerClose},
 		{"HangupWhilePaused", s.testHangupWhilePaused},
+		{"PeerEndAnswered", s.testPeerEndAnswered},
 		{"PartialWrites", s.testPartialWrites},
 		{"RxFlowControl", s.testRxFlowControl},
 		{"RxShortPause", s.testRxShortPause},
@@ -588,6 +589,105 @@ func (s *suite) testHangupWhilePaused(t *testing.T) {
 		require.ErrorIs(t, e.err, io.EOF, "closed after CloseTimeout with the hangup's reason")
 		require.Zero(t, r.h.rec.count(is(core.ReasonRawRX, nil)), "RAW_RX although never resumed")
 		r.h.rec.verify(t)
+	})
+}
+
+// The peer's end of stream ends its input, not what the connection owes
+// it: a peer that sends everything, shuts its write side down and only then
+// reads (as "nc -N", or an HTTP client pipelining its requests, does) gets
+// every byte the application answers, also what the kernel had not taken
+// and what the application answers after the end was read, and then end of
+// stream; RAW_CLOSE says io.EOF. "Unpaused" echoes without flow control, so
+// the core reads the end while it holds most of the echo; "Paused" answers
+// chunk by chunk, pausing rx until each answer has left, so the end may come
+// while rx is paused and output is waiting.
+func (s *suite) testPeerEndAnswered(t *testing.T) {
+	t.Run("Unpaused", func(t *testing.T) {
+		const total = 16 << 20
+		h := s.newHarness(t, core.Info{CloseTimeout: time.Minute, Protocols: []core.Protocol{{Name: "echo", Callback: echoCallback}}})
+		srv, cli := tcpPair(t)
+		require.NoError(t, srv.SetWriteBuffer(32<<10))
+		require.NoError(t, cli.SetReadBuffer(32<<10))
+		conn, err := h.ctx.AdoptConn(srv, "")
+		require.NoError(t, err)
+		h.start()
+		data := pattern(21, total)
+		// All of it, then the end, before reading a byte: the server holds
+		// most of the echo when it reads the end.
+		write(t, cli, data)
+		require.NoError(t, cli.CloseWrite())
+		got := readFull(t, cli, total)
+		if !bytes.Equal(data, got) {
+			t.Fatalf("conformance: echo corrupted: sha256 sent %x, received %x", sha256.Sum256(data), sha256.Sum256(got))
+		}
+		expectEOF(t, cli)
+		e := h.rec.waitEvent(t, "RAW_CLOSE", is(core.ReasonRawClose, conn))
+		require.ErrorIs(t, e.err, io.EOF)
+		h.rec.verify(t)
+	})
+	t.Run("Paused", func(t *testing.T) {
+		const total, chunk = 1 << 20, 4 << 10
+		type state struct {
+			q      []byte
+			paused bool
+		}
+		cb := func(ev core.Event) error {
+			c := ev.Conn
+			switch ev.Reason {
+			case core.ReasonRawAdopt:
+				c.SetUser(&state{})
+			case core.ReasonRawRX:
+				st := c.User().(*state)
+				st.q = append(st.q, ev.Data...)
+				st.paused = true
+				if err := c.RxFlowControl(false); err != nil {
+					return err
+				}
+				return c.CallbackOnWritable()
+			case core.ReasonRawWriteable:
+				st := c.User().(*state)
+				if len(st.q) > 0 {
+					if _, err := c.Write(st.q); err != nil {
+						return err
+					}
+					st.q = st.q[:0]
+				}
+				if c.Buffered() > 0 {
+					return c.CallbackOnWritable() // resume once it has left
+				}
+				if st.paused {
+					st.paused = false
+					return c.RxFlowControl(true)
+				}
+			}
+			return nil
+		}
+		h := s.newHarness(t, core.Info{CloseTimeout: time.Minute,
+			Protocols: []core.Protocol{{Name: "answer", Callback: cb, RxChunk: chunk}}})
+		srv, cli := tcpPair(t)
+		require.NoError(t, srv.SetWriteBuffer(32<<10))
+		require.NoError(t, cli.SetReadBuffer(32<<10))
+		conn, err := h.ctx.AdoptConn(srv, "")
+		require.NoError(t, err)
+		h.start()
+		data := pattern(22, total)
+		werr := make(chan error, 1)
+		go func() {
+			_, err := cli.Write(data)
+			if err == nil {
+				err = cli.CloseWrite()
+			}
+			werr <- err
+		}()
+		got := readFull(t, cli, total)
+		require.NoError(t, waitCh(t, werr, "the peer's writes"))
+		if !bytes.Equal(data, got) {
+			t.Fatalf("conformance: answers corrupted: sha256 sent %x, received %x", sha256.Sum256(data), sha256.Sum256(got))
+		}
+		expectEOF(t, cli)
+		e := h.rec.waitEvent(t, "RAW_CLOSE", is(core.ReasonRawClose, conn))
+		require.ErrorIs(t, e.err, io.EOF)
+		h.rec.verify(t)
 	})
 }
 

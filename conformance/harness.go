@@ -270,9 +270,10 @@ func (r *recorder) check(e event, ev core.Event) {
 		}
 	}
 	// A connection taken out of the poll set while open (its stream ended
-	// with input kept, or a paused file hung up) still gets that input, and
-	// its timer.
-	kept := r.parked[c] && (e.reason == core.ReasonRawRX || e.reason == core.ReasonTimer)
+	// with input kept, or a paused file hung up) still gets that input, its
+	// timer and, after an orderly end, the WRITEABLEs it asks for to answer
+	// (the core watches it again only while a write is blocked).
+	kept := r.parked[c] && (e.reason == core.ReasonRawRX || e.reason == core.ReasonTimer || e.reason == core.ReasonRawWriteable)
 	if _, ok := r.watched[e.fd]; (!ok || r.owner[e.fd] != c) && !kept {
 		r.problem("%v while its fd is not watched for it (no ADD_POLL_FD)", e)
 	}

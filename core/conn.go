@@ -3,6 +3,8 @@
 package core
 
 import (
+	"errors"
+	"io"
 	"net/netip"
 	"sync/atomic"
 	"time"
@@ -99,6 +101,13 @@ func (c *Conn) Connecting() bool { return c.state == stateConnecting }
 // can be written (lws_callback_on_writable). Asking again before it came
 // changes nothing; asking inside RAW_WRITEABLE asks for the next one. A
 // connection not known to be blocked is granted without a system call.
+//
+// It works after the peer ended its stream (its FIN, a half-close): the
+// peer may still be reading, and the application may answer the input it
+// was delivered. Such a connection closes with io.EOF once nothing is
+// left — no input to deliver, no WRITEABLE asked for, no output the core
+// holds — or at Info.CloseTimeout. After a reset, or once the connection is
+// closing, it returns ErrClosed.
 func (c *Conn) CallbackOnWritable() error {
 	t := c.t
 	took, err := t.own()
@@ -106,7 +115,7 @@ func (c *Conn) CallbackOnWritable() error {
 		return err
 	}
 	defer t.release(took)
-	if c.state != stateOpen || c.closeReq || c.hup || c.draining {
+	if c.state != stateOpen || c.closeReq || c.draining || c.hup && !errors.Is(c.hupErr, io.EOF) {
 		return ErrClosed
 	}
 	if c.wantWritable {

@@ -58,8 +58,10 @@ type Event struct {
 	// a mode change.
 	Len int
 	// Err is why a connection closed (ReasonRawClose): io.EOF when the
-	// peer closed, ErrTimeout, ErrDestroyed, a system error, the error a
-	// callback returned, or nil after Conn.Close.
+	// peer ended its stream (once the input was delivered and the answers
+	// to it sent, see Conn.CallbackOnWritable), ErrTimeout, ErrDestroyed,
+	// a system error, the error a callback returned, or nil after
+	// Conn.Close.
 	Err error
 }
 
@@ -135,7 +137,8 @@ type Info struct {
 	// that long; 0 disables it.
 	IdleTimeout time.Duration
 	// CloseTimeout bounds how long a connection whose peer hung up keeps
-	// buffered input waiting to be consumed (lws' PENDING_TIMEOUT_CLOSE_ACK),
+	// buffered input waiting to be consumed (lws' PENDING_TIMEOUT_CLOSE_ACK)
+	// and, after the peer's orderly end, its answers waiting to be sent,
 	// and how long Conn.Close waits for output to drain and, with
 	// GracefulClose, for the peer; 0 means 3 s. Negative is ErrInvalid.
 	CloseTimeout time.Duration

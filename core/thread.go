@@ -673,7 +673,15 @@ func wouldBlock(err error) bool {
 }
 
 func (t *Thread) onReadable(c *Conn, ev evlib.Events) {
-	if c.state != stateOpen || c.hup || t.dying() {
+	if c.state != stateOpen || t.dying() {
+		return
+	}
+	if c.hup {
+		// Its input has ended; only an error can be news (and a backend
+		// that keeps reporting one would keep the loop awake).
+		if ev&evlib.Error != 0 {
+			t.closeConn(c, c.hupErr)
+		}
 		return
 	}
 	if c.draining {
@@ -712,7 +720,7 @@ func (t *Thread) onReadable(c *Conn, ev evlib.Events) {
 		t.touch(c)
 		t.deliver(c, t.rxBuf[:n])
 	case err == nil:
-		t.closeConn(c, io.EOF)
+		t.hangup(c, io.EOF)
 	case wouldBlock(err):
 	default:
 		t.closeConn(c, &OpError{Op: "read", Err: err})
@@ -740,16 +748,45 @@ func (t *Thread) readAll(c *Conn) {
 	}
 }
 
-// hangup records that the stream ended. Buffered input is still delivered
-// (bounded by CloseTimeout); the connection closes once it is consumed.
+// hangup records that the stream ended, why being io.EOF for the peer's
+// orderly end. Buffered input is still delivered and, after an orderly
+// end, the application may still answer it: the end of a peer's input is
+// not the end of its reading. The connection closes once nothing is left
+// (see settleHup), within CloseTimeout.
 func (t *Thread) hangup(c *Conn, why error) {
-	if len(c.rxbuf) == 0 {
-		t.closeConn(c, why)
+	c.hup, c.hupErr = true, why
+	t.settleHup(c)
+	if c.state == stateOpen && !c.closeReq {
+		c.setTimeoutErr(t.ctx.info.CloseTimeout, why)
+	}
+}
+
+// settleHup decides, whenever it may have changed, what becomes of a
+// connection whose stream ended: it closes with the end's reason once
+// nothing is left to do for it — no input to deliver, and after an orderly
+// end no WRITEABLE asked for and no output held (after a reset nothing
+// can reach the peer). Until then it is watched only while a write is
+// blocked: its end of stream stays readable, and a hang-up is reported
+// whatever the interest, so a watched fd would end every wait at once.
+func (t *Thread) settleHup(c *Conn) {
+	if !c.hup || c.state != stateOpen || c.closeReq || c.draining {
 		return
 	}
-	c.hup, c.hupErr = true, why
-	t.park(c)
-	c.setTimeoutErr(t.ctx.info.CloseTimeout, why)
+	answering := errors.Is(c.hupErr, io.EOF) && (c.wantWritable || len(c.out) > 0)
+	switch {
+	case !answering && len(c.rxbuf) == 0:
+		t.requestClose(c, c.hupErr)
+	case answering && c.writeBlocked:
+		t.setInterest(c, evlib.Writable)
+	default:
+		if answering && c.wantWritable && !c.inWritableList {
+			// It was waiting for writability the kernel no longer reports
+			// to it: grant it in the next forced service.
+			c.inWritableList = true
+			t.writable = append(t.writable, c)
+		}
+		t.park(c)
+	}
 }
 
 // deliver hands fresh bytes to RAW_RX, in RxChunk pieces. What is left when
@@ -791,9 +828,7 @@ func (t *Thread) deliverBuffered(c *Conn) {
 	}
 	if len(c.rxbuf) == 0 && !t.dying() {
 		c.rxbuf = nil
-		if c.hup && c.state == stateOpen {
-			t.closeConn(c, c.hupErr)
-		}
+		t.settleHup(c)
 	}
 }
 
@@ -824,6 +859,7 @@ func (t *Thread) onWritable(c *Conn) {
 	if c.state == stateOpen && !c.writeBlocked && !c.wantWritable && c.interest&evlib.Writable != 0 {
 		t.setInterest(c, c.interest&^evlib.Writable)
 	}
+	t.settleHup(c)
 }
 
 // flush writes what a partial write left; it reports whether all went out.
@@ -852,7 +888,9 @@ func (t *Thread) deliverWriteable(c *Conn) {
 	t.writing = prev
 	if err != nil {
 		t.closeConn(c, err)
+		return
 	}
+	t.settleHup(c)
 }
 
 // callback runs a protocol callback. Closes requested from inside it are
