@@ -68,6 +68,7 @@ func TestHTTPD(t *testing.T) {
 			t.Run("ConnectionClose", func(t *testing.T) { testConnectionClose(t, srv) })
 			t.Run("Pipelining", func(t *testing.T) { testPipelining(t, srv) })
 			t.Run("SlowReader", func(t *testing.T) { testSlowReader(t, srv) })
+			t.Run("HalfClose", func(t *testing.T) { testHalfClose(t, srv) })
 			t.Run("OversizedHeaders", func(t *testing.T) { testOversized(t, srv) })
 			t.Run("BadRequests", func(t *testing.T) { testBadRequests(t, srv) })
 			require.Zero(t, srv.stats().RxWhilePaused, "RAW_RX after the server paused rx")
@@ -240,6 +241,20 @@ func testSlowReader(t *testing.T, srv *server) {
 	require.LessOrEqual(t, s.MaxInput, int64(srv.cfg.maxHeader+rxChunk), "unparsed input held for one connection")
 	require.Zero(t, s.RxWhilePaused)
 	t.Logf("%d requests, %d pauses", got, s.Pauses-before.Pauses)
+}
+
+// A client that sends its requests and then shuts its write side down (as
+// "nc -N" does) still gets every response, then end of stream: its end of
+// input is not the end of its reading.
+func testHalfClose(t *testing.T, srv *server) {
+	const n = 1000 // well beyond maxQueued: the server pauses on the way
+	c, br := dial(t, srv)
+	write(t, c, strings.Repeat("GET / HTTP/1.1\r\nHost: x\r\n\r\n", n))
+	require.NoError(t, c.(*net.TCPConn).CloseWrite())
+	for i := range n {
+		require.Equal(t, http.StatusOK, readResponse(t, br).StatusCode, "response %d of %d", i, n)
+	}
+	expectEOF(t, br)
 }
 
 // A request head beyond maxheader gets 431 and the connection closes,
