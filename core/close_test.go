@@ -12,7 +12,9 @@ import (
 	"time"
 
 	"github.com/plugloop/plugloop/core"
+	"github.com/plugloop/plugloop/internal/simloop"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 )
 
 // closeServer writes payload once in the first WRITEABLE, then closes.
@@ -259,6 +261,48 @@ func TestGracefulCloseAfterHangup(t *testing.T) {
 			require.NoError(t, ctx.Destroy())
 			<-ctx.Done()
 			require.NoError(t, <-done)
+		})
+	}
+}
+
+// Close inside RAW_RX ends RAW_RX also when the connection does not close
+// at once but waits to drain its output or, with GracefulClose, for the
+// peer: the rest of a read that RxChunk split used to be delivered to it,
+// in RAW_RX after RAW_RX, although nothing but RAW_CLOSE may follow Close.
+// The conformance suite's Model test found it.
+func TestSimCloseInsideRXEndsRX(t *testing.T) {
+	for _, graceful := range []bool{false, true} {
+		t.Run(fmt.Sprintf("graceful=%v", graceful), func(t *testing.T) {
+			var payload []byte
+			if !graceful {
+				payload = make([]byte, 8<<20) // more than any socket buffer holds
+			}
+			var rx int
+			s := newSim(t, simloop.NewClock(), core.Info{GracefulClose: graceful, CloseTimeout: time.Minute, Protocols: []core.Protocol{{
+				Name: "p", RxChunk: 4, Callback: func(ev core.Event) error {
+					switch ev.Reason {
+					case core.ReasonRawWriteable:
+						_, err := ev.Conn.Write(payload)
+						return err
+					case core.ReasonRawRX:
+						if rx++; rx == 1 {
+							return ev.Conn.Close()
+						}
+					}
+					return nil
+				},
+			}}})
+			c, peer := s.adopt()
+			if payload != nil {
+				require.NoError(t, c.CallbackOnWritable())
+				s.runTo(time.Second)
+				require.NotZero(t, c.Buffered(), "the peer reads nothing, so output is pending")
+			}
+			_, err := unix.Write(peer, []byte("0123456789abcdef")) // one read, four RAW_RX
+			require.NoError(t, err)
+			s.runTo(2 * time.Second)
+			require.True(t, c.Draining())
+			require.Equal(t, 1, rx, "RAW_RX after Close")
 		})
 	}
 }

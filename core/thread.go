@@ -794,7 +794,9 @@ func (t *Thread) settleHup(c *Conn) {
 func (t *Thread) deliver(c *Conn, p []byte) {
 	chunk := c.proto.RxChunk
 	for len(p) > 0 {
-		if c.state != stateOpen || c.closeReq || t.dying() {
+		// A close requested, or waiting to drain, ends RAW_RX: nothing
+		// but RAW_CLOSE follows Close.
+		if c.state != stateOpen || c.closeReq || c.draining || t.dying() {
 			return
 		}
 		if c.rxPaused {
