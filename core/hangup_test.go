@@ -1,0 +1,73 @@
+//go:build unix
+
+package core_test
+
+import (
+	"io"
+	"testing"
+	"time"
+
+	"github.com/plugloop/plugloop/core"
+	"github.com/plugloop/plugloop/internal/simloop"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+)
+
+// A paused connection whose peer hung up keeps the input it read for
+// RAW_RX, may still answer after an orderly end, and closes once nothing is
+// left. These tests run on the sim backend (see simclock_test.go); the
+// conformance suite's Model test found the bugs they pin down.
+
+// hungUp adopts a connection, pauses its rx and has its peer send input
+// and hang up (shut down both ways: a hangup for poll(2)). The next pass
+// reads the input, which the connection keeps, and the hangup.
+func hungUp(t *testing.T, s *sim, input string) *core.Conn {
+	t.Helper()
+	c, peer := s.adopt()
+	require.NoError(t, c.RxFlowControl(false))
+	_, err := unix.Write(peer, []byte(input))
+	require.NoError(t, err)
+	require.NoError(t, unix.Shutdown(peer, unix.SHUT_RDWR))
+	return c
+}
+
+// pausedProtocol is a protocol whose callback records the connection-level
+// reasons in order and calls then, if set, for each.
+func pausedProtocol(reasons *[]core.Reason, then func(core.Event) error) core.Protocol {
+	return core.Protocol{Name: "p", Callback: func(ev core.Event) error {
+		switch ev.Reason {
+		case core.ReasonRawRX, core.ReasonRawWriteable, core.ReasonRawClose, core.ReasonTimer:
+			*reasons = append(*reasons, ev.Reason)
+		}
+		if then != nil {
+			return then(ev)
+		}
+		return nil
+	}}
+}
+
+// After the peer's orderly end the connection may still answer: a
+// RAW_WRITEABLE asked for before the hangup comes, in the pass that read
+// it, and CallbackOnWritable asks for more, while the input waits for the
+// application to resume; the connection closes with io.EOF once nothing is
+// left. (The Model test once took the WRITEABLE that came after the hangup
+// for a bug; the core's documentation promises it.)
+func TestSimWriteableAfterHangup(t *testing.T) {
+	var reasons []core.Reason
+	s := newSim(t, simloop.NewClock(), core.Info{CloseTimeout: time.Minute,
+		Protocols: []core.Protocol{pausedProtocol(&reasons, nil)}})
+	c := hungUp(t, s, "kept")
+	require.NoError(t, c.CallbackOnWritable(), "granted at once: the connection is not known to be blocked")
+
+	s.runTo(time.Second) // the pass that reads the input and the hangup
+	require.Equal(t, []core.Reason{core.ReasonRawWriteable}, reasons)
+	require.NoError(t, c.CallbackOnWritable(), "the peer's orderly end leaves the connection writable")
+	s.runTo(2 * time.Second)
+	require.Equal(t, []core.Reason{core.ReasonRawWriteable, core.ReasonRawWriteable}, reasons)
+	require.False(t, c.Closed(), "the kept input waits for resume")
+
+	require.NoError(t, c.RxFlowControl(true))
+	s.runTo(3 * time.Second)
+	require.Equal(t, []core.Reason{core.ReasonRawWriteable, core.ReasonRawWriteable, core.ReasonRawRX, core.ReasonRawClose}, reasons)
+	require.Equal(t, map[*core.Conn]closing{c: {2 * time.Second, io.EOF}}, s.closed)
+}
