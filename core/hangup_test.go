@@ -3,6 +3,7 @@
 package core_test
 
 import (
+	"fmt"
 	"io"
 	"testing"
 	"time"
@@ -70,4 +71,41 @@ func TestSimWriteableAfterHangup(t *testing.T) {
 	s.runTo(3 * time.Second)
 	require.Equal(t, []core.Reason{core.ReasonRawWriteable, core.ReasonRawWriteable, core.ReasonRawRX, core.ReasonRawClose}, reasons)
 	require.Equal(t, map[*core.Conn]closing{c: {2 * time.Second, io.EOF}}, s.closed)
+}
+
+// Close of such a connection keeps Close's promise, a RAW_CLOSE with a nil
+// Err, wherever it is called. Inside the RAW_RX that delivers the last of
+// the kept input it used to close with the hangup's io.EOF instead; and
+// with GracefulClose, Close waited for the peer's end of stream, which had
+// come already: the core watched the hung-up fd again but ignored it,
+// ready in every pass, until CloseTimeout closed it with ErrTimeout.
+func TestSimCloseAfterHangup(t *testing.T) {
+	for _, graceful := range []bool{false, true} {
+		for _, where := range []string{"in the last RAW_RX", "before resuming"} {
+			t.Run(fmt.Sprintf("graceful=%v/%s", graceful, where), func(t *testing.T) {
+				var reasons []core.Reason
+				var rx []byte
+				s := newSim(t, simloop.NewClock(), core.Info{GracefulClose: graceful, CloseTimeout: time.Minute,
+					Protocols: []core.Protocol{pausedProtocol(&reasons, func(ev core.Event) error {
+						if ev.Reason == core.ReasonRawRX {
+							if rx = append(rx, ev.Data...); len(rx) == 4 {
+								return ev.Conn.Close()
+							}
+						}
+						return nil
+					})}})
+				s.th.Context().Protocol("p").RxChunk = 2
+				c := hungUp(t, s, "kept")
+				s.runTo(time.Second)
+				require.False(t, c.Closed())
+				if where == "before resuming" {
+					require.NoError(t, c.Close())
+				} else {
+					require.NoError(t, c.RxFlowControl(true))
+				}
+				s.runTo(time.Hour)
+				require.Equal(t, map[*core.Conn]closing{c: {time.Second, nil}}, s.closed)
+			})
+		}
+	}
 }
