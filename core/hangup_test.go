@@ -109,3 +109,29 @@ func TestSimCloseAfterHangup(t *testing.T) {
 		}
 	}
 }
+
+// The hangup bounds how long the kept input waits, by CloseTimeout, but a
+// timeout the application set that falls due earlier stays, and closes the
+// connection with ErrTimeout as SetTimeout promised. The hangup's bound
+// used to replace it: the connection lived on until CloseTimeout, and
+// closed with the hangup's io.EOF. A later timeout gives way to the bound.
+func TestSimHangupKeepsEarlierTimeout(t *testing.T) {
+	for _, tc := range []struct {
+		timeout time.Duration
+		want    closing
+	}{
+		{300 * time.Millisecond, closing{300 * time.Millisecond, core.ErrTimeout}},
+		{time.Hour, closing{time.Minute, io.EOF}},
+	} {
+		t.Run(fmt.Sprint(tc.timeout), func(t *testing.T) {
+			var reasons []core.Reason
+			s := newSim(t, simloop.NewClock(), core.Info{CloseTimeout: time.Minute,
+				Protocols: []core.Protocol{pausedProtocol(&reasons, nil)}})
+			c := hungUp(t, s, "kept")
+			require.NoError(t, c.SetTimeout(tc.timeout))
+			s.runTo(2 * time.Hour) // the first pass, at 0, reads the input and the hangup
+			require.Equal(t, map[*core.Conn]closing{c: tc.want}, s.closed)
+			require.Equal(t, []core.Reason{core.ReasonRawClose}, reasons, "the kept input was never resumed")
+		})
+	}
+}

@@ -756,7 +756,12 @@ func (t *Thread) readAll(c *Conn) {
 func (t *Thread) hangup(c *Conn, why error) {
 	c.hup, c.hupErr = true, why
 	t.settleHup(c)
-	if c.state == stateOpen && !c.closeReq {
+	if c.state != stateOpen || c.closeReq {
+		return
+	}
+	// The application's timeout stays if it falls due first: it closes
+	// with ErrTimeout, as SetTimeout promised.
+	if tm := c.timeout; tm == nil || tm.idx < 0 || tm.when > deadline(t.clock(), t.ctx.info.CloseTimeout) {
 		c.setTimeoutErr(t.ctx.info.CloseTimeout, why)
 	}
 }
