@@ -57,6 +57,7 @@ func (s *suite) coreTests() []subtest {
 		{"Listen", s.testListen},
 		{"Adopt", s.testAdopt},
 		{"PollFDCallbacks", s.testPollFD},
+		{"Model", s.testModel},
 	}
 }
 

@@ -33,10 +33,19 @@
 //     control and back-pressure, input handed over with core.WithReadbuf,
 //     forced service, timers (never early, in deadline order),
 //     cancel-service, Post, wrong-goroutine detection, destroy, the
-//     poll-fd callbacks, and fd and goroutine leaks. One timer test runs a
-//     context on the backend wrapped so that every Poll returns after half
-//     its timeout (evlib allows a Poll to return early); the wrapper is
-//     registered once per process, with the lowest priority, as
+//     poll-fd callbacks, and fd and goroutine leaks. The model-based test
+//     ("Model") runs random programs of such steps mixed — the peer
+//     writing and reading up to 512 KiB at a time, half-closing or closing,
+//     the application writing in RAW_WRITEABLE, pausing and resuming rx
+//     and closing from inside callbacks and from Thread.Post, Conn and
+//     thread timers, CancelService — over several connections at once,
+//     and checks every callback and every byte against what package
+//     core's documentation promises; it runs a fixed list of programs
+//     (prefixes of them under the race detector), and RunModel runs any
+//     other, for a fuzz target. One timer test runs a context on the
+//     backend wrapped so that every Poll returns after half its timeout
+//     (evlib allows a Poll to return early); the wrapper is registered
+//     once per process, with the lowest priority, as
 //     "conformance-early-poll-" followed by the backend's name.
 //   - "NoLeaks" checks that the process holds the descriptors and
 //     goroutines it held before the suite.

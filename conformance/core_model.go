@@ -1,0 +1,1582 @@
+//go:build unix
+
+package conformance
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/plugloop/plugloop/core"
+	"github.com/plugloop/plugloop/evlib"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+)
+
+// The model-based test runs programs: byte strings that an interpreter
+// turns into a few connections and a sequence of steps, each an operation
+// of the peer (write, read, half-close, close), of the application from a
+// posted function or armed to run inside the next callback of a kind
+// (write in RAW_WRITEABLE, rx pause and resume, Close, returning an
+// error, Conn timers and timeouts, thread timers), or CancelService. A
+// model of what core's documentation promises follows every callback and
+// every byte, so that interleavings nobody wrote down as a test are
+// checked too. Every check is a property of the order of events, never of
+// how long something took, except that no timer fires before its time.
+//
+// The suite runs a fixed list of programs (seeds expanded with PCG); a
+// fuzz target feeds RunModel arbitrary ones.
+
+// RunModel runs one program of the suite's model-based test (the
+// "Model" subtest of the "Core" part) against the backend registered
+// under name, with the core driven by Context.Run, or by PollSetHost for
+// an app-driven backend. The program is any byte string: its first bytes
+// choose the connections (up to four: accepted and adopted loopback TCP,
+// a unix socket pair, a pipe where the backend declares evlib.CapFiles)
+// and the context's options, each following group of four bytes one
+// step; a step beyond the 400th is ignored, and any input is a valid
+// program. It is meant for fuzzing the core (see core's FuzzModel); a
+// failure names the step and prints the program. Like the suite, it checks
+// that the process holds the descriptors and goroutines it held before,
+// and it must not be called from a parallel test.
+func RunModel(t *testing.T, name string, program []byte) {
+	t.Helper()
+	d := lookup(t, name)
+	if os.Getenv(evlib.EnvVar) != "" {
+		t.Setenv(evlib.EnvVar, "")
+	}
+	var host *Host
+	if d.Caps&evlib.CapAppDriven != 0 {
+		h := PollSetHost(d.Name)
+		host = &h
+	}
+	s := &suite{name: d.Name, desc: d, host: host}
+	baseFDs, baseG := openFDs(), runtime.NumGoroutine()
+	// Registered first, so it runs last: after the harness and the
+	// application's loops are gone.
+	t.Cleanup(func() {
+		deadline := time.Now().Add(hang)
+		for runtime.NumGoroutine() > baseG && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		if n := runtime.NumGoroutine(); n > baseG {
+			t.Errorf("conformance: model: %d goroutines after the program, %d before", n, baseG)
+		}
+		if diff := fdDiff(baseFDs, openFDs()); diff != "" {
+			t.Errorf("conformance: model: descriptors leaked or lost:\n%s", diff)
+		}
+	})
+	s.runModel(t, program, fmt.Sprintf("program %x", program))
+}
+
+// modelRuns returns how many programs the Model subtest runs and how many
+// steps each has: fewer under the race detector, which slows the loop
+// down several times over.
+func modelRuns() (programs, steps int) {
+	if raceEnabled {
+		return 8, 150
+	}
+	return 16, 200
+}
+
+// Checklist 2, 3, 6, 8, 9, 12, 14-16, 18, 19, 22, 36 and 37, mixed at
+// random: every program of modelRuns, on the backend. A failure names the seed and the step;
+// the subtest for that seed alone runs it again.
+func (s *suite) testModel(t *testing.T) {
+	programs, steps := modelRuns()
+	for seed := range uint64(programs) {
+		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
+			s.runModel(t, modelProgram(seed, steps), fmt.Sprintf("seed %d (rerun: -run 'Conformance/Core/Model/seed=%d$')", seed, seed))
+		})
+	}
+}
+
+// modelProgram expands a seed into a program of the given number of steps.
+func modelProgram(seed uint64, steps int) []byte {
+	r := rand.New(rand.NewPCG(seed, 0x6d6f64656c)) // "model"
+	p := make([]byte, modelHeader+steps*modelStepLen)
+	for i := range p {
+		p[i] = byte(r.Uint32())
+	}
+	return p
+}
+
+const (
+	maxModelConns = 4
+	modelHeader   = 2 + maxModelConns // connections, options, a byte per connection
+	modelStepLen  = 4                 // operation, connection, two arguments
+	maxModelSteps = 400
+	modelTimers   = 4 // thread timers
+)
+
+// connKind is how a connection of the model comes to the core.
+type connKind uint8
+
+const (
+	kindTCPAccepted connKind = iota // accepted from the context's listener; the peer dialled
+	kindUnix                        // a socket pair's end, AdoptFD
+	kindTCPAdopted                  // a loopback TCP connection, AdoptConn
+	kindPipe                        // a pipe's read end, AdoptFD; the peer only writes (evlib.CapFiles)
+	numKinds
+)
+
+func (k connKind) String() string {
+	return [...]string{"accepted tcp", "unix pair", "adopted tcp", "pipe"}[k]
+}
+
+// modelConfig is what a program's header chooses.
+type modelConfig struct {
+	conns    int
+	kinds    [maxModelConns]connKind
+	flags    [maxModelConns]byte // see open
+	graceful bool                // Info.GracefulClose
+	small    bool                // 16 KiB socket buffers, so they fill sooner
+	rxChunk  int                 // Protocol.RxChunk
+}
+
+func (c modelConfig) String() string {
+	kinds := make([]string, c.conns)
+	for i := range kinds {
+		kinds[i] = c.kinds[i].String()
+	}
+	return fmt.Sprintf("connections [%s], GracefulClose %v, RxChunk %d, small buffers %v",
+		strings.Join(kinds, ", "), c.graceful, c.rxChunk, c.small)
+}
+
+type modelStep struct{ op, conn, a, b byte }
+
+// decodeModel reads a program; missing bytes read as zero.
+func (s *suite) decodeModel(p []byte) (modelConfig, []modelStep) {
+	at := func(i int) byte {
+		if i < len(p) {
+			return p[i]
+		}
+		return 0
+	}
+	var c modelConfig
+	c.conns = 1 + int(at(0))%maxModelConns
+	opt := at(1)
+	c.graceful = opt&1 != 0
+	c.small = opt&2 != 0
+	c.rxChunk = [...]int{0, 0, 512, 4096}[opt>>2&3]
+	for i := range c.conns {
+		b := at(2 + i)
+		c.kinds[i] = s.kindOf(b)
+		c.flags[i] = b / byte(numKinds)
+	}
+	var steps []modelStep
+	for i := modelHeader; i < len(p) && len(steps) < maxModelSteps; i += modelStepLen {
+		steps = append(steps, modelStep{at(i), at(i + 1), at(i + 2), at(i + 3)})
+	}
+	return c, steps
+}
+
+// kindOf maps a byte to a connection kind the backend can serve.
+func (s *suite) kindOf(b byte) connKind {
+	k := connKind(b % byte(numKinds))
+	if k == kindPipe && s.desc.Caps&evlib.CapFiles == 0 {
+		k = kindUnix
+	}
+	return k
+}
+
+// chunkSize maps two bytes to a size from 1 B to 512 KiB: below 16 KiB
+// each power of two as likely as the others, from 16 KiB on three times
+// as likely, so that socket buffers fill.
+func chunkSize(a, b byte) int {
+	v := int(a)<<8 | int(b)
+	e := v % 32
+	if e >= 19 {
+		e = 14 + (e-19)%5
+	}
+	base := 1 << e
+	return base + (v>>5)%base
+}
+
+// modelDelays are the delays of timers and timeouts: due within the
+// program, or an hour (never, for the test).
+var modelDelays = [...]time.Duration{0, time.Microsecond, 100 * time.Microsecond, 500 * time.Microsecond,
+	time.Millisecond, 2 * time.Millisecond, 5 * time.Millisecond, time.Hour}
+
+func modelDelay(b byte) time.Duration { return modelDelays[int(b)%len(modelDelays)] }
+
+// ---- the streams ----
+
+// Each connection carries two streams, peer to application and back,
+// whose byte at offset i is fixed by the connection's number and i: a
+// window of one table, whose period is odd, so that a block lost,
+// repeated or moved by any power of two is caught.
+const (
+	streamPeriod = 1<<19 + 4093
+	maxStreamRun = 1 << 19 // the longest slice streamBytes returns
+)
+
+// streamTable is one period and, repeated after it, the first
+// maxStreamRun bytes again, so that any run of a stream is one slice.
+var streamTable = sync.OnceValue(func() []byte {
+	p := pattern(0x6d6f64656c, streamPeriod)
+	return append(p, p[:maxStreamRun]...)
+})
+
+type direction int
+
+const (
+	toApp direction = iota
+	toPeer
+)
+
+func (d direction) String() string { return [...]string{"peer-to-app", "app-to-peer"}[d] }
+
+func streamStart(id int, d direction) int64 { return int64(2*id+int(d)) * 104729 % streamPeriod }
+
+// streamBytes returns n (at most maxStreamRun) bytes of a stream from off.
+func streamBytes(id int, d direction, off int64, n int) []byte {
+	s := (streamStart(id, d) + off) % streamPeriod
+	return streamTable()[s : s+int64(n)]
+}
+
+// streamDiff returns "" if p is the stream from off on, else where and
+// how it differs.
+func streamDiff(id int, d direction, off int64, p []byte) string {
+	for done := 0; done < len(p); {
+		n := min(len(p)-done, maxStreamRun)
+		want, got := streamBytes(id, d, off+int64(done), n), p[done:done+n]
+		if !bytes.Equal(want, got) {
+			i := 0
+			for want[i] == got[i] {
+				i++
+			}
+			at := off + int64(done+i)
+			msg := fmt.Sprintf("the %s stream is wrong at byte %d (in %d bytes from %d): got %#02x, want %#02x",
+				d, at, len(p), off, got[i], want[i])
+			if j := streamLocate(id, d, at, got[i:]); j >= 0 {
+				msg += fmt.Sprintf("; the bytes there are the stream's from byte %d (%+d)", j, j-at)
+			}
+			return msg
+		}
+		done += n
+	}
+	return ""
+}
+
+// streamLocate finds where in the stream the bytes p start, nearest to
+// offset near, or returns -1: to tell a repeat from a loss.
+func streamLocate(id int, d direction, near int64, p []byte) int64 {
+	if len(p) < 16 {
+		return -1
+	}
+	i := bytes.Index(streamTable()[:streamPeriod+15], p[:16])
+	if i < 0 {
+		return -1
+	}
+	rel := (int64(i) - streamStart(id, d) - near) % streamPeriod
+	switch {
+	case rel > streamPeriod/2:
+		rel -= streamPeriod
+	case rel < -streamPeriod/2:
+		rel += streamPeriod
+	}
+	if near+rel < 0 {
+		rel += streamPeriod
+	}
+	return near + rel
+}
+
+// ---- the model ----
+
+// errModelRefused is what a callback of the model returns to close its
+// connection at once.
+var errModelRefused = errors.New("conformance: the model's callback refused the connection")
+
+type actionKind uint8
+
+const (
+	actWrite       actionKind = iota // queue a chunk and ask for RAW_WRITEABLE
+	actPause                         // RxFlowControl(false)
+	actResume                        // RxFlowControl(true)
+	actClose                         // Conn.Close
+	actError                         // return an error from the callback
+	actTimer                         // Conn.SetTimer
+	actThreadTimer                   // AfterFunc, or Reset of a thread timer
+	numActions
+)
+
+// modelAction is what the application does inside a callback.
+type modelAction struct {
+	kind actionKind
+	size int
+	d    time.Duration
+	j    int // thread timer
+}
+
+// modelActions maps a byte to an action, each as often as it should be
+// picked: closing ones seldom, or most steps would meet closed
+// connections.
+var modelActions = weighted[actionKind]([]int{
+	actWrite: 6, actPause: 3, actResume: 3, actClose: 1, actError: 1, actTimer: 2, actThreadTimer: 2,
+})
+
+func decodeAction(a, b byte) modelAction {
+	return modelAction{kind: modelActions[int(a)%len(modelActions)], size: chunkSize(b, a>>3),
+		d: modelDelay(b >> 2), j: int(b>>5) % modelTimers}
+}
+
+// weighted returns a table that holds each index i weights[i] times.
+func weighted[T ~uint8](weights []int) []T {
+	var tab []T
+	for i, w := range weights {
+		for range w {
+			tab = append(tab, T(i))
+		}
+	}
+	return tab
+}
+
+func (a modelAction) String() string {
+	switch a.kind {
+	case actWrite:
+		return fmt.Sprintf("write %d B", a.size)
+	case actPause:
+		return "pause rx"
+	case actResume:
+		return "resume rx"
+	case actClose:
+		return "Close"
+	case actError:
+		return "return an error"
+	case actTimer:
+		return fmt.Sprintf("SetTimer(%v)", a.d)
+	default:
+		return fmt.Sprintf("thread timer %d in %v", a.j, a.d)
+	}
+}
+
+// modelConn is one connection of a program: the peer's end, owned by the
+// test goroutine, and the application's, owned by the loop goroutine.
+type modelConn struct {
+	id   int
+	slot int
+	kind connKind
+	// Set before adoption: what RAW_ADOPT does.
+	pauseAtAdopt bool
+	adoptChunk   int
+
+	peer peerEnd
+	app  appEnd
+}
+
+func (mc *modelConn) String() string {
+	return fmt.Sprintf("conn %d (%s, slot %d)", mc.id, mc.kind, mc.slot)
+}
+
+// peerEnd is the peer's side of a connection: a non-blocking descriptor.
+type peerEnd struct {
+	fd     int
+	queued int64 // bytes the program had the peer send (the read buffer included)
+	wrote  int64 // of those, bytes the kernel took
+	read   int64 // bytes received, each checked against the app's stream
+	shut   bool  // the write side is shut, closed or broken: nothing more is sent
+	eof    bool  // receiving ended: end of stream, an error, or the peer closed
+	closed bool  // the peer closed its descriptor: it receives nothing more
+	quiet  bool  // reported a hangup with nothing left to do: left out of waits
+}
+
+// appEnd is the application's side of a connection, as the model knows it.
+type appEnd struct {
+	c         *core.Conn
+	adopted   bool
+	received  int64 // bytes delivered by RAW_RX, each checked against the peer's stream
+	paused    bool  // from RxFlowControl(false) returning until RxFlowControl(true)
+	wantW     bool  // a CallbackOnWritable awaits its RAW_WRITEABLE
+	chunks    []int // sizes still to write, one per RAW_WRITEABLE
+	written   int64 // bytes Write accepted
+	noWrite   bool  // CallbackOnWritable said ErrClosed: the peer closed
+	closing   bool  // Close was called
+	errored   bool  // a callback returned errModelRefused
+	peerEnded bool  // the peer half-closed or closed (set just before it did)
+	// The peer closed (set just before it did): a reset, or a write to a
+	// peer gone, may end the stream, after which nothing more is sent. A
+	// peer that only half-closed still reads: what the application wrote
+	// or writes reaches it, and a WRITEABLE asked for comes.
+	peerClosed bool
+
+	timerPending   bool
+	timerAt        time.Time // the TIMER must not come before
+	timerLong      bool
+	timeoutPending bool
+	timeoutAt      time.Time // the ErrTimeout close must not come before
+	timeoutLong    bool
+
+	onRX, onWriteable, onTimer []modelAction // armed: one per callback of that kind
+
+	closed   bool
+	closeErr error
+}
+
+// modelTimer is a thread timer (Thread.AfterFunc) of the model.
+type modelTimer struct {
+	tm      *core.Timer
+	pending bool
+	at      time.Time // must not fire before
+	long    bool
+	act     *modelAction // done when it fires, to conn
+	conn    *modelConn
+}
+
+type model struct {
+	s      *suite
+	t      *testing.T
+	h      *harness
+	cfg    modelConfig
+	what   string // the seed or the program, for failure messages
+	nsteps int
+	ln     *core.Listener // accepts the kindTCPAccepted connections
+	tcp    net.Listener   // accepts the peers' ends of the kindTCPAdopted ones
+
+	// Test goroutine.
+	slots  []*modelConn
+	all    []*modelConn
+	trace  []string
+	nextID int
+	rbuf   []byte
+
+	step         atomic.Int64 // the step being run (nsteps+1: settling), for problems seen on the loop
+	cancelIssued atomic.Int64
+	destroying   atomic.Bool
+
+	// Loop goroutine.
+	problems   []string
+	cancelSeen int64 // cancelIssued as of the last EVENT_WAIT_CANCELLED
+	partial    int   // Writes the kernel took only in part
+	drains     int   // Closes with output pending
+	timers     [modelTimers]modelTimer
+}
+
+func (s *suite) runModel(t *testing.T, program []byte, what string) {
+	cfg, steps := s.decodeModel(program)
+	m := &model{s: s, t: t, cfg: cfg, what: what, nsteps: len(steps), rbuf: make([]byte, 64<<10)}
+	m.h = s.newHarness(t, core.Info{
+		// Longer than any wait of the suite: a close or a hangup never
+		// runs out of time in a program, whose model would otherwise
+		// have to know when it did.
+		CloseTimeout:  6 * hang,
+		GracefulClose: cfg.graceful,
+		Protocols:     []core.Protocol{{Name: "model", Callback: m.callback, RxChunk: cfg.rxChunk}},
+	})
+	t.Cleanup(m.closePeers) // before the harness' cleanup destroys the context
+	var err error
+	// Accepted sockets take their buffers from the listener: set before
+	// the handshake, the window scale fits them (set after it, the window
+	// shrinks and the peer waits for zero-window probes, 200ms each).
+	lc := net.ListenConfig{Control: m.control}
+	ln, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
+	require.NoError(t, err)
+	m.ln, err = m.h.ctx.AdoptListener(ln, "")
+	if err != nil {
+		ln.Close()
+	}
+	require.NoError(t, err)
+	m.tcp, err = lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { m.tcp.Close() })
+	m.h.start()
+	m.slots = make([]*modelConn, cfg.conns)
+	for k := range cfg.conns {
+		m.open(k, cfg.kinds[k], cfg.flags[k])
+	}
+	for i, st := range steps {
+		m.step.Store(int64(i + 1))
+		m.run(i+1, st)
+	}
+	m.step.Store(int64(len(steps) + 1))
+	m.settle()
+	m.finish()
+}
+
+// ---- failures ----
+
+// fatalf fails the test with the program, the step and the steps before.
+func (m *model) fatalf(format string, args ...any) {
+	m.t.Helper()
+	step := fmt.Sprintf("step %d of %d", m.step.Load(), m.nsteps)
+	if m.step.Load() > int64(m.nsteps) {
+		step = "after the last step (settling)"
+	}
+	last := m.trace[max(0, len(m.trace)-25):]
+	m.t.Fatalf("conformance: model %s, %s: %s\n  %s\n  steps so far (last %d):\n    %s",
+		m.what, step, fmt.Sprintf(format, args...), m.cfg, len(last), strings.Join(last, "\n    "))
+}
+
+// problem records, on the loop goroutine, a broken promise; the test
+// goroutine reports it after its next posted function.
+func (m *model) problem(mc *modelConn, format string, args ...any) {
+	if len(m.problems) >= 10 { // the first ones tell; a broken stream would go on and on
+		return
+	}
+	p := fmt.Sprintf(format, args...)
+	if mc != nil {
+		p = mc.String() + ": " + p
+	}
+	m.problems = append(m.problems, fmt.Sprintf("(seen during step %d) %s", m.step.Load(), p))
+}
+
+// do runs f on the loop goroutine and fails the test with whatever the
+// model or the recorder found wrong so far.
+func (m *model) do(f func()) {
+	m.t.Helper()
+	var probs []string
+	m.h.do(func() {
+		f()
+		probs = append(probs, m.problems...)
+	})
+	m.h.rec.mu.Lock()
+	probs = append(probs, m.h.rec.problems...)
+	m.h.rec.mu.Unlock()
+	if len(probs) > 0 {
+		m.fatalf("%s", strings.Join(probs, "\n  "))
+	}
+}
+
+func (m *model) note(format string, args ...any) {
+	m.trace = append(m.trace, fmt.Sprintf("%d: ", m.step.Load())+fmt.Sprintf(format, args...))
+}
+
+// ---- connections ----
+
+// open makes a new connection in slot k. flags: bit 0 pauses rx in
+// RAW_ADOPT, bit 1 asks for RAW_WRITEABLE there (with a chunk to write),
+// bits 2-3 choose a read buffer handed over with core.WithReadbuf. An
+// accepted connection has no RAW_ADOPT of the model's: the test goroutine
+// does the same right after it.
+func (m *model) open(k int, kind connKind, flags byte) {
+	t := m.t
+	m.nextID++
+	mc := &modelConn{id: m.nextID, slot: k, kind: kind, peer: peerEnd{fd: -1}}
+	mc.pauseAtAdopt = flags&1 != 0
+	if flags&2 != 0 && kind != kindPipe {
+		mc.adoptChunk = chunkSize(flags, byte(m.nextID))
+	}
+	readbuf := [...]int{0, 0, 100, 70000}[flags>>2&3]
+	if kind == kindTCPAccepted {
+		readbuf = 0
+	}
+	m.slots[k], m.all = mc, append(m.all, mc)
+	m.note("open %v: pause in RAW_ADOPT %v, write %d B from RAW_ADOPT, read buffer %d B", mc, mc.pauseAtAdopt, mc.adoptChunk, readbuf)
+	var opts []core.AdoptOption
+	if readbuf > 0 {
+		opts = append(opts, core.WithReadbuf(streamBytes(mc.id, toApp, 0, readbuf)))
+		mc.peer.queued, mc.peer.wrote = int64(readbuf), int64(readbuf)
+	}
+	opts = append(opts, core.WithUser(mc))
+	var c *core.Conn
+	var err error
+	switch kind {
+	case kindTCPAccepted:
+		mark := m.h.rec.mark()
+		mc.peer.fd = m.dial(m.ln.Addr())
+		e := m.h.rec.waitEventFrom(t, "RAW_ADOPT of the accepted connection", mark, is(core.ReasonRawAdopt, nil))
+		m.do(func() {
+			e.conn.SetUser(mc)
+			m.adopted(mc, e.conn)
+		})
+		return
+	case kindUnix:
+		fd, peer := nonblockPair(t)
+		mc.peer.fd = peer
+		if err := cmp.Or(m.control("", "", fdConn(fd)), m.control("", "", fdConn(peer))); err != nil {
+			unix.Close(fd)
+			m.fatalf("socket buffers: %v", err)
+		}
+		m.do(func() { c, err = m.h.ctx.AdoptFD(fd, "", opts...) })
+		if err != nil {
+			unix.Close(fd)
+		}
+	case kindTCPAdopted:
+		accepted := make(chan net.Conn, 1)
+		go func() {
+			c, _ := m.tcp.Accept()
+			accepted <- c
+		}()
+		mc.peer.fd = m.dial(m.tcp.Addr())
+		srv := waitCh(t, accepted, "the peer's connection to be accepted")
+		require.NotNil(t, srv)
+		m.do(func() { c, err = m.h.ctx.AdoptConn(srv, "", opts...) })
+		if err != nil {
+			srv.Close()
+		}
+	case kindPipe:
+		var p [2]int
+		require.NoError(t, nonblockPipe(&p))
+		mc.peer.fd = p[1]
+		m.do(func() { c, err = m.h.ctx.AdoptFD(p[0], "", opts...) })
+		if err != nil {
+			unix.Close(p[0])
+		}
+	}
+	if err != nil {
+		m.fatalf("adopting %v: %v", mc, err)
+	}
+	var same bool
+	m.do(func() { same = mc.app.c == c })
+	if !same {
+		m.fatalf("%v: RAW_ADOPT did not come with the Conn that the adoption returned", mc)
+	}
+}
+
+// control gives a socket 16 KiB buffers if the program asks for small
+// ones (net.ListenConfig.Control, net.Dialer.Control).
+func (m *model) control(_, _ string, rc syscall.RawConn) error {
+	if !m.cfg.small {
+		return nil
+	}
+	var err error
+	cerr := rc.Control(func(fd uintptr) {
+		if err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, 16<<10); err == nil {
+			err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 16<<10)
+		}
+	})
+	return cmp.Or(cerr, err)
+}
+
+// fdConn is a raw descriptor as a syscall.RawConn, for control.
+type fdConn int
+
+func (fd fdConn) Control(f func(uintptr)) error { f(uintptr(fd)); return nil }
+func (fdConn) Read(func(uintptr) bool) error    { return errors.ErrUnsupported }
+func (fdConn) Write(func(uintptr) bool) error   { return errors.ErrUnsupported }
+
+// dial connects a peer to addr and returns its end as a non-blocking
+// descriptor of its own.
+func (m *model) dial(addr net.Addr) int {
+	d := net.Dialer{Control: m.control}
+	nc, err := d.Dial("tcp4", addr.String())
+	require.NoError(m.t, err)
+	defer nc.Close()
+	return dupFD(m.t, nc.(*net.TCPConn))
+}
+
+// adopted is the model's RAW_ADOPT.
+func (m *model) adopted(mc *modelConn, c *core.Conn) {
+	a := &mc.app
+	a.c, a.adopted = c, true
+	if mc.pauseAtAdopt {
+		m.pause(mc)
+	}
+	if mc.adoptChunk > 0 {
+		m.queueWrite(mc, mc.adoptChunk)
+	}
+}
+
+func (m *model) closePeers() {
+	for _, mc := range m.all {
+		if mc.peer.fd >= 0 {
+			unix.Close(mc.peer.fd)
+			mc.peer.fd = -1
+		}
+	}
+}
+
+// ---- the application: callbacks ----
+
+func (m *model) callback(ev core.Event) error {
+	switch ev.Reason {
+	case core.ReasonEventWaitCancelled:
+		m.cancelSeen = max(m.cancelSeen, m.cancelIssued.Load())
+		return nil
+	case core.ReasonRawAdopt, core.ReasonRawRX, core.ReasonRawWriteable, core.ReasonTimer, core.ReasonRawClose:
+	default:
+		return nil
+	}
+	mc, _ := ev.Conn.User().(*modelConn)
+	if mc == nil {
+		if ev.Reason != core.ReasonRawAdopt { // an accepted one is bound right after
+			m.problem(nil, "%v for a connection the model does not know (fd %d)", ev.Reason, ev.Conn.FD())
+		}
+		return nil
+	}
+	a := &mc.app
+	if a.closed {
+		m.problem(mc, "%v after RAW_CLOSE", ev.Reason)
+		return nil
+	}
+	if ev.Reason != core.ReasonRawAdopt && ev.Conn != a.c {
+		m.problem(mc, "%v for another Conn than the one adopted", ev.Reason)
+		return nil
+	}
+	switch ev.Reason {
+	case core.ReasonRawAdopt:
+		if a.adopted {
+			m.problem(mc, "second RAW_ADOPT")
+			return nil
+		}
+		m.adopted(mc, ev.Conn)
+	case core.ReasonRawRX:
+		return m.onRX(mc, ev.Data)
+	case core.ReasonRawWriteable:
+		return m.onWriteable(mc)
+	case core.ReasonTimer:
+		return m.onTimer(mc)
+	case core.ReasonRawClose:
+		m.onClose(mc, ev.Err)
+	}
+	return nil
+}
+
+// popAction pops the first armed action, if any.
+func popAction(acts *[]modelAction) (modelAction, bool) {
+	if len(*acts) == 0 {
+		return modelAction{}, false
+	}
+	a := (*acts)[0]
+	*acts = (*acts)[1:]
+	return a, true
+}
+
+func (m *model) onRX(mc *modelConn, data []byte) error {
+	a := &mc.app
+	switch {
+	case !a.adopted:
+		m.problem(mc, "RAW_RX before RAW_ADOPT")
+	case a.closing:
+		m.problem(mc, "RAW_RX after Close (nothing but RAW_CLOSE may follow it)")
+	case a.paused:
+		m.problem(mc, "RAW_RX of %d bytes while rx is paused", len(data))
+	case m.cfg.rxChunk > 0 && len(data) > m.cfg.rxChunk:
+		m.problem(mc, "RAW_RX of %d bytes, more than Protocol.RxChunk %d", len(data), m.cfg.rxChunk)
+	}
+	if d := streamDiff(mc.id, toApp, a.received, data); d != "" {
+		m.problem(mc, "RAW_RX: %s", d)
+	}
+	a.received += int64(len(data))
+	if act, ok := popAction(&a.onRX); ok {
+		return m.apply(mc, act)
+	}
+	return nil
+}
+
+func (m *model) onWriteable(mc *modelConn) error {
+	a := &mc.app
+	switch {
+	case a.closing:
+		m.problem(mc, "RAW_WRITEABLE after Close")
+		return nil
+	case !a.wantW:
+		// One per request, as the Writeable test holds every backend to
+		// (checklist 2 and 3), although ReasonRawWriteable's doc allows
+		// an extra one at any time.
+		m.problem(mc, "RAW_WRITEABLE with no CallbackOnWritable awaiting one (never asked, or a second one for one request)")
+	}
+	a.wantW = false
+	if n := a.c.Buffered(); n > 0 {
+		m.problem(mc, "RAW_WRITEABLE while the core still holds %d bytes of an earlier Write", n)
+	}
+	if len(a.chunks) > 0 {
+		size := a.chunks[0]
+		n, err := a.c.Write(streamBytes(mc.id, toPeer, a.written, size))
+		switch {
+		case err == nil && n == size:
+			a.written += int64(size)
+			a.chunks = a.chunks[1:]
+			if a.c.Buffered() > 0 {
+				m.partial++
+			}
+		case err != nil && a.peerClosed: // the connection closes when the callback returns
+			a.chunks = nil
+		default:
+			m.problem(mc, "Write of %d bytes in RAW_WRITEABLE returned %d, %v", size, n, err)
+			a.chunks = a.chunks[1:]
+		}
+		_, err = a.c.Write(nil)
+		if !errors.Is(err, core.ErrNotWritable) && !errors.Is(err, core.ErrClosed) {
+			m.problem(mc, "a second Write in one RAW_WRITEABLE returned %v, want ErrNotWritable", err)
+		}
+		if len(a.chunks) > 0 {
+			m.askWritable(mc) // from inside RAW_WRITEABLE: asks for the next one
+		}
+	}
+	if act, ok := popAction(&a.onWriteable); ok {
+		return m.apply(mc, act)
+	}
+	return nil
+}
+
+func (m *model) onTimer(mc *modelConn) error {
+	a := &mc.app
+	now := time.Now()
+	switch {
+	case a.closing:
+		m.problem(mc, "TIMER after Close")
+		return nil
+	case !a.timerPending:
+		m.problem(mc, "TIMER with no timer pending (cancelled, replaced, or fired already)")
+	case now.Before(a.timerAt):
+		m.problem(mc, "TIMER %v before its time", a.timerAt.Sub(now))
+	}
+	a.timerPending = false
+	if act, ok := popAction(&a.onTimer); ok {
+		return m.apply(mc, act)
+	}
+	return nil
+}
+
+func (m *model) onClose(mc *modelConn, err error) {
+	a := &mc.app
+	now := time.Now()
+	a.closed, a.closeErr = true, err
+	var explained bool
+	switch {
+	case errors.Is(err, errModelRefused):
+		explained = a.errored
+	case errors.Is(err, core.ErrDestroyed):
+		explained = m.destroying.Load()
+	case a.closing:
+		// Close promises a nil Err (ErrTimeout once CloseTimeout ran
+		// out, which no program waits for). Only the peer's end can
+		// make the output it waits to send fail.
+		explained = err == nil || a.peerEnded && !errors.Is(err, io.EOF) && !errors.Is(err, core.ErrTimeout)
+	case err == nil:
+	case errors.Is(err, core.ErrTimeout):
+		explained = a.timeoutPending && !a.timeoutLong
+		if explained && now.Before(a.timeoutAt) {
+			m.problem(mc, "closed by its timeout %v before its time", a.timeoutAt.Sub(now))
+		}
+	default: // end of stream, a reset, a broken pipe
+		explained = a.peerEnded
+		// After the peer's orderly end the connection closes once
+		// nothing is left: not while the application waits for a
+		// RAW_WRITEABLE it asked for to write what it has queued.
+		if errors.Is(err, io.EOF) && !a.peerClosed && (a.wantW || len(a.chunks) > 0) {
+			m.problem(mc, "RAW_CLOSE with %v after the peer's half-close while the application awaits a RAW_WRITEABLE (asked: %v, %d chunks to write): the peer's end leaves the connection writable until nothing is left", err, a.wantW, len(a.chunks))
+		}
+	}
+	if !explained {
+		m.problem(mc, "RAW_CLOSE with Err %v, which nothing the program did explains (Close called %v, callback error %v, timeout pending %v, peer ended %v)",
+			err, a.closing, a.errored, a.timeoutPending && !a.timeoutLong, a.peerEnded)
+	}
+	a.timerPending, a.timeoutPending, a.wantW = false, false, false
+}
+
+// ---- the application: what it does ----
+
+// apply does an action on the loop goroutine; what it returns is for the
+// callback of mc to return.
+func (m *model) apply(mc *modelConn, act modelAction) error {
+	a := &mc.app
+	if !a.adopted || a.closed {
+		return nil
+	}
+	switch act.kind {
+	case actWrite:
+		m.queueWrite(mc, act.size)
+	case actPause:
+		m.pause(mc)
+	case actResume:
+		m.resume(mc)
+	case actClose:
+		m.close(mc)
+	case actError:
+		a.errored = true
+		return errModelRefused
+	case actTimer:
+		m.setTimer(mc, act.d)
+	case actThreadTimer:
+		m.threadTimer(act.j, act.d, nil, nil)
+	}
+	return nil
+}
+
+// queueWrite has the application write size bytes in a RAW_WRITEABLE to
+// come.
+func (m *model) queueWrite(mc *modelConn, size int) {
+	a := &mc.app
+	if mc.kind == kindPipe || a.closed || a.errored || a.noWrite {
+		return
+	}
+	if !a.closing {
+		a.chunks = append(a.chunks, size)
+	}
+	m.askWritable(mc)
+}
+
+func (m *model) askWritable(mc *modelConn) {
+	a := &mc.app
+	err := a.c.CallbackOnWritable()
+	switch {
+	case a.closing:
+		if !errors.Is(err, core.ErrClosed) {
+			m.problem(mc, "CallbackOnWritable after Close returned %v, want ErrClosed", err)
+		}
+	case err == nil:
+		a.wantW = true
+	case errors.Is(err, core.ErrClosed) && a.peerClosed:
+		a.noWrite, a.chunks = true, nil
+	default:
+		m.problem(mc, "CallbackOnWritable: %v", err)
+	}
+}
+
+func (m *model) pause(mc *modelConn) {
+	a := &mc.app
+	if a.closing || a.closed {
+		return
+	}
+	if err := a.c.RxFlowControl(false); err != nil {
+		m.problem(mc, "RxFlowControl(false): %v", err)
+		return
+	}
+	if !a.c.RxPaused() {
+		m.problem(mc, "RxPaused false after RxFlowControl(false)")
+	}
+	a.paused = true
+}
+
+func (m *model) resume(mc *modelConn) {
+	a := &mc.app
+	if a.closing || a.closed {
+		return
+	}
+	a.paused = false
+	if err := a.c.RxFlowControl(true); err != nil {
+		m.problem(mc, "RxFlowControl(true): %v", err)
+	}
+}
+
+func (m *model) close(mc *modelConn) {
+	a := &mc.app
+	if a.closing || a.closed {
+		return
+	}
+	if err := a.c.Close(); err != nil {
+		m.problem(mc, "Close: %v", err)
+		return
+	}
+	// From here on nothing but RAW_CLOSE: a pending TIMER or
+	// RAW_WRITEABLE must not come, and what was not written never is.
+	a.closing, a.timerPending, a.wantW, a.chunks = true, false, false, nil
+	if a.c.Buffered() > 0 {
+		m.drains++
+		if !a.c.Draining() {
+			m.problem(mc, "Close with %d bytes pending does not drain them", a.c.Buffered())
+		}
+	}
+}
+
+func (m *model) setTimer(mc *modelConn, d time.Duration) {
+	a := &mc.app
+	if a.closing || a.closed {
+		return
+	}
+	at := time.Now().Add(d)
+	if err := a.c.SetTimer(d); err != nil {
+		m.problem(mc, "SetTimer: %v", err)
+		return
+	}
+	a.timerPending, a.timerAt, a.timerLong = true, at, d >= time.Hour
+}
+
+func (m *model) cancelTimer(mc *modelConn) {
+	a := &mc.app
+	if a.closing || a.closed {
+		return
+	}
+	if err := a.c.CancelTimer(); err != nil {
+		m.problem(mc, "CancelTimer: %v", err)
+	}
+	a.timerPending = false
+}
+
+func (m *model) setTimeout(mc *modelConn, d time.Duration) {
+	a := &mc.app
+	if a.closing || a.closed {
+		return
+	}
+	at := time.Now().Add(d)
+	if err := a.c.SetTimeout(d); err != nil {
+		m.problem(mc, "SetTimeout(%v): %v", d, err)
+		return
+	}
+	a.timeoutPending, a.timeoutAt, a.timeoutLong = d > 0, at, d >= time.Hour
+}
+
+// threadTimer schedules thread timer j (AfterFunc the first time, Reset
+// after), to do act on mc when it fires.
+func (m *model) threadTimer(j int, d time.Duration, act *modelAction, mc *modelConn) {
+	tt := &m.timers[j]
+	at := time.Now().Add(d)
+	var err error
+	if tt.tm == nil {
+		tt.tm, err = m.h.th.AfterFunc(d, func() { m.threadTimerFired(j) })
+	} else {
+		err = tt.tm.Reset(d)
+	}
+	if err != nil {
+		m.problem(nil, "thread timer %d: %v", j, err)
+		return
+	}
+	tt.pending, tt.at, tt.long, tt.act, tt.conn = true, at, d >= time.Hour, act, mc
+}
+
+func (m *model) threadTimerFired(j int) {
+	tt := &m.timers[j]
+	now := time.Now()
+	switch {
+	case !tt.pending:
+		m.problem(nil, "thread timer %d fired while not pending (stopped, or fired already)", j)
+		return
+	case now.Before(tt.at):
+		m.problem(nil, "thread timer %d fired %v before its time", j, tt.at.Sub(now))
+	}
+	tt.pending = false
+	if act, mc := tt.act, tt.conn; act != nil {
+		tt.act, tt.conn = nil, nil
+		if act.kind == actError { // no callback to return it from
+			act.kind = actClose
+		}
+		m.apply(mc, *act)
+	}
+}
+
+func (m *model) stopThreadTimer(j int) {
+	tt := &m.timers[j]
+	if tt.tm == nil {
+		return
+	}
+	if was := tt.tm.Stop(); was != tt.pending {
+		m.problem(nil, "thread timer %d: Stop reported %v, but the timer was pending=%v", j, was, tt.pending)
+	}
+	tt.pending, tt.act, tt.conn = false, nil, nil
+}
+
+// ---- the peer ----
+
+// pump writes what the peer has queued, as far as the kernel takes it.
+func (m *model) pump(mc *modelConn) {
+	p := &mc.peer
+	for p.fd >= 0 && !p.shut && p.wrote < p.queued {
+		n := int(min(p.queued-p.wrote, maxStreamRun))
+		w, err := unix.Write(p.fd, streamBytes(mc.id, toApp, p.wrote, n))
+		if w > 0 {
+			p.wrote += int64(w)
+		}
+		switch {
+		case err == nil, errors.Is(err, unix.EINTR):
+		case errors.Is(err, unix.EAGAIN):
+			return
+		default: // the core closed its end
+			p.shut, p.queued = true, p.wrote
+			m.peerSawEnd(mc, "writing", err)
+			return
+		}
+	}
+}
+
+// receive reads what arrived for the peer, at most limit bytes (< 0: all),
+// checking every byte.
+func (m *model) receive(mc *modelConn, limit int64) {
+	p := &mc.peer
+	if mc.kind == kindPipe {
+		return
+	}
+	for got := int64(0); p.fd >= 0 && !p.eof && (limit < 0 || got < limit); {
+		buf := m.rbuf
+		if limit >= 0 {
+			buf = buf[:min(int64(len(buf)), limit-got)]
+		}
+		n, err := unix.Read(p.fd, buf)
+		switch {
+		case n > 0:
+			if d := streamDiff(mc.id, toPeer, p.read, buf[:n]); d != "" {
+				m.fatalf("%v: the peer received wrong bytes: %s", mc, d)
+			}
+			p.read += int64(n)
+			got += int64(n)
+		case errors.Is(err, unix.EINTR):
+		case errors.Is(err, unix.EAGAIN):
+			return
+		default:
+			p.eof = true
+			if err == nil {
+				err = io.EOF
+			}
+			m.peerSawEnd(mc, "reading", err)
+			return
+		}
+	}
+}
+
+// peerSawEnd checks that the peer saw the stream end only once the core
+// closed its end (RAW_CLOSE comes before the close), or, with
+// GracefulClose, shut its write side after Close.
+func (m *model) peerSawEnd(mc *modelConn, op string, err error) {
+	var closed, closing bool
+	m.do(func() { closed, closing = mc.app.closed, mc.app.closing })
+	if !closed && !(closing && m.cfg.graceful && op == "reading") {
+		m.fatalf("%v: the peer got %v %s, but the connection is open (Close called: %v)", mc, err, op, closing)
+	}
+}
+
+// peerEnds tells the application, before the peer does it, that the
+// peer ends its stream (closed: and its descriptor): from then on the
+// connection may close for it.
+func (m *model) peerEnds(mc *modelConn, closed bool) {
+	m.do(func() { mc.app.peerEnded, mc.app.peerClosed = true, mc.app.peerClosed || closed })
+}
+
+func (m *model) peerCloseWrite(mc *modelConn) {
+	p := &mc.peer
+	if p.fd < 0 || p.shut {
+		return
+	}
+	m.peerEnds(mc, false)
+	p.shut, p.queued = true, p.wrote
+	if mc.kind == kindPipe { // a pipe's write end has nothing else to do
+		require.NoError(m.t, unix.Close(p.fd))
+		p.fd, p.eof = -1, true
+		return
+	}
+	if err := unix.Shutdown(p.fd, unix.SHUT_WR); err != nil && !errors.Is(err, unix.ENOTCONN) {
+		m.fatalf("%v: the peer's shutdown: %v", mc, err)
+	}
+}
+
+func (m *model) peerClose(mc *modelConn) {
+	p := &mc.peer
+	if p.fd < 0 {
+		return
+	}
+	m.peerEnds(mc, true)
+	require.NoError(m.t, unix.Close(p.fd))
+	p.fd, p.shut, p.eof, p.closed, p.queued = -1, true, true, true, p.wrote
+}
+
+// ---- waiting ----
+
+// appView is what the test goroutine learns of a connection's
+// application side.
+type appView struct {
+	received, written int64
+	chunks            int
+	closed, closing   bool
+	closeErr          error
+	timer, timeout    bool // a short one is pending
+	errored, noWrite  bool
+}
+
+func (m *model) view(mc *modelConn) appView {
+	a := &mc.app
+	return appView{received: a.received, written: a.written, chunks: len(a.chunks),
+		closed: a.closed, closing: a.closing, closeErr: a.closeErr,
+		timer: a.timerPending && !a.timerLong, timeout: a.timeoutPending && !a.timeoutLong,
+		errored: a.errored, noWrite: a.noWrite}
+}
+
+// waitPeers waits until one of the peers of mcs has something to read or
+// room to write what it queued, or a millisecond passed: the loop's
+// progress (timers, callbacks) shows only in the model's state, which the
+// caller looks at again.
+func (m *model) waitPeers(mcs []*modelConn, write bool) {
+	var fds []unix.PollFd
+	var of []*modelConn
+	for _, mc := range mcs {
+		p := &mc.peer
+		if p.fd < 0 || p.quiet {
+			continue
+		}
+		var ev int16
+		if mc.kind != kindPipe && !p.eof {
+			ev |= unix.POLLIN
+		}
+		if write && !p.shut && p.wrote < p.queued {
+			ev |= unix.POLLOUT
+		}
+		if ev != 0 {
+			fds = append(fds, unix.PollFd{Fd: int32(p.fd), Events: ev})
+			of = append(of, mc)
+		}
+	}
+	if _, err := unix.Poll(fds, 1); err != nil && !errors.Is(err, unix.EINTR) {
+		m.fatalf("poll: %v", err)
+	}
+	for i, pfd := range fds {
+		// A pipe's write end reports its reader gone for good; with
+		// nothing to write it would end every wait at once.
+		if pfd.Revents&(unix.POLLERR|unix.POLLHUP) != 0 && of[i].kind == kindPipe && pfd.Events&unix.POLLOUT == 0 {
+			of[i].peer.quiet = true
+		}
+	}
+}
+
+// waitFor serves the peers of mcs (reading, and writing if write) until
+// cond says it is done; otherwise cond says what it waits for.
+func (m *model) waitFor(mcs []*modelConn, write bool, cond func() (bool, string)) {
+	m.t.Helper()
+	deadline := time.Now().Add(hang)
+	for {
+		for _, mc := range mcs {
+			if write {
+				m.pump(mc)
+			}
+			m.receive(mc, -1)
+		}
+		done, what := cond()
+		if done {
+			return
+		}
+		if time.Now().After(deadline) {
+			m.fatalf("still waiting for %s after %v (hang guard)", what, hang)
+		}
+		m.waitPeers(mcs, write)
+	}
+}
+
+// drain has the peer read until it got everything the application has
+// queued for it so far, unless the connection closes first.
+func (m *model) drain(mc *modelConn) {
+	if mc.kind == kindPipe || mc.peer.fd < 0 || mc.peer.eof {
+		return
+	}
+	m.waitFor([]*modelConn{mc}, false, func() (bool, string) {
+		var v appView
+		m.do(func() { v = m.view(mc) })
+		// The stream ends, and the rest may never come. A peer that
+		// only half-closed its own gets it all before the end.
+		if v.closed || v.closing || v.errored || v.noWrite || mc.peer.eof {
+			return true, ""
+		}
+		return v.chunks == 0 && mc.peer.read == v.written,
+			fmt.Sprintf("%v: the peer to receive the %d bytes written and %d chunks queued (it has %d)", mc, v.written, v.chunks, mc.peer.read)
+	})
+}
+
+// ---- a step ----
+
+type modelOp uint8
+
+const (
+	opPeerWrite modelOp = iota
+	opPeerRead
+	opPeerReadAll
+	opPeerDrain
+	opAppWrite
+	opArmRX
+	opArmWriteable
+	opArmTimer
+	opPause
+	opResume
+	opConnTimer
+	opConnTimerCancel
+	opTimeout
+	opThreadTimer
+	opThreadTimerStop
+	opCancelService
+	opAppClose
+	opPeerCloseWrite
+	opPeerClose
+	opReopen
+	opSync
+	numOps
+)
+
+// modelOps maps a step's first byte to its operation: the table holds
+// each operation as often as it should be picked.
+var modelOps = weighted[modelOp]([]int{
+	opPeerWrite: 14, opPeerRead: 6, opPeerReadAll: 4, opPeerDrain: 2, opAppWrite: 12,
+	opArmRX: 8, opArmWriteable: 5, opArmTimer: 3, opPause: 6, opResume: 6,
+	opConnTimer: 4, opConnTimerCancel: 2, opTimeout: 2, opThreadTimer: 5, opThreadTimerStop: 2,
+	opCancelService: 3, opAppClose: 1, opPeerCloseWrite: 1, opPeerClose: 1, opReopen: 4, opSync: 3,
+})
+
+func (m *model) run(n int, st modelStep) {
+	mc := m.slots[int(st.conn)%len(m.slots)]
+	a, b := st.a, st.b
+	switch modelOps[int(st.op)%len(modelOps)] {
+	case opPeerWrite:
+		size := chunkSize(a, b)
+		m.note("peer writes %d B to %v", size, mc)
+		if mc.peer.fd >= 0 && !mc.peer.shut {
+			mc.peer.queued += int64(size)
+			m.pump(mc)
+		}
+	case opPeerRead:
+		size := chunkSize(a, b)
+		m.note("peer reads up to %d B of %v", size, mc)
+		m.receive(mc, int64(size))
+	case opPeerReadAll:
+		m.note("peer reads all it has of %v", mc)
+		m.receive(mc, -1)
+	case opPeerDrain:
+		m.note("peer reads until it has all %v wrote", mc)
+		m.drain(mc)
+	case opAppWrite:
+		size := chunkSize(a, b)
+		m.note("post: %v writes %d B", mc, size)
+		m.do(func() { m.queueWrite(mc, size) })
+	case opArmRX:
+		act := decodeAction(a, b)
+		m.note("%v: %v in its next RAW_RX", mc, act)
+		m.do(func() { mc.app.onRX = append(mc.app.onRX, act) })
+	case opArmWriteable:
+		act := decodeAction(a, b)
+		m.note("%v: %v in its next RAW_WRITEABLE", mc, act)
+		m.do(func() { mc.app.onWriteable = append(mc.app.onWriteable, act) })
+	case opArmTimer:
+		act := decodeAction(a, b)
+		m.note("%v: %v in its next TIMER", mc, act)
+		m.do(func() { mc.app.onTimer = append(mc.app.onTimer, act) })
+	case opPause:
+		m.note("post: %v pauses rx", mc)
+		m.do(func() { m.ifAdopted(mc, m.pause) })
+	case opResume:
+		m.note("post: %v resumes rx", mc)
+		m.do(func() { m.ifAdopted(mc, m.resume) })
+	case opConnTimer:
+		d := modelDelay(a)
+		m.note("post: %v SetTimer(%v)", mc, d)
+		m.do(func() { m.ifAdopted(mc, func(mc *modelConn) { m.setTimer(mc, d) }) })
+	case opConnTimerCancel:
+		m.note("post: %v CancelTimer", mc)
+		m.do(func() { m.ifAdopted(mc, m.cancelTimer) })
+	case opTimeout:
+		// Mostly none or an hour: a timeout that expires ends the
+		// connection.
+		d := [...]time.Duration{0, 0, 0, time.Hour, time.Hour, time.Hour, time.Millisecond, 3 * time.Millisecond}[a%8]
+		m.note("post: %v SetTimeout(%v)", mc, d)
+		m.do(func() { m.ifAdopted(mc, func(mc *modelConn) { m.setTimeout(mc, d) }) })
+	case opThreadTimer:
+		j, d := int(a)%modelTimers, modelDelay(a>>2)
+		var act *modelAction
+		if b&1 != 0 {
+			x := decodeAction(b>>1, a)
+			act = &x
+		}
+		what := "nothing"
+		if act != nil {
+			what = act.String()
+		}
+		m.note("post: thread timer %d in %v, then %s on %v", j, d, what, mc)
+		m.do(func() { m.threadTimer(j, d, act, mc) })
+	case opThreadTimerStop:
+		j := int(a) % modelTimers
+		m.note("post: thread timer %d Stop", j)
+		m.do(func() { m.stopThreadTimer(j) })
+	case opCancelService:
+		m.note("CancelService")
+		m.cancelIssued.Add(1) // before: a delivery that counts it may start at once
+		if err := m.h.ctx.CancelService(); err != nil {
+			m.fatalf("CancelService: %v", err)
+		}
+	case opAppClose:
+		m.note("post: %v Close", mc)
+		m.do(func() { m.ifAdopted(mc, m.close) })
+	case opPeerCloseWrite:
+		m.note("peer half-closes %v", mc)
+		m.peerCloseWrite(mc)
+	case opPeerClose:
+		m.note("peer closes %v", mc)
+		m.peerClose(mc)
+	case opReopen:
+		var v appView
+		m.do(func() { v = m.view(mc) })
+		if !v.closed && !v.closing && !v.timeout {
+			m.note("reopen slot %d: %v is open", mc.slot, mc)
+			return
+		}
+		m.note("reopen slot %d: %v is closed or closing", mc.slot, mc)
+		m.retire(mc)
+		m.open(mc.slot, m.s.kindOf(a), b)
+	case opSync:
+		m.note("sync")
+		m.h.sync()
+	}
+}
+
+func (m *model) ifAdopted(mc *modelConn, f func(*modelConn)) {
+	if mc.app.adopted && !mc.app.closed {
+		f(mc)
+	}
+}
+
+// ---- the end ----
+
+// finished checks what a closed connection's peer got, once it read to
+// the end, and reports whether it did.
+func (m *model) finished(mc *modelConn, v appView) (bool, string) {
+	p := &mc.peer
+	if v.received != p.wrote && errors.Is(v.closeErr, io.EOF) && !v.closing {
+		// Closed for the peer's end of stream: everything before it
+		// was delivered (input kept while paused first, on resume).
+		m.fatalf("%v closed with %v after RAW_RX delivered %d of the %d bytes the peer wrote", mc, v.closeErr, v.received, p.wrote)
+	}
+	if mc.kind != kindPipe && p.fd >= 0 && !p.eof {
+		return false, fmt.Sprintf("%v, closed with %v: the peer to read to the end of the stream", mc, v.closeErr)
+	}
+	// Closed for the peer's orderly end: only once nothing was left, so a
+	// peer that still reads got every byte written, and no chunk waited.
+	if errors.Is(v.closeErr, io.EOF) && !v.closing && !p.closed && (p.read != v.written || v.chunks > 0) {
+		m.fatalf("%v closed with %v after the peer's half-close: the peer received %d of the %d bytes written, %d chunks still queued", mc, v.closeErr, p.read, v.written, v.chunks)
+	}
+	// Conn.Close sends what was written before it closes. A TCP socket
+	// closed with input it did not read resets the connection (RFC 1122
+	// 4.2.2.13), which may drop what the kernel still held: the stream
+	// is then only known whole with GracefulClose, which waits for the
+	// peer's end of stream. A peer that closed receives nothing more.
+	whole := v.closeErr == nil && (m.cfg.graceful || mc.kind == kindUnix) && !p.closed
+	if whole && p.read != v.written {
+		m.fatalf("%v closed by Close: the peer received %d of the %d bytes written before it", mc, p.read, v.written)
+	}
+	return true, ""
+}
+
+// retire waits for a connection that is closing to close, checks it to
+// the end and closes its peer.
+func (m *model) retire(mc *modelConn) {
+	var v appView
+	m.waitFor([]*modelConn{mc}, false, func() (bool, string) {
+		m.do(func() { v = m.view(mc) })
+		if !v.closed {
+			return false, m.closing(mc, v)
+		}
+		return m.finished(mc, v)
+	})
+	if mc.peer.fd >= 0 {
+		require.NoError(m.t, unix.Close(mc.peer.fd))
+		mc.peer.fd = -1
+	}
+}
+
+// closing has the peer of a connection that is closing (Close, or a
+// timeout due) do what the close waits for, and says what that is.
+func (m *model) closing(mc *modelConn, v appView) string {
+	p := &mc.peer
+	if !v.closing {
+		return fmt.Sprintf("%v: its timeout to close it", mc)
+	}
+	// With GracefulClose the close waits for the peer's end of stream,
+	// which the peer sends once it read the app's (a pipe's writer has
+	// nothing to read).
+	if m.cfg.graceful && (p.eof || mc.kind == kindPipe) && !p.shut {
+		m.peerCloseWrite(mc)
+	}
+	return fmt.Sprintf("%v: RAW_CLOSE after Close (the peer read %d of %d bytes)", mc, p.read, v.written)
+}
+
+// settle ends a program: with nothing armed any more and every
+// connection resumed, each either closes (Close, a timeout, the peer's
+// end) and its peer reads to the end, or carries every byte both ways;
+// every short timer fires and CancelService is answered.
+func (m *model) settle() {
+	m.note("settle")
+	m.do(func() {
+		for _, mc := range m.slots {
+			a := &mc.app
+			a.onRX, a.onWriteable, a.onTimer = nil, nil, nil
+			if a.paused {
+				m.resume(mc)
+			}
+		}
+		for j := range m.timers {
+			m.timers[j].act = nil
+		}
+	})
+	m.waitFor(m.slots, true, func() (bool, string) {
+		views := make([]appView, len(m.slots))
+		var timers []int
+		var cancelSeen int64
+		m.do(func() {
+			for i, mc := range m.slots {
+				views[i] = m.view(mc)
+			}
+			for j, tt := range m.timers {
+				if tt.pending && !tt.long {
+					timers = append(timers, j)
+				}
+			}
+			cancelSeen = m.cancelSeen
+		})
+		for i, mc := range m.slots {
+			v, p := views[i], &mc.peer
+			switch {
+			case v.closed:
+				if done, what := m.finished(mc, v); !done {
+					return false, what
+				}
+			case v.closing, v.timeout:
+				return false, m.closing(mc, v)
+			case p.shut:
+				return false, fmt.Sprintf("%v: RAW_CLOSE after the peer ended its stream (RAW_RX delivered %d of %d bytes)", mc, v.received, p.wrote)
+			case p.wrote < p.queued || v.received < p.wrote:
+				return false, fmt.Sprintf("%v: RAW_RX of every byte the peer sent (the peer wrote %d of %d, RAW_RX delivered %d)", mc, p.wrote, p.queued, v.received)
+			case mc.kind != kindPipe && (v.chunks > 0 || p.read < v.written):
+				return false, fmt.Sprintf("%v: the peer to receive every byte written (written %d, %d chunks queued, the peer read %d)", mc, v.written, v.chunks, p.read)
+			case v.timer:
+				return false, fmt.Sprintf("%v: its TIMER", mc)
+			}
+		}
+		if len(timers) > 0 {
+			return false, fmt.Sprintf("thread timers %v to fire", timers)
+		}
+		if n := m.cancelIssued.Load(); cancelSeen < n {
+			return false, fmt.Sprintf("EVENT_WAIT_CANCELLED after CancelService call %d (seen up to %d)", n, cancelSeen)
+		}
+		return true, ""
+	})
+}
+
+// finish stops the timers that never fire, destroys the context and checks
+// what must hold at the end.
+func (m *model) finish() {
+	m.do(func() {
+		for j := range m.timers {
+			m.stopThreadTimer(j)
+		}
+	})
+	// Callbacks run on the loop's goroutine; those of the destruction may
+	// run on Destroy's (it completes there when no goroutine services
+	// the context, as the application's loop in foreign mode).
+	events := m.h.rec.snapshot()
+	m.destroying.Store(true)
+	m.h.destroy()
+	for _, mc := range m.all {
+		if !mc.app.closed {
+			m.fatalf("%v: no RAW_CLOSE by the end of the context", mc)
+		}
+	}
+	if len(m.problems) > 0 {
+		m.fatalf("%s", strings.Join(m.problems, "\n  "))
+	}
+	m.closePeers()
+	if m.s.oneGoroutine() {
+		for _, e := range events {
+			if e.reason != core.ReasonProtocolInit && !isPollReason(e.reason) && e.g != m.h.runG.Load() {
+				m.fatalf("%v ran on goroutine %d, not on the loop's (%d)", e, e.g, m.h.runG.Load())
+			}
+		}
+	}
+	m.h.rec.mu.Lock()
+	probs := append([]string(nil), m.h.rec.problems...)
+	m.h.rec.mu.Unlock()
+	if len(probs) > 0 {
+		m.fatalf("%s", strings.Join(probs, "\n  "))
+	}
+	var in, out int64
+	for _, mc := range m.all {
+		in, out = in+mc.app.received, out+mc.peer.read
+	}
+	count := func(r core.Reason) int { return m.h.rec.count(is(r, nil)) }
+	m.t.Logf("conformance: model %s: %d steps, %d connections, %d bytes to the app in %d RAW_RX, %d to the peers in %d RAW_WRITEABLE (%d partial writes, %d closes draining), %d TIMER, %d EVENT_WAIT_CANCELLED",
+		m.what, m.nsteps, len(m.all), in, count(core.ReasonRawRX), out, count(core.ReasonRawWriteable), m.partial, m.drains,
+		count(core.ReasonTimer), count(core.ReasonEventWaitCancelled))
+}
