@@ -79,7 +79,7 @@ func RunModel(t *testing.T, name string, program []byte) {
 			t.Errorf("conformance: model: descriptors leaked or lost:\n%s", diff)
 		}
 	})
-	s.runModel(t, program, fmt.Sprintf("program %x", program))
+	s.runModel(t, program, "")
 }
 
 // modelRuns returns how many programs the Model subtest runs and how many
@@ -441,7 +441,8 @@ type model struct {
 	t      *testing.T
 	h      *harness
 	cfg    modelConfig
-	what   string // the seed or the program, for failure messages
+	prog   []byte
+	what   string // the seed, for messages; "" for a program of RunModel's
 	nsteps int
 	ln     *core.Listener // accepts the kindTCPAccepted connections
 	tcp    net.Listener   // accepts the peers' ends of the kindTCPAdopted ones
@@ -467,7 +468,7 @@ type model struct {
 
 func (s *suite) runModel(t *testing.T, program []byte, what string) {
 	cfg, steps := s.decodeModel(program)
-	m := &model{s: s, t: t, cfg: cfg, what: what, nsteps: len(steps), rbuf: make([]byte, 64<<10)}
+	m := &model{s: s, t: t, cfg: cfg, prog: program, what: what, nsteps: len(steps), rbuf: make([]byte, 64<<10)}
 	m.h = s.newHarness(t, core.Info{
 		// Longer than any wait of the suite: a close or a hangup never
 		// runs out of time in a program, whose model would otherwise
@@ -515,9 +516,13 @@ func (m *model) fatalf(format string, args ...any) {
 	if m.step.Load() > int64(m.nsteps) {
 		step = "after the last step (settling)"
 	}
+	what := m.what
+	if what == "" {
+		what = fmt.Sprintf("program %x", m.prog)
+	}
 	last := m.trace[max(0, len(m.trace)-25):]
 	m.t.Fatalf("conformance: model %s, %s: %s\n  %s\n  steps so far (last %d):\n    %s",
-		m.what, step, fmt.Sprintf(format, args...), m.cfg, len(last), strings.Join(last, "\n    "))
+		what, step, fmt.Sprintf(format, args...), m.cfg, len(last), strings.Join(last, "\n    "))
 }
 
 // problem records, on the loop goroutine, a broken promise; the test
@@ -1576,7 +1581,11 @@ func (m *model) finish() {
 		in, out = in+mc.app.received, out+mc.peer.read
 	}
 	count := func(r core.Reason) int { return m.h.rec.count(is(r, nil)) }
+	what := m.what
+	if what == "" {
+		what = fmt.Sprintf("program of %d bytes", len(m.prog))
+	}
 	m.t.Logf("conformance: model %s: %d steps, %d connections, %d bytes to the app in %d RAW_RX, %d to the peers in %d RAW_WRITEABLE (%d partial writes, %d closes draining), %d TIMER, %d EVENT_WAIT_CANCELLED",
-		m.what, m.nsteps, len(m.all), in, count(core.ReasonRawRX), out, count(core.ReasonRawWriteable), m.partial, m.drains,
+		what, m.nsteps, len(m.all), in, count(core.ReasonRawRX), out, count(core.ReasonRawWriteable), m.partial, m.drains,
 		count(core.ReasonTimer), count(core.ReasonEventWaitCancelled))
 }
