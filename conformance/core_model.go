@@ -171,7 +171,7 @@ func (s *suite) decodeModel(p []byte) (modelConfig, []modelStep) {
 	opt := at(1)
 	c.graceful = opt&1 != 0
 	c.small = opt&2 != 0
-	c.rxChunk = [...]int{0, 0, 512, 4096}[opt>>2&3]
+	c.rxChunk = [...]int{0, 512, 4096, 16384}[opt>>2&3]
 	for i := range c.conns {
 		b := at(2 + i)
 		c.kinds[i] = s.kindOf(b)
@@ -326,7 +326,7 @@ type modelAction struct {
 // picked: closing ones seldom, or most steps would meet closed
 // connections.
 var modelActions = weighted[actionKind]([]int{
-	actWrite: 6, actPause: 3, actResume: 3, actClose: 1, actError: 1, actTimer: 2, actThreadTimer: 2,
+	actWrite: 6, actPause: 4, actResume: 4, actClose: 1, actError: 1, actTimer: 2, actThreadTimer: 2,
 })
 
 func decodeAction(a, b byte) modelAction {
@@ -373,6 +373,8 @@ type modelConn struct {
 	// Set before adoption: what RAW_ADOPT does.
 	pauseAtAdopt bool
 	adoptChunk   int
+	pauseFirstRX bool // pause rx in the first RAW_RX
+	resumeTimer  bool // a TIMER soon, that resumes rx
 
 	peer peerEnd
 	app  appEnd
@@ -563,14 +565,15 @@ func (m *model) note(format string, args ...any) {
 
 // open makes a new connection in slot k. flags: bit 0 pauses rx in
 // RAW_ADOPT, bit 1 asks for RAW_WRITEABLE there (with a chunk to write),
-// bits 2-3 choose a read buffer handed over with core.WithReadbuf. An
+// bits 2-3 choose a read buffer handed over with core.WithReadbuf, bit 4
+// pauses rx in the first RAW_RX, bit 5 sets a TIMER that resumes rx. An
 // accepted connection has no RAW_ADOPT of the model's: the test goroutine
 // does the same right after it.
 func (m *model) open(k int, kind connKind, flags byte) {
 	t := m.t
 	m.nextID++
 	mc := &modelConn{id: m.nextID, slot: k, kind: kind, peer: peerEnd{fd: -1}}
-	mc.pauseAtAdopt = flags&1 != 0
+	mc.pauseAtAdopt, mc.pauseFirstRX, mc.resumeTimer = flags&1 != 0, flags&16 != 0, flags&32 != 0
 	if flags&2 != 0 && kind != kindPipe {
 		mc.adoptChunk = chunkSize(flags, byte(m.nextID))
 	}
@@ -579,7 +582,8 @@ func (m *model) open(k int, kind connKind, flags byte) {
 		readbuf = 0
 	}
 	m.slots[k], m.all = mc, append(m.all, mc)
-	m.note("open %v: pause in RAW_ADOPT %v, write %d B from RAW_ADOPT, read buffer %d B", mc, mc.pauseAtAdopt, mc.adoptChunk, readbuf)
+	m.note("open %v: in RAW_ADOPT pause %v, write %d B, pause in the first RAW_RX %v, a TIMER to resume %v; read buffer %d B",
+		mc, mc.pauseAtAdopt, mc.adoptChunk, mc.pauseFirstRX, mc.resumeTimer, readbuf)
 	var opts []core.AdoptOption
 	if readbuf > 0 {
 		opts = append(opts, core.WithReadbuf(streamBytes(mc.id, toApp, 0, readbuf)))
@@ -682,6 +686,13 @@ func (m *model) adopted(mc *modelConn, c *core.Conn) {
 	}
 	if mc.adoptChunk > 0 {
 		m.queueWrite(mc, mc.adoptChunk)
+	}
+	if mc.pauseFirstRX {
+		a.onRX = append(a.onRX, modelAction{kind: actPause})
+	}
+	if mc.resumeTimer {
+		m.setTimer(mc, 100*time.Microsecond)
+		a.onTimer = append(a.onTimer, modelAction{kind: actResume})
 	}
 }
 
@@ -1363,8 +1374,8 @@ func (m *model) run(n int, st modelStep) {
 	case opThreadTimer:
 		j, d := int(a)%modelTimers, modelDelay(a>>2)
 		var act *modelAction
-		if b&1 != 0 {
-			x := decodeAction(b>>1, a)
+		if b&3 != 0 {
+			x := decodeAction(b>>2, a)
 			act = &x
 		}
 		what := "nothing"
