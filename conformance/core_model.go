@@ -79,7 +79,9 @@ func RunModel(t *testing.T, name string, program []byte) {
 			t.Errorf("conformance: model: descriptors leaked or lost:\n%s", diff)
 		}
 	})
-	s.runModel(t, program, "")
+	// A fuzz worker that runs an input for 10s is killed as hung: the
+	// model's own guard must come first, to say what it waited for.
+	s.runModel(t, program, "", hang/2)
 }
 
 // modelRuns returns how many programs the Model subtest runs and how many
@@ -99,7 +101,7 @@ func (s *suite) testModel(t *testing.T) {
 	programs, steps := modelRuns()
 	for seed := range uint64(programs) {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
-			s.runModel(t, modelProgram(seed, steps), fmt.Sprintf("seed %d (rerun: -run 'Conformance/Core/Model/seed=%d$')", seed, seed))
+			s.runModel(t, modelProgram(seed, steps), fmt.Sprintf("seed %d (rerun: -run 'Conformance/Core/Model/seed=%d$')", seed, seed), hang)
 		})
 	}
 }
@@ -445,6 +447,7 @@ type model struct {
 	cfg    modelConfig
 	prog   []byte
 	what   string // the seed, for messages; "" for a program of RunModel's
+	guard  time.Duration
 	nsteps int
 	ln     *core.Listener // accepts the kindTCPAccepted connections
 	tcp    net.Listener   // accepts the peers' ends of the kindTCPAdopted ones
@@ -468,9 +471,11 @@ type model struct {
 	timers     [modelTimers]modelTimer
 }
 
-func (s *suite) runModel(t *testing.T, program []byte, what string) {
+// runModel runs a program; guard bounds each wait for the peers and the
+// application to get somewhere.
+func (s *suite) runModel(t *testing.T, program []byte, what string, guard time.Duration) {
 	cfg, steps := s.decodeModel(program)
-	m := &model{s: s, t: t, cfg: cfg, prog: program, what: what, nsteps: len(steps), rbuf: make([]byte, 64<<10)}
+	m := &model{s: s, t: t, cfg: cfg, prog: program, what: what, guard: guard, nsteps: len(steps), rbuf: make([]byte, 64<<10)}
 	m.h = s.newHarness(t, core.Info{
 		// Longer than any wait of the suite: a close or a hangup never
 		// runs out of time in a program, whose model would otherwise
@@ -1239,7 +1244,7 @@ func (m *model) waitPeers(mcs []*modelConn, write bool) {
 // cond says it is done; otherwise cond says what it waits for.
 func (m *model) waitFor(mcs []*modelConn, write bool, cond func() (bool, string)) {
 	m.t.Helper()
-	deadline := time.Now().Add(hang)
+	deadline := time.Now().Add(m.guard)
 	for {
 		for _, mc := range mcs {
 			if write {
@@ -1252,7 +1257,7 @@ func (m *model) waitFor(mcs []*modelConn, write bool, cond func() (bool, string)
 			return
 		}
 		if time.Now().After(deadline) {
-			m.fatalf("still waiting for %s after %v (hang guard)", what, hang)
+			m.fatalf("still waiting for %s after %v (hang guard)", what, m.guard)
 		}
 		m.waitPeers(mcs, write)
 	}
