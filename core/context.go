@@ -103,7 +103,12 @@ type Info struct {
 	// evlib.Descriptor.DupsPerFD, as netpoll does: that limit less a
 	// reserve of 64, divided by what each watched fd costs). At the cap,
 	// listeners stop accepting (connections wait in the kernel's backlog)
-	// and resume when a connection closes.
+	// and resume when a connection closes. Without dups the default cap is
+	// RLIMIT_NOFILE itself, which the process' other descriptors keep out
+	// of reach: accept(2) fails with EMFILE first, and the listener then
+	// rests for 100 ms, logging a warning each time, however soon a
+	// connection closes. Set FDLimit below the process limit to stop at
+	// the cap instead.
 	FDLimit int
 	// CountThreads is the number of service threads (lws' count_threads),
 	// each with its own backend instance and, in Run, its own goroutine;
