@@ -10,8 +10,12 @@
 // It shows what the library is for, in a protocol people know:
 //
 //   - Connections are kept alive; "Connection: close" (and HTTP/1.0, for
-//     which it does not negotiate keep-alive) ends one after its response, with Conn.Close,
-//     which lets the response leave first.
+//     which it does not negotiate keep-alive) ends one after its response,
+//     with Conn.Close, which lets the response leave first, and with
+//     core.Info.GracefulClose, which then waits for the client's end (a
+//     lingering close: closing on unread input would reset the connection).
+//     A client that shuts its write side down after its requests still gets
+//     every response.
 //   - Pipelined requests are parsed as they arrive and answered in order. All
 //     responses a pass produced go out in one Conn.Write, in RAW_WRITEABLE.
 //   - A client that sends requests and does not read the responses is pushed
@@ -153,9 +157,9 @@ func start(cfg config) (*server, error) {
 		EventLib:    cfg.evlib,
 		IdleTimeout: cfg.idle,
 		// Close waits for the client's end of stream after the last
-		// response (a lingering close): closing with a request of
-		// the client's still unread would reset the connection, and a
-		// reset can destroy the response before the client read it.
+		// response: closing with a request of the client's still unread
+		// would reset the connection, and a reset can destroy the
+		// response before the client read it.
 		GracefulClose: true,
 		Protocols:     []core.Protocol{proto},
 	})
