@@ -98,17 +98,16 @@ type Info struct {
 	Foreign []any
 	// Protocols, at least one. Names must be unique.
 	Protocols []Protocol
-	// FDLimit caps the fds a service thread watches; 0 means the process'
-	// RLIMIT_NOFILE (where the backend holds a dup of every fd it watches,
-	// evlib.Descriptor.DupsPerFD, as netpoll does: that limit less a
-	// reserve of 64, divided by what each watched fd costs). At the cap,
-	// listeners stop accepting (connections wait in the kernel's backlog)
-	// and resume when a connection closes. Without dups the default cap is
-	// RLIMIT_NOFILE itself, which the process' other descriptors keep out
-	// of reach: accept(2) fails with EMFILE first, and the listener then
-	// rests for 100 ms, logging a warning each time, however soon a
-	// connection closes. Set FDLimit below the process limit to stop at
-	// the cap instead.
+	// FDLimit caps the fds the service threads watch. 0 means the process'
+	// RLIMIT_NOFILE less a reserve of 64 for descriptors that are not
+	// connections (the application's files, the runtime's poller, a
+	// backend's own), divided by what each watched fd costs where the
+	// backend holds a dup of every fd (evlib.Descriptor.DupsPerFD, as
+	// netpoll does). At the cap, listeners stop accepting (connections wait
+	// in the kernel's backlog) and resume when a connection closes. Past
+	// the process limit accept(2) fails with EMFILE instead, and the
+	// listener rests for 100 ms, logging a warning each time: a process
+	// holding more than 64 other descriptors should set FDLimit lower.
 	FDLimit int
 	// CountThreads is the number of service threads (lws' count_threads),
 	// each with its own backend instance and, in Run, its own goroutine;
@@ -253,11 +252,13 @@ func New(info Info) (*Context, error) {
 	perThread := info.FDLimitPerThread
 	if perThread <= 0 {
 		watchable := c.fdLimit
-		if info.FDLimit <= 0 && d.DupsPerFD > 0 {
-			// The process limit counts the backend's dups too, and a
-			// reserve for the descriptors it and the runtime hold anyway:
-			// past the limit the dup of an accepted connection would fail
-			// and drop it, where accept(2) itself fails harmlessly.
+		if info.FDLimit <= 0 {
+			// The process limit counts every other descriptor too: a cap
+			// at the limit itself is never reached, and accept(2) meets
+			// EMFILE first (a 100 ms rest, a warning) where the cap would
+			// just stop accepting until a close. Where the backend dups
+			// every fd the limit counts those as well: past it the dup of
+			// an accepted connection would fail and drop the connection.
 			watchable = max(watchable-fdReserve, 1) / (1 + d.DupsPerFD)
 		}
 		perThread = max(watchable/n, 1)
@@ -371,8 +372,9 @@ func (c *Context) Stats() Stats {
 	return s
 }
 
-// fdReserve is what a backend with dups leaves of the process' fd limit
-// to descriptors that are not connections (its pollers, the runtime's).
+// fdReserve is what the default fd cap leaves of the process' fd limit to
+// descriptors that are not connections (the application's, the runtime's
+// poller, a backend's own).
 const fdReserve = 64
 
 // Run services every thread until the context is destroyed (it then returns

@@ -145,12 +145,12 @@ func TestMaxConnsPerIP(t *testing.T) {
 	})
 }
 
-// A backend that holds a dup of every fd it watches (evlib.Descriptor.
-// DupsPerFD) gets half the process' fd limit (less a reserve of 64 for the
-// descriptors that are not connections), so that accept stops at the
-// limit, connections waiting in the backlog, instead of the dup failing
-// with EMFILE and the connection being dropped. An explicit FDLimit is
-// taken as given.
+// The default cap is the process' fd limit less a reserve of 64 for the
+// descriptors that are not connections, so that accept stops at the cap,
+// connections waiting in the backlog, before accept(2) meets EMFILE. A
+// backend that holds a dup of every fd it watches (evlib.Descriptor.
+// DupsPerFD) gets half of that, so that the dup cannot fail with EMFILE and
+// drop the connection. An explicit FDLimit is taken as given.
 func TestFDLimitCountsBackendDups(t *testing.T) {
 	d, err := evlib.Lookup("poll")
 	require.NoError(t, err)
@@ -166,7 +166,9 @@ func TestFDLimitCountsBackendDups(t *testing.T) {
 		threads, want int
 		limit         int
 	}{
-		{"poll", 1, int(rl.Cur), 0},
+		{"poll", 1, int(rl.Cur) - 64, 0},
+		{"poll", 2, (int(rl.Cur) - 64) / 2, 0},
+		{"poll", 1, 100, 100},
 		{"poll-with-dups", 1, (int(rl.Cur) - 64) / 2, 0},
 		{"poll-with-dups", 2, (int(rl.Cur) - 64) / 2 / 2, 0},
 		{"poll-with-dups", 2, 50, 100},
