@@ -167,8 +167,10 @@ func (c *Conn) Write(p []byte) (int, error) {
 		return 0, nil
 	}
 	n, err := t.write(c.fd, p)
+	if n > 0 {
+		t.touch(c) // part of it is activity too: the peer is reading
+	}
 	if n == len(p) {
-		t.touch(c)
 		return n, nil
 	}
 	if err != nil && !wouldBlock(err) {

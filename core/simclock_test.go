@@ -238,6 +238,30 @@ func TestSimIdleTimeout(t *testing.T) {
 	}, s.closed)
 }
 
+// A Write the kernel takes only part of is activity too: the idle timeout
+// counts from it, not from the connection's last complete write.
+func TestSimIdleTimeoutCountsPartialWrite(t *testing.T) {
+	payload := make([]byte, 8<<20) // more than any socket buffer holds
+	s := newSim(t, simloop.NewClock(), core.Info{IdleTimeout: 10 * time.Second, Protocols: []core.Protocol{{
+		Name: "p", Callback: func(ev core.Event) error {
+			if ev.Reason == core.ReasonRawWriteable {
+				_, err := ev.Conn.Write(payload)
+				return err
+			}
+			return nil
+		},
+	}}})
+	c, _ := s.adopt() // its peer reads nothing
+	s.runTo(9 * time.Second)
+	require.NoError(t, c.CallbackOnWritable())
+	s.runTo(9*time.Second + 1)
+	require.NotZero(t, c.Buffered(), "the kernel took part of the write")
+	s.runTo(19*time.Second - 1)
+	require.Empty(t, s.closed)
+	s.runTo(time.Hour)
+	require.Equal(t, map[*core.Conn]closing{c: {19 * time.Second, core.ErrTimeout}}, s.closed)
+}
+
 // Info.CloseTimeout bounds how long Conn.Close waits for pending output to
 // drain: at exactly that long after the Close, with a peer that reads
 // nothing, the connection closes with ErrTimeout and the output the kernel
