@@ -440,9 +440,6 @@ func (t *Thread) forcedPending() bool {
 func (t *Thread) pass(timeout time.Duration) bool {
 	t.now, t.nowFresh = t.clock(), true
 	t.runTimers()
-	// A timer may have closed a connection: its close(2) must not wait
-	// for the end of the next batch, which an idle loop may never have.
-	t.finishStep()
 	wait := timeout
 	if t.forcedPending() || t.ctx.destroyReq.Load() {
 		wait = 0
@@ -586,13 +583,18 @@ func (t *Thread) runTimers() {
 	for !t.dying() {
 		tm := t.timers.pop(t.now)
 		if tm == nil {
-			return
+			break
 		}
 		t.ctr.TimersFired.Add(1)
 		t.depth++
 		tm.fn()
 		t.depth--
 		t.endCallback()
+	}
+	// Timers run outside any batch of events, so what they closed is
+	// closed now: the end of the next batch may never come to an idle loop.
+	if len(t.fdClose) > 0 {
+		t.finishStep()
 	}
 }
 
