@@ -90,6 +90,17 @@ func (s *sim) adopt() (*core.Conn, int) {
 	return c, p[1]
 }
 
+// writer is a protocol that writes p, once per RAW_WRITEABLE.
+func writer(p []byte) []core.Protocol {
+	return []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
+		if ev.Reason == core.ReasonRawWriteable {
+			_, err := ev.Conn.Write(p)
+			return err
+		}
+		return nil
+	}}}
+}
+
 // Timers fire at exactly their deadlines, not a nanosecond early, in
 // deadline order; timers due at the same moment fire in the order they
 // were scheduled.
@@ -205,15 +216,7 @@ func TestSimConnTimeout(t *testing.T) {
 // Info.IdleTimeout closes a connection at exactly that long after its last
 // activity, which is input it read or output it wrote.
 func TestSimIdleTimeout(t *testing.T) {
-	s := newSim(t, simloop.NewClock(), core.Info{IdleTimeout: 10 * time.Second, Protocols: []core.Protocol{{
-		Name: "p", Callback: func(ev core.Event) error {
-			if ev.Reason == core.ReasonRawWriteable {
-				_, err := ev.Conn.Write([]byte("out"))
-				return err
-			}
-			return nil
-		},
-	}}})
+	s := newSim(t, simloop.NewClock(), core.Info{IdleTimeout: 10 * time.Second, Protocols: writer([]byte("out"))})
 	idle, _ := s.adopt()
 	reads, readsPeer := s.adopt()
 	writes, writesPeer := s.adopt()
@@ -242,15 +245,7 @@ func TestSimIdleTimeout(t *testing.T) {
 // counts from it, not from the connection's last complete write.
 func TestSimIdleTimeoutCountsPartialWrite(t *testing.T) {
 	payload := make([]byte, 8<<20) // more than any socket buffer holds
-	s := newSim(t, simloop.NewClock(), core.Info{IdleTimeout: 10 * time.Second, Protocols: []core.Protocol{{
-		Name: "p", Callback: func(ev core.Event) error {
-			if ev.Reason == core.ReasonRawWriteable {
-				_, err := ev.Conn.Write(payload)
-				return err
-			}
-			return nil
-		},
-	}}})
+	s := newSim(t, simloop.NewClock(), core.Info{IdleTimeout: 10 * time.Second, Protocols: writer(payload)})
 	c, _ := s.adopt() // its peer reads nothing
 	s.runTo(9 * time.Second)
 	require.NoError(t, c.CallbackOnWritable())
@@ -268,15 +263,7 @@ func TestSimIdleTimeoutCountsPartialWrite(t *testing.T) {
 // never took is dropped.
 func TestSimCloseTimeoutDropsOutput(t *testing.T) {
 	payload := make([]byte, 8<<20) // more than any socket buffer holds
-	s := newSim(t, simloop.NewClock(), core.Info{CloseTimeout: 3 * time.Second, Protocols: []core.Protocol{{
-		Name: "p", Callback: func(ev core.Event) error {
-			if ev.Reason == core.ReasonRawWriteable {
-				_, err := ev.Conn.Write(payload)
-				return err
-			}
-			return nil
-		},
-	}}})
+	s := newSim(t, simloop.NewClock(), core.Info{CloseTimeout: 3 * time.Second, Protocols: writer(payload)})
 	c, peer := s.adopt()
 	require.NoError(t, c.CallbackOnWritable())
 	s.runTo(time.Second)
