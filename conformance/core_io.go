@@ -606,25 +606,14 @@ func (s *suite) testPeerEndAnswered(t *testing.T) {
 	t.Run("Unpaused", func(t *testing.T) {
 		const total = 16 << 20
 		h := s.newHarness(t, core.Info{CloseTimeout: time.Minute, Protocols: []core.Protocol{{Name: "echo", Callback: echoCallback}}})
-		srv, cli := tcpPair(t)
-		require.NoError(t, srv.SetWriteBuffer(32<<10))
-		require.NoError(t, cli.SetReadBuffer(32<<10))
-		conn, err := h.ctx.AdoptConn(srv, "")
-		require.NoError(t, err)
+		conn, cli := h.adoptNarrowPair(t)
 		h.start()
 		data := pattern(21, total)
 		// All of it, then the end, before reading a byte: the server holds
 		// most of the echo when it reads the end.
 		write(t, cli, data)
 		require.NoError(t, cli.CloseWrite())
-		got := readFull(t, cli, total)
-		if !bytes.Equal(data, got) {
-			t.Fatalf("conformance: echo corrupted: sha256 sent %x, received %x", sha256.Sum256(data), sha256.Sum256(got))
-		}
-		expectEOF(t, cli)
-		e := h.rec.waitEvent(t, "RAW_CLOSE", is(core.ReasonRawClose, conn))
-		require.ErrorIs(t, e.err, io.EOF)
-		h.rec.verify(t)
+		h.answeredThenEOF(t, conn, cli, data, nil)
 	})
 	t.Run("Paused", func(t *testing.T) {
 		const total, chunk = 1 << 20, 4 << 10
@@ -665,11 +654,7 @@ func (s *suite) testPeerEndAnswered(t *testing.T) {
 		}
 		h := s.newHarness(t, core.Info{CloseTimeout: time.Minute,
 			Protocols: []core.Protocol{{Name: "answer", Callback: cb, RxChunk: chunk}}})
-		srv, cli := tcpPair(t)
-		require.NoError(t, srv.SetWriteBuffer(32<<10))
-		require.NoError(t, cli.SetReadBuffer(32<<10))
-		conn, err := h.ctx.AdoptConn(srv, "")
-		require.NoError(t, err)
+		conn, cli := h.adoptNarrowPair(t)
 		h.start()
 		data := pattern(22, total)
 		werr := make(chan error, 1)
@@ -680,16 +665,39 @@ func (s *suite) testPeerEndAnswered(t *testing.T) {
 			}
 			werr <- err
 		}()
-		got := readFull(t, cli, total)
-		require.NoError(t, waitCh(t, werr, "the peer's writes"))
-		if !bytes.Equal(data, got) {
-			t.Fatalf("conformance: answers corrupted: sha256 sent %x, received %x", sha256.Sum256(data), sha256.Sum256(got))
-		}
-		expectEOF(t, cli)
-		e := h.rec.waitEvent(t, "RAW_CLOSE", is(core.ReasonRawClose, conn))
-		require.ErrorIs(t, e.err, io.EOF)
-		h.rec.verify(t)
+		h.answeredThenEOF(t, conn, cli, data, werr)
 	})
+}
+
+// adoptNarrowPair makes a loopback TCP pair with 32 KiB buffers where the
+// data flows back to the client, so that output backs up soon, and adopts
+// its server end.
+func (h *harness) adoptNarrowPair(t *testing.T) (*core.Conn, *net.TCPConn) {
+	t.Helper()
+	srv, cli := tcpPair(t)
+	require.NoError(t, srv.SetWriteBuffer(32<<10))
+	require.NoError(t, cli.SetReadBuffer(32<<10))
+	conn, err := h.ctx.AdoptConn(srv, "")
+	require.NoError(t, err)
+	return conn, cli
+}
+
+// answeredThenEOF checks that cli receives the answer, data, whole, then
+// end of stream, and that conn closed with io.EOF. werr, if not nil,
+// carries the result of the client's own writes.
+func (h *harness) answeredThenEOF(t *testing.T, conn *core.Conn, cli *net.TCPConn, data []byte, werr chan error) {
+	t.Helper()
+	got := readFull(t, cli, len(data))
+	if werr != nil {
+		require.NoError(t, waitCh(t, werr, "the peer's writes"))
+	}
+	if !bytes.Equal(data, got) {
+		t.Fatalf("conformance: answer corrupted: sha256 sent %x, received %x", sha256.Sum256(data), sha256.Sum256(got))
+	}
+	expectEOF(t, cli)
+	e := h.rec.waitEvent(t, "RAW_CLOSE", is(core.ReasonRawClose, conn))
+	require.ErrorIs(t, e.err, io.EOF)
+	h.rec.verify(t)
 }
 
 // A Write the kernel takes only in part loses no byte: several MB pushed
@@ -730,11 +738,7 @@ func (s *suite) testPartialWrites(t *testing.T) {
 		return c.Close()
 	}
 	h := s.newHarness(t, core.Info{Protocols: []core.Protocol{{Name: "stream", Callback: cb}}})
-	srv, cli := tcpPair(t)
-	require.NoError(t, srv.SetWriteBuffer(32<<10))
-	require.NoError(t, cli.SetReadBuffer(32<<10))
-	conn, err := h.ctx.AdoptConn(srv, "")
-	require.NoError(t, err)
+	conn, cli := h.adoptNarrowPair(t)
 	require.NoError(t, conn.CallbackOnWritable())
 	h.start()
 	waitCh(t, partial, "a Write that the kernel took only in part")
