@@ -610,7 +610,7 @@ func (m *model) open(k int, kind connKind, flags byte) {
 	case kindUnix:
 		fd, peer := nonblockPair(t)
 		mc.peer.fd = peer
-		if err := cmp.Or(m.control("", "", fdConn(fd)), m.control("", "", fdConn(peer))); err != nil {
+		if err := cmp.Or(m.buffers(fd), m.buffers(peer)); err != nil {
 			unix.Close(fd)
 			m.fatalf("socket buffers: %v", err)
 		}
@@ -653,24 +653,20 @@ func (m *model) open(k int, kind connKind, flags byte) {
 // control gives a socket 16 KiB buffers if the program asks for small
 // ones (net.ListenConfig.Control, net.Dialer.Control).
 func (m *model) control(_, _ string, rc syscall.RawConn) error {
-	if !m.cfg.small {
-		return nil
-	}
 	var err error
-	cerr := rc.Control(func(fd uintptr) {
-		if err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, 16<<10); err == nil {
-			err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 16<<10)
-		}
-	})
+	cerr := rc.Control(func(fd uintptr) { err = m.buffers(int(fd)) })
 	return cmp.Or(cerr, err)
 }
 
-// fdConn is a raw descriptor as a syscall.RawConn, for control.
-type fdConn int
-
-func (fd fdConn) Control(f func(uintptr)) error { f(uintptr(fd)); return nil }
-func (fdConn) Read(func(uintptr) bool) error    { return errors.ErrUnsupported }
-func (fdConn) Write(func(uintptr) bool) error   { return errors.ErrUnsupported }
+// buffers gives the socket fd 16 KiB buffers if the program asks for
+// small ones.
+func (m *model) buffers(fd int) error {
+	if !m.cfg.small {
+		return nil
+	}
+	return cmp.Or(unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 16<<10),
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 16<<10))
+}
 
 // dial connects a peer to addr and returns its end as a non-blocking
 // descriptor of its own.
