@@ -26,7 +26,11 @@
 //     -maxqueued responses, a request head and one RxChunk of input.
 //   - A request head larger than -maxheader gets 431 and the connection
 //     closes; other requests it cannot serve get 400, 405 or 501 and close too.
-//   - Idle connections are closed by the core (core.Info.IdleTimeout).
+//   - Idle connections are closed by the core (core.Info.IdleTimeout). A
+//     client that trickles a request head, which keeps resetting the idle
+//     timer, is closed -headertimeout after the head began (Conn.SetTimeout,
+//     armed while part of a head waits and rx is on).
+//   - Every response carries a Date header, formatted once a second.
 //
 // -evlib takes any backend name; PLUGLOOP_EVLIB overrides it. With -evlib
 // foreign, the program's own unix.Poll loop (foreign.PollSet) drives plugloop.
@@ -60,6 +64,7 @@ func main() {
 	flag.IntVar(&cfg.maxHeader, "maxheader", 8<<10, "largest request head in bytes; larger gets 431")
 	flag.IntVar(&cfg.maxQueued, "maxqueued", 64, "responses a connection may have waiting before its rx pauses")
 	flag.DurationVar(&cfg.idle, "idle", 60*time.Second, "close connections idle this long (0: never)")
+	flag.DurationVar(&cfg.headerTimeout, "headertimeout", 10*time.Second, "close connections whose request head takes longer than this to arrive (0: never)")
 	flag.Parse()
 
 	srv, err := start(cfg)
@@ -88,36 +93,67 @@ type config struct {
 	maxHeader int           // bytes of request head before 431
 	maxQueued int           // responses waiting on one connection before its rx pauses
 	idle      time.Duration // core.Info.IdleTimeout
+
+	headerTimeout time.Duration // from a head's first byte to its end
 }
 
 // rxChunk caps one RAW_RX (core.Protocol.RxChunk): what a paused
 // connection's last read brought beyond it, the core keeps for the resume.
 const rxChunk = 16 << 10
 
-// The responses, whole. Those ending a connection say so.
+// The responses, but for their Date header. Those ending a connection say
+// so.
 var (
-	respOK            = response("200 OK", "", "hello\n")
-	respOKClose       = response("200 OK", "Connection: close\r\n", "hello\n")
-	respNotFound      = response("404 Not Found", "", "not found\n")
-	respNotFoundClose = response("404 Not Found", "Connection: close\r\n", "not found\n")
-	resp400           = response("400 Bad Request", "Connection: close\r\n", "")
-	resp405           = response("405 Method Not Allowed", "Allow: GET\r\nConnection: close\r\n", "")
-	resp431           = response("431 Request Header Fields Too Large", "Connection: close\r\n", "")
-	resp501           = response("501 Not Implemented", "Connection: close\r\n", "")
+	respOK            = newResponse("200 OK", "", "hello\n")
+	respOKClose       = newResponse("200 OK", "Connection: close\r\n", "hello\n")
+	respNotFound      = newResponse("404 Not Found", "", "not found\n")
+	respNotFoundClose = newResponse("404 Not Found", "Connection: close\r\n", "not found\n")
+	resp400           = newResponse("400 Bad Request", "Connection: close\r\n", "")
+	resp405           = newResponse("405 Method Not Allowed", "Allow: GET\r\nConnection: close\r\n", "")
+	resp431           = newResponse("431 Request Header Fields Too Large", "Connection: close\r\n", "")
+	resp501           = newResponse("501 Not Implemented", "Connection: close\r\n", "")
 )
 
-func response(status, headers, body string) []byte {
-	return []byte("HTTP/1.1 " + status + "\r\n" + headers + "Content-Type: text/plain\r\nContent-Length: " +
-		strconv.Itoa(len(body)) + "\r\n\r\n" + body)
+// A response is written as status, the Date header, rest.
+type response struct{ status, rest []byte }
+
+func newResponse(status, headers, body string) response {
+	return response{
+		status: []byte("HTTP/1.1 " + status + "\r\n"),
+		rest: []byte(headers + "Content-Type: text/plain\r\nContent-Length: " +
+			strconv.Itoa(len(body)) + "\r\n\r\n" + body),
+	}
+}
+
+// httpDate is net/http's TimeFormat, without linking net/http in.
+const httpDate = "Mon, 02 Jan 2006 15:04:05 GMT"
+
+// dateLine is the Date header for one second of the clock.
+type dateLine struct {
+	sec  int64
+	line []byte
+}
+
+// date returns the Date header line for now, formatting it only when the
+// second changed: a response costs a clock read, not a time.Format.
+func (s *server) date() []byte {
+	now := time.Now()
+	if d := s.dateNow.Load(); d != nil && d.sec == now.Unix() {
+		return d.line
+	}
+	d := &dateLine{sec: now.Unix(), line: []byte("Date: " + now.UTC().Format(httpDate) + "\r\n")}
+	s.dateNow.Store(d)
+	return d.line
 }
 
 // session is a connection's state (lws' per-session data).
 type session struct {
-	in      []byte // received, not parsed yet
-	out     []byte // responses not handed to Conn.Write yet
-	queued  int    // responses in out
-	closing bool   // out ends with the connection's last response
-	paused  bool   // rx paused by this server
+	in          []byte // received, not parsed yet
+	out         []byte // responses not handed to Conn.Write yet
+	queued      int    // responses in out
+	closing     bool   // out ends with the connection's last response
+	paused      bool   // rx paused by this server
+	headerTimed bool   // the head timeout is armed (Conn.SetTimeout)
 }
 
 // Stats are counters the server keeps; any goroutine may read them.
@@ -128,6 +164,7 @@ type Stats struct {
 	MaxQueued     int64  // most responses one connection had waiting
 	MaxInput      int64  // most unparsed input bytes one connection held
 	IdleClosed    uint64 // connections the idle timeout closed
+	HeadTimedOut  uint64 // connections a timeout closed while part of a request head waited (-headertimeout)
 }
 
 type server struct {
@@ -136,15 +173,17 @@ type server struct {
 	ln   *core.Listener
 	done chan error // the loop's result
 
-	requests, pauses, rxWhilePaused, idleClosed atomic.Uint64
-	maxQueued, maxInput                         atomic.Int64
+	requests, pauses, rxWhilePaused, idleClosed, headTimedOut atomic.Uint64
+	maxQueued, maxInput                                       atomic.Int64
+	dateNow                                                   atomic.Pointer[dateLine]
 }
 
 // start creates the context, listens and services it on a goroutine of its
 // own until close.
 func start(cfg config) (*server, error) {
-	if cfg.maxHeader <= 0 || cfg.maxQueued <= 0 || cfg.idle < 0 {
-		return nil, fmt.Errorf("maxheader %d, maxqueued %d, idle %v: the sizes must be positive, the timeout not negative", cfg.maxHeader, cfg.maxQueued, cfg.idle)
+	if cfg.maxHeader <= 0 || cfg.maxQueued <= 0 || cfg.idle < 0 || cfg.headerTimeout < 0 {
+		return nil, fmt.Errorf("maxheader %d, maxqueued %d, idle %v, headertimeout %v: the sizes must be positive, the timeouts not negative",
+			cfg.maxHeader, cfg.maxQueued, cfg.idle, cfg.headerTimeout)
 	}
 	s := &server{cfg: cfg, done: make(chan error, 1)}
 	proto := core.Protocol{Name: "http", Callback: s.callback, RxChunk: rxChunk}
@@ -210,6 +249,7 @@ func (s *server) stats() Stats {
 	return Stats{
 		Requests: s.requests.Load(), Pauses: s.pauses.Load(), RxWhilePaused: s.rxWhilePaused.Load(),
 		MaxQueued: s.maxQueued.Load(), MaxInput: s.maxInput.Load(), IdleClosed: s.idleClosed.Load(),
+		HeadTimedOut: s.headTimedOut.Load(),
 	}
 }
 
@@ -248,7 +288,11 @@ func (s *server) callback(ev core.Event) error {
 
 	case core.ReasonRawClose:
 		if errors.Is(ev.Err, core.ErrTimeout) {
-			s.idleClosed.Add(1)
+			if ss, _ := c.User().(*session); ss != nil && ss.headerTimed {
+				s.headTimedOut.Add(1)
+			} else {
+				s.idleClosed.Add(1)
+			}
 		}
 	}
 	return nil
@@ -269,11 +313,32 @@ func (s *server) flow(c *core.Conn, ss *session) error {
 			return err
 		}
 	}
+	if err := s.timeHead(c, ss); err != nil {
+		return err
+	}
 	if ss.queued > 0 || c.Buffered() > 0 {
 		// Buffered alone: the WRITEABLE after the core's flush resumes rx.
 		return c.CallbackOnWritable()
 	}
 	return nil
+}
+
+// timeHead arms the head timeout while part of a request head waits for
+// the rest and rx is on, and disarms it otherwise: an idle keep-alive
+// connection is the idle timeout's, and a paused one waits for the server,
+// not for the client. Arming it only when it was not armed makes the bound
+// run from the head's first byte, however slowly the rest trickles in.
+func (s *server) timeHead(c *core.Conn, ss *session) error {
+	want := s.cfg.headerTimeout > 0 && len(ss.in) > 0 && !ss.paused && !ss.closing
+	if want == ss.headerTimed {
+		return nil
+	}
+	ss.headerTimed = want
+	d := time.Duration(0)
+	if want {
+		d = s.cfg.headerTimeout
+	}
+	return c.SetTimeout(d)
 }
 
 // parse queues a response for every complete request head in ss.in, in
@@ -302,8 +367,10 @@ func (s *server) parse(ss *session) (backlog bool) {
 	return false
 }
 
-func (s *server) queue(ss *session, resp []byte, last bool) {
-	ss.out = append(ss.out, resp...)
+func (s *server) queue(ss *session, resp response, last bool) {
+	ss.out = append(ss.out, resp.status...)
+	ss.out = append(ss.out, s.date()...)
+	ss.out = append(ss.out, resp.rest...)
 	ss.queued++
 	ss.closing = last
 	s.requests.Add(1)
@@ -311,7 +378,7 @@ func (s *server) queue(ss *session, resp []byte, last bool) {
 
 // answer picks the response to one request head and whether the connection
 // stays open after it.
-func answer(head []byte) (resp []byte, keep bool) {
+func answer(head []byte) (resp response, keep bool) {
 	line, fields, _ := bytes.Cut(head, []byte("\r\n"))
 	method, rest, ok1 := strings.Cut(string(line), " ")
 	target, proto, ok2 := strings.Cut(rest, " ")

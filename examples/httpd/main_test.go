@@ -75,6 +75,7 @@ func TestHTTPD(t *testing.T) {
 			require.NoError(t, srv.close())
 
 			t.Run("IdleTimeout", func(t *testing.T) { testIdle(t, lib) })
+			t.Run("HeadTimeout", func(t *testing.T) { testHeadTimeout(t, lib) })
 
 			waitFor(t, "goroutines back to the count before the server", func() bool { return runtime.NumGoroutine() <= baseG },
 				func() string {
@@ -116,6 +117,9 @@ func testKeepAlive(t *testing.T, srv *server) {
 			require.Equal(t, http.StatusNotFound, resp.StatusCode)
 		}
 		require.False(t, resp.Close, "the server must keep the connection")
+		date, err := http.ParseTime(resp.Header.Get("Date"))
+		require.NoError(t, err, "every response has a Date header")
+		require.WithinDuration(t, time.Now(), date, time.Hour, "the Date header says now")
 	}
 	require.Equal(t, 1, conns, "every request after the first reuses the connection")
 }
@@ -319,6 +323,56 @@ func testIdle(t *testing.T, lib string) {
 	expectEOF(t, sbr)
 	expectEOF(t, br)
 	waitFor(t, "both closes counted", func() bool { return srv.stats().IdleClosed == 2 })
+}
+
+// A client that trickles a request head, one byte at a time, keeps the
+// idle timer from ever expiring; the head timeout closes it anyway. Between
+// requests of a kept-alive connection no head is due, so a pause longer than
+// the head timeout does not close it.
+func testHeadTimeout(t *testing.T, lib string) {
+	const headTimeout = 50 * time.Millisecond
+	srv, err := start(config{evlib: lib, addr: "127.0.0.1:0", maxHeader: 1 << 10, maxQueued: 8, idle: time.Hour, headerTimeout: headTimeout})
+	require.NoError(t, err)
+	defer func() { require.NoError(t, srv.close()) }()
+
+	kept, kbr := dial(t, srv)
+	write(t, kept, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	require.Equal(t, http.StatusOK, readResponse(t, kbr).StatusCode)
+
+	slow, sbr := dial(t, srv)
+	write(t, slow, "GET / HTTP/1.1\r\nX-Slow: ")
+	stop := make(chan struct{})
+	trickled := make(chan struct{})
+	go func() {
+		defer close(trickled)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+				if _, err := slow.Write([]byte("a")); err != nil {
+					return // closed by the server
+				}
+			}
+		}
+	}()
+	b, err := io.ReadAll(sbr)
+	close(stop)
+	<-trickled
+	if err != nil {
+		// The server read every byte it was sent, but one may arrive
+		// after its last read: then the kernel answers it with a reset.
+		require.ErrorIs(t, err, syscall.ECONNRESET)
+	}
+	require.Empty(t, string(b), "no response to a head that never ended")
+	waitFor(t, "the head timeout's close counted", func() bool { return srv.stats().HeadTimedOut == 1 })
+
+	time.Sleep(3 * headTimeout) // longer than a head may take: none is due
+	write(t, kept, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	require.Equal(t, http.StatusOK, readResponse(t, kbr).StatusCode)
+	s := srv.stats()
+	require.Equal(t, uint64(1), s.HeadTimedOut)
+	require.Zero(t, s.IdleClosed)
 }
 
 func dial(t *testing.T, srv *server) (net.Conn, *bufio.Reader) {
