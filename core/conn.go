@@ -4,6 +4,7 @@ package core
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net/netip"
 	"sync/atomic"
@@ -53,6 +54,9 @@ type Conn struct {
 	draining bool          // Close waits for output to drain (and the peer, if graceful)
 	peerDone bool          // draining, the peer's end of stream was read
 	shutWR   bool          // the write side is shut down
+	wrClosed bool          // CloseWrite was called: nothing more may be written
+	rxEnded  bool          // RAW_RX_END was delivered (AllowHalfOpen)
+	wrFirst  bool          // CloseWrite came before RAW_RX_END: the close says io.EOF
 	peerIP   netip.Addr    // counted in the thread's per-IP table
 	dial     *dialState    // a client connection being established
 	pending  *adoptOptions // a handed-over connection's options, until adopted
@@ -104,10 +108,13 @@ func (c *Conn) Connecting() bool { return c.state == stateConnecting }
 //
 // It works after the peer ended its stream (its FIN, a half-close): the
 // peer may still be reading, and the application may answer the input it
-// was delivered. Such a connection closes with io.EOF once nothing is
-// left — no input to deliver, no WRITEABLE asked for, no output the core
-// holds — or at Info.CloseTimeout. After a reset, or once the connection is
-// closing, it returns ErrClosed.
+// was delivered. Without Protocol.AllowHalfOpen such a connection closes
+// with io.EOF once nothing is left — no input to deliver, no WRITEABLE
+// asked for, no output the core holds — or at Info.CloseTimeout; with it,
+// the connection stays open after RAW_RX_END until the application closes
+// it (or its idle timeout or SetTimeout does). After a reset, or once the
+// connection is closing, it returns ErrClosed; after CloseWrite,
+// ErrWriteClosed.
 func (c *Conn) CallbackOnWritable() error {
 	t := c.t
 	took, err := t.own()
@@ -117,6 +124,9 @@ func (c *Conn) CallbackOnWritable() error {
 	defer t.release(took)
 	if c.state != stateOpen || c.closeReq || c.draining || c.hup && !errors.Is(c.hupErr, io.EOF) {
 		return ErrClosed
+	}
+	if c.wrClosed {
+		return ErrWriteClosed
 	}
 	if c.wantWritable {
 		return nil
@@ -141,6 +151,9 @@ func (c *Conn) writeAllowed() error {
 	if c.state != stateOpen || c.closeReq {
 		return ErrClosed
 	}
+	if c.wrClosed {
+		return ErrWriteClosed
+	}
 	if c.t.writing != c || c.wrote {
 		return ErrNotWritable
 	}
@@ -151,7 +164,8 @@ func (c *Conn) writeAllowed() error {
 // connection and returns ErrNotWritable anywhere else. What the kernel does
 // not take is kept by the core and sent before the next RAW_WRITEABLE, so a
 // successful Write accepts all of p and returns len(p). A write error closes
-// the connection when the callback returns.
+// the connection when the callback returns. After CloseWrite it returns
+// ErrWriteClosed.
 func (c *Conn) Write(p []byte) (int, error) {
 	t := c.t
 	took, err := t.own()
@@ -211,8 +225,8 @@ func (c *Conn) RxFlowControl(enable bool) error {
 	if !enable {
 		return nil
 	}
-	if len(c.rxbuf) > 0 {
-		t.queueRx(c)
+	if len(c.rxbuf) > 0 || c.hup && !c.rxEnded && c.halfOpen() {
+		t.queueRx(c) // kept input, then RAW_RX_END (deliverBuffered)
 	}
 	if !c.hup && c.interest&evlib.Readable == 0 {
 		t.setInterest(c, c.interest|evlib.Readable)
@@ -257,6 +271,71 @@ func (c *Conn) Close() error {
 	}
 	t.beginClose(c)
 	return nil
+}
+
+// CloseWrite ends the connection's output and goes on reading, as
+// net.TCPConn.CloseWrite does: once the output the core holds for it has
+// left, the write side is shut down (shutdown(2) with SHUT_WR), so the peer
+// reads every byte written before, then end of stream, while its input
+// still comes in RAW_RX. A request ends so (an RPC, "nc -N"), and a proxy
+// passes on the end of one side's stream to the other. A RAW_WRITEABLE
+// asked for and not delivered yet is dropped; from here on Write,
+// CallbackOnWritable and CloseWrite return ErrWriteClosed.
+//
+// When the peer then ends its stream, the connection closes once all its
+// input was delivered, with io.EOF (with Protocol.AllowHalfOpen, after
+// RAW_RX_END). With AllowHalfOpen, CloseWrite after RAW_RX_END, both sides
+// being done, closes the connection once its output has left, RAW_CLOSE
+// with a nil Err. Close after CloseWrite works as always. If the shutdown
+// fails, the connection closes with that error (returned too, when the
+// shutdown was made at once).
+//
+// It returns an error wrapping ErrInvalid for what is not a connected
+// stream (a file, a datagram socket, a listener) and for a client
+// connection not established yet (call it from RAW_ADOPT on), and ErrClosed
+// once the connection is closed or closing, or was reset.
+func (c *Conn) CloseWrite() error {
+	t := c.t
+	took, err := t.own()
+	if err != nil {
+		return err
+	}
+	defer t.release(took)
+	switch {
+	case c.state == stateConnecting || c.state == stateHandover:
+		return fmt.Errorf("%w: CloseWrite of a connection not established yet", ErrInvalid)
+	case c.state != stateOpen || c.closeReq || c.draining || c.hup && !errors.Is(c.hupErr, io.EOF):
+		return ErrClosed
+	case c.kind != evlib.KindStream:
+		return fmt.Errorf("%w: CloseWrite of a %s, which has no write side of its own to shut down", ErrInvalid, kindName(c.kind))
+	case c.wrClosed:
+		return ErrWriteClosed
+	}
+	c.wrClosed, c.wantWritable = true, false
+	if len(c.out) == 0 {
+		// Else onWritable shuts it down once the rest has left.
+		if err := t.shutWrite(c); err != nil {
+			return err
+		}
+	}
+	t.settleHup(c)
+	return nil
+}
+
+// halfOpen reports whether the peer's orderly end leaves the connection
+// open (Protocol.AllowHalfOpen).
+func (c *Conn) halfOpen() bool { return c.proto.AllowHalfOpen && errors.Is(c.hupErr, io.EOF) }
+
+func kindName(k evlib.Kind) string {
+	switch k {
+	case evlib.KindListener:
+		return "listener"
+	case evlib.KindDatagram:
+		return "datagram socket"
+	case evlib.KindFile:
+		return "file"
+	}
+	return "stream"
 }
 
 // Draining reports whether Close is waiting for pending output (or, with

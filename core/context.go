@@ -82,6 +82,19 @@ type Protocol struct {
 	// that one read returned. With a cap, input left over when rx flow
 	// control pauses the connection is kept and delivered on resume.
 	RxChunk int
+	// AllowHalfOpen keeps a stream open after the peer ended its side in
+	// order (its FIN: shutdown(SHUT_WR), "nc -N", a request that ends with
+	// a half-close), like Node's allowHalfOpen: without it such a
+	// connection closes with io.EOF once nothing is left to answer, within
+	// Info.CloseTimeout, which a proxy relaying a long answer cannot live
+	// with. With it, the connection gets RAW_RX_END after its last RAW_RX
+	// and stays open, writable on request, with no bound but
+	// Info.IdleTimeout and Conn.SetTimeout, until the application calls
+	// Close (RAW_CLOSE nil once its output has left, as usual) or
+	// CloseWrite (both sides being done, the connection then closes once
+	// its output has left, RAW_CLOSE nil). A reset or an error still
+	// closes it at once.
+	AllowHalfOpen bool
 	// User is free for the application.
 	User any
 }

@@ -28,6 +28,12 @@ var (
 	ErrUnknownProtocol = errors.New("plugloop: unknown protocol")
 	// ErrTimeout is the close reason of a connection whose timeout expired.
 	ErrTimeout = errors.New("plugloop: connection timed out")
+	// ErrWriteClosed: Conn.CloseWrite shut the connection's write side
+	// down, so nothing more can be sent on it; reading goes on. Write,
+	// CallbackOnWritable and a second CloseWrite return it, telling a
+	// write side the application ended from a closed connection
+	// (ErrClosed).
+	ErrWriteClosed = errors.New("plugloop: write side closed")
 	// ErrInvalid: an argument is out of range.
 	ErrInvalid = errors.New("plugloop: invalid argument")
 )

@@ -66,6 +66,16 @@ const (
 	// ConnectTimeout. Event.Err says why. Nothing else is delivered for
 	// it; a connection that is established gets RAW_ADOPT instead.
 	ReasonClientConnectionError
+	// ReasonRawRxEnd: the peer ended its stream in order (its FIN, a
+	// half-close) and every byte it sent was delivered in RAW_RX. It is
+	// delivered only to a protocol with AllowHalfOpen, exactly once, never
+	// while rx is paused (input kept while paused comes first, on resume),
+	// so that the application learns the end of the request and may still
+	// answer it for as long as it needs: the connection stays open until it
+	// calls Close or CloseWrite. If CloseWrite came first, the connection
+	// closes when the callback returns (RAW_CLOSE with io.EOF), once its
+	// output has left.
+	ReasonRawRxEnd
 )
 
 var reasonNames = [...]string{
@@ -87,6 +97,7 @@ var reasonNames = [...]string{
 	ReasonRawWriteableFile:      "RAW_WRITEABLE_FILE",
 	ReasonRawCloseFile:          "RAW_CLOSE_FILE",
 	ReasonClientConnectionError: "CLIENT_CONNECTION_ERROR",
+	ReasonRawRxEnd:              "RAW_RX_END",
 }
 
 // String returns the lws-style name, such as "RAW_RX".

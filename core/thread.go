@@ -754,11 +754,12 @@ func (t *Thread) readAll(c *Conn) {
 // orderly end. Buffered input is still delivered and, after an orderly
 // end, the application may still answer it: the end of a peer's input is
 // not the end of its reading. The connection closes once nothing is left
-// (see settleHup), within CloseTimeout.
+// (see settleHup), within CloseTimeout, unless its protocol allows it to
+// stay half open.
 func (t *Thread) hangup(c *Conn, why error) {
 	c.hup, c.hupErr = true, why
 	t.settleHup(c)
-	if c.state != stateOpen || c.closeReq {
+	if c.state != stateOpen || c.closeReq || c.halfOpen() {
 		return
 	}
 	// The application's timeout stays if it falls due first: it closes
@@ -775,8 +776,15 @@ func (t *Thread) hangup(c *Conn, why error) {
 // can reach the peer). Until then it is watched only while a write is
 // blocked: its end of stream stays readable, and a hang-up is reported
 // whatever the interest, so a watched fd would end every wait at once.
+//
+// With Protocol.AllowHalfOpen an orderly end closes nothing (see
+// settleHalfOpen).
 func (t *Thread) settleHup(c *Conn) {
 	if !c.hup || c.state != stateOpen || c.closeReq || c.draining {
+		return
+	}
+	if c.halfOpen() {
+		t.settleHalfOpen(c)
 		return
 	}
 	answering := errors.Is(c.hupErr, io.EOF) && (c.wantWritable || len(c.out) > 0)
@@ -794,6 +802,62 @@ func (t *Thread) settleHup(c *Conn) {
 		}
 		t.park(c)
 	}
+}
+
+// settleHalfOpen is settleHup for a connection whose peer ended in order
+// and whose protocol allows it to stay half open: once its input was all
+// delivered and rx is on, RAW_RX_END, once; then it stays open until the
+// application ends its side too (CloseWrite, whose output has left) or
+// closes it. Like a connection answering after the end, it is watched only
+// while a write is blocked.
+func (t *Thread) settleHalfOpen(c *Conn) {
+	if !c.rxEnded && len(c.rxbuf) == 0 && !c.rxPaused && !t.dying() {
+		c.rxEnded, c.wrFirst = true, c.wrClosed
+		if err := t.callback(Event{Reason: ReasonRawRxEnd, Conn: c}); err != nil {
+			t.closeConn(c, err)
+			return
+		}
+		if c.state != stateOpen || c.closeReq || c.draining {
+			return
+		}
+	}
+	switch {
+	case c.rxEnded && c.wrClosed && len(c.out) == 0:
+		var why error
+		if c.wrFirst {
+			why = io.EOF // the peer's end came last: as without AllowHalfOpen
+		}
+		t.requestClose(c, why)
+	case c.writeBlocked:
+		t.setInterest(c, evlib.Writable)
+	default:
+		if c.wantWritable && !c.inWritableList {
+			c.inWritableList = true
+			t.writable = append(t.writable, c)
+		}
+		t.park(c)
+	}
+}
+
+// shutWrite shuts the write side of a connection down for CloseWrite, whose
+// output has left; a failure closes it.
+func (t *Thread) shutWrite(c *Conn) error {
+	c.shutWR = true
+	var err error
+	if t.io != nil {
+		err = t.io.Shutdown(c.fd)
+	} else {
+		err = unix.Shutdown(c.fd, unix.SHUT_WR)
+	}
+	if err != nil {
+		err = &OpError{Op: "shutdown", Err: err}
+		t.requestClose(c, err)
+		return err
+	}
+	if c.interest&evlib.Writable != 0 {
+		t.setInterest(c, c.interest&^evlib.Writable)
+	}
+	return nil
 }
 
 // deliver hands fresh bytes to RAW_RX, in RxChunk pieces. What is left when
@@ -858,6 +922,9 @@ func (t *Thread) onWritable(c *Conn) {
 	c.writeBlocked = false
 	if c.draining {
 		t.drained(c)
+		return
+	}
+	if c.wrClosed && !c.shutWR && t.shutWrite(c) != nil {
 		return
 	}
 	if c.wantWritable {
