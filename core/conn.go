@@ -324,7 +324,9 @@ func (c *Conn) CloseWrite() error {
 
 // halfOpen reports whether the peer's orderly end leaves the connection
 // open (Protocol.AllowHalfOpen).
-func (c *Conn) halfOpen() bool { return c.proto.AllowHalfOpen && errors.Is(c.hupErr, io.EOF) }
+func (c *Conn) halfOpen() bool {
+	return c.proto.AllowHalfOpen && c.kind == evlib.KindStream && errors.Is(c.hupErr, io.EOF)
+}
 
 func kindName(k evlib.Kind) string {
 	switch k {
