@@ -29,6 +29,9 @@ func (s *suite) coreTests() []subtest {
 		{"PeerClose", s.testPeerClose},
 		{"HangupWhilePaused", s.testHangupWhilePaused},
 		{"PeerEndAnswered", s.testPeerEndAnswered},
+		{"HalfOpen", s.testHalfOpen},
+		{"CloseWrite", s.testCloseWrite},
+		{"CloseWriteBadInput", s.testCloseWriteBadInput},
 		{"PartialWrites", s.testPartialWrites},
 		{"RxFlowControl", s.testRxFlowControl},
 		{"RxShortPause", s.testRxShortPause},
@@ -613,7 +616,7 @@ func (s *suite) testPeerEndAnswered(t *testing.T) {
 		// most of the echo when it reads the end.
 		write(t, cli, data)
 		require.NoError(t, cli.CloseWrite())
-		h.answeredThenEOF(t, conn, cli, data, nil)
+		h.answeredThenEOF(t, conn, cli, data, nil, io.EOF)
 	})
 	t.Run("Paused", func(t *testing.T) {
 		const total, chunk = 1 << 20, 4 << 10
@@ -665,7 +668,7 @@ func (s *suite) testPeerEndAnswered(t *testing.T) {
 			}
 			werr <- err
 		}()
-		h.answeredThenEOF(t, conn, cli, data, werr)
+		h.answeredThenEOF(t, conn, cli, data, werr, io.EOF)
 	})
 }
 
@@ -683,9 +686,10 @@ func (h *harness) adoptNarrowPair(t *testing.T) (*core.Conn, *net.TCPConn) {
 }
 
 // answeredThenEOF checks that cli receives the answer, data, whole, then
-// end of stream, and that conn closed with io.EOF. werr, if not nil,
-// carries the result of the client's own writes.
-func (h *harness) answeredThenEOF(t *testing.T, conn *core.Conn, cli *net.TCPConn, data []byte, werr chan error) {
+// end of stream, and that conn closed with want (io.EOF, or nil for a
+// close of the application's). werr, if not nil, carries the result of the
+// client's own writes.
+func (h *harness) answeredThenEOF(t *testing.T, conn *core.Conn, cli *net.TCPConn, data []byte, werr chan error, want error) {
 	t.Helper()
 	got := readFull(t, cli, len(data))
 	if werr != nil {
@@ -696,7 +700,11 @@ func (h *harness) answeredThenEOF(t *testing.T, conn *core.Conn, cli *net.TCPCon
 	}
 	expectEOF(t, cli)
 	e := h.rec.waitEvent(t, "RAW_CLOSE", is(core.ReasonRawClose, conn))
-	require.ErrorIs(t, e.err, io.EOF)
+	if want == nil {
+		require.NoError(t, e.err)
+	} else {
+		require.ErrorIs(t, e.err, want)
+	}
 	h.rec.verify(t)
 }
 

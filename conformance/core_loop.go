@@ -1016,6 +1016,7 @@ func (s *suite) testWrongGoroutine(t *testing.T) {
 		wrong("Conn.SetTimer", c.SetTimer(time.Second))
 		wrong("Conn.CancelTimer", c.CancelTimer())
 		wrong("Conn.SetTimeout", c.SetTimeout(time.Second))
+		wrong("Conn.CloseWrite", c.CloseWrite())
 		wrong("Conn.Close", c.Close())
 		_, err = h.ctx.Listen("tcp4", "127.0.0.1:0", "")
 		wrong("Context.Listen", err)

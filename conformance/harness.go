@@ -75,6 +75,9 @@ func isPollReason(r core.Reason) bool {
 //     PROTOCOL_DESTROY once per protocol after every other one;
 //   - a connection gets exactly one RAW_ADOPT, first, and at most one
 //     RAW_CLOSE, and no callback at all after it;
+//   - RAW_RX_END comes at most once per connection, only to a protocol
+//     with AllowHalfOpen, never while its rx is paused, and no RAW_RX
+//     follows it;
 //   - RAW_RX never carries zero bytes (RAW_RX_FILE carries none: the
 //     callback reads the file); the RAW_*_FILE reasons of an adopted file
 //     are recorded and checked as their RAW_* counterparts;
@@ -100,6 +103,7 @@ type recorder struct {
 
 	adopted map[*core.Conn]int
 	closed  map[*core.Conn]int
+	rxEnd   map[*core.Conn]int
 	watched map[int]evlib.Events
 	owner   map[int]*core.Conn  // conn an fd was added for (nil: core's own fd)
 	parked  map[*core.Conn]bool // open, but taken out of the poll set
@@ -114,7 +118,7 @@ func newRecorder(protos []string) *recorder {
 	return &recorder{
 		notify: make(chan struct{}), protos: protos,
 		inits: map[string]int{}, destroy: map[string]int{},
-		adopted: map[*core.Conn]int{}, closed: map[*core.Conn]int{},
+		adopted: map[*core.Conn]int{}, closed: map[*core.Conn]int{}, rxEnd: map[*core.Conn]int{},
 		watched: map[int]evlib.Events{}, owner: map[int]*core.Conn{}, parked: map[*core.Conn]bool{},
 		lock: map[int]*event{}, lockOp: map[int]bool{},
 		active: map[int]int{}, activeG: map[int]uint64{},
@@ -235,7 +239,7 @@ func (r *recorder) check(e event, ev core.Event) {
 		r.problem("%v between LOCK_POLL and UNLOCK_POLL (%v)", e, *l)
 	}
 	switch e.reason {
-	case core.ReasonRawAdopt, core.ReasonRawRX, core.ReasonRawWriteable, core.ReasonRawClose, core.ReasonTimer:
+	case core.ReasonRawAdopt, core.ReasonRawRX, core.ReasonRawWriteable, core.ReasonRawClose, core.ReasonTimer, core.ReasonRawRxEnd:
 		if e.conn == nil {
 			r.problem("%v without a Conn", e)
 			return
@@ -269,11 +273,27 @@ func (r *recorder) check(e event, ev core.Event) {
 			r.problem("%v before RAW_ADOPT", e)
 		}
 	}
+	switch {
+	case e.reason == core.ReasonRawRxEnd:
+		r.rxEnd[c]++
+		if r.rxEnd[c] > 1 {
+			r.problem("%v: RAW_RX_END number %d", e, r.rxEnd[c])
+		}
+		if !c.Protocol().AllowHalfOpen {
+			r.problem("%v to a protocol without AllowHalfOpen", e)
+		}
+		if c.RxPaused() {
+			r.problem("%v while rx is paused", e)
+		}
+	case e.reason == core.ReasonRawRX && !e.file && r.rxEnd[c] > 0:
+		r.problem("%v after RAW_RX_END", e)
+	}
 	// A connection taken out of the poll set while open (its stream ended
 	// with input kept, or a paused file hung up) still gets that input, its
-	// timer and, after an orderly end, the WRITEABLEs it asks for to answer
-	// (the core watches it again only while a write is blocked).
-	kept := r.parked[c] && (e.reason == core.ReasonRawRX || e.reason == core.ReasonTimer || e.reason == core.ReasonRawWriteable)
+	// timer and, after an orderly end, RAW_RX_END and the WRITEABLEs it asks
+	// for to answer (the core watches it again only while a write is
+	// blocked).
+	kept := r.parked[c] && (e.reason == core.ReasonRawRX || e.reason == core.ReasonTimer || e.reason == core.ReasonRawWriteable || e.reason == core.ReasonRawRxEnd)
 	if _, ok := r.watched[e.fd]; (!ok || r.owner[e.fd] != c) && !kept {
 		r.problem("%v while its fd is not watched for it (no ADD_POLL_FD)", e)
 	}

@@ -313,6 +313,17 @@ func expectEOF(t testing.TB, c net.Conn) {
 	require.Error(t, err)
 }
 
+// expectOrderlyEOF waits for c to report an orderly end of stream (the
+// peer's FIN) with nothing read before it: not a reset, not the hang guard.
+func expectOrderlyEOF(t testing.TB, c net.Conn) {
+	t.Helper()
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(hang)))
+	var b [1]byte
+	n, err := c.Read(b[:])
+	require.Zero(t, n, "unexpected byte after the end of the stream")
+	require.ErrorIs(t, err, io.EOF)
+}
+
 func timeAfterHang() <-chan time.Time { return time.After(hang) }
 
 func closeFD(fd int) error { return unix.Close(fd) }

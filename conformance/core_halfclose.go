@@ -1,0 +1,281 @@
+//go:build unix
+
+package conformance
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/plugloop/plugloop/core"
+	"github.com/plugloop/plugloop/evlib"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+)
+
+// halfOpenCloseTimeout is the CloseTimeout of the half-open tests: short,
+// so that a connection the core still closed after the peer's end (the rule
+// without AllowHalfOpen) is closed long before the application answers, five
+// of them later.
+const halfOpenCloseTimeout = 10 * time.Millisecond
+
+// With Protocol.AllowHalfOpen the peer's orderly end (shutdown(SHUT_WR))
+// leaves the connection open: every byte the peer sent comes in RAW_RX, then
+// RAW_RX_END once, and the application answers when it likes, here from a
+// timer five CloseTimeouts later, with MiBs through narrow socket buffers
+// (several WRITEABLEs), and ends with CloseWrite while output is held; the
+// peer reads every byte, then end of stream; RAW_CLOSE says nil, the close
+// being the application's. "Paused" has rx paused (in its first RAW_RX,
+// with the rest of the input kept) when the end arrives: RAW_RX_END waits
+// for the resume, which comes after a thread timer five CloseTimeouts
+// later, and follows the kept input.
+func (s *suite) testHalfOpen(t *testing.T) {
+	const chunk = 256 << 10
+	input := pattern(31, 100<<10)
+	answer := pattern(32, 4<<20)
+	later := 5 * halfOpenCloseTimeout
+	type state struct {
+		got    []byte
+		paused bool // paused in the first RAW_RX
+		atEnd  int  // len(got) at RAW_RX_END
+		off    int  // of answer, written
+		held   int  // Buffered at CloseWrite
+	}
+	rig := func(t *testing.T, pause bool) (*harness, *state) {
+		st := &state{atEnd: -1}
+		cb := func(ev core.Event) error {
+			c := ev.Conn
+			switch ev.Reason {
+			case core.ReasonRawRX:
+				st.got = append(st.got, ev.Data...)
+				if pause && !st.paused {
+					st.paused = true
+					return c.RxFlowControl(false)
+				}
+			case core.ReasonRawRxEnd:
+				st.atEnd = len(st.got)
+				return c.SetTimer(later)
+			case core.ReasonTimer:
+				return c.CallbackOnWritable()
+			case core.ReasonRawWriteable:
+				end := min(st.off+chunk, len(answer))
+				if _, err := c.Write(answer[st.off:end]); err != nil {
+					return err
+				}
+				st.off = end
+				if end < len(answer) {
+					return c.CallbackOnWritable()
+				}
+				st.held = c.Buffered()
+				return c.CloseWrite()
+			}
+			return nil
+		}
+		rxChunk := 0
+		if pause {
+			rxChunk = 1 << 10
+		}
+		h := s.newHarness(t, core.Info{CloseTimeout: halfOpenCloseTimeout, Protocols: []core.Protocol{
+			{Name: "halfopen", Callback: cb, RxChunk: rxChunk, AllowHalfOpen: true}}})
+		return h, st
+	}
+	check := func(t *testing.T, h *harness, st *state, conn *core.Conn) {
+		var now state
+		h.do(func() { now = *st })
+		require.True(t, bytes.Equal(input, now.got), "input: got %d bytes of %d, or corrupted", len(now.got), len(input))
+		require.Equal(t, len(input), now.atEnd, "RAW_RX_END after the last RAW_RX")
+		require.Equal(t, 1, h.rec.count(is(core.ReasonRawRxEnd, conn)), "RAW_RX_END")
+		require.Greater(t, h.rec.count(is(core.ReasonRawWriteable, conn)), 1, "WRITEABLEs for the answer")
+		require.Positive(t, now.held, "CloseWrite came with output held (narrow buffers)")
+	}
+	t.Run("Unpaused", func(t *testing.T) {
+		h, st := rig(t, false)
+		conn, cli := h.adoptNarrowPair(t)
+		h.start()
+		write(t, cli, input)
+		require.NoError(t, cli.CloseWrite())
+		h.answeredThenEOF(t, conn, cli, answer, nil, nil)
+		check(t, h, st, conn)
+	})
+	t.Run("Paused", func(t *testing.T) {
+		h, st := rig(t, true)
+		conn, cli := h.adoptNarrowPair(t)
+		// Input and end are there before the first read.
+		write(t, cli, input)
+		require.NoError(t, cli.CloseWrite())
+		h.start()
+		h.rec.waitEvent(t, "the first RAW_RX", is(core.ReasonRawRX, conn))
+		// Resume from a thread timer: by then the end has been in the
+		// kernel (or in netpoll's hands) for five CloseTimeouts.
+		resumed := make(chan error, 1)
+		h.do(func() {
+			_, err := h.th.AfterFunc(later, func() {
+				ends, rxs := h.rec.count(is(core.ReasonRawRxEnd, conn)), h.rec.count(is(core.ReasonRawRX, conn))
+				switch {
+				case ends != 0 || rxs != 1:
+					resumed <- fmt.Errorf("paused: %d RAW_RX_END and %d RAW_RX, want 0 and 1", ends, rxs)
+				case conn.Closed():
+					resumed <- fmt.Errorf("closed while paused")
+				default:
+					resumed <- conn.RxFlowControl(true)
+				}
+			})
+			require.NoError(t, err)
+		})
+		require.NoError(t, waitCh(t, resumed, "the resume"))
+		h.answeredThenEOF(t, conn, cli, answer, nil, nil)
+		check(t, h, st, conn)
+		require.Equal(t, (len(input)+1023)>>10, h.rec.count(is(core.ReasonRawRX, conn)), "RAW_RX of 1 KiB chunks")
+	})
+}
+
+// CloseWrite shuts the write side down once the output the core holds has
+// left, and the connection goes on reading: an answer written whole in one
+// Write (most of it held: narrow buffers) and CloseWrite reach the peer,
+// then end of stream; what the peer sends afterwards comes in RAW_RX; the
+// peer's close then closes the connection with io.EOF (with AllowHalfOpen,
+// after RAW_RX_END).
+func (s *suite) testCloseWrite(t *testing.T) {
+	for _, halfOpen := range []bool{false, true} {
+		name := "Default"
+		if halfOpen {
+			name = "AllowHalfOpen"
+		}
+		t.Run(name, func(t *testing.T) {
+			answer := pattern(41, 4<<20)
+			more := pattern(42, 100<<10)
+			var got []byte
+			held := -1
+			cb := func(ev core.Event) error {
+				c := ev.Conn
+				switch ev.Reason {
+				case core.ReasonRawRX:
+					got = append(got, ev.Data...)
+				case core.ReasonRawWriteable:
+					if _, err := c.Write(answer); err != nil {
+						return err
+					}
+					held = c.Buffered()
+					return c.CloseWrite()
+				}
+				return nil
+			}
+			h := s.newHarness(t, core.Info{CloseTimeout: time.Minute, Protocols: []core.Protocol{
+				{Name: "closewrite", Callback: cb, AllowHalfOpen: halfOpen}}})
+			conn, cli := h.adoptNarrowPair(t)
+			require.NoError(t, conn.CallbackOnWritable())
+			h.start()
+			if a := readFull(t, cli, len(answer)); !bytes.Equal(answer, a) {
+				t.Fatalf("conformance: answer corrupted")
+			}
+			expectOrderlyEOF(t, cli)
+			var n int
+			h.do(func() { n = held })
+			require.Positive(t, n, "CloseWrite came with output held (narrow buffers)")
+
+			write(t, cli, more)
+			waitUntil(t, "the input sent after CloseWrite", func() bool {
+				h.do(func() { n = len(got) })
+				return n >= len(more)
+			})
+			require.NoError(t, cli.Close())
+			e := h.rec.waitEvent(t, "RAW_CLOSE", is(core.ReasonRawClose, conn))
+			require.ErrorIs(t, e.err, io.EOF)
+			require.True(t, bytes.Equal(more, got), "input after CloseWrite: got %d bytes of %d, or corrupted", len(got), len(more))
+			require.Equal(t, 1, h.rec.count(is(core.ReasonRawWriteable, conn)), "RAW_WRITEABLE")
+			ends := 0
+			if halfOpen {
+				ends = 1
+			}
+			require.Equal(t, ends, h.rec.count(is(core.ReasonRawRxEnd, conn)), "RAW_RX_END")
+			h.rec.verify(t)
+		})
+	}
+}
+
+// CloseWrite's errors: after it, Write and CallbackOnWritable (also in the
+// RAW_WRITEABLE that called it) and a second CloseWrite say ErrWriteClosed;
+// on a datagram socket or a file it is ErrInvalid, on a closing or closed
+// connection ErrClosed.
+func (s *suite) testCloseWriteBadInput(t *testing.T) {
+	var inWriteable []error
+	cb := func(ev core.Event) error {
+		if ev.Reason == core.ReasonRawWriteable {
+			c := ev.Conn
+			_, werr := c.Write([]byte("last"))
+			inWriteable = append(inWriteable, werr, c.CloseWrite())
+			_, werr = c.Write([]byte("x"))
+			inWriteable = append(inWriteable, werr, c.CallbackOnWritable())
+		}
+		return nil
+	}
+	h := s.newHarness(t, core.Info{Protocols: []core.Protocol{{Name: "bad", Callback: cb}}})
+	h.start()
+	srv, cli := tcpPair(t)
+	var conn *core.Conn
+	var err error
+	h.do(func() {
+		conn, err = h.ctx.AdoptConn(srv, "")
+		if err == nil {
+			err = conn.CallbackOnWritable()
+		}
+	})
+	require.NoError(t, err)
+	require.Equal(t, []byte("last"), readFull(t, cli, 4))
+	expectOrderlyEOF(t, cli)
+	var errs []error
+	h.do(func() {
+		errs = append(errs, inWriteable...)
+		_, err := conn.Write([]byte("x"))
+		errs = append(errs, err, conn.CallbackOnWritable(), conn.CloseWrite())
+	})
+	require.Len(t, errs, 7)
+	require.NoError(t, errs[0], "Write before CloseWrite")
+	require.NoError(t, errs[1], "CloseWrite")
+	for i, what := range []string{"Write after CloseWrite in its WRITEABLE", "CallbackOnWritable after CloseWrite in its WRITEABLE",
+		"Write after CloseWrite", "CallbackOnWritable after CloseWrite", "a second CloseWrite"} {
+		require.ErrorIs(t, errs[2+i], core.ErrWriteClosed, what)
+	}
+
+	var closing, closed error
+	h.do(func() {
+		if err := conn.Close(); err != nil {
+			closing = err
+			return
+		}
+		closing = conn.CloseWrite()
+	})
+	require.ErrorIs(t, closing, core.ErrClosed, "CloseWrite after Close")
+	h.rec.waitEvent(t, "RAW_CLOSE", is(core.ReasonRawClose, conn))
+	h.do(func() { closed = conn.CloseWrite() })
+	require.ErrorIs(t, closed, core.ErrClosed, "CloseWrite of a closed connection")
+
+	h.do(func() {
+		var u *core.Conn
+		if u, err = h.ctx.ListenUDP("udp4", "127.0.0.1:0", ""); err != nil {
+			return
+		}
+		err = u.CloseWrite()
+		u.Close()
+	})
+	require.ErrorIs(t, err, core.ErrInvalid, "CloseWrite of a UDP socket")
+
+	if s.desc.Caps&evlib.CapFiles != 0 {
+		var p [2]int
+		require.NoError(t, nonblockPipe(&p))
+		t.Cleanup(func() { unix.Close(p[1]) })
+		h.do(func() {
+			var f *core.Conn
+			if f, err = h.ctx.AdoptFile(p[0], ""); err != nil {
+				unix.Close(p[0])
+				return
+			}
+			err = f.CloseWrite()
+			f.Close()
+		})
+		require.ErrorIs(t, err, core.ErrInvalid, "CloseWrite of a file")
+	}
+	h.rec.verify(t)
+}
