@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/plugloop/plugloop/evlib"
+	"golang.org/x/sys/unix"
 )
 
 type connState uint8
@@ -291,8 +292,8 @@ func (c *Conn) Close() error {
 // shutdown was made at once).
 //
 // It returns an error wrapping ErrInvalid for what is not a connected
-// stream (a file, a datagram socket, a listener) and for a client
-// connection not established yet (call it from RAW_ADOPT on), and ErrClosed
+// stream socket (a file, a pipe or tty adopted with AdoptFD, a datagram
+// socket, a listener) and for a client connection not established yet (call it from RAW_ADOPT on), and ErrClosed
 // once the connection is closed or closing, or was reset.
 func (c *Conn) CloseWrite() error {
 	t := c.t
@@ -310,6 +311,11 @@ func (c *Conn) CloseWrite() error {
 		return fmt.Errorf("%w: CloseWrite of a %s, which has no write side of its own to shut down", ErrInvalid, kindName(c.kind))
 	case c.wrClosed:
 		return ErrWriteClosed
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(c.fd, &st); err == nil && st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		// AdoptFD serves a pipe or a tty as a stream too.
+		return fmt.Errorf("%w: CloseWrite of fd %d, which is no socket: only a socket's write side shuts down alone", ErrInvalid, c.fd)
 	}
 	c.wrClosed, c.wantWritable = true, false
 	if len(c.out) == 0 {
