@@ -30,8 +30,12 @@ import (
 // turns into a few connections and a sequence of steps, each an operation
 // of the peer (write, read, half-close, close), of the application from a
 // posted function or armed to run inside the next callback of a kind
-// (write in RAW_WRITEABLE, rx pause and resume, Close, returning an
-// error, Conn timers and timeouts, thread timers), or CancelService. A
+// (write in RAW_WRITEABLE, rx pause and resume, Close, CloseWrite,
+// returning an error, Conn timers and timeouts, thread timers), or
+// CancelService, with or without Protocol.AllowHalfOpen (half the
+// programs: then a half-open connection must get RAW_RX_END once, after
+// the last RAW_RX and never while paused, and stay open until the
+// application ends it, which it does once it answered). A
 // model of what core's documentation promises follows every callback and
 // every byte, so that interleavings nobody wrote down as a test are
 // checked too. Every check is a property of the order of events, never of
@@ -147,6 +151,7 @@ type modelConfig struct {
 	graceful bool                // Info.GracefulClose
 	small    bool                // 16 KiB socket buffers, so they fill sooner
 	rxChunk  int                 // Protocol.RxChunk
+	halfOpen bool                // Protocol.AllowHalfOpen
 }
 
 func (c modelConfig) String() string {
@@ -154,8 +159,8 @@ func (c modelConfig) String() string {
 	for i := range kinds {
 		kinds[i] = c.kinds[i].String()
 	}
-	return fmt.Sprintf("connections [%s], GracefulClose %v, RxChunk %d, small buffers %v",
-		strings.Join(kinds, ", "), c.graceful, c.rxChunk, c.small)
+	return fmt.Sprintf("connections [%s], GracefulClose %v, RxChunk %d, small buffers %v, AllowHalfOpen %v",
+		strings.Join(kinds, ", "), c.graceful, c.rxChunk, c.small, c.halfOpen)
 }
 
 type modelStep struct{ op, conn, a, b byte }
@@ -174,6 +179,7 @@ func (s *suite) decodeModel(p []byte) (modelConfig, []modelStep) {
 	c.graceful = opt&1 != 0
 	c.small = opt&2 != 0
 	c.rxChunk = [...]int{0, 512, 4096, 16384}[opt>>2&3]
+	c.halfOpen = opt&16 != 0
 	for i := range c.conns {
 		b := at(2 + i)
 		c.kinds[i] = s.kindOf(b)
@@ -313,6 +319,7 @@ const (
 	actError                         // return an error from the callback
 	actTimer                         // Conn.SetTimer
 	actThreadTimer                   // AfterFunc, or Reset of a thread timer
+	actCloseWrite                    // Conn.CloseWrite
 	numActions
 )
 
@@ -328,7 +335,7 @@ type modelAction struct {
 // picked: closing ones seldom, or most steps would meet closed
 // connections.
 var modelActions = weighted[actionKind]([]int{
-	actWrite: 6, actPause: 4, actResume: 4, actClose: 1, actError: 1, actTimer: 2, actThreadTimer: 2,
+	actWrite: 6, actPause: 4, actResume: 4, actClose: 1, actError: 1, actTimer: 2, actThreadTimer: 2, actCloseWrite: 2,
 })
 
 func decodeAction(a, b byte) modelAction {
@@ -361,6 +368,8 @@ func (a modelAction) String() string {
 		return "return an error"
 	case actTimer:
 		return fmt.Sprintf("SetTimer(%v)", a.d)
+	case actCloseWrite:
+		return "CloseWrite"
 	default:
 		return fmt.Sprintf("thread timer %d in %v", a.j, a.d)
 	}
@@ -416,6 +425,10 @@ type appEnd struct {
 	// peer that only half-closed still reads: what the application wrote
 	// or writes reaches it, and a WRITEABLE asked for comes.
 	peerClosed bool
+	peerSent   int64 // the bytes the peer had sent when it ended its stream
+	wrClosed   bool  // CloseWrite returned nil: nothing more is written
+	wrFirst    bool  // CloseWrite came before RAW_RX_END (or with none yet)
+	rxEnded    bool  // RAW_RX_END came
 
 	timerPending   bool
 	timerAt        time.Time // the TIMER must not come before
@@ -468,6 +481,7 @@ type model struct {
 	cancelSeen int64 // cancelIssued as of the last EVENT_WAIT_CANCELLED
 	partial    int   // Writes the kernel took only in part
 	drains     int   // Closes with output pending
+	wrCloses   int   // CloseWrites that returned nil
 	timers     [modelTimers]modelTimer
 }
 
@@ -482,7 +496,7 @@ func (s *suite) runModel(t *testing.T, program []byte, what string, guard time.D
 		// have to know when it did.
 		CloseTimeout:  6 * hang,
 		GracefulClose: cfg.graceful,
-		Protocols:     []core.Protocol{{Name: "model", Callback: m.callback, RxChunk: cfg.rxChunk}},
+		Protocols:     []core.Protocol{{Name: "model", Callback: m.callback, RxChunk: cfg.rxChunk, AllowHalfOpen: cfg.halfOpen}},
 	})
 	t.Cleanup(m.closePeers) // before the harness' cleanup destroys the context
 	var err error
@@ -713,7 +727,7 @@ func (m *model) callback(ev core.Event) error {
 	case core.ReasonEventWaitCancelled:
 		m.cancelSeen = max(m.cancelSeen, m.cancelIssued.Load())
 		return nil
-	case core.ReasonRawAdopt, core.ReasonRawRX, core.ReasonRawWriteable, core.ReasonTimer, core.ReasonRawClose:
+	case core.ReasonRawAdopt, core.ReasonRawRX, core.ReasonRawWriteable, core.ReasonTimer, core.ReasonRawClose, core.ReasonRawRxEnd:
 	default:
 		return nil
 	}
@@ -742,6 +756,8 @@ func (m *model) callback(ev core.Event) error {
 		m.adopted(mc, ev.Conn)
 	case core.ReasonRawRX:
 		return m.onRX(mc, ev.Data)
+	case core.ReasonRawRxEnd:
+		return m.onRxEnd(mc)
 	case core.ReasonRawWriteable:
 		return m.onWriteable(mc)
 	case core.ReasonTimer:
@@ -773,6 +789,8 @@ func (m *model) onRX(mc *modelConn, data []byte) error {
 		m.problem(mc, "RAW_RX of %d bytes while rx is paused", len(data))
 	case m.cfg.rxChunk > 0 && len(data) > m.cfg.rxChunk:
 		m.problem(mc, "RAW_RX of %d bytes, more than Protocol.RxChunk %d", len(data), m.cfg.rxChunk)
+	case a.rxEnded:
+		m.problem(mc, "RAW_RX of %d bytes after RAW_RX_END", len(data))
 	}
 	if d := streamDiff(mc.id, toApp, a.received, data); d != "" {
 		m.problem(mc, "RAW_RX: %s", d)
@@ -784,11 +802,40 @@ func (m *model) onRX(mc *modelConn, data []byte) error {
 	return nil
 }
 
+// onRxEnd is the model's RAW_RX_END: only with AllowHalfOpen, once, after
+// the peer ended its stream and every byte it sent was delivered, never
+// while paused. It does what the next RAW_RX was armed to do.
+func (m *model) onRxEnd(mc *modelConn) error {
+	a := &mc.app
+	switch {
+	case !m.cfg.halfOpen:
+		m.problem(mc, "RAW_RX_END without AllowHalfOpen")
+	case a.rxEnded:
+		m.problem(mc, "a second RAW_RX_END")
+	case a.closing:
+		m.problem(mc, "RAW_RX_END after Close (nothing but RAW_CLOSE may follow it)")
+	case a.paused:
+		m.problem(mc, "RAW_RX_END while rx is paused")
+	case !a.peerEnded:
+		m.problem(mc, "RAW_RX_END, but the peer did not end its stream")
+	case a.received != a.peerSent:
+		m.problem(mc, "RAW_RX_END after RAW_RX delivered %d of the %d bytes the peer sent", a.received, a.peerSent)
+	}
+	a.rxEnded = true
+	if act, ok := popAction(&a.onRX); ok {
+		return m.apply(mc, act)
+	}
+	return nil
+}
+
 func (m *model) onWriteable(mc *modelConn) error {
 	a := &mc.app
 	switch {
 	case a.closing:
 		m.problem(mc, "RAW_WRITEABLE after Close")
+		return nil
+	case a.wrClosed:
+		m.problem(mc, "RAW_WRITEABLE after CloseWrite")
 		return nil
 	case !a.wantW:
 		// One per request, as the Writeable test holds every backend to
@@ -817,7 +864,7 @@ func (m *model) onWriteable(mc *modelConn) error {
 			a.chunks = a.chunks[1:]
 		}
 		_, err = a.c.Write(nil)
-		if !errors.Is(err, core.ErrNotWritable) && !errors.Is(err, core.ErrClosed) {
+		if !errors.Is(err, core.ErrNotWritable) && !errors.Is(err, core.ErrClosed) && !a.wrClosed {
 			m.problem(mc, "a second Write in one RAW_WRITEABLE returned %v, want ErrNotWritable", err)
 		}
 		if len(a.chunks) > 0 {
@@ -865,6 +912,19 @@ func (m *model) onClose(mc *modelConn, err error) {
 		// make the output it waits to send fail.
 		explained = err == nil || a.peerEnded && !errors.Is(err, io.EOF) && !errors.Is(err, core.ErrTimeout)
 	case err == nil:
+		// Half open, the application ended its side after RAW_RX_END:
+		// both sides are done.
+		explained = m.cfg.halfOpen && a.wrClosed && a.rxEnded && !a.wrFirst
+	case m.cfg.halfOpen && errors.Is(err, io.EOF):
+		// Half open, the peer's end closes only a connection whose
+		// application ended its side first, after RAW_RX_END; or, the
+		// peer gone (closed), the error its writes or the socket
+		// meet, which the core reports as the end it read.
+		explained = a.wrClosed && a.wrFirst && a.rxEnded || a.peerClosed
+		if !explained && a.peerEnded {
+			m.problem(mc, "RAW_CLOSE with %v after the peer's end although AllowHalfOpen keeps it open (CloseWrite %v, RAW_RX_END %v)", err, a.wrClosed, a.rxEnded)
+			explained = true
+		}
 	case errors.Is(err, core.ErrTimeout):
 		explained = a.timeoutPending && !a.timeoutLong
 		if explained && now.Before(a.timeoutAt) {
@@ -911,6 +971,8 @@ func (m *model) apply(mc *modelConn, act modelAction) error {
 		m.setTimer(mc, act.d)
 	case actThreadTimer:
 		m.threadTimer(act.j, act.d, nil, nil)
+	case actCloseWrite:
+		m.closeWrite(mc)
 	}
 	return nil
 }
@@ -922,7 +984,7 @@ func (m *model) queueWrite(mc *modelConn, size int) {
 	if mc.kind == kindPipe || a.closed || a.errored || a.noWrite {
 		return
 	}
-	if !a.closing {
+	if !a.closing && !a.wrClosed {
 		a.chunks = append(a.chunks, size)
 	}
 	m.askWritable(mc)
@@ -935,6 +997,10 @@ func (m *model) askWritable(mc *modelConn) {
 	case a.closing:
 		if !errors.Is(err, core.ErrClosed) {
 			m.problem(mc, "CallbackOnWritable after Close returned %v, want ErrClosed", err)
+		}
+	case a.wrClosed:
+		if !errors.Is(err, core.ErrWriteClosed) && !(errors.Is(err, core.ErrClosed) && a.peerClosed) {
+			m.problem(mc, "CallbackOnWritable after CloseWrite returned %v, want ErrWriteClosed", err)
 		}
 	case err == nil:
 		a.wantW = true
@@ -988,6 +1054,34 @@ func (m *model) close(mc *modelConn) {
 		if !a.c.Draining() {
 			m.problem(mc, "Close with %d bytes pending does not drain them", a.c.Buffered())
 		}
+	}
+}
+
+// closeWrite has the application end its side: nothing more is written,
+// and the peer gets what was written before, then end of stream.
+func (m *model) closeWrite(mc *modelConn) {
+	a := &mc.app
+	if a.closing || a.closed {
+		return
+	}
+	err := a.c.CloseWrite()
+	switch {
+	case mc.kind == kindPipe:
+		if !errors.Is(err, core.ErrInvalid) {
+			m.problem(mc, "CloseWrite of a pipe returned %v, want ErrInvalid", err)
+		}
+	case a.wrClosed:
+		if !errors.Is(err, core.ErrWriteClosed) && !(errors.Is(err, core.ErrClosed) && a.peerClosed) {
+			m.problem(mc, "a second CloseWrite returned %v, want ErrWriteClosed", err)
+		}
+	case err == nil:
+		a.wrClosed, a.wrFirst, a.wantW, a.chunks = true, !a.rxEnded, false, nil
+		m.wrCloses++
+	case a.peerClosed && (errors.Is(err, core.ErrClosed) || errors.Is(err, syscall.ENOTCONN)):
+		// Reset, or the shutdown met the reset: it closes.
+		a.noWrite, a.chunks = true, nil
+	default:
+		m.problem(mc, "CloseWrite: %v", err)
 	}
 }
 
@@ -1137,9 +1231,24 @@ func (m *model) receive(mc *modelConn, limit int64) {
 // peerSawEnd checks that the peer saw the stream end only once the core
 // closed its end (RAW_CLOSE comes before the close), or, with
 // GracefulClose, shut its write side after Close.
+//
+// After CloseWrite the peer reads every byte written before it, then end
+// of stream, while the connection stays open; unless a close that drops
+// what the core held (a callback's error, a timeout) came first.
 func (m *model) peerSawEnd(mc *modelConn, op string, err error) {
-	var closed, closing bool
-	m.do(func() { closed, closing = mc.app.closed, mc.app.closing })
+	var closed, closing, wrClosed bool
+	var written int64
+	var closeErr error
+	m.do(func() {
+		a := &mc.app
+		closed, closing, wrClosed, written, closeErr = a.closed, a.closing, a.wrClosed, a.written, a.closeErr
+	})
+	if wrClosed && op == "reading" && errors.Is(err, io.EOF) {
+		if (!closed || closeErr == nil || errors.Is(closeErr, io.EOF)) && mc.peer.read != written {
+			m.fatalf("%v: the peer got end of stream after CloseWrite having read %d of the %d bytes written before it", mc, mc.peer.read, written)
+		}
+		return
+	}
 	if !closed && !(closing && m.cfg.graceful && op == "reading") {
 		m.fatalf("%v: the peer got %v %s, but the connection is open (Close called: %v)", mc, err, op, closing)
 	}
@@ -1149,7 +1258,14 @@ func (m *model) peerSawEnd(mc *modelConn, op string, err error) {
 // peer ends its stream (closed: and its descriptor): from then on the
 // connection may close for it.
 func (m *model) peerEnds(mc *modelConn, closed bool) {
-	m.do(func() { mc.app.peerEnded, mc.app.peerClosed = true, mc.app.peerClosed || closed })
+	sent := mc.peer.wrote
+	m.do(func() {
+		a := &mc.app
+		if !a.peerEnded {
+			a.peerSent = sent
+		}
+		a.peerEnded, a.peerClosed = true, a.peerClosed || closed
+	})
 }
 
 func (m *model) peerCloseWrite(mc *modelConn) {
@@ -1190,6 +1306,7 @@ type appView struct {
 	closeErr          error
 	timer, timeout    bool // a short one is pending
 	errored, noWrite  bool
+	wrClosed, rxEnded bool
 }
 
 func (m *model) view(mc *modelConn) appView {
@@ -1197,7 +1314,7 @@ func (m *model) view(mc *modelConn) appView {
 	return appView{received: a.received, written: a.written, chunks: len(a.chunks),
 		closed: a.closed, closing: a.closing, closeErr: a.closeErr,
 		timer: a.timerPending && !a.timerLong, timeout: a.timeoutPending && !a.timeoutLong,
-		errored: a.errored, noWrite: a.noWrite}
+		errored: a.errored, noWrite: a.noWrite, wrClosed: a.wrClosed, rxEnded: a.rxEnded}
 }
 
 // waitPeers waits until one of the peers of mcs has something to read or
@@ -1304,6 +1421,7 @@ const (
 	opPeerClose
 	opReopen
 	opSync
+	opAppCloseWrite
 	numOps
 )
 
@@ -1313,7 +1431,8 @@ var modelOps = weighted[modelOp]([]int{
 	opPeerWrite: 14, opPeerRead: 6, opPeerReadAll: 4, opPeerDrain: 2, opAppWrite: 12,
 	opArmRX: 8, opArmWriteable: 5, opArmTimer: 3, opPause: 6, opResume: 6,
 	opConnTimer: 4, opConnTimerCancel: 2, opTimeout: 2, opThreadTimer: 5, opThreadTimerStop: 2,
-	opCancelService: 3, opAppClose: 1, opPeerCloseWrite: 1, opPeerClose: 1, opReopen: 4, opSync: 3,
+	opCancelService: 3, opAppClose: 1, opPeerCloseWrite: 3, opPeerClose: 1, opReopen: 4, opSync: 3,
+	opAppCloseWrite: 2,
 })
 
 func (m *model) run(n int, st modelStep) {
@@ -1417,6 +1536,9 @@ func (m *model) run(n int, st modelStep) {
 	case opSync:
 		m.note("sync")
 		m.h.sync()
+	case opAppCloseWrite:
+		m.note("post: %v CloseWrite", mc)
+		m.do(func() { m.ifAdopted(mc, m.closeWrite) })
 	}
 }
 
@@ -1532,8 +1654,27 @@ func (m *model) settle() {
 				}
 			case v.closing, v.timeout:
 				return false, m.closing(mc, v)
+			case p.shut && m.cfg.halfOpen && v.rxEnded && !v.wrClosed && (p.closed || v.noWrite || v.chunks == 0 && p.read >= v.written):
+				// Half open, it stays open until the application ends
+				// it: by Close, or by CloseWrite (not a pipe's, which
+				// has no write side), both sides then being done.
+				m.note("settle: %v, half open, answered: the application ends it", mc)
+				m.do(func() {
+					if mc.id%2 == 0 && mc.kind != kindPipe {
+						m.closeWrite(mc)
+					} else {
+						m.close(mc)
+					}
+				})
+				return false, fmt.Sprintf("%v: RAW_CLOSE after the application ended it, half open", mc)
+			case p.shut && m.cfg.halfOpen && v.rxEnded:
+				return false, fmt.Sprintf("%v: half open, the peer to receive every byte written (written %d, %d chunks queued, the peer read %d) or RAW_CLOSE", mc, v.written, v.chunks, p.read)
+			case p.shut && m.cfg.halfOpen:
+				return false, fmt.Sprintf("%v: RAW_RX_END after the peer ended its stream (RAW_RX delivered %d of %d bytes)", mc, v.received, p.wrote)
 			case p.shut:
 				return false, fmt.Sprintf("%v: RAW_CLOSE after the peer ended its stream (RAW_RX delivered %d of %d bytes)", mc, v.received, p.wrote)
+			case v.wrClosed && mc.kind != kindPipe && !p.eof:
+				return false, fmt.Sprintf("%v: the peer to read to the end of the stream after CloseWrite (written %d, the peer read %d)", mc, v.written, p.read)
 			case p.wrote < p.queued || v.received < p.wrote:
 				return false, fmt.Sprintf("%v: RAW_RX of every byte the peer sent (the peer wrote %d of %d, RAW_RX delivered %d)", mc, p.wrote, p.queued, v.received)
 			case mc.kind != kindPipe && (v.chunks > 0 || p.read < v.written):
@@ -1597,7 +1738,7 @@ func (m *model) finish() {
 	if what == "" {
 		what = fmt.Sprintf("program of %d bytes", len(m.prog))
 	}
-	m.t.Logf("conformance: model %s: %d steps, %d connections, %d bytes to the app in %d RAW_RX, %d to the peers in %d RAW_WRITEABLE (%d partial writes, %d closes draining), %d TIMER, %d EVENT_WAIT_CANCELLED",
+	m.t.Logf("conformance: model %s: %d steps, %d connections, %d bytes to the app in %d RAW_RX, %d to the peers in %d RAW_WRITEABLE (%d partial writes, %d closes draining), %d TIMER, %d EVENT_WAIT_CANCELLED, %d CloseWrite, %d RAW_RX_END",
 		what, m.nsteps, len(m.all), in, count(core.ReasonRawRX), out, count(core.ReasonRawWriteable), m.partial, m.drains,
-		count(core.ReasonTimer), count(core.ReasonEventWaitCancelled))
+		count(core.ReasonTimer), count(core.ReasonEventWaitCancelled), m.wrCloses, count(core.ReasonRawRxEnd))
 }
