@@ -61,7 +61,8 @@ type Event struct {
 	// peer ended its stream (once the input was delivered and the answers
 	// to it sent, see Conn.CallbackOnWritable), ErrTimeout, ErrDestroyed,
 	// a system error, the error a callback returned, or nil after
-	// Conn.Close.
+	// Conn.Close, or after Conn.CloseWrite once the peer's end was
+	// delivered (RAW_RX_END, Protocol.AllowHalfOpen).
 	Err error
 }
 
@@ -157,7 +158,10 @@ type Info struct {
 	// buffered input waiting to be consumed (lws' PENDING_TIMEOUT_CLOSE_ACK)
 	// and, after the peer's orderly end, its answers waiting to be sent,
 	// and how long Conn.Close waits for output to drain and, with
-	// GracefulClose, for the peer; 0 means 3 s. Negative is ErrInvalid.
+	// GracefulClose, for the peer; 0 means 3 s. Negative is ErrInvalid. A
+	// connection whose protocol has AllowHalfOpen is not bounded after the
+	// peer's orderly end: it lives until the application closes it (or
+	// IdleTimeout or SetTimeout does); its Close is bounded as usual.
 	CloseTimeout time.Duration
 	// ConnectTimeout bounds a client connection from Connect to
 	// established, resolution included; 0 means 5 s. Negative is

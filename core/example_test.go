@@ -155,3 +155,67 @@ func ExampleNew_unknownBackend() {
 	// true
 	// true
 }
+
+// A request that ends with the client's half-close, answered after it: with
+// AllowHalfOpen the peer's end of stream comes as RAW_RX_END and leaves the
+// connection open for as long as the answer takes; CloseWrite ends the
+// answer, and the connection closes, both sides being done, once it has
+// left.
+func ExampleProtocol_allowHalfOpen() {
+	closed := make(chan error, 1)
+	ctx, err := core.New(core.Info{
+		EventLib: "epoll",
+		Protocols: []core.Protocol{{
+			Name:          "count",
+			AllowHalfOpen: true,
+			Callback: func(ev core.Event) error {
+				switch ev.Reason {
+				case core.ReasonRawAdopt:
+					ev.Conn.SetUser(new(int))
+				case core.ReasonRawRX:
+					*ev.Conn.User().(*int) += len(ev.Data)
+				case core.ReasonRawRxEnd: // the whole request is in
+					return ev.Conn.CallbackOnWritable()
+				case core.ReasonRawWriteable:
+					answer := fmt.Sprintf("%d bytes\n", *ev.Conn.User().(*int))
+					if _, err := ev.Conn.Write([]byte(answer)); err != nil {
+						return err
+					}
+					return ev.Conn.CloseWrite()
+				case core.ReasonRawClose:
+					closed <- ev.Err
+				}
+				return nil
+			},
+		}},
+	})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer func() {
+		ctx.Destroy()
+		<-ctx.Done()
+	}()
+	ln, err := ctx.Listen("tcp", "127.0.0.1:0", "count")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	go ctx.Run(context.Background())
+
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer c.Close()
+	c.Write([]byte("a request of 28 bytes, then "))
+	c.(*net.TCPConn).CloseWrite() // as "nc -N" does
+	answer, err := io.ReadAll(c)
+	fmt.Printf("%q %v\n", answer, err)
+	fmt.Println("RAW_CLOSE:", <-closed)
+	// Output:
+	// "28 bytes\n" <nil>
+	// RAW_CLOSE: <nil>
+}
