@@ -65,6 +65,7 @@ type Conn struct {
 	fdClosed atomic.Bool // fd was closed: FD says -1 (read off the loop too)
 
 	timer, timeout, idle *Timer
+	bound                *Timer // CloseTimeout, closing or after the peer's end (see setBound)
 	lastActive           int64
 	prev, next           *Conn
 }
@@ -391,7 +392,10 @@ func (c *Conn) CancelTimer() error {
 }
 
 // SetTimeout closes the connection with ErrTimeout after d unless it is
-// called again first (lws_set_timeout). d == 0 cancels the timeout.
+// called again first (lws_set_timeout). d == 0 cancels the timeout. It is
+// the application's own: it never lifts or stretches Info.CloseTimeout's
+// bound on a closing connection or one whose peer ended, and Close cancels
+// it (a timeout set after Close applies to the close).
 func (c *Conn) SetTimeout(d time.Duration) error {
 	t := c.t
 	took, err := t.own()
@@ -407,6 +411,20 @@ func (c *Conn) SetTimeout(d time.Duration) error {
 	}
 	c.setTimeoutErr(d, ErrTimeout)
 	return nil
+}
+
+// setBound bounds by Info.CloseTimeout, from now, how long a closing
+// connection, or one whose peer ended, may take to finish; then it closes
+// with why. It is a timer apart from SetTimeout's, so that the
+// application's own timeout, which it may move or cancel for its reasons
+// at any time, can neither lift nor stretch the bound.
+func (c *Conn) setBound(why error) {
+	t := c.t
+	if c.bound == nil {
+		c.bound = &Timer{t: t, idx: -1}
+	}
+	c.bound.fn = func() { t.closeConn(c, why) }
+	t.timers.schedule(c.bound, deadline(t.clock(), t.ctx.info.CloseTimeout))
 }
 
 func (c *Conn) setTimeoutErr(d time.Duration, why error) {

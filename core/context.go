@@ -162,6 +162,7 @@ type Info struct {
 	// connection whose protocol has AllowHalfOpen is not bounded after the
 	// peer's orderly end: it lives until the application closes it (or
 	// IdleTimeout or SetTimeout does); its Close is bounded as usual.
+	// Conn.SetTimeout cannot lift or stretch the bound.
 	CloseTimeout time.Duration
 	// ConnectTimeout bounds a client connection from Connect to
 	// established, resolution included; 0 means 5 s. Negative is

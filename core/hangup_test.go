@@ -135,3 +135,35 @@ func TestSimHangupKeepsEarlierTimeout(t *testing.T) {
 		})
 	}
 }
+
+// The application's timeout cannot lift or stretch the core's CloseTimeout
+// bound, after the peer's end or while Close drains: SetTimeout(0) or a
+// later SetTimeout, made for the application's own reasons after the bound
+// was set, used to replace it, and the connection stayed open for good.
+func TestSimSetTimeoutKeepsCloseBound(t *testing.T) {
+	for _, d := range []time.Duration{0, time.Hour} {
+		t.Run(fmt.Sprintf("hangup/SetTimeout(%v)", d), func(t *testing.T) {
+			var reasons []core.Reason
+			s := newSim(t, simloop.NewClock(), core.Info{CloseTimeout: time.Minute,
+				Protocols: []core.Protocol{pausedProtocol(&reasons, nil)}})
+			c := hungUp(t, s, "kept")
+			s.runTo(time.Second) // reads the input and the hangup at 0
+			require.NoError(t, c.SetTimeout(d))
+			s.runTo(3 * time.Hour)
+			require.Equal(t, map[*core.Conn]closing{c: {time.Minute, io.EOF}}, s.closed)
+		})
+		t.Run(fmt.Sprintf("draining/SetTimeout(%v)", d), func(t *testing.T) {
+			s := newSim(t, simloop.NewClock(), core.Info{CloseTimeout: time.Minute, Protocols: writer(make([]byte, 8<<20))})
+			c, _ := s.adopt() // the peer never reads
+			require.NoError(t, c.CallbackOnWritable())
+			s.runTo(time.Second)
+			require.Positive(t, c.Buffered(), "the kernel took all of 8 MiB")
+			require.NoError(t, c.Close())
+			require.True(t, c.Draining())
+			s.runTo(2 * time.Second)
+			require.NoError(t, c.SetTimeout(d))
+			s.runTo(3 * time.Hour)
+			require.Equal(t, map[*core.Conn]closing{c: {time.Second + time.Minute, core.ErrTimeout}}, s.closed)
+		})
+	}
+}

@@ -762,10 +762,8 @@ func (t *Thread) hangup(c *Conn, why error) {
 	if c.state != stateOpen || c.closeReq || c.halfOpen() {
 		return
 	}
-	// The application's timeout stays if it falls due first: it closes
-	// with ErrTimeout, as SetTimeout promised.
-	if tm := c.timeout; tm == nil || tm.idx < 0 || tm.when > deadline(t.clock(), t.ctx.info.CloseTimeout) {
-		c.setTimeoutErr(t.ctx.info.CloseTimeout, why)
+	if c.bound == nil || c.bound.idx < 0 { // (Close's bound, if draining, came first)
+		c.setBound(why)
 	}
 }
 
@@ -1174,7 +1172,7 @@ func (t *Thread) closeConn(c *Conn, why error) {
 		return
 	}
 	c.state = stateClosed
-	for _, tm := range []*Timer{c.timer, c.timeout, c.idle} {
+	for _, tm := range []*Timer{c.timer, c.timeout, c.bound, c.idle} {
 		if tm != nil {
 			t.timers.remove(tm)
 		}
@@ -1321,7 +1319,10 @@ func (t *Thread) beginClose(c *Conn) {
 	c.draining, c.wantWritable = true, false
 	c.peerDone = c.peerDone || c.hup // its end of stream was read already
 	c.rxPaused, c.rxbuf = false, nil
-	c.setTimeoutErr(t.ctx.info.CloseTimeout, ErrTimeout)
+	if c.timeout != nil { // set for the open connection, not for its close
+		t.timers.remove(c.timeout)
+	}
+	c.setBound(ErrTimeout)
 	if len(c.out) == 0 {
 		t.drained(c)
 		return
