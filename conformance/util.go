@@ -311,6 +311,7 @@ func expectEOF(t testing.TB, c net.Conn) {
 	n, err := c.Read(b[:])
 	require.Zero(t, n, "unexpected byte from a closed connection")
 	require.Error(t, err)
+	require.NotErrorIs(t, err, os.ErrDeadlineExceeded, "the connection was not closed")
 }
 
 // expectOrderlyEOF waits for c to report an orderly end of stream (the
