@@ -1,0 +1,410 @@
+//go:build unix
+
+// Command proxy is a TCP proxy on plugloop's core: every connection accepted
+// on -listen gets a client connection of its own to -upstream
+// (core.Context.Connect), and the bytes are relayed both ways.
+//
+//	go run ./examples/echo -addr 127.0.0.1:9000 &
+//	go run ./examples/proxy -listen 127.0.0.1:8080 -upstream 127.0.0.1:9000 -evlib epoll
+//	nc 127.0.0.1 8080
+//
+// It is the showcase of writable callbacks and rx flow control working
+// across two connections:
+//
+//   - Each direction has a pending buffer on its sending side. RAW_RX on one
+//     connection appends to the other's buffer and asks for the other's
+//     RAW_WRITEABLE (Conn.CallbackOnWritable); RAW_WRITEABLE hands all that
+//     is pending to one Conn.Write. Write accepts it all: what the kernel
+//     does not take the core keeps (Conn.Buffered) and sends before the next
+//     RAW_WRITEABLE. One Write per WRITEABLE is the contract that lets the
+//     core bound its own buffer by what the application hands it, and makes
+//     the next WRITEABLE mean "everything so far has left".
+//   - The proxy counts what waits for a connection as its pending bytes plus
+//     what the core holds. When that reaches -highwater, the connection the
+//     bytes come from is paused (Conn.RxFlowControl(false)): the core stops
+//     reading it, its socket buffer fills, and TCP pushes back on its peer.
+//     It resumes at a WRITEABLE that leaves less than -lowwater waiting.
+//     A pause stops RAW_RX before the next one, and one RAW_RX brings at most
+//     core.Protocol.RxChunk bytes, so one direction of one pair never holds
+//     more than -highwater plus one RxChunk — whatever the peers do. The two
+//     marks apart keep a pair from pausing and resuming on every read.
+//   - Input a client sends before the upstream connection is established
+//     waits in the same buffer, under the same bound, and leaves in the
+//     upstream's first WRITEABLE.
+//   - An upstream that cannot be reached (CLIENT_CONNECTION_ERROR) closes
+//     the client. A connection that ends with an error — a reset, a failed
+//     write, a timeout — ends its partner at once, with a reset of its own
+//     (SO_LINGER 0), dropping what was pending for it: a peer must not take
+//     a broken stream for a complete one. The partner is closed from a TIMER
+//     callback of its own (Conn.SetTimer(0)), lws' way of killing another
+//     connection, since returning an error from a callback closes only the
+//     callback's connection.
+//   - A peer's orderly end of stream closes its connection once the core has
+//     delivered its input; the partner is then closed once everything that
+//     was pending for it has been sent.
+//
+// -evlib takes any backend name; PLUGLOOP_EVLIB overrides it. With -evlib
+// foreign, the program's own unix.Poll loop (foreign.PollSet) drives plugloop.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/plugloop/plugloop/core"
+	"github.com/plugloop/plugloop/evlib"
+	_ "github.com/plugloop/plugloop/evlib_gnet"    // -evlib gnet
+	_ "github.com/plugloop/plugloop/evlib_netpoll" // -evlib netpoll (Linux)
+	"github.com/plugloop/plugloop/foreign"
+	"golang.org/x/sys/unix"
+)
+
+func main() {
+	var cfg config
+	flag.StringVar(&cfg.evlib, "evlib", "", "event-loop backend (default: the best available)")
+	flag.StringVar(&cfg.listen, "listen", "127.0.0.1:8080", "listen address HOST:PORT")
+	flag.StringVar(&cfg.upstream, "upstream", "127.0.0.1:9000", "upstream address HOST:PORT")
+	flag.IntVar(&cfg.highWater, "highwater", 256<<10, "bytes waiting for one side at which the other side's rx pauses")
+	flag.IntVar(&cfg.lowWater, "lowwater", 64<<10, "bytes waiting below which a paused side resumes")
+	flag.IntVar(&cfg.threads, "threads", 1, "service threads (core.Info.CountThreads); both sides of a pair share one")
+	flag.DurationVar(&cfg.connectTimeout, "connect-timeout", 5*time.Second, "upstream connect timeout (core.Info.ConnectTimeout)")
+	flag.Parse()
+
+	p, err := start(cfg)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "proxy:", err)
+		os.Exit(1)
+	}
+	fmt.Fprintf(os.Stderr, "proxy: %s -> %s with the %s backend; ^C stops\n", p.addr(), cfg.upstream, p.ctx.EventLib())
+	sig, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	select {
+	case <-sig.Done():
+	case <-p.ctx.Done():
+	}
+	if err := p.close(); err != nil {
+		fmt.Fprintln(os.Stderr, "proxy:", err)
+		os.Exit(1)
+	}
+	s := p.stats()
+	fmt.Fprintf(os.Stderr, "proxy: stopped; %d connections, %d upstream connect errors, %d+%d rx pauses, peak pending %d/%d bytes\n",
+		s.Accepted, s.ConnectErrors, s.Pauses[fromClient], s.Pauses[fromUpstream], s.PeakPending[fromClient], s.PeakPending[fromUpstream])
+}
+
+type config struct {
+	evlib          string
+	listen         string
+	upstream       string
+	highWater      int // bytes waiting for a side that pause the other's rx
+	lowWater       int // bytes waiting below which the other resumes
+	threads        int
+	connectTimeout time.Duration
+}
+
+// rxChunk caps one RAW_RX (core.Protocol.RxChunk), so that what one read
+// adds beyond the high-water mark is bounded whatever the backend reads.
+const rxChunk = 64 << 10
+
+// The two directions, named by where the bytes come from; they index
+// Stats' arrays.
+const (
+	fromClient   = 0 // client -> upstream
+	fromUpstream = 1 // upstream -> client
+)
+
+// errPeerAborted is how a connection ends when its partner ended with an
+// error; RAW_CLOSE carries it wrapping the partner's reason.
+var errPeerAborted = errors.New("proxy: the other side of the pair closed with an error")
+
+// side is one connection of a pair (its per-session data). Only the pair's
+// service thread touches it.
+type side struct {
+	index int // fromClient for the client's side, fromUpstream for the upstream's
+	conn  *core.Conn
+	other *side
+
+	out        []byte // received from other, not handed to conn.Write yet
+	paused     bool   // this side's rx is paused because other's out is full
+	connecting bool   // the upstream is not established yet
+	closed     bool   // RAW_CLOSE or CLIENT_CONNECTION_ERROR came
+	closeAfter bool   // the other side ended: close once out is sent
+	abortErr   error  // the other side ended with this error: reset this one
+}
+
+// waiting is what this side has to send: what the proxy holds for it plus
+// what the core holds from its last Write.
+func (s *side) waiting() int {
+	if s.conn == nil {
+		return len(s.out)
+	}
+	return len(s.out) + s.conn.Buffered()
+}
+
+// Stats are counters the proxy keeps; any goroutine may read them.
+type Stats struct {
+	Accepted      uint64    // client connections accepted
+	ConnectErrors uint64    // upstream connections that failed (CLIENT_CONNECTION_ERROR)
+	Aborted       uint64    // connections reset because the other side ended with an error
+	Pauses        [2]uint64 // rx pauses, by direction (fromClient, fromUpstream)
+	PeakPending   [2]int64  // most bytes one side had waiting, by direction
+	RxWhilePaused uint64    // RAW_RX received while paused: never, if rx flow control works
+	Open          int64     // connections open (client and upstream) or connecting
+	Connecting    int64     // upstream connections not established yet
+}
+
+type proxy struct {
+	cfg  config
+	ctx  *core.Context
+	ln   *core.Listener
+	done chan error // the loop's result
+
+	accepted, connectErrors, aborted, rxWhilePaused atomic.Uint64
+	pauses                                          [2]atomic.Uint64
+	peak                                            [2]atomic.Int64
+	open, connecting                                atomic.Int64
+}
+
+// start creates the context, listens and services it on a goroutine of its
+// own until close.
+func start(cfg config) (*proxy, error) {
+	if cfg.highWater <= 0 || cfg.lowWater <= 0 || cfg.lowWater > cfg.highWater {
+		return nil, fmt.Errorf("highwater %d, lowwater %d: both must be positive, low not above high", cfg.highWater, cfg.lowWater)
+	}
+	if cfg.threads <= 0 {
+		cfg.threads = 1
+	}
+	p := &proxy{cfg: cfg, done: make(chan error, 1)}
+	client := core.Protocol{Name: "client", Callback: p.callback, RxChunk: rxChunk}
+	upstream := core.Protocol{Name: "upstream", Callback: p.callback, RxChunk: rxChunk}
+	var set *foreign.PollSet
+	if cfg.evlib == foreign.Name || os.Getenv(evlib.EnvVar) == foreign.Name {
+		if cfg.threads > 1 {
+			return nil, fmt.Errorf("-threads %d: the foreign loop of this example drives one service thread", cfg.threads)
+		}
+		set = new(foreign.PollSet)
+		client = set.Protocol(client)
+	}
+	ctx, err := core.New(core.Info{
+		EventLib:       cfg.evlib,
+		CountThreads:   cfg.threads,
+		ConnectTimeout: cfg.connectTimeout,
+		Protocols:      []core.Protocol{client, upstream},
+	})
+	if err != nil {
+		return nil, err
+	}
+	p.ctx = ctx
+	if p.ln, err = ctx.Listen("tcp", cfg.listen, "client"); err != nil {
+		ctx.Destroy()
+		return nil, err
+	}
+	if ctx.Caps()&evlib.CapAppDriven == 0 {
+		set = nil // PLUGLOOP_EVLIB chose a backend with a loop of its own
+	}
+	go func() {
+		if set == nil {
+			p.done <- ctx.Run(context.Background())
+			return
+		}
+		// The application's own loop; Destroy ends its Poll.
+		for {
+			if err := set.Poll(ctx.Thread(0), nil, -1); err != nil {
+				if errors.Is(err, core.ErrDestroyed) {
+					err = nil
+				}
+				p.done <- err
+				return
+			}
+		}
+	}()
+	return p, nil
+}
+
+func (p *proxy) addr() string { return p.ln.Addr().String() }
+
+// close destroys the context and waits for the loop to end.
+func (p *proxy) close() error {
+	p.ctx.Destroy()
+	<-p.ctx.Done()
+	err := <-p.done
+	if errors.Is(err, core.ErrDestroyed) {
+		err = nil // destroyed before the loop began
+	}
+	return err
+}
+
+func (p *proxy) stats() Stats {
+	var s Stats
+	s.Accepted, s.ConnectErrors, s.Aborted = p.accepted.Load(), p.connectErrors.Load(), p.aborted.Load()
+	s.RxWhilePaused, s.Open, s.Connecting = p.rxWhilePaused.Load(), p.open.Load(), p.connecting.Load()
+	for i := range 2 {
+		s.Pauses[i], s.PeakPending[i] = p.pauses[i].Load(), p.peak[i].Load()
+	}
+	return s
+}
+
+func (p *proxy) callback(ev core.Event) error {
+	c := ev.Conn
+	switch ev.Reason {
+	case core.ReasonRawAdopt:
+		if s, ok := c.User().(*side); ok { // the upstream, established
+			s.connecting = false
+			p.connecting.Add(-1)
+			if len(s.out) > 0 || s.closeAfter {
+				return c.CallbackOnWritable()
+			}
+			return nil
+		}
+		return p.accept(ev)
+
+	case core.ReasonRawRX:
+		return p.relay(c.User().(*side), ev.Data)
+
+	case core.ReasonRawWriteable:
+		return p.writeable(c.User().(*side))
+
+	case core.ReasonTimer:
+		s := c.User().(*side)
+		if s.abortErr != nil {
+			// A reset, not an end of stream: the peer must not take what
+			// it got for the whole stream.
+			_ = unix.SetsockoptLinger(c.FD(), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
+			p.aborted.Add(1)
+			return fmt.Errorf("%w: %w", errPeerAborted, s.abortErr)
+		}
+
+	case core.ReasonClientConnectionError:
+		s := c.User().(*side)
+		s.closed, s.connecting = true, false
+		p.open.Add(-1)
+		p.connecting.Add(-1)
+		if !s.other.closed {
+			p.connectErrors.Add(1)
+			// Nothing was pending for the client: it closes at once.
+			return s.other.conn.Close()
+		}
+
+	case core.ReasonRawClose:
+		s := c.User().(*side)
+		s.closed = true
+		s.out = nil
+		p.open.Add(-1)
+		return p.ended(s, ev.Err)
+	}
+	return nil
+}
+
+// accept pairs an accepted client connection with a connection to the
+// upstream, on the same service thread (a pair's sides call each other's
+// methods, which are loop-only).
+func (p *proxy) accept(ev core.Event) error {
+	p.accepted.Add(1)
+	p.open.Add(1)
+	cl := &side{index: fromClient, conn: ev.Conn}
+	up := &side{index: fromUpstream, other: cl, connecting: true}
+	cl.other = up
+	ev.Conn.SetUser(cl)
+	conn, err := p.ctx.Connect("tcp", p.cfg.upstream, "upstream", core.WithUser(up), core.OnThread(ev.Thread.Index()))
+	if err != nil {
+		up.closed = true
+		return err // closes the client
+	}
+	up.conn = conn
+	p.open.Add(1)
+	p.connecting.Add(1)
+	return nil
+}
+
+// relay takes bytes s received for its other side, and pauses s when the
+// other side has high water waiting.
+func (p *proxy) relay(s *side, data []byte) error {
+	if s.paused {
+		p.rxWhilePaused.Add(1)
+	}
+	o := s.other
+	if o.closed || o.closeAfter || o.abortErr != nil {
+		return nil // nowhere to go
+	}
+	o.out = append(o.out, data...)
+	w := o.waiting()
+	raiseTo(&p.peak[s.index], int64(w))
+	if !o.connecting {
+		if err := o.conn.CallbackOnWritable(); err != nil {
+			return err
+		}
+	}
+	if w >= p.cfg.highWater && !s.paused {
+		s.paused = true
+		p.pauses[s.index].Add(1)
+		return s.conn.RxFlowControl(false)
+	}
+	return nil
+}
+
+// writeable sends what waits for s in one Write, and resumes the other side
+// once less than low water waits.
+func (p *proxy) writeable(s *side) error {
+	if s.abortErr != nil {
+		return nil // the TIMER resets it
+	}
+	if len(s.out) > 0 {
+		// Write accepts all of it; what the kernel did not take the core
+		// keeps, and the next WRITEABLE comes once that has left.
+		if _, err := s.conn.Write(s.out); err != nil {
+			return err
+		}
+		s.out = s.out[:0]
+	}
+	if s.closeAfter {
+		return s.conn.Close() // after the core has sent what it holds
+	}
+	if o := s.other; o.paused && !o.closed {
+		if s.waiting() >= p.cfg.lowWater {
+			// The core holds more than low water: the WRITEABLE after
+			// its flush resumes the other side.
+			return s.conn.CallbackOnWritable()
+		}
+		o.paused = false
+		return o.conn.RxFlowControl(true)
+	}
+	return nil
+}
+
+// ended follows s's close on its other side: an orderly one closes the
+// other once what waits for it is sent, an error resets it.
+func (p *proxy) ended(s *side, why error) error {
+	o := s.other
+	switch {
+	case o.closed || errors.Is(why, core.ErrDestroyed):
+		return nil
+	case o.connecting:
+		return o.conn.Close() // aborts the connect: CLIENT_CONNECTION_ERROR
+	case why == nil || errors.Is(why, io.EOF):
+		o.closeAfter = true
+		if len(o.out) > 0 {
+			return o.conn.CallbackOnWritable()
+		}
+		return o.conn.Close()
+	default:
+		o.abortErr = why
+		return o.conn.SetTimer(0)
+	}
+}
+
+// raiseTo raises the high-water mark m to v.
+func raiseTo(m *atomic.Int64, v int64) {
+	for {
+		old := m.Load()
+		if v <= old || m.CompareAndSwap(old, v) {
+			return
+		}
+	}
+}

@@ -1,0 +1,478 @@
+//go:build unix
+
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/plugloop/plugloop/evlib"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+)
+
+// hang bounds every wait, so that a bug fails the test instead of hanging
+// it; nothing waits for time to pass.
+const hang = 20 * time.Second
+
+// The tests' flow-control marks: small, so that little data exercises them.
+const (
+	testHigh = 64 << 10
+	testLow  = 16 << 10
+)
+
+// available lists the backends this test binary can run: the built-in
+// ones, gnet, netpoll and foreign (linked in by main.go).
+func available(t *testing.T) []string {
+	var names []string
+	for _, d := range evlib.Backends() {
+		if d.Available() {
+			names = append(names, d.Name)
+		}
+	}
+	require.NotEmpty(t, names)
+	return names
+}
+
+func TestProxy(t *testing.T) {
+	if os.Getenv(evlib.EnvVar) != "" {
+		t.Setenv(evlib.EnvVar, "") // each subtest names its backend
+	}
+	// What stays for good once used — the Go runtime's poller, netpoll's
+	// pollers — comes before the baselines: one round trip on each backend.
+	libs := available(t)
+	t.Run("warmup", func(t *testing.T) {
+		up := serve(t, nil, echo)
+		for _, lib := range libs {
+			p := proxyFor(t, lib, up)
+			c := dial(t, p.addr(), nil)
+			write(t, c, []byte("hello"))
+			got := make([]byte, 5)
+			_, err := io.ReadFull(c, got)
+			require.NoError(t, err)
+			require.Equal(t, "hello", string(got))
+		}
+	})
+	for _, lib := range libs {
+		t.Run(lib, func(t *testing.T) {
+			baseFDs, baseG := openFDs(t), runtime.NumGoroutine()
+			t.Run("Relay", func(t *testing.T) { testRelay(t, lib) })
+			t.Run("Backpressure", func(t *testing.T) { testBackpressure(t, lib) })
+			t.Run("HeldWhileConnecting", func(t *testing.T) { testHeldWhileConnecting(t, lib) })
+			t.Run("Refused", func(t *testing.T) { testRefused(t, lib) })
+			t.Run("UpstreamReset", func(t *testing.T) { testUpstreamReset(t, lib) })
+			t.Run("ClientReset", func(t *testing.T) { testClientReset(t, lib) })
+
+			waitFor(t, "goroutines back to the count before the proxies", func() bool { return runtime.NumGoroutine() <= baseG },
+				func() string {
+					buf := make([]byte, 1<<20)
+					return string(buf[:runtime.Stack(buf, true)])
+				})
+			require.Equal(t, baseFDs, openFDs(t), "descriptors left open after Destroy")
+		})
+	}
+}
+
+// Several clients at once stream MiBs of random bytes through the proxy to
+// an echo upstream and read the echo concurrently: both directions of every
+// pair carry data at the same time, and every byte comes back.
+func testRelay(t *testing.T, lib string) {
+	const clients, size = 4, 2 << 20
+	p := proxyFor(t, lib, serve(t, nil, echo))
+	errs := make(chan error, clients)
+	for i := range clients {
+		data := random(size, uint64(i))
+		c := dial(t, p.addr(), nil)
+		go func() {
+			werr := make(chan error, 1)
+			go func() {
+				_, err := c.Write(data)
+				werr <- err
+			}()
+			got := make([]byte, size)
+			_, err := io.ReadFull(c, got)
+			if err == nil && !bytes.Equal(got, data) {
+				err = fmt.Errorf("client %d: the echo differs", i)
+			}
+			errs <- errors.Join(err, <-werr)
+		}()
+	}
+	for range clients {
+		require.NoError(t, <-errs)
+	}
+	s := p.stats()
+	require.EqualValues(t, clients, s.Accepted)
+	require.LessOrEqual(t, s.PeakPending[fromClient], int64(testHigh+rxChunk))
+	require.LessOrEqual(t, s.PeakPending[fromUpstream], int64(testHigh+rxChunk))
+}
+
+// A client writes without reading to an upstream that does not read
+// either. The proxy holds at most high water plus one read for the
+// upstream and pauses the client; then the upstream echoes (without the
+// client reading) and the proxy pauses the upstream in turn. Once the
+// client reads, every byte it sent comes back. The bound is checked with
+// the proxy's own counters of what it held.
+func testBackpressure(t *testing.T, lib string) {
+	gate := make(chan struct{})
+	var gateOnce sync.Once
+	open := func() { gateOnce.Do(func() { close(gate) }) }
+	t.Cleanup(open)
+	up := serve(t, smallBuffers, func(c net.Conn) {
+		<-gate
+		echo(c)
+	})
+	p := proxyFor(t, lib, up)
+	c := dial(t, p.addr(), smallBuffers)
+
+	block := random(1<<20, 7)
+	const piece = 16 << 10
+	var stop atomic.Bool
+	total := make(chan int64, 1)
+	go func() { // the writer: until both directions were paused
+		var n int64
+		for !stop.Load() {
+			off := n % int64(len(block))
+			m, err := c.Write(block[off : off+piece])
+			n += int64(m)
+			if err != nil {
+				break
+			}
+		}
+		total <- n
+	}()
+	waitFor(t, "the proxy to pause the client", func() bool { return p.stats().Pauses[fromClient] > 0 })
+	open()
+	waitFor(t, "the proxy to pause the upstream", func() bool { return p.stats().Pauses[fromUpstream] > 0 })
+	stop.Store(true)
+
+	var got atomic.Int64
+	rerr := make(chan error, 1)
+	go func() { // the reader, from now on
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := c.Read(buf)
+			for i := range n {
+				if buf[i] != block[(got.Load()+int64(i))%int64(len(block))] {
+					rerr <- fmt.Errorf("byte %d differs", got.Load()+int64(i))
+					return
+				}
+			}
+			got.Add(int64(n))
+			if err != nil {
+				rerr <- err
+				return
+			}
+		}
+	}()
+	sent := <-total
+	waitFor(t, "every byte back", func() bool { return got.Load() >= sent },
+		func() string { return fmt.Sprintf("%d of %d bytes back", got.Load(), sent) })
+	require.Equal(t, sent, got.Load())
+	c.Close()
+	require.Error(t, <-rerr) // the close ends the reader
+
+	s := p.stats()
+	t.Logf("%d bytes each way; peak pending %d to the upstream, %d to the client; %d+%d pauses",
+		sent, s.PeakPending[fromClient], s.PeakPending[fromUpstream], s.Pauses[fromClient], s.Pauses[fromUpstream])
+	for dir := range 2 {
+		require.GreaterOrEqual(t, s.PeakPending[dir], int64(testHigh), "direction %d reached high water", dir)
+		require.LessOrEqual(t, s.PeakPending[dir], int64(testHigh+rxChunk), "direction %d held more than high water and one read", dir)
+	}
+	require.Zero(t, s.RxWhilePaused)
+}
+
+// Input a client sends before the upstream connection is established is
+// held, under the same bound: the proxy pauses the client at high water and
+// sends everything once connected. The upstream listener's accept queue is
+// full (backlog 0, one connection waiting), so the kernel drops the proxy's
+// SYN until the test makes room.
+func testHeldWhileConnecting(t *testing.T, lib string) {
+	ln := backlogZero(t)
+	filler, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	defer filler.Close()
+
+	p := proxyFor(t, lib, ln.Addr().String())
+	c := dial(t, p.addr(), nil)
+	data := random(1<<20, 3)
+	werr := make(chan error, 1)
+	go func() {
+		_, err := c.Write(data)
+		werr <- err
+	}()
+	waitFor(t, "the proxy to pause the client", func() bool { return p.stats().Pauses[fromClient] > 0 })
+	s := p.stats()
+	require.EqualValues(t, 1, s.Connecting, "the upstream is not established")
+	require.GreaterOrEqual(t, s.PeakPending[fromClient], int64(testHigh))
+	require.LessOrEqual(t, s.PeakPending[fromClient], int64(testHigh+rxChunk))
+
+	// Room in the accept queue: the proxy's next SYN gets through.
+	f, err := ln.Accept()
+	require.NoError(t, err)
+	f.Close()
+	serveOn(t, ln, echo)
+	got := make([]byte, len(data))
+	_, err = io.ReadFull(c, got)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(data, got), "the echo differs")
+	require.NoError(t, <-werr)
+	require.Zero(t, p.stats().Connecting)
+}
+
+// An upstream that refuses the connection closes the client, which sees its
+// end of stream (or a reset, if its input was unread).
+func testRefused(t *testing.T, lib string) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	closed := ln.Addr().String()
+	ln.Close()
+	p := proxyFor(t, lib, closed)
+
+	quiet := dial(t, p.addr(), nil)
+	b, err := io.ReadAll(quiet)
+	require.NoError(t, err, "a client that sent nothing gets end of stream")
+	require.Empty(t, b)
+
+	talker := dial(t, p.addr(), nil)
+	write(t, talker, []byte("hello"))
+	b, err = io.ReadAll(talker)
+	if err != nil {
+		require.ErrorIs(t, err, syscall.ECONNRESET)
+	}
+	require.Empty(t, b)
+	require.EqualValues(t, 2, p.stats().ConnectErrors)
+	waitFor(t, "both clients closed", func() bool { return p.stats().Open == 0 })
+}
+
+// An upstream that resets the connection mid-stream gets the client's
+// connection reset too.
+func testUpstreamReset(t *testing.T, lib string) {
+	p := proxyFor(t, lib, serve(t, nil, func(c net.Conn) {
+		buf := make([]byte, 16<<10)
+		if _, err := io.ReadFull(c, buf); err != nil {
+			return
+		}
+		c.Write([]byte("partial answer"))
+		reset(c)
+	}))
+	c := dial(t, p.addr(), nil)
+	// Written before the reset, and read on this goroutine only: a write
+	// that met the reset would take the error the read checks.
+	write(t, c, random(16<<10, 1))
+	_, err := io.Copy(io.Discard, c)
+	require.ErrorIs(t, err, syscall.ECONNRESET)
+	waitFor(t, "both sides closed", func() bool { return p.stats().Open == 0 })
+	require.EqualValues(t, 1, p.stats().Aborted)
+}
+
+// A client that resets its connection gets the upstream's reset too.
+func testClientReset(t *testing.T, lib string) {
+	upErr := make(chan error, 1)
+	p := proxyFor(t, lib, serve(t, nil, func(c net.Conn) {
+		_, err := io.Copy(io.Discard, c)
+		upErr <- err
+	}))
+	c := dial(t, p.addr(), nil)
+	write(t, c, random(16<<10, 2))
+	waitFor(t, "the upstream connected", func() bool { return p.stats().Open == 2 && p.stats().Connecting == 0 })
+	reset(c)
+	require.ErrorIs(t, <-upErr, syscall.ECONNRESET)
+	waitFor(t, "both sides closed", func() bool { return p.stats().Open == 0 })
+	require.EqualValues(t, 1, p.stats().Aborted)
+}
+
+// proxyFor starts a proxy to upstream on lib with the tests' marks, and
+// closes it when the test ends.
+func proxyFor(t *testing.T, lib, upstream string) *proxy {
+	t.Helper()
+	p, err := start(config{evlib: lib, listen: "127.0.0.1:0", upstream: upstream, highWater: testHigh, lowWater: testLow, connectTimeout: hang})
+	require.NoError(t, err)
+	require.Equal(t, lib, p.ctx.EventLib())
+	t.Cleanup(func() {
+		require.Zero(t, p.stats().RxWhilePaused, "RAW_RX after the proxy paused rx")
+		require.NoError(t, p.close())
+	})
+	return p
+}
+
+// echo sends back what it reads until end of stream, then closes.
+func echo(c net.Conn) {
+	copyPlain(c, c)
+	c.Close()
+}
+
+// copyPlain is io.Copy through a buffer: between two TCP connections
+// io.Copy splices through pipes the runtime keeps in a pool, which the
+// descriptor check would take for a leak.
+func copyPlain(dst io.Writer, src io.Reader) (int64, error) {
+	return io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, make([]byte, 32<<10))
+}
+
+// serve runs handler for every connection to a new loopback listener,
+// whose sockets control sets up if given; it returns the address. When the
+// test ends the listener and every connection are closed, and the handlers
+// waited for.
+func serve(t *testing.T, control func(string, string, syscall.RawConn) error, handler func(net.Conn)) string {
+	t.Helper()
+	lc := net.ListenConfig{Control: control}
+	ln, err := lc.Listen(t.Context(), "tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	serveOn(t, ln, handler)
+	return ln.Addr().String()
+}
+
+func serveOn(t *testing.T, ln net.Listener, handler func(net.Conn)) {
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns []net.Conn
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				handler(c)
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+}
+
+// backlogZero listens on loopback with a backlog of 0: one connection fits
+// in the accept queue, the SYNs of the next are dropped until it is
+// accepted.
+func backlogZero(t *testing.T) net.Listener {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+	require.NoError(t, err)
+	unix.CloseOnExec(fd) // not SOCK_CLOEXEC, which macOS lacks
+	f := os.NewFile(uintptr(fd), "backlog0")
+	defer f.Close()
+	require.NoError(t, unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}))
+	require.NoError(t, unix.Listen(fd, 0))
+	ln, err := net.FileListener(f)
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// smallBuffers gives a socket 16 KiB kernel buffers, so that back-pressure
+// reaches the proxy after little data.
+func smallBuffers(_, _ string, rc syscall.RawConn) error {
+	var serr error
+	err := rc.Control(func(fd uintptr) {
+		serr = errors.Join(
+			syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 16<<10),
+			syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, 16<<10))
+	})
+	return errors.Join(err, serr)
+}
+
+func dial(t *testing.T, addr string, control func(string, string, syscall.RawConn) error) *net.TCPConn {
+	t.Helper()
+	d := net.Dialer{Control: control}
+	c, err := d.Dial("tcp", addr)
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	require.NoError(t, c.SetDeadline(time.Now().Add(hang)))
+	return c.(*net.TCPConn)
+}
+
+func write(t *testing.T, c net.Conn, p []byte) {
+	t.Helper()
+	_, err := c.Write(p)
+	require.NoError(t, err)
+}
+
+// reset closes c with a reset (SO_LINGER 0) instead of an end of stream.
+func reset(c net.Conn) {
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close()
+}
+
+// random returns n bytes from a generator seeded with seed.
+func random(n int, seed uint64) []byte {
+	r := rand.New(rand.NewPCG(seed, seed))
+	b := make([]byte, n)
+	for i := 0; i < n; i += 8 {
+		v := r.Uint64()
+		for j := i; j < min(i+8, n); j++ {
+			b[j] = byte(v)
+			v >>= 8
+		}
+	}
+	return b
+}
+
+// waitFor waits for cond, bounded by hang; it asserts nothing about time.
+// describe, if given, says what it found instead.
+func waitFor(t *testing.T, what string, cond func() bool, describe ...func() string) {
+	t.Helper()
+	deadline := time.Now().Add(hang)
+	for !cond() {
+		if time.Now().After(deadline) {
+			var found string
+			for _, d := range describe {
+				found += d()
+			}
+			t.Fatalf("gave up waiting for %s\n%s", what, found)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// openFDs lists the process' descriptors with what each refers to: from
+// /proc/self/fd where there is one, else by asking fcntl about every number
+// below the descriptor limit.
+func openFDs(t *testing.T) map[int]string {
+	t.Helper()
+	fds := map[int]string{}
+	if ents, err := os.ReadDir("/proc/self/fd"); err == nil {
+		for _, e := range ents {
+			fd, _ := strconv.Atoi(e.Name())
+			if link, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil {
+				fds[fd] = link
+			}
+		}
+		return fds
+	}
+	var rl unix.Rlimit
+	require.NoError(t, unix.Getrlimit(unix.RLIMIT_NOFILE, &rl))
+	for fd := range int(min(uint64(rl.Cur), 1<<16)) {
+		var st unix.Stat_t
+		if unix.Fstat(fd, &st) == nil {
+			fds[fd] = fmt.Sprintf("mode %#o inode %d", st.Mode&unix.S_IFMT, st.Ino)
+		}
+	}
+	return fds
+}
