@@ -12,6 +12,7 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -293,6 +294,156 @@ func testClientReset(t *testing.T, lib string) {
 	require.EqualValues(t, 1, p.stats().Aborted)
 }
 
+// stdlibProxy is the baseline the benchmarks compare with: the proxy
+// people write with Go's net package, two goroutines per pair copying with
+// io.Copy (which splices between TCP sockets on Linux), CloseWrite at one
+// direction's end, both closed once both directions ended or one failed.
+// It serves ln until ln is closed, and returns once every pair is done.
+func stdlibProxy(ln net.Listener, upstream string) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer c.Close()
+			u, err := net.Dial("tcp", upstream)
+			if err != nil {
+				return
+			}
+			defer u.Close()
+			var once sync.Once
+			abort := func() {
+				once.Do(func() {
+					c.(*net.TCPConn).SetLinger(0)
+					u.(*net.TCPConn).SetLinger(0)
+					c.Close()
+					u.Close()
+				})
+			}
+			pipe := func(dst, src *net.TCPConn) {
+				if _, err := io.Copy(dst, src); err != nil {
+					abort()
+					return
+				}
+				dst.CloseWrite()
+			}
+			done := make(chan struct{})
+			go func() {
+				pipe(u.(*net.TCPConn), c.(*net.TCPConn))
+				close(done)
+			}()
+			pipe(c.(*net.TCPConn), u.(*net.TCPConn))
+			<-done
+		}()
+	}
+}
+
+// TestStdlibProxyServe runs the baseline as a program, for measurements
+// with separate processes (wrk, the bench's -target):
+//
+//	go test -c -o /tmp/proxy.test ./examples/proxy
+//	PROXY_STDLIB=127.0.0.1:8081,127.0.0.1:9000 /tmp/proxy.test -test.run StdlibProxyServe -test.timeout 0
+//
+// serves until killed. Without PROXY_STDLIB it is skipped.
+func TestStdlibProxyServe(t *testing.T) {
+	listen, upstream, ok := strings.Cut(os.Getenv("PROXY_STDLIB"), ",")
+	if !ok {
+		t.Skip("set PROXY_STDLIB=LISTEN,UPSTREAM to run the stdlib proxy")
+	}
+	ln, err := net.Listen("tcp", listen)
+	require.NoError(t, err)
+	stdlibProxy(ln, upstream)
+}
+
+// BenchmarkStream streams through each proxy to an echo upstream, in the
+// same process: conns connections each write their share of b.N MiB and
+// read the echo concurrently. MB/s counts one direction. cpu-ms/MiB is the
+// whole process' CPU time (getrusage) per MiB — load generator, upstream
+// and proxy together; the load and the upstream are the same code for
+// every proxy, so the differences are the proxies'.
+func BenchmarkStream(b *testing.B) {
+	const conns, mib = 8, 1 << 20
+	up := serve(b, nil, echo)
+	if os.Getenv(evlib.EnvVar) != "" {
+		b.Setenv(evlib.EnvVar, "")
+	}
+	var names []string
+	for _, d := range evlib.Backends() {
+		if d.Available() {
+			names = append(names, d.Name)
+		}
+	}
+	names = append(names, "stdlib")
+	block := random(mib, 9)
+	for _, name := range names {
+		b.Run(name, func(b *testing.B) {
+			var addr string
+			if name == "stdlib" {
+				ln, err := net.Listen("tcp", "127.0.0.1:0")
+				require.NoError(b, err)
+				done := make(chan struct{})
+				go func() {
+					stdlibProxy(ln, up)
+					close(done)
+				}()
+				defer func() {
+					ln.Close()
+					<-done
+				}()
+				addr = ln.Addr().String()
+			} else {
+				p, err := start(config{evlib: name, listen: "127.0.0.1:0", upstream: up, highWater: 256 << 10, lowWater: 64 << 10, connectTimeout: hang})
+				require.NoError(b, err)
+				defer p.close()
+				addr = p.addr()
+			}
+			cs := make([]net.Conn, conns)
+			for i := range cs {
+				c, err := net.Dial("tcp", addr)
+				require.NoError(b, err)
+				defer c.Close()
+				cs[i] = c
+			}
+			b.SetBytes(mib)
+			var ru0, ru1 syscall.Rusage
+			syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
+			b.ResetTimer()
+			errs := make(chan error, 2*conns)
+			for i, c := range cs {
+				n := b.N / conns
+				if i < b.N%conns {
+					n++
+				}
+				go func() {
+					for range n {
+						if _, err := c.Write(block); err != nil {
+							errs <- err
+							return
+						}
+					}
+					errs <- nil
+				}()
+				go func() {
+					_, err := io.CopyN(io.Discard, c, int64(n)*mib)
+					errs <- err
+				}()
+			}
+			for range 2 * conns {
+				require.NoError(b, <-errs)
+			}
+			b.StopTimer()
+			syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
+			cpu := time.Duration(ru1.Utime.Nano() + ru1.Stime.Nano() - ru0.Utime.Nano() - ru0.Stime.Nano())
+			b.ReportMetric(float64(cpu.Microseconds())/1e3/float64(b.N), "cpu-ms/MiB")
+		})
+	}
+}
+
 // proxyFor starts a proxy to upstream on lib with the tests' marks, and
 // closes it when the test ends.
 func proxyFor(t *testing.T, lib, upstream string) *proxy {
@@ -324,7 +475,7 @@ func copyPlain(dst io.Writer, src io.Reader) (int64, error) {
 // whose sockets control sets up if given; it returns the address. When the
 // test ends the listener and every connection are closed, and the handlers
 // waited for.
-func serve(t *testing.T, control func(string, string, syscall.RawConn) error, handler func(net.Conn)) string {
+func serve(t testing.TB, control func(string, string, syscall.RawConn) error, handler func(net.Conn)) string {
 	t.Helper()
 	lc := net.ListenConfig{Control: control}
 	ln, err := lc.Listen(t.Context(), "tcp", "127.0.0.1:0")
@@ -333,7 +484,7 @@ func serve(t *testing.T, control func(string, string, syscall.RawConn) error, ha
 	return ln.Addr().String()
 }
 
-func serveOn(t *testing.T, ln net.Listener, handler func(net.Conn)) {
+func serveOn(t testing.TB, ln net.Listener, handler func(net.Conn)) {
 	var (
 		wg    sync.WaitGroup
 		mu    sync.Mutex
