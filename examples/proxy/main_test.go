@@ -206,6 +206,13 @@ func testHeldWhileConnecting(t *testing.T, lib string) {
 	defer filler.Close()
 
 	p := proxyFor(t, lib, ln.Addr().String())
+	// A client that leaves while its upstream connects aborts the connect.
+	gone := dial(t, p.addr(), nil)
+	waitFor(t, "the upstream connecting", func() bool { return p.stats().Connecting == 1 })
+	gone.Close()
+	waitFor(t, "both sides gone", func() bool { return p.stats().Open == 0 })
+	require.Zero(t, p.stats().ConnectErrors, "an aborted connect is not an upstream's error")
+
 	c := dial(t, p.addr(), nil)
 	data := random(1<<20, 3)
 	werr := make(chan error, 1)
