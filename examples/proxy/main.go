@@ -39,9 +39,17 @@
 //     callback of its own (Conn.SetTimer(0)), lws' way of killing another
 //     connection, since returning an error from a callback closes only the
 //     callback's connection.
-//   - A peer's orderly end of stream closes its connection once the core has
-//     delivered its input; the partner is then closed once everything that
-//     was pending for it has been sent.
+//   - Half-close propagates both ways. Both protocols set
+//     core.Protocol.AllowHalfOpen, so a peer's orderly end of stream (its
+//     FIN: shutdown(SHUT_WR), "nc -N") does not close its connection: the
+//     core delivers RAW_RX_END after the last RAW_RX, and the proxy passes
+//     the end on. What is pending for the other side is sent first, in its
+//     next WRITEABLE, then Conn.CloseWrite shuts the other side's write side
+//     down once the core has sent what it holds; meanwhile the other
+//     direction keeps relaying, for as long as it needs (an answer to a
+//     request that ended with a half-close). When both directions have
+//     ended, each connection has both ended its input and shut its output,
+//     and the core closes both.
 //
 // -evlib takes any backend name; PLUGLOOP_EVLIB overrides it. With -evlib
 // foreign, the program's own unix.Poll loop (foreign.PollSet) drives plugloop.
@@ -134,8 +142,10 @@ type side struct {
 	out        []byte // received from other, not handed to conn.Write yet
 	paused     bool   // this side's rx is paused because other's out is full
 	connecting bool   // the upstream is not established yet
+	rxEnded    bool   // this side's peer ended its stream (RAW_RX_END)
+	endOut     bool   // other's input ended: shut this side's write side once out is sent
+	writeShut  bool   // CloseWrite was called
 	closed     bool   // RAW_CLOSE or CLIENT_CONNECTION_ERROR came
-	closeAfter bool   // the other side ended: close once out is sent
 	abortErr   error  // the other side ended with this error: reset this one
 }
 
@@ -153,6 +163,7 @@ type Stats struct {
 	Accepted      uint64    // client connections accepted
 	ConnectErrors uint64    // upstream connections that failed (CLIENT_CONNECTION_ERROR)
 	Aborted       uint64    // connections reset because the other side ended with an error
+	HalfCloses    uint64    // write sides shut down (Conn.CloseWrite) passing on a peer's end of stream
 	Pauses        [2]uint64 // rx pauses, by direction (fromClient, fromUpstream)
 	PeakPending   [2]int64  // most bytes one side had waiting, by direction
 	RxWhilePaused uint64    // RAW_RX received while paused: never, if rx flow control works
@@ -167,6 +178,7 @@ type proxy struct {
 	done chan error // the loop's result
 
 	accepted, connectErrors, aborted, rxWhilePaused atomic.Uint64
+	halfCloses                                      atomic.Uint64
 	pauses                                          [2]atomic.Uint64
 	peak                                            [2]atomic.Int64
 	open, connecting                                atomic.Int64
@@ -182,8 +194,8 @@ func start(cfg config) (*proxy, error) {
 		cfg.threads = 1
 	}
 	p := &proxy{cfg: cfg, done: make(chan error, 1)}
-	client := core.Protocol{Name: "client", Callback: p.callback, RxChunk: rxChunk}
-	upstream := core.Protocol{Name: "upstream", Callback: p.callback, RxChunk: rxChunk}
+	client := core.Protocol{Name: "client", Callback: p.callback, RxChunk: rxChunk, AllowHalfOpen: true}
+	upstream := core.Protocol{Name: "upstream", Callback: p.callback, RxChunk: rxChunk, AllowHalfOpen: true}
 	var set *foreign.PollSet
 	if cfg.evlib == foreign.Name || os.Getenv(evlib.EnvVar) == foreign.Name {
 		if cfg.threads > 1 {
@@ -244,6 +256,7 @@ func (p *proxy) close() error {
 func (p *proxy) stats() Stats {
 	var s Stats
 	s.Accepted, s.ConnectErrors, s.Aborted = p.accepted.Load(), p.connectErrors.Load(), p.aborted.Load()
+	s.HalfCloses = p.halfCloses.Load()
 	s.RxWhilePaused, s.Open, s.Connecting = p.rxWhilePaused.Load(), p.open.Load(), p.connecting.Load()
 	for i := range 2 {
 		s.Pauses[i], s.PeakPending[i] = p.pauses[i].Load(), p.peak[i].Load()
@@ -258,8 +271,11 @@ func (p *proxy) callback(ev core.Event) error {
 		if s, ok := c.User().(*side); ok { // the upstream, established
 			s.connecting = false
 			p.connecting.Add(-1)
-			if len(s.out) > 0 || s.closeAfter {
+			if len(s.out) > 0 {
 				return c.CallbackOnWritable()
+			}
+			if s.endOut {
+				return p.closeWrite(s) // the client's input ended already
 			}
 			return nil
 		}
@@ -267,6 +283,12 @@ func (p *proxy) callback(ev core.Event) error {
 
 	case core.ReasonRawRX:
 		return p.relay(c.User().(*side), ev.Data)
+
+	case core.ReasonRawRxEnd:
+		// Every byte the peer sent was relayed; the end follows them.
+		s := c.User().(*side)
+		s.rxEnded = true
+		return p.endOutput(s.other)
 
 	case core.ReasonRawWriteable:
 		return p.writeable(c.User().(*side))
@@ -330,8 +352,8 @@ func (p *proxy) relay(s *side, data []byte) error {
 		p.rxWhilePaused.Add(1)
 	}
 	o := s.other
-	if o.closed || o.closeAfter || o.abortErr != nil {
-		return nil // nowhere to go
+	if o.closed || o.writeShut || o.abortErr != nil {
+		return nil // o is closed, being reset or done writing: nowhere to go
 	}
 	o.out = append(o.out, data...)
 	w := o.waiting()
@@ -363,8 +385,10 @@ func (p *proxy) writeable(s *side) error {
 		}
 		s.out = s.out[:0]
 	}
-	if s.closeAfter {
-		return s.conn.Close() // after the core has sent what it holds
+	if s.endOut {
+		// The other side's input ended (so it is not paused): after what
+		// was just written, the end of stream.
+		return p.closeWrite(s)
 	}
 	if o := s.other; o.paused && !o.closed {
 		if s.waiting() >= p.cfg.lowWater {
@@ -378,8 +402,39 @@ func (p *proxy) writeable(s *side) error {
 	return nil
 }
 
-// ended follows s's close on its other side: an orderly one closes the
-// other once what waits for it is sent, an error resets it.
+// endOutput passes the end of the other side's input on to s: once what
+// waits for s is written, its write side is shut down.
+func (p *proxy) endOutput(s *side) error {
+	if s.closed || s.abortErr != nil || s.endOut {
+		return nil
+	}
+	s.endOut = true
+	switch {
+	case s.connecting:
+		return nil // RAW_ADOPT or the first WRITEABLE does it
+	case len(s.out) > 0:
+		return s.conn.CallbackOnWritable()
+	default:
+		return p.closeWrite(s)
+	}
+}
+
+// closeWrite shuts s's write side down once the core has sent what it
+// holds. If s's input has ended too, the core then closes it.
+func (p *proxy) closeWrite(s *side) error {
+	if s.writeShut {
+		return nil
+	}
+	s.writeShut = true
+	p.halfCloses.Add(1)
+	return s.conn.CloseWrite()
+}
+
+// ended follows s's close on its other side. An orderly close (io.EOF or
+// nil) comes only once s's input ended and its write side was shut, that
+// is once both directions ended: the other side has then ended its input
+// and shuts its output after what waits for it, and the core closes it.
+// An error resets the other side.
 func (p *proxy) ended(s *side, why error) error {
 	o := s.other
 	switch {
@@ -388,11 +443,7 @@ func (p *proxy) ended(s *side, why error) error {
 	case o.connecting:
 		return o.conn.Close() // aborts the connect: CLIENT_CONNECTION_ERROR
 	case why == nil || errors.Is(why, io.EOF):
-		o.closeAfter = true
-		if len(o.out) > 0 {
-			return o.conn.CallbackOnWritable()
-		}
-		return o.conn.Close()
+		return p.endOutput(o) // so nothing to do: o's output ended with s's input
 	default:
 		o.abortErr = why
 		return o.conn.SetTimer(0)

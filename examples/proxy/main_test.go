@@ -4,6 +4,7 @@ package main
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -72,6 +73,8 @@ func TestProxy(t *testing.T) {
 			t.Run("Relay", func(t *testing.T) { testRelay(t, lib) })
 			t.Run("Backpressure", func(t *testing.T) { testBackpressure(t, lib) })
 			t.Run("HeldWhileConnecting", func(t *testing.T) { testHeldWhileConnecting(t, lib) })
+			t.Run("ClientHalfClose", func(t *testing.T) { testClientHalfClose(t, lib) })
+			t.Run("UpstreamHalfClose", func(t *testing.T) { testUpstreamHalfClose(t, lib) })
 			t.Run("Refused", func(t *testing.T) { testRefused(t, lib) })
 			t.Run("UpstreamReset", func(t *testing.T) { testUpstreamReset(t, lib) })
 			t.Run("ClientReset", func(t *testing.T) { testClientReset(t, lib) })
@@ -88,7 +91,9 @@ func TestProxy(t *testing.T) {
 
 // Several clients at once stream MiBs of random bytes through the proxy to
 // an echo upstream and read the echo concurrently: both directions of every
-// pair carry data at the same time, and every byte comes back.
+// pair carry data at the same time, and every byte comes back. Each client
+// ends with a half-close, which the echo passes back: it gets the echo,
+// then end of stream, and both sides of every pair close.
 func testRelay(t *testing.T, lib string) {
 	const clients, size = 4, 2 << 20
 	p := proxyFor(t, lib, serve(t, nil, echo))
@@ -100,12 +105,11 @@ func testRelay(t *testing.T, lib string) {
 			werr := make(chan error, 1)
 			go func() {
 				_, err := c.Write(data)
-				werr <- err
+				werr <- errors.Join(err, c.CloseWrite())
 			}()
-			got := make([]byte, size)
-			_, err := io.ReadFull(c, got)
+			got, err := io.ReadAll(c)
 			if err == nil && !bytes.Equal(got, data) {
-				err = fmt.Errorf("client %d: the echo differs", i)
+				err = fmt.Errorf("client %d: the echo differs (%d bytes of %d)", i, len(got), len(data))
 			}
 			errs <- errors.Join(err, <-werr)
 		}()
@@ -113,8 +117,11 @@ func testRelay(t *testing.T, lib string) {
 	for range clients {
 		require.NoError(t, <-errs)
 	}
+	waitFor(t, "every pair closed", func() bool { return p.stats().Open == 0 })
 	s := p.stats()
 	require.EqualValues(t, clients, s.Accepted)
+	require.EqualValues(t, 2*clients, s.HalfCloses, "each end of stream passed on")
+	require.Zero(t, s.Aborted)
 	require.LessOrEqual(t, s.PeakPending[fromClient], int64(testHigh+rxChunk))
 	require.LessOrEqual(t, s.PeakPending[fromUpstream], int64(testHigh+rxChunk))
 }
@@ -151,38 +158,32 @@ func testBackpressure(t *testing.T, lib string) {
 				break
 			}
 		}
+		c.CloseWrite()
 		total <- n
 	}()
 	waitFor(t, "the proxy to pause the client", func() bool { return p.stats().Pauses[fromClient] > 0 })
 	open()
 	waitFor(t, "the proxy to pause the upstream", func() bool { return p.stats().Pauses[fromUpstream] > 0 })
-	stop.Store(true)
+	stop.Store(true) // the writer's blocked write ends as the reading below goes on
 
-	var got atomic.Int64
-	rerr := make(chan error, 1)
-	go func() { // the reader, from now on
-		buf := make([]byte, 64<<10)
-		for {
-			n, err := c.Read(buf)
-			for i := range n {
-				if buf[i] != block[(got.Load()+int64(i))%int64(len(block))] {
-					rerr <- fmt.Errorf("byte %d differs", got.Load()+int64(i))
-					return
-				}
-			}
-			got.Add(int64(n))
-			if err != nil {
-				rerr <- err
-				return
+	// Read the echo until its end, which the client's half-close brings.
+	var got int64
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := c.Read(buf)
+		for i := range n {
+			if buf[i] != block[(got+int64(i))%int64(len(block))] {
+				t.Fatalf("byte %d differs", got+int64(i))
 			}
 		}
-	}()
+		got += int64(n)
+		if err == io.EOF {
+			break
+		}
+		require.NoError(t, err)
+	}
 	sent := <-total
-	waitFor(t, "every byte back", func() bool { return got.Load() >= sent },
-		func() string { return fmt.Sprintf("%d of %d bytes back", got.Load(), sent) })
-	require.Equal(t, sent, got.Load())
-	c.Close()
-	require.Error(t, <-rerr) // the close ends the reader
+	require.Equal(t, sent, got)
 
 	s := p.stats()
 	t.Logf("%d bytes each way; peak pending %d to the upstream, %d to the client; %d+%d pauses",
@@ -206,10 +207,11 @@ func testHeldWhileConnecting(t *testing.T, lib string) {
 	defer filler.Close()
 
 	p := proxyFor(t, lib, ln.Addr().String())
-	// A client that leaves while its upstream connects aborts the connect.
+	// A client that leaves (a reset: its mere end of stream would be passed
+	// on once connected) while its upstream connects aborts the connect.
 	gone := dial(t, p.addr(), nil)
 	waitFor(t, "the upstream connecting", func() bool { return p.stats().Connecting == 1 })
-	gone.Close()
+	reset(gone)
 	waitFor(t, "both sides gone", func() bool { return p.stats().Open == 0 })
 	require.Zero(t, p.stats().ConnectErrors, "an aborted connect is not an upstream's error")
 
@@ -237,6 +239,60 @@ func testHeldWhileConnecting(t *testing.T, lib string) {
 	require.True(t, bytes.Equal(data, got), "the echo differs")
 	require.NoError(t, <-werr)
 	require.Zero(t, p.stats().Connecting)
+}
+
+// A client sends a request and shuts its write side down (as "nc -N"
+// does); the upstream reads the request until its end, then answers at
+// length and closes. The client gets all of the answer, then end of stream.
+func testClientHalfClose(t *testing.T, lib string) {
+	request, answer := random(64<<10, 10), random(4<<20, 11)
+	p := proxyFor(t, lib, serve(t, nil, func(c net.Conn) {
+		defer c.Close()
+		h := sha256.New()
+		if _, err := copyPlain(h, c); err != nil {
+			return
+		}
+		c.Write(h.Sum(nil))
+		c.Write(answer)
+	}))
+	c := dial(t, p.addr(), smallBuffers) // the answer backs up on the way
+	write(t, c, request)
+	require.NoError(t, c.CloseWrite())
+	got, err := io.ReadAll(c)
+	require.NoError(t, err)
+	sum := sha256.Sum256(request)
+	require.Equal(t, len(sum)+len(answer), len(got))
+	require.Equal(t, sum[:], got[:len(sum)], "the upstream got the whole request")
+	require.True(t, bytes.Equal(answer, got[len(sum):]), "the answer differs")
+	waitFor(t, "both sides closed", func() bool { return p.stats().Open == 0 })
+	require.EqualValues(t, 2, p.stats().HalfCloses)
+}
+
+// The upstream sends a greeting and shuts its write side down first; the
+// client reads the greeting to its end and only then sends its data, which
+// the upstream gets whole, then end of stream once the client half-closes.
+func testUpstreamHalfClose(t *testing.T, lib string) {
+	greeting, data := random(1<<20, 12), random(4<<20, 13)
+	got := make(chan []byte, 1)
+	p := proxyFor(t, lib, serve(t, nil, func(c net.Conn) {
+		defer c.Close()
+		c.Write(greeting)
+		c.(*net.TCPConn).CloseWrite()
+		h := sha256.New()
+		if _, err := copyPlain(h, c); err == nil {
+			got <- h.Sum(nil)
+		}
+	}))
+	c := dial(t, p.addr(), nil)
+	b, err := io.ReadAll(c)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(greeting, b), "the greeting differs")
+	write(t, c, data) // the other direction relays on
+	require.NoError(t, c.CloseWrite())
+	sum := sha256.Sum256(data)
+	require.Equal(t, sum[:], <-got, "the upstream got every byte")
+	waitFor(t, "both sides closed", func() bool { return p.stats().Open == 0 })
+	require.EqualValues(t, 2, p.stats().HalfCloses)
 }
 
 // An upstream that refuses the connection closes the client, which sees its
