@@ -73,6 +73,7 @@ func TestProxy(t *testing.T) {
 			t.Run("Relay", func(t *testing.T) { testRelay(t, lib) })
 			t.Run("Backpressure", func(t *testing.T) { testBackpressure(t, lib) })
 			t.Run("HeldWhileConnecting", func(t *testing.T) { testHeldWhileConnecting(t, lib) })
+			t.Run("EndWhileConnecting", func(t *testing.T) { testEndWhileConnecting(t, lib) })
 			t.Run("ClientHalfClose", func(t *testing.T) { testClientHalfClose(t, lib) })
 			t.Run("UpstreamHalfClose", func(t *testing.T) { testUpstreamHalfClose(t, lib) })
 			t.Run("Refused", func(t *testing.T) { testRefused(t, lib) })
@@ -239,6 +240,34 @@ func testHeldWhileConnecting(t *testing.T, lib string) {
 	require.True(t, bytes.Equal(data, got), "the echo differs")
 	require.NoError(t, <-werr)
 	require.Zero(t, p.stats().Connecting)
+}
+
+// A client that sends a little and half-closes before its upstream is
+// connected has both passed on once it is: the upstream (an echo) gets the
+// bytes, then the end, and the client its echo, then the end.
+func testEndWhileConnecting(t *testing.T, lib string) {
+	ln := backlogZero(t)
+	filler, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	defer filler.Close()
+
+	p := proxyFor(t, lib, ln.Addr().String())
+	c := dial(t, p.addr(), nil)
+	data := random(1<<10, 4)
+	write(t, c, data)
+	require.NoError(t, c.CloseWrite())
+	waitFor(t, "the proxy to hold the input", func() bool { return p.stats().PeakPending[fromClient] == int64(len(data)) })
+	require.EqualValues(t, 1, p.stats().Connecting, "the upstream is not established")
+
+	f, err := ln.Accept()
+	require.NoError(t, err)
+	f.Close()
+	serveOn(t, ln, echo)
+	got, err := io.ReadAll(c)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(data, got), "the echo differs")
+	waitFor(t, "both sides closed", func() bool { return p.stats().Open == 0 })
+	require.EqualValues(t, 2, p.stats().HalfCloses)
 }
 
 // A client sends a request and shuts its write side down (as "nc -N"
