@@ -8,6 +8,13 @@
 //	go run ./examples/proxy -listen 127.0.0.1:8080 -upstream 127.0.0.1:9000 -evlib epoll
 //	nc 127.0.0.1 8080
 //
+// or in front of examples/httpd, where a request ended by a half-close gets
+// its answer through the proxy:
+//
+//	go run ./examples/httpd -addr 127.0.0.1:9000 &
+//	printf 'GET / HTTP/1.1\r\nHost: x\r\n\r\n' | nc -N 127.0.0.1 8080
+//	wrk -c 50 -d 5s http://127.0.0.1:8080/
+//
 // It is the showcase of writable callbacks and rx flow control working
 // across two connections:
 //
@@ -16,18 +23,20 @@
 //     RAW_WRITEABLE (Conn.CallbackOnWritable); RAW_WRITEABLE hands all that
 //     is pending to one Conn.Write. Write accepts it all: what the kernel
 //     does not take the core keeps (Conn.Buffered) and sends before the next
-//     RAW_WRITEABLE. One Write per WRITEABLE is the contract that lets the
-//     core bound its own buffer by what the application hands it, and makes
-//     the next WRITEABLE mean "everything so far has left".
+//     RAW_WRITEABLE. One Write per WRITEABLE is what keeps that bounded: the
+//     core holds at most the rest of one Write, the next WRITEABLE means it
+//     has all left, and whatever arrives meanwhile waits in the proxy's
+//     buffer, where the proxy can count it and act.
 //   - The proxy counts what waits for a connection as its pending bytes plus
 //     what the core holds. When that reaches -highwater, the connection the
 //     bytes come from is paused (Conn.RxFlowControl(false)): the core stops
 //     reading it, its socket buffer fills, and TCP pushes back on its peer.
 //     It resumes at a WRITEABLE that leaves less than -lowwater waiting.
 //     A pause stops RAW_RX before the next one, and one RAW_RX brings at most
-//     core.Protocol.RxChunk bytes, so one direction of one pair never holds
-//     more than -highwater plus one RxChunk — whatever the peers do. The two
-//     marks apart keep a pair from pausing and resuming on every read.
+//     core.Protocol.RxChunk bytes, so what the proxy and the core hold for
+//     one direction of one pair never exceeds -highwater plus one RxChunk,
+//     whatever the peers do. The two marks apart keep a pair from pausing
+//     and resuming on every read.
 //   - Input a client sends before the upstream connection is established
 //     waits in the same buffer, under the same bound, and leaves in the
 //     upstream's first WRITEABLE.
@@ -36,9 +45,10 @@
 //     write, a timeout — ends its partner at once, with a reset of its own
 //     (SO_LINGER 0), dropping what was pending for it: a peer must not take
 //     a broken stream for a complete one. The partner is closed from a TIMER
-//     callback of its own (Conn.SetTimer(0)), lws' way of killing another
-//     connection, since returning an error from a callback closes only the
-//     callback's connection.
+//     callback of its own (Conn.SetTimer(0)), as lws kills another
+//     connection with a timeout: returning an error from a callback closes
+//     at once, dropping what is held, but only the callback's connection,
+//     and Conn.Close would wait for held output to leave.
 //   - Half-close propagates both ways. Both protocols set
 //     core.Protocol.AllowHalfOpen, so a peer's orderly end of stream (its
 //     FIN: shutdown(SHUT_WR), "nc -N") does not close its connection: the
@@ -51,8 +61,11 @@
 //     ended, each connection has both ended its input and shut its output,
 //     and the core closes both.
 //
-// -evlib takes any backend name; PLUGLOOP_EVLIB overrides it. With -evlib
-// foreign, the program's own unix.Poll loop (foreign.PollSet) drives plugloop.
+// Both connections of a pair live on one service thread (core.OnThread), as
+// each side's callbacks call the other's methods, which are loop-only;
+// -threads spreads pairs over several. -evlib takes any backend name;
+// PLUGLOOP_EVLIB overrides it. With -evlib foreign, the program's own
+// unix.Poll loop (foreign.PollSet) drives plugloop.
 package main
 
 import (
