@@ -70,7 +70,11 @@ func TestProxy(t *testing.T) {
 	for _, lib := range libs {
 		t.Run(lib, func(t *testing.T) {
 			baseFDs, baseG := openFDs(t), runtime.NumGoroutine()
-			t.Run("Relay", func(t *testing.T) { testRelay(t, lib) })
+			t.Run("Relay", func(t *testing.T) { testRelay(t, lib, 1) })
+			if lib != "foreign" { // whose loop here drives one thread
+				// Pairs spread over threads, each pair on one.
+				t.Run("RelayThreads", func(t *testing.T) { testRelay(t, lib, 2) })
+			}
 			t.Run("Backpressure", func(t *testing.T) { testBackpressure(t, lib) })
 			t.Run("HeldWhileConnecting", func(t *testing.T) { testHeldWhileConnecting(t, lib) })
 			t.Run("EndWhileConnecting", func(t *testing.T) { testEndWhileConnecting(t, lib) })
@@ -95,9 +99,9 @@ func TestProxy(t *testing.T) {
 // pair carry data at the same time, and every byte comes back. Each client
 // ends with a half-close, which the echo passes back: it gets the echo,
 // then end of stream, and both sides of every pair close.
-func testRelay(t *testing.T, lib string) {
+func testRelay(t *testing.T, lib string, threads int) {
 	const clients, size = 4, 2 << 20
-	p := proxyFor(t, lib, serve(t, nil, echo))
+	p := proxyFor(t, lib, serve(t, nil, echo), threads)
 	errs := make(chan error, clients)
 	for i := range clients {
 		data := random(size, uint64(i))
@@ -537,10 +541,10 @@ func BenchmarkStream(b *testing.B) {
 }
 
 // proxyFor starts a proxy to upstream on lib with the tests' marks, and
-// closes it when the test ends.
-func proxyFor(t *testing.T, lib, upstream string) *proxy {
+// closes it when the test ends; threads, if given, is its service threads.
+func proxyFor(t *testing.T, lib, upstream string, threads ...int) *proxy {
 	t.Helper()
-	p, err := start(config{evlib: lib, listen: "127.0.0.1:0", upstream: upstream, highWater: testHigh, lowWater: testLow, connectTimeout: hang})
+	p, err := start(config{evlib: lib, listen: "127.0.0.1:0", upstream: upstream, highWater: testHigh, lowWater: testLow, connectTimeout: hang, threads: append(threads, 1)[0]})
 	require.NoError(t, err)
 	require.Equal(t, lib, p.ctx.EventLib())
 	t.Cleanup(func() {
