@@ -60,6 +60,10 @@
 //     request that ended with a half-close). When both directions have
 //     ended, each connection has both ended its input and shut its output,
 //     and the core closes both.
+//   - A side that neither received nor sent for -idle is closed by the core
+//     (core.Info.IdleTimeout, ErrTimeout), which resets its partner as any
+//     error does. Half-open connections have no other bound: a peer that
+//     ended its stream may wait as long as it likes for the answer.
 //
 // Both connections of a pair live on one service thread (core.OnThread), as
 // each side's callbacks call the other's methods, which are loop-only;
@@ -97,6 +101,7 @@ func main() {
 	flag.IntVar(&cfg.lowWater, "lowwater", 64<<10, "bytes waiting below which a paused side resumes")
 	flag.IntVar(&cfg.threads, "threads", 1, "service threads (core.Info.CountThreads); both sides of a pair share one")
 	flag.DurationVar(&cfg.connectTimeout, "connect-timeout", 5*time.Second, "upstream connect timeout (core.Info.ConnectTimeout)")
+	flag.DurationVar(&cfg.idle, "idle", 10*time.Minute, "reset a pair when one side neither received nor sent for this long (core.Info.IdleTimeout; 0: never)")
 	flag.Parse()
 
 	p, err := start(cfg)
@@ -128,6 +133,7 @@ type config struct {
 	lowWater       int // bytes waiting below which the other resumes
 	threads        int
 	connectTimeout time.Duration
+	idle           time.Duration // core.Info.IdleTimeout
 }
 
 // rxChunk caps one RAW_RX (core.Protocol.RxChunk), so that what one read
@@ -203,6 +209,9 @@ func start(cfg config) (*proxy, error) {
 	if cfg.highWater <= 0 || cfg.lowWater <= 0 || cfg.lowWater > cfg.highWater {
 		return nil, fmt.Errorf("highwater %d, lowwater %d: both must be positive, low not above high", cfg.highWater, cfg.lowWater)
 	}
+	if cfg.idle < 0 {
+		return nil, fmt.Errorf("idle %v: must not be negative", cfg.idle)
+	}
 	if cfg.threads <= 0 {
 		cfg.threads = 1
 	}
@@ -221,6 +230,7 @@ func start(cfg config) (*proxy, error) {
 		EventLib:       cfg.evlib,
 		CountThreads:   cfg.threads,
 		ConnectTimeout: cfg.connectTimeout,
+		IdleTimeout:    cfg.idle,
 		Protocols:      []core.Protocol{client, upstream},
 	})
 	if err != nil {

@@ -83,6 +83,7 @@ func TestProxy(t *testing.T) {
 			t.Run("Refused", func(t *testing.T) { testRefused(t, lib) })
 			t.Run("UpstreamReset", func(t *testing.T) { testUpstreamReset(t, lib) })
 			t.Run("ClientReset", func(t *testing.T) { testClientReset(t, lib) })
+			t.Run("Idle", func(t *testing.T) { testIdle(t, lib) })
 
 			waitFor(t, "goroutines back to the count before the proxies", func() bool { return runtime.NumGoroutine() <= baseG },
 				func() string {
@@ -538,6 +539,29 @@ func BenchmarkStream(b *testing.B) {
 			b.ReportMetric(float64(cpu.Microseconds())/1e3/float64(b.N), "cpu-ms/MiB")
 		})
 	}
+}
+
+// A pair that stays silent is closed by the idle timeout, which resets the
+// side that did not time out (or which timed out at the same moment).
+func testIdle(t *testing.T, lib string) {
+	upErr := make(chan error, 1)
+	up := serve(t, nil, func(c net.Conn) {
+		_, err := io.Copy(io.Discard, c)
+		upErr <- err
+	})
+	p, err := start(config{evlib: lib, listen: "127.0.0.1:0", upstream: up, highWater: testHigh, lowWater: testLow, connectTimeout: hang, idle: 20 * time.Millisecond})
+	require.NoError(t, err)
+	defer func() { require.NoError(t, p.close()) }()
+	c := dial(t, p.addr(), nil)
+	write(t, c, []byte("hello"))
+	_, err = io.ReadAll(c)
+	if err != nil {
+		require.ErrorIs(t, err, syscall.ECONNRESET)
+	}
+	if err := <-upErr; err != nil {
+		require.ErrorIs(t, err, syscall.ECONNRESET)
+	}
+	waitFor(t, "both sides closed", func() bool { return p.stats().Open == 0 })
 }
 
 // proxyFor starts a proxy to upstream on lib with the tests' marks, and
