@@ -353,6 +353,7 @@ func (s *suite) testBackendWritableTracksBuffer(t *testing.T) {
 func tcpServerFD(t *testing.T) (int, interface {
 	SetLinger(int) error
 	Close() error
+	CloseWrite() error
 	Write([]byte) (int, error)
 }) {
 	srv, cli := tcpPair(t)
@@ -376,29 +377,82 @@ func (s *suite) testBackendHangupOnReset(t *testing.T) {
 	require.NoError(t, b.be.Remove(fd))
 }
 
-// Hangup and Error are reported whatever the interest, where the
-// mechanism can: the core relies on it to notice that a paused
-// connection's peer went away.
+// Hangup and Error are reported whatever the interest where the backend
+// declares evlib.CapHangupWithoutInterest, and never where it does not: the
+// core keeps a half-open connection watched with interest 0 for its
+// peer's reset only where it is declared. "AfterEnd" is that connection:
+// the peer's orderly end read to end of stream, interest 0 (a backend may
+// report the end itself once, then nothing), then the peer's reset, which
+// is reported if and only if the capability is declared. "Reset" has
+// interest 0 from Add and the reset alone: a declaring backend reports it
+// too (a paused connection learns so that its peer went away).
 func (s *suite) testBackendHangupNoInterest(t *testing.T) {
 	b := s.newBackend(t)
 	b.needPoll()
-	fd, cli := tcpServerFD(t)
-	require.NoError(t, b.be.Add(fd, evlib.KindStream, 0))
-	require.NoError(t, cli.SetLinger(0))
-	require.NoError(t, cli.Close())
-	// Wait until the kernel has the reset, asking it directly.
-	waitUntil(t, "the reset to reach the socket", func() bool {
-		p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-		n, _ := unix.Poll(p, 100)
-		return n > 0 && p[0].Revents&(unix.POLLHUP|unix.POLLERR) != 0
-	})
-	ev, ok := evFor(b.poll(0), fd)
-	if !ok {
-		t.Skipf("conformance: backend %q does not report Hangup/Error for an fd with no interest (the contract allows it where the mechanism cannot); a paused connection then learns of its peer's reset only when it resumes", s.name)
+	declared := s.desc.Caps&evlib.CapHangupWithoutInterest != 0
+	// resetSeen waits until the kernel has fd's reset, asking it directly.
+	resetSeen := func(fd int) {
+		waitUntil(t, "the reset to reach the socket", func() bool {
+			p := []unix.PollFd{{Fd: int32(fd), Events: 0}}
+			n, _ := unix.Poll(p, 100)
+			return n > 0 && p[0].Revents&(unix.POLLHUP|unix.POLLERR) != 0
+		})
 	}
-	require.NotZero(t, ev&(evlib.Hangup|evlib.Error), "reset connection with interest 0 reported as %v", ev)
-	require.Zero(t, ev&(evlib.Readable|evlib.Writable), "interest 0, yet reported %v", ev)
-	require.NoError(t, b.be.Remove(fd))
+	reported := func(fd int) {
+		t.Helper()
+		ev := b.pollFor(fd, evlib.Hangup|evlib.Error)
+		require.Zero(t, ev&(evlib.Readable|evlib.Writable), "interest 0, yet reported %v", ev)
+	}
+	t.Run("AfterEnd", func(t *testing.T) {
+		fd, cli := tcpServerFD(t)
+		require.NoError(t, b.be.Add(fd, evlib.KindStream, evlib.Readable))
+		_, err := cli.Write([]byte("request"))
+		require.NoError(t, err)
+		require.NoError(t, cli.CloseWrite())
+		got := 0
+		for ended := false; !ended; {
+			b.pollFor(fd, evlib.Readable|evlib.Hangup)
+			n, err := b.read(fd, make([]byte, 64))
+			switch {
+			case n > 0:
+				got += n
+			case err == nil:
+				ended = true
+			case !errors.Is(err, unix.EAGAIN) && !errors.Is(err, evlib.ErrWouldBlock):
+				t.Fatalf("conformance: read before the peer's end: %v", err)
+			}
+		}
+		require.Equal(t, len("request"), got, "bytes before end of stream")
+		require.NoError(t, b.be.Modify(fd, 0))
+		b.poll(0) // the end may be reported once more, without Readable
+		if declared {
+			b.notReported(fd, "interest 0, the peer's orderly end read and reported")
+		}
+		require.NoError(t, cli.SetLinger(0))
+		require.NoError(t, cli.Close())
+		resetSeen(fd)
+		if declared {
+			reported(fd)
+		} else {
+			for range 3 {
+				ev, ok := evFor(b.poll(20*time.Millisecond), fd)
+				require.False(t, ok, "conformance: the reset of an fd with interest 0 after its end was reported (%v), but evlib.CapHangupWithoutInterest is not declared", ev)
+			}
+		}
+		require.NoError(t, b.be.Remove(fd))
+	})
+	if !declared {
+		return
+	}
+	t.Run("Reset", func(t *testing.T) {
+		fd, cli := tcpServerFD(t)
+		require.NoError(t, b.be.Add(fd, evlib.KindStream, 0))
+		require.NoError(t, cli.SetLinger(0))
+		require.NoError(t, cli.Close())
+		resetSeen(fd)
+		reported(fd)
+		require.NoError(t, b.be.Remove(fd))
+	})
 }
 
 // Checklist 9 (backend side): after the peer's FIN the socket is readable

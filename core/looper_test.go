@@ -69,7 +69,7 @@ func (f readyFilter) Ready(fd int, ev evlib.Events) {
 func TestLooperConformance(t *testing.T) {
 	conformance.RunBackend(t, evlib.Descriptor{
 		Name: "test-looper",
-		Caps: evlib.CapReadiness | evlib.CapRxBackpressure | evlib.CapFiles | evlib.CapOwnWaker,
+		Caps: evlib.CapReadiness | evlib.CapRxBackpressure | evlib.CapFiles | evlib.CapOwnWaker | evlib.CapHangupWithoutInterest,
 		New: func(cfg evlib.Config) (evlib.Backend, error) {
 			l := &looper{}
 			w, err := sys.NewWaker()

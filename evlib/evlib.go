@@ -105,7 +105,8 @@ type Backend interface {
 	// every fd it adopts, before it can expect any event for that fd (lws:
 	// sock_accept followed by io(START|READ)). ev may be 0 (registered, but
 	// not interested in anything yet); Hangup and Error are still reported
-	// where the mechanism can. Adding an fd that is already watched returns
+	// where the mechanism can, which the backend declares with
+	// CapHangupWithoutInterest. Adding an fd that is already watched returns
 	// an error wrapping ErrExist.
 	Add(fd int, kind Kind, ev Events) error
 

@@ -58,11 +58,23 @@ const (
 	// so the core's callbacks may run there: one at a time per service
 	// thread and in order, but not always on the goroutine in Run.
 	CapLibraryGoroutines
+	// CapHangupWithoutInterest: a stream socket watched with interest 0
+	// (Add or Modify with no events) stays watched for its end: a reset or
+	// a pending error is reported as Hangup and/or Error, as poll(2) and
+	// epoll report POLLHUP and POLLERR whatever the events asked for, while
+	// the peer's orderly end alone (its FIN, with the local write side
+	// open) reports nothing and costs no wakeup. The core keeps a half-open
+	// connection (core.Protocol.AllowHalfOpen) watched so, and closes it
+	// as soon as its peer resets it. Without it a backend reports nothing
+	// for an fd with interest 0 (gnet's poller, kqueue, which have no
+	// registration without a filter), and such a connection is out of the
+	// backend until the application writes, or its timeouts end it.
+	CapHangupWithoutInterest
 )
 
 // String lists the capabilities by name.
 func (c Caps) String() string {
-	names := []string{"readiness", "buffered-rx", "rx-backpressure", "foreign-loop", "app-driven", "files", "own-waker", "library-goroutines"}
+	names := []string{"readiness", "buffered-rx", "rx-backpressure", "foreign-loop", "app-driven", "files", "own-waker", "library-goroutines", "hangup-without-interest"}
 	var out []string
 	for i, n := range names {
 		if c&(1<<i) != 0 {

@@ -109,4 +109,5 @@ func TestEventsAndCapsString(t *testing.T) {
 	require.Equal(t, "R|W|HUP|ERR", (evlib.Readable | evlib.Writable | evlib.Hangup | evlib.Error).String())
 	require.Equal(t, "0", evlib.Events(0).String())
 	require.Equal(t, "readiness,foreign-loop", (evlib.CapReadiness | evlib.CapForeignLoop).String())
+	require.Equal(t, "library-goroutines,hangup-without-interest", (evlib.CapLibraryGoroutines | evlib.CapHangupWithoutInterest).String())
 }

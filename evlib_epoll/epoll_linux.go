@@ -13,8 +13,9 @@ import (
 
 func descriptor() evlib.Descriptor {
 	return evlib.Descriptor{
-		Caps: evlib.CapReadiness | evlib.CapRxBackpressure | evlib.CapForeignLoop | evlib.CapFiles,
-		New:  New,
+		Caps: evlib.CapReadiness | evlib.CapRxBackpressure | evlib.CapForeignLoop | evlib.CapFiles |
+			evlib.CapHangupWithoutInterest,
+		New: New,
 	}
 }
 

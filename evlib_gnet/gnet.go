@@ -24,6 +24,12 @@
 //
 // It can share a *netpoll.Poller the application owns and polls
 // (evlib.CapForeignLoop): see Dispatcher.
+//
+// gnet's Poller has no registration without events (interest 0 deletes the
+// fd from its epoll set), so the backend reports nothing for such an fd and
+// does not declare evlib.CapHangupWithoutInterest: a half-open connection
+// (core.Protocol.AllowHalfOpen) learns of its peer's reset when it writes
+// or times out.
 package evlib_gnet
 
 import "github.com/plugloop/plugloop/evlib"

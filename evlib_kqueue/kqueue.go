@@ -5,6 +5,15 @@
 // system call of their own. After a busy batch it polls once without
 // blocking before it blocks, like the epoll backend.
 //
+// An fd with interest 0 has no knote, and kqueue reports nothing for a
+// descriptor without one (EV_EOF and the socket's error come on
+// EVFILT_READ or EVFILT_WRITE), so the backend does not declare
+// evlib.CapHangupWithoutInterest: a half-open connection
+// (core.Protocol.AllowHalfOpen) learns of its peer's reset when it writes
+// or times out. (The backend's level-triggered EVFILT_READ, left
+// registered for the reset alone, would fire at once for the end of stream
+// already read, in every wait.)
+//
 // Import it for its side effect of registering the backend "kqueue":
 //
 //	import _ "github.com/plugloop/plugloop/evlib_kqueue"

@@ -29,7 +29,7 @@ const Name = "poll"
 func init() {
 	if err := evlib.Register(evlib.Descriptor{
 		Name: Name, Flag: evlib.FlagPoll, Priority: 10,
-		Caps: evlib.CapReadiness | evlib.CapRxBackpressure | evlib.CapFiles,
+		Caps: evlib.CapReadiness | evlib.CapRxBackpressure | evlib.CapFiles | evlib.CapHangupWithoutInterest,
 		New:  New,
 	}); err != nil {
 		panic(err)

@@ -21,6 +21,15 @@
 //     zeroes Revents of plugloop's fds and leaves the others alone), then
 //     calls Thread.Service(0) for forced service and timers. Service never
 //     blocks here.
+//   - An fd plugloop watches with no events (Event.Poll.Events 0) stays
+//     in the set: poll(2) and epoll report POLLHUP and POLLERR whatever the
+//     events asked for, and the application offers them to ServiceFD like
+//     any other, which is how a half-open connection
+//     (core.Protocol.AllowHalfOpen) learns at once that its peer reset it.
+//     The backend declares so (evlib.CapHangupWithoutInterest); a loop
+//     that drops such an fd from its wait, or cannot report a hang-up
+//     without a filter (kqueue), loses only that: the connection then
+//     learns of the reset at its next write or timeout.
 //   - Destroy deregisters every fd (DEL_POLL_FD), closes only plugloop's
 //     own fds, installs no signal handler and leaves the loop running.
 //     Called on another goroutine while the loop sleeps, it does not wake
@@ -51,8 +60,9 @@ const Name = "foreign"
 func init() {
 	if err := evlib.Register(evlib.Descriptor{
 		Name: Name, Flag: evlib.FlagForeign,
-		Caps: evlib.CapAppDriven | evlib.CapReadiness | evlib.CapRxBackpressure | evlib.CapFiles,
-		New:  newBackend,
+		Caps: evlib.CapAppDriven | evlib.CapReadiness | evlib.CapRxBackpressure | evlib.CapFiles |
+			evlib.CapHangupWithoutInterest,
+		New: newBackend,
 	}); err != nil {
 		panic(err)
 	}

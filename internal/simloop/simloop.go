@@ -55,8 +55,10 @@ const (
 )
 
 func init() {
-	// CapForeignLoop: what the application lends them is a Clock.
-	caps := evlib.CapReadiness | evlib.CapRxBackpressure | evlib.CapFiles | evlib.CapForeignLoop
+	// CapForeignLoop: what the application lends them is a Clock. The
+	// rest are the poll backend's, which does their watching.
+	caps := evlib.CapReadiness | evlib.CapRxBackpressure | evlib.CapFiles | evlib.CapForeignLoop |
+		evlib.CapHangupWithoutInterest
 	for _, d := range []evlib.Descriptor{
 		{Name: Name, Caps: caps, New: New},
 		{Name: ForeignName, Caps: caps | evlib.CapAppDriven, New: NewAppDriven},
