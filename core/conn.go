@@ -58,6 +58,7 @@ type Conn struct {
 	wrClosed bool          // CloseWrite was called: nothing more may be written
 	rxEnded  bool          // RAW_RX_END was delivered (AllowHalfOpen)
 	wrFirst  bool          // CloseWrite came before RAW_RX_END: the close says io.EOF
+	endQuiet bool          // half open, a Hangup or Error said nothing new (see Thread.halfOpenEnd)
 	peerIP   netip.Addr    // counted in the thread's per-IP table
 	dial     *dialState    // a client connection being established
 	pending  *adoptOptions // a handed-over connection's options, until adopted

@@ -94,7 +94,14 @@ type Protocol struct {
 	// Close (RAW_CLOSE nil once its output has left, as usual) or
 	// CloseWrite (both sides being done, the connection then closes once
 	// its output has left, RAW_CLOSE nil). A reset or an error still
-	// closes it at once.
+	// closes it (RAW_CLOSE with an *OpError; errors.Is(err,
+	// syscall.ECONNRESET) for a reset): at once where the backend declares
+	// evlib.CapHangupWithoutInterest (epoll, poll, the foreign backend in
+	// a poll(2) or epoll loop), which keeps the connection watched with no
+	// interest, at no cost while the peer is quiet; elsewhere (gnet,
+	// netpoll, kqueue) it is out of the poll set and learns of the reset
+	// only when it writes, or when Info.IdleTimeout or its own SetTimeout
+	// ends it.
 	AllowHalfOpen bool
 	// User is free for the application.
 	User any

@@ -87,6 +87,7 @@ type Thread struct {
 	fdForget                []*Conn // closed in the batch: their FD becomes -1 after the close(2)
 
 	appDriven bool  // the application's loop waits: never call Poll
+	hupBare   bool  // the backend reports a reset of an fd with interest 0 (evlib.CapHangupWithoutInterest)
 	depth     int   // nesting of user callbacks
 	writing   *Conn // the connection inside RAW_WRITEABLE
 	rxBuf     []byte
@@ -104,6 +105,7 @@ func newThread(c *Context, index int, foreign any, limit int) (*Thread, error) {
 	}
 	t.be = be
 	t.appDriven = c.backend.Caps&evlib.CapAppDriven != 0
+	t.hupBare = c.backend.Caps&evlib.CapHangupWithoutInterest != 0
 	if foreign != nil && !t.appDriven {
 		// Attached to a loop the application runs? Such a backend says so
 		// at once, and has nothing to report yet.
@@ -679,6 +681,10 @@ func (t *Thread) onReadable(c *Conn, ev evlib.Events) {
 		return
 	}
 	if c.hup {
+		if t.hupBare && c.watchedBare() {
+			t.halfOpenEnd(c)
+			return
+		}
 		// Its input has ended; only an error can be news (and a backend
 		// that keeps reporting one would keep the loop awake).
 		if ev&evlib.Error != 0 {
@@ -806,8 +812,14 @@ func (t *Thread) settleHup(c *Conn) {
 // and whose protocol allows it to stay half open: once its input was all
 // delivered and rx is on, RAW_RX_END, once; then it stays open until the
 // application ends its side too (CloseWrite, whose output has left) or
-// closes it. Like a connection answering after the end, it is watched only
-// while a write is blocked.
+// closes it. Like a connection answering after the end, it is watched for
+// writability only while a write is blocked; otherwise, after RAW_RX_END
+// and where the backend reports a reset without interest
+// (evlib.CapHangupWithoutInterest), it stays watched with interest 0, so
+// that its peer's reset closes it at once (see halfOpenEnd). A socket whose
+// peer only ended its stream reports nothing with interest 0 (POLLHUP
+// needs both directions shut), so that costs the loop nothing. Elsewhere
+// it is parked, and learns of a reset at its next write.
 func (t *Thread) settleHalfOpen(c *Conn) {
 	if !c.rxEnded && len(c.rxbuf) == 0 && !c.rxPaused && !t.dying() {
 		c.rxEnded, c.wrFirst = true, c.wrClosed
@@ -833,8 +845,63 @@ func (t *Thread) settleHalfOpen(c *Conn) {
 			c.inWritableList = true
 			t.writable = append(t.writable, c)
 		}
-		t.park(c)
+		if t.hupBare && c.rxEnded && !c.wrClosed && !c.endQuiet {
+			t.watchBare(c)
+		} else {
+			t.park(c)
+		}
 	}
+}
+
+// watchedBare reports whether c is a half-open connection watched with
+// interest 0 for its peer's reset (see settleHalfOpen).
+func (c *Conn) watchedBare() bool {
+	return c.rxEnded && !c.parked && c.interest == 0 && c.halfOpen()
+}
+
+// watchBare watches a half-open connection with interest 0 (see
+// settleHalfOpen), adding it back to the backend if it was parked.
+func (t *Thread) watchBare(c *Conn) {
+	if !c.parked {
+		t.setInterest(c, 0)
+		return
+	}
+	c.parked = false
+	if err := t.watch(c.fd, c, c.kind, 0); err != nil {
+		c.parked = true
+		t.requestClose(c, &OpError{Op: "watch", Err: err})
+	}
+}
+
+// halfOpenEnd handles a Hangup or Error reported for a half-open
+// connection watched with interest 0: its peer reset it, or an error came
+// (a timeout of data the kernel still held for the peer), and it closes
+// with the socket's error; or the report says nothing new (a backend may
+// report the peer's orderly end itself once, and a unix socket whose peer
+// closed for good hangs up with no error), and it is ignored. Asking the
+// socket is one system call, made only on such a report. A second report
+// with nothing to tell parks the connection, so a hang-up reported level
+// cannot keep the loop awake; as a socket that is no socket (a pipe
+// adopted as a stream) does at once.
+func (t *Thread) halfOpenEnd(c *Conn) {
+	v, err := unix.GetsockoptInt(c.fd, unix.SOL_SOCKET, unix.SO_ERROR)
+	if err == nil && v != 0 {
+		e := unix.Errno(v)
+		if e == unix.EPIPE {
+			// What Linux leaves for a reset that came after the
+			// peer's FIN (in CLOSE_WAIT), where a read says end of
+			// stream.
+			e = unix.ECONNRESET
+		}
+		t.closeConn(c, &OpError{Op: "read", Err: e})
+		return
+	}
+	if err == nil && !c.endQuiet {
+		c.endQuiet = true
+		return
+	}
+	c.endQuiet = true
+	t.park(c)
 }
 
 // shutWrite shuts the write side of a connection down for CloseWrite, whose
