@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"net"
 	"testing"
 	"time"
 
@@ -128,6 +129,75 @@ func (s *suite) testHalfOpen(t *testing.T) {
 		h.answeredThenEOF(t, conn, cli, answer, nil, nil)
 		check(t, h, st, conn)
 		require.Equal(t, (len(input)+1023)>>10, h.rec.count(is(core.ReasonRawRX, conn)), "RAW_RX of 1 KiB chunks")
+	})
+}
+
+// A half-open connection whose application is not writing (a proxy
+// waiting for its upstream's answer) still learns that its peer reset it:
+// the peer sends a request, ends it with its FIN, the application gets
+// RAW_RX_END and does nothing, and the peer resets the connection
+// (SO_LINGER 0). Where the backend declares evlib.CapHangupWithoutInterest,
+// the core keeps the connection watched with interest 0 and RAW_CLOSE comes
+// with the reset (ECONNRESET; waited for with the hang guard, no time
+// asserted); elsewhere nothing tells the core, and Info.IdleTimeout, its
+// only bound, closes it with ErrTimeout. "Quiet" is the same connection
+// whose peer does not reset: watched with interest 0 where declared, out of
+// the poll set elsewhere, it keeps the loop asleep while a thread timer
+// runs out (a bounded number of waits).
+func (s *suite) testHalfOpenPeerReset(t *testing.T) {
+	declared := s.desc.Caps&evlib.CapHangupWithoutInterest != 0
+	rig := func(t *testing.T, idle time.Duration) (*harness, *core.Conn, *net.TCPConn) {
+		h := s.newHarness(t, core.Info{IdleTimeout: idle, Protocols: []core.Protocol{
+			{Name: "halfopen", AllowHalfOpen: true}}})
+		srv, cli := tcpPair(t)
+		conn, err := h.ctx.AdoptConn(srv, "")
+		require.NoError(t, err)
+		h.start()
+		write(t, cli, []byte("request"))
+		require.NoError(t, cli.CloseWrite())
+		h.rec.waitEvent(t, "RAW_RX_END", is(core.ReasonRawRxEnd, conn))
+		return h, conn, cli
+	}
+	t.Run("Reset", func(t *testing.T) {
+		h, conn, cli := rig(t, 300*time.Millisecond)
+		require.NoError(t, cli.SetLinger(0))
+		require.NoError(t, cli.Close())
+		e := h.rec.waitEvent(t, "RAW_CLOSE", is(core.ReasonRawClose, conn))
+		if declared {
+			var oe *core.OpError
+			require.ErrorAs(t, e.err, &oe, "RAW_CLOSE of a half-open connection reset by its peer")
+			require.ErrorIs(t, e.err, unix.ECONNRESET, "RAW_CLOSE of a half-open connection reset by its peer (evlib.CapHangupWithoutInterest declared)")
+		} else {
+			require.ErrorIs(t, e.err, core.ErrTimeout, "RAW_CLOSE of a half-open connection reset by its peer: the idle timeout, as evlib.CapHangupWithoutInterest is not declared")
+		}
+		require.Equal(t, 1, h.rec.count(is(core.ReasonRawRxEnd, conn)), "RAW_RX_END")
+		h.rec.verify(t)
+	})
+	t.Run("Quiet", func(t *testing.T) {
+		h, conn, _ := rig(t, 0)
+		h.sync()
+		ev, watched := h.rec.watchedFD(conn.FD())
+		if declared {
+			require.True(t, watched && ev == 0, "a half-open connection after RAW_RX_END is watched with interest 0 for its peer's reset (evlib.CapHangupWithoutInterest): watched %v, interest %v", watched, ev)
+		} else {
+			require.False(t, watched, "a half-open connection after RAW_RX_END is out of the poll set (no evlib.CapHangupWithoutInterest), yet watched with %v", ev)
+		}
+		var w0, w1 uint64
+		var err error
+		fired := make(chan struct{})
+		h.do(func() {
+			w0 = h.waits()
+			_, err = h.th.AfterFunc(200*time.Millisecond, func() {
+				w1 = h.waits()
+				close(fired)
+			})
+		})
+		require.NoError(t, err)
+		waitCh(t, fired, "a 200ms timer")
+		require.LessOrEqual(t, w1-w0, uint64(10), "the loop waited %d times while a half-open connection was idle: it spins", w1-w0)
+		require.Zero(t, h.rec.count(is(core.ReasonRawClose, conn)), "RAW_CLOSE of the half-open connection")
+		require.Equal(t, 1, h.rec.count(is(core.ReasonRawRxEnd, conn)), "RAW_RX_END")
+		h.rec.verify(t)
 	})
 }
 

@@ -30,6 +30,7 @@ func (s *suite) coreTests() []subtest {
 		{"HangupWhilePaused", s.testHangupWhilePaused},
 		{"PeerEndAnswered", s.testPeerEndAnswered},
 		{"HalfOpen", s.testHalfOpen},
+		{"HalfOpenPeerReset", s.testHalfOpenPeerReset},
 		{"CloseWrite", s.testCloseWrite},
 		{"CloseWriteBadInput", s.testCloseWriteBadInput},
 		{"PartialWrites", s.testPartialWrites},
