@@ -102,6 +102,15 @@
 // its own buffer and closes once it was consumed or after
 // Info.CloseTimeout. A reset is told from an orderly close by the socket's
 // state (SO_ERROR, or TCP state CLOSE), since netpoll keeps the error.
+//
+// Once netpoll has seen a stream's end it says nothing more of it: a reset
+// that follows the peer's FIN is news to no one. So the backend does not
+// declare evlib.CapHangupWithoutInterest, and a half-open connection
+// (core.Protocol.AllowHalfOpen) is out of the backend after RAW_RX_END and
+// learns of its peer's reset when it writes or times out. (A helper
+// waiting in the runtime poller for POLLHUP|POLLERR alone, as a paused
+// file's does, could tell it, at the price of one more dup per half-open
+// connection.)
 package evlib_netpoll
 
 import (
