@@ -11,8 +11,6 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"os"
-	"runtime"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -20,26 +18,13 @@ import (
 	"time"
 
 	"github.com/plugloop/plugloop/evlib"
+	"github.com/plugloop/plugloop/internal/testkit"
 	"github.com/stretchr/testify/require"
-	"golang.org/x/sys/unix"
 )
 
 // hang bounds every wait for the server, so that a bug fails the test
 // instead of hanging it; nothing waits for time to pass.
 const hang = 20 * time.Second
-
-// available lists the backends this test binary can run: the built-in
-// ones, gnet, netpoll and foreign (linked in by main.go).
-func available(t *testing.T) []string {
-	var names []string
-	for _, d := range evlib.Backends() {
-		if d.Available() {
-			names = append(names, d.Name)
-		}
-	}
-	require.NotEmpty(t, names)
-	return names
-}
 
 func TestHTTPD(t *testing.T) {
 	if os.Getenv(evlib.EnvVar) != "" {
@@ -47,7 +32,7 @@ func TestHTTPD(t *testing.T) {
 	}
 	// What stays for good once used — the Go runtime's poller, netpoll's
 	// pollers — comes before the baselines: one request on each backend.
-	libs := available(t)
+	libs := testkit.Backends(t)
 	for _, lib := range libs {
 		srv, err := start(config{evlib: lib, addr: "127.0.0.1:0", maxHeader: 1 << 10, maxQueued: 8})
 		require.NoError(t, err)
@@ -60,7 +45,7 @@ func TestHTTPD(t *testing.T) {
 	}
 	for _, lib := range libs {
 		t.Run(lib, func(t *testing.T) {
-			baseFDs, baseG := openFDs(t), runtime.NumGoroutine()
+			noLeaks := testkit.Baseline(t, hang)
 			srv, err := start(config{evlib: lib, addr: "127.0.0.1:0", maxHeader: 1 << 10, maxQueued: 8, idle: time.Minute})
 			require.NoError(t, err)
 			require.Equal(t, lib, srv.ctx.EventLib())
@@ -77,12 +62,7 @@ func TestHTTPD(t *testing.T) {
 			t.Run("IdleTimeout", func(t *testing.T) { testIdle(t, lib) })
 			t.Run("HeadTimeout", func(t *testing.T) { testHeadTimeout(t, lib) })
 
-			waitFor(t, "goroutines back to the count before the server", func() bool { return runtime.NumGoroutine() <= baseG },
-				func() string {
-					buf := make([]byte, 1<<20)
-					return string(buf[:runtime.Stack(buf, true)])
-				})
-			require.Equal(t, baseFDs, openFDs(t), "descriptors left open after Destroy")
+			noLeaks()
 		})
 	}
 }
@@ -409,44 +389,7 @@ func expectEOF(t *testing.T, br *bufio.Reader) {
 }
 
 // waitFor waits for cond, bounded by hang; it asserts nothing about time.
-// describe, if given, says what it found instead.
-func waitFor(t *testing.T, what string, cond func() bool, describe ...func() string) {
+func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(hang)
-	for !cond() {
-		if time.Now().After(deadline) {
-			var found string
-			for _, d := range describe {
-				found += d()
-			}
-			t.Fatalf("gave up waiting for %s\n%s", what, found)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
-// openFDs lists the process' descriptors with what each refers to: from
-// /proc/self/fd where there is one, else by asking fcntl about every number
-// below the descriptor limit.
-func openFDs(t *testing.T) map[int]string {
-	t.Helper()
-	fds := map[int]string{}
-	if ents, err := os.ReadDir("/proc/self/fd"); err == nil {
-		for _, e := range ents {
-			fd, _ := strconv.Atoi(e.Name())
-			if link, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil {
-				fds[fd] = link
-			}
-		}
-		return fds
-	}
-	var rl unix.Rlimit
-	require.NoError(t, unix.Getrlimit(unix.RLIMIT_NOFILE, &rl))
-	for fd := range int(min(uint64(rl.Cur), 1<<16)) {
-		var st unix.Stat_t
-		if unix.Fstat(fd, &st) == nil {
-			fds[fd] = fmt.Sprintf("mode %#o inode %d", st.Mode&unix.S_IFMT, st.Ino)
-		}
-	}
-	return fds
+	testkit.WaitFor(t, hang, what, cond)
 }

@@ -11,8 +11,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,6 +19,7 @@ import (
 	"time"
 
 	"github.com/plugloop/plugloop/evlib"
+	"github.com/plugloop/plugloop/internal/testkit"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
@@ -35,26 +34,13 @@ const (
 	testLow  = 16 << 10
 )
 
-// available lists the backends this test binary can run: the built-in
-// ones, gnet, netpoll and foreign (linked in by main.go).
-func available(t *testing.T) []string {
-	var names []string
-	for _, d := range evlib.Backends() {
-		if d.Available() {
-			names = append(names, d.Name)
-		}
-	}
-	require.NotEmpty(t, names)
-	return names
-}
-
 func TestProxy(t *testing.T) {
 	if os.Getenv(evlib.EnvVar) != "" {
 		t.Setenv(evlib.EnvVar, "") // each subtest names its backend
 	}
 	// What stays for good once used — the Go runtime's poller, netpoll's
 	// pollers — comes before the baselines: one round trip on each backend.
-	libs := available(t)
+	libs := testkit.Backends(t)
 	t.Run("warmup", func(t *testing.T) {
 		up := serve(t, nil, echo)
 		for _, lib := range libs {
@@ -69,7 +55,7 @@ func TestProxy(t *testing.T) {
 	})
 	for _, lib := range libs {
 		t.Run(lib, func(t *testing.T) {
-			baseFDs, baseG := openFDs(t), runtime.NumGoroutine()
+			noLeaks := testkit.Baseline(t, hang)
 			t.Run("Relay", func(t *testing.T) { testRelay(t, lib, 1) })
 			if lib != "foreign" { // whose loop here drives one thread
 				// Pairs spread over threads, each pair on one.
@@ -85,12 +71,7 @@ func TestProxy(t *testing.T) {
 			t.Run("ClientReset", func(t *testing.T) { testClientReset(t, lib) })
 			t.Run("Idle", func(t *testing.T) { testIdle(t, lib) })
 
-			waitFor(t, "goroutines back to the count before the proxies", func() bool { return runtime.NumGoroutine() <= baseG },
-				func() string {
-					buf := make([]byte, 1<<20)
-					return string(buf[:runtime.Stack(buf, true)])
-				})
-			require.Equal(t, baseFDs, openFDs(t), "descriptors left open after Destroy")
+			noLeaks()
 		})
 	}
 }
@@ -706,44 +687,7 @@ func random(n int, seed uint64) []byte {
 }
 
 // waitFor waits for cond, bounded by hang; it asserts nothing about time.
-// describe, if given, says what it found instead.
-func waitFor(t *testing.T, what string, cond func() bool, describe ...func() string) {
+func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(hang)
-	for !cond() {
-		if time.Now().After(deadline) {
-			var found string
-			for _, d := range describe {
-				found += d()
-			}
-			t.Fatalf("gave up waiting for %s\n%s", what, found)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
-// openFDs lists the process' descriptors with what each refers to: from
-// /proc/self/fd where there is one, else by asking fcntl about every number
-// below the descriptor limit.
-func openFDs(t *testing.T) map[int]string {
-	t.Helper()
-	fds := map[int]string{}
-	if ents, err := os.ReadDir("/proc/self/fd"); err == nil {
-		for _, e := range ents {
-			fd, _ := strconv.Atoi(e.Name())
-			if link, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil {
-				fds[fd] = link
-			}
-		}
-		return fds
-	}
-	var rl unix.Rlimit
-	require.NoError(t, unix.Getrlimit(unix.RLIMIT_NOFILE, &rl))
-	for fd := range int(min(uint64(rl.Cur), 1<<16)) {
-		var st unix.Stat_t
-		if unix.Fstat(fd, &st) == nil {
-			fds[fd] = fmt.Sprintf("mode %#o inode %d", st.Mode&unix.S_IFMT, st.Ino)
-		}
-	}
-	return fds
+	testkit.WaitFor(t, hang, what, cond)
 }
