@@ -55,7 +55,10 @@ import (
 // program. It is meant for fuzzing the core (see core's FuzzModel); a
 // failure names the step and prints the program. Like the suite, it checks
 // that the process holds the descriptors and goroutines it held before,
-// and it must not be called from a parallel test.
+// and it must not be called from a parallel test. What a backend's library
+// opens for the life of the process on first use must be open before the
+// first call, or it counts as leaked: for netpoll, call
+// netpoll.Initialize() first, as evlib_netpoll's own tests do.
 func RunModel(t *testing.T, name string, program []byte) {
 	t.Helper()
 	d := lookup(t, name)
