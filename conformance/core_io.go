@@ -33,6 +33,7 @@ func (s *suite) coreTests() []subtest {
 		{"HalfOpenPeerReset", s.testHalfOpenPeerReset},
 		{"CloseWrite", s.testCloseWrite},
 		{"CloseWriteBadInput", s.testCloseWriteBadInput},
+		{"Abort", s.testAbort},
 		{"PartialWrites", s.testPartialWrites},
 		{"RxFlowControl", s.testRxFlowControl},
 		{"RxShortPause", s.testRxShortPause},

@@ -1017,6 +1017,7 @@ func (s *suite) testWrongGoroutine(t *testing.T) {
 		wrong("Conn.CancelTimer", c.CancelTimer())
 		wrong("Conn.SetTimeout", c.SetTimeout(time.Second))
 		wrong("Conn.CloseWrite", c.CloseWrite())
+		wrong("Conn.Abort", c.Abort())
 		wrong("Conn.Close", c.Close())
 		_, err = h.ctx.Listen("tcp4", "127.0.0.1:0", "")
 		wrong("Context.Listen", err)

@@ -348,6 +348,41 @@ func kindName(k evlib.Kind) string {
 	return "stream"
 }
 
+// Abort closes the connection at once, dropping the input and output the
+// core holds for it, where Close would send the output first: a stream
+// socket is reset (SO_LINGER 0), so that its peer reads an error
+// (ECONNRESET) instead of an end of stream that would pass a cut-off
+// stream for a whole one. A proxy aborts one side when the other broke.
+// RAW_CLOSE follows with ErrAborted, right after the callback that called
+// Abort returns (at once outside callbacks). Any connection of the thread
+// may be aborted from any of its callbacks, also one that is draining
+// after Close. A client connection still connecting is abandoned as Close
+// does (CLIENT_CONNECTION_ERROR). It returns ErrClosed once the connection
+// is closed.
+func (c *Conn) Abort() error {
+	t := c.t
+	took, err := t.own()
+	if err != nil {
+		return err
+	}
+	defer t.release(took)
+	if c.state == stateConnecting || c.state == stateHandover {
+		t.dropHandoff(c, ErrClosed)
+		return nil
+	}
+	if c.state != stateOpen || c.closeReq {
+		return ErrClosed
+	}
+	if c.kind == evlib.KindStream {
+		// Not a socket (a pipe served as a stream): nothing to reset,
+		// and closing it is all an abort can do.
+		_ = unix.SetsockoptLinger(c.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
+	}
+	c.out, c.rxbuf, c.wantWritable = nil, nil, false
+	t.requestClose(c, ErrAborted)
+	return nil
+}
+
 // Draining reports whether Close is waiting for pending output (or, with
 // GracefulClose, for the peer) before the connection closes.
 func (c *Conn) Draining() bool { return c.draining }

@@ -34,6 +34,9 @@ var (
 	// write side the application ended from a closed connection
 	// (ErrClosed).
 	ErrWriteClosed = errors.New("plugloop: write side closed")
+	// ErrAborted is the close reason of a connection the application
+	// aborted (Conn.Abort).
+	ErrAborted = errors.New("plugloop: connection aborted")
 	// ErrInvalid: an argument is out of range.
 	ErrInvalid = errors.New("plugloop: invalid argument")
 )
