@@ -42,13 +42,10 @@
 //     upstream's first WRITEABLE.
 //   - An upstream that cannot be reached (CLIENT_CONNECTION_ERROR) closes
 //     the client. A connection that ends with an error — a reset, a failed
-//     write, a timeout — ends its partner at once, with a reset of its own
-//     (SO_LINGER 0), dropping what was pending for it: a peer must not take
-//     a broken stream for a complete one. The partner is closed from a TIMER
-//     callback of its own (Conn.SetTimer(0)), as lws kills another
-//     connection with a timeout: returning an error from a callback closes
-//     at once, dropping what is held, but only the callback's connection,
-//     and Conn.Close would wait for held output to leave.
+//     write, a timeout — ends its partner at once with Conn.Abort, which
+//     drops what was pending for it and resets it (SO_LINGER 0): a peer
+//     must not take a broken stream for a complete one, and Conn.Close
+//     would send the held output first and end the stream in order.
 //   - Half-close propagates both ways. Both protocols set
 //     core.Protocol.AllowHalfOpen, so a peer's orderly end of stream (its
 //     FIN: shutdown(SHUT_WR), "nc -N") does not close its connection: the
@@ -89,7 +86,6 @@ import (
 	_ "github.com/plugloop/plugloop/evlib_gnet"    // -evlib gnet
 	_ "github.com/plugloop/plugloop/evlib_netpoll" // -evlib netpoll (Linux)
 	"github.com/plugloop/plugloop/foreign"
-	"golang.org/x/sys/unix"
 )
 
 func main() {
@@ -147,10 +143,6 @@ const (
 	fromUpstream = 1 // upstream -> client
 )
 
-// errPeerAborted is how a connection ends when its partner ended with an
-// error; RAW_CLOSE carries it wrapping the partner's reason.
-var errPeerAborted = errors.New("proxy: the other side of the pair closed with an error")
-
 // side is one connection of a pair (its per-session data). Only the pair's
 // service thread touches it.
 type side struct {
@@ -165,7 +157,6 @@ type side struct {
 	endOut     bool   // other's input ended: shut this side's write side once out is sent
 	writeShut  bool   // CloseWrite was called
 	closed     bool   // RAW_CLOSE or CLIENT_CONNECTION_ERROR came
-	abortErr   error  // the other side ended with this error: reset this one
 }
 
 // waiting is what this side has to send: what the proxy holds for it plus
@@ -316,16 +307,6 @@ func (p *proxy) callback(ev core.Event) error {
 	case core.ReasonRawWriteable:
 		return p.writeable(c.User().(*side))
 
-	case core.ReasonTimer:
-		s := c.User().(*side)
-		if s.abortErr != nil {
-			// A reset, not an end of stream: the peer must not take what
-			// it got for the whole stream.
-			_ = unix.SetsockoptLinger(c.FD(), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
-			p.aborted.Add(1)
-			return fmt.Errorf("%w: %w", errPeerAborted, s.abortErr)
-		}
-
 	case core.ReasonClientConnectionError:
 		s := c.User().(*side)
 		s.closed, s.connecting = true, false
@@ -375,7 +356,7 @@ func (p *proxy) relay(s *side, data []byte) error {
 		p.rxWhilePaused.Add(1)
 	}
 	o := s.other
-	if o.closed || o.writeShut || o.abortErr != nil {
+	if o.closed || o.writeShut {
 		return nil // o is closed, being reset or done writing: nowhere to go
 	}
 	o.out = append(o.out, data...)
@@ -397,9 +378,6 @@ func (p *proxy) relay(s *side, data []byte) error {
 // writeable sends what waits for s in one Write, and resumes the other side
 // once less than low water waits.
 func (p *proxy) writeable(s *side) error {
-	if s.abortErr != nil {
-		return nil // the TIMER resets it
-	}
 	if len(s.out) > 0 {
 		// Write accepts all of it; what the kernel did not take the core
 		// keeps, and the next WRITEABLE comes once that has left.
@@ -428,7 +406,7 @@ func (p *proxy) writeable(s *side) error {
 // endOutput passes the end of the other side's input on to s: once what
 // waits for s is written, its write side is shut down.
 func (p *proxy) endOutput(s *side) error {
-	if s.closed || s.abortErr != nil || s.endOut {
+	if s.closed || s.endOut {
 		return nil
 	}
 	s.endOut = true
@@ -468,8 +446,10 @@ func (p *proxy) ended(s *side, why error) error {
 	case why == nil || errors.Is(why, io.EOF):
 		return p.endOutput(o) // so nothing to do: o's output ended with s's input
 	default:
-		o.abortErr = why
-		return o.conn.SetTimer(0)
+		if o.conn.Abort() == nil { // RAW_CLOSE, ErrAborted, follows this callback
+			p.aborted.Add(1)
+		}
+		return nil // (else o is closing already)
 	}
 }
 
