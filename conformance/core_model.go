@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -30,12 +31,14 @@ import (
 // turns into a few connections and a sequence of steps, each an operation
 // of the peer (write, read, half-close, close), of the application from a
 // posted function or armed to run inside the next callback of a kind
-// (write in RAW_WRITEABLE, rx pause and resume, Close, CloseWrite,
+// (write in RAW_WRITEABLE, rx pause and resume, Close, CloseWrite, Abort,
 // returning an error, Conn timers and timeouts, thread timers), or
 // CancelService, with or without Protocol.AllowHalfOpen (half the
 // programs: then a half-open connection must get RAW_RX_END once, after
 // the last RAW_RX and never while paused, and stay open until the
-// application ends it, which it does once it answered). A
+// application ends it, which it does once it answered). After Abort
+// nothing but RAW_CLOSE, once, with ErrAborted, before anything else
+// the loop runs, and the peer of a TCP connection reads a reset. A
 // model of what core's documentation promises follows every callback and
 // every byte, so that interleavings nobody wrote down as a test are
 // checked too. Every check is a property of the order of events, never of
@@ -323,6 +326,7 @@ const (
 	actTimer                         // Conn.SetTimer
 	actThreadTimer                   // AfterFunc, or Reset of a thread timer
 	actCloseWrite                    // Conn.CloseWrite
+	actAbort                         // Conn.Abort
 	numActions
 )
 
@@ -339,6 +343,7 @@ type modelAction struct {
 // connections.
 var modelActions = weighted[actionKind]([]int{
 	actWrite: 6, actPause: 4, actResume: 4, actClose: 1, actError: 1, actTimer: 2, actThreadTimer: 2, actCloseWrite: 2,
+	actAbort: 1,
 })
 
 func decodeAction(a, b byte) modelAction {
@@ -373,6 +378,8 @@ func (a modelAction) String() string {
 		return fmt.Sprintf("SetTimer(%v)", a.d)
 	case actCloseWrite:
 		return "CloseWrite"
+	case actAbort:
+		return "Abort"
 	default:
 		return fmt.Sprintf("thread timer %d in %v", a.j, a.d)
 	}
@@ -408,6 +415,7 @@ type peerEnd struct {
 	eof    bool  // receiving ended: end of stream, an error, or the peer closed
 	closed bool  // the peer closed its descriptor: it receives nothing more
 	quiet  bool  // reported a hangup with nothing left to do: left out of waits
+	wrErr  bool  // a write failed: that took the socket's error, and a read after it says end of stream
 }
 
 // appEnd is the application's side of a connection, as the model knows it.
@@ -420,7 +428,7 @@ type appEnd struct {
 	chunks    []int // sizes still to write, one per RAW_WRITEABLE
 	written   int64 // bytes Write accepted
 	noWrite   bool  // CallbackOnWritable said ErrClosed: the peer closed
-	closing   bool  // Close was called
+	closing   bool  // Close was called (or Abort)
 	errored   bool  // a callback returned errModelRefused
 	peerEnded bool  // the peer half-closed or closed (set just before it did)
 	// The peer closed (set just before it did): a reset, or a write to a
@@ -432,6 +440,8 @@ type appEnd struct {
 	wrClosed   bool  // CloseWrite returned nil: nothing more is written
 	wrFirst    bool  // CloseWrite came before RAW_RX_END (or with none yet)
 	rxEnded    bool  // RAW_RX_END came
+	aborted    bool  // Abort returned nil
+	resetDue   bool  // Abort reset a TCP connection that sent no FIN (no CloseWrite, no GracefulClose): its peer must read an error
 
 	timerPending   bool
 	timerAt        time.Time // the TIMER must not come before
@@ -474,6 +484,7 @@ type model struct {
 	trace  []string
 	nextID int
 	rbuf   []byte
+	resets int // peers of aborted TCP connections that read a reset
 
 	step         atomic.Int64 // the step being run (nsteps+1: settling), for problems seen on the loop
 	cancelIssued atomic.Int64
@@ -486,6 +497,12 @@ type model struct {
 	drains     int   // Closes with output pending
 	wrCloses   int   // CloseWrites that returned nil
 	timers     [modelTimers]modelTimer
+	// Connections Abort closed whose RAW_CLOSE has not come yet: it must
+	// come before anything else the loop runs.
+	aborting []*modelConn
+	aborts   int // Aborts that returned nil
+	abortsDr int // of them, on a connection draining after Close
+	abortsCl int // Aborts that said ErrClosed
 }
 
 // runModel runs a program; guard bounds each wait for the peers and the
@@ -568,6 +585,7 @@ func (m *model) do(f func()) {
 	m.t.Helper()
 	var probs []string
 	m.h.do(func() {
+		m.checkAborted("a posted function")
 		f()
 		probs = append(probs, m.problems...)
 	})
@@ -727,11 +745,15 @@ func (m *model) closePeers() {
 
 func (m *model) callback(ev core.Event) error {
 	switch ev.Reason {
-	case core.ReasonEventWaitCancelled:
-		m.cancelSeen = max(m.cancelSeen, m.cancelIssued.Load())
-		return nil
-	case core.ReasonRawAdopt, core.ReasonRawRX, core.ReasonRawWriteable, core.ReasonTimer, core.ReasonRawClose, core.ReasonRawRxEnd:
+	case core.ReasonEventWaitCancelled, core.ReasonRawAdopt, core.ReasonRawRX, core.ReasonRawWriteable, core.ReasonTimer, core.ReasonRawClose, core.ReasonRawRxEnd:
 	default:
+		return nil
+	}
+	if ev.Reason != core.ReasonRawClose {
+		m.checkAborted(ev.Reason.String())
+	}
+	if ev.Reason == core.ReasonEventWaitCancelled {
+		m.cancelSeen = max(m.cancelSeen, m.cancelIssued.Load())
 		return nil
 	}
 	mc, _ := ev.Conn.User().(*modelConn)
@@ -903,8 +925,20 @@ func (m *model) onClose(mc *modelConn, err error) {
 	a := &mc.app
 	now := time.Now()
 	a.closed, a.closeErr = true, err
+	if i := slices.Index(m.aborting, mc); i >= 0 {
+		m.aborting = slices.Delete(m.aborting, i, i+1)
+	}
 	var explained bool
 	switch {
+	case a.aborted:
+		if !errors.Is(err, core.ErrAborted) {
+			m.problem(mc, "RAW_CLOSE after Abort with Err %v, want ErrAborted", err)
+		}
+		explained = true
+	case errors.Is(err, core.ErrAborted):
+		// Not aborted (or Abort said ErrClosed): the earlier close's
+		// reason stands.
+		explained = false
 	case errors.Is(err, errModelRefused):
 		explained = a.errored
 	case errors.Is(err, core.ErrDestroyed):
@@ -976,6 +1010,8 @@ func (m *model) apply(mc *modelConn, act modelAction) error {
 		m.threadTimer(act.j, act.d, nil, nil)
 	case actCloseWrite:
 		m.closeWrite(mc)
+	case actAbort:
+		m.abort(mc)
 	}
 	return nil
 }
@@ -1088,6 +1124,56 @@ func (m *model) closeWrite(mc *modelConn) {
 	}
 }
 
+// abort has the application abort the connection, dropping what the core
+// holds for it: RAW_CLOSE with ErrAborted must follow once the callback,
+// posted function or timer that called Abort returns, before anything else
+// the loop runs (see checkAborted), and a second Abort says ErrClosed. A
+// connection draining after Close is aborted too; one that Close closed
+// with nothing left to send, or that the core closes for its peer's end,
+// says ErrClosed, and the earlier close's reason stands.
+func (m *model) abort(mc *modelConn) {
+	a := &mc.app
+	if a.closed || a.aborted {
+		return
+	}
+	draining := a.c.Draining()
+	err := a.c.Abort()
+	switch {
+	case err == nil:
+		if a.closing && !draining {
+			m.problem(mc, "Abort after a Close that had nothing left to send returned nil, want ErrClosed")
+		}
+		if again := a.c.Abort(); !errors.Is(again, core.ErrClosed) {
+			m.problem(mc, "a second Abort returned %v, want ErrClosed", again)
+		}
+		m.aborts++
+		if draining {
+			m.abortsDr++
+		}
+		// A unix socket's peer reads end of stream (SO_LINGER resets
+		// only TCP), and one that got a FIN first reads that.
+		tcp := mc.kind == kindTCPAccepted || mc.kind == kindTCPAdopted
+		a.resetDue = tcp && !a.wrClosed && !(a.closing && m.cfg.graceful)
+		a.aborted, a.closing, a.timerPending, a.timeoutPending, a.wantW, a.chunks = true, true, false, false, false, nil
+		m.aborting = append(m.aborting, mc)
+	case errors.Is(err, core.ErrClosed) && (a.closing && !draining || a.peerEnded):
+		// Closed by a Close inside this callback, or for the peer's end
+		// (or a write that met its reset) the core saw.
+		m.abortsCl++
+	default:
+		m.problem(mc, "Abort returned %v (Close called %v, draining %v, the peer ended %v)", err, a.closing, draining, a.peerEnded)
+	}
+}
+
+// checkAborted reports connections Abort closed whose RAW_CLOSE did not
+// come before what the loop runs next (what).
+func (m *model) checkAborted(what string) {
+	for _, mc := range m.aborting {
+		m.problem(mc, "%s ran before the RAW_CLOSE that must follow Abort as soon as the callback that called it returns", what)
+	}
+	m.aborting = m.aborting[:0]
+}
+
 func (m *model) setTimer(mc *modelConn, d time.Duration) {
 	a := &mc.app
 	if a.closing || a.closed {
@@ -1144,6 +1230,7 @@ func (m *model) threadTimer(j int, d time.Duration, act *modelAction, mc *modelC
 }
 
 func (m *model) threadTimerFired(j int) {
+	m.checkAborted(fmt.Sprintf("thread timer %d", j))
 	tt := &m.timers[j]
 	now := time.Now()
 	switch {
@@ -1190,7 +1277,7 @@ func (m *model) pump(mc *modelConn) {
 		case errors.Is(err, unix.EAGAIN):
 			return
 		default: // the core closed its end
-			p.shut, p.queued = true, p.wrote
+			p.shut, p.queued, p.wrErr = true, p.wrote, true
 			m.peerSawEnd(mc, "writing", err)
 			return
 		}
@@ -1238,14 +1325,25 @@ func (m *model) receive(mc *modelConn, limit int64) {
 // After CloseWrite the peer reads every byte written before it, then end
 // of stream, while the connection stays open; unless a close that drops
 // what the core held (a callback's error, a timeout) came first.
+//
+// The peer of a TCP connection that Abort closed reads an error (a
+// reset), not an end of stream that would pass a cut-off stream for a
+// whole one; unless the core sent a FIN first (CloseWrite, GracefulClose),
+// or a failed write of the peer took the error.
 func (m *model) peerSawEnd(mc *modelConn, op string, err error) {
-	var closed, closing, wrClosed bool
+	var closed, closing, wrClosed, resetDue bool
 	var written int64
 	var closeErr error
 	m.do(func() {
 		a := &mc.app
-		closed, closing, wrClosed, written, closeErr = a.closed, a.closing, a.wrClosed, a.written, a.closeErr
+		closed, closing, wrClosed, written, closeErr, resetDue = a.closed, a.closing, a.wrClosed, a.written, a.closeErr, a.resetDue
 	})
+	if resetDue && op == "reading" && errors.Is(err, io.EOF) && !mc.peer.wrErr {
+		m.fatalf("%v: the peer read end of stream after Abort (having read %d of the %d bytes written), not the error of a reset", mc, mc.peer.read, written)
+	}
+	if resetDue && op == "reading" {
+		m.resets++
+	}
 	if wrClosed && op == "reading" && errors.Is(err, io.EOF) {
 		if (!closed || closeErr == nil || errors.Is(closeErr, io.EOF)) && mc.peer.read != written {
 			m.fatalf("%v: the peer got end of stream after CloseWrite having read %d of the %d bytes written before it", mc, mc.peer.read, written)
@@ -1425,6 +1523,7 @@ const (
 	opReopen
 	opSync
 	opAppCloseWrite
+	opAppAbort
 	numOps
 )
 
@@ -1435,7 +1534,7 @@ var modelOps = weighted[modelOp]([]int{
 	opArmRX: 8, opArmWriteable: 5, opArmTimer: 3, opPause: 6, opResume: 6,
 	opConnTimer: 4, opConnTimerCancel: 2, opTimeout: 2, opThreadTimer: 5, opThreadTimerStop: 2,
 	opCancelService: 3, opAppClose: 1, opPeerCloseWrite: 3, opPeerClose: 1, opReopen: 4, opSync: 3,
-	opAppCloseWrite: 2,
+	opAppCloseWrite: 2, opAppAbort: 1,
 })
 
 func (m *model) run(n int, st modelStep) {
@@ -1542,6 +1641,21 @@ func (m *model) run(n int, st modelStep) {
 	case opAppCloseWrite:
 		m.note("post: %v CloseWrite", mc)
 		m.do(func() { m.ifAdopted(mc, m.closeWrite) })
+	case opAppAbort:
+		// A quarter Close first, so that Abort meets connections
+		// draining (or closed by Close, when nothing was left).
+		if a%4 == 0 {
+			m.note("post: %v Close, then Abort", mc)
+			m.do(func() {
+				m.ifAdopted(mc, func(mc *modelConn) {
+					m.close(mc)
+					m.abort(mc)
+				})
+			})
+			return
+		}
+		m.note("post: %v Abort", mc)
+		m.do(func() { m.ifAdopted(mc, m.abort) })
 	}
 }
 
@@ -1741,7 +1855,7 @@ func (m *model) finish() {
 	if what == "" {
 		what = fmt.Sprintf("program of %d bytes", len(m.prog))
 	}
-	m.t.Logf("conformance: model %s: %d steps, %d connections, %d bytes to the app in %d RAW_RX, %d to the peers in %d RAW_WRITEABLE (%d partial writes, %d closes draining), %d TIMER, %d EVENT_WAIT_CANCELLED, %d CloseWrite, %d RAW_RX_END",
+	m.t.Logf("conformance: model %s: %d steps, %d connections, %d bytes to the app in %d RAW_RX, %d to the peers in %d RAW_WRITEABLE (%d partial writes, %d closes draining), %d TIMER, %d EVENT_WAIT_CANCELLED, %d CloseWrite, %d RAW_RX_END, %d Abort (%d draining, %d ErrClosed, %d resets read)",
 		what, m.nsteps, len(m.all), in, count(core.ReasonRawRX), out, count(core.ReasonRawWriteable), m.partial, m.drains,
-		count(core.ReasonTimer), count(core.ReasonEventWaitCancelled), m.wrCloses, count(core.ReasonRawRxEnd))
+		count(core.ReasonTimer), count(core.ReasonEventWaitCancelled), m.wrCloses, count(core.ReasonRawRxEnd), m.aborts, m.abortsDr, m.abortsCl, m.resets)
 }
