@@ -51,10 +51,9 @@ import (
 	"time"
 
 	"github.com/plugloop/plugloop/core"
-	"github.com/plugloop/plugloop/evlib"
 	_ "github.com/plugloop/plugloop/evlib_gnet"    // -evlib gnet
 	_ "github.com/plugloop/plugloop/evlib_netpoll" // -evlib netpoll (Linux)
-	"github.com/plugloop/plugloop/foreign"
+	"github.com/plugloop/plugloop/internal/exampleloop"
 )
 
 func main() {
@@ -171,7 +170,7 @@ type server struct {
 	cfg  config
 	ctx  *core.Context
 	ln   *core.Listener
-	done chan error // the loop's result
+	loop *exampleloop.Loop
 
 	requests, pauses, rxWhilePaused, idleClosed, headTimedOut atomic.Uint64
 	maxQueued, maxInput                                       atomic.Int64
@@ -185,11 +184,10 @@ func start(cfg config) (*server, error) {
 		return nil, fmt.Errorf("maxheader %d, maxqueued %d, idle %v, headertimeout %v: the sizes must be positive, the timeouts not negative",
 			cfg.maxHeader, cfg.maxQueued, cfg.idle, cfg.headerTimeout)
 	}
-	s := &server{cfg: cfg, done: make(chan error, 1)}
+	s := &server{cfg: cfg}
 	proto := core.Protocol{Name: "http", Callback: s.callback, RxChunk: rxChunk}
-	var set *foreign.PollSet
-	if cfg.evlib == foreign.Name || os.Getenv(evlib.EnvVar) == foreign.Name {
-		set = new(foreign.PollSet)
+	set := exampleloop.PollSet(cfg.evlib)
+	if set != nil {
 		proto = set.Protocol(proto)
 	}
 	ctx, err := core.New(core.Info{
@@ -210,40 +208,14 @@ func start(cfg config) (*server, error) {
 		ctx.Destroy()
 		return nil, err
 	}
-	if ctx.Caps()&evlib.CapAppDriven == 0 {
-		set = nil // PLUGLOOP_EVLIB chose a backend with a loop of its own
-	}
-	go func() {
-		if set == nil {
-			s.done <- ctx.Run(context.Background())
-			return
-		}
-		// The application's own loop; Destroy ends its Poll.
-		for {
-			if err := set.Poll(ctx.Thread(0), nil, -1); err != nil {
-				if errors.Is(err, core.ErrDestroyed) {
-					err = nil
-				}
-				s.done <- err
-				return
-			}
-		}
-	}()
+	s.loop = exampleloop.Start(ctx, set)
 	return s, nil
 }
 
 func (s *server) addr() string { return s.ln.Addr().String() }
 
 // close destroys the context and waits for the loop to end.
-func (s *server) close() error {
-	s.ctx.Destroy()
-	<-s.ctx.Done()
-	err := <-s.done
-	if errors.Is(err, core.ErrDestroyed) {
-		err = nil // destroyed before the loop began
-	}
-	return err
-}
+func (s *server) close() error { return s.loop.Stop() }
 
 func (s *server) stats() Stats {
 	return Stats{

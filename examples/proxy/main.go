@@ -82,10 +82,9 @@ import (
 	"time"
 
 	"github.com/plugloop/plugloop/core"
-	"github.com/plugloop/plugloop/evlib"
 	_ "github.com/plugloop/plugloop/evlib_gnet"    // -evlib gnet
 	_ "github.com/plugloop/plugloop/evlib_netpoll" // -evlib netpoll (Linux)
-	"github.com/plugloop/plugloop/foreign"
+	"github.com/plugloop/plugloop/internal/exampleloop"
 )
 
 func main() {
@@ -153,7 +152,6 @@ type side struct {
 	out        []byte // received from other, not handed to conn.Write yet
 	paused     bool   // this side's rx is paused because other's out is full
 	connecting bool   // the upstream is not established yet
-	rxEnded    bool   // this side's peer ended its stream (RAW_RX_END)
 	endOut     bool   // other's input ended: shut this side's write side once out is sent
 	writeShut  bool   // CloseWrite was called
 	closed     bool   // RAW_CLOSE or CLIENT_CONNECTION_ERROR came
@@ -185,7 +183,7 @@ type proxy struct {
 	cfg  config
 	ctx  *core.Context
 	ln   *core.Listener
-	done chan error // the loop's result
+	loop *exampleloop.Loop
 
 	accepted, connectErrors, aborted, rxWhilePaused atomic.Uint64
 	halfCloses                                      atomic.Uint64
@@ -206,15 +204,14 @@ func start(cfg config) (*proxy, error) {
 	if cfg.threads <= 0 {
 		cfg.threads = 1
 	}
-	p := &proxy{cfg: cfg, done: make(chan error, 1)}
+	p := &proxy{cfg: cfg}
 	client := core.Protocol{Name: "client", Callback: p.callback, RxChunk: rxChunk, AllowHalfOpen: true}
 	upstream := core.Protocol{Name: "upstream", Callback: p.callback, RxChunk: rxChunk, AllowHalfOpen: true}
-	var set *foreign.PollSet
-	if cfg.evlib == foreign.Name || os.Getenv(evlib.EnvVar) == foreign.Name {
+	set := exampleloop.PollSet(cfg.evlib)
+	if set != nil {
 		if cfg.threads > 1 {
 			return nil, fmt.Errorf("-threads %d: the foreign loop of this example drives one service thread", cfg.threads)
 		}
-		set = new(foreign.PollSet)
 		client = set.Protocol(client)
 	}
 	ctx, err := core.New(core.Info{
@@ -232,40 +229,14 @@ func start(cfg config) (*proxy, error) {
 		ctx.Destroy()
 		return nil, err
 	}
-	if ctx.Caps()&evlib.CapAppDriven == 0 {
-		set = nil // PLUGLOOP_EVLIB chose a backend with a loop of its own
-	}
-	go func() {
-		if set == nil {
-			p.done <- ctx.Run(context.Background())
-			return
-		}
-		// The application's own loop; Destroy ends its Poll.
-		for {
-			if err := set.Poll(ctx.Thread(0), nil, -1); err != nil {
-				if errors.Is(err, core.ErrDestroyed) {
-					err = nil
-				}
-				p.done <- err
-				return
-			}
-		}
-	}()
+	p.loop = exampleloop.Start(ctx, set)
 	return p, nil
 }
 
 func (p *proxy) addr() string { return p.ln.Addr().String() }
 
 // close destroys the context and waits for the loop to end.
-func (p *proxy) close() error {
-	p.ctx.Destroy()
-	<-p.ctx.Done()
-	err := <-p.done
-	if errors.Is(err, core.ErrDestroyed) {
-		err = nil // destroyed before the loop began
-	}
-	return err
-}
+func (p *proxy) close() error { return p.loop.Stop() }
 
 func (p *proxy) stats() Stats {
 	var s Stats
@@ -300,9 +271,7 @@ func (p *proxy) callback(ev core.Event) error {
 
 	case core.ReasonRawRxEnd:
 		// Every byte the peer sent was relayed; the end follows them.
-		s := c.User().(*side)
-		s.rxEnded = true
-		return p.endOutput(s.other)
+		return p.endOutput(c.User().(*side).other)
 
 	case core.ReasonRawWriteable:
 		return p.writeable(c.User().(*side))
