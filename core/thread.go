@@ -798,13 +798,20 @@ func (t *Thread) settleHup(c *Conn) {
 	case answering && c.writeBlocked:
 		t.setInterest(c, evlib.Writable)
 	default:
-		if answering && c.wantWritable && !c.inWritableList {
-			// It was waiting for writability the kernel no longer reports
-			// to it: grant it in the next forced service.
-			c.inWritableList = true
-			t.writable = append(t.writable, c)
+		if answering {
+			t.grantWritable(c)
 		}
 		t.park(c)
+	}
+}
+
+// grantWritable grants a WRITEABLE a hung-up connection waits for in the
+// next forced service: the kernel no longer reports writability to it, out
+// of the poll set or watched for nothing.
+func (t *Thread) grantWritable(c *Conn) {
+	if c.wantWritable && !c.inWritableList {
+		c.inWritableList = true
+		t.writable = append(t.writable, c)
 	}
 }
 
@@ -841,10 +848,7 @@ func (t *Thread) settleHalfOpen(c *Conn) {
 	case c.writeBlocked:
 		t.setInterest(c, evlib.Writable)
 	default:
-		if c.wantWritable && !c.inWritableList {
-			c.inWritableList = true
-			t.writable = append(t.writable, c)
-		}
+		t.grantWritable(c)
 		if t.hupBare && c.rxEnded && !c.wrClosed && !c.endQuiet {
 			t.watchBare(c)
 		} else {
@@ -904,17 +908,20 @@ func (t *Thread) halfOpenEnd(c *Conn) {
 	t.park(c)
 }
 
+// shutdown shuts the write side of a stream down, through the backend
+// where it does the I/O.
+func (t *Thread) shutdown(c *Conn) error {
+	c.shutWR = true
+	if t.io != nil {
+		return t.io.Shutdown(c.fd)
+	}
+	return unix.Shutdown(c.fd, unix.SHUT_WR)
+}
+
 // shutWrite shuts the write side of a connection down for CloseWrite, whose
 // output has left; a failure closes it.
 func (t *Thread) shutWrite(c *Conn) error {
-	c.shutWR = true
-	var err error
-	if t.io != nil {
-		err = t.io.Shutdown(c.fd)
-	} else {
-		err = unix.Shutdown(c.fd, unix.SHUT_WR)
-	}
-	if err != nil {
+	if err := t.shutdown(c); err != nil {
 		err = &OpError{Op: "shutdown", Err: err}
 		t.requestClose(c, err)
 		return err
@@ -1406,12 +1413,7 @@ func (t *Thread) drained(c *Conn) {
 		return
 	}
 	if !c.shutWR {
-		c.shutWR = true
-		if t.io != nil {
-			t.io.Shutdown(c.fd)
-		} else {
-			unix.Shutdown(c.fd, unix.SHUT_WR)
-		}
+		t.shutdown(c) // (a failure shows in the wait for the peer's FIN)
 	}
 	t.setInterest(c, evlib.Readable) // wait for the peer's FIN
 }
