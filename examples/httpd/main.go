@@ -9,8 +9,10 @@
 //
 // It shows what the library is for, in a protocol people know:
 //
-//   - Connections are kept alive; "Connection: close" (and HTTP/1.0, for
-//     which it does not negotiate keep-alive) ends one after its response,
+//   - Connections are kept alive: HTTP/1.1 unless the request says
+//     "Connection: close", HTTP/1.0 only when it says "Connection:
+//     keep-alive" (as ab -k does), and then the response says so too.
+//     Otherwise the connection ends after its response,
 //     with Conn.Close, which lets the response leave first, and with
 //     core.Info.GracefulClose, which then waits for the client's end (a
 //     lingering close: closing on unread input would reset the connection).
@@ -106,6 +108,8 @@ var (
 	respOK            = newResponse("200 OK", "", "hello\n")
 	respOKClose       = newResponse("200 OK", "Connection: close\r\n", "hello\n")
 	respNotFound      = newResponse("404 Not Found", "", "not found\n")
+	respOKKeep        = newResponse("200 OK", "Connection: keep-alive\r\n", "hello\n")
+	respNotFoundKeep  = newResponse("404 Not Found", "Connection: keep-alive\r\n", "not found\n")
 	respNotFoundClose = newResponse("404 Not Found", "Connection: close\r\n", "not found\n")
 	resp400           = newResponse("400 Bad Request", "Connection: close\r\n", "")
 	resp405           = newResponse("405 Method Not Allowed", "Allow: GET\r\nConnection: close\r\n", "")
@@ -357,7 +361,8 @@ func answer(head []byte) (resp response, keep bool) {
 	if !ok1 || !ok2 || !strings.HasPrefix(proto, "HTTP/1.") || target == "" {
 		return resp400, false
 	}
-	keep = proto == "HTTP/1.1" // HTTP/1.0 closes: no keep-alive negotiation here
+	http10 := proto == "HTTP/1.0"
+	var sayClose, sayKeep bool
 	for len(fields) > 0 {
 		var f []byte
 		f, fields, _ = bytes.Cut(fields, []byte("\r\n"))
@@ -369,8 +374,11 @@ func answer(head []byte) (resp response, keep bool) {
 		switch strings.ToLower(name) {
 		case "connection":
 			for _, opt := range strings.Split(value, ",") {
-				if strings.TrimSpace(opt) == "close" {
-					keep = false
+				switch strings.TrimSpace(opt) {
+				case "close":
+					sayClose = true
+				case "keep-alive":
+					sayKeep = true
 				}
 			}
 		case "content-length":
@@ -381,13 +389,18 @@ func answer(head []byte) (resp response, keep bool) {
 			return resp501, false
 		}
 	}
+	keep = !sayClose && (sayKeep || !http10)
 	switch {
 	case method != "GET":
 		return resp405, false
+	case target == "/" && keep && http10:
+		return respOKKeep, true
 	case target == "/" && keep:
 		return respOK, true
 	case target == "/":
 		return respOKClose, false
+	case keep && http10:
+		return respNotFoundKeep, true
 	case keep:
 		return respNotFound, true
 	default:

@@ -56,6 +56,7 @@ func TestHTTPD(t *testing.T) {
 			t.Run("HalfClose", func(t *testing.T) { testHalfClose(t, srv) })
 			t.Run("OversizedHeaders", func(t *testing.T) { testOversized(t, srv) })
 			t.Run("BadRequests", func(t *testing.T) { testBadRequests(t, srv) })
+			t.Run("HTTP10", func(t *testing.T) { testHTTP10(t, srv) })
 			require.Zero(t, srv.stats().RxWhilePaused, "RAW_RX after the server paused rx")
 			require.NoError(t, srv.close())
 
@@ -282,11 +283,29 @@ func testBadRequests(t *testing.T, srv *server) {
 		require.True(t, resp.Close)
 		expectEOF(t, br)
 	}
-	// HTTP/1.0 does not negotiate keep-alive here: one response, then the end.
+}
+
+// HTTP/1.0 keeps a connection only when the request asks (ab -k), and the
+// response then says so; "close" wins over "keep-alive".
+func testHTTP10(t *testing.T, srv *server) {
 	c, br := dial(t, srv)
 	write(t, c, "GET / HTTP/1.0\r\n\r\n")
 	resp := readResponse(t, br)
 	require.Equal(t, http.StatusOK, resp.StatusCode)
+	expectEOF(t, br)
+
+	c, br = dial(t, srv)
+	write(t, c, "GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\nGET /nope HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+	for _, code := range []int{http.StatusOK, http.StatusNotFound} {
+		resp = readResponse(t, br)
+		require.Equal(t, code, resp.StatusCode)
+		require.Equal(t, "keep-alive", resp.Header.Get("Connection"))
+		require.False(t, resp.Close)
+	}
+	write(t, c, "GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n")
+	resp = readResponse(t, br)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.True(t, resp.Close)
 	expectEOF(t, br)
 }
 
