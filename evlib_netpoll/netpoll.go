@@ -100,8 +100,18 @@
 // goroutine waits for it in the runtime poller. Either way the backend
 // reports Hangup whatever the interest, so the core moves the input into
 // its own buffer and closes once it was consumed or after
-// Info.CloseTimeout. A reset is told from an orderly close by the socket's
-// state (SO_ERROR, or TCP state CLOSE), since netpoll keeps the error.
+// Info.CloseTimeout. netpoll's read takes a reset's error and keeps it, so
+// the kernel then says end of stream; the socket still tells a reset from
+// an orderly close: SO_ERROR, or TCP state CLOSE, which an open write side
+// reaches only by a reset. Once the write side was shut down (Conn.CloseWrite,
+// GracefulClose), the peer's FIN leads to CLOSE too, and what tells them
+// apart is the sequence space the kernel received (tcpi_bytes_received),
+// which counts a FIN: one more than the data read for an orderly end, none
+// for a reset. For that the backend counts what Read returns, and at Add
+// asks a TCP stream what it received and still holds (one getsockopt, three
+// once it has received anything), so that what was read before is known.
+// Where the counts cannot tell (a kernel before 4.1, urgent data), a stream
+// closed after its own write side reads as ended in order.
 //
 // Once netpoll has seen a stream's end it says nothing more of it: a reset
 // that follows the peer's FIN is news to no one. So the backend does not

@@ -82,6 +82,12 @@ type entry struct {
 	endMu  sync.Mutex
 	endSay *sockEnd
 
+	// What tells the peer's FIN from its reset once both left the socket
+	// in TCP state CLOSE (see verdict): the bytes Read returned, and what
+	// the kernel had counted as received at Add that no Read will return.
+	rxRead uint64
+	rx0    rxBase
+
 	peek       sync.Mutex   // held by the reader while it waits in netpoll's Peek
 	readHeld   bool         // input left after a report, to be reported Readable
 	fresh      bool         // input the reader is reporting right now
@@ -211,6 +217,9 @@ func (b *Backend) Add(fd int, kind evlib.Kind, ev evlib.Events) error {
 			return fmt.Errorf("%w: fd %d", evlib.ErrBadFD, fd)
 		}
 		return fmt.Errorf("dup fd %d: %w", fd, err)
+	}
+	if kind == evlib.KindStream {
+		e.rx0 = rxBaseOf(fd)
 	}
 	if kind == evlib.KindStream && !e.connecting {
 		if err := b.attach(e, dup); err != nil {
@@ -999,9 +1008,17 @@ func (b *Backend) reportEntry(e *entry) bool {
 // Read implements evlib.IO.
 func (b *Backend) Read(fd int, p []byte) (int, error) {
 	e := b.lookup(fd)
-	switch {
-	case e == nil:
+	if e == nil {
 		return rawRead(fd, p)
+	}
+	n, err := b.read(e, p)
+	e.rxRead += uint64(n)
+	return n, err
+}
+
+func (b *Backend) read(e *entry, p []byte) (int, error) {
+	fd := e.fd
+	switch {
 	case e.fail != nil:
 		return 0, e.fail
 	case e.detached:
@@ -1077,6 +1094,7 @@ func (b *Backend) readDetached(e *entry, p []byte) (int, error) {
 type sockEnd struct {
 	err    unix.Errno // pending error (SO_ERROR)
 	closed bool       // TCP state CLOSE
+	rcvd   uint64     // sequence space received (tcpi_bytes_received): data, and 1 for a FIN
 }
 
 func sockEndOf(fd int) sockEnd {
@@ -1086,18 +1104,22 @@ func sockEndOf(fd int) sockEnd {
 	}
 	if ti, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
 		s.closed = ti.State == tcpClose
+		s.rcvd = ti.Bytes_received
 	}
 	return s
 }
 
-// verdict tells how a stream netpoll has read from ended: netpoll may
-// have read the reset and kept the error to itself, attached or just
-// before a detach, so the kernel alone says end of stream. The socket
-// still knows (s): a pending error, or a TCP connection in state CLOSE,
-// which only a reset or a timeout leaves an open socket in while its own
-// write side is open. After Shutdown, the peer's FIN leads to CLOSE too
-// (through TIME_WAIT), so a reset then cannot be told from an orderly end
-// and reads as one.
+// verdict tells how a stream netpoll has read from ended: netpoll's read
+// takes a reset's error (ECONNRESET) and keeps it to itself, attached or
+// just before a detach, so the kernel alone says end of stream. The socket
+// still knows (s): a pending error, or a TCP connection in state CLOSE.
+// With our own write side open, only a reset or a timeout leaves an open
+// socket in CLOSE (the peer's FIN leads to CLOSE_WAIT); after our
+// Shutdown, the peer's FIN leads to CLOSE as well (through TIME_WAIT),
+// and the reset is told by the sequence space received: the kernel counts
+// a FIN in it (tcpi_bytes_received), so a stream that ended with the
+// peer's FIN received one more than the data read, and a reset none (see
+// finSeen).
 //
 // A pending EPIPE is the one exception: the kernel leaves it for a reset
 // that came after the peer's FIN (in CLOSE_WAIT), and its own read then
@@ -1108,11 +1130,97 @@ func (e *entry) verdict(s sockEnd) error {
 		return nil
 	case s.err != 0:
 		return s.err
-	case s.closed && !e.shutWR:
+	case !s.closed:
+		return nil
+	}
+	if fin, known := e.finSeen(s); known {
+		if fin {
+			return nil
+		}
 		return unix.ECONNRESET
 	}
-	return nil
+	if !e.shutWR {
+		return unix.ECONNRESET
+	}
+	return nil // cannot tell: read as the orderly end it most likely is
 }
+
+// finSeen tells, for a stream that ended in TCP state CLOSE and whose
+// input was all read, whether the peer's FIN was received, if the counts
+// allow: what the kernel received is what was read before Add, what Read
+// returned since, and 1 for a FIN. A kernel without tcpi_bytes_received
+// (before 4.1) says 0 and cannot tell; neither can a stream whose base
+// was unknown at Add, nor one with urgent data, which is received but
+// never read.
+func (e *entry) finSeen(s sockEnd) (fin, known bool) {
+	switch {
+	case !e.rx0.known:
+		return false, false
+	case e.rx0.fin:
+		return true, true
+	}
+	got := e.rx0.read + e.rxRead
+	switch s.rcvd {
+	case got:
+		return false, true
+	case got + 1:
+		return true, true
+	}
+	return false, false
+}
+
+// rxBase is what a TCP stream had received when it was added: the data
+// read before, and whether the peer's FIN had come.
+type rxBase struct {
+	read  uint64
+	fin   bool
+	known bool
+}
+
+// rxBaseOf reads the base of a stream being added (see finSeen): what the
+// kernel received (tcpi_bytes_received) less what it still holds
+// (SIOCINQ) was read by someone before. Nothing reads the socket while
+// it is added, but input may arrive between the two questions: the
+// answer counts only if the count received did not change around the
+// second. It costs one getsockopt for a stream that received nothing yet
+// (and one failed one for a stream that is not TCP), three otherwise.
+func rxBaseOf(fd int) rxBase {
+	ti, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	if err != nil {
+		return rxBase{}
+	}
+	for range 3 {
+		switch ti.State {
+		case tcpClose:
+			return rxBase{} // ended already: how is not ours to tell
+		case tcpCloseWait, tcpLastAck, tcpClosing:
+			return rxBase{fin: true, known: true}
+		}
+		if ti.Bytes_received == 0 {
+			return rxBase{known: true}
+		}
+		inq, err := unix.IoctlGetInt(fd, unix.SIOCINQ)
+		if err != nil {
+			return rxBase{}
+		}
+		again, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+		if err != nil {
+			return rxBase{}
+		}
+		if again.Bytes_received == ti.Bytes_received && again.State == ti.State && uint64(inq) <= ti.Bytes_received {
+			return rxBase{read: ti.Bytes_received - uint64(inq), known: true}
+		}
+		ti = again
+	}
+	return rxBase{}
+}
+
+// TCP states (linux/tcp_states.h).
+const (
+	tcpCloseWait = 8
+	tcpLastAck   = 9
+	tcpClosing   = 11
+)
 
 const tcpClose = 7 // TCP_CLOSE in linux/tcp_states.h
 
