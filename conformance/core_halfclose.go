@@ -272,6 +272,116 @@ func (s *suite) testCloseWrite(t *testing.T) {
 	}
 }
 
+// A reset that follows CloseWrite reads as a reset: the application
+// writes an answer and calls CloseWrite, the peer reads it and the end of
+// stream, then resets (SO_LINGER 0), and RAW_CLOSE says ECONNRESET, never
+// io.EOF, which would pass a cut-off stream for a whole one. Once our FIN
+// went out, the socket ends in the same state (TCP CLOSE) after the peer's
+// FIN as after its reset, so a backend whose library reads the kernel
+// itself, and so takes the reset's error, must tell them apart some other
+// way. "Unpaused" reads on; "Paused" pauses rx with all input read and
+// resumes once the reset arrived; "PausedMoreInput" has the peer send more
+// while rx is paused, before it resets. "ReadBeforeAdopt" has part of the
+// input read before the socket is adopted, and "ReadBeforeAdoptOrderly"
+// is the same with the peer's orderly close instead of the reset: io.EOF.
+func (s *suite) testCloseWritePeerReset(t *testing.T) {
+	for _, tc := range []struct {
+		name                 string
+		pause, more, orderly bool
+		readFirst            int // of the input, read before AdoptConn
+	}{
+		{name: "Unpaused"}, {name: "Paused", pause: true}, {name: "PausedMoreInput", pause: true, more: true},
+		{name: "ReadBeforeAdopt", readFirst: 300}, {name: "ReadBeforeAdoptOrderly", readFirst: 300, orderly: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			input, answer := pattern(51, 1000), pattern(52, 1000)
+			got := 0
+			cb := func(ev core.Event) error {
+				switch ev.Reason {
+				case core.ReasonRawRX:
+					got += len(ev.Data)
+				case core.ReasonRawWriteable:
+					if _, err := ev.Conn.Write(answer); err != nil {
+						return err
+					}
+					return ev.Conn.CloseWrite()
+				}
+				return nil
+			}
+			h := s.newHarness(t, core.Info{CloseTimeout: time.Minute, Protocols: []core.Protocol{
+				{Name: "closewritereset", Callback: cb}}})
+			srv, cli := tcpPair(t)
+			if tc.readFirst > 0 {
+				write(t, cli, input)
+				require.Equal(t, input[:tc.readFirst], readFull(t, srv, tc.readFirst))
+			}
+			conn, err := h.ctx.AdoptConn(srv, "")
+			require.NoError(t, err)
+			h.start()
+			if tc.readFirst == 0 {
+				write(t, cli, input)
+			}
+			waitUntil(t, "RAW_RX of the input", func() bool {
+				var n int
+				h.do(func() { n = got })
+				return n == len(input)-tc.readFirst
+			})
+			h.do(func() {
+				if tc.pause {
+					err = conn.RxFlowControl(false)
+				}
+				if err == nil {
+					err = conn.CallbackOnWritable()
+				}
+			})
+			require.NoError(t, err)
+			// Our FIN reached the peer before it resets.
+			if a := readFull(t, cli, len(answer)); !bytes.Equal(answer, a) {
+				t.Fatalf("conformance: answer corrupted")
+			}
+			expectOrderlyEOF(t, cli)
+			if tc.more {
+				write(t, cli, pattern(53, 64<<10))
+			}
+			if !tc.orderly {
+				require.NoError(t, cli.SetLinger(0))
+			}
+			require.NoError(t, cli.Close())
+			if tc.pause {
+				// The application's socket hung up: the reset is there.
+				// (Nothing held, the core may have closed it already.)
+				waitUntil(t, "the reset at the application's socket", func() bool {
+					hup := false
+					h.do(func() {
+						if hup = conn.Closed(); hup {
+							return
+						}
+						p := []unix.PollFd{{Fd: int32(conn.FD())}}
+						n, err := unix.Poll(p, 0)
+						hup = err == nil && n > 0 && p[0].Revents&unix.POLLHUP != 0
+					})
+					return hup
+				})
+				h.do(func() {
+					if !conn.Closed() {
+						err = conn.RxFlowControl(true)
+					}
+				})
+				require.NoError(t, err)
+			}
+			e := h.rec.waitEvent(t, "RAW_CLOSE", is(core.ReasonRawClose, conn))
+			if tc.orderly {
+				require.ErrorIs(t, e.err, io.EOF, "RAW_CLOSE of a connection whose peer closed after CloseWrite")
+				h.rec.verify(t)
+				return
+			}
+			require.NotErrorIs(t, e.err, io.EOF, "RAW_CLOSE of a connection reset by its peer after CloseWrite")
+			require.ErrorIs(t, e.err, unix.ECONNRESET, "RAW_CLOSE of a connection reset by its peer after CloseWrite")
+			h.rec.verify(t)
+		})
+	}
+}
+
 // CloseWrite's errors: after it, Write and CallbackOnWritable (also in the
 // RAW_WRITEABLE that called it) and a second CloseWrite say ErrWriteClosed;
 // on a datagram socket or a file it is ErrInvalid, on a closing or closed

@@ -32,6 +32,7 @@ func (s *suite) coreTests() []subtest {
 		{"HalfOpen", s.testHalfOpen},
 		{"HalfOpenPeerReset", s.testHalfOpenPeerReset},
 		{"CloseWrite", s.testCloseWrite},
+		{"CloseWritePeerReset", s.testCloseWritePeerReset},
 		{"CloseWriteBadInput", s.testCloseWriteBadInput},
 		{"Abort", s.testAbort},
 		{"PartialWrites", s.testPartialWrites},
