@@ -114,13 +114,18 @@
 // closed after its own write side reads as ended in order.
 //
 // Once netpoll has seen a stream's end it says nothing more of it: a reset
-// that follows the peer's FIN is news to no one. So the backend does not
-// declare evlib.CapHangupWithoutInterest, and a half-open connection
-// (core.Protocol.AllowHalfOpen) is out of the backend after RAW_RX_END and
-// learns of its peer's reset when it writes or times out. (A helper
-// waiting in the runtime poller for POLLHUP|POLLERR alone, as a paused
-// file's does, could tell it, at the price of one more dup per half-open
-// connection.)
+// that follows the peer's FIN is news to no one. So once that end was
+// reported to a stream watched with interest 0 (a half-open connection,
+// core.Protocol.AllowHalfOpen, after RAW_RX_END), a helper waits in the
+// runtime poller on a dup for POLLHUP or POLLERR alone, as a paused file's
+// does, and the backend reports Hangup or Error for it: it declares
+// evlib.CapHangupWithoutInterest, and such a connection learns of its
+// peer's reset at once. The peer's FIN with the local write side open
+// raises neither, so the helper sleeps until the reset, the local
+// CloseWrite (the stream is then done) or Remove, which closes the dup and
+// ends it; a write that blocked and drained may wake it once, for one
+// poll(2). The price is one goroutine and one more dup per such
+// connection, from its end on, none per message.
 package evlib_netpoll
 
 import (

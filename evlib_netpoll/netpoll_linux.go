@@ -20,10 +20,12 @@ import (
 
 func descriptor() evlib.Descriptor {
 	return evlib.Descriptor{
-		Caps: evlib.CapBufferedRx | evlib.CapRxBackpressure | evlib.CapOwnWaker | evlib.CapFiles | evlib.CapLibraryGoroutines,
+		Caps: evlib.CapBufferedRx | evlib.CapRxBackpressure | evlib.CapOwnWaker | evlib.CapFiles | evlib.CapLibraryGoroutines |
+			evlib.CapHangupWithoutInterest,
 		// netpoll's dup of every stream, the helpers' of every other fd. A
-		// stream whose write is blocked, or that is out of netpoll, holds
-		// the helpers' too while that lasts (see releaseFile).
+		// stream whose write is blocked, that is out of netpoll, or that
+		// ended and has no interest (half open, watched for its reset),
+		// holds the helpers' too while that lasts (see releaseFile).
 		DupsPerFD: 1,
 		New:       New,
 	}
@@ -667,6 +669,18 @@ func (b *Backend) arm(e *entry) {
 		e.waitR = true
 		go b.helper(e, e.rc, false)
 	}
+	if e.kind == evlib.KindStream && e.hup && e.hupShown && e.interest == 0 && !e.waitR && !e.endSeen && e.ensureFile() == nil {
+		// netpoll says nothing of a stream after its end, and the end
+		// was reported: a helper watches for what may follow, the reset
+		// or error of a half-open connection (POLLHUP or POLLERR alone;
+		// the peer's FIN with our write side open raises neither), so
+		// that it is reported with interest 0
+		// (evlib.CapHangupWithoutInterest). It starts once per stream,
+		// after its end, never per message.
+		e.watchIn.Store(false)
+		e.waitR = true
+		go b.helper(e, e.rc, false)
+	}
 	if e.interest&evlib.Writable != 0 && e.blocked && !e.waitW {
 		if err := e.ensureFile(); err != nil {
 			// Cannot wait (no descriptor free): reporting Writable anyway
@@ -920,7 +934,7 @@ func (b *Backend) drain() {
 		case postRawRead:
 			e.waitR = false
 			e.rawReady |= p.ev
-			e.endSeen = e.endSeen || e.kind == evlib.KindFile && p.ev&(evlib.Hangup|evlib.Error) != 0
+			e.endSeen = e.endSeen || (e.kind == evlib.KindFile || e.hup) && p.ev&(evlib.Hangup|evlib.Error) != 0
 			e.releaseFile() // a stream's read helper from before netpoll took it
 		case postRawWrite:
 			e.waitW = false
