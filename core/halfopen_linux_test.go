@@ -1,6 +1,7 @@
 package core_test
 
 import (
+	"net"
 	"testing"
 	"time"
 
@@ -40,6 +41,33 @@ func TestSimHalfOpenPeerReset(t *testing.T) {
 	require.Equal(t, []core.Reason{core.ReasonRawRX, core.ReasonRawRxEnd, core.ReasonRawWriteable, core.ReasonRawClose}, reasons)
 	got := s.closed[c]
 	require.Equal(t, time.Second, got.at, "closed in the pass after the reset")
+	var oe *core.OpError
+	require.ErrorAs(t, got.err, &oe)
+	require.ErrorIs(t, got.err, unix.ECONNRESET)
+}
+
+// CloseWrite on a TCP connection its peer already reset, before the core
+// has heard of the reset, closes it with the reset, not with the
+// ENOTCONN that shutdown(2) says of a stream no longer connected: the
+// caller and RAW_CLOSE both get an error that errors.Is ECONNRESET.
+func TestSimCloseWriteAfterPeerReset(t *testing.T) {
+	s := newSim(t, simloop.NewClock(), core.Info{})
+	srv, cli := tcpPair(t)
+	c, err := s.th.Context().AdoptConn(srv, "")
+	require.NoError(t, err)
+	s.passes(1)
+	require.NoError(t, cli.(*net.TCPConn).SetLinger(0))
+	require.NoError(t, cli.Close()) // a reset, which the core has not read yet
+	require.Eventually(t, func() bool {
+		ti, err := unix.GetsockoptTCPInfo(c.FD(), unix.IPPROTO_TCP, unix.TCP_INFO)
+		return err == nil && ti.State == 7 // TCP_CLOSE: the reset has arrived
+	}, 10*time.Second, time.Millisecond)
+
+	err = c.CloseWrite()
+	require.ErrorIs(t, err, unix.ECONNRESET)
+	s.passes(1)
+	got, closed := s.closed[c]
+	require.True(t, closed)
 	var oe *core.OpError
 	require.ErrorAs(t, got.err, &oe)
 	require.ErrorIs(t, got.err, unix.ECONNRESET)

@@ -888,15 +888,8 @@ func (t *Thread) watchBare(c *Conn) {
 // cannot keep the loop awake; as a socket that is no socket (a pipe
 // adopted as a stream) does at once.
 func (t *Thread) halfOpenEnd(c *Conn) {
-	v, err := unix.GetsockoptInt(c.fd, unix.SOL_SOCKET, unix.SO_ERROR)
-	if err == nil && v != 0 {
-		e := unix.Errno(v)
-		if e == unix.EPIPE {
-			// What Linux leaves for a reset that came after the
-			// peer's FIN (in CLOSE_WAIT), where a read says end of
-			// stream.
-			e = unix.ECONNRESET
-		}
+	e, err := sockErr(c.fd)
+	if e != 0 {
 		t.closeConn(c, &OpError{Op: "read", Err: e})
 		return
 	}
@@ -906,6 +899,18 @@ func (t *Thread) halfOpenEnd(c *Conn) {
 	}
 	c.endQuiet = true
 	t.park(c)
+}
+
+// sockErr takes a socket's pending error (SO_ERROR; 0 for none, and err
+// for an fd that is no socket). Linux leaves EPIPE for a reset that came
+// after the peer's FIN (in CLOSE_WAIT), where a read says end of stream:
+// that is a reset too.
+func sockErr(fd int) (unix.Errno, error) {
+	v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+	if e := unix.Errno(v); err == nil && e == unix.EPIPE {
+		return unix.ECONNRESET, nil
+	}
+	return unix.Errno(v), err
 }
 
 // shutdown shuts the write side of a stream down, through the backend
@@ -922,6 +927,16 @@ func (t *Thread) shutdown(c *Conn) error {
 // output has left; a failure closes it.
 func (t *Thread) shutWrite(c *Conn) error {
 	if err := t.shutdown(c); err != nil {
+		if err == unix.ENOTCONN {
+			// A TCP stream that was connected says so only once
+			// its peer reset it (or it timed out): report the
+			// cause, as a read would have.
+			if e, _ := sockErr(c.fd); e != 0 {
+				err = e
+			} else {
+				err = unix.ECONNRESET
+			}
+		}
 		err = &OpError{Op: "shutdown", Err: err}
 		t.requestClose(c, err)
 		return err
