@@ -62,6 +62,8 @@ type Conn struct {
 	peerIP   netip.Addr    // counted in the thread's per-IP table
 	dial     *dialState    // a client connection being established
 	pending  *adoptOptions // a handed-over connection's options, until adopted
+	relayOut *relay        // the relay taking this connection's input (RelayTo)
+	relayIn  *relay        // the relay writing this connection's output
 
 	fdClosed atomic.Bool // fd was closed: FD says -1 (read off the loop too)
 
@@ -131,6 +133,9 @@ func (c *Conn) CallbackOnWritable() error {
 	if c.wrClosed {
 		return ErrWriteClosed
 	}
+	if c.relayIn != nil {
+		return ErrRelaying
+	}
 	if c.wantWritable {
 		return nil
 	}
@@ -156,6 +161,9 @@ func (c *Conn) writeAllowed() error {
 	}
 	if c.wrClosed {
 		return ErrWriteClosed
+	}
+	if c.relayIn != nil {
+		return ErrRelaying
 	}
 	if c.t.writing != c || c.wrote {
 		return ErrNotWritable
@@ -226,6 +234,14 @@ func (c *Conn) RxFlowControl(enable bool) error {
 	}
 	c.rxPaused = !enable
 	if !enable {
+		return nil
+	}
+	if r := c.relayOut; r != nil {
+		// The relay takes input again; holding some, it takes more once
+		// that was sent (relayWritable).
+		if r.held == 0 && c.interest&evlib.Readable == 0 {
+			t.setInterest(c, c.interest|evlib.Readable)
+		}
 		return nil
 	}
 	if len(c.rxbuf) > 0 || c.hup && !c.rxEnded && c.halfOpen() {
@@ -313,6 +329,8 @@ func (c *Conn) CloseWrite() error {
 		return fmt.Errorf("%w: CloseWrite of a %s, which has no write side of its own to shut down", ErrInvalid, kindName(c.kind))
 	case c.wrClosed:
 		return ErrWriteClosed
+	case c.relayIn != nil:
+		return ErrRelaying
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(c.fd, &st); err == nil && st.Mode&unix.S_IFMT != unix.S_IFSOCK {

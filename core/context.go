@@ -576,11 +576,17 @@ func (p *ipCounts) add(ip netip.Addr, d int) {
 type Stats struct {
 	Waits, InterestChanges, Wakes, Reads, Writes, Accepts, Closes,
 	Dispatches, ForcedServices, TimersFired uint64
+	// Splices counts the splice(2) calls of relays (Conn.RelayTo) and
+	// Relayed the bytes relays moved to their targets, so that a
+	// benchmark can report system calls per relayed byte. A relay that
+	// copies (see RelayTo) counts its reads and writes as Reads and
+	// Writes.
+	Splices, Relayed uint64
 }
 
 // Syscalls is the number of system calls the counters cover.
 func (s Stats) Syscalls() uint64 {
-	return s.Waits + s.InterestChanges + s.Wakes + s.Reads + s.Writes + s.Accepts + s.Closes
+	return s.Waits + s.InterestChanges + s.Wakes + s.Reads + s.Writes + s.Accepts + s.Closes + s.Splices
 }
 
 func (s *Stats) add(o Stats) {
@@ -594,4 +600,6 @@ func (s *Stats) add(o Stats) {
 	s.Dispatches += o.Dispatches
 	s.ForcedServices += o.ForcedServices
 	s.TimersFired += o.TimersFired
+	s.Splices += o.Splices
+	s.Relayed += o.Relayed
 }

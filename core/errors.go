@@ -37,6 +37,12 @@ var (
 	// ErrAborted is the close reason of a connection the application
 	// aborted (Conn.Abort).
 	ErrAborted = errors.New("plugloop: connection aborted")
+	// ErrRelaying: the connection takes part in a relay that excludes the
+	// call (Conn.RelayTo): a relay's target refuses Write,
+	// CallbackOnWritable and CloseWrite, as its output belongs to the
+	// relay, and RelayTo refuses a source that relays already and a
+	// target that is relayed to already.
+	ErrRelaying = errors.New("plugloop: connection is relaying")
 	// ErrInvalid: an argument is out of range.
 	ErrInvalid = errors.New("plugloop: invalid argument")
 )

@@ -152,6 +152,7 @@ func (t *Thread) Stats() Stats {
 		Waits: c.Waits.Load(), InterestChanges: c.InterestChanges.Load(), Wakes: c.Wakes.Load(),
 		Reads: c.Reads.Load(), Writes: c.Writes.Load(), Accepts: c.Accepts.Load(), Closes: c.Closes.Load(),
 		Dispatches: c.Dispatches.Load(), ForcedServices: c.ForcedServices.Load(), TimersFired: c.TimersFired.Load(),
+		Splices: c.Splices.Load(), Relayed: c.Relayed.Load(),
 	}
 }
 
@@ -704,6 +705,10 @@ func (t *Thread) onReadable(c *Conn, ev evlib.Events) {
 		t.onDatagramReadable(c)
 		return
 	}
+	if c.relayOut != nil {
+		t.relayReadable(c.relayOut, ev)
+		return
+	}
 	if c.rxPaused {
 		if ev&(evlib.Hangup|evlib.Error) != 0 {
 			t.readAll(c) // learn how it ended without losing input
@@ -791,7 +796,7 @@ func (t *Thread) settleHup(c *Conn) {
 		t.settleHalfOpen(c)
 		return
 	}
-	answering := errors.Is(c.hupErr, io.EOF) && (c.wantWritable || len(c.out) > 0)
+	answering := errors.Is(c.hupErr, io.EOF) && (c.wantWritable || len(c.out) > 0 || c.relayIn != nil)
 	switch {
 	case !answering && len(c.rxbuf) == 0:
 		t.requestClose(c, c.hupErr)
@@ -1001,6 +1006,10 @@ func (t *Thread) queueRx(c *Conn) {
 
 func (t *Thread) onWritable(c *Conn) {
 	if c.state != stateOpen {
+		return
+	}
+	if c.relayIn != nil {
+		t.relayWritable(c.relayIn)
 		return
 	}
 	if len(c.out) > 0 && !t.flush(c) {
@@ -1246,6 +1255,9 @@ func (t *Thread) requestClose(c *Conn, why error) {
 	if c.state != stateOpen || c.closeReq {
 		return
 	}
+	if c.relayOut != nil || c.relayIn != nil {
+		t.endRelays(c) // at once: closing, it takes part in nothing more
+	}
 	if t.depth == 0 {
 		t.closeConn(c, why)
 		return
@@ -1261,6 +1273,9 @@ func (t *Thread) closeConn(c *Conn, why error) {
 		return
 	}
 	c.state = stateClosed
+	if c.relayOut != nil || c.relayIn != nil {
+		t.endRelays(c)
+	}
 	for _, tm := range []*Timer{c.timer, c.timeout, c.bound, c.idle} {
 		if tm != nil {
 			t.timers.remove(tm)
@@ -1405,6 +1420,9 @@ func (t *Thread) handOver(target *Thread, fd int, p *Protocol, o *adoptOptions) 
 // beginClose starts a close that waits for pending output and, when
 // graceful, for the peer's end of stream; CloseTimeout bounds both.
 func (t *Thread) beginClose(c *Conn) {
+	if c.relayOut != nil || c.relayIn != nil {
+		t.endRelays(c)
+	}
 	c.draining, c.wantWritable = true, false
 	c.peerDone = c.peerDone || c.hup // its end of stream was read already
 	c.rxPaused, c.rxbuf = false, nil

@@ -239,6 +239,8 @@ type Counters struct {
 	Dispatches      atomic.Uint64 // user callbacks run
 	ForcedServices  atomic.Uint64 // passes that ran forced service
 	TimersFired     atomic.Uint64 // timers (and timeouts) that fired
+	Splices         atomic.Uint64 // splice(2) calls of relays (Conn.RelayTo)
+	Relayed         atomic.Uint64 // bytes relays moved to their targets
 }
 
 // Errors shared by backends and the registry. Test with errors.Is.

@@ -1,0 +1,356 @@
+//go:build unix
+
+package core
+
+import (
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/plugloop/plugloop/evlib"
+	"github.com/plugloop/plugloop/internal/sys"
+	"golang.org/x/sys/unix"
+)
+
+const (
+	// relayPipeSize is the capacity a relay asks for its pipe: four of
+	// the core's reads, so that a bulk stream costs two splice(2) calls
+	// per 256 KiB, and what one relay holds stays bounded by it.
+	relayPipeSize = 256 << 10
+	// relayBufSize is a copying relay's buffer: one of the core's reads.
+	relayBufSize = rxBufSize
+)
+
+// relay moves a source connection's input to a target connection (see
+// Conn.RelayTo). It takes input only while it holds nothing, so that what
+// it holds never exceeds size and, in splice mode, an EAGAIN from the
+// source means the source is empty (a pipe with room can refuse too).
+type relay struct {
+	src, dst *Conn
+	pr, pw   int    // the pipe, or -1 when the relay copies through buf
+	size     int    // the most it holds: the pipe's capacity, or len(buf)
+	held     int    // bytes taken from src that dst's socket has not taken yet
+	buf      []byte // copy mode: what it holds is buf[off : off+held]
+	off      int
+}
+
+// live reports whether the relay has not ended.
+func (r *relay) live() bool { return r.src.relayOut == r }
+
+// How a relay ended, for endRelay.
+type relayEnd uint8
+
+const (
+	relayDone    relayEnd = iota // src's end of stream, all taken before it passed on
+	relaySrcGone                 // src closed or closing
+	relayDstGone                 // dst closed or closing: src is paused
+)
+
+// RelayTo makes the core move c's input to dst from now on, without
+// RAW_RX on c: inside the kernel with splice(2) through a pipe of the
+// relay's own on Linux where the core reads its sockets itself (the epoll,
+// poll, gnet and foreign backends), and through a buffer of the core's
+// elsewhere (the netpoll adapter, which reads for the core, and systems
+// without splice), with the same rules:
+//
+//   - Bounded: the relay holds at most one pipe's worth (256 KiB asked
+//     for with F_SETPIPE_SZ, less if the kernel refuses; a copying relay,
+//     64 KiB) and takes more from c only once dst's socket took all it
+//     held. c is read only when the relay can take input, so a dst whose
+//     peer does not read pushes back on c's peer through TCP.
+//   - dst's output belongs to the relay: dst.Write and
+//     dst.CallbackOnWritable return ErrRelaying, and so does
+//     dst.CloseWrite; a RAW_WRITEABLE dst asked for and did not get yet is
+//     dropped. What the core held for dst when RelayTo was called leaves
+//     first, followed by any input c had kept (read before, or from
+//     WithReadbuf), then the relayed stream.
+//   - c.RxFlowControl(false) pauses the relay and (true) resumes it;
+//     paused, it takes nothing more from c, and TCP pushes back on c's
+//     peer. Relayed bytes are activity for both connections' IdleTimeout.
+//   - c's orderly end of stream ends the relay once every byte taken from
+//     c reached dst's socket (or the output the core holds for dst): then
+//     the usual rules apply to c, with Protocol.AllowHalfOpen a RAW_RX_END,
+//     after which the application may pass the end on with dst.CloseWrite.
+//   - c's read error or reset closes c with it, as without a relay
+//     (RAW_CLOSE with an *OpError); what the relay held is dropped: the
+//     stream was cut off, and its tail would pass it for a whole one to
+//     dst's peer. c's RAW_CLOSE decides what becomes of dst.
+//   - dst's write error, Close or Abort ends the relay and drops what it
+//     held, and pauses c (RxPaused reports true): nothing of c's input is
+//     lost unseen, and the application, typically in dst's RAW_CLOSE,
+//     decides (Abort c, or resume it and take its input in RAW_RX). c's
+//     Close or Abort ends the relay too, dropping what it held, and leaves
+//     dst as it is.
+//   - Without AllowHalfOpen, dst whose peer ended its stream is answering
+//     while the relay lasts: as with output held, it closes once the relay
+//     ended and nothing is left, or at Info.CloseTimeout.
+//
+// c and dst must be distinct established stream connections (TCP or unix
+// stream sockets, or pipes adopted as streams) of the same service thread;
+// call it from a callback of that thread. A connection may be the source
+// of one relay and the target of another, so two relays make a
+// bidirectional proxy. Interest changes stay lazy: c is watched for input
+// while the relay can take it, and dst for writability only once its
+// socket refused bytes, dropped at the first writability that finds
+// nothing to send. Stats counts Splices and Relayed bytes.
+//
+// Errors, with nothing changed: ErrInvalid for a nil or the same
+// connection, one of another thread, one not established yet or one that
+// is no stream; ErrClosed when either is closed or closing, c's input
+// ended or dst was reset; ErrWriteClosed after dst.CloseWrite; ErrRelaying
+// when c is the source of a relay or dst the target of one; ErrFDLimit
+// when the thread has no room for the pipe's two fds (they count against
+// Info.FDLimit while the relay lasts); ErrWrongGoroutine off the loop.
+func (c *Conn) RelayTo(dst *Conn) error {
+	if c == nil || dst == nil {
+		return fmt.Errorf("%w: RelayTo with a nil connection", ErrInvalid)
+	}
+	t := c.t
+	took, err := t.own()
+	if err != nil {
+		return err
+	}
+	defer t.release(took)
+	switch {
+	case dst == c:
+		return fmt.Errorf("%w: a connection cannot relay to itself", ErrInvalid)
+	case dst.t != t:
+		return fmt.Errorf("%w: RelayTo a connection of another service thread (%d, not %d)", ErrInvalid, dst.t.index, t.index)
+	case c.state == stateConnecting || c.state == stateHandover || dst.state == stateConnecting || dst.state == stateHandover:
+		return fmt.Errorf("%w: RelayTo with a connection not established yet", ErrInvalid)
+	case c.kind != evlib.KindStream || dst.kind != evlib.KindStream:
+		return fmt.Errorf("%w: RelayTo from a %s to a %s: only streams relay", ErrInvalid, kindName(c.kind), kindName(dst.kind))
+	case c.state != stateOpen || c.closeReq || c.draining || c.hup:
+		return ErrClosed
+	case dst.state != stateOpen || dst.closeReq || dst.draining || dst.hup && !errors.Is(dst.hupErr, io.EOF):
+		return ErrClosed
+	case dst.wrClosed:
+		return ErrWriteClosed
+	case c.relayOut != nil:
+		return fmt.Errorf("%w: the source relays already", ErrRelaying)
+	case dst.relayIn != nil:
+		return fmt.Errorf("%w: the target is relayed to already", ErrRelaying)
+	}
+	r := &relay{src: c, dst: dst, pr: -1, pw: -1}
+	if sys.SpliceRelay && t.io == nil {
+		if !t.reserve() {
+			return fmt.Errorf("%w: no room for a relay's pipe", ErrFDLimit)
+		}
+		if !t.reserve() {
+			t.giveBack(true)
+			return fmt.Errorf("%w: no room for a relay's pipe", ErrFDLimit)
+		}
+		pr, pw, size, err := sys.NewRelayPipe(relayPipeSize)
+		if err != nil {
+			t.giveBack(true)
+			t.giveBack(true)
+			if errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) {
+				return fmt.Errorf("%w: relay pipe: %w", ErrFDLimit, err)
+			}
+			return &OpError{Op: "pipe", Err: err}
+		}
+		t.ctx.fds.add(pr)
+		t.ctx.fds.add(pw)
+		r.pr, r.pw, r.size = pr, pw, size
+	} else {
+		r.buf, r.size = make([]byte, relayBufSize), relayBufSize
+	}
+	c.relayOut, dst.relayIn = r, r
+	dst.wantWritable = false
+	if len(c.rxbuf) > 0 {
+		// Input c kept comes before the relayed stream.
+		dst.out = append(dst.out, c.rxbuf...)
+		c.rxbuf = nil
+	}
+	if len(dst.out) > 0 {
+		t.relayBlocked(dst) // sent at dst's next writability, before any relayed byte
+	}
+	if !c.rxPaused && c.interest&evlib.Readable == 0 && c.state == stateOpen {
+		t.setInterest(c, c.interest|evlib.Readable)
+	}
+	return nil
+}
+
+// endRelays ends the relays c takes part in, as it closes.
+func (t *Thread) endRelays(c *Conn) {
+	if r := c.relayOut; r != nil {
+		t.endRelay(r, relaySrcGone)
+	}
+	if r := c.relayIn; r != nil {
+		t.endRelay(r, relayDstGone)
+	}
+}
+
+// endRelay ends r: both connections are free of it, and its pipe is closed
+// at the end of the batch, as connections' fds are.
+func (t *Thread) endRelay(r *relay, how relayEnd) {
+	if !r.live() {
+		return
+	}
+	c, dst := r.src, r.dst
+	c.relayOut, dst.relayIn = nil, nil
+	if r.pr >= 0 {
+		t.fdClose = append(t.fdClose, r.pr, r.pw)
+		r.pr, r.pw = -1, -1
+		t.giveBack(true)
+		t.giveBack(true)
+	}
+	r.buf, r.held = nil, 0
+	if t.dying() {
+		return // everything closes with ErrDestroyed
+	}
+	switch how {
+	case relayDone:
+		if c.state == stateOpen {
+			t.hangup(c, io.EOF) // RAW_RX_END (AllowHalfOpen) or close, as always
+		}
+	case relayDstGone:
+		if c.state == stateOpen {
+			c.rxPaused = true // the application decides (see RelayTo)
+		}
+	}
+	if dst.state == stateOpen && !dst.closeReq {
+		t.settleHup(dst) // dst's peer may have ended meanwhile
+	}
+}
+
+// relayBlocked waits for dst's writability: its socket refused bytes.
+func (t *Thread) relayBlocked(dst *Conn) {
+	dst.writeBlocked = true
+	if dst.interest&evlib.Writable == 0 {
+		t.setInterest(dst, dst.interest|evlib.Writable)
+	}
+}
+
+// relayReadable handles readiness of a relay's source.
+func (t *Thread) relayReadable(r *relay, ev evlib.Events) {
+	c := r.src
+	if !c.rxPaused && r.held == 0 {
+		t.relayPull(r)
+		return
+	}
+	// Paused, or holding bytes dst has not taken: no input is taken now.
+	if ev&(evlib.Hangup|evlib.Error) != 0 {
+		// Reported whatever the interest. An error closes c now (as a
+		// read would); an orderly end waits out of the poll set, so that
+		// it cannot keep the loop awake, until the relay takes input
+		// again (setInterest watches c again). A target waiting for
+		// writability stays: its write shows what became of it.
+		if v, err := unix.GetsockoptInt(c.fd, unix.SOL_SOCKET, unix.SO_ERROR); err == nil && v != 0 {
+			t.closeConn(c, &OpError{Op: "read", Err: unix.Errno(v)})
+			return
+		}
+		if c.relayIn == nil || !c.writeBlocked {
+			t.park(c)
+		}
+		return
+	}
+	if c.interest&evlib.Readable != 0 {
+		// Lazily, as for a paused connection: only once input came.
+		t.setInterest(c, c.interest&^evlib.Readable)
+	}
+}
+
+// relayPull takes what the source has, up to the relay's size, while the
+// relay holds nothing, and passes it on at once.
+func (t *Thread) relayPull(r *relay) {
+	c := r.src
+	var n int
+	var err error
+	if r.pr >= 0 {
+		t.ctr.Splices.Add(1)
+		n, err = sys.Splice(c.fd, r.pw, r.size)
+	} else {
+		r.off = 0
+		n, err = t.read(c.fd, r.buf)
+	}
+	switch {
+	case n > 0:
+		t.touch(c)
+		r.held = n
+		t.relayPush(r, false)
+		if r.live() && r.held == 0 && c.state == stateOpen && !c.rxPaused && c.interest&evlib.Readable == 0 {
+			// All passed on, and read interest was dropped while the
+			// target was blocked: the source is watched again (once per
+			// stretch of a blocked target, not per read).
+			t.setInterest(c, c.interest|evlib.Readable)
+		}
+	case err == nil:
+		t.endRelay(r, relayDone)
+	case wouldBlock(err):
+		if !c.rxPaused && c.interest&evlib.Readable == 0 {
+			t.setInterest(c, c.interest|evlib.Readable)
+		}
+	default:
+		t.closeConn(c, &OpError{Op: "read", Err: err}) // ends the relay
+	}
+}
+
+// relayPush sends what the relay holds to its target, after the output
+// the core held for it. evented: dst was reported writable; otherwise a
+// target known to be blocked is not tried.
+func (t *Thread) relayPush(r *relay, evented bool) {
+	dst := r.dst
+	if dst.writeBlocked && !evented {
+		return
+	}
+	if len(dst.out) > 0 && !t.flush(dst) {
+		if dst.state == stateOpen && r.live() {
+			t.relayBlocked(dst)
+		}
+		return
+	}
+	if r.held > 0 {
+		var n int
+		var err error
+		if r.pr >= 0 {
+			t.ctr.Splices.Add(1)
+			n, err = sys.Splice(r.pr, dst.fd, r.held)
+		} else {
+			n, err = t.write(dst.fd, r.buf[r.off:r.off+r.held])
+		}
+		if n > 0 {
+			r.held -= n
+			r.off += n
+			t.touch(dst)
+			t.ctr.Relayed.Add(uint64(n))
+		}
+		switch {
+		case r.held == 0:
+		case err == nil || wouldBlock(err):
+			// A socket that takes part has no room for the rest: as
+			// for a partial Write, wait for writability.
+			t.relayBlocked(dst)
+			return
+		default:
+			t.closeConn(dst, &OpError{Op: "write", Err: err}) // ends the relay, pausing src
+			return
+		}
+	}
+	dst.writeBlocked = false
+}
+
+// relayWritable handles writability of a relay's target.
+func (t *Thread) relayWritable(r *relay) {
+	dst := r.dst
+	if len(dst.out) == 0 && r.held == 0 {
+		// Write interest stayed armed after the last send, in case the
+		// source had more at once; it had not: drop it now (lazily, so
+		// that a stream whose target keeps filling up does not pay an
+		// interest change per send).
+		dst.writeBlocked = false
+		if dst.interest&evlib.Writable != 0 {
+			t.setInterest(dst, dst.interest&^evlib.Writable)
+		}
+		return
+	}
+	t.relayPush(r, true)
+	if !r.live() || r.held > 0 || dst.writeBlocked {
+		return
+	}
+	// All sent: take more from the source at once, without waiting for
+	// its readability (whose interest may have been dropped meanwhile).
+	if c := r.src; c.state == stateOpen && !c.closeReq && !c.rxPaused {
+		t.relayPull(r)
+	}
+}
