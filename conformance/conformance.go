@@ -134,6 +134,7 @@ func runParts(t *testing.T, d evlib.Descriptor, host *Host, core bool) {
 	if core {
 		t.Run("Core", func(t *testing.T) {
 			tests := append(s.coreTests(), s.moreCoreTests()...)
+			tests = append(tests, s.relayTests()...)
 			tests = append(tests, subtest{"Leaks", s.testLeaks})
 			if s.host != nil {
 				t.Logf("conformance: foreign mode, the suite's loop is host %q", s.host.Name)
