@@ -237,11 +237,7 @@ func (c *Conn) RxFlowControl(enable bool) error {
 		return nil
 	}
 	if r := c.relayOut; r != nil {
-		// The relay takes input again; holding some, it takes more once
-		// that was sent (relayWritable).
-		if r.held == 0 && c.interest&evlib.Readable == 0 {
-			t.setInterest(c, c.interest|evlib.Readable)
-		}
+		t.relayResume(r)
 		return nil
 	}
 	if len(c.rxbuf) > 0 || c.hup && !c.rxEnded && c.halfOpen() {

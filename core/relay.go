@@ -32,6 +32,7 @@ type relay struct {
 	held     int    // bytes taken from src that dst's socket has not taken yet
 	buf      []byte // copy mode: what it holds is buf[off : off+held]
 	off      int
+	srcHup   bool // a hang-up of src was reported while the relay took no input
 }
 
 // live reports whether the relay has not ended.
@@ -231,23 +232,40 @@ func (t *Thread) relayReadable(r *relay, ev evlib.Events) {
 	}
 	// Paused, or holding bytes dst has not taken: no input is taken now.
 	if ev&(evlib.Hangup|evlib.Error) != 0 {
-		// Reported whatever the interest. An error closes c now (as a
-		// read would); an orderly end waits out of the poll set, so that
-		// it cannot keep the loop awake, until the relay takes input
-		// again (setInterest watches c again). A target waiting for
-		// writability stays: its write shows what became of it.
+		// An error closes c now, as a read would. Otherwise the next
+		// pull, when the relay takes input again, reads how the stream
+		// ended (srcHup: also after a resume, through forced service,
+		// as a backend that reads for the core reports an end once).
+		// The core's own fds report a hang-up whatever the interest, so
+		// meanwhile c waits out of the poll set, lest it keep the loop
+		// awake (setInterest watches it again), unless it is a target
+		// waiting for writability, whose write shows what became of it.
 		if v, err := unix.GetsockoptInt(c.fd, unix.SOL_SOCKET, unix.SO_ERROR); err == nil && v != 0 {
 			t.closeConn(c, &OpError{Op: "read", Err: unix.Errno(v)})
 			return
 		}
-		if c.relayIn == nil || !c.writeBlocked {
+		r.srcHup = true
+		if t.io == nil && (c.relayIn == nil || !c.writeBlocked) {
 			t.park(c)
+			return
 		}
-		return
 	}
 	if c.interest&evlib.Readable != 0 {
 		// Lazily, as for a paused connection: only once input came.
 		t.setInterest(c, c.interest&^evlib.Readable)
+	}
+}
+
+// relayResume is RxFlowControl(true) for a relay's source.
+func (t *Thread) relayResume(r *relay) {
+	c := r.src
+	switch {
+	case r.held > 0:
+		// It takes more once that was sent (relayWritable).
+	case r.srcHup:
+		t.queueRx(c) // forced service pulls (deliverBuffered)
+	case c.interest&evlib.Readable == 0:
+		t.setInterest(c, c.interest|evlib.Readable)
 	}
 }
 

@@ -979,6 +979,14 @@ func (t *Thread) deliver(c *Conn, p []byte) {
 }
 
 func (t *Thread) deliverBuffered(c *Conn) {
+	if r := c.relayOut; r != nil {
+		// A relay's source has no buffered input: forced service
+		// (relayResume) pulls.
+		if r.held == 0 {
+			t.relayPull(r)
+		}
+		return
+	}
 	chunk := c.proto.RxChunk
 	for len(c.rxbuf) > 0 && c.state == stateOpen && !c.rxPaused && !c.closeReq && !t.dying() {
 		q := c.rxbuf
