@@ -96,6 +96,7 @@ func main() {
 	flag.IntVar(&cfg.lowWater, "lowwater", 64<<10, "bytes waiting below which a paused side resumes")
 	flag.IntVar(&cfg.threads, "threads", 1, "service threads (core.Info.CountThreads); both sides of a pair share one")
 	flag.DurationVar(&cfg.connectTimeout, "connect-timeout", 5*time.Second, "upstream connect timeout (core.Info.ConnectTimeout)")
+	flag.BoolVar(&cfg.noRelay, "no-relay", false, "relay every byte through RAW_RX and Write instead of the core's relay (core.Conn.RelayTo)")
 	flag.DurationVar(&cfg.idle, "idle", 10*time.Minute, "reset a pair when one side neither received nor sent for this long (core.Info.IdleTimeout; 0: never)")
 	flag.Parse()
 
@@ -129,6 +130,7 @@ type config struct {
 	threads        int
 	connectTimeout time.Duration
 	idle           time.Duration // core.Info.IdleTimeout
+	noRelay        bool          // never core.Conn.RelayTo: RAW_RX and Write only
 }
 
 // rxChunk caps one RAW_RX (core.Protocol.RxChunk), so that what one read
@@ -155,6 +157,7 @@ type side struct {
 	endOut     bool   // other's input ended: shut this side's write side once out is sent
 	writeShut  bool   // CloseWrite was called
 	closed     bool   // RAW_CLOSE or CLIENT_CONNECTION_ERROR came
+	relaying   bool   // the core relays this side's input to other (RelayTo)
 }
 
 // waiting is what this side has to send: what the proxy holds for it plus
@@ -172,6 +175,7 @@ type Stats struct {
 	ConnectErrors uint64    // upstream connections that failed (CLIENT_CONNECTION_ERROR)
 	Aborted       uint64    // connections reset because the other side ended with an error
 	HalfCloses    uint64    // write sides shut down (Conn.CloseWrite) passing on a peer's end of stream
+	Relays        uint64    // directions handed to the core's relay (Conn.RelayTo)
 	Pauses        [2]uint64 // rx pauses, by direction (fromClient, fromUpstream)
 	PeakPending   [2]int64  // most bytes one side had waiting, by direction
 	RxWhilePaused uint64    // RAW_RX received while paused: never, if rx flow control works
@@ -186,7 +190,7 @@ type proxy struct {
 	loop *exampleloop.Loop
 
 	accepted, connectErrors, aborted, rxWhilePaused atomic.Uint64
-	halfCloses                                      atomic.Uint64
+	halfCloses, relays                              atomic.Uint64
 	pauses                                          [2]atomic.Uint64
 	peak                                            [2]atomic.Int64
 	open, connecting                                atomic.Int64
@@ -241,7 +245,7 @@ func (p *proxy) close() error { return p.loop.Stop() }
 func (p *proxy) stats() Stats {
 	var s Stats
 	s.Accepted, s.ConnectErrors, s.Aborted = p.accepted.Load(), p.connectErrors.Load(), p.aborted.Load()
-	s.HalfCloses = p.halfCloses.Load()
+	s.HalfCloses, s.Relays = p.halfCloses.Load(), p.relays.Load()
 	s.RxWhilePaused, s.Open, s.Connecting = p.rxWhilePaused.Load(), p.open.Load(), p.connecting.Load()
 	for i := range 2 {
 		s.Pauses[i], s.PeakPending[i] = p.pauses[i].Load(), p.peak[i].Load()
@@ -256,13 +260,16 @@ func (p *proxy) callback(ev core.Event) error {
 		if s, ok := c.User().(*side); ok { // the upstream, established
 			s.connecting = false
 			p.connecting.Add(-1)
+			if err := p.relayTo(s); err != nil { // upstream -> client
+				return err
+			}
 			if len(s.out) > 0 {
-				return c.CallbackOnWritable()
+				return c.CallbackOnWritable() // then client -> upstream relays
 			}
 			if s.endOut {
 				return p.closeWrite(s) // the client's input ended already
 			}
-			return nil
+			return p.relayTo(s.other)
 		}
 		return p.accept(ev)
 
@@ -354,6 +361,11 @@ func (p *proxy) writeable(s *side) error {
 			return err
 		}
 		s.out = s.out[:0]
+		// What the core holds of this Write leaves before the relay's
+		// first byte.
+		if err := p.relayTo(s.other); err != nil || s.other.relaying {
+			return err
+		}
 	}
 	if s.endOut {
 		// The other side's input ended (so it is not paused): after what
@@ -368,6 +380,34 @@ func (p *proxy) writeable(s *side) error {
 		}
 		o.paused = false
 		return o.conn.RxFlowControl(true)
+	}
+	return nil
+}
+
+// relayTo hands the rest of s's input to the core's relay
+// (core.Conn.RelayTo), once both sides are established and nothing the
+// proxy holds for the other side is left: from then on the core moves it
+// (with splice(2) where it can), bounded by one pipe's worth per direction,
+// and s gets no RAW_RX; its RAW_RX_END still comes after the last byte.
+// Where the core cannot (no room for the pipe's fds), the direction stays
+// on RAW_RX and Write.
+func (p *proxy) relayTo(s *side) error {
+	o := s.other
+	if p.cfg.noRelay || s.relaying || s.closed || o.closed || s.connecting || o.connecting ||
+		len(o.out) > 0 || o.endOut || o.writeShut {
+		return nil
+	}
+	switch err := s.conn.RelayTo(o.conn); {
+	case errors.Is(err, core.ErrFDLimit):
+		return nil
+	case err != nil:
+		return err
+	}
+	s.relaying = true
+	p.relays.Add(1)
+	if s.paused { // at high water while the upstream connected
+		s.paused = false
+		return s.conn.RxFlowControl(true)
 	}
 	return nil
 }
