@@ -15,8 +15,19 @@
 //	printf 'GET / HTTP/1.1\r\nHost: x\r\n\r\n' | nc -N 127.0.0.1 8080
 //	wrk -c 50 -d 5s http://127.0.0.1:8080/
 //
-// It is the showcase of writable callbacks and rx flow control working
-// across two connections:
+// Once a pair is connected and nothing the proxy holds for a side is
+// left, the proxy hands each direction to the core (core.Conn.RelayTo):
+// from then on the core moves the bytes itself, with splice(2) through a
+// pipe on Linux where it reads its sockets (epoll, poll, gnet, foreign),
+// copying through a buffer of its own elsewhere, never holding more than
+// one pipe's worth per direction, reading a side only while the other
+// side's socket takes what it holds; so TCP pushes back end to end. The
+// half-close and error rules below stay the same: a relay ends after the
+// last byte of its source with RAW_RX_END, and a side's error resets its
+// partner. -no-relay keeps every byte on the path below, which is also
+// the path of input that arrives before the upstream is connected, and of
+// a direction the core cannot relay (no room for a pipe's fds, or a
+// client whose input ended while its upstream connected):
 //
 //   - Each direction has a pending buffer on its sending side. RAW_RX on one
 //     connection appends to the other's buffer and asks for the other's
@@ -389,8 +400,11 @@ func (p *proxy) writeable(s *side) error {
 // proxy holds for the other side is left: from then on the core moves it
 // (with splice(2) where it can), bounded by one pipe's worth per direction,
 // and s gets no RAW_RX; its RAW_RX_END still comes after the last byte.
-// Where the core cannot (no room for the pipe's fds), the direction stays
-// on RAW_RX and Write.
+// Where the core cannot, the direction stays on RAW_RX and Write: no room
+// for the pipe's fds (core.ErrFDLimit), or s's input ended already
+// (core.ErrClosed: a client paused at high water while its upstream
+// connected, whose end of stream came meanwhile; what it kept comes in
+// RAW_RX after the resume, then RAW_RX_END).
 func (p *proxy) relayTo(s *side) error {
 	o := s.other
 	if p.cfg.noRelay || s.relaying || s.closed || o.closed || s.connecting || o.connecting ||
@@ -398,7 +412,7 @@ func (p *proxy) relayTo(s *side) error {
 		return nil
 	}
 	switch err := s.conn.RelayTo(o.conn); {
-	case errors.Is(err, core.ErrFDLimit):
+	case errors.Is(err, core.ErrFDLimit), errors.Is(err, core.ErrClosed):
 		return nil
 	case err != nil:
 		return err

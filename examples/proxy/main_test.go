@@ -115,7 +115,11 @@ func testRelay(t *testing.T, cfg config) {
 	if cfg.noRelay {
 		require.Zero(t, s.Relays)
 	} else {
-		require.EqualValues(t, 2*clients, s.Relays, "both directions of every pair relayed by the core")
+		// Every upstream's answer; a client's input too unless it ended
+		// while its upstream connected (the proxy paused it at high
+		// water, and its FIN came meanwhile: that stays on RAW_RX).
+		require.GreaterOrEqual(t, s.Relays, uint64(clients), "directions relayed by the core")
+		require.LessOrEqual(t, s.Relays, uint64(2*clients), "directions relayed by the core")
 	}
 	require.LessOrEqual(t, s.PeakPending[fromClient], int64(testHigh+rxChunk))
 	require.LessOrEqual(t, s.PeakPending[fromUpstream], int64(testHigh+rxChunk))
