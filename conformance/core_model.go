@@ -1116,8 +1116,9 @@ func (m *model) closeWrite(mc *modelConn) {
 	case err == nil:
 		a.wrClosed, a.wrFirst, a.wantW, a.chunks = true, !a.rxEnded, false, nil
 		m.wrCloses++
-	case a.peerClosed && (errors.Is(err, core.ErrClosed) || errors.Is(err, syscall.ENOTCONN)):
-		// Reset, or the shutdown met the reset: it closes.
+	case a.peerClosed && (errors.Is(err, core.ErrClosed) || errors.Is(err, syscall.ECONNRESET)):
+		// Reset, or the shutdown met the reset (which the core reports
+		// as the reset, not as shutdown(2)'s ENOTCONN): it closes.
 		a.noWrite, a.chunks = true, nil
 	default:
 		m.problem(mc, "CloseWrite: %v", err)
