@@ -188,8 +188,10 @@ func fillBlocked(t *testing.T, h *harness, c *net.TCPConn, off, limit int) int {
 // peers at once, arrive byte-exact with no RAW_RX; each peer's
 // half-close then ends its relay after the last byte (RAW_RX_END, whose
 // CloseWrite passes the end on), and both connections close. Where the
-// relays splice, the core counts splices, and each relay's pipe (two fds)
-// is open while it lasts and closed after.
+// relays splice, the core counts splices, and a relay holds a pipe only
+// while bytes are in it: a new relay opens none, and once both ended at
+// most the two they had stay open, kept by the thread for later relays
+// (the suite's leak check sees them closed with the context).
 func (s *suite) testRelayBothWays(t *testing.T) {
 	const n = 8 << 20
 	r := s.newRelayRig(t, core.Info{}, true)
@@ -197,8 +199,8 @@ func (s *suite) testRelayBothWays(t *testing.T) {
 	pipes := pipeFDs()
 	require.NoError(t, a.conn.RelayTo(b.conn))
 	require.NoError(t, b.conn.RelayTo(a.conn))
-	if pipes != nil && s.relaySplices() {
-		require.Len(t, pipeFDs(), len(pipes)+4, "two relays' pipes open")
+	if pipes != nil {
+		require.Equal(t, pipes, pipeFDs(), "pipes open for relays that hold nothing")
 	}
 	h.start()
 	errs := make(chan error, 2)
@@ -242,7 +244,7 @@ func (s *suite) testRelayBothWays(t *testing.T) {
 		t.Logf("%d splices for %d bytes", st.Splices, st.Relayed)
 		if pipes != nil {
 			h.sync()
-			require.Equal(t, pipes, pipeFDs(), "pipes open after the relays ended")
+			require.LessOrEqual(t, len(pipeFDs()), len(pipes)+4, "pipes open after the relays ended: more than two relays' worth")
 		}
 	} else {
 		require.Zero(t, st.Splices, "Stats.Splices where relays copy")
@@ -472,20 +474,23 @@ func (s *suite) testRelayBadInput(t *testing.T) {
 	checkStream(t, a.peer, 0, 256<<10)
 	h.rec.verify(t)
 
-	t.Run("FDLimit", func(t *testing.T) {
-		// Two connections fill the thread: no room for a pipe.
+	t.Run("NoRoomForPipe", func(t *testing.T) {
+		// Two connections fill the thread: no room for a pipe, so
+		// the relay copies, byte-exact all the same, and the thread
+		// stays within its limit.
 		r := s.newRelayRig(t, core.Info{FDLimit: 2}, true)
-		err := r.a.conn.RelayTo(r.b.conn)
-		if !s.relaySplices() {
-			require.NoError(t, err, "a copying relay needs no fds")
-			return
-		}
-		require.ErrorIs(t, err, core.ErrFDLimit)
-		// Nothing changed: the target writes, the source gets RAW_RX.
-		require.NoError(t, r.b.conn.CallbackOnWritable())
+		pipes := pipeFDs()
+		require.NoError(t, r.a.conn.RelayTo(r.b.conn))
 		r.h.start()
-		write(t, r.a.peer, []byte("hello"))
-		waitUntil(t, "RAW_RX", func() bool { return string(r.side(r.a).rx) == "hello" })
+		write(t, r.a.peer, streamAt(0, 1<<20))
+		checkStream(t, r.b.peer, 0, 1<<20)
+		st := r.h.ctx.Stats()
+		require.Zero(t, st.Splices, "splices with no room for a pipe")
+		require.Equal(t, uint64(1<<20), st.Relayed, "Stats.Relayed")
+		if pipes != nil {
+			require.Equal(t, pipes, pipeFDs(), "pipes open beyond the fd limit")
+		}
+		require.Empty(t, r.side(r.a).rx, "RAW_RX on a relay's source")
 		r.h.rec.verify(t)
 	})
 	if s.host != nil {

@@ -23,18 +23,30 @@ const (
 	relayPipeSize = 1 << 20
 	// relayBufSize is a copying relay's buffer: one of the core's reads.
 	relayBufSize = rxBufSize
+	// maxIdlePipes is how many empty pipes a thread keeps for its relays'
+	// next bursts: a relay holds a pipe only while bytes are in it, so
+	// an idle relay costs no fds and a busy one no pipe(2) per burst.
+	maxIdlePipes = 16
 )
+
+// relayPipe is a pipe a relay splices through; r < 0 is none.
+type relayPipe struct{ r, w, size int }
+
+var noPipe = relayPipe{-1, -1, 0}
 
 // relay moves a source connection's input to a target connection (see
 // Conn.RelayTo). It takes input only while it holds nothing, so that what
-// it holds never exceeds size and, in splice mode, an EAGAIN from the
-// source means the source is empty (a pipe with room can refuse too).
+// it holds never exceeds one pipe or buffer and, spliced, an EAGAIN from
+// the source means the source is empty (a pipe with room can refuse too).
+// A splicing relay takes a pipe from its thread for each burst and gives
+// it back empty; where none can be had (no room below the fd limit) that
+// burst is copied through buf.
 type relay struct {
 	src, dst *Conn
-	pr, pw   int    // the pipe, or -1 when the relay copies through buf
-	size     int    // the most it holds: the pipe's capacity, or len(buf)
-	held     int    // bytes taken from src that dst's socket has not taken yet
-	buf      []byte // copy mode: what it holds is buf[off : off+held]
+	splice   bool      // splice where a pipe can be had
+	pipe     relayPipe // what it holds is in the pipe, if it has one
+	held     int       // bytes taken from src that dst's socket has not taken yet
+	buf      []byte    // without a pipe, what it holds is buf[off : off+held]
 	off      int
 	srcHup   bool // a hang-up of src was reported while the relay took no input
 }
@@ -63,6 +75,11 @@ const (
 //     64 KiB) and takes more from c only once dst's socket took all it
 //     held. c is read only when the relay can take input, so a dst whose
 //     peer does not read pushes back on c's peer through TCP.
+//   - A relay holds a pipe only while bytes are in it: the thread lends
+//     one for each burst and keeps up to 16 empty ones for the next, so
+//     an idle relay costs no descriptors and a busy one no pipe(2) per
+//     burst. Pipes count against the thread's fd limit; a burst that
+//     finds no room for one is copied instead.
 //   - dst's output belongs to the relay: dst.Write and
 //     dst.CallbackOnWritable return ErrRelaying, and so does
 //     dst.CloseWrite; a RAW_WRITEABLE dst asked for and did not get yet is
@@ -103,9 +120,8 @@ const (
 // connection, one of another thread, one not established yet or one that
 // is no stream; ErrClosed when either is closed or closing, c's input
 // ended or dst was reset; ErrWriteClosed after dst.CloseWrite; ErrRelaying
-// when c is the source of a relay or dst the target of one; ErrFDLimit
-// when the thread has no room for the pipe's two fds (they count against
-// Info.FDLimit while the relay lasts); ErrWrongGoroutine off the loop.
+// when c is the source of a relay or dst the target of one;
+// ErrWrongGoroutine off the loop.
 func (c *Conn) RelayTo(dst *Conn) error {
 	if c == nil || dst == nil {
 		return fmt.Errorf("%w: RelayTo with a nil connection", ErrInvalid)
@@ -136,30 +152,7 @@ func (c *Conn) RelayTo(dst *Conn) error {
 	case dst.relayIn != nil:
 		return fmt.Errorf("%w: the target is relayed to already", ErrRelaying)
 	}
-	r := &relay{src: c, dst: dst, pr: -1, pw: -1}
-	if sys.SpliceRelay && t.io == nil {
-		if !t.reserve() {
-			return fmt.Errorf("%w: no room for a relay's pipe", ErrFDLimit)
-		}
-		if !t.reserve() {
-			t.giveBack(true)
-			return fmt.Errorf("%w: no room for a relay's pipe", ErrFDLimit)
-		}
-		pr, pw, size, err := sys.NewRelayPipe(relayPipeSize)
-		if err != nil {
-			t.giveBack(true)
-			t.giveBack(true)
-			if errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) {
-				return fmt.Errorf("%w: relay pipe: %w", ErrFDLimit, err)
-			}
-			return &OpError{Op: "pipe", Err: err}
-		}
-		t.ctx.fds.add(pr)
-		t.ctx.fds.add(pw)
-		r.pr, r.pw, r.size = pr, pw, size
-	} else {
-		r.buf, r.size = make([]byte, relayBufSize), relayBufSize
-	}
+	r := &relay{src: c, dst: dst, splice: sys.SpliceRelay && t.io == nil, pipe: noPipe}
 	c.relayOut, dst.relayIn = r, r
 	dst.wantWritable = false
 	if len(c.rxbuf) > 0 {
@@ -194,11 +187,13 @@ func (t *Thread) endRelay(r *relay, how relayEnd) {
 	}
 	c, dst := r.src, r.dst
 	c.relayOut, dst.relayIn = nil, nil
-	if r.pr >= 0 {
-		t.fdClose = append(t.fdClose, r.pr, r.pw)
-		r.pr, r.pw = -1, -1
-		t.giveBack(true)
-		t.giveBack(true)
+	if r.pipe.r >= 0 {
+		if r.held > 0 {
+			t.closePipe(r.pipe) // what it holds is dropped with it
+		} else {
+			t.putPipe(r.pipe)
+		}
+		r.pipe = noPipe
 	}
 	r.buf, r.held = nil, 0
 	if t.dying() {
@@ -279,10 +274,20 @@ func (t *Thread) relayPull(r *relay) {
 	c := r.src
 	var n int
 	var err error
-	if r.pr >= 0 {
+	if r.splice && r.pipe.r < 0 {
+		r.pipe = t.takePipe()
+	}
+	if r.pipe.r >= 0 {
 		t.ctr.Splices.Add(1)
-		n, err = sys.Splice(c.fd, r.pw, r.size)
+		n, err = sys.Splice(c.fd, r.pipe.w, r.pipe.size)
+		if n <= 0 {
+			t.putPipe(r.pipe) // empty
+			r.pipe = noPipe
+		}
 	} else {
+		if r.buf == nil {
+			r.buf = make([]byte, relayBufSize)
+		}
 		r.off = 0
 		n, err = t.read(c.fd, r.buf)
 	}
@@ -325,9 +330,9 @@ func (t *Thread) relayPush(r *relay, evented bool) {
 	if r.held > 0 {
 		var n int
 		var err error
-		if r.pr >= 0 {
+		if r.pipe.r >= 0 {
 			t.ctr.Splices.Add(1)
-			n, err = sys.Splice(r.pr, dst.fd, r.held)
+			n, err = sys.Splice(r.pipe.r, dst.fd, r.held)
 		} else {
 			n, err = t.write(dst.fd, r.buf[r.off:r.off+r.held])
 		}
@@ -339,6 +344,10 @@ func (t *Thread) relayPush(r *relay, evented bool) {
 		}
 		switch {
 		case r.held == 0:
+			if r.pipe.r >= 0 {
+				t.putPipe(r.pipe) // empty again: lent for the next burst
+				r.pipe = noPipe
+			}
 		case err == nil || wouldBlock(err):
 			// A socket that takes part has no room for the rest: as
 			// for a partial Write, wait for writability.
@@ -375,4 +384,55 @@ func (t *Thread) relayWritable(r *relay) {
 	if c := r.src; c.state == stateOpen && !c.closeReq && !c.rxPaused {
 		t.relayPull(r)
 	}
+}
+
+// takePipe lends a relay an empty pipe: a kept one, or a new one if the
+// thread has room for its two fds below its limit; noPipe otherwise.
+func (t *Thread) takePipe() relayPipe {
+	if n := len(t.pipes); n > 0 {
+		p := t.pipes[n-1]
+		t.pipes = t.pipes[:n-1]
+		return p
+	}
+	if !t.reserve() {
+		return noPipe
+	}
+	if !t.reserve() {
+		t.giveBack(true)
+		return noPipe
+	}
+	pr, pw, size, err := sys.NewRelayPipe(relayPipeSize)
+	if err != nil {
+		t.giveBack(true)
+		t.giveBack(true)
+		return noPipe
+	}
+	t.ctx.fds.add(pr)
+	t.ctx.fds.add(pw)
+	return relayPipe{pr, pw, size}
+}
+
+// putPipe takes an empty pipe back, to keep or to close.
+func (t *Thread) putPipe(p relayPipe) {
+	if len(t.pipes) < maxIdlePipes && !t.dying() {
+		t.pipes = append(t.pipes, p)
+		return
+	}
+	t.closePipe(p)
+}
+
+// closePipe closes a pipe at the end of the batch, as connections' fds
+// are, and gives its room back.
+func (t *Thread) closePipe(p relayPipe) {
+	t.fdClose = append(t.fdClose, p.r, p.w)
+	t.giveBack(true)
+	t.giveBack(true)
+}
+
+// dropPipes closes the pipes the thread keeps, as it goes down.
+func (t *Thread) dropPipes() {
+	for _, p := range t.pipes {
+		t.closePipe(p)
+	}
+	t.pipes = nil
 }

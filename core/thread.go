@@ -80,11 +80,12 @@ type Thread struct {
 	dialing    []*Conn // client connections not established yet
 	connHead   *Conn   // every connection (not listeners), for the "all" calls
 
-	writable, writableSpare []*Conn // granted WRITEABLE without the kernel
-	rxReady, rxSpare        []*Conn // buffered input to deliver
-	closeReq                []*Conn // Conn.Close called inside a callback
-	fdClose                 []int   // close(2) deferred to the end of the batch
-	fdForget                []*Conn // closed in the batch: their FD becomes -1 after the close(2)
+	writable, writableSpare []*Conn     // granted WRITEABLE without the kernel
+	rxReady, rxSpare        []*Conn     // buffered input to deliver
+	closeReq                []*Conn     // Conn.Close called inside a callback
+	fdClose                 []int       // close(2) deferred to the end of the batch
+	pipes                   []relayPipe // empty pipes kept for relays' next bursts
+	fdForget                []*Conn     // closed in the batch: their FD becomes -1 after the close(2)
 
 	appDriven bool  // the application's loop waits: never call Poll
 	hupBare   bool  // the backend reports a reset of an fd with interest 0 (evlib.CapHangupWithoutInterest)
@@ -1554,6 +1555,7 @@ func (t *Thread) teardown() {
 			t.closeConn(c, ErrDestroyed)
 		}
 	}
+	t.dropPipes()
 	if t.wfd.R >= 0 {
 		t.unwatch(t.wfd.R, nil, evlib.Readable)
 	}
