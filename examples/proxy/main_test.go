@@ -166,21 +166,7 @@ func testBackpressure(t *testing.T, lib string) {
 	stop.Store(true) // the writer's blocked write ends as the reading below goes on
 
 	// Read the echo until its end, which the client's half-close brings.
-	var got int64
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := c.Read(buf)
-		for i := range n {
-			if buf[i] != block[(got+int64(i))%int64(len(block))] {
-				t.Fatalf("byte %d differs", got+int64(i))
-			}
-		}
-		got += int64(n)
-		if err == io.EOF {
-			break
-		}
-		require.NoError(t, err)
-	}
+	got := readPattern(t, c, block)
 	sent := <-total
 	require.Equal(t, sent, got)
 
@@ -244,21 +230,7 @@ func testBackpressureCoreRelay(t *testing.T, lib string) {
 	}
 	t.Logf("client blocked after %d bytes", written.Load())
 	open()
-	var got int64
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := c.Read(buf)
-		for i := range n {
-			if buf[i] != block[(got+int64(i))%int64(len(block))] {
-				t.Fatalf("byte %d differs", got+int64(i))
-			}
-		}
-		got += int64(n)
-		if err == io.EOF {
-			break
-		}
-		require.NoError(t, err)
-	}
+	got := readPattern(t, c, block)
 	require.NoError(t, <-werr)
 	require.EqualValues(t, total, got)
 	require.Zero(t, p.stats().Pauses[fromClient], "the core's relay, not the proxy, pushed back")
@@ -781,4 +753,25 @@ func random(n int, seed uint64) []byte {
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	testkit.WaitFor(t, hang, what, cond)
+}
+
+// readPattern reads c to its end, checking every byte against block
+// repeated, and returns how many came.
+func readPattern(t *testing.T, c net.Conn, block []byte) int64 {
+	t.Helper()
+	var got int64
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := c.Read(buf)
+		for i := range n {
+			if buf[i] != block[(got+int64(i))%int64(len(block))] {
+				t.Fatalf("byte %d differs", got+int64(i))
+			}
+		}
+		got += int64(n)
+		if err == io.EOF {
+			return got
+		}
+		require.NoError(t, err)
+	}
 }
