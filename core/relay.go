@@ -9,7 +9,6 @@ import (
 
 	"github.com/plugloop/plugloop/evlib"
 	"github.com/plugloop/plugloop/internal/sys"
-	"golang.org/x/sys/unix"
 )
 
 const (
@@ -239,8 +238,8 @@ func (t *Thread) relayReadable(r *relay, ev evlib.Events) {
 		// meanwhile c waits out of the poll set, lest it keep the loop
 		// awake (setInterest watches it again), unless it is a target
 		// waiting for writability, whose write shows what became of it.
-		if v, err := unix.GetsockoptInt(c.fd, unix.SOL_SOCKET, unix.SO_ERROR); err == nil && v != 0 {
-			t.closeConn(c, &OpError{Op: "read", Err: unix.Errno(v)})
+		if e, _ := sockErr(c.fd); e != 0 {
+			t.closeConn(c, &OpError{Op: "read", Err: e})
 			return
 		}
 		r.srcHup = true
