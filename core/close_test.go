@@ -306,3 +306,60 @@ func TestSimCloseInsideRXEndsRX(t *testing.T) {
 		})
 	}
 }
+
+// Two connections closed in one callback close one after the other, each
+// inside its own LOCK_POLL/UNLOCK_POLL: the second close used to run from
+// the first one's LOCK_POLL callback, which emptied the queue of closes
+// again as it returned, so an application's poll-fd lock saw LOCK_POLL
+// inside LOCK_POLL. The Model test found it once a relay's target's Close
+// aborted its source.
+func TestCloseTwoInOneCallbackNotNested(t *testing.T) {
+	for _, lib := range backends {
+		t.Run(lib, func(t *testing.T) {
+			var a, b *core.Conn
+			locked := -1
+			var problems []string
+			closed := make(chan struct{}, 2)
+			ctx, err := core.New(core.Info{EventLib: lib, Protocols: []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
+				switch ev.Reason {
+				case core.ReasonLockPoll:
+					if locked >= 0 {
+						problems = append(problems, fmt.Sprintf("LOCK_POLL of fd %d inside that of fd %d", ev.Poll.FD, locked))
+					}
+					locked = ev.Poll.FD
+				case core.ReasonUnlockPoll:
+					locked = -1
+				case core.ReasonTimer:
+					require.NoError(t, a.Close())
+					require.NoError(t, b.Abort())
+				case core.ReasonRawClose:
+					closed <- struct{}{}
+				}
+				return nil
+			}}}})
+			require.NoError(t, err)
+			srvA, cliA := tcpPair(t)
+			defer cliA.Close()
+			srvB, cliB := tcpPair(t)
+			defer cliB.Close()
+			a, err = ctx.AdoptConn(srvA, "p")
+			require.NoError(t, err)
+			b, err = ctx.AdoptConn(srvB, "p")
+			require.NoError(t, err)
+			require.NoError(t, a.SetTimer(0))
+			done := make(chan error, 1)
+			go func() { done <- ctx.Run(context.Background()) }()
+			for range 2 {
+				select {
+				case <-closed:
+				case <-time.After(10 * time.Second):
+					t.Fatal("no RAW_CLOSE after Close and Abort")
+				}
+			}
+			require.NoError(t, ctx.Destroy())
+			<-ctx.Done()
+			require.NoError(t, <-done)
+			require.Empty(t, problems)
+		})
+	}
+}

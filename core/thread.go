@@ -1092,14 +1092,20 @@ func (t *Thread) callback(ev Event) error {
 }
 
 func (t *Thread) endCallback() {
-	if t.depth != 0 {
+	if t.depth != 0 || len(t.closeReq) == 0 {
 		return
 	}
+	// The closes' own callbacks (LOCK_POLL, RAW_CLOSE) end at depth 0
+	// too: counted as one, they leave the queue to this loop, so that one
+	// close does not run inside another's LOCK_POLL/UNLOCK_POLL. A close
+	// a RAW_CLOSE asks for joins the queue and runs next.
+	t.depth++
 	for len(t.closeReq) > 0 {
 		c := t.closeReq[0]
 		t.closeReq = t.closeReq[1:]
 		t.closeConn(c, c.closeErr)
 	}
+	t.depth--
 	t.closeReq = nil
 }
 
