@@ -963,6 +963,13 @@ func (t *Thread) deliver(c *Conn, p []byte) {
 		if c.state != stateOpen || c.closeReq || c.draining || t.dying() {
 			return
 		}
+		if r := c.relayOut; r != nil {
+			// RelayTo in RAW_RX: the rest of this read is input c kept,
+			// which goes to the target first, as RelayTo does with rxbuf.
+			r.dst.out = append(r.dst.out, p...)
+			t.relayBlocked(r.dst)
+			return
+		}
 		if c.rxPaused {
 			c.rxbuf = append(c.rxbuf, p...)
 			return

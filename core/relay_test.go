@@ -1,0 +1,61 @@
+//go:build unix
+
+package core_test
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/plugloop/plugloop/core"
+	"github.com/stretchr/testify/require"
+)
+
+// RelayTo inside RAW_RX of a read that RxChunk splits: the rest of the read
+// goes to the target, first and in order, and no RAW_RX follows on the
+// source; it used to be delivered in RAW_RX after RAW_RX to the relay's
+// source. The Model test found it.
+func TestRelayToInsideSplitRX(t *testing.T) {
+	for _, lib := range backends {
+		t.Run(lib, func(t *testing.T) {
+			var src, dst *core.Conn
+			var rx, afterRelay int
+			ctx, err := core.New(core.Info{EventLib: lib, Protocols: []core.Protocol{{Name: "p", RxChunk: 512, Callback: func(ev core.Event) error {
+				if ev.Reason != core.ReasonRawRX || ev.Conn != src {
+					return nil
+				}
+				rx++
+				if rx > 1 {
+					afterRelay++
+					return nil
+				}
+				return src.RelayTo(dst)
+			}}}})
+			require.NoError(t, err)
+			srvA, cliA := tcpPair(t)
+			defer cliA.Close()
+			srvB, cliB := tcpPair(t)
+			defer cliB.Close()
+			payload := bytes.Repeat([]byte("0123456789abcdefghijklmnopqrstu"), 2048) // 62 KiB, one read
+			_, err = cliA.Write(payload)
+			require.NoError(t, err)
+			src, err = ctx.AdoptConn(srvA, "p")
+			require.NoError(t, err)
+			dst, err = ctx.AdoptConn(srvB, "p")
+			require.NoError(t, err)
+			done := make(chan error, 1)
+			go func() { done <- ctx.Run(context.Background()) }()
+			got := make([]byte, len(payload)-512)
+			require.NoError(t, cliB.SetReadDeadline(time.Now().Add(10*time.Second)))
+			_, err = io.ReadFull(cliB, got)
+			require.NoError(t, err)
+			require.True(t, bytes.Equal(payload[512:], got), "the target's peer got the rest of the read, in order")
+			require.NoError(t, ctx.Destroy())
+			<-ctx.Done()
+			require.NoError(t, <-done)
+			require.Zero(t, afterRelay, "RAW_RX on the relay's source after RelayTo")
+		})
+	}
+}
