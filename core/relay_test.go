@@ -10,7 +10,9 @@ import (
 	"time"
 
 	"github.com/plugloop/plugloop/core"
+	"github.com/plugloop/plugloop/internal/simloop"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 )
 
 // RelayTo inside RAW_RX of a read that RxChunk splits: the rest of the read
@@ -58,4 +60,45 @@ func TestRelayToInsideSplitRX(t *testing.T) {
 			require.Zero(t, afterRelay, "RAW_RX on the relay's source after RelayTo")
 		})
 	}
+}
+
+// A relay's source resumed and paused again before forced service ran
+// takes nothing: its hang-up came while it was paused, so the resume
+// queues a pull for forced service, and the pause that follows must
+// cancel it, or input (and the end of stream) would be relayed from a
+// paused source. The next resume relays it all, then RAW_RX_END.
+func TestSimRelayPauseCancelsQueuedPull(t *testing.T) {
+	var rxEnd int
+	s := newSim(t, simloop.NewClock(), core.Info{Protocols: []core.Protocol{{Name: "p", AllowHalfOpen: true, Callback: func(ev core.Event) error {
+		if ev.Reason == core.ReasonRawRxEnd {
+			rxEnd++
+		}
+		return nil
+	}}}})
+	src, srcPeer := s.adoptPair()
+	dst, dstPeer := s.adoptPair()
+	defer unix.Close(dstPeer)
+	s.passes(1)
+	require.NoError(t, src.RelayTo(dst))
+	require.NoError(t, src.RxFlowControl(false))
+	_, err := unix.Write(srcPeer, []byte("hello"))
+	require.NoError(t, err)
+	require.NoError(t, unix.Close(srcPeer))
+	s.passes(3) // the hang-up (POLLHUP) is reported while paused
+
+	require.NoError(t, src.RxFlowControl(true))
+	require.NoError(t, src.RxFlowControl(false))
+	s.passes(3)
+	buf := make([]byte, 16)
+	n, err := unix.Read(dstPeer, buf)
+	require.ErrorIs(t, err, unix.EAGAIN, "the target's peer read %q from a paused source", buf[:max(n, 0)])
+	require.Zero(t, rxEnd, "RAW_RX_END of a paused source")
+	require.True(t, src.RxPaused())
+
+	require.NoError(t, src.RxFlowControl(true))
+	s.passes(3)
+	n, err = unix.Read(dstPeer, buf)
+	require.NoError(t, err)
+	require.Equal(t, "hello", string(buf[:n]))
+	require.Equal(t, 1, rxEnd, "RAW_RX_END after the last byte")
 }
