@@ -208,8 +208,10 @@ func (t *Thread) endRelay(r *relay, how relayEnd) {
 			c.rxPaused = true // the application decides (see RelayTo)
 		}
 	}
-	if dst.state == stateOpen && !dst.closeReq {
-		t.settleHup(dst) // dst's peer may have ended meanwhile
+	if how != relayDstGone && dst.state == stateOpen && !dst.closeReq {
+		// dst's peer may have ended meanwhile. Not when dst is the one
+		// closing: nothing but RAW_CLOSE follows its Close or Abort.
+		t.settleHup(dst)
 	}
 }
 

@@ -102,3 +102,47 @@ func TestSimRelayPauseCancelsQueuedPull(t *testing.T) {
 	require.Equal(t, "hello", string(buf[:n]))
 	require.Equal(t, 1, rxEnd, "RAW_RX_END after the last byte")
 }
+
+// Closing a relay's target ends the relay without a callback to the target
+// itself: nothing but RAW_CLOSE follows Abort or Close. The end of the
+// relay settles the target's own end of stream only when the target stays
+// open; it used to deliver RAW_RX_END to a target being aborted, whose
+// peer had ended while its rx was paused. The Model test found it.
+func TestSimRelayTargetCloseDeliversOnlyClose(t *testing.T) {
+	for _, how := range []string{"Abort", "Close"} {
+		t.Run(how, func(t *testing.T) {
+			var dst *core.Conn
+			var got []core.Reason
+			s := newSim(t, simloop.NewClock(), core.Info{Protocols: []core.Protocol{{Name: "p", AllowHalfOpen: true, Callback: func(ev core.Event) error {
+				switch ev.Reason {
+				case core.ReasonLockPoll, core.ReasonUnlockPoll, core.ReasonAddPollFD, core.ReasonDelPollFD, core.ReasonChangeModePollFD:
+				default:
+					if ev.Conn != nil && ev.Conn == dst {
+						got = append(got, ev.Reason)
+					}
+				}
+				return nil
+			}}}})
+			src, srcPeer := s.adoptPair()
+			defer unix.Close(srcPeer)
+			var dstPeer int
+			dst, dstPeer = s.adoptPair()
+			s.passes(1)
+			require.NoError(t, dst.RxFlowControl(false))
+			require.NoError(t, src.RelayTo(dst))
+			require.NoError(t, unix.Close(dstPeer))
+			s.passes(3) // the target's end (a hang-up), held while its rx is paused
+			require.Empty(t, got, "callbacks of a paused target")
+
+			require.NoError(t, dst.RxFlowControl(true)) // RAW_RX_END is due in forced service
+			if how == "Abort" {
+				require.NoError(t, dst.Abort())
+			} else {
+				require.NoError(t, dst.Close())
+			}
+			s.passes(3)
+			require.Equal(t, []core.Reason{core.ReasonRawClose}, got)
+			require.True(t, src.RxPaused(), "the source of a relay whose target closed")
+		})
+	}
+}
