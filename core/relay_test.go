@@ -5,7 +5,9 @@ package core_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
+	"net"
 	"testing"
 	"time"
 
@@ -143,6 +145,56 @@ func TestSimRelayTargetCloseDeliversOnlyClose(t *testing.T) {
 			s.passes(3)
 			require.Equal(t, []core.Reason{core.ReasonRawClose}, got)
 			require.True(t, src.RxPaused(), "the source of a relay whose target closed")
+		})
+	}
+}
+
+// A connection whose peer ended its stream, kept open while it answers,
+// closes with an error when the peer then resets it, not with the end of
+// stream it had read: an orderly end would tell the application its answer
+// may have been read whole. Here the write that meets the reset says so
+// (EPIPE, or ECONNRESET); where a backend reports the error first, the
+// core asks the socket (errorAfterEnd).
+func TestErrorAfterPeerEndIsNotEOF(t *testing.T) {
+	for _, lib := range backends {
+		t.Run(lib, func(t *testing.T) {
+			closed := make(chan error, 1)
+			chunk := make([]byte, 8<<20) // more than the sockets hold: the core keeps the rest
+			ctx, err := core.New(core.Info{EventLib: lib, CloseTimeout: time.Minute, Protocols: []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
+				switch ev.Reason {
+				case core.ReasonRawAdopt:
+					return ev.Conn.CallbackOnWritable()
+				case core.ReasonRawWriteable:
+					_, err := ev.Conn.Write(chunk)
+					return err
+				case core.ReasonRawClose:
+					closed <- ev.Err
+				}
+				return nil
+			}}}})
+			require.NoError(t, err)
+			srv, cli := tcpPair(t)
+			require.NoError(t, cli.(*net.TCPConn).CloseWrite()) // the peer's end, read at once
+			_, err = ctx.AdoptConn(srv, "p")
+			require.NoError(t, err)
+			done := make(chan error, 1)
+			go func() { done <- ctx.Run(context.Background()) }()
+			defer func() {
+				ctx.Destroy()
+				<-done
+			}()
+			require.NoError(t, cli.(*net.TCPConn).SetLinger(0))
+			require.NoError(t, cli.Close()) // then its reset, with the answer unread
+			select {
+			case err := <-closed:
+				require.Error(t, err)
+				require.NotErrorIs(t, err, io.EOF)
+				if !errors.Is(err, unix.EPIPE) { // a write met the reset first
+					require.ErrorIs(t, err, unix.ECONNRESET)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatal("no RAW_CLOSE after the peer's reset")
+			}
 		})
 	}
 }

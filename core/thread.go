@@ -690,7 +690,7 @@ func (t *Thread) onReadable(c *Conn, ev evlib.Events) {
 		// Its input has ended; only an error can be news (and a backend
 		// that keeps reporting one would keep the loop awake).
 		if ev&evlib.Error != 0 {
-			t.closeConn(c, c.hupErr)
+			t.closeConn(c, t.errorAfterEnd(c))
 		}
 		return
 	}
@@ -905,6 +905,20 @@ func (t *Thread) halfOpenEnd(c *Conn) {
 	}
 	c.endQuiet = true
 	t.park(c)
+}
+
+// errorAfterEnd is why a connection whose input ended closes on an Error
+// report: the socket's pending error, or a reset where the backend took it
+// (netpoll's read) and the end read was orderly; never that orderly end,
+// which would pass what the peer broke off for a whole stream.
+func (t *Thread) errorAfterEnd(c *Conn) error {
+	if e, _ := sockErr(c.fd); e != 0 {
+		return &OpError{Op: "read", Err: e}
+	}
+	if errors.Is(c.hupErr, io.EOF) {
+		return &OpError{Op: "read", Err: unix.ECONNRESET}
+	}
+	return c.hupErr
 }
 
 // sockErr takes a socket's pending error (SO_ERROR; 0 for none, and err
