@@ -32,8 +32,8 @@ import (
 // of the peer (write, read, half-close, close), of the application from a
 // posted function or armed to run inside the next callback of a kind
 // (write in RAW_WRITEABLE, rx pause and resume, Close, CloseWrite, Abort,
-// returning an error, Conn timers and timeouts, thread timers), or
-// CancelService, with or without Protocol.AllowHalfOpen (half the
+// returning an error, Conn timers and timeouts, thread timers, RelayTo
+// another connection: see core_model_relay.go), or CancelService, with or without Protocol.AllowHalfOpen (half the
 // programs: then a half-open connection must get RAW_RX_END once, after
 // the last RAW_RX and never while paused, and stay open until the
 // application ends it, which it does once it answered). After Abort
@@ -327,6 +327,7 @@ const (
 	actThreadTimer                   // AfterFunc, or Reset of a thread timer
 	actCloseWrite                    // Conn.CloseWrite
 	actAbort                         // Conn.Abort
+	actRelay                         // Conn.RelayTo another connection of the program
 	numActions
 )
 
@@ -335,7 +336,8 @@ type modelAction struct {
 	kind actionKind
 	size int
 	d    time.Duration
-	j    int // thread timer
+	j    int  // thread timer
+	to   byte // RelayTo: which other slot (see relaySlot)
 }
 
 // modelActions maps a byte to an action, each as often as it should be
@@ -343,12 +345,12 @@ type modelAction struct {
 // connections.
 var modelActions = weighted[actionKind]([]int{
 	actWrite: 6, actPause: 4, actResume: 4, actClose: 1, actError: 1, actTimer: 2, actThreadTimer: 2, actCloseWrite: 2,
-	actAbort: 1,
+	actAbort: 1, actRelay: 3,
 })
 
 func decodeAction(a, b byte) modelAction {
 	return modelAction{kind: modelActions[int(a)%len(modelActions)], size: chunkSize(b, a>>3),
-		d: modelDelay(b >> 2), j: int(b>>5) % modelTimers}
+		d: modelDelay(b >> 2), j: int(b>>5) % modelTimers, to: b}
 }
 
 // weighted returns a table that holds each index i weights[i] times.
@@ -380,6 +382,8 @@ func (a modelAction) String() string {
 		return "CloseWrite"
 	case actAbort:
 		return "Abort"
+	case actRelay:
+		return fmt.Sprintf("RelayTo another connection (%d)", a.to)
 	default:
 		return fmt.Sprintf("thread timer %d in %v", a.j, a.d)
 	}
@@ -399,6 +403,7 @@ type modelConn struct {
 
 	peer peerEnd
 	app  appEnd
+	out  outStream // what the peer receives (see core_model_relay.go)
 }
 
 func (mc *modelConn) String() string {
@@ -452,6 +457,10 @@ type appEnd struct {
 
 	onRX, onWriteable, onTimer []modelAction // armed: one per callback of that kind
 
+	relayTo   *modelConn // RelayTo(relayTo) returned nil, and the relay did not end yet
+	relayFrom *modelConn // the source of a relay to this connection
+	relayHup  bool       // a relay to it ended after its peer ended: the core may have queued its close with io.EOF
+
 	closed   bool
 	closeErr error
 }
@@ -500,9 +509,13 @@ type model struct {
 	// Connections Abort closed whose RAW_CLOSE has not come yet: it must
 	// come before anything else the loop runs.
 	aborting []*modelConn
-	aborts   int // Aborts that returned nil
-	abortsDr int // of them, on a connection draining after Close
-	abortsCl int // Aborts that said ErrClosed
+	aborts   int                       // Aborts that returned nil
+	abortsDr int                       // of them, on a connection draining after Close
+	abortsCl int                       // Aborts that said ErrClosed
+	appSlots [maxModelConns]*modelConn // slots, as the loop goroutine knows them
+	// Relays that started, bad inputs refused, relays that ended with
+	// their input, ended by their target's end, calls a target refused.
+	relays, relayBad, relayDone, relayGone, relayRefused int
 }
 
 // runModel runs a program; guard bounds each wait for the peers and the
@@ -622,6 +635,7 @@ func (m *model) open(k int, kind connKind, flags byte) {
 		readbuf = 0
 	}
 	m.slots[k], m.all = mc, append(m.all, mc)
+	m.do(func() { m.appSlots[k] = mc })
 	m.note("open %v: in RAW_ADOPT pause %v, write %d B, pause in the first RAW_RX %v, a TIMER to resume %v; read buffer %d B",
 		mc, mc.pauseAtAdopt, mc.adoptChunk, mc.pauseFirstRX, mc.resumeTimer, readbuf)
 	var opts []core.AdoptOption
@@ -816,6 +830,8 @@ func (m *model) onRX(mc *modelConn, data []byte) error {
 		m.problem(mc, "RAW_RX of %d bytes, more than Protocol.RxChunk %d", len(data), m.cfg.rxChunk)
 	case a.rxEnded:
 		m.problem(mc, "RAW_RX of %d bytes after RAW_RX_END", len(data))
+	case a.relayTo != nil:
+		m.problem(mc, "RAW_RX of %d bytes on the source of a relay to %v", len(data), a.relayTo)
 	}
 	if d := streamDiff(mc.id, toApp, a.received, data); d != "" {
 		m.problem(mc, "RAW_RX: %s", d)
@@ -832,6 +848,9 @@ func (m *model) onRX(mc *modelConn, data []byte) error {
 // while paused. It does what the next RAW_RX was armed to do.
 func (m *model) onRxEnd(mc *modelConn) error {
 	a := &mc.app
+	// A relay's source: the relay ended with the input, which went to
+	// the target's peer.
+	m.relayEnded(mc, true)
 	switch {
 	case !m.cfg.halfOpen:
 		m.problem(mc, "RAW_RX_END without AllowHalfOpen")
@@ -862,6 +881,9 @@ func (m *model) onWriteable(mc *modelConn) error {
 	case a.wrClosed:
 		m.problem(mc, "RAW_WRITEABLE after CloseWrite")
 		return nil
+	case a.relayFrom != nil:
+		m.problem(mc, "RAW_WRITEABLE on the target of a relay from %v", a.relayFrom)
+		return nil
 	case !a.wantW:
 		// One per request, as the Writeable test holds every backend to
 		// (checklist 2 and 3), although ReasonRawWriteable's doc allows
@@ -874,7 +896,13 @@ func (m *model) onWriteable(mc *modelConn) error {
 	}
 	if len(a.chunks) > 0 {
 		size := a.chunks[0]
+		// In the peer's stream before the kernel has the bytes, which the
+		// peer may read at once.
+		mc.out.write(mc.id, a.written, int64(size))
 		n, err := a.c.Write(streamBytes(mc.id, toPeer, a.written, size))
+		if err != nil {
+			mc.out.unwrite(int64(size))
+		}
 		switch {
 		case err == nil && n == size:
 			a.written += int64(size)
@@ -925,6 +953,7 @@ func (m *model) onClose(mc *modelConn, err error) {
 	a := &mc.app
 	now := time.Now()
 	a.closed, a.closeErr = true, err
+	m.relaysEnd(mc, err)
 	if i := slices.Index(m.aborting, mc); i >= 0 {
 		m.aborting = slices.Delete(m.aborting, i, i+1)
 	}
@@ -947,7 +976,8 @@ func (m *model) onClose(mc *modelConn, err error) {
 		// Close promises a nil Err (ErrTimeout once CloseTimeout ran
 		// out, which no program waits for). Only the peer's end can
 		// make the output it waits to send fail.
-		explained = err == nil || a.peerEnded && !errors.Is(err, io.EOF) && !errors.Is(err, core.ErrTimeout)
+		explained = err == nil || a.peerEnded && !errors.Is(err, io.EOF) && !errors.Is(err, core.ErrTimeout) ||
+			a.relayHup && errors.Is(err, io.EOF)
 	case err == nil:
 		// Half open, the application ended its side after RAW_RX_END:
 		// both sides are done.
@@ -1012,6 +1042,8 @@ func (m *model) apply(mc *modelConn, act modelAction) error {
 		m.closeWrite(mc)
 	case actAbort:
 		m.abort(mc)
+	case actRelay:
+		m.relayTo(mc, m.pickTarget(mc, act.to))
 	}
 	return nil
 }
@@ -1022,6 +1054,16 @@ func (m *model) queueWrite(mc *modelConn, size int) {
 	a := &mc.app
 	if mc.kind == kindPipe || a.closed || a.errored || a.noWrite {
 		return
+	}
+	if a.relayFrom != nil && !a.closing {
+		_, err := a.c.Write(nil)
+		if m.relayTarget(mc, "Write", err) {
+			m.relayTarget(mc, "CallbackOnWritable", a.c.CallbackOnWritable())
+			return
+		}
+	}
+	if _, known := mc.out.end(); !known {
+		return // after a run of unknown length, nothing can be checked
 	}
 	if !a.closing && !a.wrClosed {
 		a.chunks = append(a.chunks, size)
@@ -1094,6 +1136,7 @@ func (m *model) close(mc *modelConn) {
 			m.problem(mc, "Close with %d bytes pending does not drain them", a.c.Buffered())
 		}
 	}
+	m.relaysEnd(mc, nil)
 }
 
 // closeWrite has the application end its side: nothing more is written,
@@ -1104,6 +1147,9 @@ func (m *model) closeWrite(mc *modelConn) {
 		return
 	}
 	err := a.c.CloseWrite()
+	if a.relayFrom != nil && m.relayTarget(mc, "CloseWrite", err) {
+		return
+	}
 	switch {
 	case mc.kind == kindPipe:
 		if !errors.Is(err, core.ErrInvalid) {
@@ -1157,6 +1203,7 @@ func (m *model) abort(mc *modelConn) {
 		a.resetDue = tcp && !a.wrClosed && !(a.closing && m.cfg.graceful)
 		a.aborted, a.closing, a.timerPending, a.timeoutPending, a.wantW, a.chunks = true, true, false, false, false, nil
 		m.aborting = append(m.aborting, mc)
+		m.relaysEnd(mc, nil)
 	case errors.Is(err, core.ErrClosed) && (a.closing && !draining || a.peerEnded):
 		// Closed by a Close inside this callback, or for the peer's end
 		// (or a write that met its reset) the core saw.
@@ -1300,7 +1347,7 @@ func (m *model) receive(mc *modelConn, limit int64) {
 		n, err := unix.Read(p.fd, buf)
 		switch {
 		case n > 0:
-			if d := streamDiff(mc.id, toPeer, p.read, buf[:n]); d != "" {
+			if d := mc.out.diff(p.read, buf[:n]); d != "" {
 				m.fatalf("%v: the peer received wrong bytes: %s", mc, d)
 			}
 			p.read += int64(n)
@@ -1334,10 +1381,12 @@ func (m *model) receive(mc *modelConn, limit int64) {
 func (m *model) peerSawEnd(mc *modelConn, op string, err error) {
 	var closed, closing, wrClosed, resetDue bool
 	var written int64
+	var known bool
 	var closeErr error
 	m.do(func() {
 		a := &mc.app
-		closed, closing, wrClosed, written, closeErr, resetDue = a.closed, a.closing, a.wrClosed, a.written, a.closeErr, a.resetDue
+		closed, closing, wrClosed, closeErr, resetDue = a.closed, a.closing, a.wrClosed, a.closeErr, a.resetDue
+		written, known = mc.out.end()
 	})
 	if resetDue && op == "reading" && errors.Is(err, io.EOF) && !mc.peer.wrErr {
 		m.fatalf("%v: the peer read end of stream after Abort (having read %d of the %d bytes written), not the error of a reset", mc, mc.peer.read, written)
@@ -1352,7 +1401,7 @@ func (m *model) peerSawEnd(mc *modelConn, op string, err error) {
 		// unix socket, keeps the stream whole then.
 		lossy := closing && !m.cfg.graceful && mc.kind != kindUnix
 		whole := !closed || errors.Is(closeErr, io.EOF) || closeErr == nil && !lossy
-		if whole && mc.peer.read != written {
+		if whole && known && mc.peer.read != written {
 			m.fatalf("%v: the peer got end of stream after CloseWrite having read %d of the %d bytes written before it", mc, mc.peer.read, written)
 		}
 		return
@@ -1408,7 +1457,14 @@ func (m *model) peerClose(mc *modelConn) {
 // appView is what the test goroutine learns of a connection's
 // application side.
 type appView struct {
-	received, written int64
+	received int64
+	// What the peer is to receive, written and relayed, if known (outOK):
+	// not while a relay to it lasts, nor after one dropped bytes.
+	written           int64
+	outOK             bool
+	relayed           *modelConn // the source of a relay to it
+	relayAt, relayOff int64      // where that relay's run starts in the peer's stream and the source's
+	relaying          *modelConn // the target of its relay
 	chunks            int
 	closed, closing   bool
 	closeErr          error
@@ -1419,7 +1475,10 @@ type appView struct {
 
 func (m *model) view(mc *modelConn) appView {
 	a := &mc.app
-	return appView{received: a.received, written: a.written, chunks: len(a.chunks),
+	written, outOK := mc.out.end()
+	relayAt, relayOff, _ := mc.out.open()
+	return appView{received: a.received, written: written, outOK: outOK,
+		relayed: a.relayFrom, relayAt: relayAt, relayOff: relayOff, relaying: a.relayTo, chunks: len(a.chunks),
 		closed: a.closed, closing: a.closing, closeErr: a.closeErr,
 		timer: a.timerPending && !a.timerLong, timeout: a.timeoutPending && !a.timeoutLong,
 		errored: a.errored, noWrite: a.noWrite, wrClosed: a.wrClosed, rxEnded: a.rxEnded}
@@ -1498,7 +1557,7 @@ func (m *model) drain(mc *modelConn) {
 		if v.closed || v.closing || v.errored || v.noWrite || mc.peer.eof {
 			return true, ""
 		}
-		return v.chunks == 0 && mc.peer.read == v.written,
+		return v.chunks == 0 && (!v.outOK || mc.peer.read == v.written),
 			fmt.Sprintf("%v: the peer to receive the %d bytes written and %d chunks queued (it has %d)", mc, v.written, v.chunks, mc.peer.read)
 	})
 }
@@ -1531,6 +1590,7 @@ const (
 	opSync
 	opAppCloseWrite
 	opAppAbort
+	opRelay
 	numOps
 )
 
@@ -1541,7 +1601,7 @@ var modelOps = weighted[modelOp]([]int{
 	opArmRX: 8, opArmWriteable: 5, opArmTimer: 3, opPause: 6, opResume: 6,
 	opConnTimer: 4, opConnTimerCancel: 2, opTimeout: 2, opThreadTimer: 5, opThreadTimerStop: 2,
 	opCancelService: 3, opAppClose: 1, opPeerCloseWrite: 3, opPeerClose: 1, opReopen: 4, opSync: 3,
-	opAppCloseWrite: 2, opAppAbort: 1,
+	opAppCloseWrite: 2, opAppAbort: 1, opRelay: 8,
 })
 
 func (m *model) run(n int, st modelStep) {
@@ -1663,6 +1723,15 @@ func (m *model) run(n int, st modelStep) {
 		}
 		m.note("post: %v Abort", mc)
 		m.do(func() { m.ifAdopted(mc, m.abort) })
+	case opRelay:
+		m.note("post: %v RelayTo another connection (%d)", mc, a)
+		m.do(func() {
+			m.ifAdopted(mc, func(mc *modelConn) {
+				to := m.pickTarget(mc, a)
+				m.note("post: %v RelayTo %v", mc, to)
+				m.relayTo(mc, to)
+			})
+		})
 	}
 }
 
@@ -1688,7 +1757,7 @@ func (m *model) finished(mc *modelConn, v appView) (bool, string) {
 	}
 	// Closed for the peer's orderly end: only once nothing was left, so a
 	// peer that still reads got every byte written, and no chunk waited.
-	if errors.Is(v.closeErr, io.EOF) && !v.closing && !p.closed && (p.read != v.written || v.chunks > 0) {
+	if errors.Is(v.closeErr, io.EOF) && !v.closing && !p.closed && (v.outOK && p.read != v.written || v.chunks > 0) {
 		m.fatalf("%v closed with %v after the peer's half-close: the peer received %d of the %d bytes written, %d chunks still queued", mc, v.closeErr, p.read, v.written, v.chunks)
 	}
 	// Conn.Close sends what was written before it closes. A TCP socket
@@ -1697,7 +1766,7 @@ func (m *model) finished(mc *modelConn, v appView) (bool, string) {
 	// is then only known whole with GracefulClose, which waits for the
 	// peer's end of stream. A peer that closed receives nothing more.
 	whole := v.closeErr == nil && (m.cfg.graceful || mc.kind == kindUnix) && !p.closed
-	if whole && p.read != v.written {
+	if whole && v.outOK && p.read != v.written {
 		m.fatalf("%v closed by Close: the peer received %d of the %d bytes written before it", mc, p.read, v.written)
 	}
 	return true, ""
@@ -1771,6 +1840,12 @@ func (m *model) settle() {
 		})
 		for i, mc := range m.slots {
 			v, p := views[i], &mc.peer
+			if dst := v.relaying; dst != nil {
+				// Its input goes to the target's peer: received
+				// there, it counts as received.
+				dv := views[slices.Index(m.slots, dst)]
+				v.received = dv.relayOff + max(0, dst.peer.read-dv.relayAt)
+			}
 			switch {
 			case v.closed:
 				if done, what := m.finished(mc, v); !done {
@@ -1778,7 +1853,18 @@ func (m *model) settle() {
 				}
 			case v.closing, v.timeout:
 				return false, m.closing(mc, v)
-			case p.shut && m.cfg.halfOpen && v.rxEnded && !v.wrClosed && (p.closed || v.noWrite || v.chunks == 0 && p.read >= v.written):
+			case p.shut && v.relayed != nil:
+				// The peer ended its stream, and the application can end
+				// its side only once the relay to it ended: the source's
+				// end ends it, or else, all passed on, its Close.
+				src := v.relayed
+				sp := &src.peer
+				if !sp.shut && sp.wrote == sp.queued && v.relayOff+p.read-v.relayAt == sp.wrote {
+					m.note("settle: %v, its peer ended, got all relayed from %v: Close the source", mc, src)
+					m.do(func() { m.ifAdopted(src, m.close) })
+				}
+				return false, fmt.Sprintf("%v: its peer ended its stream: the relay from %v to end (the peer got %d of its bytes, its peer wrote %d)", mc, src, p.read-v.relayAt, sp.wrote-v.relayOff)
+			case p.shut && m.cfg.halfOpen && v.rxEnded && !v.wrClosed && (p.closed || v.noWrite || v.chunks == 0 && (!v.outOK || p.read >= v.written)):
 				// Half open, it stays open until the application ends
 				// it: by Close, or by CloseWrite (not a pipe's, which
 				// has no write side), both sides then being done.
@@ -1801,7 +1887,7 @@ func (m *model) settle() {
 				return false, fmt.Sprintf("%v: the peer to read to the end of the stream after CloseWrite (written %d, the peer read %d)", mc, v.written, p.read)
 			case p.wrote < p.queued || v.received < p.wrote:
 				return false, fmt.Sprintf("%v: RAW_RX of every byte the peer sent (the peer wrote %d of %d, RAW_RX delivered %d)", mc, p.wrote, p.queued, v.received)
-			case mc.kind != kindPipe && (v.chunks > 0 || p.read < v.written):
+			case mc.kind != kindPipe && (v.chunks > 0 || v.outOK && p.read < v.written):
 				return false, fmt.Sprintf("%v: the peer to receive every byte written (written %d, %d chunks queued, the peer read %d)", mc, v.written, v.chunks, p.read)
 			case v.timer:
 				return false, fmt.Sprintf("%v: its TIMER", mc)
@@ -1862,7 +1948,7 @@ func (m *model) finish() {
 	if what == "" {
 		what = fmt.Sprintf("program of %d bytes", len(m.prog))
 	}
-	m.t.Logf("conformance: model %s: %d steps, %d connections, %d bytes to the app in %d RAW_RX, %d to the peers in %d RAW_WRITEABLE (%d partial writes, %d closes draining), %d TIMER, %d EVENT_WAIT_CANCELLED, %d CloseWrite, %d RAW_RX_END, %d Abort (%d draining, %d ErrClosed, %d resets read)",
+	m.t.Logf("conformance: model %s: %d steps, %d connections, %d bytes to the app in %d RAW_RX, %d to the peers in %d RAW_WRITEABLE (%d partial writes, %d closes draining), %d TIMER, %d EVENT_WAIT_CANCELLED, %d CloseWrite, %d RAW_RX_END, %d Abort (%d draining, %d ErrClosed, %d resets read), %d RelayTo (%d ended with the input, %d by the target's end; %d bad inputs, %d target calls refused)",
 		what, m.nsteps, len(m.all), in, count(core.ReasonRawRX), out, count(core.ReasonRawWriteable), m.partial, m.drains,
-		count(core.ReasonTimer), count(core.ReasonEventWaitCancelled), m.wrCloses, count(core.ReasonRawRxEnd), m.aborts, m.abortsDr, m.abortsCl, m.resets)
+		count(core.ReasonTimer), count(core.ReasonEventWaitCancelled), m.wrCloses, count(core.ReasonRawRxEnd), m.aborts, m.abortsDr, m.abortsCl, m.resets, m.relays, m.relayDone, m.relayGone, m.relayBad, m.relayRefused)
 }

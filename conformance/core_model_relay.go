@@ -1,0 +1,314 @@
+//go:build unix
+
+package conformance
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/plugloop/plugloop/core"
+)
+
+// The Model test's relays (Conn.RelayTo): the application relays one
+// connection's input to another, and what the target's peer receives is
+// then a sequence of runs, each of one stream: the target's own writes,
+// then the source's input, then the target's writes again once the relay
+// ended. The runs are the model's outStream, shared by the loop goroutine
+// (which makes them) and the test goroutine (whose peer checks every byte
+// it reads against them).
+//
+// A relay that ends by dropping what it held (the source's error, Close or
+// Abort, or the target's end) leaves its run open: how many of the
+// source's bytes reached the target is not known, so nothing may follow
+// in the target's stream (the model writes to it no more) and the
+// counts of bytes are not checked for it, only their order and content.
+// The source whose target went is paused by the core (checked); the model
+// then closes or aborts it, as a proxy does, since where its input goes
+// on after the dropped bytes is not known either.
+
+// outSeg is a run of what a connection's peer receives: from byte at of
+// the peer's received stream, n bytes (< 0: open, a relay lasting or one
+// that dropped bytes) of stream (id, dir) from its byte off.
+type outSeg struct {
+	id      int
+	dir     direction
+	off, at int64
+	n       int64
+}
+
+type outStream struct {
+	mu   sync.Mutex
+	segs []outSeg
+}
+
+// end returns the length of the stream, if known: no run is open.
+func (o *outStream) end() (int64, bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var at int64
+	for _, s := range o.segs {
+		if s.n < 0 {
+			return 0, false
+		}
+		at = s.at + s.n
+	}
+	return at, true
+}
+
+// write appends n bytes of the connection's own stream, from off.
+func (o *outStream) write(id int, off, n int64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var at int64
+	if k := len(o.segs); k > 0 {
+		last := &o.segs[k-1]
+		if last.n < 0 {
+			panic("conformance: model: a write after an open run")
+		}
+		if last.id == id && last.dir == toPeer && last.off+last.n == off {
+			last.n += n
+			return
+		}
+		at = last.at + last.n
+	}
+	o.segs = append(o.segs, outSeg{id: id, dir: toPeer, off: off, at: at, n: n})
+}
+
+// unwrite takes back the last n bytes write added: the Write failed.
+func (o *outStream) unwrite(n int64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	last := &o.segs[len(o.segs)-1]
+	if last.n -= n; last.n == 0 {
+		o.segs = o.segs[:len(o.segs)-1]
+	}
+}
+
+// relay opens a run of the source src's input from its byte off.
+func (o *outStream) relay(src int, off int64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var at int64
+	if k := len(o.segs); k > 0 {
+		at = o.segs[k-1].at + o.segs[k-1].n
+	}
+	o.segs = append(o.segs, outSeg{id: src, dir: toApp, off: off, at: at, n: -1})
+}
+
+// relayEnd closes the open run at the source's byte end.
+func (o *outStream) relayEnd(end int64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	last := &o.segs[len(o.segs)-1]
+	last.n = end - last.off
+}
+
+// open returns the open run's start in the peer's stream and in the
+// source's, if the last run is open.
+func (o *outStream) open() (at, off int64, ok bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if k := len(o.segs); k > 0 && o.segs[k-1].n < 0 {
+		return o.segs[k-1].at, o.segs[k-1].off, true
+	}
+	return 0, 0, false
+}
+
+// diff returns "" if p is what the peer receives from its byte pos on,
+// else where and how it differs.
+func (o *outStream) diff(pos int64, p []byte) string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	i := 0
+	for len(p) > 0 {
+		for i < len(o.segs) && o.segs[i].n >= 0 && pos >= o.segs[i].at+o.segs[i].n {
+			i++
+		}
+		if i == len(o.segs) {
+			return fmt.Sprintf("%d bytes from byte %d, past the %d written and relayed", len(p), pos, pos)
+		}
+		s := o.segs[i]
+		k := int64(len(p))
+		if s.n >= 0 {
+			k = min(k, s.at+s.n-pos)
+		}
+		if d := streamDiff(s.id, s.dir, s.off+pos-s.at, p[:k]); d != "" {
+			if s.dir == toApp {
+				return fmt.Sprintf("in the run relayed from conn %d's input (from byte %d of the peer's stream): %s", s.id, s.at, d)
+			}
+			return fmt.Sprintf("in the run written from byte %d of the peer's stream: %s", s.at, d)
+		}
+		p, pos = p[k:], pos+k
+	}
+	return ""
+}
+
+// relaySlot chooses a relay's target by b: another slot than the
+// source's, or rarely (or with no other) its own, for ErrInvalid.
+func relaySlot(slot, n int, b byte) int {
+	if n == 1 || b%16 == 0 {
+		return slot
+	}
+	return (slot + 1 + int(b>>4)%(n-1)) % n
+}
+
+// relayTarget picks the target of a relay from mc by b: the slot
+// relaySlot says, or the next one with an open connection that can be a
+// target (slots hold closed connections until reopened); mc itself
+// rarely, for ErrInvalid.
+func (m *model) pickTarget(mc *modelConn, b byte) *modelConn {
+	n := m.cfg.conns
+	start := relaySlot(mc.slot, n, b)
+	if start == mc.slot {
+		return mc
+	}
+	for i := range n {
+		to := m.appSlots[(start+i)%n]
+		if to != mc && to.app.adopted && !to.app.closing && !to.app.closed && canTarget(to) {
+			return to
+		}
+	}
+	return m.appSlots[start]
+}
+
+// canTarget reports whether the model relays to mc: a pipe's read end,
+// which the model adopts, has no write side (it relays from one).
+func canTarget(mc *modelConn) bool { return mc.kind != kindPipe }
+
+// relayTo has the application call mc.RelayTo(to), checking the sentinel
+// it returns where the model can tell it.
+func (m *model) relayTo(mc, to *modelConn) {
+	a, b := &mc.app, &to.app
+	if !a.adopted || a.closed {
+		return
+	}
+	if to == mc {
+		if err := a.c.RelayTo(a.c); !errors.Is(err, core.ErrInvalid) {
+			m.problem(mc, "RelayTo itself returned %v, want ErrInvalid", err)
+		}
+		m.relayBad++
+		return
+	}
+	if !canTarget(to) || !b.adopted || b.closed {
+		return
+	}
+	if _, known := to.out.end(); !known && b.relayFrom == nil {
+		return // its stream has a run of unknown length: nothing may follow
+	}
+	// The core learns of a peer's end, or a timeout's, before the model
+	// does: ErrClosed may come first then.
+	now := time.Now()
+	maybeClosed := a.peerEnded || b.peerClosed || a.timeoutPending && !now.Before(a.timeoutAt) || b.timeoutPending && !now.Before(b.timeoutAt)
+	var want error
+	switch {
+	case a.closing || b.closing || a.rxEnded:
+		want = core.ErrClosed
+	case b.wrClosed:
+		want = core.ErrWriteClosed
+	case a.relayTo != nil, b.relayFrom != nil:
+		want = core.ErrRelaying
+	}
+	err := a.c.RelayTo(b.c)
+	if err == nil && want == core.ErrRelaying && a.relayTo == nil && m.relayDoneUnseen(b.relayFrom) {
+		want = nil // to's relay ended with its source's input, not delivered yet
+	}
+	switch {
+	case want == nil && err == nil:
+	case errors.Is(err, core.ErrClosed) && maybeClosed:
+	case want != nil && errors.Is(err, want):
+	default:
+		m.problem(mc, "RelayTo(%v) returned %v, want %v (closing %v/%v, input ended %v, target write-closed %v, relaying %v/%v)",
+			to, err, want, a.closing, b.closing, a.rxEnded, b.wrClosed, a.relayTo, b.relayFrom)
+	}
+	if err != nil {
+		m.relayBad++
+		return
+	}
+	m.relays++
+	a.relayTo, b.relayFrom = to, mc
+	// RAW_WRITEABLE asked for is dropped, and what the model had to write
+	// in it never is.
+	b.wantW, b.chunks = false, nil
+	to.out.relay(mc.id, a.received)
+}
+
+// relayDoneUnseen reports whether src's relay may have ended with its
+// input (the peer ended it), though RAW_RX_END or RAW_CLOSE did not say so
+// yet; if so the model ends it as done.
+func (m *model) relayDoneUnseen(src *modelConn) bool {
+	if src == nil || !src.app.peerEnded || src.app.closing {
+		return false
+	}
+	m.relayEnded(src, true)
+	return true
+}
+
+// relayEnded ends src's relay in the model; done: with its input, every
+// byte passed on.
+func (m *model) relayEnded(src *modelConn, done bool) {
+	a := &src.app
+	dst := a.relayTo
+	if dst == nil {
+		return
+	}
+	a.relayTo, dst.app.relayFrom = nil, nil
+	// The target whose peer ended closes with io.EOF once the relay
+	// ended, queued at once if in a callback; a Close in that callback
+	// returns nil all the same (see the model's onClose).
+	dst.app.relayHup = dst.app.relayHup || dst.app.peerEnded
+	if done {
+		dst.out.relayEnd(a.peerSent)
+		a.received = a.peerSent // to the target's peer, which checks them
+		m.relayDone++
+	}
+}
+
+// relaysEnd is mc's Close, Abort or RAW_CLOSE for its relays: as a source
+// it leaves its target's stream open-ended; as a target it pauses its
+// source, which the model then closes (see the top of the file).
+func (m *model) relaysEnd(mc *modelConn, err error) {
+	a := &mc.app
+	if a.relayTo != nil {
+		done := a.closed && errors.Is(err, io.EOF) && !a.closing
+		m.relayEnded(mc, done)
+	}
+	src := a.relayFrom
+	if src == nil {
+		return
+	}
+	m.relayEnded(src, false)
+	m.relayGone++
+	s := &src.app
+	if s.closed || s.closing || m.destroying.Load() {
+		return // Destroy closes all with ErrDestroyed, pausing none
+	}
+	if !s.c.RxPaused() && !s.peerEnded {
+		m.problem(src, "RxPaused false after its relay's target %v ended", mc)
+	}
+	s.paused = true
+	if src.id%2 == 0 {
+		m.close(src)
+	} else {
+		m.abort(src)
+	}
+}
+
+// relayTarget checks a call of the application that a relay's target
+// refuses (what: Write, CallbackOnWritable, CloseWrite) with err, and
+// reports whether the call was refused: a relay the model still has may
+// have ended in the core with its source's input.
+func (m *model) relayTarget(mc *modelConn, what string, err error) bool {
+	src := mc.app.relayFrom
+	if errors.Is(err, core.ErrRelaying) {
+		m.relayRefused++
+		return true
+	}
+	if m.relayDoneUnseen(src) {
+		return false
+	}
+	m.problem(mc, "%s of a relay's target returned %v, want ErrRelaying", what, err)
+	return true
+}
