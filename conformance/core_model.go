@@ -345,7 +345,7 @@ type modelAction struct {
 // connections.
 var modelActions = weighted[actionKind]([]int{
 	actWrite: 6, actPause: 4, actResume: 4, actClose: 1, actError: 1, actTimer: 2, actThreadTimer: 2, actCloseWrite: 2,
-	actAbort: 1, actRelay: 3,
+	actAbort: 1, actRelay: 5,
 })
 
 func decodeAction(a, b byte) modelAction {
@@ -460,6 +460,9 @@ type appEnd struct {
 	relayTo   *modelConn // RelayTo(relayTo) returned nil, and the relay did not end yet
 	relayFrom *modelConn // the source of a relay to this connection
 	relayHup  bool       // a relay to it ended after its peer ended: the core may have queued its close with io.EOF
+	// Its relay's target ended after its peer ended its stream: the relay
+	// may have ended with the input before (see relaysEnd).
+	relayMaybeDone bool
 
 	closed   bool
 	closeErr error
@@ -786,6 +789,9 @@ func (m *model) callback(ev core.Event) error {
 		m.problem(mc, "%v for another Conn than the one adopted", ev.Reason)
 		return nil
 	}
+	if ev.Reason != core.ReasonRawAdopt {
+		m.relayClosing(mc)
+	}
 	switch ev.Reason {
 	case core.ReasonRawAdopt:
 		if a.adopted {
@@ -851,6 +857,9 @@ func (m *model) onRxEnd(mc *modelConn) error {
 	// A relay's source: the relay ended with the input, which went to
 	// the target's peer.
 	m.relayEnded(mc, true)
+	if a.relayMaybeDone {
+		a.received = a.peerSent
+	}
 	switch {
 	case !m.cfg.halfOpen:
 		m.problem(mc, "RAW_RX_END without AllowHalfOpen")
@@ -1055,6 +1064,7 @@ func (m *model) queueWrite(mc *modelConn, size int) {
 	if mc.kind == kindPipe || a.closed || a.errored || a.noWrite {
 		return
 	}
+	m.relayClosing(mc)
 	if a.relayFrom != nil && !a.closing {
 		_, err := a.c.Write(nil)
 		if m.relayTarget(mc, "Write", err) {
@@ -1124,7 +1134,9 @@ func (m *model) close(mc *modelConn) {
 		return
 	}
 	if err := a.c.Close(); err != nil {
-		m.problem(mc, "Close: %v", err)
+		if !errors.Is(err, core.ErrClosed) || !a.relayMaybeDone {
+			m.problem(mc, "Close: %v", err)
+		}
 		return
 	}
 	// From here on nothing but RAW_CLOSE: a pending TIMER or
@@ -1146,6 +1158,7 @@ func (m *model) closeWrite(mc *modelConn) {
 	if a.closing || a.closed {
 		return
 	}
+	m.relayClosing(mc)
 	err := a.c.CloseWrite()
 	if a.relayFrom != nil && m.relayTarget(mc, "CloseWrite", err) {
 		return
@@ -1601,7 +1614,7 @@ var modelOps = weighted[modelOp]([]int{
 	opArmRX: 8, opArmWriteable: 5, opArmTimer: 3, opPause: 6, opResume: 6,
 	opConnTimer: 4, opConnTimerCancel: 2, opTimeout: 2, opThreadTimer: 5, opThreadTimerStop: 2,
 	opCancelService: 3, opAppClose: 1, opPeerCloseWrite: 3, opPeerClose: 1, opReopen: 4, opSync: 3,
-	opAppCloseWrite: 2, opAppAbort: 1, opRelay: 8,
+	opAppCloseWrite: 2, opAppAbort: 1, opRelay: 14,
 })
 
 func (m *model) run(n int, st modelStep) {

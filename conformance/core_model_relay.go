@@ -185,6 +185,8 @@ func (m *model) relayTo(mc, to *modelConn) {
 	if !a.adopted || a.closed {
 		return
 	}
+	m.relayClosing(mc)
+	m.relayClosing(to)
 	if to == mc {
 		if err := a.c.RelayTo(a.c); !errors.Is(err, core.ErrInvalid) {
 			m.problem(mc, "RelayTo itself returned %v, want ErrInvalid", err)
@@ -271,9 +273,12 @@ func (m *model) relayEnded(src *modelConn, done bool) {
 // source, which the model then closes (see the top of the file).
 func (m *model) relaysEnd(mc *modelConn, err error) {
 	a := &mc.app
+	done := a.closed && errors.Is(err, io.EOF) && !a.closing
 	if a.relayTo != nil {
-		done := a.closed && errors.Is(err, io.EOF) && !a.closing
 		m.relayEnded(mc, done)
+	}
+	if done && a.relayMaybeDone {
+		a.received = a.peerSent // see below
 	}
 	src := a.relayFrom
 	if src == nil {
@@ -282,17 +287,40 @@ func (m *model) relaysEnd(mc *modelConn, err error) {
 	m.relayEnded(src, false)
 	m.relayGone++
 	s := &src.app
-	if s.closed || s.closing || m.destroying.Load() {
-		return // Destroy closes all with ErrDestroyed, pausing none
+	if s.closed || s.closing || s.errored || m.destroying.Load() {
+		// Closing already (a callback's error: the RAW_CLOSE of a target
+		// whose end that close brought comes first), or Destroy closes
+		// all with ErrDestroyed, pausing none.
+		return
 	}
 	if !s.c.RxPaused() && !s.peerEnded {
 		m.problem(src, "RxPaused false after its relay's target %v ended", mc)
 	}
 	s.paused = true
+	// The source's peer ended its stream: the relay may have ended with
+	// it, every byte passed on, before the target's end came; then the
+	// source closes for its end (or RAW_RX_END comes), which Close and
+	// Abort may meet.
+	s.relayMaybeDone = s.peerEnded
 	if src.id%2 == 0 {
 		m.close(src)
 	} else {
 		m.abort(src)
+	}
+}
+
+// relayClosing ends mc's relays whose other end the core is closing,
+// before its RAW_CLOSE: the core ends a relay as it starts to close one of
+// its connections, and the other one's callbacks may come before that
+// RAW_CLOSE (the target's RAW_RX_END, for the end of stream the close let
+// it pass on).
+func (m *model) relayClosing(mc *modelConn) {
+	a := &mc.app
+	if src := a.relayFrom; src != nil && src.app.c.Closed() {
+		m.relayEnded(src, false)
+	}
+	if dst := a.relayTo; dst != nil && dst.app.c.Closed() {
+		m.relaysEnd(dst, nil)
 	}
 }
 
@@ -302,12 +330,18 @@ func (m *model) relaysEnd(mc *modelConn, err error) {
 // have ended in the core with its source's input.
 func (m *model) relayTarget(mc *modelConn, what string, err error) bool {
 	src := mc.app.relayFrom
+	if src == nil {
+		return false
+	}
 	if errors.Is(err, core.ErrRelaying) {
 		m.relayRefused++
 		return true
 	}
 	if m.relayDoneUnseen(src) {
 		return false
+	}
+	if a := &mc.app; errors.Is(err, core.ErrClosed) && (a.peerClosed || a.errored) {
+		return true // closed for its peer's reset, or closing, before the model learns
 	}
 	m.problem(mc, "%s of a relay's target returned %v, want ErrRelaying", what, err)
 	return true
