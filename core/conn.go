@@ -205,10 +205,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 	}
 	n = max(n, 0)
 	c.out = append(c.out[:0], p[n:]...)
-	c.writeBlocked = true
-	if c.interest&evlib.Writable == 0 {
-		t.setInterest(c, c.interest|evlib.Writable)
-	}
+	t.waitWritable(c)
 	return len(p), nil
 }
 

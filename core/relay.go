@@ -160,7 +160,7 @@ func (c *Conn) RelayTo(dst *Conn) error {
 		c.rxbuf = nil
 	}
 	if len(dst.out) > 0 {
-		t.relayBlocked(dst) // sent at dst's next writability, before any relayed byte
+		t.waitWritable(dst) // sent at dst's next writability, before any relayed byte
 	}
 	if !c.rxPaused && c.interest&evlib.Readable == 0 && c.state == stateOpen {
 		t.setInterest(c, c.interest|evlib.Readable)
@@ -208,19 +208,10 @@ func (t *Thread) endRelay(r *relay, how relayEnd) {
 			c.rxPaused = true // the application decides (see RelayTo)
 		}
 	}
-	if how != relayDstGone && dst.state == stateOpen && !dst.closeReq {
-		// dst's peer may have ended meanwhile. Not when dst is the one
-		// closing: nothing but RAW_CLOSE follows its Close or Abort.
-		t.settleHup(dst)
-	}
-}
-
-// relayBlocked waits for dst's writability: its socket refused bytes.
-func (t *Thread) relayBlocked(dst *Conn) {
-	dst.writeBlocked = true
-	if dst.interest&evlib.Writable == 0 {
-		t.setInterest(dst, dst.interest|evlib.Writable)
-	}
+	// dst's peer may have ended meanwhile. A dst that is the one closing
+	// is marked so already (closed, closeReq or draining), and settles
+	// nothing: nothing but RAW_CLOSE follows its Close or Abort.
+	t.settleHup(dst)
 }
 
 // relayReadable handles readiness of a relay's source.
@@ -324,7 +315,7 @@ func (t *Thread) relayPush(r *relay, evented bool) {
 	}
 	if len(dst.out) > 0 && !t.flush(dst) {
 		if dst.state == stateOpen && r.live() {
-			t.relayBlocked(dst)
+			t.waitWritable(dst)
 		}
 		return
 	}
@@ -352,7 +343,7 @@ func (t *Thread) relayPush(r *relay, evented bool) {
 		case err == nil || wouldBlock(err):
 			// A socket that takes part has no room for the rest: as
 			// for a partial Write, wait for writability.
-			t.relayBlocked(dst)
+			t.waitWritable(dst)
 			return
 		default:
 			t.closeConn(dst, &OpError{Op: "write", Err: err}) // ends the relay, pausing src

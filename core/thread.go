@@ -981,7 +981,7 @@ func (t *Thread) deliver(c *Conn, p []byte) {
 			// RelayTo in RAW_RX: the rest of this read is input c kept,
 			// which goes to the target first, as RelayTo does with rxbuf.
 			r.dst.out = append(r.dst.out, p...)
-			t.relayBlocked(r.dst)
+			t.waitWritable(r.dst)
 			return
 		}
 		if c.rxPaused {
@@ -1062,6 +1062,15 @@ func (t *Thread) onWritable(c *Conn) {
 		t.setInterest(c, c.interest&^evlib.Writable)
 	}
 	t.settleHup(c)
+}
+
+// waitWritable waits for c's writability: its socket refused bytes (a
+// partial Write, or a relay's target).
+func (t *Thread) waitWritable(c *Conn) {
+	c.writeBlocked = true
+	if c.interest&evlib.Writable == 0 {
+		t.setInterest(c, c.interest|evlib.Writable)
+	}
 }
 
 // flush writes what a partial write left; it reports whether all went out.
@@ -1291,14 +1300,14 @@ func (t *Thread) requestClose(c *Conn, why error) {
 	if c.state != stateOpen || c.closeReq {
 		return
 	}
-	if c.relayOut != nil || c.relayIn != nil {
-		t.endRelays(c) // at once: closing, it takes part in nothing more
-	}
 	if t.depth == 0 {
 		t.closeConn(c, why)
 		return
 	}
 	c.closeReq, c.closeErr = true, why
+	if c.relayOut != nil || c.relayIn != nil {
+		t.endRelays(c) // at once: closing, it takes part in nothing more
+	}
 	t.closeReq = append(t.closeReq, c)
 }
 
@@ -1456,10 +1465,10 @@ func (t *Thread) handOver(target *Thread, fd int, p *Protocol, o *adoptOptions) 
 // beginClose starts a close that waits for pending output and, when
 // graceful, for the peer's end of stream; CloseTimeout bounds both.
 func (t *Thread) beginClose(c *Conn) {
+	c.draining, c.wantWritable = true, false
 	if c.relayOut != nil || c.relayIn != nil {
 		t.endRelays(c)
 	}
-	c.draining, c.wantWritable = true, false
 	c.peerDone = c.peerDone || c.hup // its end of stream was read already
 	c.rxPaused, c.rxbuf = false, nil
 	if c.timeout != nil { // set for the open connection, not for its close
