@@ -52,8 +52,10 @@ func nop(core.Event) error { return nil }
 // thread's application loop is one), an accepted connection goes to the
 // least-loaded thread (the listener counts on thread 0, a tie keeps it on
 // the accepting thread) and is serviced by its own thread only, even under
-// concurrent traffic. In foreign mode a host that runs a single loop
-// cannot drive several threads: the test is skipped there, saying so.
+// concurrent traffic. Checklist 20: Thread.CancelService wakes its own
+// thread only, Context.CancelService every thread. In foreign mode a host
+// that runs a single loop cannot drive several threads: the test is
+// skipped there, saying so.
 func (s *suite) testSMP(t *testing.T) {
 	for _, n := range []int{2, 3} {
 		t.Run(strings.Repeat("I", n), func(t *testing.T) { s.testSMPThreads(t, n) })
@@ -176,6 +178,32 @@ func (s *suite) testSMPThreads(t *testing.T, threads int) {
 		h.rec.waitEventFrom(t, "EVENT_WAIT_CANCELLED on thread "+strconv.Itoa(i), mark, func(e event) bool {
 			return e.reason == core.ReasonEventWaitCancelled && e.ti == i
 		})
+	}
+
+	// Checklist 20: Thread.CancelService wakes that thread only. Two
+	// posted round trips on every other thread afterwards run in passes
+	// after any wake-up the call could have caused there, so a stray
+	// delivery would be recorded by the time they return.
+	passes := func(j int) {
+		for range 2 {
+			done := make(chan struct{})
+			require.NoError(t, h.ctx.Thread(j).Post(func() { close(done) }))
+			waitCh(t, done, "posted function to run on thread "+strconv.Itoa(j))
+		}
+	}
+	for i := range threads {
+		mark := h.rec.mark()
+		require.NoError(t, h.ctx.Thread(i).CancelService())
+		h.rec.waitEventFrom(t, "EVENT_WAIT_CANCELLED on thread "+strconv.Itoa(i), mark, func(e event) bool {
+			return e.reason == core.ReasonEventWaitCancelled && e.ti == i
+		})
+		for j := range threads {
+			passes(j)
+		}
+		for _, e := range h.rec.snapshot()[mark:] {
+			require.False(t, e.reason == core.ReasonEventWaitCancelled && e.ti != i,
+				"Thread(%d).CancelService delivered EVENT_WAIT_CANCELLED on thread %d", i, e.ti)
+		}
 	}
 
 	// Exclusivity: a connection's callbacks all run on its own thread, every
