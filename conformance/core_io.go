@@ -60,6 +60,7 @@ func (s *suite) coreTests() []subtest {
 		{"DestroyInsideCallback", s.testDestroyInside},
 		{"DestroyOutside", s.testDestroyOutside},
 		{"DestroyIdle", s.testDestroyIdle},
+		{"NewFailsMidway", s.testNewFailsMidway},
 		{"Listen", s.testListen},
 		{"Adopt", s.testAdopt},
 		{"PollFDCallbacks", s.testPollFD},

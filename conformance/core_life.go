@@ -246,6 +246,43 @@ func (s *suite) testDestroyIdle(t *testing.T) {
 	require.ErrorIs(t, h.ctx.Run(t.Context()), core.ErrDestroyed)
 }
 
+// Checklist 30: core.New failing once some service threads exist (here
+// the last thread's backend refuses a Config.Foreign it does not know)
+// returns the backend's error and leaves nothing behind: no callback ran,
+// no descriptor or goroutine of the earlier threads remains, and in
+// foreign mode the application's loops hold nothing of plugloop's.
+func (s *suite) testNewFailsMidway(t *testing.T) {
+	type notALoop struct{ _ int }
+	h := &harness{t: t, rec: newRecorder([]string{"p"}), runErr: make(chan error, 1)}
+	info := core.Info{EventLib: s.name, Protocols: []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
+		h.rec.enter(ev)
+		defer h.rec.exit(ev)
+		return nil
+	}}}}
+	threads := 3
+	if s.host != nil {
+		// One application loop, the loop every host has, then the
+		// thread that fails.
+		info.CountThreads = 1
+		h.setupHost(s.host, &info)
+		threads = 2
+	}
+	info.CountThreads = threads
+	info.Foreign = append(info.Foreign, make([]any, threads-1-len(info.Foreign))...)
+	info.Foreign = append(info.Foreign, notALoop{})
+	baseFDs, baseG := openFDs(), runtime.NumGoroutine()
+
+	ctx, err := core.New(info)
+	require.ErrorIs(t, err, evlib.ErrForeignUnsupported, "core.New with thread %d's Foreign of a type no backend knows", threads-1)
+	require.Nil(t, ctx)
+	require.Empty(t, h.rec.snapshot(), "callbacks from a core.New that failed")
+	for _, r := range h.hosts {
+		require.Empty(t, r.loop.Watched(), "plugloop's fds left in the application's loop of thread %d", r.thread)
+	}
+	checkGoroutines(t, baseG)
+	checkFDs(t, baseFDs)
+}
+
 // Listening on tcp4, tcp6 (where ::1 exists) and unix sockets, serving the
 // named protocol; a unix socket's file is removed when its listener closes
 // and when the context is destroyed.
