@@ -10,17 +10,38 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"time"
 
 	"github.com/plugloop/plugloop/evlib"
 	"github.com/plugloop/plugloop/internal/sys"
 	"golang.org/x/sys/unix"
 )
 
+// MaxConnectRacers caps the connects one client connection has in flight
+// at once while racing addresses (Info.ConnectAttemptDelay), as lws caps
+// its parallel sockets at 3: enough to get past a stalled address or two,
+// few enough that a host name with many addresses does not spend a
+// thread's fds, or a server's backlog, on one connection.
+const MaxConnectRacers = 3
+
+// defaultAttemptDelay is RFC 8305's recommended Connection Attempt Delay.
+const defaultAttemptDelay = 250 * time.Millisecond
+
+// dialAttempt is one connect in flight: its socket is in the fd table,
+// routed to the connection, until it wins or is dropped.
+type dialAttempt struct {
+	fd       int
+	interest evlib.Events
+	sa       unix.Sockaddr
+}
+
 type dialState struct {
 	addrs    []unix.Sockaddr // left to try, in order
-	last     error           // why the previous address failed
+	errs     []error         // why each failed attempt failed, in order
+	racing   []*dialAttempt  // connects in flight, oldest first
+	delay    *Timer          // starts the next attempt if none won by then
 	opts     adoptOptions
-	reserved bool // room on the thread is held for the first attempt's fd
+	reserved bool // room on the thread is held for the next attempt's fd
 
 	// What startDial resolves when addrs is nil, and names in a timeout.
 	network, host, address string
@@ -35,8 +56,13 @@ type dialState struct {
 // Connecting until then. Once established the protocol gets RAW_ADOPT and
 // the connection is like any other; if every address fails or
 // Info.ConnectTimeout passes, it gets CLIENT_CONNECTION_ERROR with the
-// reason in Event.Err and nothing else. Addresses are tried one after the
-// other. A bad network or address is an error of the call itself. The
+// reason in Event.Err and nothing else. A host name's addresses (see
+// Info.Resolver) are raced, RFC 8305 "Happy Eyeballs": the next one is
+// tried as soon as an attempt fails, or beside the ones in progress once
+// Info.ConnectAttemptDelay passed with none established; the first
+// established wins and the others are closed unseen. If all fail,
+// Event.Err matches each attempt's error with errors.Is. A bad network or
+// address is an error of the call itself. The
 // connection is placed like AdoptFD's (see OnThread), counting from the
 // call on, resolution included; handed over to another thread, it starts
 // connecting there.
@@ -120,6 +146,10 @@ func (t *Thread) startDial(conn *Conn) {
 func (t *Thread) resolve(conn *Conn, network, host string, port uint16) {
 	family := map[string]string{"tcp": "ip", "tcp4": "ip4", "tcp6": "ip6"}[network]
 	timeout := t.ctx.info.ConnectTimeout
+	var r Resolver = net.DefaultResolver
+	if t.ctx.info.Resolver != nil {
+		r = t.ctx.info.Resolver
+	}
 	go func() {
 		// Wall time, not the thread's clock: the lookup is real network
 		// traffic on a goroutine of its own, and this bound only frees
@@ -127,7 +157,7 @@ func (t *Thread) resolve(conn *Conn, network, host string, port uint16) {
 		// timeout on the thread's clock (startDial), which may be a
 		// backend's fake one.
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		ips, err := net.DefaultResolver.LookupNetIP(ctx, family, host)
+		ips, err := lookup(ctx, r, family, host)
 		cancel()
 		// After destroy the post is refused, and teardown reported it.
 		_ = t.Post(func() {
@@ -138,10 +168,53 @@ func (t *Thread) resolve(conn *Conn, network, host string, port uint16) {
 				t.dialFailed(conn, fmt.Errorf("plugloop: resolving %s: %w", host, err))
 				return
 			}
+			if network == "tcp" {
+				ips = interleave(ips)
+			}
 			conn.dial.addrs = sockaddrs(network, ips, port)
 			t.dialNext(conn)
 		})
 	}()
+}
+
+// lookup calls an application's resolver, whose panic would otherwise end
+// the process on a goroutine nobody can recover on: it fails the lookup.
+func lookup(ctx context.Context, r Resolver, network, host string) (ips []netip.Addr, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			ips, err = nil, fmt.Errorf("plugloop: resolver panicked: %v", p)
+		}
+	}()
+	return r.LookupNetIP(ctx, network, host)
+}
+
+// interleave alternates address families, starting with the first
+// address's (RFC 8305 §4), and keeps the resolver's order within each: a
+// family whose addresses all stall then delays a connection by one attempt
+// delay, not by one per address it has.
+func interleave(ips []netip.Addr) []netip.Addr {
+	if len(ips) < 2 {
+		return ips
+	}
+	v4 := ips[0].Unmap().Is4()
+	var first, second []netip.Addr
+	for _, ip := range ips {
+		if ip.Unmap().Is4() == v4 {
+			first = append(first, ip)
+		} else {
+			second = append(second, ip)
+		}
+	}
+	out := make([]netip.Addr, 0, len(ips))
+	for i := 0; i < len(first) || i < len(second); i++ {
+		if i < len(first) {
+			out = append(out, first[i])
+		}
+		if i < len(second) {
+			out = append(out, second[i])
+		}
+	}
+	return out
 }
 
 func sockaddrs(network string, ips []netip.Addr, port uint16) []unix.Sockaddr {
@@ -161,64 +234,169 @@ func sockaddrs(network string, ips []netip.Addr, port uint16) []unix.Sockaddr {
 	return out
 }
 
-// dialNext starts a non-blocking connect to the next address; the socket is
-// watched for writability, which says the connect finished either way.
+// attemptError is why the connect to one address failed.
+type attemptError struct {
+	addr unix.Sockaddr
+	err  error
+}
+
+func (e *attemptError) Error() string { return sockaddrString(e.addr) + ": " + e.err.Error() }
+func (e *attemptError) Unwrap() error { return e.err }
+
+// attemptErrors is why every attempt of a connection failed, one error per
+// address; errors.Is and errors.As look into each.
+type attemptErrors []error
+
+func (e attemptErrors) Error() string {
+	s := ""
+	for i, err := range e {
+		if i > 0 {
+			s += "; "
+		}
+		s += err.Error()
+	}
+	return s
+}
+
+func (e attemptErrors) Unwrap() []error { return e }
+
+func sockaddrString(sa unix.Sockaddr) string {
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port)).String()
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port)).String()
+	case *unix.SockaddrUnix:
+		return sa.Name
+	}
+	return fmt.Sprint(sa)
+}
+
+// dialNext starts a non-blocking connect to the next address, unless
+// MaxConnectRacers are in flight (one, without racing) or the thread has
+// no room for another fd while some are: an attempt that ends makes room
+// and calls it again. The socket is watched for writability, which says
+// the connect finished either way. With nothing in flight and nothing
+// left to try, the connection fails.
 func (t *Thread) dialNext(conn *Conn) {
 	d := conn.dial
-	for len(d.addrs) > 0 {
+	delay, most := t.ctx.info.ConnectAttemptDelay, MaxConnectRacers
+	switch {
+	case delay < 0:
+		most = 1
+	case delay == 0:
+		delay = defaultAttemptDelay
+	}
+	for len(d.addrs) > 0 && len(d.racing) < most {
+		if !d.reserved {
+			if !t.reserve() {
+				if len(d.racing) > 0 {
+					return
+				}
+				t.dialFailed(conn, ErrFDLimit)
+				return
+			}
+			d.reserved = true
+		}
 		sa := d.addrs[0]
 		d.addrs = d.addrs[1:]
-		family := unix.AF_INET
-		switch sa.(type) {
-		case *unix.SockaddrInet6:
-			family = unix.AF_INET6
-		case *unix.SockaddrUnix:
-			family = unix.AF_UNIX
-		}
-		fd, err := sys.Socket(family, unix.SOCK_STREAM, 0)
+		fd, err := startConnect(sa)
 		if err != nil {
-			d.last = err
-			continue
+			d.errs = append(d.errs, &attemptError{sa, err})
+			continue // with the room held
 		}
-		if family != unix.AF_UNIX {
-			unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-		}
-		// EAGAIN is a failure: a unix listener's backlog is full (or no
-		// local port is free); only EINPROGRESS finishes later.
-		err = unix.Connect(fd, sa)
-		if err != nil && !errors.Is(err, unix.EINPROGRESS) {
-			unix.Close(fd)
-			d.last = err
-			continue
-		}
-		conn.fd = fd
 		// Like every new fd (and lws' client connect): added for reading,
 		// then writability asked for, which reports the connect's end.
-		reserved := d.reserved
 		d.reserved = false // used, or given back by a failed insert
-		if err := t.insert(conn, evlib.Readable, reserved); err != nil {
+		if err := t.insertFD(conn, fd, evlib.Readable, true); err != nil {
 			unix.Close(fd)
-			conn.fd = -1
 			t.dialFailed(conn, err)
 			return
 		}
-		t.setInterest(conn, evlib.Readable|evlib.Writable)
+		a := &dialAttempt{fd: fd, interest: evlib.Readable, sa: sa}
+		d.racing = append(d.racing, a)
+		conn.fd = d.racing[0].fd
+		if err := t.modify(conn, fd, evlib.Readable|evlib.Writable, a.interest); err != nil {
+			d.errs = append(d.errs, &attemptError{sa, &OpError{Op: "modify interest", Err: err}})
+			t.dropAttempt(conn, a)
+			continue
+		}
+		a.interest = evlib.Readable | evlib.Writable
+		if most > 1 && len(d.addrs) > 0 {
+			// From this attempt's start (RFC 8305 §5), so an attempt that
+			// failed at once is followed by a whole delay's wait.
+			if d.delay == nil {
+				d.delay = &Timer{t: t, idx: -1, fn: func() {
+					if conn.state == stateConnecting && conn.dial == d {
+						t.dialNext(conn)
+					}
+				}}
+			}
+			t.timers.remove(d.delay)
+			t.timers.schedule(d.delay, deadline(t.clock(), delay))
+		}
 		return
 	}
-	why := d.last
-	if why == nil {
+	if len(d.racing) > 0 {
+		if len(d.addrs) == 0 && d.reserved {
+			d.reserved = false
+			t.giveBack(true)
+		}
+		return // the ones in flight may yet win
+	}
+	var why error
+	switch len(d.errs) {
+	case 0:
 		why = errors.New("no address to connect to")
+	case 1:
+		why = d.errs[0]
+	default:
+		why = attemptErrors(d.errs)
 	}
 	t.dialFailed(conn, &OpError{Op: "connect", Err: why})
 }
 
-// onConnect runs when a connecting socket became writable (or failed).
-func (t *Thread) onConnect(conn *Conn) {
-	errno, err := unix.GetsockoptInt(conn.fd, unix.SOL_SOCKET, unix.SO_ERROR)
+// startConnect opens a socket for sa and starts a non-blocking connect.
+func startConnect(sa unix.Sockaddr) (int, error) {
+	family := unix.AF_INET
+	switch sa.(type) {
+	case *unix.SockaddrInet6:
+		family = unix.AF_INET6
+	case *unix.SockaddrUnix:
+		family = unix.AF_UNIX
+	}
+	fd, err := sys.Socket(family, unix.SOCK_STREAM, 0)
+	if err != nil {
+		return -1, err
+	}
+	if family != unix.AF_UNIX {
+		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	}
+	// EAGAIN is a failure: a unix listener's backlog is full (or no
+	// local port is free); only EINPROGRESS finishes later.
+	if err := unix.Connect(fd, sa); err != nil && !errors.Is(err, unix.EINPROGRESS) {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
+// onConnect runs when fd, one of a connecting socket's racing connects,
+// became writable (or failed). The first to connect becomes the
+// connection's fd as it is registered ("promoted", in lws' words); the
+// others are dropped.
+func (t *Thread) onConnect(conn *Conn, fd int) {
+	d := conn.dial
+	i := slices.IndexFunc(d.racing, func(a *dialAttempt) bool { return a.fd == fd })
+	if i < 0 {
+		return
+	}
+	a := d.racing[i]
+	errno, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
 	if err == nil && errno != 0 {
 		err = unix.Errno(errno)
 	}
-	if err == nil && !sys.WritableNow(conn.fd) {
+	if err == nil && !sys.WritableNow(fd) {
 		// No error and not writable: still connecting, and the event was
 		// another socket's. An application's loop can hand over revents
 		// of an fd that closed earlier in its iteration, whose number
@@ -226,30 +404,55 @@ func (t *Thread) onConnect(conn *Conn) {
 		return
 	}
 	if err != nil {
-		conn.dial.last = err
-		t.dropDialFD(conn)
+		d.errs = append(d.errs, &attemptError{a.sa, err})
+		t.dropAttempt(conn, a)
 		t.dialNext(conn)
 		return
 	}
-	t.dialing = slices.DeleteFunc(t.dialing, func(c *Conn) bool { return c == conn })
-	t.timers.remove(conn.timeout)
-	o := conn.dial.opts
-	conn.dial = nil
+	for _, b := range slices.Clone(d.racing) {
+		if b != a {
+			t.dropAttempt(conn, b)
+		}
+	}
+	conn.fd, conn.interest = a.fd, a.interest
+	d.racing = nil
+	t.endDial(conn)
 	t.setInterest(conn, evlib.Readable)
-	t.established(conn, &o)
+	t.established(conn, &d.opts)
 }
 
-// dropDialFD unregisters and closes the socket of a failed attempt.
-func (t *Thread) dropDialFD(conn *Conn) {
-	if conn.fd < 0 {
-		return
+// dropAttempt unregisters and closes the socket of an attempt that failed
+// or lost.
+func (t *Thread) dropAttempt(conn *Conn, a *dialAttempt) {
+	d := conn.dial
+	d.racing = slices.DeleteFunc(d.racing, func(b *dialAttempt) bool { return b == a })
+	conn.fd = -1
+	if len(d.racing) > 0 {
+		conn.fd = d.racing[0].fd
 	}
-	t.unwatch(conn.fd, conn, conn.interest)
-	t.conns[conn.fd] = nil
+	t.unwatch(a.fd, conn, a.interest)
+	t.conns[a.fd] = nil
 	t.count--
 	t.giveBack(true)
-	t.fdClose = append(t.fdClose, conn.fd)
-	conn.fd, conn.interest = -1, 0
+	t.fdClose = append(t.fdClose, a.fd)
+}
+
+// endDial ends what connecting holds but the winning fd: the thread's
+// list entry, the timers, a reservation not used.
+func (t *Thread) endDial(conn *Conn) {
+	d := conn.dial
+	t.dialing = slices.DeleteFunc(t.dialing, func(c *Conn) bool { return c == conn })
+	if conn.timeout != nil {
+		t.timers.remove(conn.timeout)
+	}
+	if d.delay != nil {
+		t.timers.remove(d.delay)
+	}
+	if d.reserved {
+		d.reserved = false
+		t.giveBack(true)
+	}
+	conn.dial = nil
 }
 
 // dialFailed ends a client connection that never got established.
@@ -258,14 +461,9 @@ func (t *Thread) dialFailed(conn *Conn, why error) {
 		return
 	}
 	conn.state = stateClosed
-	t.dialing = slices.DeleteFunc(t.dialing, func(c *Conn) bool { return c == conn })
-	if conn.timeout != nil {
-		t.timers.remove(conn.timeout)
+	for len(conn.dial.racing) > 0 {
+		t.dropAttempt(conn, conn.dial.racing[0])
 	}
-	t.dropDialFD(conn)
-	if conn.dial.reserved {
-		t.giveBack(true)
-	}
-	conn.dial = nil
+	t.endDial(conn)
 	_ = t.callback(Event{Reason: ReasonClientConnectionError, Conn: conn, Err: why})
 }

@@ -107,6 +107,14 @@ type Protocol struct {
 	User any
 }
 
+// Resolver looks up a host's IP addresses, as *net.Resolver does: network
+// is "ip", "ip4" or "ip6". Connect tries the addresses in the order given
+// (Go's resolver sorts them by RFC 6724), alternating address families for
+// network "tcp".
+type Resolver interface {
+	LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
+}
+
 // Info describes a context to create (lws' lws_context_creation_info).
 type Info struct {
 	// Options holds option flags, including at most one OptionEvlib flag.
@@ -175,6 +183,22 @@ type Info struct {
 	// established, resolution included; 0 means 5 s. Negative is
 	// ErrInvalid.
 	ConnectTimeout time.Duration
+	// ConnectAttemptDelay is how long a client connection's connect to
+	// one address may stay in progress before Connect races the next
+	// address beside it (RFC 8305 "Happy Eyeballs", lws' parallel
+	// sockets): a black-holed route or a server dropping SYNs then costs
+	// this long, not the whole ConnectTimeout. 0 means 250 ms, RFC 8305's
+	// recommendation. Negative turns racing off: addresses are tried one
+	// at a time, the next only once the previous failed. At most
+	// MaxConnectRacers connects of one connection are in flight at once;
+	// each counts against FDLimit while it is.
+	ConnectAttemptDelay time.Duration
+	// Resolver looks up the addresses of a host name Connect is given;
+	// nil means net.DefaultResolver. Tests and applications with their
+	// own name service (a cache, a fixed table, DNS over something else)
+	// supply theirs. It is called on a goroutine of its own, never on a
+	// service thread, with a context that ends at ConnectTimeout.
+	Resolver Resolver
 	// GracefulClose makes Conn.Close of a stream shut its write side down
 	// once output has drained and wait for the peer to close (lws' policy
 	// for its poll loop). It is the same on every backend.

@@ -647,7 +647,7 @@ func (t *Thread) Ready(fd int, ev evlib.Events) {
 		return
 	}
 	if c.state == stateConnecting {
-		t.onConnect(c)
+		t.onConnect(c, fd) // one of its racing connects
 		return
 	}
 	if ev&evlib.Writable != 0 {
@@ -1181,13 +1181,18 @@ func (t *Thread) setInterest(c *Conn, ev evlib.Events) {
 	}
 	prev := c.interest
 	c.interest = ev
-	t.pollCallback(ReasonLockPoll, c, c.fd, 0, 0, 0)
-	t.pollCallback(ReasonChangeModePollFD, c, c.fd, ev, prev, 0)
-	err := t.be.Modify(c.fd, ev)
-	t.pollCallback(ReasonUnlockPoll, c, c.fd, 0, 0, 0)
-	if err != nil {
+	if err := t.modify(c, c.fd, ev, prev); err != nil {
 		t.requestClose(c, &OpError{Op: "modify interest", Err: err})
 	}
+}
+
+// modify has the backend watch fd, one of c's, for ev instead of prev.
+func (t *Thread) modify(c *Conn, fd int, ev, prev evlib.Events) error {
+	t.pollCallback(ReasonLockPoll, c, fd, 0, 0, 0)
+	t.pollCallback(ReasonChangeModePollFD, c, fd, ev, prev, 0)
+	err := t.be.Modify(fd, ev)
+	t.pollCallback(ReasonUnlockPoll, c, fd, 0, 0, 0)
+	return err
 }
 
 // park takes a connection out of the backend while no event can be
@@ -1219,7 +1224,20 @@ func (t *Thread) adopt(fd int, kind evlib.Kind, p *Protocol, l *Listener, o *ado
 // it for ev. reserved: the caller holds room on t for it (see reserve);
 // otherwise insert takes room itself. On failure the room goes back.
 func (t *Thread) insert(c *Conn, ev evlib.Events, reserved bool) error {
-	fd := c.fd
+	if err := t.insertFD(c, c.fd, ev, reserved); err != nil {
+		return err
+	}
+	c.interest = ev
+	if c.listener != nil {
+		t.listeners = append(t.listeners, c.listener)
+	}
+	return nil
+}
+
+// insertFD is insert for an fd of c's that need not be c.fd: a client
+// connection's racing connects each have one (see dialNext), all routed
+// to c, and the interest is the caller's to keep.
+func (t *Thread) insertFD(c *Conn, fd int, ev evlib.Events, reserved bool) error {
 	var err error
 	switch {
 	case t.dying():
@@ -1250,10 +1268,6 @@ func (t *Thread) insert(c *Conn, ev evlib.Events, reserved bool) error {
 	t.ctx.fds.add(fd)
 	t.conns[fd] = c
 	t.count++
-	c.interest = ev
-	if c.listener != nil {
-		t.listeners = append(t.listeners, c.listener)
-	}
 	return nil
 }
 
