@@ -42,6 +42,7 @@ func (s *suite) moreCoreTests() []subtest {
 		{"Attach", s.testAttach},
 		{"ClosePolicy", s.testClosePolicy},
 		{"Connect", s.testConnect},
+		{"ConnectRacing", s.testConnectRacing},
 	}
 }
 
