@@ -36,6 +36,15 @@ func (r staticResolver) LookupNetIP(_ context.Context, _, host string) ([]netip.
 // with the test.
 func raceListen(t *testing.T, ip netip.Addr, port int, stalled bool) int {
 	t.Helper()
+	return raceListener(t, ip, port, stalled).port
+}
+
+// listener is a listening socket of the test's.
+type listener struct{ fd, port int }
+
+// raceListener is raceListen returning the listener.
+func raceListener(t *testing.T, ip netip.Addr, port int, stalled bool) *listener {
+	t.Helper()
 	family, sa := unix.AF_INET, unix.Sockaddr(&unix.SockaddrInet4{Addr: ip.As4(), Port: port})
 	if ip.Is6() {
 		family, sa = unix.AF_INET6, &unix.SockaddrInet6{Addr: ip.As16(), Port: port}
@@ -43,6 +52,7 @@ func raceListen(t *testing.T, ip netip.Addr, port int, stalled bool) int {
 	fd, err := unix.Socket(family, unix.SOCK_STREAM, 0)
 	require.NoError(t, err)
 	unix.CloseOnExec(fd)
+	l := &listener{fd: fd}
 	t.Cleanup(func() { unix.Close(fd) })
 	require.NoError(t, unix.Bind(fd, sa), "listening on %v port %d", ip, port)
 	backlog := 16
@@ -63,7 +73,8 @@ func raceListen(t *testing.T, ip netip.Addr, port int, stalled bool) int {
 		require.NoError(t, err)
 		t.Cleanup(func() { filler.Close() })
 	}
-	return port
+	l.port = port
+	return l
 }
 
 // raceLoopbacks returns two loopback addresses a listener can each take
@@ -189,6 +200,46 @@ func (s *suite) testConnectRacing(t *testing.T) {
 		for _, fd := range added {
 			require.Equal(t, 1, h.rec.count(func(e event) bool { return e.conn == c && e.reason == core.ReasonDelPollFD && e.fd == fd }))
 		}
+		require.Zero(t, h.rec.count(is(core.ReasonClientConnectionError, c)))
+	})
+
+	// The primary fails while the racer is in flight, and the racer then
+	// wins: both listeners stall at first; then the primary's stops
+	// listening, so the retransmitted SYN of its connect is refused (after
+	// Linux's initial RTO, a second), and once that failure has dropped
+	// the primary the racer's accept queue is emptied, so a retransmitted
+	// SYN of its connect is taken.
+	t.Run("PrimaryFailsDuringRace", func(t *testing.T) {
+		linuxOnly(t)
+		primary, racer := netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3")
+		pl := raceListener(t, primary, 0, true)
+		rl := raceListener(t, racer, pl.port, true)
+		h, out, done := newRace(t, core.Info{ConnectAttemptDelay: 20 * time.Millisecond, ConnectTimeout: 3 * hang},
+			staticResolver{"race.test": {primary, racer}})
+		c := connect(t, h, "race.test:"+strconv.Itoa(pl.port))
+		waitUntil(t, "both attempts in flight", func() bool { return len(added(h, c)) == 2 })
+		fds := added(h, c)
+		// Its fd stays open, as the leak check expects: a listening
+		// socket shut down on Linux stops listening.
+		require.NoError(t, unix.Shutdown(pl.fd, unix.SHUT_RDWR))
+		failed := h.rec.waitEvent(t, "the primary's failure", func(e event) bool {
+			return e.conn == c && e.reason == core.ReasonDelPollFD && e.fd == fds[0]
+		})
+		var connecting bool
+		h.do(func() { connecting = c.Connecting() })
+		require.True(t, connecting, "the connection ended with its primary")
+		queued, _, err := unix.Accept(rl.fd)
+		require.NoError(t, err)
+		unix.Close(queued)
+		adopt := h.rec.waitEvent(t, "RAW_ADOPT of the racer", is(core.ReasonRawAdopt, c))
+		h.sync()
+		require.Equal(t, netip.AddrPortFrom(racer, uint16(pl.port)).String(), out.remote)
+		require.Equal(t, fds, added(h, c), "one attempt per address")
+		require.Equal(t, fds[1], adopt.fd, "the racer is promoted")
+		require.Less(t, failed.seq, adopt.seq)
+		require.Equal(t, 1, h.rec.count(func(e event) bool { return e.conn == c && !isPollReason(e.reason) }),
+			"callbacks for the connection other than its poll changes and RAW_ADOPT")
+		done()
 		require.Zero(t, h.rec.count(is(core.ReasonClientConnectionError, c)))
 	})
 

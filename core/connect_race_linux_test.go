@@ -268,4 +268,18 @@ func TestSimConnectRacerWaitsForRoom(t *testing.T) {
 	s.until("RAW_ADOPT", func() bool { return len(log.adopted) > 0 })
 	require.Equal(t, "127.0.0.2:"+strconv.Itoa(port), log.remote.String())
 	require.Len(t, log.failed, 1)
+
+	// With room for two, the same race as the first starts its racer at
+	// the attempt delay, which wins.
+	s, log = raceSim(t, core.Info{FDLimit: 2, ConnectAttemptDelay: 10 * time.Millisecond, ConnectTimeout: time.Second},
+		staticResolver{"race.test": {lo(1), lo(2)}})
+	_, err = s.th.Context().Connect("tcp", "race.test:"+strconv.Itoa(port), "")
+	require.NoError(t, err)
+	s.until("first attempt", func() bool { return len(log.adds) == 1 })
+	s.runTo(10 * time.Millisecond)
+	require.Len(t, log.adds, 2)
+	s.until("RAW_ADOPT", func() bool { return len(log.adopted) > 0 })
+	require.Equal(t, 10*time.Millisecond, log.adopted[0].at)
+	require.Equal(t, "127.0.0.2:"+strconv.Itoa(port), log.remote.String())
+	require.Empty(t, log.failed)
 }
