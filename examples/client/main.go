@@ -10,6 +10,7 @@
 //	go run ./examples/client -addr 127.0.0.1:7681  # type lines, see them echoed
 //	socat TCP-LISTEN:7690,reuseaddr,fork EXEC:cat & go run ./examples/client -addr 127.0.0.1:7690
 //	go run ./examples/client -addr 127.0.0.1:1     # refused: CLIENT_CONNECTION_ERROR
+//	go run ./examples/client -addr localhost:7681  # the name's addresses raced (Happy Eyeballs)
 //
 // -evlib takes any backend name that has a loop of its own (not foreign);
 // PLUGLOOP_EVLIB overrides it. At end of stdin, once everything was sent,
@@ -37,8 +38,9 @@ func main() {
 	lib := flag.String("evlib", "", "event-loop backend (default: the best available)")
 	addr := flag.String("addr", "127.0.0.1:7681", "server address: HOST:PORT, or a path for a unix socket")
 	timeout := flag.Duration("timeout", 5*time.Second, "connect timeout (core.Info.ConnectTimeout)")
+	delay := flag.Duration("attempt-delay", 0, "how long one address's connect may hang before the next is raced beside it; 0: 250 ms, negative: one address at a time (core.Info.ConnectAttemptDelay)")
 	flag.Parse()
-	if err := run(*lib, *addr, *timeout); err != nil {
+	if err := run(*lib, *addr, *timeout, *delay); err != nil {
 		fmt.Fprintln(os.Stderr, "client:", err)
 		os.Exit(1)
 	}
@@ -52,7 +54,7 @@ type client struct {
 	failed error // CLIENT_CONNECTION_ERROR's reason
 }
 
-func run(lib, addr string, timeout time.Duration) error {
+func run(lib, addr string, timeout, delay time.Duration) error {
 	st := &client{}
 	var ctx *core.Context
 	proto := core.Protocol{Name: "client", Callback: func(ev core.Event) error {
@@ -90,7 +92,7 @@ func run(lib, addr string, timeout time.Duration) error {
 		return nil
 	}}
 	var err error
-	ctx, err = core.New(core.Info{EventLib: lib, ConnectTimeout: timeout, Protocols: []core.Protocol{proto}})
+	ctx, err = core.New(core.Info{EventLib: lib, ConnectTimeout: timeout, ConnectAttemptDelay: delay, Protocols: []core.Protocol{proto}})
 	if err != nil {
 		return err
 	}
