@@ -62,10 +62,9 @@ type dialState struct {
 // Info.ConnectAttemptDelay passed with none established; the first
 // established wins and the others are closed unseen. If all fail,
 // Event.Err matches each attempt's error with errors.Is. A bad network or
-// address is an error of the call itself. The
-// connection is placed like AdoptFD's (see OnThread), counting from the
-// call on, resolution included; handed over to another thread, it starts
-// connecting there.
+// address is an error of the call itself. The connection is placed like
+// AdoptFD's (see OnThread), counting from the call on, resolution
+// included; handed over to another thread, it starts connecting there.
 func (c *Context) Connect(network, address, protocol string, opts ...AdoptOption) (*Conn, error) {
 	p, o, err := c.adoptArgs(evlib.KindStream, protocol, opts)
 	if err != nil {
@@ -334,6 +333,8 @@ func (t *Thread) dialNext(conn *Conn) {
 			}
 			t.timers.remove(d.delay)
 			t.timers.schedule(d.delay, deadline(t.clock(), delay))
+		} else if d.delay != nil {
+			t.timers.remove(d.delay) // nothing left to race
 		}
 		return
 	}

@@ -3,7 +3,9 @@
 package core_test
 
 import (
+	"context"
 	"net"
+	"net/netip"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -272,5 +274,37 @@ func TestDescriptorsCloseOnExec(t *testing.T) {
 			}
 			require.GreaterOrEqual(t, fresh, 4) // listener, two connections, UDP
 		})
+	}
+}
+
+// staticResolver answers Info.Resolver lookups from a table.
+type staticResolver map[string][]netip.Addr
+
+func (r staticResolver) LookupNetIP(_ context.Context, _, host string) ([]netip.Addr, error) {
+	if ips, ok := r[host]; ok {
+		return ips, nil
+	}
+	return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
+}
+
+// panicResolver stands for an application's resolver that panics.
+type panicResolver struct{}
+
+func (panicResolver) LookupNetIP(context.Context, string, string) ([]netip.Addr, error) {
+	panic("resolver bug")
+}
+
+// Info.Resolver answers for host names: its error, or its panic (on a
+// goroutine of the core's, where nothing else could recover it), fails the
+// connection with CLIENT_CONNECTION_ERROR instead of the process.
+func TestConnectResolverFails(t *testing.T) {
+	for _, r := range []core.Resolver{staticResolver{}, panicResolver{}} {
+		ctx, log := clientCtx(t, "epoll", core.Info{Resolver: r})
+		c, err := ctx.Connect("tcp", "nowhere.test:80", "client")
+		require.NoError(t, err)
+		serviceUntil(t, ctx, func() bool { return len(log.errs) > 0 })
+		require.ErrorContains(t, log.errs[0], "resolving nowhere.test")
+		require.True(t, c.Closed())
+		require.Empty(t, log.adopted)
 	}
 }

@@ -1,7 +1,6 @@
 package core_test
 
 import (
-	"context"
 	"net"
 	"net/netip"
 	"strconv"
@@ -19,16 +18,6 @@ import (
 // answers by dropping the SYN, so a connect to them stays in progress;
 // every 127.0.0.x is loopback on Linux, so several listeners share a port
 // on different addresses, and a resolver names them all.
-
-// staticResolver answers Info.Resolver lookups from a table.
-type staticResolver map[string][]netip.Addr
-
-func (r staticResolver) LookupNetIP(_ context.Context, _, host string) ([]netip.Addr, error) {
-	if ips, ok := r[host]; ok {
-		return ips, nil
-	}
-	return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
-}
 
 // loopListener listens on 127.0.0.<last>:port (port 0: any free one) and
 // returns the port. A stalled one has its accept queue filled by a
