@@ -214,8 +214,12 @@ func (m *model) relayTo(mc, to *modelConn) {
 		want = core.ErrRelaying
 	}
 	err := a.c.RelayTo(b.c)
-	if err == nil && want == core.ErrRelaying && a.relayTo == nil && m.relayDoneUnseen(b.relayFrom) {
-		want = nil // to's relay ended with its source's input, not delivered yet
+	if err == nil && want == core.ErrRelaying && m.relaysDoneUnseen(mc, to) {
+		// The relays in the way (mc's own, the one to to) ended with
+		// their sources' input, not told yet: a source whose peer ended
+		// may stay open after its relay's end (answering, without
+		// AllowHalfOpen), and it relays again.
+		want = nil
 	}
 	switch {
 	case want == nil && err == nil:
@@ -241,11 +245,39 @@ func (m *model) relayTo(mc, to *modelConn) {
 // input (the peer ended it), though RAW_RX_END or RAW_CLOSE did not say so
 // yet; if so the model ends it as done.
 func (m *model) relayDoneUnseen(src *modelConn) bool {
-	if src == nil || !src.app.peerEnded || src.app.closing {
+	if !mayBeDoneUnseen(src) {
 		return false
 	}
 	m.relayEnded(src, true)
 	return true
+}
+
+// mayBeDoneUnseen reports whether src's relay may have ended with its
+// input though nothing said so yet (see relayDoneUnseen).
+func mayBeDoneUnseen(src *modelConn) bool {
+	return src != nil && src.app.peerEnded && !src.app.closing
+}
+
+// relaysDoneUnseen is relayDoneUnseen for both relays in the way of
+// mc.RelayTo(to), mc's own and the one to to, that RelayTo returning nil
+// says ended: if both may have, the model ends them as done.
+func (m *model) relaysDoneUnseen(mc, to *modelConn) bool {
+	var srcs []*modelConn
+	if mc.app.relayTo != nil {
+		srcs = append(srcs, mc)
+	}
+	if src := to.app.relayFrom; src != nil && src != mc {
+		srcs = append(srcs, src)
+	}
+	for _, src := range srcs {
+		if !mayBeDoneUnseen(src) {
+			return false
+		}
+	}
+	for _, src := range srcs {
+		m.relayEnded(src, true)
+	}
+	return len(srcs) > 0
 }
 
 // relayEnded ends src's relay in the model; done: with its input, every

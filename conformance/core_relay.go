@@ -28,6 +28,7 @@ func (s *suite) relayTests() []subtest {
 		{"RelayEndWithoutHalfOpen", s.testRelayEndWithoutHalfOpen},
 		{"RelayTargetGone", s.testRelayTargetGone},
 		{"RelaySourceGone", s.testRelaySourceGone},
+		{"RelayEndedSource", s.testRelayEndedSource},
 		{"RelayBadInput", s.testRelayBadInput},
 	}
 }
@@ -49,6 +50,9 @@ type relaySide struct {
 	endErr   error  // the partner's CloseWrite at RAW_RX_END
 	closed   bool
 	closeErr error
+	// relayAtRX: the first RAW_RX calls RelayTo to it, with relayErr.
+	relayAtRX *relaySide
+	relayErr  error
 }
 
 type relayRig struct {
@@ -60,6 +64,11 @@ type relayRig struct {
 // harness (not started). A side's RAW_RX is recorded and its RAW_RX_END
 // passes the end on to its partner with CloseWrite, as a proxy does.
 func (s *suite) newRelayRig(t *testing.T, info core.Info, halfOpen bool) *relayRig {
+	return s.newRelayRigChunk(t, info, halfOpen, 0)
+}
+
+// newRelayRigChunk is newRelayRig with the protocol's RxChunk.
+func (s *suite) newRelayRigChunk(t *testing.T, info core.Info, halfOpen bool, rxChunk int) *relayRig {
 	cb := func(ev core.Event) error {
 		if ev.Conn == nil {
 			return nil
@@ -71,6 +80,9 @@ func (s *suite) newRelayRig(t *testing.T, info core.Info, halfOpen bool) *relayR
 		switch ev.Reason {
 		case core.ReasonRawRX:
 			sd.rx = append(sd.rx, ev.Data...)
+			if to := sd.relayAtRX; to != nil {
+				sd.relayAtRX, sd.relayErr = nil, ev.Conn.RelayTo(to.conn)
+			}
 		case core.ReasonRawRxEnd:
 			sd.rxEnd++
 			if !sd.partner.closed {
@@ -81,7 +93,7 @@ func (s *suite) newRelayRig(t *testing.T, info core.Info, halfOpen bool) *relayR
 		}
 		return nil
 	}
-	info.Protocols = []core.Protocol{{Name: "relay", Callback: cb, AllowHalfOpen: halfOpen}}
+	info.Protocols = []core.Protocol{{Name: "relay", Callback: cb, AllowHalfOpen: halfOpen, RxChunk: rxChunk}}
 	h := s.newHarness(t, info)
 	rig := &relayRig{h: h, a: &relaySide{}, b: &relaySide{}}
 	rig.a.partner, rig.b.partner = rig.b, rig.a
@@ -430,6 +442,156 @@ func (s *suite) testRelaySourceGone(t *testing.T) {
 			h.rec.verify(t)
 		})
 	}
+}
+
+// A source whose peer sent its input and hung up while the source was
+// paused (a proxy that paused its client while it connected upstream)
+// relays all the same: the input the core kept reaches the target's peer,
+// nothing comes in RAW_RX, and once the source is resumed the relay ends
+// as at any source's orderly end: with AllowHalfOpen a RAW_RX_END, in
+// which the target's CloseWrite passes the end on (so the relay ended
+// before it), else the source's close with io.EOF, the target staying
+// open. While the source stays paused the relay does not end. The source
+// is a unix socket whose peer closed: a hang-up every backend reports
+// to a paused connection, whose input the core then reads and keeps.
+// "Answering" relays from a source that stays open after its peer's end
+// because a relay to it lasts. A source reset while paused, or whose
+// RAW_RX_END came already, has no stream to relay: ErrClosed.
+func (s *suite) testRelayEndedSource(t *testing.T) {
+	const n = 32 << 10 // within a unix socket's buffers
+	for _, halfOpen := range []bool{true, false} {
+		name := "HalfOpen"
+		if !halfOpen {
+			name = "NoHalfOpen"
+		}
+		t.Run(name, func(t *testing.T) {
+			r := s.newRelayRig(t, core.Info{}, halfOpen)
+			h, b := r.h, r.b
+			fd, peer := nonblockPair(t)
+			k, err := unix.Write(peer, streamAt(0, n))
+			require.NoError(t, err)
+			require.Equal(t, n, k)
+			require.NoError(t, unix.Close(peer))
+			a := &relaySide{partner: b}
+			a.conn, err = h.ctx.AdoptFD(fd, "")
+			require.NoError(t, err)
+			a.conn.SetUser(a)
+			require.NoError(t, a.conn.RxFlowControl(false))
+			h.start()
+			// Paused and hung up, its input kept: out of the poll set.
+			h.rec.waitEvent(t, "DEL_POLL_FD of the paused source after its peer's end", is(core.ReasonDelPollFD, a.conn))
+			h.do(func() { err = a.conn.RelayTo(b.conn) })
+			require.NoError(t, err, "RelayTo from a paused source whose peer ended in order")
+			checkStream(t, b.peer, 0, n)
+			h.sync()
+			c := r.side(a)
+			require.Zero(t, c.rxEnd, "RAW_RX_END of a paused relay's source")
+			require.False(t, c.closed, "the paused source of a relay closed")
+			var paused bool
+			h.do(func() { paused, err = a.conn.RxPaused(), a.conn.RxFlowControl(true) })
+			require.True(t, paused)
+			require.NoError(t, err)
+			if halfOpen {
+				h.rec.waitEvent(t, "RAW_RX_END of the source", is(core.ReasonRawRxEnd, a.conn))
+				c := r.side(a)
+				require.Equal(t, 1, c.rxEnd, "RAW_RX_END")
+				require.NoError(t, c.endErr, "the target's CloseWrite at the source's RAW_RX_END: the relay ended before it")
+				expectOrderlyEOF(t, b.peer)
+			} else {
+				e := h.rec.waitEvent(t, "RAW_CLOSE of the source", is(core.ReasonRawClose, a.conn))
+				require.ErrorIs(t, e.err, io.EOF)
+				h.do(func() { err = b.conn.CallbackOnWritable() })
+				require.NoError(t, err, "CallbackOnWritable of the target after the relay ended")
+				require.False(t, r.side(b).closed)
+			}
+			require.Empty(t, r.side(a).rx, "RAW_RX on a relay's source")
+			h.rec.verify(t)
+		})
+	}
+	t.Run("InKeptRX", func(t *testing.T) {
+		// RelayTo in the RAW_RX of input kept after the end: the
+		// rest goes to the target, and RAW_RX_END comes only once
+		// the relay ended (its CloseWrite of the target works).
+		const chunk = 1 << 10
+		r := s.newRelayRigChunk(t, core.Info{}, true, chunk)
+		h, b := r.h, r.b
+		fd, peer := nonblockPair(t)
+		k, err := unix.Write(peer, streamAt(0, n))
+		require.NoError(t, err)
+		require.Equal(t, n, k)
+		require.NoError(t, unix.Close(peer))
+		a := &relaySide{partner: b, relayAtRX: b}
+		a.conn, err = h.ctx.AdoptFD(fd, "")
+		require.NoError(t, err)
+		a.conn.SetUser(a)
+		require.NoError(t, a.conn.RxFlowControl(false))
+		h.start()
+		h.rec.waitEvent(t, "DEL_POLL_FD of the paused source after its peer's end", is(core.ReasonDelPollFD, a.conn))
+		h.do(func() { err = a.conn.RxFlowControl(true) })
+		require.NoError(t, err)
+		h.rec.waitEvent(t, "RAW_RX_END of the source", is(core.ReasonRawRxEnd, a.conn))
+		c := r.side(a)
+		require.NoError(t, c.relayErr, "RelayTo in the RAW_RX of kept input")
+		require.Equal(t, streamAt(0, chunk), c.rx, "RAW_RX before RelayTo")
+		require.Equal(t, 1, c.rxEnd, "RAW_RX_END")
+		require.NoError(t, c.endErr, "the target's CloseWrite at the source's RAW_RX_END: the relay ended before it")
+		checkStream(t, b.peer, chunk, n-chunk)
+		expectOrderlyEOF(t, b.peer)
+		h.rec.verify(t)
+	})
+	t.Run("Answering", func(t *testing.T) {
+		// Without AllowHalfOpen a connection a relay writes to stays
+		// open after its peer's end until the relay ends; a relay
+		// from it back ends at once, from the loop, and the other
+		// direction goes on.
+		r := s.newRelayRig(t, core.Info{}, false)
+		h, a, b := r.h, r.a, r.b
+		require.NoError(t, b.conn.RelayTo(a.conn))
+		h.start()
+		require.NoError(t, a.peer.CloseWrite())
+		h.rec.waitEvent(t, "DEL_POLL_FD of the relay's target after its peer's end", is(core.ReasonDelPollFD, a.conn))
+		var err error
+		h.do(func() { err = a.conn.RelayTo(b.conn) })
+		require.NoError(t, err, "RelayTo from a source answering after its peer's end")
+		h.sync()
+		h.do(func() { err = b.conn.CallbackOnWritable() })
+		require.NoError(t, err, "CallbackOnWritable of the target of a relay from a source that had ended")
+		require.False(t, r.side(a).closed)
+		write(t, b.peer, streamAt(0, n))
+		checkStream(t, a.peer, 0, n)
+		require.NoError(t, b.peer.CloseWrite())
+		for _, sd := range []*relaySide{b, a} {
+			e := h.rec.waitEvent(t, "RAW_CLOSE", is(core.ReasonRawClose, sd.conn))
+			require.ErrorIs(t, e.err, io.EOF)
+		}
+		expectOrderlyEOF(t, a.peer)
+		require.Empty(t, r.side(a).rx, "RAW_RX on a relay's source")
+		require.Empty(t, r.side(b).rx, "RAW_RX on a relay's source")
+		h.rec.verify(t)
+	})
+	t.Run("Refused", func(t *testing.T) {
+		r := s.newRelayRig(t, core.Info{}, true)
+		h, a, b := r.h, r.a, r.b
+		srv, cli := tcpPair(t)
+		c, err := h.ctx.AdoptConn(srv, "")
+		require.NoError(t, err)
+		require.NoError(t, a.conn.RxFlowControl(false))
+		// a's peer resets it while it is paused.
+		write(t, a.peer, streamAt(0, 100))
+		require.NoError(t, a.peer.SetLinger(0))
+		require.NoError(t, a.peer.Close())
+		h.start()
+		h.rec.waitEvent(t, "DEL_POLL_FD of the reset source", is(core.ReasonDelPollFD, a.conn))
+		h.do(func() { err = a.conn.RelayTo(b.conn) })
+		require.ErrorIs(t, err, core.ErrClosed, "RelayTo from a source reset while paused")
+		// c's end was delivered (RAW_RX_END; c is no relay side, so
+		// nothing passes it on).
+		require.NoError(t, cli.CloseWrite())
+		h.rec.waitEvent(t, "RAW_RX_END of c", is(core.ReasonRawRxEnd, c))
+		h.do(func() { err = c.RelayTo(b.conn) })
+		require.ErrorIs(t, err, core.ErrClosed, "RelayTo from a source after its RAW_RX_END")
+		h.rec.verify(t)
+	})
 }
 
 // Bad input gets a sentinel and changes nothing.

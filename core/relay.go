@@ -92,6 +92,11 @@ const (
 //     c reached dst's socket (or the output the core holds for dst): then
 //     the usual rules apply to c, with Protocol.AllowHalfOpen a RAW_RX_END,
 //     after which the application may pass the end on with dst.CloseWrite.
+//     That holds for a c whose peer ended its stream before RelayTo, too
+//     (a proxy that paused its client while it connected upstream): the
+//     input c kept goes to dst first, and the relay ends as above, from
+//     the loop once c is resumed (at once if it is not paused), not
+//     inside RelayTo.
 //   - c's read error or reset closes c with it, as without a relay
 //     (RAW_CLOSE with an *OpError); what the relay held is dropped: the
 //     stream was cut off, and its tail would pass it for a whole one to
@@ -117,8 +122,10 @@ const (
 //
 // Errors, with nothing changed: ErrInvalid for a nil or the same
 // connection, one of another thread, one not established yet or one that
-// is no stream; ErrClosed when either is closed or closing, c's input
-// ended or dst was reset; ErrWriteClosed after dst.CloseWrite; ErrRelaying
+// is no stream; ErrClosed when either is closed or closing, c was reset
+// or its end of stream was delivered already (RAW_RX_END: it has nothing
+// left to relay, and the relay's end would go unseen), or dst was reset;
+// ErrWriteClosed after dst.CloseWrite; ErrRelaying
 // when c is the source of a relay or dst the target of one;
 // ErrWrongGoroutine off the loop.
 func (c *Conn) RelayTo(dst *Conn) error {
@@ -140,7 +147,10 @@ func (c *Conn) RelayTo(dst *Conn) error {
 		return fmt.Errorf("%w: RelayTo with a connection not established yet", ErrInvalid)
 	case c.kind != evlib.KindStream || dst.kind != evlib.KindStream:
 		return fmt.Errorf("%w: RelayTo from a %s to a %s: only streams relay", ErrInvalid, kindName(c.kind), kindName(dst.kind))
-	case c.state != stateOpen || c.closeReq || c.draining || c.hup:
+	case c.state != stateOpen || c.closeReq || c.draining || c.hup && (!errors.Is(c.hupErr, io.EOF) || c.rxEnded):
+		// A source whose peer ended in order may still hold input (kept
+		// while paused) and relays it; after a reset, or once RAW_RX_END
+		// told its end, there is no stream left to pass on.
 		return ErrClosed
 	case dst.state != stateOpen || dst.closeReq || dst.draining || dst.hup && !errors.Is(dst.hupErr, io.EOF):
 		return ErrClosed
@@ -162,7 +172,18 @@ func (c *Conn) RelayTo(dst *Conn) error {
 	if len(dst.out) > 0 {
 		t.waitWritable(dst) // sent at dst's next writability, before any relayed byte
 	}
-	if !c.rxPaused && c.interest&evlib.Readable == 0 && c.state == stateOpen {
+	switch {
+	case c.hup:
+		// Its input ended before: all of it was read (the core learns of
+		// an orderly end only from a read), and what was kept went to dst
+		// above. The relay ends at its first pull, in forced service
+		// (or at the resume of a paused source), not inside this call:
+		// RAW_RX_END comes from the loop, as for any relay's end.
+		r.srcHup = true
+		if !c.rxPaused {
+			t.queueRx(c)
+		}
+	case !c.rxPaused && c.interest&evlib.Readable == 0:
 		t.setInterest(c, c.interest|evlib.Readable)
 	}
 	return nil
@@ -264,6 +285,12 @@ func (t *Thread) relayResume(r *relay) {
 // relay holds nothing, and passes it on at once.
 func (t *Thread) relayPull(r *relay) {
 	c := r.src
+	if c.hup {
+		// A source whose input had ended when RelayTo was called (see
+		// there): nothing to read, its kept input was passed on.
+		t.endRelay(r, relayDone)
+		return
+	}
 	var n int
 	var err error
 	if r.splice && r.pipe.r < 0 {

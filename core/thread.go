@@ -793,6 +793,13 @@ func (t *Thread) settleHup(c *Conn) {
 	if !c.hup || c.state != stateOpen || c.closeReq || c.draining {
 		return
 	}
+	if c.relayOut != nil {
+		// A relay's source whose input had ended when RelayTo was
+		// called: its end is settled when the relay ends (relayDone),
+		// so that RAW_RX_END, or the close, never comes while the relay
+		// still owns the target's output.
+		return
+	}
 	if c.halfOpen() {
 		t.settleHalfOpen(c)
 		return
