@@ -516,9 +516,10 @@ type model struct {
 	abortsDr int                       // of them, on a connection draining after Close
 	abortsCl int                       // Aborts that said ErrClosed
 	appSlots [maxModelConns]*modelConn // slots, as the loop goroutine knows them
-	// Relays that started, bad inputs refused, relays that ended with
+	// Relays that started (relaysEnded of them from a source whose peer
+	// had ended its stream), bad inputs refused, relays that ended with
 	// their input, ended by their target's end, calls a target refused.
-	relays, relayBad, relayDone, relayGone, relayRefused int
+	relays, relaysEnded, relayBad, relayDone, relayGone, relayRefused int
 }
 
 // runModel runs a program; guard bounds each wait for the peers and the
@@ -1961,7 +1962,7 @@ func (m *model) finish() {
 	if what == "" {
 		what = fmt.Sprintf("program of %d bytes", len(m.prog))
 	}
-	m.t.Logf("conformance: model %s: %d steps, %d connections, %d bytes to the app in %d RAW_RX, %d to the peers in %d RAW_WRITEABLE (%d partial writes, %d closes draining), %d TIMER, %d EVENT_WAIT_CANCELLED, %d CloseWrite, %d RAW_RX_END, %d Abort (%d draining, %d ErrClosed, %d resets read), %d RelayTo (%d ended with the input, %d by the target's end; %d bad inputs, %d target calls refused)",
+	m.t.Logf("conformance: model %s: %d steps, %d connections, %d bytes to the app in %d RAW_RX, %d to the peers in %d RAW_WRITEABLE (%d partial writes, %d closes draining), %d TIMER, %d EVENT_WAIT_CANCELLED, %d CloseWrite, %d RAW_RX_END, %d Abort (%d draining, %d ErrClosed, %d resets read), %d RelayTo (%d from a source whose peer ended, %d ended with the input, %d by the target's end; %d bad inputs, %d target calls refused)",
 		what, m.nsteps, len(m.all), in, count(core.ReasonRawRX), out, count(core.ReasonRawWriteable), m.partial, m.drains,
-		count(core.ReasonTimer), count(core.ReasonEventWaitCancelled), m.wrCloses, count(core.ReasonRawRxEnd), m.aborts, m.abortsDr, m.abortsCl, m.resets, m.relays, m.relayDone, m.relayGone, m.relayBad, m.relayRefused)
+		count(core.ReasonTimer), count(core.ReasonEventWaitCancelled), m.wrCloses, count(core.ReasonRawRxEnd), m.aborts, m.abortsDr, m.abortsCl, m.resets, m.relays, m.relaysEnded, m.relayDone, m.relayGone, m.relayBad, m.relayRefused)
 }

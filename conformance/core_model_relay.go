@@ -203,7 +203,11 @@ func (m *model) relayTo(mc, to *modelConn) {
 	// The core learns of a peer's end, or a timeout's, before the model
 	// does: ErrClosed may come first then.
 	now := time.Now()
-	maybeClosed := a.peerEnded || b.peerClosed || a.timeoutPending && !now.Before(a.timeoutAt) || b.timeoutPending && !now.Before(b.timeoutAt)
+	// Except a source whose peer only half-closed, with AllowHalfOpen:
+	// it stays open until RAW_RX_END, and until then it relays (what
+	// it kept first), whether or not the core read the end yet.
+	endedOpen := m.cfg.halfOpen && a.peerEnded && !a.peerClosed && !a.rxEnded && mc.kind != kindPipe
+	maybeClosed := a.peerEnded && !endedOpen || b.peerClosed || a.timeoutPending && !now.Before(a.timeoutAt) || b.timeoutPending && !now.Before(b.timeoutAt)
 	var want error
 	switch {
 	case a.closing || b.closing || a.rxEnded:
@@ -234,6 +238,9 @@ func (m *model) relayTo(mc, to *modelConn) {
 		return
 	}
 	m.relays++
+	if a.peerEnded {
+		m.relaysEnded++
+	}
 	a.relayTo, b.relayFrom = to, mc
 	// RAW_WRITEABLE asked for is dropped, and what the model had to write
 	// in it never is.
