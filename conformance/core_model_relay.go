@@ -376,11 +376,17 @@ func (m *model) relayTarget(mc *modelConn, what string, err error) bool {
 		m.relayRefused++
 		return true
 	}
+	if a := &mc.app; errors.Is(err, core.ErrClosed) && (a.peerClosed || a.errored) {
+		// Closed for its peer's reset, or closing, before the model
+		// learns; whether the relay ended with its source's input
+		// first is not known, and the target's RAW_CLOSE settles it
+		// (relaysEnd: relayMaybeDone). Not taken for that end: the
+		// relay may have dropped what it held, and the source, paused,
+		// would resume at an offset the model had moved past.
+		return true
+	}
 	if m.relayDoneUnseen(src) {
 		return false
-	}
-	if a := &mc.app; errors.Is(err, core.ErrClosed) && (a.peerClosed || a.errored) {
-		return true // closed for its peer's reset, or closing, before the model learns
 	}
 	m.problem(mc, "%s of a relay's target returned %v, want ErrRelaying", what, err)
 	return true
