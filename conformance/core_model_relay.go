@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/plugloop/plugloop/core"
+	"github.com/plugloop/plugloop/evlib"
 )
 
 // The Model test's relays (Conn.RelayTo): the application relays one
@@ -26,8 +27,14 @@ import (
 // in the target's stream (the model writes to it no more) and the
 // counts of bytes are not checked for it, only their order and content.
 // The source whose target went is paused by the core (checked); the model
-// then closes or aborts it, as a proxy does, since where its input goes
-// on after the dropped bytes is not known either.
+// then closes or aborts it, as a proxy does, or resumes it and takes its
+// input in RAW_RX (see resumeSource): that input goes on after the bytes
+// the relay dropped, from an offset the model learns from the bytes
+// themselves (or, for a TCP source the core reads itself, from the
+// socket), and from there on every byte is checked, in order, as before
+// the relay. What the target's peer got of the relayed run and what RAW_RX
+// delivers after it must not overlap: the run is capped where RAW_RX
+// resumed.
 
 // outSeg is a run of what a connection's peer receives: from byte at of
 // the peer's received stream, n bytes (< 0: open, a relay lasting or one
@@ -37,6 +44,13 @@ type outSeg struct {
 	dir     direction
 	off, at int64
 	n       int64
+	// An open run: the source's offset past the last byte the peer got
+	// (seen), and, once its source's RAW_RX resumed after the relay
+	// ended, the offset it resumed at (limit, if capped), which no byte
+	// of the run reaches.
+	seen   int64
+	limit  int64
+	capped bool
 }
 
 type outStream struct {
@@ -141,9 +155,39 @@ func (o *outStream) diff(pos int64, p []byte) string {
 			}
 			return fmt.Sprintf("in the run written from byte %d of the peer's stream: %s", s.at, d)
 		}
+		if s.n < 0 {
+			end := s.off + pos - s.at + k
+			if s.capped && end > s.limit {
+				return fmt.Sprintf("in the run relayed from conn %d's input: its bytes %d to %d, which RAW_RX delivered from byte %d on after the relay ended (a byte relayed and delivered twice)",
+					s.id, max(s.limit, s.off+pos-s.at), end, s.limit)
+			}
+			o.segs[i].seen = max(o.segs[i].seen, end)
+		}
 		p, pos = p[k:], pos+k
 	}
 	return ""
+}
+
+// relayed returns the last run's source offset past the last byte the
+// peer got of it, if it is an open run of src's input.
+func (o *outStream) relayed(src int) (seen int64, ok bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if k := len(o.segs); k > 0 && o.segs[k-1].n < 0 && o.segs[k-1].id == src {
+		last := o.segs[k-1]
+		return max(last.seen, last.off), true
+	}
+	return 0, false
+}
+
+// capRelay caps the last run, an open one of src's input, at the source's
+// offset limit (see outSeg).
+func (o *outStream) capRelay(src int, limit int64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if k := len(o.segs); k > 0 && o.segs[k-1].n < 0 && o.segs[k-1].id == src {
+		o.segs[k-1].limit, o.segs[k-1].capped = limit, true
+	}
 }
 
 // relaySlot chooses a relay's target by b: another slot than the
@@ -182,8 +226,8 @@ func canTarget(mc *modelConn) bool { return mc.kind != kindPipe }
 // it returns where the model can tell it.
 func (m *model) relayTo(mc, to *modelConn) {
 	a, b := &mc.app, &to.app
-	if !a.adopted || a.closed {
-		return
+	if !a.adopted || a.closed || a.gap {
+		return // (a source whose offset is unknown starts no run)
 	}
 	m.relayClosing(mc)
 	m.relayClosing(to)
@@ -341,11 +385,124 @@ func (m *model) relaysEnd(mc *modelConn, err error) {
 	// source closes for its end (or RAW_RX_END comes), which Close and
 	// Abort may meet.
 	s.relayMaybeDone = s.peerEnded
-	if src.id%2 == 0 {
+	switch {
+	case !s.peerEnded && m.relayGone%3 != 0:
+		m.resumeSource(src, mc)
+	case src.id%2 == 0:
 		m.close(src)
-	} else {
+	default:
 		m.abort(src)
 	}
+}
+
+// resumeSource resumes src, the source of a relay that ended with its
+// target dst: its input comes in RAW_RX again, after what the relay
+// dropped. Where it resumes is known at once for a TCP socket the core
+// reads itself (what it read of the socket is the relay's end: paused, it
+// keeps nothing, and the peer did not end its stream, so no hang-up made
+// it read ahead); otherwise the first RAW_RX tells (see gapRX). Only a
+// source whose peer did not end its stream: one that did may have ended
+// its relay before the target did, and closes for that end.
+func (m *model) resumeSource(src, dst *modelConn) {
+	a := &src.app
+	a.gap, a.gapMin, a.gapOut, a.gapBuf, a.gapAt = true, a.received, &dst.out, nil, -1
+	if tcp := src.kind == kindTCPAccepted || src.kind == kindTCPAdopted; tcp && m.s.desc.Caps&evlib.CapBufferedRx == 0 {
+		if n, ok := tcpTaken(a.c.FD()); ok {
+			a.gapAt = src.readbuf + n
+		}
+	}
+	m.resumed++
+	m.resume(src)
+}
+
+// gapRX is RAW_RX of a source resumed after its relay's target ended,
+// while the offset its input resumes at is not known: it finds it from
+// the bytes (once there are enough to tell), or takes the one the socket
+// said, and checks them there. It reports whether it gave the source up
+// (aborted it).
+func (m *model) gapRX(mc *modelConn, data []byte) bool {
+	a := &mc.app
+	a.gapBuf = append(a.gapBuf, data...)
+	if a.gapAt >= 0 {
+		m.gapResolve(mc, a.gapAt)
+		return false
+	}
+	if len(a.gapBuf) < 16 {
+		return false // too few bytes to tell where they are
+	}
+	// The offset is one of the stream's period: the one that lies
+	// between the relay's start and what the peer may have sent.
+	at := streamLocate(mc.id, toApp, a.gapMin, a.gapBuf)
+	if at < 0 {
+		m.problem(mc, "RAW_RX after its relay's target ended: %d bytes found nowhere in the peer's stream", len(a.gapBuf))
+		a.gap, a.gapBuf = false, nil
+		return false
+	}
+	at = a.gapMin + ((at-a.gapMin)%streamPeriod+streamPeriod)%streamPeriod
+	sent := mc.peerMax.Load()
+	switch {
+	case at+int64(len(a.gapBuf)) > sent:
+		m.problem(mc, "RAW_RX after its relay's target ended: bytes of the peer's stream from byte %d (+%d), past the relay's start %d and what the peer sent (%d)",
+			at, len(a.gapBuf), a.gapMin, sent)
+		a.gap, a.gapBuf = false, nil
+	case at+streamPeriod+int64(len(a.gapBuf)) <= sent:
+		// More than one period between: the offset cannot be told.
+		// The bytes are the stream's, in order; the model gives the
+		// source up, as where its input goes on is not known.
+		m.gapUnknown++
+		if d := streamDiff(mc.id, toApp, at, a.gapBuf); d != "" {
+			m.problem(mc, "RAW_RX after its relay's target ended: %s", d)
+		}
+		a.gap, a.gapBuf = false, nil
+		m.abort(mc)
+		return true
+	default:
+		m.gapResolve(mc, at)
+	}
+	return false
+}
+
+// gapEnd resolves the gap of a source whose stream ended with every byte
+// delivered (RAW_RX_END, or its close for the peer's end): what it got
+// since the gap is the end of the stream.
+func (m *model) gapEnd(mc *modelConn) {
+	a := &mc.app
+	at := a.peerSent - int64(len(a.gapBuf))
+	if at < a.gapMin {
+		m.problem(mc, "its stream ended after RAW_RX delivered %d bytes since its relay's target ended: more than the %d the peer sent after the relay's start",
+			len(a.gapBuf), a.peerSent-a.gapMin)
+		a.gap, a.gapBuf = false, nil
+		return
+	}
+	m.gapResolve(mc, at)
+}
+
+// gapResolve checks the bytes delivered since the gap from the source's
+// offset at, where its input resumed: past every byte the relay's target's
+// peer got (a byte relayed must not come again), whose run is capped
+// there (nor may it be relayed later on).
+func (m *model) gapResolve(mc *modelConn, at int64) {
+	a := &mc.app
+	seen, ok := a.gapOut.relayed(mc.id)
+	switch {
+	case at < a.gapMin:
+		m.problem(mc, "RAW_RX after its relay's target ended from byte %d of the peer's stream, before the relay's start %d", at, a.gapMin)
+	case ok && at < seen:
+		m.problem(mc, "RAW_RX after its relay's target ended from byte %d of the peer's stream, which the target's peer got up to %d: relayed and delivered twice", at, seen)
+	}
+	if ok {
+		a.gapOut.capRelay(mc.id, at)
+		m.gapDropped = max(m.gapDropped, at-seen)
+	}
+	if at == a.gapAt {
+		m.gapsExact++
+	}
+	if d := streamDiff(mc.id, toApp, at, a.gapBuf); d != "" {
+		m.problem(mc, "RAW_RX after its relay's target ended, from byte %d: %s", at, d)
+	}
+	a.received = at + int64(len(a.gapBuf))
+	a.gap, a.gapBuf, a.gapOut = false, nil, nil
+	m.gapsResolved++
 }
 
 // relayClosing ends mc's relays whose other end the core is closing,
