@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -414,5 +415,51 @@ func BenchmarkEchoStream(b *testing.B) {
 			b.StopTimer()
 			b.ReportMetric(float64(l.ctx.Stats().Syscalls()-s0.Syscalls())/float64(b.N), "syscalls/op")
 		})
+	}
+}
+
+// TestRelayScenario runs the relay scenario briefly: every proxy carries
+// the echo, and those on the core's relay carry it through RelayTo both
+// ways (about two bytes relayed per byte echoed), the others none.
+func TestRelayScenario(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts proxy children")
+	}
+	cfg := &config{warmup: 50 * time.Millisecond, duration: 200 * time.Millisecond, fdLimit: raiseFDLimit(), repeats: 1}
+	s := &suite{cfg: cfg, streamConns: 2, relayProxies: []string{"relayto/epoll", "relayto/poll", "callback/epoll", "stdlib"},
+		scenarios: []scenario{scenarios[scenarioIndex("relay")]}}
+	rep := s.run(context.Background())
+	if len(rep.Unreached) > 0 || len(rep.Scenarios) != 1 {
+		t.Fatalf("unreached %v, %d scenarios", rep.Unreached, len(rep.Scenarios))
+	}
+	data := rep.Scenarios[0].Data.([]streamResult)
+	if len(data) != len(s.relayProxies) {
+		t.Fatalf("%d results for %d proxies", len(data), len(s.relayProxies))
+	}
+	for _, r := range data {
+		if r.Error != "" {
+			t.Fatalf("%s: %s", r.Server, r.Error)
+		}
+		relayTo := strings.HasPrefix(r.Server, "relayto/")
+		if r.MBPerSec <= 0 || relayTo != (r.RelayedPerMB > 1.5e6) || !relayTo && r.RelayedPerMB != 0 {
+			t.Errorf("%s: %.1f MB/s, %.0f bytes relayed per MB echoed", r.Server, r.MBPerSec, r.RelayedPerMB)
+		}
+		if relayTo && r.SplicesPerMB == 0 {
+			t.Errorf("%s: no splices", r.Server)
+		}
+	}
+	if !slices.ContainsFunc(rep.Scenarios[0].Tables[0].Rows, func(row []string) bool { return row[0] == "stdlib" }) {
+		t.Errorf("no stdlib row in %v", rep.Scenarios[0].Tables[0].Rows)
+	}
+}
+
+// TestRelayOptIn: the default selection leaves the relay scenario out.
+func TestRelayOptIn(t *testing.T) {
+	sc, err := selectScenarios("")
+	if err != nil || slices.ContainsFunc(sc, func(s scenario) bool { return s.Name == "relay" }) {
+		t.Fatalf("default scenarios %v (%v) include relay", sc, err)
+	}
+	if sc, err := selectScenarios("relay"); err != nil || len(sc) != 1 {
+		t.Fatalf("-scenarios relay: %v, %v", sc, err)
 	}
 }

@@ -45,6 +45,12 @@ type child struct {
 // spawn re-executes the bench binary as the named server, optionally under
 // strace writing its summary to straceOut, and waits for its hello.
 func spawn(ctx context.Context, cfg *config, name, straceOut string) (*child, error) {
+	return spawnEnv(ctx, cfg, name, straceOut, nil)
+}
+
+// spawnEnv is spawn with more environment for the child (the relay
+// scenario's proxies learn their upstream so).
+func spawnEnv(ctx context.Context, cfg *config, name, straceOut string, env []string) (*child, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -55,7 +61,7 @@ func spawn(ctx context.Context, cfg *config, name, straceOut string) (*child, er
 	} else {
 		cmd = exec.Command(exe)
 	}
-	cmd.Env = childEnviron(name, cfg.serverCPUs)
+	cmd.Env = append(childEnviron(name, cfg.serverCPUs), env...)
 	if cfg.profileDir != "" && straceOut == "" {
 		cmd.Env = append(cmd.Env, childProfileEnv+"="+filepath.Join(cfg.profileDir, strings.ReplaceAll(name, "/", "-")+".pprof"))
 	}
@@ -110,7 +116,7 @@ func childEnviron(name string, cpus []int) []string {
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
 		switch k {
-		case "GOMAXPROCS", childEnv, childCPUEnv, childProfileEnv, evlib.EnvVar:
+		case "GOMAXPROCS", childEnv, childCPUEnv, childProfileEnv, childUpstreamEnv, evlib.EnvVar:
 			continue
 		}
 		env = append(env, kv)

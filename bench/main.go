@@ -4,7 +4,7 @@
 // backend (poll, epoll, foreign under a unix.Poll host loop, the gnet and
 // netpoll adapters, kqueue where it exists) against gnet and
 // cloudwego/netpoll natively, Go's net and a bare epoll loop, in seven
-// scenarios:
+// scenarios, and an eighth on request:
 //
 //	pingpong     closed-loop echo, 64 B and 1 KiB, 50 / 1,000 / 10,000 connections
 //	abstraction  the same echo on each backend and on the bare epoll loop
@@ -13,6 +13,9 @@
 //	slow         slow readers: does the server's RSS plateau?
 //	timers       schedule and cancel a million timers; fire order
 //	wakeup       Post / CancelService latency and rate per backend
+//	relay        (only with -scenarios relay) a TCP proxy in front of an echo
+//	             upstream: core.Conn.RelayTo, a callback proxy, io.Copy;
+//	             proxy CPU and syscalls per MB next to MB/s
 //
 //	go run ./bench                          # the default suite, about 80 s
 //	go run ./bench -full                    # everything, longer (several minutes)
@@ -108,6 +111,7 @@ func main() {
 	flag.IntVar(&s.streamConns, "stream-conns", 50, "streaming echo: connections, each with a writer and a reader")
 	flag.IntVar(&s.idleConns, "idle-conns", 10000, "idle: connections opened against each server")
 	flag.IntVar(&s.slowConns, "slow-conns", 50, "slow consumer: connections")
+	relayProxies := flag.String("relay-proxies", strings.Join(defaultRelayProxies, ","), "relay: comma-separated proxies, each relayto/BACKEND (core.Conn.RelayTo), callback/BACKEND (RAW_RX and Write) or stdlib (io.Copy)")
 	flag.IntVar(&s.timerCount, "timers", 1000000, "timers: how many to schedule and cancel")
 	flag.StringVar(&s.htmlPath, "html", "", "also write a self-contained HTML report with charts to `file`")
 	flag.StringVar(&cfg.target, "target", "", "drive the external echo server at `host:port` instead of the bench's own (ping-pong and streaming only; no server CPU figures)")
@@ -127,11 +131,16 @@ func main() {
 	}
 	flag.Parse()
 	var err error
+	for _, p := range strings.Split(*relayProxies, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			s.relayProxies = append(s.relayProxies, p)
+		}
+	}
 	if s.sizes, err = intList(*sizes); err == nil {
 		s.conns, err = intList(*conns)
 	}
 	if err != nil || flag.NArg() > 0 || (cfg.load != loadUring && cfg.load != loadNet) || cfg.repeats < 0 || cfg.duration < 0 || cfg.warmup < 0 ||
-		s.streamConns < 1 || s.idleConns < 1 || s.slowConns < 1 || s.timerCount < 1 {
+		s.streamConns < 1 || s.idleConns < 1 || s.slowConns < 1 || s.timerCount < 1 || len(s.relayProxies) == 0 {
 		flag.Usage()
 		os.Exit(2)
 	}
@@ -147,7 +156,11 @@ func main() {
 		}
 		fmt.Println("\nscenarios:")
 		for _, sc := range scenarios {
-			fmt.Printf("  %-12s %s\n", sc.Name, sc.Title)
+			optIn := ""
+			if sc.OptIn {
+				optIn = " (only with -scenarios)"
+			}
+			fmt.Printf("  %-12s %s%s\n", sc.Name, sc.Title, optIn)
 		}
 		return
 	}

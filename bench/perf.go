@@ -28,7 +28,7 @@ import (
 var perfSyscalls = []string{
 	"read", "write", "epoll_wait", "epoll_pwait", "epoll_pwait2", "epoll_ctl", "poll", "ppoll",
 	"futex", "nanosleep", "clock_nanosleep", "sched_yield", "getpid", "tgkill", "rt_sigreturn",
-	"madvise", "mmap", "munmap", "accept4", "close", "setsockopt", "eventfd2",
+	"madvise", "mmap", "munmap", "accept4", "close", "setsockopt", "eventfd2", "splice", "pipe2", "fcntl",
 }
 
 // syscallCount is how many system calls a server made: the total and,

@@ -148,6 +148,8 @@ type streamResult struct {
 	CPUPct        float64 `json:"server_cpu_pct"`
 	ClientCPUPct  float64 `json:"client_cpu_pct"`
 	SyscallsPerMB float64 `json:"syscalls_per_mb,omitempty"` // plugloop Stats
+	SplicesPerMB  float64 `json:"splices_per_mb,omitempty"`  // of them, relays' splice(2) (the relay scenario)
+	RelayedPerMB  float64 `json:"relayed_per_mb,omitempty"`  // bytes relays moved per byte echoed (the relay scenario)
 	// PerfSyscallsPerMB counts every system call of any server (-perf).
 	PerfSyscallsPerMB float64 `json:"perf_syscalls_per_mb,omitempty"`
 	PerfError         string  `json:"perf_error,omitempty"`
@@ -242,6 +244,8 @@ func medianStream(name string, rs []streamResult) (*streamResult, string) {
 		CPUPct:            med(func(r streamResult) float64 { return r.CPUPct }),
 		ClientCPUPct:      med(func(r streamResult) float64 { return r.ClientCPUPct }),
 		SyscallsPerMB:     med(func(r streamResult) float64 { return r.SyscallsPerMB }),
+		SplicesPerMB:      med(func(r streamResult) float64 { return r.SplicesPerMB }),
+		RelayedPerMB:      med(func(r streamResult) float64 { return r.RelayedPerMB }),
 		PerfSyscallsPerMB: med(func(r streamResult) float64 { return r.PerfSyscallsPerMB }),
 		PeakRSSMB:         med(func(r streamResult) float64 { return r.PeakRSSMB }),
 		OtherCPU:          med(func(r streamResult) float64 { return r.OtherCPU }),
@@ -257,14 +261,20 @@ func (s *suite) startChild(ctx context.Context, name string) (*child, error) {
 }
 
 func (s *suite) streamOne(ctx context.Context, name string) (res streamResult) {
-	res.Server = name
 	ch, err := s.startChild(ctx, name)
 	if err != nil {
-		res.Error = "start: " + err.Error()
-		return res
+		return streamResult{Server: name, Error: "start: " + err.Error()}
 	}
+	return s.measureStream(ctx, ch, name, s.streamConns, streamChunk)
+}
+
+// measureStream runs conns streams of chunk-sized writes through the
+// server child ch (an echo server, or a proxy in front of one) and
+// measures the server over the window; it stops ch.
+func (s *suite) measureStream(ctx context.Context, ch *child, name string, conns, chunk int) (res streamResult) {
+	res.Server = name
 	defer ch.kill()
-	st, err := startStream(ctx, ch.hello.Addr, s.streamConns, streamChunk, 0)
+	st, err := startStream(ctx, ch.hello.Addr, conns, chunk, 0)
 	if err != nil {
 		res.Error = ch.failure(err).Error()
 		return res
@@ -331,6 +341,8 @@ func (s *suite) streamOne(ctx context.Context, name string) (res streamResult) {
 	res.ClientCPUPct = client / wall * 100
 	if u.Stats != nil {
 		res.SyscallsPerMB = float64(u.Stats.Syscalls) / mb
+		res.SplicesPerMB = float64(u.Stats.Splices) / mb
+		res.RelayedPerMB = float64(u.Stats.Relayed) / mb
 	}
 	res.PeakRSSMB = float64(u.MaxRSSKB) / 1024
 	res.OtherCPU = -1

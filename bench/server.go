@@ -42,6 +42,9 @@ const (
 	// childProfileEnv, if set, is where the child writes a CPU profile of
 	// the measured window.
 	childProfileEnv = "PLUGLOOP_BENCH_CPUPROFILE"
+	// childUpstreamEnv is the echo server a proxy child (the relay
+	// scenario) forwards to.
+	childUpstreamEnv = "PLUGLOOP_BENCH_UPSTREAM"
 
 	plugloopPrefix = "plugloop/"
 	gnetName       = "gnet"
@@ -88,6 +91,8 @@ type Stats struct {
 	Dispatches      uint64 `json:"dispatches"`
 	ForcedServices  uint64 `json:"forced_services"`
 	TimersFired     uint64 `json:"timers_fired"`
+	Splices         uint64 `json:"splices,omitempty"` // relays' splice(2) calls (in Syscalls too)
+	Relayed         uint64 `json:"relayed,omitempty"` // bytes relays moved
 	Syscalls        uint64 `json:"syscalls"`
 }
 
@@ -98,11 +103,13 @@ func statsDelta(a, b core.Stats) *Stats {
 		Accepts: b.Accepts - a.Accepts, Closes: b.Closes - a.Closes,
 		Dispatches: b.Dispatches - a.Dispatches, ForcedServices: b.ForcedServices - a.ForcedServices,
 		TimersFired: b.TimersFired - a.TimersFired,
+		Splices:     b.Splices - a.Splices, Relayed: b.Relayed - a.Relayed,
 	}
 	return &Stats{
 		Waits: d.Waits, InterestChanges: d.InterestChanges, Wakes: d.Wakes, Reads: d.Reads,
 		Writes: d.Writes, Accepts: d.Accepts, Closes: d.Closes, Dispatches: d.Dispatches,
-		ForcedServices: d.ForcedServices, TimersFired: d.TimersFired, Syscalls: d.Syscalls(),
+		ForcedServices: d.ForcedServices, TimersFired: d.TimersFired, Splices: d.Splices, Relayed: d.Relayed,
+		Syscalls: d.Syscalls(),
 	}
 }
 
@@ -246,6 +253,8 @@ func startServer(name string) (addr string, stats func() core.Stats, err error) 
 		return addr, nil, err
 	case name == plugloopPrefix+foreign.Name:
 		return startForeign()
+	case strings.HasPrefix(name, proxyPrefix):
+		return startProxy(strings.TrimPrefix(name, proxyPrefix), os.Getenv(childUpstreamEnv))
 	case strings.HasPrefix(name, plugloopPrefix):
 		return startPlugloop(strings.TrimPrefix(name, plugloopPrefix))
 	}

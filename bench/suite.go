@@ -26,10 +26,12 @@ type suite struct {
 	streamConns int
 	idleConns   int
 	slowConns   int
-	slowDur     time.Duration // 0: the default
-	timerCount  int
-	htmlPath    string
-	start       time.Time
+	// relayProxies: the relay scenario's proxies (-relay-proxies).
+	relayProxies []string
+	slowDur      time.Duration // 0: the default
+	timerCount   int
+	htmlPath     string
+	start        time.Time
 	// pingpong keeps each ping-pong configuration's report, for the
 	// abstraction scenario to reuse.
 	pingpong map[[2]int]*report
@@ -41,16 +43,20 @@ type scenario struct {
 	Name  string
 	Title string
 	run   func(ctx context.Context, s *suite) *scenarioResult
+	// OptIn: it runs only when -scenarios names it, not by default (nor
+	// with -full), to keep those runs' length.
+	OptIn bool
 }
 
 var scenarios = []scenario{
-	{"pingpong", "closed-loop echo ping-pong: server CPU and syscalls per round trip", runPingPongScenario},
-	{"abstraction", "the same echo on every plugloop backend and a bare epoll loop: what the abstraction costs", runAbstraction},
-	{"stream", "streaming (pipelined) echo: MB/s and server CPU per MB", runStream},
-	{"idle", "idle connections: server RSS per connection", runIdle},
-	{"slow", "slow consumer: fast writers, slow readers; does server memory plateau?", runSlow},
-	{"timers", "timers: schedule and cancel a million, fire order", runTimers},
-	{"wakeup", "cross-goroutine wakeups: Post and CancelService latency and rate", runWakeup},
+	{"pingpong", "closed-loop echo ping-pong: server CPU and syscalls per round trip", runPingPongScenario, false},
+	{"abstraction", "the same echo on every plugloop backend and a bare epoll loop: what the abstraction costs", runAbstraction, false},
+	{"stream", "streaming (pipelined) echo: MB/s and server CPU per MB", runStream, false},
+	{"idle", "idle connections: server RSS per connection", runIdle, false},
+	{"slow", "slow consumer: fast writers, slow readers; does server memory plateau?", runSlow, false},
+	{"timers", "timers: schedule and cancel a million, fire order", runTimers, false},
+	{"wakeup", "cross-goroutine wakeups: Post and CancelService latency and rate", runWakeup, false},
+	{"relay", "TCP proxy in front of an echo upstream: core.Conn.RelayTo, a callback proxy and io.Copy, proxy CPU and syscalls per MB", runRelay, true},
 }
 
 func scenarioNames() []string {
@@ -63,7 +69,13 @@ func scenarioNames() []string {
 
 func selectScenarios(list string) ([]scenario, error) {
 	if strings.TrimSpace(list) == "" {
-		return scenarios, nil
+		var out []scenario
+		for _, s := range scenarios {
+			if !s.OptIn {
+				out = append(out, s)
+			}
+		}
+		return out, nil
 	}
 	var out []scenario
 	for _, w := range strings.Split(list, ",") {
