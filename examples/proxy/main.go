@@ -26,8 +26,8 @@
 // last byte of its source with RAW_RX_END, and a side's error resets its
 // partner. -no-relay keeps every byte on the path below, which is also
 // the path of input that arrives before the upstream is connected, and of
-// a direction the core cannot relay (a client whose input ended while its
-// upstream connected):
+// a direction the core cannot relay (a client whose end of stream was
+// delivered, RAW_RX_END, before its upstream connected):
 //
 //   - Each direction has a pending buffer on its sending side. RAW_RX on one
 //     connection appends to the other's buffer and asks for the other's
@@ -400,10 +400,11 @@ func (p *proxy) writeable(s *side) error {
 // proxy holds for the other side is left: from then on the core moves it
 // (with splice(2) where it can), bounded by one pipe's worth per direction,
 // and s gets no RAW_RX; its RAW_RX_END still comes after the last byte.
-// Where the core cannot, the direction stays on RAW_RX and Write: s's
-// input ended already (core.ErrClosed: a client paused at high water
-// while its upstream connected, whose end of stream came meanwhile; what
-// it kept comes in RAW_RX after the resume, then RAW_RX_END).
+// A client paused at high water while its upstream connected, whose
+// peer ended its stream meanwhile, relays too: what the core kept goes
+// first, then the relay ends with RAW_RX_END. Where the core cannot
+// (core.ErrClosed: s was reset, or its RAW_RX_END came already), the
+// direction stays on RAW_RX and Write.
 func (p *proxy) relayTo(s *side) error {
 	o := s.other
 	if p.cfg.noRelay || s.relaying || s.closed || o.closed || s.connecting || o.connecting ||
