@@ -130,14 +130,8 @@ func (c *Conn) CallbackOnWritable() error {
 		return err
 	}
 	defer t.release(took)
-	if c.state != stateOpen || c.closeReq || c.draining || c.hup && !errors.Is(c.hupErr, io.EOF) {
-		return ErrClosed
-	}
-	if c.wrClosed {
-		return ErrWriteClosed
-	}
-	if c.relayIn != nil {
-		return ErrRelaying
+	if err := c.outputAllowed(); err != nil {
+		return err
 	}
 	if c.wantWritable {
 		return nil
@@ -158,15 +152,30 @@ func (c *Conn) CallbackOnWritable() error {
 
 // writeAllowed enforces lws' rule: one write, inside this connection's
 // RAW_WRITEABLE, while it is open.
-func (c *Conn) writeAllowed() error {
-	if c.state != stateOpen || c.closeReq {
+// gone reports whether c takes no more output from the application: it is
+// closed or closing, or its peer reset it (an orderly end still lets it
+// answer).
+func (c *Conn) gone() bool {
+	return c.state != stateOpen || c.closeReq || c.draining || c.hup && !errors.Is(c.hupErr, io.EOF)
+}
+
+// outputAllowed says why the application may not send on c, if it may not:
+// Write, CallbackOnWritable and RelayTo's target answer alike.
+func (c *Conn) outputAllowed() error {
+	switch {
+	case c.gone():
 		return ErrClosed
-	}
-	if c.wrClosed {
+	case c.wrClosed:
 		return ErrWriteClosed
-	}
-	if c.relayIn != nil {
+	case c.relayIn != nil:
 		return ErrRelaying
+	}
+	return nil
+}
+
+func (c *Conn) writeAllowed() error {
+	if err := c.outputAllowed(); err != nil {
+		return err
 	}
 	if c.t.writing != c || c.wrote {
 		return ErrNotWritable
@@ -178,8 +187,10 @@ func (c *Conn) writeAllowed() error {
 // connection and returns ErrNotWritable anywhere else. What the kernel does
 // not take is kept by the core and sent before the next RAW_WRITEABLE, so a
 // successful Write accepts all of p and returns len(p). A write error closes
-// the connection when the callback returns. After CloseWrite it returns
-// ErrWriteClosed.
+// the connection when the callback returns. It returns ErrClosed once the
+// connection is closed or closing or its peer reset it, ErrWriteClosed
+// after CloseWrite, and ErrRelaying on a relay's target, as
+// CallbackOnWritable does.
 func (c *Conn) Write(p []byte) (int, error) {
 	t := c.t
 	took, err := t.own()
@@ -319,7 +330,7 @@ func (c *Conn) CloseWrite() error {
 	switch {
 	case c.state == stateConnecting || c.state == stateHandover:
 		return fmt.Errorf("%w: CloseWrite of a connection not established yet", ErrInvalid)
-	case c.state != stateOpen || c.closeReq || c.draining || c.hup && !errors.Is(c.hupErr, io.EOF):
+	case c.gone():
 		return ErrClosed
 	case c.kind != evlib.KindStream:
 		return fmt.Errorf("%w: CloseWrite of a %s, which has no write side of its own to shut down", ErrInvalid, kindName(c.kind))

@@ -152,7 +152,7 @@ func (c *Conn) RelayTo(dst *Conn) error {
 		// while paused) and relays it; after a reset, or once RAW_RX_END
 		// told its end, there is no stream left to pass on.
 		return ErrClosed
-	case dst.state != stateOpen || dst.closeReq || dst.draining || dst.hup && !errors.Is(dst.hupErr, io.EOF):
+	case dst.gone():
 		return ErrClosed
 	case dst.wrClosed:
 		return ErrWriteClosed

@@ -198,3 +198,29 @@ func TestErrorAfterPeerEndIsNotEOF(t *testing.T) {
 		})
 	}
 }
+
+// A relay's target whose peer reset it while its rx was paused takes no
+// more output, and every call that would send on it says so alike:
+// ErrClosed from Write and CallbackOnWritable, not ErrRelaying from one of
+// them because the relay has not ended yet.
+func TestSimRelayTargetResetSaysClosed(t *testing.T) {
+	s := newSim(t, simloop.NewClock(), core.Info{})
+	src, srcPeer := s.adoptPair()
+	defer unix.Close(srcPeer)
+	dst, dstPeer := s.adoptPair()
+	s.passes(1)
+	require.NoError(t, dst.RxFlowControl(false))
+	require.NoError(t, src.RelayTo(dst))
+	_, err := unix.Write(srcPeer, []byte("relayed, never read"))
+	require.NoError(t, err)
+	s.passes(3) // relayed into dstPeer, which leaves it unread
+	_, err = unix.Write(dstPeer, []byte("input kept while paused"))
+	require.NoError(t, err)
+	// A unix stream socket closed with unread input resets its peer.
+	require.NoError(t, unix.Close(dstPeer))
+	s.passes(3)
+	require.False(t, dst.Closed(), "a paused connection with input kept")
+	require.ErrorIs(t, dst.CallbackOnWritable(), core.ErrClosed)
+	_, err = dst.Write([]byte("x"))
+	require.ErrorIs(t, err, core.ErrClosed)
+}
