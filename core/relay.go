@@ -102,9 +102,11 @@ const (
 //     stream was cut off, and its tail would pass it for a whole one to
 //     dst's peer. c's RAW_CLOSE decides what becomes of dst.
 //   - dst's write error, Close or Abort ends the relay and drops what it
-//     held, and pauses c (RxPaused reports true): nothing of c's input is
-//     lost unseen, and the application, typically in dst's RAW_CLOSE,
-//     decides (Abort c, or resume it and take its input in RAW_RX). c's
+//     held (at most one pipe's worth, taken from c but never sent: it was
+//     bound for a dst that is gone), and pauses c (RxPaused reports true):
+//     nothing c's peer sends from then on is taken unseen, and the
+//     application, typically in dst's RAW_CLOSE, decides (Abort c, or
+//     resume it and take the rest of its input in RAW_RX). c's
 //     Close or Abort ends the relay too, dropping what it held, and leaves
 //     dst as it is.
 //   - Without AllowHalfOpen, dst whose peer ended its stream is answering
