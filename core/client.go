@@ -313,9 +313,19 @@ func (t *Thread) dialNext(conn *Conn) {
 			return
 		}
 		a := &dialAttempt{fd: fd, interest: evlib.Readable, sa: sa}
+		if conn.state != stateConnecting {
+			// Closed by the application in the ADD_POLL_FD of this very
+			// socket, which ended every attempt it knew of.
+			t.dropAttempt(conn, a)
+			return
+		}
 		d.racing = append(d.racing, a)
 		conn.fd = d.racing[0].fd
-		if err := t.modify(conn, fd, evlib.Readable|evlib.Writable, a.interest); err != nil {
+		err = t.modify(conn, fd, evlib.Readable|evlib.Writable, a.interest)
+		if conn.state != stateConnecting {
+			return // closed in CHANGE_MODE_POLL_FD: a was dropped with the rest
+		}
+		if err != nil {
 			d.errs = append(d.errs, &attemptError{sa, &OpError{Op: "modify interest", Err: err}})
 			t.dropAttempt(conn, a)
 			continue
@@ -415,21 +425,34 @@ func (t *Thread) onConnect(conn *Conn, fd int) {
 			t.dropAttempt(conn, b)
 		}
 	}
-	conn.fd, conn.interest = a.fd, a.interest
+	conn.fd = a.fd
+	// Back to reading only while still connecting: an application that
+	// gives up in this CHANGE_MODE_POLL_FD gets CLIENT_CONNECTION_ERROR,
+	// with a dropped as the last attempt, and no RAW_ADOPT.
+	err = t.modify(conn, a.fd, evlib.Readable, a.interest)
+	if conn.state != stateConnecting {
+		return
+	}
+	if err != nil {
+		t.dialFailed(conn, &OpError{Op: "modify interest", Err: err})
+		return
+	}
+	a.interest = evlib.Readable
+	conn.interest = a.interest
 	d.racing = nil
 	t.endDial(conn)
-	t.setInterest(conn, evlib.Readable)
 	t.established(conn, &d.opts)
 }
 
 // dropAttempt unregisters and closes the socket of an attempt that failed
 // or lost.
 func (t *Thread) dropAttempt(conn *Conn, a *dialAttempt) {
-	d := conn.dial
-	d.racing = slices.DeleteFunc(d.racing, func(b *dialAttempt) bool { return b == a })
-	conn.fd = -1
-	if len(d.racing) > 0 {
-		conn.fd = d.racing[0].fd
+	if d := conn.dial; d != nil {
+		d.racing = slices.DeleteFunc(d.racing, func(b *dialAttempt) bool { return b == a })
+		conn.fd = -1
+		if len(d.racing) > 0 {
+			conn.fd = d.racing[0].fd
+		}
 	}
 	t.unwatch(a.fd, conn, a.interest)
 	t.conns[a.fd] = nil

@@ -308,3 +308,78 @@ func TestConnectResolverFails(t *testing.T) {
 		require.Empty(t, log.adopted)
 	}
 }
+
+// Close of a connecting connection from inside a poll-fd callback about one
+// of its own sockets (an application that gives up as it is told of the
+// connect: its socket added, watched for writability, or, once connected,
+// back to reading only) ends the connection there: CLIENT_CONNECTION_ERROR
+// once, the socket deleted from the application's set and closed, nothing
+// after.
+func TestConnectClosedInsideItsPollFD(t *testing.T) {
+	at := map[string]func(core.Event) bool{
+		"Add": func(ev core.Event) bool { return ev.Reason == core.ReasonAddPollFD },
+		"Watch": func(ev core.Event) bool {
+			return ev.Reason == core.ReasonChangeModePollFD && ev.Poll.Events&evlib.Writable != 0
+		},
+		"Promote": func(ev core.Event) bool {
+			return ev.Reason == core.ReasonChangeModePollFD && ev.Poll.Events&evlib.Writable == 0
+		},
+	}
+	for _, lib := range backends {
+		for when, now := range at {
+			t.Run(lib+"/"+when, func(t *testing.T) {
+				var c *core.Conn
+				var closeErr error
+				var errs, after []core.Reason
+				added, deleted := map[int]int{}, map[int]int{}
+				ctx, err := core.New(core.Info{EventLib: lib, Protocols: []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
+					if c == nil || ev.Conn != c {
+						return nil
+					}
+					switch ev.Reason {
+					case core.ReasonAddPollFD:
+						added[ev.Poll.FD]++
+					case core.ReasonDelPollFD:
+						deleted[ev.Poll.FD]++
+					case core.ReasonClientConnectionError:
+						errs = append(errs, ev.Reason)
+					case core.ReasonLockPoll, core.ReasonUnlockPoll:
+					default:
+						if len(errs) > 0 {
+							after = append(after, ev.Reason)
+						}
+					}
+					if now(ev) && c.Connecting() {
+						closeErr = c.Close()
+					}
+					return nil
+				}}}})
+				require.NoError(t, err)
+				defer ctx.Destroy()
+				ln, err := net.Listen("tcp4", "127.0.0.1:0")
+				require.NoError(t, err)
+				defer ln.Close()
+				c, err = ctx.Connect("tcp4", ln.Addr().String(), "p")
+				require.NoError(t, err)
+				serviceUntil(t, ctx, c.Closed)
+				for range 3 {
+					require.NoError(t, ctx.Thread(0).Service(0))
+				}
+				require.NoError(t, closeErr)
+				require.Len(t, errs, 1, "CLIENT_CONNECTION_ERROR")
+				require.Empty(t, after, "callbacks after CLIENT_CONNECTION_ERROR")
+				require.NotEmpty(t, added)
+				require.Equal(t, added, deleted, "every socket added for the connection deleted once")
+				for fd := range added {
+					_, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
+					if err == nil {
+						// The number may be reused by now; it must not be
+						// the connection's socket still.
+						sa, _ := unix.Getpeername(fd)
+						require.Nil(t, sa, "fd %d of the closed connection still open and connected", fd)
+					}
+				}
+			})
+		}
+	}
+}
