@@ -363,3 +363,47 @@ func TestCloseTwoInOneCallbackNotNested(t *testing.T) {
 		})
 	}
 }
+
+// Close of a connection from inside its own ADD_POLL_FD, as it is adopted,
+// is queued like any Close from a callback: the connection gets RAW_ADOPT,
+// then RAW_CLOSE with a nil Err, its socket deleted from the application's
+// set and closed once; the adoption does not go on with a socket closed
+// under it.
+func TestAdoptClosedInsideItsAddPollFD(t *testing.T) {
+	for _, lib := range backends {
+		t.Run(lib, func(t *testing.T) {
+			var got []core.Reason
+			var closeErr, closedWith error
+			ctx, err := core.New(core.Info{EventLib: lib, Protocols: []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
+				if ev.Conn == nil {
+					return nil
+				}
+				switch ev.Reason {
+				case core.ReasonLockPoll, core.ReasonUnlockPoll:
+					return nil
+				case core.ReasonAddPollFD:
+					closeErr = ev.Conn.Close()
+				case core.ReasonRawClose:
+					closedWith = ev.Err
+				}
+				got = append(got, ev.Reason)
+				return nil
+			}}}})
+			require.NoError(t, err)
+			defer ctx.Destroy()
+			p, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK, 0)
+			require.NoError(t, err)
+			defer unix.Close(p[1])
+			c, err := ctx.AdoptFD(p[0], "p")
+			require.NoError(t, err)
+			require.NoError(t, closeErr)
+			require.True(t, c.Closed(), "closed when AdoptFD returned")
+			require.NoError(t, ctx.Thread(0).Service(0))
+			require.Equal(t, []core.Reason{core.ReasonAddPollFD, core.ReasonRawAdopt, core.ReasonDelPollFD, core.ReasonRawClose}, got)
+			require.NoError(t, closedWith)
+			n, err := unix.Read(p[1], make([]byte, 1))
+			require.NoError(t, err)
+			require.Zero(t, n, "the peer reads the end of stream: the socket was closed")
+		})
+	}
+}

@@ -316,6 +316,10 @@ func (c *Context) adoptKind(fd int, kind evlib.Kind, p *Protocol, o *adoptOption
 // a listener, live with RAW_ADOPT. reserved: the caller holds room on t
 // for it.
 func (t *Thread) adoptConn(c *Conn, o *adoptOptions, reserved bool) error {
+	// Open from its ADD_POLL_FD on: a Close there is queued like any
+	// other and runs after RAW_ADOPT, where as a handover's it would
+	// close the fd under the insert.
+	c.state = stateOpen
 	if err := t.insert(c, evlib.Readable, reserved); err != nil {
 		return err
 	}

@@ -48,6 +48,10 @@ const (
 	ReasonChangeModePollFD
 	// ReasonLockPoll and ReasonUnlockPoll bracket every poll-fd change,
 	// with Event.Len 1 around adds and deletes and 0 around mode changes.
+	// A Conn.Close made in any of the poll-fd reasons takes effect once
+	// the core's step that made the change is done: a connection closed
+	// in its own ADD_POLL_FD still gets RAW_ADOPT, then RAW_CLOSE; a
+	// client connection still connecting gets CLIENT_CONNECTION_ERROR.
 	ReasonLockPoll
 	ReasonUnlockPoll
 	// ReasonRawAdoptFile, ReasonRawRXFile, ReasonRawWriteableFile and

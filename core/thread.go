@@ -1114,6 +1114,14 @@ func (t *Thread) deliverWriteable(c *Conn) {
 // callback runs a protocol callback. Closes requested from inside it are
 // applied when the outermost callback returns.
 func (t *Thread) callback(ev Event) error {
+	err := t.runCallback(ev)
+	t.endCallback()
+	return err
+}
+
+// runCallback runs a protocol callback and leaves the closes it requested
+// queued.
+func (t *Thread) runCallback(ev Event) error {
 	if ev.Protocol == nil {
 		ev.Protocol = ev.Conn.proto
 	}
@@ -1124,7 +1132,6 @@ func (t *Thread) callback(ev Event) error {
 	err := ev.Protocol.Callback(ev)
 	t.depth--
 	t.ctr.Dispatches.Add(1)
-	t.endCallback()
 	return err
 }
 
@@ -1148,8 +1155,13 @@ func (t *Thread) endCallback() {
 
 // ---- fd registration, with the poll-fd callbacks ----
 
+// pollCallback tells the application of a change to its watch set. A close
+// it asks for waits for the end of the operation that made the change (the
+// callback or the pass around it, or the call from outside the loop): run
+// at once, it would close a connection halfway through its adoption or its
+// connect, which then went on as if it were open.
 func (t *Thread) pollCallback(r Reason, c *Conn, fd int, ev, prev evlib.Events, n int) {
-	_ = t.callback(Event{Reason: r, Conn: c, Protocol: t.ctx.protocols[0],
+	_ = t.runCallback(Event{Reason: r, Conn: c, Protocol: t.ctx.protocols[0],
 		Poll: PollArgs{FD: fd, Events: ev, PrevEvents: prev}, Len: n})
 }
 
