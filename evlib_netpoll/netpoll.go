@@ -83,9 +83,15 @@
 // leftover was read would let netpoll's eager reads pile up again what the
 // kernel holds, for a consumer that stays slow.)
 //
-// The check runs where the connection's reader holds the thread's turn, so
-// netpoll holds for one connection what it read up to then: MaxReadAhead,
-// plus what it reads while the reader waits for the turn (other
+// The check runs where the connection's reader holds the thread's turn,
+// and, while the reader is parked with input held (rx was paused when the
+// input came, and the core has not read it all since), at every read the
+// core makes of that input: a core that reads steadily but more slowly
+// than netpoll never empties the buffer, so the parked reader would never
+// look again, and a proxy's rx pauses and resumes faster than DetachDelay.
+// So netpoll holds for one connection what it read up to then:
+// MaxReadAhead, plus what it reads until the next look (while the reader
+// waits for the turn, or between two of the core's reads: other
 // connections' callbacks run meanwhile), plus, after a pause, what the peer
 // sends in DetachDelay. That is no fixed number of bytes, but it is paid
 // once per stretch of falling behind, not again for every pause while the

@@ -500,7 +500,9 @@ func (b *Backend) unpark(e *entry) {
 // detach takes a stream out of netpoll's poller, so that from now on the
 // kernel keeps its input and TCP pushes back on the peer: when it stayed
 // paused for DetachDelay, or netpoll read more than MaxReadAhead ahead of
-// the core. Only its reader calls it, with the turn, and not from Peek.
+// the core. It is called with the turn, never while the stream's reader
+// is in Peek (netpoll's Detach wakes a Peek with an error): by the reader
+// itself, or by Read while the reader is parked with input held.
 // netpoll's Detach removes the fd from its epoll and waits for a read its
 // poller may be doing on it to finish, and leaves the buffer and the dup
 // as they are: nothing is lost.
@@ -1064,8 +1066,18 @@ func (b *Backend) read(e *entry, p []byte) (int, error) {
 	}
 	copy(p, buf)
 	r.Release()
-	if e.readHeld && r.Len() == 0 {
-		b.unpark(e) // held input all read: the reader goes back to waiting
+	if e.readHeld {
+		// The reader is parked (not in Peek) until this input is all
+		// read, and netpoll goes on reading meanwhile: a core that
+		// reads steadily but slower than netpoll never empties the
+		// buffer, and its rx may pause and resume faster than
+		// DetachDelay, so the reader's own checks never come. Look here.
+		switch l := r.Len(); {
+		case l == 0:
+			b.unpark(e) // held input all read: the reader goes back to waiting
+		case l > MaxReadAhead:
+			b.detach(e) // the core is that far behind: let the kernel hold the rest
+		}
 	}
 	return n, nil
 }
