@@ -10,3 +10,7 @@ func Detaches() int64 { return detaches.Load() }
 
 // Reattaches tells how many times a stream went back to netpoll.
 func Reattaches() int64 { return reattaches.Load() }
+
+// Parks tells how many times a stream's reader parked with input held for
+// the core (rx paused, or more than MaxReadAhead ahead).
+func Parks() int64 { return parks.Load() }

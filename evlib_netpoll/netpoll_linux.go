@@ -410,6 +410,7 @@ func (b *Backend) onInput(e *entry) bool {
 		return true
 	}
 	e.readHeld = true
+	parks.Add(1)
 	if n > MaxReadAhead {
 		b.detach(e) // the core is that far behind: let the kernel hold the rest
 	}
@@ -542,8 +543,9 @@ func (b *Backend) detach(e *entry) {
 }
 
 // attaches, detaches and reattaches count streams given to netpoll, taken
-// out of it and given back, for tests.
-var attaches, detaches, reattaches atomic.Int64
+// out of it and given back, and parks the readers that parked with input
+// held, for tests.
+var attaches, detaches, reattaches, parks atomic.Int64
 
 // reattach gives a detached stream whose core caught up back to netpoll,
 // and its reader to it.
