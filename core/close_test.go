@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/plugloop/plugloop/core"
+	"github.com/plugloop/plugloop/evlib"
 	"github.com/plugloop/plugloop/internal/simloop"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
@@ -405,6 +406,68 @@ func TestAdoptClosedInsideItsAddPollFD(t *testing.T) {
 			n, err := unix.Read(p[1], make([]byte, 1))
 			require.NoError(t, err)
 			require.Zero(t, n, "the peer reads the end of stream: the socket was closed")
+		})
+	}
+}
+
+// An interest change the application makes inside a poll-fd callback
+// about a connection is made once the change being reported is done, so
+// that the poll-fd changes it is told of never nest and each CHANGE_MODE's
+// PrevEvents is what it was told last: RxFlowControl(true) in its
+// ADD_POLL_FD as it is adopted changes nothing (it is added for reading),
+// and in the CHANGE_MODE_POLL_FD that stops reading it (paused in
+// RAW_ADOPT, with input come) it watches the connection for reading again
+// after that change, so the input comes in RAW_RX.
+func TestInterestChangedInsidePollFD(t *testing.T) {
+	for _, lib := range backends {
+		t.Run(lib, func(t *testing.T) {
+			var problems []string
+			locked := false
+			told := map[int]evlib.Events{}
+			rx := 0
+			ctx, err := core.New(core.Info{EventLib: lib, Protocols: []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
+				switch ev.Reason {
+				case core.ReasonLockPoll:
+					if locked {
+						problems = append(problems, fmt.Sprintf("LOCK_POLL fd %d inside another", ev.Poll.FD))
+					}
+					locked = true
+				case core.ReasonUnlockPoll:
+					locked = false
+				case core.ReasonAddPollFD:
+					told[ev.Poll.FD] = ev.Poll.Events
+					if ev.Conn != nil {
+						require.NoError(t, ev.Conn.RxFlowControl(true))
+					}
+				case core.ReasonChangeModePollFD:
+					if prev := told[ev.Poll.FD]; prev != ev.Poll.PrevEvents {
+						problems = append(problems, fmt.Sprintf("CHANGE_MODE fd %d from %v, told %v", ev.Poll.FD, ev.Poll.PrevEvents, prev))
+					}
+					told[ev.Poll.FD] = ev.Poll.Events
+					if ev.Conn != nil && ev.Poll.Events&evlib.Readable == 0 {
+						require.NoError(t, ev.Conn.RxFlowControl(true))
+					}
+				case core.ReasonDelPollFD:
+					delete(told, ev.Poll.FD)
+				case core.ReasonRawAdopt:
+					require.NoError(t, ev.Conn.RxFlowControl(false))
+				case core.ReasonRawRX:
+					rx += len(ev.Data)
+				}
+				return nil
+			}}}})
+			require.NoError(t, err)
+			defer ctx.Destroy()
+			p, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK, 0)
+			require.NoError(t, err)
+			defer unix.Close(p[1])
+			_, err = ctx.AdoptFD(p[0], "p")
+			require.NoError(t, err)
+			_, err = unix.Write(p[1], []byte("ping"))
+			require.NoError(t, err)
+			serviceUntil(t, ctx, func() bool { return rx == 4 || len(problems) > 0 })
+			require.Empty(t, problems)
+			require.Equal(t, evlib.Readable, told[p[0]], "watched for reading, as the application was told")
 		})
 	}
 }

@@ -36,7 +36,9 @@ type Conn struct {
 	listener *Listener // set for listening sockets
 	state    connState
 
-	interest       evlib.Events // what the backend watches
+	interest       evlib.Events // what the backend watches, or will once interestDue is applied
+	interestDue    bool         // interest changed inside a poll-fd change: see Thread.setInterest
+	dueFrom        evlib.Events // the interest the backend still has, while interestDue
 	wantWritable   bool         // CallbackOnWritable pending
 	writeBlocked   bool         // the last write met EAGAIN
 	inWritableList bool

@@ -52,6 +52,11 @@ const (
 	// the core's step that made the change is done: a connection closed
 	// in its own ADD_POLL_FD still gets RAW_ADOPT, then RAW_CLOSE; a
 	// client connection still connecting gets CLIENT_CONNECTION_ERROR.
+	// A change of interest that a call made there causes
+	// (CallbackOnWritable, RxFlowControl, RelayTo) is made, and reported
+	// in a bracket of its own, once the change being reported is done:
+	// the changes never nest, and each CHANGE_MODE_POLL_FD's
+	// Event.Poll.PrevEvents is what the application was told last.
 	ReasonLockPoll
 	ReasonUnlockPoll
 	// ReasonRawAdoptFile, ReasonRawRXFile, ReasonRawWriteableFile and

@@ -87,12 +87,17 @@ type Thread struct {
 	pipes                   []relayPipe // empty pipes kept for relays' next bursts
 	fdForget                []*Conn     // closed in the batch: their FD becomes -1 after the close(2)
 
-	appDriven bool  // the application's loop waits: never call Poll
-	hupBare   bool  // the backend reports a reset of an fd with interest 0 (evlib.CapHangupWithoutInterest)
-	depth     int   // nesting of user callbacks
-	writing   *Conn // the connection inside RAW_WRITEABLE
-	rxBuf     []byte
-	destroyed bool
+	appDriven bool // the application's loop waits: never call Poll
+	hupBare   bool // the backend reports a reset of an fd with interest 0 (evlib.CapHangupWithoutInterest)
+	depth     int  // nesting of user callbacks
+	// Poll-fd changes being made (watch, unwatch, modify: their
+	// LOCK_POLL to UNLOCK_POLL), and the connections whose interest the
+	// application changed inside one, applied once it is done.
+	pollChanging int
+	interestDue  []*Conn
+	writing      *Conn // the connection inside RAW_WRITEABLE
+	rxBuf        []byte
+	destroyed    bool
 }
 
 func newThread(c *Context, index int, foreign any, limit int) (*Thread, error) {
@@ -1166,28 +1171,73 @@ func (t *Thread) pollCallback(r Reason, c *Conn, fd int, ev, prev evlib.Events, 
 }
 
 func (t *Thread) watch(fd int, c *Conn, kind evlib.Kind, ev evlib.Events) error {
+	t.pollChanging++
 	t.pollCallback(ReasonLockPoll, c, fd, 0, 0, 1)
 	err := t.be.Add(fd, kind, ev)
 	if err == nil {
 		t.pollCallback(ReasonAddPollFD, c, fd, ev, 0, 0)
 	}
 	t.pollCallback(ReasonUnlockPoll, c, fd, 0, 0, 1)
+	t.pollChanged()
 	return err
 }
 
 func (t *Thread) unwatch(fd int, c *Conn, ev evlib.Events) {
+	t.pollChanging++
 	t.pollCallback(ReasonLockPoll, c, fd, 0, 0, 1)
 	if err := t.be.Remove(fd); err != nil {
 		t.ctx.log.Warn("plugloop: backend remove failed", "fd", fd, "err", err)
 	}
 	t.pollCallback(ReasonDelPollFD, c, fd, 0, ev, 0)
 	t.pollCallback(ReasonUnlockPoll, c, fd, 0, 0, 1)
+	t.pollChanged()
+}
+
+// pollChanged ends a poll-fd change (after its UNLOCK_POLL) and, the last
+// one done, makes the changes of interest the application asked for inside
+// it, each reported in a bracket of its own.
+func (t *Thread) pollChanged() {
+	t.pollChanging--
+	for t.pollChanging == 0 && len(t.interestDue) > 0 {
+		c := t.interestDue[0]
+		t.interestDue[0] = nil
+		t.interestDue = t.interestDue[1:]
+		c.interestDue = false
+		if c.state == stateClosed {
+			continue // unwatched by its close, with what it had
+		}
+		ev := c.interest
+		if !c.parked {
+			c.interest = c.dueFrom
+		}
+		t.setInterest(c, ev)
+	}
+	if len(t.interestDue) == 0 {
+		t.interestDue = nil
+	}
 }
 
 // setInterest changes what the backend watches the connection for. Callers
 // keep this lazy: it runs only on a real change, never per message.
 func (t *Thread) setInterest(c *Conn, ev evlib.Events) {
 	if c.interest == ev {
+		return
+	}
+	if t.pollChanging > 0 {
+		// Asked for by the application inside a poll-fd callback: made
+		// once the change being reported is done (pollChanged), so that
+		// the changes the application is told of never nest, each in
+		// its own LOCK_POLL and UNLOCK_POLL, and the backend is not
+		// modified for an fd it is adding or removing. The core goes on
+		// from the interest it wants.
+		if !c.interestDue {
+			c.interestDue, c.dueFrom = true, c.interest
+			t.interestDue = append(t.interestDue, c)
+		}
+		if c.parked {
+			c.dueFrom = 0
+		}
+		c.interest = ev
 		return
 	}
 	if c.parked {
@@ -1207,10 +1257,12 @@ func (t *Thread) setInterest(c *Conn, ev evlib.Events) {
 
 // modify has the backend watch fd, one of c's, for ev instead of prev.
 func (t *Thread) modify(c *Conn, fd int, ev, prev evlib.Events) error {
+	t.pollChanging++
 	t.pollCallback(ReasonLockPoll, c, fd, 0, 0, 0)
 	t.pollCallback(ReasonChangeModePollFD, c, fd, ev, prev, 0)
 	err := t.be.Modify(fd, ev)
 	t.pollCallback(ReasonUnlockPoll, c, fd, 0, 0, 0)
+	t.pollChanged()
 	return err
 }
 
@@ -1223,8 +1275,11 @@ func (t *Thread) park(c *Conn) {
 	if c.parked {
 		return
 	}
-	t.unwatch(c.fd, c, c.interest)
+	// Parked before its DEL_POLL_FD: what the application asks for there
+	// watches it again, once the removal is done.
+	ev := c.interest
 	c.parked, c.interest = true, 0
+	t.unwatch(c.fd, c, ev)
 }
 
 // ---- connections ----
@@ -1243,10 +1298,14 @@ func (t *Thread) adopt(fd int, kind evlib.Kind, p *Protocol, l *Listener, o *ado
 // it for ev. reserved: the caller holds room on t for it (see reserve);
 // otherwise insert takes room itself. On failure the room goes back.
 func (t *Thread) insert(c *Conn, ev evlib.Events, reserved bool) error {
+	// Set before its ADD_POLL_FD, where the application may change it
+	// (CallbackOnWritable, RxFlowControl).
+	prev := c.interest
+	c.interest = ev
 	if err := t.insertFD(c, c.fd, ev, reserved); err != nil {
+		c.interest = prev
 		return err
 	}
-	c.interest = ev
 	if c.listener != nil {
 		t.listeners = append(t.listeners, c.listener)
 	}
