@@ -33,7 +33,8 @@ import (
 // posted function or armed to run inside the next callback of a kind
 // (write in RAW_WRITEABLE, rx pause and resume, Close, CloseWrite, Abort,
 // returning an error, Conn timers and timeouts, thread timers, RelayTo
-// another connection: see core_model_relay.go), or CancelService, with or without Protocol.AllowHalfOpen (half the
+// another connection: see core_model_relay.go; the poll-fd callbacks
+// about a connection too, see core_model_poll.go), or CancelService, with or without Protocol.AllowHalfOpen (half the
 // programs: then a half-open connection must get RAW_RX_END once, after
 // the last RAW_RX and never while paused, and stay open until the
 // application ends it, which it does once it answered). After Abort
@@ -153,11 +154,12 @@ func (k connKind) String() string {
 type modelConfig struct {
 	conns    int
 	kinds    [maxModelConns]connKind
-	flags    [maxModelConns]byte // see open
-	graceful bool                // Info.GracefulClose
-	small    bool                // 16 KiB socket buffers, so they fill sooner
-	rxChunk  int                 // Protocol.RxChunk
-	halfOpen bool                // Protocol.AllowHalfOpen
+	flags    [maxModelConns]byte         // see open
+	graceful bool                        // Info.GracefulClose
+	small    bool                        // 16 KiB socket buffers, so they fill sooner
+	rxChunk  int                         // Protocol.RxChunk
+	halfOpen bool                        // Protocol.AllowHalfOpen
+	addActs  [maxModelConns]*modelAction // done in the connection's ADD_POLL_FD, if any
 }
 
 func (c modelConfig) String() string {
@@ -190,6 +192,7 @@ func (s *suite) decodeModel(p []byte) (modelConfig, []modelStep) {
 		b := at(2 + i)
 		c.kinds[i] = s.kindOf(b)
 		c.flags[i] = b / byte(numKinds)
+		c.addActs[i] = addAction(opt>>5, b, byte(i))
 	}
 	var steps []modelStep
 	for i := modelHeader; i < len(p) && len(steps) < maxModelSteps; i += modelStepLen {
@@ -338,6 +341,9 @@ type modelAction struct {
 	d    time.Duration
 	j    int  // thread timer
 	to   byte // RelayTo: which other slot (see relaySlot)
+	// Armed for a poll-fd callback about the connection (see
+	// core_model_poll.go): the reason it waits for.
+	poll core.Reason
 }
 
 // modelActions maps a byte to an action, each as often as it should be
@@ -460,6 +466,8 @@ type appEnd struct {
 	timeoutLong    bool
 
 	onRX, onWriteable, onTimer []modelAction // armed: one per callback of that kind
+	onPoll                     []modelAction // armed: one per poll-fd callback of its reason (core_model_poll.go)
+	abortAtAdopt               bool          // Abort returned nil in ADD_POLL_FD, before RAW_ADOPT
 
 	relayTo   *modelConn // RelayTo(relayTo) returned nil, and the relay did not end yet
 	relayFrom *modelConn // the source of a relay to this connection
@@ -540,6 +548,18 @@ type model struct {
 	// peer had got of a run and where its source's RAW_RX resumed.
 	resumed, gapsResolved, gapsExact, gapUnknown int
 	gapDropped                                   int64
+	// Model code running on the loop goroutine (a callback, a posted
+	// function, a thread timer): a poll-fd callback nested in one of its
+	// calls does nothing (see core_model_poll.go).
+	inApp int
+	// The connection the next accept is for: bound in its ADD_POLL_FD.
+	acceptNext *modelConn
+	// Actions done in poll-fd callbacks, by reason; of them, in the
+	// DEL_POLL_FD of a connection the core was closing; poll-fd callbacks
+	// with an action armed skipped because they came inside a call of the
+	// model's.
+	pollActs             map[core.Reason]int
+	pollClosed, pollNest int
 }
 
 // runModel runs a program; guard bounds each wait for the peers and the
@@ -574,7 +594,7 @@ func (s *suite) runModel(t *testing.T, program []byte, what string, guard time.D
 	m.h.start()
 	m.slots = make([]*modelConn, cfg.conns)
 	for k := range cfg.conns {
-		m.open(k, cfg.kinds[k], cfg.flags[k])
+		m.open(k, cfg.kinds[k], cfg.flags[k], cfg.addActs[k])
 	}
 	for i, st := range steps {
 		m.step.Store(int64(i + 1))
@@ -623,7 +643,9 @@ func (m *model) do(f func()) {
 	var probs []string
 	m.h.do(func() {
 		m.checkAborted("a posted function")
+		m.inApp++
 		f()
+		m.inApp--
 		probs = append(probs, m.problems...)
 	})
 	m.h.rec.mu.Lock()
@@ -643,10 +665,12 @@ func (m *model) note(format string, args ...any) {
 // open makes a new connection in slot k. flags: bit 0 pauses rx in
 // RAW_ADOPT, bit 1 asks for RAW_WRITEABLE there (with a chunk to write),
 // bits 2-3 choose a read buffer handed over with core.WithReadbuf, bit 4
-// pauses rx in the first RAW_RX, bit 5 sets a TIMER that resumes rx. An
-// accepted connection has no RAW_ADOPT of the model's: the test goroutine
-// does the same right after it.
-func (m *model) open(k int, kind connKind, flags byte) {
+// pauses rx in the first RAW_RX, bit 5 sets a TIMER that resumes rx.
+// addAct, if not nil, is done in the connection's ADD_POLL_FD. An accepted
+// connection is bound to mc in its ADD_POLL_FD (see onPoll), which then has
+// RAW_ADOPT of the model's; were it not, the test goroutine does the same
+// right after it.
+func (m *model) open(k int, kind connKind, flags byte, addAct *modelAction) {
 	t := m.t
 	m.nextID++
 	mc := &modelConn{id: m.nextID, slot: k, kind: kind, peer: peerEnd{fd: -1}}
@@ -659,9 +683,18 @@ func (m *model) open(k int, kind connKind, flags byte) {
 		readbuf = 0
 	}
 	m.slots[k], m.all = mc, append(m.all, mc)
-	m.do(func() { m.appSlots[k] = mc })
-	m.note("open %v: in RAW_ADOPT pause %v, write %d B, pause in the first RAW_RX %v, a TIMER to resume %v; read buffer %d B",
-		mc, mc.pauseAtAdopt, mc.adoptChunk, mc.pauseFirstRX, mc.resumeTimer, readbuf)
+	m.do(func() {
+		m.appSlots[k] = mc
+		if addAct != nil {
+			mc.app.onPoll = append(mc.app.onPoll, *addAct)
+		}
+	})
+	inAdd := "nothing"
+	if addAct != nil {
+		inAdd = addAct.String()
+	}
+	m.note("open %v: in RAW_ADOPT pause %v, write %d B, pause in the first RAW_RX %v, a TIMER to resume %v; read buffer %d B; in its ADD_POLL_FD %s",
+		mc, mc.pauseAtAdopt, mc.adoptChunk, mc.pauseFirstRX, mc.resumeTimer, readbuf, inAdd)
 	var opts []core.AdoptOption
 	if readbuf > 0 {
 		opts = append(opts, core.WithReadbuf(streamBytes(mc.id, toApp, 0, readbuf)))
@@ -675,11 +708,22 @@ func (m *model) open(k int, kind connKind, flags byte) {
 	switch kind {
 	case kindTCPAccepted:
 		mark := m.h.rec.mark()
-		mc.peer.fd = m.dial(m.ln.Addr())
+		m.do(func() { m.acceptNext = mc })
+		mc.peer.fd = m.dialReset(m.ln.Addr(), addAct != nil && addAct.kind == actAbort)
+		if mc.peer.fd < 0 {
+			// Aborted in its ADD_POLL_FD, its reset came before the
+			// handshake was seen done: the peer read the reset.
+			mc.peer.shut, mc.peer.eof, mc.peer.closed = true, true, true
+			m.resets++
+		}
 		e := m.h.rec.waitEventFrom(t, "RAW_ADOPT of the accepted connection", mark, is(core.ReasonRawAdopt, nil))
 		m.do(func() {
-			e.conn.SetUser(mc)
-			m.adopted(mc, e.conn)
+			// Bound in its ADD_POLL_FD, it had RAW_ADOPT of the model's.
+			if m.acceptNext == mc {
+				m.acceptNext = nil
+				e.conn.SetUser(mc)
+				m.adopted(mc, e.conn)
+			}
 		})
 		return
 	case kindUnix:
@@ -689,7 +733,7 @@ func (m *model) open(k int, kind connKind, flags byte) {
 			unix.Close(fd)
 			m.fatalf("socket buffers: %v", err)
 		}
-		m.do(func() { c, err = m.h.ctx.AdoptFD(fd, "", opts...) })
+		m.do(func() { c, err = m.adopt(func() (*core.Conn, error) { return m.h.ctx.AdoptFD(fd, "", opts...) }) })
 		if err != nil {
 			unix.Close(fd)
 		}
@@ -702,7 +746,7 @@ func (m *model) open(k int, kind connKind, flags byte) {
 		mc.peer.fd = m.dial(m.tcp.Addr())
 		srv := waitCh(t, accepted, "the peer's connection to be accepted")
 		require.NotNil(t, srv)
-		m.do(func() { c, err = m.h.ctx.AdoptConn(srv, "", opts...) })
+		m.do(func() { c, err = m.adopt(func() (*core.Conn, error) { return m.h.ctx.AdoptConn(srv, "", opts...) }) })
 		if err != nil {
 			srv.Close()
 		}
@@ -710,7 +754,7 @@ func (m *model) open(k int, kind connKind, flags byte) {
 		var p [2]int
 		require.NoError(t, nonblockPipe(&p))
 		mc.peer.fd = p[1]
-		m.do(func() { c, err = m.h.ctx.AdoptFD(p[0], "", opts...) })
+		m.do(func() { c, err = m.adopt(func() (*core.Conn, error) { return m.h.ctx.AdoptFD(p[0], "", opts...) }) })
 		if err != nil {
 			unix.Close(p[0])
 		}
@@ -745,9 +789,16 @@ func (m *model) buffers(fd int) error {
 
 // dial connects a peer to addr and returns its end as a non-blocking
 // descriptor of its own.
-func (m *model) dial(addr net.Addr) int {
+func (m *model) dial(addr net.Addr) int { return m.dialReset(addr, false) }
+
+// dialReset is dial, that returns -1 if the connection was reset and reset
+// says it may be.
+func (m *model) dialReset(addr net.Addr, reset bool) int {
 	d := net.Dialer{Control: m.control}
 	nc, err := d.Dial("tcp4", addr.String())
+	if reset && errors.Is(err, syscall.ECONNRESET) {
+		return -1
+	}
 	require.NoError(m.t, err)
 	defer nc.Close()
 	return dupFD(m.t, nc.(*net.TCPConn))
@@ -785,6 +836,9 @@ func (m *model) closePeers() {
 
 func (m *model) callback(ev core.Event) error {
 	switch ev.Reason {
+	case core.ReasonAddPollFD, core.ReasonChangeModePollFD, core.ReasonDelPollFD:
+		m.onPoll(ev)
+		return nil
 	case core.ReasonEventWaitCancelled, core.ReasonRawAdopt, core.ReasonRawRX, core.ReasonRawWriteable, core.ReasonTimer, core.ReasonRawClose, core.ReasonRawRxEnd:
 	default:
 		return nil
@@ -796,6 +850,8 @@ func (m *model) callback(ev core.Event) error {
 		m.cancelSeen = max(m.cancelSeen, m.cancelIssued.Load())
 		return nil
 	}
+	m.inApp++
+	defer func() { m.inApp-- }()
 	mc, _ := ev.Conn.User().(*modelConn)
 	if mc == nil {
 		if ev.Reason != core.ReasonRawAdopt { // an accepted one is bound right after
@@ -822,6 +878,11 @@ func (m *model) callback(ev core.Event) error {
 			return nil
 		}
 		m.adopted(mc, ev.Conn)
+		if a.abortAtAdopt {
+			// Aborted in its ADD_POLL_FD: RAW_CLOSE comes next.
+			a.abortAtAdopt = false
+			m.aborting = append(m.aborting, mc)
+		}
 	case core.ReasonRawRX:
 		return m.onRX(mc, ev.Data)
 	case core.ReasonRawRxEnd:
@@ -1314,7 +1375,11 @@ func (m *model) threadTimer(j int, d time.Duration, act *modelAction, mc *modelC
 	at := time.Now().Add(d)
 	var err error
 	if tt.tm == nil {
-		tt.tm, err = m.h.th.AfterFunc(d, func() { m.threadTimerFired(j) })
+		tt.tm, err = m.h.th.AfterFunc(d, func() {
+			m.inApp++
+			m.threadTimerFired(j)
+			m.inApp--
+		})
 	} else {
 		err = tt.tm.Reset(d)
 	}
@@ -1642,6 +1707,7 @@ const (
 	opAppCloseWrite
 	opAppAbort
 	opRelay
+	opArmPoll
 	numOps
 )
 
@@ -1652,7 +1718,7 @@ var modelOps = weighted[modelOp]([]int{
 	opArmRX: 8, opArmWriteable: 5, opArmTimer: 3, opPause: 6, opResume: 6,
 	opConnTimer: 4, opConnTimerCancel: 2, opTimeout: 2, opThreadTimer: 5, opThreadTimerStop: 2,
 	opCancelService: 3, opAppClose: 1, opPeerCloseWrite: 3, opPeerClose: 1, opReopen: 4, opSync: 3,
-	opAppCloseWrite: 2, opAppAbort: 1, opRelay: 14,
+	opAppCloseWrite: 2, opAppAbort: 1, opRelay: 14, opArmPoll: 6,
 })
 
 func (m *model) run(n int, st modelStep) {
@@ -1752,7 +1818,7 @@ func (m *model) run(n int, st modelStep) {
 		}
 		m.note("reopen slot %d: %v is closed or closing", mc.slot, mc)
 		m.retire(mc)
-		m.open(mc.slot, m.s.kindOf(a), b)
+		m.open(mc.slot, m.s.kindOf(a), b, addAction(a>>2, b, st.conn))
 	case opSync:
 		m.note("sync")
 		m.h.sync()
@@ -1774,6 +1840,11 @@ func (m *model) run(n int, st modelStep) {
 		}
 		m.note("post: %v Abort", mc)
 		m.do(func() { m.ifAdopted(mc, m.abort) })
+	case opArmPoll:
+		act := decodeAction(a, b)
+		act.poll = pollReasons[int(st.conn>>4)%len(pollReasons)]
+		m.note("%v: %v in its next %v not inside a call of the model's", mc, act, act.poll)
+		m.do(func() { mc.app.onPoll = append(mc.app.onPoll, act) })
 	case opRelay:
 		m.note("post: %v RelayTo another connection (%d)", mc, a)
 		m.do(func() {
@@ -1865,7 +1936,7 @@ func (m *model) settle() {
 	m.do(func() {
 		for _, mc := range m.slots {
 			a := &mc.app
-			a.onRX, a.onWriteable, a.onTimer = nil, nil, nil
+			a.onRX, a.onWriteable, a.onTimer, a.onPoll = nil, nil, nil, nil
 			if a.paused {
 				m.resume(mc)
 			}
@@ -2014,7 +2085,16 @@ func (m *model) finish() {
 	if what == "" {
 		what = fmt.Sprintf("program of %d bytes", len(m.prog))
 	}
-	m.t.Logf("conformance: model %s: %d steps, %d connections, %d bytes to the app in %d RAW_RX, %d to the peers in %d RAW_WRITEABLE (%d partial writes, %d closes draining), %d TIMER, %d EVENT_WAIT_CANCELLED, %d CloseWrite, %d RAW_RX_END, %d Abort (%d draining, %d ErrClosed, %d resets read), %d RelayTo (%d from a source whose peer ended, %d ended with the input, %d by the target's end, %d sources resumed after it (%d found where their input resumed, %d of them from the socket, %d not; at most %d bytes between a run's last byte its target's peer had and the resumed input); %d bad inputs, %d target calls refused)",
+	m.t.Logf("conformance: model %s: %d steps, %d connections, %d bytes to the app in %d RAW_RX, %d to the peers in %d RAW_WRITEABLE (%d partial writes, %d closes draining), %d TIMER, %d EVENT_WAIT_CANCELLED, %d CloseWrite, %d RAW_RX_END, %d Abort (%d draining, %d ErrClosed, %d resets read), %d RelayTo (%d from a source whose peer ended, %d ended with the input, %d by the target's end, %d sources resumed after it (%d found where their input resumed, %d of them from the socket, %d not; at most %d bytes between a run's last byte its target's peer had and the resumed input); %d bad inputs, %d target calls refused); in poll-fd callbacks %d actions in ADD_POLL_FD, %d in CHANGE_MODE_POLL_FD, %d in DEL_POLL_FD (%d of a connection closing), %d waited (nested in a call of the model's)",
 		what, m.nsteps, len(m.all), in, count(core.ReasonRawRX), out, count(core.ReasonRawWriteable), m.partial, m.drains,
-		count(core.ReasonTimer), count(core.ReasonEventWaitCancelled), m.wrCloses, count(core.ReasonRawRxEnd), m.aborts, m.abortsDr, m.abortsCl, m.resets, m.relays, m.relaysEnded, m.relayDone, m.relayGone, m.resumed, m.gapsResolved, m.gapsExact, m.gapUnknown, m.gapDropped, m.relayBad, m.relayRefused)
+		count(core.ReasonTimer), count(core.ReasonEventWaitCancelled), m.wrCloses, count(core.ReasonRawRxEnd), m.aborts, m.abortsDr, m.abortsCl, m.resets, m.relays, m.relaysEnded, m.relayDone, m.relayGone, m.resumed, m.gapsResolved, m.gapsExact, m.gapUnknown, m.gapDropped, m.relayBad, m.relayRefused,
+		m.pollActs[core.ReasonAddPollFD], m.pollActs[core.ReasonChangeModePollFD], m.pollActs[core.ReasonDelPollFD], m.pollClosed, m.pollNest)
+}
+
+// adopt runs an adoption from a posted function as the core's own step: the
+// model acts in the connection's ADD_POLL_FD, nested in it.
+func (m *model) adopt(f func() (*core.Conn, error)) (*core.Conn, error) {
+	m.inApp--
+	defer func() { m.inApp++ }()
+	return f()
 }

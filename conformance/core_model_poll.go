@@ -1,0 +1,220 @@
+//go:build unix
+
+package conformance
+
+import (
+	"errors"
+	"slices"
+
+	"github.com/plugloop/plugloop/core"
+)
+
+// The application acting from inside the poll-fd callbacks about one of its
+// connections: ADD_POLL_FD (as the connection is adopted or accepted, or
+// watched again after the core parked it), CHANGE_MODE_POLL_FD and
+// DEL_POLL_FD (the core parking it, or closing it). A step arms an action for
+// the next such callback of a reason; a connection may come with one for
+// the ADD_POLL_FD of its adoption. The model acts only in a poll-fd
+// callback that the core makes on its own (its pass, the closes at the end
+// of a callback, the accept), not in one nested in a call the model makes
+// (CallbackOnWritable, RxFlowControl, RelayTo...), whose result the model is
+// interpreting: such an action waits for the next one. LOCK_POLL and
+// UNLOCK_POLL are left out: they bracket the same changes.
+//
+// What the model expects, from ReasonLockPoll's doc (a Close made there
+// takes effect once the core's step that made the change is done) and from
+// each call's own doc, which do not say "not in a poll-fd callback":
+//
+//   - Write says ErrNotWritable (ErrClosed once closing or reset,
+//     ErrWriteClosed after CloseWrite, ErrRelaying on a relay's target, as
+//     anywhere outside RAW_WRITEABLE): every action starts with one.
+//   - In the DEL_POLL_FD of a connection the core is closing (Conn.Closed:
+//     its close runs, RAW_CLOSE comes next), every call says ErrClosed and
+//     changes nothing: RAW_CLOSE keeps the close's reason.
+//   - In the ADD_POLL_FD of an adoption or accept, before RAW_ADOPT, the
+//     connection is open (the core's rule for Close): Close returns nil and
+//     the connection gets RAW_ADOPT, then RAW_CLOSE with a nil Err; Abort
+//     likewise, RAW_CLOSE with ErrAborted right after RAW_ADOPT (nothing
+//     else between); CallbackOnWritable asks for a RAW_WRITEABLE that comes
+//     after RAW_ADOPT, and RAW_ADOPT's doc allows it already; RxFlowControl
+//     pauses or resumes as from RAW_ADOPT; SetTimer, CloseWrite (nothing was
+//     written: the peer reads end of stream) work as they would in
+//     RAW_ADOPT. RelayTo is not tried before RAW_ADOPT: a relay's source or
+//     target is a connection the application was given.
+//   - Anywhere else the connection is open, each call works as it does in
+//     any other callback of the connection, and the model expects what it
+//     expects there: after Close or Abort nothing but RAW_CLOSE (with
+//     Abort's, before anything else the loop runs), a relay started,
+//     a RAW_WRITEABLE asked for, rx paused.
+//
+// A connection accepted from the context's listener is bound to the
+// model's connection in its ADD_POLL_FD (the application's SetUser there),
+// so that it gets RAW_ADOPT of the model's.
+
+// pollReasons maps a step's byte to the poll-fd reason an action waits
+// for: mode changes are the most frequent.
+var pollReasons = []core.Reason{core.ReasonAddPollFD, core.ReasonChangeModePollFD, core.ReasonChangeModePollFD, core.ReasonDelPollFD}
+
+// addAction decodes what a connection does in the ADD_POLL_FD of its
+// adoption, or nil for nothing (three in four).
+func addAction(sel, b, k byte) *modelAction {
+	if (sel+k)&3 != 0 {
+		return nil
+	}
+	act := decodeAction(b*7+k+sel>>2, b^sel)
+	act.poll = core.ReasonAddPollFD
+	return &act
+}
+
+// onPoll is the model's poll-fd callback.
+func (m *model) onPoll(ev core.Event) {
+	c := ev.Conn
+	if c == nil {
+		return // the thread's wake fd
+	}
+	mc, _ := c.User().(*modelConn)
+	if mc == nil && ev.Reason == core.ReasonAddPollFD && m.acceptNext != nil && c.FD() != m.ln.FD() {
+		mc, m.acceptNext = m.acceptNext, nil
+		c.SetUser(mc)
+	}
+	if mc == nil {
+		return
+	}
+	a := &mc.app
+	switch {
+	case a.closed:
+		m.problem(mc, "%v after RAW_CLOSE", ev.Reason)
+		return
+	case a.c != nil && c != a.c:
+		m.problem(mc, "%v for another Conn than the one adopted", ev.Reason)
+		return
+	}
+	i := slices.IndexFunc(a.onPoll, func(act modelAction) bool { return act.poll == ev.Reason })
+	if i < 0 {
+		return
+	}
+	if m.inApp > 0 {
+		m.pollNest++
+		return
+	}
+	act := a.onPoll[i]
+	a.onPoll = append(a.onPoll[:i:i], a.onPoll[i+1:]...)
+	if m.pollActs == nil {
+		m.pollActs = map[core.Reason]int{}
+	}
+	m.pollActs[ev.Reason]++
+	m.inApp++
+	defer func() { m.inApp-- }()
+	if c.Closed() {
+		m.pollClosed++
+		m.actClosed(mc, c, act)
+		return
+	}
+	if a.c == nil {
+		a.c = c // before RAW_ADOPT: the calls below use it
+	}
+	if a.adopted {
+		m.relayClosing(mc)
+	}
+	m.pollWrite(mc, ev.Reason)
+	if !a.adopted {
+		switch act.kind {
+		case actError, actRelay:
+			// A poll-fd callback's error is ignored; no relay before
+			// RAW_ADOPT.
+		case actAbort:
+			m.abort(mc)
+			if a.aborted {
+				// RAW_CLOSE after RAW_ADOPT, not before it.
+				if i := slices.Index(m.aborting, mc); i >= 0 {
+					m.aborting = append(m.aborting[:i:i], m.aborting[i+1:]...)
+				}
+				a.abortAtAdopt = true
+			}
+		default:
+			m.applyOpen(mc, act)
+		}
+		return
+	}
+	if act.kind != actError { // ignored: the Write above stands for it
+		_ = m.apply(mc, act)
+	}
+}
+
+// applyOpen is apply for a connection open but not adopted yet.
+func (m *model) applyOpen(mc *modelConn, act modelAction) {
+	switch act.kind {
+	case actWrite:
+		m.queueWrite(mc, act.size)
+	case actPause:
+		m.pause(mc)
+	case actResume:
+		m.resume(mc)
+	case actClose:
+		m.close(mc)
+	case actTimer:
+		m.setTimer(mc, act.d)
+	case actThreadTimer:
+		m.threadTimer(act.j, act.d, nil, nil)
+	case actCloseWrite:
+		m.closeWrite(mc)
+	}
+}
+
+// pollWrite checks that Write is refused in a poll-fd callback.
+func (m *model) pollWrite(mc *modelConn, r core.Reason) {
+	a := &mc.app
+	_, err := a.c.Write(nil)
+	var want error
+	switch {
+	case a.closing:
+		want = core.ErrClosed
+	case a.wrClosed:
+		want = core.ErrWriteClosed
+	case a.relayFrom != nil && m.relayTarget(mc, "Write in "+r.String(), err):
+		// ErrRelaying; or the relay ended in the core with its source's
+		// input (the model ends it as done), and the answer is below.
+		return
+	default:
+		want = core.ErrNotWritable
+	}
+	// Reset by its peer, or closed for an error the callback returned.
+	if errors.Is(err, want) || errors.Is(err, core.ErrClosed) && (a.peerClosed || a.noWrite || a.errored) {
+		return
+	}
+	m.problem(mc, "Write in %v returned %v, want %v (Close or Abort %v, CloseWrite %v, relay from %v, draining %v)", r, err, want, a.closing, a.wrClosed, a.relayFrom, a.c.Draining())
+}
+
+// actClosed does act in the DEL_POLL_FD of a connection the core is
+// closing: every call says ErrClosed, and changes nothing.
+func (m *model) actClosed(mc *modelConn, c *core.Conn, act modelAction) {
+	type call struct {
+		name string
+		f    func() error
+	}
+	calls := []call{{"Write", func() error { _, err := c.Write(nil); return err }}}
+	switch act.kind {
+	case actWrite:
+		calls = append(calls, call{"CallbackOnWritable", c.CallbackOnWritable})
+	case actPause, actResume:
+		on := act.kind == actResume
+		calls = append(calls, call{"RxFlowControl", func() error { return c.RxFlowControl(on) }})
+	case actClose:
+		calls = append(calls, call{"Close", c.Close})
+	case actAbort:
+		calls = append(calls, call{"Abort", c.Abort})
+	case actTimer:
+		calls = append(calls, call{"SetTimer", func() error { return c.SetTimer(act.d) }})
+	case actCloseWrite:
+		calls = append(calls, call{"CloseWrite", c.CloseWrite})
+	case actRelay:
+		if to := m.pickTarget(mc, act.to); to != mc && to.app.c != nil {
+			calls = append(calls, call{"RelayTo", func() error { return c.RelayTo(to.app.c) }})
+		}
+	}
+	for _, cl := range calls {
+		if err := cl.f(); !errors.Is(err, core.ErrClosed) {
+			m.problem(mc, "%s in the DEL_POLL_FD of its close returned %v, want ErrClosed", cl.name, err)
+		}
+	}
+}
