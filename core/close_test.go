@@ -471,3 +471,43 @@ func TestInterestChangedInsidePollFD(t *testing.T) {
 		})
 	}
 }
+
+// A connection closed in its own ADD_POLL_FD as it is adopted with a read
+// buffer (WithReadbuf) gets RAW_ADOPT, then RAW_CLOSE, and never the
+// buffer in RAW_RX: Close drops the input not delivered, also when, with
+// GracefulClose, the close waits for the peer's end of stream.
+func TestAdoptWithReadbufClosedInsideItsAddPollFD(t *testing.T) {
+	for _, lib := range backends {
+		for _, graceful := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/graceful=%v", lib, graceful), func(t *testing.T) {
+				var got []core.Reason
+				ctx, err := core.New(core.Info{EventLib: lib, GracefulClose: graceful, Protocols: []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
+					if ev.Conn == nil {
+						return nil
+					}
+					switch ev.Reason {
+					case core.ReasonLockPoll, core.ReasonUnlockPoll, core.ReasonAddPollFD, core.ReasonDelPollFD, core.ReasonChangeModePollFD:
+						if ev.Reason == core.ReasonAddPollFD {
+							require.NoError(t, ev.Conn.Close())
+						}
+						return nil
+					}
+					got = append(got, ev.Reason)
+					return nil
+				}}}})
+				require.NoError(t, err)
+				defer ctx.Destroy()
+				p, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK, 0)
+				require.NoError(t, err)
+				defer unix.Close(p[1])
+				c, err := ctx.AdoptFD(p[0], "p", core.WithReadbuf([]byte("kept")))
+				require.NoError(t, err)
+				require.NoError(t, ctx.Thread(0).Service(0))
+				// With GracefulClose the close waits for the peer's end.
+				require.NoError(t, unix.Shutdown(p[1], unix.SHUT_WR))
+				serviceUntil(t, ctx, c.Closed)
+				require.Equal(t, []core.Reason{core.ReasonRawAdopt, core.ReasonRawClose}, got)
+			})
+		}
+	}
+}

@@ -1372,7 +1372,10 @@ func (t *Thread) established(c *Conn, o *adoptOptions) (*Conn, error) {
 		t.closeConn(c, err)
 		return nil, fmt.Errorf("%w: %w", errAdoptRefused, err)
 	}
-	if len(o.readbuf) > 0 && c.state == stateOpen {
+	// Not for a connection closed already (in its ADD_POLL_FD, or in
+	// RAW_ADOPT): Close drops the input not delivered, and a graceful one
+	// drains with nothing but RAW_CLOSE to come.
+	if len(o.readbuf) > 0 && c.state == stateOpen && !c.closeReq && !c.draining {
 		c.rxbuf = append(c.rxbuf, o.readbuf...)
 		t.queueRx(c)
 	}
