@@ -38,7 +38,8 @@ type Conn struct {
 
 	interest       evlib.Events // what the backend watches, or will once interestDue is applied
 	interestDue    bool         // interest changed inside a poll-fd change: see Thread.setInterest
-	dueFrom        evlib.Events // the interest the backend still has, while interestDue
+	dueWatched     bool         // while interestDue: the backend still watches it (not parked),
+	dueFrom        evlib.Events // for this
 	wantWritable   bool         // CallbackOnWritable pending
 	writeBlocked   bool         // the last write met EAGAIN
 	inWritableList bool
@@ -381,7 +382,9 @@ func kindName(k evlib.Kind) string {
 // (ECONNRESET) instead of an end of stream that would pass a cut-off
 // stream for a whole one. A proxy aborts one side when the other broke.
 // RAW_CLOSE follows with ErrAborted, right after the callback that called
-// Abort returns (at once outside callbacks). Any connection of the thread
+// Abort returns (at once outside callbacks; from a poll-fd callback, once
+// the core's step that made the change is done, as for Close: see
+// ReasonLockPoll). Any connection of the thread
 // may be aborted from any of its callbacks, also one that is draining
 // after Close. A client connection still connecting is abandoned as Close
 // does (CLIENT_CONNECTION_ERROR). It returns ErrClosed once the connection

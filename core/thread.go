@@ -1206,11 +1206,17 @@ func (t *Thread) pollChanged() {
 		if c.state == stateClosed {
 			continue // unwatched by its close, with what it had
 		}
-		ev := c.interest
-		if !c.parked {
+		// From what the backend has to what the core wants.
+		switch ev := c.interest; {
+		case c.dueWatched && c.parked:
+			t.unwatch(c.fd, c, c.dueFrom)
+		case c.dueWatched:
 			c.interest = c.dueFrom
+			t.setInterest(c, ev)
+		case !c.parked:
+			c.parked, c.interest = true, 0
+			t.setInterest(c, ev)
 		}
-		t.setInterest(c, ev)
 	}
 	if len(t.interestDue) == 0 {
 		t.interestDue = nil
@@ -1230,14 +1236,8 @@ func (t *Thread) setInterest(c *Conn, ev evlib.Events) {
 		// its own LOCK_POLL and UNLOCK_POLL, and the backend is not
 		// modified for an fd it is adding or removing. The core goes on
 		// from the interest it wants.
-		if !c.interestDue {
-			c.interestDue, c.dueFrom = true, c.interest
-			t.interestDue = append(t.interestDue, c)
-		}
-		if c.parked {
-			c.dueFrom = 0
-		}
-		c.interest = ev
+		t.changeDue(c)
+		c.parked, c.interest = false, ev
 		return
 	}
 	if c.parked {
@@ -1275,11 +1275,27 @@ func (t *Thread) park(c *Conn) {
 	if c.parked {
 		return
 	}
+	if t.pollChanging > 0 {
+		// Inside a poll-fd callback (see setInterest).
+		t.changeDue(c)
+		c.parked, c.interest = true, 0
+		return
+	}
 	// Parked before its DEL_POLL_FD: what the application asks for there
 	// watches it again, once the removal is done.
 	ev := c.interest
 	c.parked, c.interest = true, 0
 	t.unwatch(c.fd, c, ev)
+}
+
+// changeDue records, before its first change inside a poll-fd change, what
+// the backend has for c, for pollChanged to bring it to what the core wants
+// once that change is done.
+func (t *Thread) changeDue(c *Conn) {
+	if !c.interestDue {
+		c.interestDue, c.dueWatched, c.dueFrom = true, !c.parked, c.interest
+		t.interestDue = append(t.interestDue, c)
+	}
 }
 
 // ---- connections ----
