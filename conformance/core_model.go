@@ -467,7 +467,6 @@ type appEnd struct {
 
 	onRX, onWriteable, onTimer []modelAction // armed: one per callback of that kind
 	onPoll                     []modelAction // armed: one per poll-fd callback of its reason (core_model_poll.go)
-	abortAtAdopt               bool          // Abort returned nil in ADD_POLL_FD, before RAW_ADOPT
 
 	relayTo   *modelConn // RelayTo(relayTo) returned nil, and the relay did not end yet
 	relayFrom *modelConn // the source of a relay to this connection
@@ -836,7 +835,7 @@ func (m *model) closePeers() {
 
 func (m *model) callback(ev core.Event) error {
 	switch ev.Reason {
-	case core.ReasonAddPollFD, core.ReasonChangeModePollFD, core.ReasonDelPollFD:
+	case core.ReasonAddPollFD, core.ReasonChangeModePollFD, core.ReasonDelPollFD, core.ReasonLockPoll, core.ReasonUnlockPoll:
 		m.onPoll(ev)
 		return nil
 	case core.ReasonEventWaitCancelled, core.ReasonRawAdopt, core.ReasonRawRX, core.ReasonRawWriteable, core.ReasonTimer, core.ReasonRawClose, core.ReasonRawRxEnd:
@@ -878,11 +877,6 @@ func (m *model) callback(ev core.Event) error {
 			return nil
 		}
 		m.adopted(mc, ev.Conn)
-		if a.abortAtAdopt {
-			// Aborted in its ADD_POLL_FD: RAW_CLOSE comes next.
-			a.abortAtAdopt = false
-			m.aborting = append(m.aborting, mc)
-		}
 	case core.ReasonRawRX:
 		return m.onRX(mc, ev.Data)
 	case core.ReasonRawRxEnd:
@@ -1841,8 +1835,7 @@ func (m *model) run(n int, st modelStep) {
 		m.note("post: %v Abort", mc)
 		m.do(func() { m.ifAdopted(mc, m.abort) })
 	case opArmPoll:
-		act := decodeAction(a, b)
-		act.poll = pollReasons[int(st.conn>>4)%len(pollReasons)]
+		act := decodePollAction(a, b, pollReasons[int(st.conn>>4)%len(pollReasons)])
 		m.note("%v: %v in its next %v not inside a call of the model's", mc, act, act.poll)
 		m.do(func() { mc.app.onPoll = append(mc.app.onPoll, act) })
 	case opRelay:
@@ -2085,10 +2078,10 @@ func (m *model) finish() {
 	if what == "" {
 		what = fmt.Sprintf("program of %d bytes", len(m.prog))
 	}
-	m.t.Logf("conformance: model %s: %d steps, %d connections, %d bytes to the app in %d RAW_RX, %d to the peers in %d RAW_WRITEABLE (%d partial writes, %d closes draining), %d TIMER, %d EVENT_WAIT_CANCELLED, %d CloseWrite, %d RAW_RX_END, %d Abort (%d draining, %d ErrClosed, %d resets read), %d RelayTo (%d from a source whose peer ended, %d ended with the input, %d by the target's end, %d sources resumed after it (%d found where their input resumed, %d of them from the socket, %d not; at most %d bytes between a run's last byte its target's peer had and the resumed input); %d bad inputs, %d target calls refused); in poll-fd callbacks %d actions in ADD_POLL_FD, %d in CHANGE_MODE_POLL_FD, %d in DEL_POLL_FD (%d of a connection closing), %d waited (nested in a call of the model's)",
+	m.t.Logf("conformance: model %s: %d steps, %d connections, %d bytes to the app in %d RAW_RX, %d to the peers in %d RAW_WRITEABLE (%d partial writes, %d closes draining), %d TIMER, %d EVENT_WAIT_CANCELLED, %d CloseWrite, %d RAW_RX_END, %d Abort (%d draining, %d ErrClosed, %d resets read), %d RelayTo (%d from a source whose peer ended, %d ended with the input, %d by the target's end, %d sources resumed after it (%d found where their input resumed, %d of them from the socket, %d not; at most %d bytes between a run's last byte its target's peer had and the resumed input); %d bad inputs, %d target calls refused); in poll-fd callbacks %d actions in ADD_POLL_FD, %d in CHANGE_MODE_POLL_FD, %d in DEL_POLL_FD, %d in LOCK_POLL or UNLOCK_POLL (%d of a connection closing), %d waited (nested in a call of the model's)",
 		what, m.nsteps, len(m.all), in, count(core.ReasonRawRX), out, count(core.ReasonRawWriteable), m.partial, m.drains,
 		count(core.ReasonTimer), count(core.ReasonEventWaitCancelled), m.wrCloses, count(core.ReasonRawRxEnd), m.aborts, m.abortsDr, m.abortsCl, m.resets, m.relays, m.relaysEnded, m.relayDone, m.relayGone, m.resumed, m.gapsResolved, m.gapsExact, m.gapUnknown, m.gapDropped, m.relayBad, m.relayRefused,
-		m.pollActs[core.ReasonAddPollFD], m.pollActs[core.ReasonChangeModePollFD], m.pollActs[core.ReasonDelPollFD], m.pollClosed, m.pollNest)
+		m.pollActs[core.ReasonAddPollFD], m.pollActs[core.ReasonChangeModePollFD], m.pollActs[core.ReasonDelPollFD], m.pollActs[core.ReasonLockPoll]+m.pollActs[core.ReasonUnlockPoll], m.pollClosed, m.pollNest)
 }
 
 // adopt runs an adoption from a posted function as the core's own step: the

@@ -19,7 +19,9 @@ import (
 // of a callback, the accept), not in one nested in a call the model makes
 // (CallbackOnWritable, RxFlowControl, RelayTo...), whose result the model is
 // interpreting: such an action waits for the next one. LOCK_POLL and
-// UNLOCK_POLL are left out: they bracket the same changes.
+// UNLOCK_POLL about a connection are taken as the change they bracket (for
+// an accepted connection, its LOCK_POLL before the ADD_POLL_FD that binds
+// it is not known to be its).
 //
 // What the model expects, from ReasonLockPoll's doc (a Close made there
 // takes effect once the core's step that made the change is done) and from
@@ -28,14 +30,16 @@ import (
 //   - Write says ErrNotWritable (ErrClosed once closing or reset,
 //     ErrWriteClosed after CloseWrite, ErrRelaying on a relay's target, as
 //     anywhere outside RAW_WRITEABLE): every action starts with one.
-//   - In the DEL_POLL_FD of a connection the core is closing (Conn.Closed:
-//     its close runs, RAW_CLOSE comes next), every call says ErrClosed and
-//     changes nothing: RAW_CLOSE keeps the close's reason.
-//   - In the ADD_POLL_FD of an adoption or accept, before RAW_ADOPT, the
-//     connection is open (the core's rule for Close): Close returns nil and
-//     the connection gets RAW_ADOPT, then RAW_CLOSE with a nil Err; Abort
-//     likewise, RAW_CLOSE with ErrAborted right after RAW_ADOPT (nothing
-//     else between); CallbackOnWritable asks for a RAW_WRITEABLE that comes
+//   - In the DEL_POLL_FD of a connection the core is closing, and its
+//     brackets (Conn.Closed: its close runs, RAW_CLOSE comes next), every
+//     call says ErrClosed and changes nothing: RAW_CLOSE keeps the close's
+//     reason.
+//   - In the ADD_POLL_FD of an adoption or accept (and its brackets),
+//     before RAW_ADOPT, the connection is open (the core's rule for
+//     Close): Close returns nil and the connection gets RAW_ADOPT, then
+//     RAW_CLOSE with a nil Err; Abort
+//     likewise, RAW_CLOSE with ErrAborted after RAW_ADOPT (nothing of the
+//     connection between); CallbackOnWritable asks for a RAW_WRITEABLE that comes
 //     after RAW_ADOPT, and RAW_ADOPT's doc allows it already; RxFlowControl
 //     pauses or resumes as from RAW_ADOPT; SetTimer, CloseWrite (nothing was
 //     written: the peer reads end of stream) work as they would in
@@ -43,9 +47,10 @@ import (
 //     target is a connection the application was given.
 //   - Anywhere else the connection is open, each call works as it does in
 //     any other callback of the connection, and the model expects what it
-//     expects there: after Close or Abort nothing but RAW_CLOSE (with
-//     Abort's, before anything else the loop runs), a relay started,
-//     a RAW_WRITEABLE asked for, rx paused.
+//     expects there: after Close or Abort nothing of the connection but
+//     RAW_CLOSE (Abort's may come after what else the core's step
+//     delivers, as Close's: see core.Conn.Abort), a relay started, a
+//     RAW_WRITEABLE asked for, rx paused.
 //
 // A connection accepted from the context's listener is bound to the
 // model's connection in its ADD_POLL_FD (the application's SetUser there),
@@ -53,7 +58,24 @@ import (
 
 // pollReasons maps a step's byte to the poll-fd reason an action waits
 // for: mode changes are the most frequent.
-var pollReasons = []core.Reason{core.ReasonAddPollFD, core.ReasonChangeModePollFD, core.ReasonChangeModePollFD, core.ReasonDelPollFD}
+var pollReasons = []core.Reason{core.ReasonAddPollFD, core.ReasonChangeModePollFD, core.ReasonChangeModePollFD, core.ReasonDelPollFD,
+	core.ReasonLockPoll, core.ReasonChangeModePollFD, core.ReasonDelPollFD, core.ReasonUnlockPoll}
+
+// pollActions maps a byte to an action in a poll-fd callback: closing ones
+// more often than elsewhere, the rule for them being what the core's docs
+// say of these callbacks.
+var pollActions = weighted[actionKind]([]int{
+	actWrite: 3, actPause: 2, actResume: 3, actClose: 3, actError: 1, actTimer: 2, actThreadTimer: 1, actCloseWrite: 2,
+	actAbort: 3, actRelay: 3,
+})
+
+// decodePollAction is decodeAction for a poll-fd callback of reason r.
+func decodePollAction(a, b byte, r core.Reason) modelAction {
+	act := decodeAction(a, b)
+	act.kind = pollActions[int(a)%len(pollActions)]
+	act.poll = r
+	return act
+}
 
 // addAction decodes what a connection does in the ADD_POLL_FD of its
 // adoption, or nil for nothing (three in four).
@@ -61,8 +83,7 @@ func addAction(sel, b, k byte) *modelAction {
 	if (sel+k)&3 != 0 {
 		return nil
 	}
-	act := decodeAction(b*7+k+sel>>2, b^sel)
-	act.poll = core.ReasonAddPollFD
+	act := decodePollAction(b*7+k+sel>>2, b^sel, core.ReasonAddPollFD)
 	return &act
 }
 
@@ -107,7 +128,7 @@ func (m *model) onPoll(ev core.Event) {
 	defer func() { m.inApp-- }()
 	if c.Closed() {
 		m.pollClosed++
-		m.actClosed(mc, c, act)
+		m.actClosed(mc, c, ev.Reason, act)
 		return
 	}
 	if a.c == nil {
@@ -124,20 +145,18 @@ func (m *model) onPoll(ev core.Event) {
 			// RAW_ADOPT.
 		case actAbort:
 			m.abort(mc)
-			if a.aborted {
-				// RAW_CLOSE after RAW_ADOPT, not before it.
-				if i := slices.Index(m.aborting, mc); i >= 0 {
-					m.aborting = append(m.aborting[:i:i], m.aborting[i+1:]...)
-				}
-				a.abortAtAdopt = true
-			}
 		default:
 			m.applyOpen(mc, act)
 		}
-		return
-	}
-	if act.kind != actError { // ignored: the Write above stands for it
+	} else if act.kind != actError { // ignored: the Write above stands for it
 		_ = m.apply(mc, act)
+	}
+	if i := slices.Index(m.aborting, mc); i >= 0 {
+		// Aborted: RAW_CLOSE comes once the core's step is done, not
+		// before what else that step delivers (RAW_ADOPT of this one,
+		// callbacks of others); nothing of this one but RAW_CLOSE after
+		// Abort returned (after RAW_ADOPT, before it).
+		m.aborting = append(m.aborting[:i:i], m.aborting[i+1:]...)
 	}
 }
 
@@ -186,8 +205,8 @@ func (m *model) pollWrite(mc *modelConn, r core.Reason) {
 }
 
 // actClosed does act in the DEL_POLL_FD of a connection the core is
-// closing: every call says ErrClosed, and changes nothing.
-func (m *model) actClosed(mc *modelConn, c *core.Conn, act modelAction) {
+// closing (or the LOCK_POLL or UNLOCK_POLL around it): every call says ErrClosed, and changes nothing.
+func (m *model) actClosed(mc *modelConn, c *core.Conn, r core.Reason, act modelAction) {
 	type call struct {
 		name string
 		f    func() error
@@ -214,7 +233,7 @@ func (m *model) actClosed(mc *modelConn, c *core.Conn, act modelAction) {
 	}
 	for _, cl := range calls {
 		if err := cl.f(); !errors.Is(err, core.ErrClosed) {
-			m.problem(mc, "%s in the DEL_POLL_FD of its close returned %v, want ErrClosed", cl.name, err)
+			m.problem(mc, "%s in the %v of its close returned %v, want ErrClosed", cl.name, r, err)
 		}
 	}
 }
