@@ -511,3 +511,51 @@ func TestAdoptWithReadbufClosedInsideItsAddPollFD(t *testing.T) {
 		}
 	}
 }
+
+// A relay's source, paused, whose peer closes is parked (out of the poll
+// set, the end not read yet); closed there, in its DEL_POLL_FD, with
+// GracefulClose, it closes: the close, not knowing of the end, watches it
+// again for the peer's end of stream once the removal is done, and
+// RAW_CLOSE comes with a nil Err. That change was lost: the connection
+// stayed parked, its interest set, until CloseTimeout closed it.
+func TestCloseInsideParkingDelPollFD(t *testing.T) {
+	for _, lib := range backends {
+		t.Run(lib, func(t *testing.T) {
+			var src *core.Conn
+			var closedWith error
+			dels := 0
+			ctx, err := core.New(core.Info{EventLib: lib, GracefulClose: true, Protocols: []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
+				if ev.Conn == nil || ev.Conn != src {
+					return nil
+				}
+				switch {
+				case ev.Reason == core.ReasonDelPollFD && !ev.Conn.Closed():
+					dels++
+					require.NoError(t, ev.Conn.Close())
+				case ev.Reason == core.ReasonRawClose:
+					closedWith = ev.Err
+				}
+				return nil
+			}}}})
+			require.NoError(t, err)
+			defer ctx.Destroy()
+			var peers [2]int
+			var conns [2]*core.Conn
+			for i := range conns {
+				p, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK, 0)
+				require.NoError(t, err)
+				peers[i] = p[1]
+				conns[i], err = ctx.AdoptFD(p[0], "p")
+				require.NoError(t, err)
+			}
+			defer unix.Close(peers[1])
+			require.NoError(t, conns[0].RxFlowControl(false))
+			require.NoError(t, unix.Close(peers[0]))
+			src = conns[0]
+			require.NoError(t, src.RelayTo(conns[1]))
+			serviceUntil(t, ctx, func() bool { return src.Closed() })
+			require.Equal(t, 1, dels, "parked once")
+			require.NoError(t, closedWith, "closed for the peer's end, not by CloseTimeout")
+		})
+	}
+}
