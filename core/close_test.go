@@ -458,8 +458,11 @@ func TestInterestChangedInsidePollFD(t *testing.T) {
 			}}}})
 			require.NoError(t, err)
 			defer ctx.Destroy()
-			p, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK, 0)
+			p, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
 			require.NoError(t, err)
+			for _, fd := range p {
+				require.NoError(t, unix.SetNonblock(fd, true)) // SOCK_NONBLOCK is Linux's
+			}
 			defer unix.Close(p[1])
 			_, err = ctx.AdoptFD(p[0], "p")
 			require.NoError(t, err)
@@ -497,8 +500,11 @@ func TestAdoptWithReadbufClosedInsideItsAddPollFD(t *testing.T) {
 				}}}})
 				require.NoError(t, err)
 				defer ctx.Destroy()
-				p, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK, 0)
+				p, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
 				require.NoError(t, err)
+				for _, fd := range p {
+					require.NoError(t, unix.SetNonblock(fd, true)) // SOCK_NONBLOCK is Linux's
+				}
 				defer unix.Close(p[1])
 				c, err := ctx.AdoptFD(p[0], "p", core.WithReadbuf([]byte("kept")))
 				require.NoError(t, err)
@@ -542,8 +548,11 @@ func TestCloseInsideParkingDelPollFD(t *testing.T) {
 			var peers [2]int
 			var conns [2]*core.Conn
 			for i := range conns {
-				p, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK, 0)
+				p, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
 				require.NoError(t, err)
+				for _, fd := range p {
+					require.NoError(t, unix.SetNonblock(fd, true)) // SOCK_NONBLOCK is Linux's
+				}
 				peers[i] = p[1]
 				conns[i], err = ctx.AdoptFD(p[0], "p")
 				require.NoError(t, err)
