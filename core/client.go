@@ -274,7 +274,8 @@ func sockaddrString(sa unix.Sockaddr) string {
 // dialNext starts a non-blocking connect to the next address, unless
 // MaxConnectRacers are in flight (one, without racing) or the thread has
 // no room for another fd while some are: an attempt that ends makes room
-// and calls it again. The socket is watched for writability, which says
+// and calls it again, and so does the attempt delay, looked at again for
+// room made by other connections. The socket is watched for writability, which says
 // the connect finished either way. With nothing in flight and nothing
 // left to try, the connection fails.
 func (t *Thread) dialNext(conn *Conn) {
@@ -290,6 +291,9 @@ func (t *Thread) dialNext(conn *Conn) {
 		if !d.reserved {
 			if !t.reserve() {
 				if len(d.racing) > 0 {
+					// Another connection's close may make room before
+					// an attempt of this one ends: look again a delay on.
+					t.armAttemptDelay(conn, delay)
 					return
 				}
 				t.dialFailed(conn, ErrFDLimit)
@@ -334,15 +338,7 @@ func (t *Thread) dialNext(conn *Conn) {
 		if most > 1 && len(d.addrs) > 0 {
 			// From this attempt's start (RFC 8305 §5), so an attempt that
 			// failed at once is followed by a whole delay's wait.
-			if d.delay == nil {
-				d.delay = &Timer{t: t, idx: -1, fn: func() {
-					if conn.state == stateConnecting && conn.dial == d {
-						t.dialNext(conn)
-					}
-				}}
-			}
-			t.timers.remove(d.delay)
-			t.timers.schedule(d.delay, deadline(t.clock(), delay))
+			t.armAttemptDelay(conn, delay)
 		} else if d.delay != nil {
 			t.timers.remove(d.delay) // nothing left to race
 		}
@@ -365,6 +361,21 @@ func (t *Thread) dialNext(conn *Conn) {
 		why = attemptErrors(d.errs)
 	}
 	t.dialFailed(conn, &OpError{Op: "connect", Err: why})
+}
+
+// armAttemptDelay has conn's next address tried, beside the attempts in
+// flight, delay from now.
+func (t *Thread) armAttemptDelay(conn *Conn, delay time.Duration) {
+	d := conn.dial
+	if d.delay == nil {
+		d.delay = &Timer{t: t, idx: -1, fn: func() {
+			if conn.state == stateConnecting && conn.dial == d {
+				t.dialNext(conn)
+			}
+		}}
+	}
+	t.timers.remove(d.delay)
+	t.timers.schedule(d.delay, deadline(t.clock(), delay))
 }
 
 // startConnect opens a socket for sa and starts a non-blocking connect.

@@ -271,4 +271,24 @@ func TestSimConnectRacerWaitsForRoom(t *testing.T) {
 	require.Equal(t, 10*time.Millisecond, log.adopted[0].at)
 	require.Equal(t, "127.0.0.2:"+strconv.Itoa(port), log.remote.String())
 	require.Empty(t, log.failed)
+
+	// Room made by another connection's close while the first attempt
+	// stalls: the racer starts at the next attempt delay, and wins.
+	s, log = raceSim(t, core.Info{FDLimit: 2, ConnectAttemptDelay: 10 * time.Millisecond, ConnectTimeout: time.Second},
+		staticResolver{"race.test": {lo(1), lo(2)}})
+	other, peer := s.adoptPair()
+	defer unix.Close(peer)
+	base, adopted := len(log.adds), len(log.adopted)
+	_, err = s.th.Context().Connect("tcp", "race.test:"+strconv.Itoa(port), "")
+	require.NoError(t, err)
+	s.until("first attempt", func() bool { return len(log.adds) == base+1 })
+	s.runTo(15 * time.Millisecond)
+	require.Len(t, log.adds, base+1, "a racer beyond the fd limit")
+	require.NoError(t, other.Close())
+	s.runTo(20 * time.Millisecond)
+	require.Len(t, log.adds, base+2, "no racer at the attempt delay after the one that found no room")
+	s.until("RAW_ADOPT", func() bool { return len(log.adopted) > adopted })
+	require.Equal(t, 20*time.Millisecond, log.adopted[adopted].at, "the racer at the attempt delay after the one that found no room")
+	require.Equal(t, "127.0.0.2:"+strconv.Itoa(port), log.remote.String())
+	require.Empty(t, log.failed)
 }
