@@ -279,6 +279,9 @@ func sockaddrString(sa unix.Sockaddr) string {
 // the connect finished either way. With nothing in flight and nothing
 // left to try, the connection fails.
 func (t *Thread) dialNext(conn *Conn) {
+	if conn.state != stateConnecting || conn.closeReq {
+		return // given up in a poll-fd callback: the queued close fails it
+	}
 	d := conn.dial
 	delay, most := t.ctx.info.ConnectAttemptDelay, MaxConnectRacers
 	switch {
@@ -318,23 +321,31 @@ func (t *Thread) dialNext(conn *Conn) {
 		}
 		a := &dialAttempt{fd: fd, interest: evlib.Readable, sa: sa}
 		if conn.state != stateConnecting {
-			// Closed by the application in the ADD_POLL_FD of this very
-			// socket, which ended every attempt it knew of.
+			// Ended in the ADD_POLL_FD of this very socket (the context
+			// destroyed), which ended every attempt it knew of.
 			t.dropAttempt(conn, a)
 			return
 		}
 		d.racing = append(d.racing, a)
 		conn.fd = d.racing[0].fd
+		if conn.closeReq {
+			// Given up by the application in the ADD_POLL_FD of this
+			// socket: the close it queued drops a with the rest once the
+			// step is done.
+			return
+		}
 		err = t.modify(conn, fd, evlib.Readable|evlib.Writable, a.interest)
-		if conn.state != stateConnecting {
-			return // closed in CHANGE_MODE_POLL_FD: a was dropped with the rest
+		if err == nil {
+			a.interest = evlib.Readable | evlib.Writable
+		}
+		if conn.state != stateConnecting || conn.closeReq {
+			return // given up in CHANGE_MODE_POLL_FD: likewise
 		}
 		if err != nil {
 			d.errs = append(d.errs, &attemptError{sa, &OpError{Op: "modify interest", Err: err}})
 			t.dropAttempt(conn, a)
 			continue
 		}
-		a.interest = evlib.Readable | evlib.Writable
 		if most > 1 && len(d.addrs) > 0 {
 			// From this attempt's start (RFC 8305 §5), so an attempt that
 			// failed at once is followed by a whole delay's wait.
@@ -408,6 +419,9 @@ func startConnect(sa unix.Sockaddr) (int, error) {
 // connection's fd as it is registered ("promoted", in lws' words); the
 // others are dropped.
 func (t *Thread) onConnect(conn *Conn, fd int) {
+	if conn.closeReq {
+		return // given up in a poll-fd callback: the queued close fails it
+	}
 	d := conn.dial
 	i := slices.IndexFunc(d.racing, func(a *dialAttempt) bool { return a.fd == fd })
 	if i < 0 {
@@ -427,7 +441,7 @@ func (t *Thread) onConnect(conn *Conn, fd int) {
 	}
 	if err != nil {
 		d.errs = append(d.errs, &attemptError{a.sa, err})
-		t.dropAttempt(conn, a)
+		t.dropAttempt(conn, a) // (dialNext does nothing if given up in its DEL_POLL_FD)
 		t.dialNext(conn)
 		return
 	}
@@ -436,19 +450,25 @@ func (t *Thread) onConnect(conn *Conn, fd int) {
 			t.dropAttempt(conn, b)
 		}
 	}
+	if conn.state != stateConnecting || conn.closeReq {
+		return // given up in a loser's DEL_POLL_FD
+	}
 	conn.fd = a.fd
 	// Back to reading only while still connecting: an application that
-	// gives up in this CHANGE_MODE_POLL_FD gets CLIENT_CONNECTION_ERROR,
-	// with a dropped as the last attempt, and no RAW_ADOPT.
+	// gives up in this CHANGE_MODE_POLL_FD gets CLIENT_CONNECTION_ERROR
+	// once the step is done, with a dropped as the last attempt, and no
+	// RAW_ADOPT.
 	err = t.modify(conn, a.fd, evlib.Readable, a.interest)
-	if conn.state != stateConnecting {
+	if err == nil {
+		a.interest = evlib.Readable
+	}
+	if conn.state != stateConnecting || conn.closeReq {
 		return
 	}
 	if err != nil {
 		t.dialFailed(conn, &OpError{Op: "modify interest", Err: err})
 		return
 	}
-	a.interest = evlib.Readable
 	conn.interest = a.interest
 	d.racing = nil
 	t.endDial(conn)

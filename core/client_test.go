@@ -4,6 +4,7 @@ package core_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"path/filepath"
@@ -306,6 +307,122 @@ func TestConnectResolverFails(t *testing.T) {
 		require.ErrorContains(t, log.errs[0], "resolving nowhere.test")
 		require.True(t, c.Closed())
 		require.Empty(t, log.adopted)
+	}
+}
+
+// Close or Abort of a connecting connection inside a poll-fd callback about
+// one of its own sockets gives it up once the core's step that made the
+// change is done (ReasonLockPoll): the call returns nil and the connection
+// is still Connecting after it; CLIENT_CONNECTION_ERROR, with ErrClosed,
+// comes once, outside any LOCK_POLL/UNLOCK_POLL bracket, after every socket
+// of the connection was deleted, and nothing for the connection follows it.
+// "Refused" gives up in the DEL_POLL_FD of an attempt the address refused,
+// which made the core go on with a connection already failed (a nil
+// dereference: the Model, seed 11 of 16 on epoll).
+func TestConnectGivenUpInsideItsPollFD(t *testing.T) {
+	at := map[string]func(core.Event) bool{
+		"Add": func(ev core.Event) bool { return ev.Reason == core.ReasonAddPollFD },
+		"Watch": func(ev core.Event) bool {
+			return ev.Reason == core.ReasonChangeModePollFD && ev.Poll.Events&evlib.Writable != 0
+		},
+		"Promote": func(ev core.Event) bool {
+			return ev.Reason == core.ReasonChangeModePollFD && ev.Poll.Events&evlib.Writable == 0
+		},
+		"Refused": func(ev core.Event) bool { return ev.Reason == core.ReasonDelPollFD },
+	}
+	for _, lib := range backends {
+		for when, now := range at {
+			for _, how := range []string{"Close", "Abort"} {
+				t.Run(lib+"/"+when+"/"+how, func(t *testing.T) {
+					var c *core.Conn
+					var callErr, errEv error
+					var gaveUp, connectingAfter bool
+					var errs int
+					var problems []string
+					added, deleted := map[int]int{}, map[int]int{}
+					inBracket := false
+					ctx, err := core.New(core.Info{EventLib: lib, Protocols: []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
+						switch ev.Reason {
+						case core.ReasonLockPoll:
+							inBracket = true
+						case core.ReasonUnlockPoll:
+							inBracket = false
+						}
+						if c == nil || ev.Conn != c {
+							return nil
+						}
+						if errs > 0 {
+							problems = append(problems, ev.Reason.String()+" after CLIENT_CONNECTION_ERROR")
+						}
+						switch ev.Reason {
+						case core.ReasonAddPollFD:
+							added[ev.Poll.FD]++
+						case core.ReasonDelPollFD:
+							deleted[ev.Poll.FD]++
+						case core.ReasonClientConnectionError:
+							errs++
+							errEv = ev.Err
+							if inBracket {
+								problems = append(problems, "CLIENT_CONNECTION_ERROR inside a LOCK_POLL/UNLOCK_POLL bracket")
+							}
+							if len(deleted) != len(added) {
+								problems = append(problems, "CLIENT_CONNECTION_ERROR before every socket was deleted")
+							}
+						case core.ReasonRawAdopt, core.ReasonRawClose:
+							problems = append(problems, ev.Reason.String()+" of a connection given up")
+						}
+						if now(ev) && c.Connecting() && !gaveUp {
+							gaveUp = true
+							if how == "Close" {
+								callErr = c.Close()
+							} else {
+								callErr = c.Abort()
+							}
+							connectingAfter = c.Connecting() && !c.Closed()
+						}
+						return nil
+					}}}})
+					require.NoError(t, err)
+					defer ctx.Destroy()
+					addr := ""
+					if when == "Refused" {
+						// Bound, never listening: refused.
+						fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+						require.NoError(t, err)
+						defer unix.Close(fd)
+						require.NoError(t, unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}))
+						sa, err := unix.Getsockname(fd)
+						require.NoError(t, err)
+						addr = fmt.Sprintf("127.0.0.1:%d", sa.(*unix.SockaddrInet4).Port)
+					} else {
+						ln, err := net.Listen("tcp4", "127.0.0.1:0")
+						require.NoError(t, err)
+						defer ln.Close()
+						addr = ln.Addr().String()
+					}
+					c, err = ctx.Connect("tcp4", addr, "p")
+					require.NoError(t, err)
+					serviceUntil(t, ctx, c.Closed)
+					for range 3 {
+						require.NoError(t, ctx.Thread(0).Service(0))
+					}
+					if !gaveUp {
+						// The kernel refused the connect at once: no socket to
+						// delete.
+						require.Equal(t, "Refused", when)
+						require.ErrorIs(t, errEv, unix.ECONNREFUSED)
+						t.Skip("the connect was refused at once")
+					}
+					require.NoError(t, callErr)
+					require.True(t, connectingAfter, "%s inside a poll-fd callback took effect before the core's step was done", how)
+					require.Empty(t, problems)
+					require.Equal(t, 1, errs, "CLIENT_CONNECTION_ERROR")
+					require.ErrorIs(t, errEv, core.ErrClosed)
+					require.NotEmpty(t, added)
+					require.Equal(t, added, deleted, "every socket added for the connection deleted once")
+				})
+			}
+		}
 	}
 }
 

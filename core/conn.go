@@ -274,10 +274,13 @@ func (c *Conn) RxPaused() bool { return c.rxPaused }
 // delivered but RAW_CLOSE, which follows with a nil Err (ErrTimeout when the
 // bound ran out). Returning an error from a callback, by contrast, closes at
 // once and drops what is pending (lws' return -1). A client connection not
-// established yet is aborted with CLIENT_CONNECTION_ERROR, and a
-// connection handed over to its thread but not adopted yet is dropped
-// with no callback; neither gets RAW_CLOSE. From the Close on,
-// CallbackOnWritable and Write return ErrClosed.
+// established yet is aborted with CLIENT_CONNECTION_ERROR (Event.Err
+// ErrClosed: at once, or, from a poll-fd callback, once the core's step
+// that made the change is done, see ReasonLockPoll; a second Close or
+// Abort before then returns ErrClosed), and a connection handed over to
+// its thread but not adopted yet is dropped with no callback; neither
+// gets RAW_CLOSE. From the Close on, CallbackOnWritable and Write return
+// ErrClosed.
 func (c *Conn) Close() error {
 	t := c.t
 	took, err := t.own()
@@ -288,8 +291,7 @@ func (c *Conn) Close() error {
 	if c.state == stateConnecting || c.state == stateHandover {
 		// Abort: a client connection gets CLIENT_CONNECTION_ERROR, an
 		// adoption not made yet nothing; neither gets RAW_CLOSE.
-		t.dropHandoff(c, ErrClosed)
-		return nil
+		return t.giveUp(c)
 	}
 	if c.state != stateOpen || c.draining {
 		return ErrClosed
@@ -397,8 +399,7 @@ func (c *Conn) Abort() error {
 	}
 	defer t.release(took)
 	if c.state == stateConnecting || c.state == stateHandover {
-		t.dropHandoff(c, ErrClosed)
-		return nil
+		return t.giveUp(c)
 	}
 	if c.state != stateOpen || c.closeReq {
 		return ErrClosed
@@ -410,6 +411,26 @@ func (c *Conn) Abort() error {
 	}
 	c.out, c.rxbuf, c.wantWritable = nil, nil, false
 	t.requestClose(c, ErrAborted)
+	return nil
+}
+
+// giveUp is Close and Abort of a connection not established yet: a client
+// connection gets CLIENT_CONNECTION_ERROR with ErrClosed, at once, or, asked
+// for inside a poll-fd callback, once the core's step that made the change
+// is done (see ReasonLockPoll), as a close is; a handed-over one is dropped.
+func (t *Thread) giveUp(c *Conn) error {
+	switch {
+	case c.closeReq:
+		return ErrClosed // given up already, not done yet
+	case c.state == stateConnecting && t.pollChanging > 0:
+		// Failed at once, it would go on being connected by the step
+		// whose change is being reported, and CLIENT_CONNECTION_ERROR
+		// would come inside the bracket.
+		c.closeReq, c.closeErr = true, ErrClosed
+		t.closeReq = append(t.closeReq, c)
+		return nil
+	}
+	t.dropHandoff(c, ErrClosed)
 	return nil
 }
 

@@ -51,7 +51,10 @@ const (
 	// A Conn.Close made in any of the poll-fd reasons takes effect once
 	// the core's step that made the change is done: a connection closed
 	// in its own ADD_POLL_FD still gets RAW_ADOPT, then RAW_CLOSE; a
-	// client connection still connecting gets CLIENT_CONNECTION_ERROR.
+	// client connection still connecting (in the poll-fd callbacks of its
+	// sockets' connects, the one that takes the winner back to reading
+	// included) stays Connecting until then, and then gets
+	// CLIENT_CONNECTION_ERROR instead of RAW_ADOPT; Abort likewise.
 	// A change of interest that a call made there causes
 	// (CallbackOnWritable, RxFlowControl, RelayTo) is made, and reported
 	// in a bracket of its own, once the change being reported is done:
@@ -72,8 +75,12 @@ const (
 	ReasonRawCloseFile
 	// ReasonClientConnectionError: a connection started with
 	// Context.Connect failed — resolution, every address refused, or
-	// ConnectTimeout. Event.Err says why. Nothing else is delivered for
-	// it; a connection that is established gets RAW_ADOPT instead.
+	// ConnectTimeout — or was given up: Close or Abort while it connected
+	// (Event.Err then matches ErrClosed), or the context's destruction
+	// (ErrDestroyed). Event.Err says why. It comes once, after the
+	// DEL_POLL_FD of every socket added for the connection; nothing is
+	// delivered for it after, and Conn.FD says -1. A connection that is
+	// established gets RAW_ADOPT instead.
 	ReasonClientConnectionError
 	// ReasonRawRxEnd: the peer ended its stream in order (its FIN, a
 	// half-close) and every byte it sent was delivered in RAW_RX. It is

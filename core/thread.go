@@ -1152,6 +1152,10 @@ func (t *Thread) endCallback() {
 	for len(t.closeReq) > 0 {
 		c := t.closeReq[0]
 		t.closeReq = t.closeReq[1:]
+		if c.state == stateConnecting {
+			t.dialFailed(c, c.closeErr) // given up in a poll-fd callback
+			continue
+		}
 		t.closeConn(c, c.closeErr)
 	}
 	t.depth--
