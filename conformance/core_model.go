@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -28,13 +29,19 @@ import (
 )
 
 // The model-based test runs programs: byte strings that an interpreter
-// turns into a few connections and a sequence of steps, each an operation
+// turns into a few connections (accepted, adopted, or client connections
+// the application makes with Context.Connect: to the model's own listener,
+// or to an address that refuses, which must get one CLIENT_CONNECTION_ERROR
+// with ECONNREFUSED and nothing else) and a sequence of steps, each an operation
 // of the peer (write, read, half-close, close), of the application from a
 // posted function or armed to run inside the next callback of a kind
 // (write in RAW_WRITEABLE, rx pause and resume, Close, CloseWrite, Abort,
 // returning an error, Conn timers and timeouts, thread timers, RelayTo
 // another connection: see core_model_relay.go; the poll-fd callbacks
-// about a connection too, see core_model_poll.go), or CancelService, with or without Protocol.AllowHalfOpen (half the
+// about a connection too, see core_model_poll.go, a client connection's
+// Close or Abort while it connects among them: CLIENT_CONNECTION_ERROR with
+// ErrClosed once the core's step is done, and no RAW_ADOPT), or
+// CancelService, with or without Protocol.AllowHalfOpen (half the
 // programs: then a half-open connection must get RAW_RX_END once, after
 // the last RAW_RX and never while paused, and stay open until the
 // application ends it, which it does once it answered). After Abort
@@ -53,8 +60,9 @@ import (
 // under name, with the core driven by Context.Run, or by PollSetHost for
 // an app-driven backend. The program is any byte string: its first bytes
 // choose the connections (up to four: accepted and adopted loopback TCP,
-// a unix socket pair, a pipe where the backend declares evlib.CapFiles)
-// and the context's options, each following group of four bytes one
+// a unix socket pair, a pipe where the backend declares evlib.CapFiles,
+// a client connection made with Context.Connect to a loopback listener
+// or to a loopback port that refuses) and the context's options, each following group of four bytes one
 // step; a step beyond the 400th is ignored, and any input is a valid
 // program. It is meant for fuzzing the core (see core's FuzzModel); a
 // failure names the step and prints the program. Like the suite, it checks
@@ -143,12 +151,21 @@ const (
 	kindUnix                        // a socket pair's end, AdoptFD
 	kindTCPAdopted                  // a loopback TCP connection, AdoptConn
 	kindPipe                        // a pipe's read end, AdoptFD; the peer only writes (evlib.CapFiles)
+	kindConnect                     // Context.Connect to the model's own TCP listener; the peer is the accepted end
+	kindRefused                     // Context.Connect to an address that refuses: CLIENT_CONNECTION_ERROR, no peer
 	numKinds
 )
 
 func (k connKind) String() string {
-	return [...]string{"accepted tcp", "unix pair", "adopted tcp", "pipe"}[k]
+	return [...]string{"accepted tcp", "unix pair", "adopted tcp", "pipe", "connect", "refused connect"}[k]
 }
+
+// tcp reports whether the application's end is a TCP socket.
+func (k connKind) tcp() bool { return k == kindTCPAccepted || k == kindTCPAdopted || k == kindConnect }
+
+// client reports whether the application made the connection with
+// Context.Connect.
+func (k connKind) client() bool { return k == kindConnect || k == kindRefused }
 
 // modelConfig is what a program's header chooses.
 type modelConfig struct {
@@ -192,7 +209,7 @@ func (s *suite) decodeModel(p []byte) (modelConfig, []modelStep) {
 		b := at(2 + i)
 		c.kinds[i] = s.kindOf(b)
 		c.flags[i] = b / byte(numKinds)
-		c.addActs[i] = addAction(opt>>5, b, byte(i))
+		c.addActs[i] = openAction(c.kinds[i], opt>>5, b, byte(i))
 	}
 	var steps []modelStep
 	for i := modelHeader; i < len(p) && len(steps) < maxModelSteps; i += modelStepLen {
@@ -342,8 +359,10 @@ type modelAction struct {
 	j    int  // thread timer
 	to   byte // RelayTo: which other slot (see relaySlot)
 	// Armed for a poll-fd callback about the connection (see
-	// core_model_poll.go): the reason it waits for.
+	// core_model_poll.go): the reason it waits for, and how many such
+	// callbacks it lets pass first.
 	poll core.Reason
+	skip int
 }
 
 // modelActions maps a byte to an action, each as often as it should be
@@ -413,7 +432,8 @@ type modelConn struct {
 	// The bytes the peer may have sent: peer.wrote, raised before a write
 	// to what it tries to write, for the loop goroutine (see gapRX).
 	peerMax atomic.Int64
-	readbuf int64 // the stream's first bytes, given with WithReadbuf
+	readbuf int64  // the stream's first bytes, given with WithReadbuf
+	local   string // a client connection's address, as its RAW_ADOPT saw it: its peer's remote address
 }
 
 func (mc *modelConn) String() string {
@@ -456,7 +476,14 @@ type appEnd struct {
 	wrFirst    bool  // CloseWrite came before RAW_RX_END (or with none yet)
 	rxEnded    bool  // RAW_RX_END came
 	aborted    bool  // Abort returned nil
-	resetDue   bool  // Abort reset a TCP connection that sent no FIN (no CloseWrite, no GracefulClose): its peer must read an error
+	// A client connection (Context.Connect): connecting from Connect
+	// until RAW_ADOPT or CLIENT_CONNECTION_ERROR (failed, and closed, its
+	// Err in closeErr); the fds its poll-fd callbacks added and did not
+	// delete meanwhile.
+	connecting bool
+	failed     bool
+	dialFDs    map[int]bool
+	resetDue   bool // Abort reset a TCP connection that sent no FIN (no CloseWrite, no GracefulClose): its peer must read an error
 
 	timerPending   bool
 	timerAt        time.Time // the TIMER must not come before
@@ -509,7 +536,11 @@ type model struct {
 	guard  time.Duration
 	nsteps int
 	ln     *core.Listener // accepts the kindTCPAccepted connections
-	tcp    net.Listener   // accepts the peers' ends of the kindTCPAdopted ones
+	tcp    net.Listener   // accepts the peers' ends of the kindTCPAdopted and kindConnect ones
+	// Bound to a loopback address and port, never listening: a connect
+	// there is refused (kindRefused).
+	refuse     int
+	refuseAddr string
 
 	// Test goroutine.
 	slots  []*modelConn
@@ -518,6 +549,7 @@ type model struct {
 	nextID int
 	rbuf   []byte
 	resets int // peers of aborted TCP connections that read a reset
+	strays int // connections accepted from tcp that no peer wanted: connects given up
 
 	step         atomic.Int64 // the step being run (nsteps+1: settling), for problems seen on the loop
 	cancelIssued atomic.Int64
@@ -559,6 +591,9 @@ type model struct {
 	// model's.
 	pollActs             map[core.Reason]int
 	pollClosed, pollNest int
+	// Client connections started, established, refused, given up (Close
+	// or Abort while connecting, in one of its poll-fd callbacks).
+	connects, connected, refused, connClosed int
 }
 
 // runModel runs a program; guard bounds each wait for the peers and the
@@ -570,9 +605,11 @@ func (s *suite) runModel(t *testing.T, program []byte, what string, guard time.D
 		// Longer than any wait of the suite: a close or a hangup never
 		// runs out of time in a program, whose model would otherwise
 		// have to know when it did.
-		CloseTimeout:  6 * hang,
-		GracefulClose: cfg.graceful,
-		Protocols:     []core.Protocol{{Name: "model", Callback: m.callback, RxChunk: cfg.rxChunk, AllowHalfOpen: cfg.halfOpen}},
+		CloseTimeout: 6 * hang,
+		// Likewise: a client connection is established or refused.
+		ConnectTimeout: 6 * hang,
+		GracefulClose:  cfg.graceful,
+		Protocols:      []core.Protocol{{Name: "model", Callback: m.callback, RxChunk: cfg.rxChunk, AllowHalfOpen: cfg.halfOpen}},
 	})
 	t.Cleanup(m.closePeers) // before the harness' cleanup destroys the context
 	var err error
@@ -590,6 +627,8 @@ func (s *suite) runModel(t *testing.T, program []byte, what string, guard time.D
 	m.tcp, err = lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
 	require.NoError(t, err)
 	t.Cleanup(func() { m.tcp.Close() })
+	m.refuse, m.refuseAddr = refusingSocket(t)
+	t.Cleanup(func() { unix.Close(m.refuse) })
 	m.h.start()
 	m.slots = make([]*modelConn, cfg.conns)
 	for k := range cfg.conns {
@@ -665,7 +704,8 @@ func (m *model) note(format string, args ...any) {
 // RAW_ADOPT, bit 1 asks for RAW_WRITEABLE there (with a chunk to write),
 // bits 2-3 choose a read buffer handed over with core.WithReadbuf, bit 4
 // pauses rx in the first RAW_RX, bit 5 sets a TIMER that resumes rx.
-// addAct, if not nil, is done in the connection's ADD_POLL_FD. An accepted
+// addAct, if not nil, is done in the connection's ADD_POLL_FD (a client
+// connection's: in the poll-fd callback it names, see openAction). An accepted
 // connection is bound to mc in its ADD_POLL_FD (see onPoll), which then has
 // RAW_ADOPT of the model's; were it not, the test goroutine does the same
 // right after it.
@@ -678,7 +718,7 @@ func (m *model) open(k int, kind connKind, flags byte, addAct *modelAction) {
 		mc.adoptChunk = chunkSize(flags, byte(m.nextID))
 	}
 	readbuf := [...]int{0, 0, 100, 70000}[flags>>2&3]
-	if kind == kindTCPAccepted {
+	if kind == kindTCPAccepted || kind.client() {
 		readbuf = 0
 	}
 	m.slots[k], m.all = mc, append(m.all, mc)
@@ -688,11 +728,11 @@ func (m *model) open(k int, kind connKind, flags byte, addAct *modelAction) {
 			mc.app.onPoll = append(mc.app.onPoll, *addAct)
 		}
 	})
-	inAdd := "nothing"
+	inAdd := "in its ADD_POLL_FD nothing"
 	if addAct != nil {
-		inAdd = addAct.String()
+		inAdd = fmt.Sprintf("in its %v (after %d of them) %v", addAct.poll, addAct.skip, addAct)
 	}
-	m.note("open %v: in RAW_ADOPT pause %v, write %d B, pause in the first RAW_RX %v, a TIMER to resume %v; read buffer %d B; in its ADD_POLL_FD %s",
+	m.note("open %v: in RAW_ADOPT pause %v, write %d B, pause in the first RAW_RX %v, a TIMER to resume %v; read buffer %d B; %s",
 		mc, mc.pauseAtAdopt, mc.adoptChunk, mc.pauseFirstRX, mc.resumeTimer, readbuf, inAdd)
 	var opts []core.AdoptOption
 	if readbuf > 0 {
@@ -737,14 +777,8 @@ func (m *model) open(k int, kind connKind, flags byte, addAct *modelAction) {
 			unix.Close(fd)
 		}
 	case kindTCPAdopted:
-		accepted := make(chan net.Conn, 1)
-		go func() {
-			c, _ := m.tcp.Accept()
-			accepted <- c
-		}()
 		mc.peer.fd = m.dial(m.tcp.Addr())
-		srv := waitCh(t, accepted, "the peer's connection to be accepted")
-		require.NotNil(t, srv)
+		srv := m.acceptPeer(sockName(t, mc.peer.fd))
 		m.do(func() { c, err = m.adopt(func() (*core.Conn, error) { return m.h.ctx.AdoptConn(srv, "", opts...) }) })
 		if err != nil {
 			srv.Close()
@@ -757,6 +791,9 @@ func (m *model) open(k int, kind connKind, flags byte, addAct *modelAction) {
 		if err != nil {
 			unix.Close(p[0])
 		}
+	case kindConnect, kindRefused:
+		m.connect(mc, opts)
+		return
 	}
 	if err != nil {
 		m.fatalf("adopting %v: %v", mc, err)
@@ -766,6 +803,94 @@ func (m *model) open(k int, kind connKind, flags byte, addAct *modelAction) {
 	if !same {
 		m.fatalf("%v: RAW_ADOPT did not come with the Conn that the adoption returned", mc)
 	}
+}
+
+// connect opens a client connection (kindConnect, kindRefused): Connect
+// from a posted function, then, once RAW_ADOPT came, the peer is the
+// connection the model's TCP listener accepted from its address. Connect
+// does not wait for the connect: an action armed for one of its poll-fd
+// callbacks (see core_model_poll.go) meets the connection connecting.
+func (m *model) connect(mc *modelConn, opts []core.AdoptOption) {
+	t := m.t
+	addr := m.tcp.Addr().String()
+	if mc.kind == kindRefused {
+		addr = m.refuseAddr
+	}
+	mark := m.h.rec.mark()
+	var c *core.Conn
+	var err error
+	var connecting bool
+	m.do(func() {
+		c, err = m.h.ctx.Connect("tcp4", addr, "model", opts...)
+		if err == nil {
+			connecting = c.Connecting()
+			mc.app.c, mc.app.connecting, mc.app.dialFDs = c, true, map[int]bool{}
+			m.connects++
+		}
+	})
+	switch {
+	case err != nil:
+		m.fatalf("%v: Connect(%q): %v", mc, addr, err)
+	case !connecting:
+		m.fatalf("%v: the Conn Connect returned does not report Connecting", mc)
+	}
+	e := m.h.rec.waitEventFrom(t, "RAW_ADOPT or CLIENT_CONNECTION_ERROR of "+mc.String(), mark, func(e event) bool {
+		return e.conn == c && (e.reason == core.ReasonRawAdopt || e.reason == core.ReasonClientConnectionError)
+	})
+	var local string
+	m.do(func() { local = mc.local })
+	if e.reason == core.ReasonClientConnectionError {
+		// No peer: nothing to send, nothing to read.
+		mc.peer.shut, mc.peer.eof, mc.peer.closed = true, true, true
+		return
+	}
+	nc := m.acceptPeer(local)
+	defer nc.Close()
+	mc.peer.fd = dupFD(t, nc.(*net.TCPConn))
+}
+
+// acceptPeer accepts from the model's TCP listener the connection from
+// address from. Another one is the peer of a connect the application gave
+// up, which the kernel may have completed: it is closed.
+func (m *model) acceptPeer(from string) net.Conn {
+	tl := m.tcp.(*net.TCPListener)
+	require.NoError(m.t, tl.SetDeadline(time.Now().Add(m.guard)))
+	defer tl.SetDeadline(time.Time{})
+	for {
+		nc, err := tl.Accept()
+		if err != nil {
+			m.fatalf("accepting the connection from %s: %v", from, err)
+		}
+		if nc.RemoteAddr().String() == from {
+			return nc
+		}
+		m.strays++
+		nc.Close()
+	}
+}
+
+// sockName returns the address a socket is bound to, as net.TCPAddr
+// writes it.
+func sockName(t testing.TB, fd int) string {
+	sa, err := unix.Getsockname(fd)
+	require.NoError(t, err)
+	if sa, ok := sa.(*unix.SockaddrInet4); ok {
+		return (&net.TCPAddr{IP: net.IP(sa.Addr[:]), Port: sa.Port}).String()
+	}
+	return fmt.Sprint(sa)
+}
+
+// refusingSocket returns a TCP socket bound to a loopback port, never
+// listening, and its address: a connect there is refused (ECONNREFUSED).
+func refusingSocket(t testing.TB) (int, string) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+	require.NoError(t, err)
+	unix.CloseOnExec(fd)
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		unix.Close(fd)
+		require.NoError(t, err)
+	}
+	return fd, sockName(t, fd)
 }
 
 // control gives a socket 16 KiB buffers if the program asks for small
@@ -838,7 +963,8 @@ func (m *model) callback(ev core.Event) error {
 	case core.ReasonAddPollFD, core.ReasonChangeModePollFD, core.ReasonDelPollFD, core.ReasonLockPoll, core.ReasonUnlockPoll:
 		m.onPoll(ev)
 		return nil
-	case core.ReasonEventWaitCancelled, core.ReasonRawAdopt, core.ReasonRawRX, core.ReasonRawWriteable, core.ReasonTimer, core.ReasonRawClose, core.ReasonRawRxEnd:
+	case core.ReasonEventWaitCancelled, core.ReasonRawAdopt, core.ReasonRawRX, core.ReasonRawWriteable, core.ReasonTimer, core.ReasonRawClose, core.ReasonRawRxEnd,
+		core.ReasonClientConnectionError:
 	default:
 		return nil
 	}
@@ -860,11 +986,15 @@ func (m *model) callback(ev core.Event) error {
 	}
 	a := &mc.app
 	if a.closed {
-		m.problem(mc, "%v after RAW_CLOSE", ev.Reason)
+		m.problem(mc, "%v after %s", ev.Reason, mc.end())
 		return nil
 	}
-	if ev.Reason != core.ReasonRawAdopt && ev.Conn != a.c {
-		m.problem(mc, "%v for another Conn than the one adopted", ev.Reason)
+	if (ev.Reason != core.ReasonRawAdopt || mc.kind.client()) && ev.Conn != a.c {
+		m.problem(mc, "%v for another Conn than the one adopted (or Connect returned)", ev.Reason)
+		return nil
+	}
+	if ev.Reason == core.ReasonClientConnectionError {
+		m.onClientError(mc, ev)
 		return nil
 	}
 	if ev.Reason != core.ReasonRawAdopt {
@@ -875,6 +1005,9 @@ func (m *model) callback(ev core.Event) error {
 		if a.adopted {
 			m.problem(mc, "second RAW_ADOPT")
 			return nil
+		}
+		if mc.kind.client() {
+			m.clientAdopted(mc, ev.Conn)
 		}
 		m.adopted(mc, ev.Conn)
 	case core.ReasonRawRX:
@@ -889,6 +1022,92 @@ func (m *model) callback(ev core.Event) error {
 		m.onClose(mc, ev.Err)
 	}
 	return nil
+}
+
+// end names how the connection ended.
+func (mc *modelConn) end() string {
+	if mc.app.failed {
+		return "CLIENT_CONNECTION_ERROR"
+	}
+	return "RAW_CLOSE"
+}
+
+// clientAdopted checks the RAW_ADOPT of a client connection: one that
+// connects to the model's listener, with no Close or Abort while it
+// connected, no longer Connecting, on the one fd of its poll-fd callbacks
+// left added (the socket whose connect won).
+func (m *model) clientAdopted(mc *modelConn, c *core.Conn) {
+	a := &mc.app
+	switch {
+	case mc.kind == kindRefused:
+		m.problem(mc, "RAW_ADOPT of a connect to %s, which refuses", m.refuseAddr)
+	case !a.connecting:
+		m.problem(mc, "RAW_ADOPT of a client connection not connecting")
+	case a.closing:
+		m.problem(mc, "RAW_ADOPT after Close or Abort while connecting (want CLIENT_CONNECTION_ERROR and nothing else)")
+	case c.Connecting() || c.Closed():
+		m.problem(mc, "RAW_ADOPT while Connecting says %v, Closed %v", c.Connecting(), c.Closed())
+	}
+	fd := c.FD()
+	if len(a.dialFDs) != 1 || !a.dialFDs[fd] {
+		m.problem(mc, "RAW_ADOPT on fd %d, while the fds its poll-fd callbacks added and did not delete are %v", fd, slices.Sorted(maps.Keys(a.dialFDs)))
+	}
+	a.connecting, a.dialFDs = false, nil
+	m.connected++
+	sa, err := unix.Getsockname(fd)
+	if sa, ok := sa.(*unix.SockaddrInet4); ok && err == nil {
+		mc.local = (&net.TCPAddr{IP: net.IP(sa.Addr[:]), Port: sa.Port}).String()
+	} else {
+		m.problem(mc, "RAW_ADOPT: the socket's address: %v, %v", sa, err)
+	}
+}
+
+// onClientError is the model's CLIENT_CONNECTION_ERROR: once, for a client
+// connection still connecting, never after RAW_ADOPT; Err says
+// ECONNREFUSED for the address that refuses, ErrClosed once the
+// application gave up (Close or Abort while connecting). The connection is
+// then Closed, not Connecting, holds no fd (FD -1), and its poll-fd
+// callbacks deleted every fd they added; nothing more comes for it
+// (callback and onPoll check that).
+func (m *model) onClientError(mc *modelConn, ev core.Event) {
+	a := &mc.app
+	c := ev.Conn
+	switch {
+	case !mc.kind.client():
+		m.problem(mc, "CLIENT_CONNECTION_ERROR for a connection the application did not Connect")
+	case a.adopted:
+		m.problem(mc, "CLIENT_CONNECTION_ERROR after RAW_ADOPT")
+	case !a.connecting:
+		m.problem(mc, "CLIENT_CONNECTION_ERROR of a client connection not connecting")
+	}
+	var want error
+	switch {
+	case a.closing:
+		want = core.ErrClosed
+	case mc.kind == kindRefused:
+		want = syscall.ECONNREFUSED
+	default:
+		m.problem(mc, "CLIENT_CONNECTION_ERROR (%v) for a connect to the model's listener, not given up", ev.Err)
+	}
+	if want != nil && !errors.Is(ev.Err, want) {
+		m.problem(mc, "CLIENT_CONNECTION_ERROR with Err %v, want %v (Close or Abort while connecting: %v)", ev.Err, want, a.closing)
+	}
+	if c.Connecting() || !c.Closed() {
+		m.problem(mc, "CLIENT_CONNECTION_ERROR while Connecting says %v, Closed %v", c.Connecting(), c.Closed())
+	}
+	if fd := c.FD(); fd != -1 {
+		m.problem(mc, "CLIENT_CONNECTION_ERROR with FD %d, want -1", fd)
+	}
+	if len(a.dialFDs) > 0 {
+		m.problem(mc, "CLIENT_CONNECTION_ERROR while fds %v its poll-fd callbacks added were not deleted", slices.Sorted(maps.Keys(a.dialFDs)))
+	}
+	if a.closing {
+		m.connClosed++
+	} else {
+		m.refused++
+	}
+	a.connecting, a.failed, a.closed, a.closeErr = false, true, true, ev.Err
+	a.timerPending, a.timeoutPending, a.wantW, a.chunks = false, false, false, nil
 }
 
 // popAction pops the first armed action, if any.
@@ -1302,7 +1521,7 @@ func (m *model) abort(mc *modelConn) {
 		}
 		// A unix socket's peer reads end of stream (SO_LINGER resets
 		// only TCP), and one that got a FIN first reads that.
-		tcp := mc.kind == kindTCPAccepted || mc.kind == kindTCPAdopted
+		tcp := mc.kind.tcp()
 		a.resetDue = tcp && !a.wrClosed && !(a.closing && m.cfg.graceful)
 		a.aborted, a.closing, a.timerPending, a.timeoutPending, a.wantW, a.chunks = true, true, false, false, false, nil
 		m.aborting = append(m.aborting, mc)
@@ -1812,7 +2031,8 @@ func (m *model) run(n int, st modelStep) {
 		}
 		m.note("reopen slot %d: %v is closed or closing", mc.slot, mc)
 		m.retire(mc)
-		m.open(mc.slot, m.s.kindOf(a), b, addAction(a>>2, b, st.conn))
+		kind := m.s.kindOf(a)
+		m.open(mc.slot, kind, b, openAction(kind, a>>2, b, st.conn))
 	case opSync:
 		m.note("sync")
 		m.h.sync()
@@ -2078,10 +2298,11 @@ func (m *model) finish() {
 	if what == "" {
 		what = fmt.Sprintf("program of %d bytes", len(m.prog))
 	}
-	m.t.Logf("conformance: model %s: %d steps, %d connections, %d bytes to the app in %d RAW_RX, %d to the peers in %d RAW_WRITEABLE (%d partial writes, %d closes draining), %d TIMER, %d EVENT_WAIT_CANCELLED, %d CloseWrite, %d RAW_RX_END, %d Abort (%d draining, %d ErrClosed, %d resets read), %d RelayTo (%d from a source whose peer ended, %d ended with the input, %d by the target's end, %d sources resumed after it (%d found where their input resumed, %d of them from the socket, %d not; at most %d bytes between a run's last byte its target's peer had and the resumed input); %d bad inputs, %d target calls refused); in poll-fd callbacks %d actions in ADD_POLL_FD, %d in CHANGE_MODE_POLL_FD, %d in DEL_POLL_FD, %d in LOCK_POLL or UNLOCK_POLL (%d of a connection closing), %d waited (nested in a call of the model's)",
+	m.t.Logf("conformance: model %s: %d steps, %d connections, %d bytes to the app in %d RAW_RX, %d to the peers in %d RAW_WRITEABLE (%d partial writes, %d closes draining), %d TIMER, %d EVENT_WAIT_CANCELLED, %d CloseWrite, %d RAW_RX_END, %d Abort (%d draining, %d ErrClosed, %d resets read), %d RelayTo (%d from a source whose peer ended, %d ended with the input, %d by the target's end, %d sources resumed after it (%d found where their input resumed, %d of them from the socket, %d not; at most %d bytes between a run's last byte its target's peer had and the resumed input); %d bad inputs, %d target calls refused); in poll-fd callbacks %d actions in ADD_POLL_FD, %d in CHANGE_MODE_POLL_FD, %d in DEL_POLL_FD, %d in LOCK_POLL or UNLOCK_POLL (%d of a connection closing), %d waited (nested in a call of the model's); %d Connect (%d established, %d refused, %d given up while connecting; %d peers of connects given up accepted)",
 		what, m.nsteps, len(m.all), in, count(core.ReasonRawRX), out, count(core.ReasonRawWriteable), m.partial, m.drains,
 		count(core.ReasonTimer), count(core.ReasonEventWaitCancelled), m.wrCloses, count(core.ReasonRawRxEnd), m.aborts, m.abortsDr, m.abortsCl, m.resets, m.relays, m.relaysEnded, m.relayDone, m.relayGone, m.resumed, m.gapsResolved, m.gapsExact, m.gapUnknown, m.gapDropped, m.relayBad, m.relayRefused,
-		m.pollActs[core.ReasonAddPollFD], m.pollActs[core.ReasonChangeModePollFD], m.pollActs[core.ReasonDelPollFD], m.pollActs[core.ReasonLockPoll]+m.pollActs[core.ReasonUnlockPoll], m.pollClosed, m.pollNest)
+		m.pollActs[core.ReasonAddPollFD], m.pollActs[core.ReasonChangeModePollFD], m.pollActs[core.ReasonDelPollFD], m.pollActs[core.ReasonLockPoll]+m.pollActs[core.ReasonUnlockPoll], m.pollClosed, m.pollNest,
+		m.connects, m.connected, m.refused, m.connClosed, m.strays)
 }
 
 // adopt runs an adoption from a posted function as the core's own step: the

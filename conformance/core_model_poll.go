@@ -45,6 +45,16 @@ import (
 //     written: the peer reads end of stream) work as they would in
 //     RAW_ADOPT. RelayTo is not tried before RAW_ADOPT: a relay's source or
 //     target is a connection the application was given.
+//   - In the poll-fd callbacks of a client connection still connecting
+//     (the ADD_POLL_FD of its socket, the CHANGE_MODE_POLL_FD that watches
+//     it for the connect's end and the one that takes it back to reading,
+//     their brackets, the DEL_POLL_FD of a refused attempt: see
+//     connectPolls), from Connect's and ReasonLockPoll's docs: Close and
+//     Abort return nil, the connection stays Connecting until the core's
+//     step is done, then gets CLIENT_CONNECTION_ERROR with ErrClosed, after
+//     the DEL_POLL_FD of every socket added for it, and nothing else (no
+//     RAW_ADOPT); CloseWrite says ErrInvalid. Nothing else is tried before
+//     RAW_ADOPT.
 //   - Anywhere else the connection is open, each call works as it does in
 //     any other callback of the connection, and the model expects what it
 //     expects there: after Close or Abort nothing of the connection but
@@ -87,6 +97,44 @@ func addAction(sel, b, k byte) *modelAction {
 	return &act
 }
 
+// openAction is what a connection does in a poll-fd callback of its
+// opening, or nil: addAction's, or for a client connection (one in two),
+// Close, Abort (each one in four) or another action, in one of the
+// callbacks of its connecting (see connectPolls).
+func openAction(kind connKind, sel, b, k byte) *modelAction {
+	if !kind.client() {
+		return addAction(sel, b, k)
+	}
+	if (sel+k)&1 != 0 {
+		return nil
+	}
+	act := decodePollAction(b*7+k+sel>>2, b^sel, 0)
+	switch b >> 3 & 3 {
+	case 0:
+		act.kind = actClose
+	case 1:
+		act.kind = actAbort
+	}
+	cp := connectPolls[int(sel>>1^b>>5)%len(connectPolls)]
+	act.poll, act.skip = cp.r, cp.skip
+	return &act
+}
+
+// connectPolls are the poll-fd callbacks of a connecting connection an
+// action of its opening waits for: its socket's ADD_POLL_FD, the
+// CHANGE_MODE_POLL_FD that watches it for the connect's end, the second one
+// that takes it back to reading once connected (the connection is still
+// connecting: see ReasonLockPoll), the brackets, and the DEL_POLL_FD of a
+// refused attempt's socket. An action whose callback does not come while
+// it connects waits for one after RAW_ADOPT, as any armed one.
+var connectPolls = []struct {
+	r    core.Reason
+	skip int
+}{
+	{core.ReasonAddPollFD, 0}, {core.ReasonChangeModePollFD, 0}, {core.ReasonChangeModePollFD, 1},
+	{core.ReasonLockPoll, 0}, {core.ReasonUnlockPoll, 1}, {core.ReasonLockPoll, 2}, {core.ReasonDelPollFD, 0},
+}
+
 // onPoll is the model's poll-fd callback.
 func (m *model) onPoll(ev core.Event) {
 	c := ev.Conn
@@ -104,11 +152,21 @@ func (m *model) onPoll(ev core.Event) {
 	a := &mc.app
 	switch {
 	case a.closed:
-		m.problem(mc, "%v after RAW_CLOSE", ev.Reason)
+		m.problem(mc, "%v after %s", ev.Reason, mc.end())
 		return
 	case a.c != nil && c != a.c:
 		m.problem(mc, "%v for another Conn than the one adopted", ev.Reason)
 		return
+	}
+	if a.connecting {
+		// The fds of its attempts: all deleted by CLIENT_CONNECTION_ERROR,
+		// the winner's alone left by RAW_ADOPT.
+		switch ev.Reason {
+		case core.ReasonAddPollFD:
+			a.dialFDs[ev.Poll.FD] = true
+		case core.ReasonDelPollFD:
+			delete(a.dialFDs, ev.Poll.FD)
+		}
 	}
 	i := slices.IndexFunc(a.onPoll, func(act modelAction) bool { return act.poll == ev.Reason })
 	if i < 0 {
@@ -116,6 +174,10 @@ func (m *model) onPoll(ev core.Event) {
 	}
 	if m.inApp > 0 {
 		m.pollNest++
+		return
+	}
+	if a.onPoll[i].skip > 0 {
+		a.onPoll[i].skip--
 		return
 	}
 	act := a.onPoll[i]
@@ -129,6 +191,10 @@ func (m *model) onPoll(ev core.Event) {
 	if c.Closed() {
 		m.pollClosed++
 		m.actClosed(mc, c, ev.Reason, act)
+		return
+	}
+	if a.connecting {
+		m.actConnecting(mc, c, ev.Reason, act)
 		return
 	}
 	if a.c == nil {
@@ -177,6 +243,43 @@ func (m *model) applyOpen(mc *modelConn, act modelAction) {
 		m.threadTimer(act.j, act.d, nil, nil)
 	case actCloseWrite:
 		m.closeWrite(mc)
+	}
+}
+
+// actConnecting does act in a poll-fd callback of a client connection
+// still connecting. Close and Abort give it up: they return nil, and the
+// connection gets CLIENT_CONNECTION_ERROR with ErrClosed once the core's
+// step is done, and nothing else (no RAW_ADOPT, no RAW_CLOSE); a second one
+// says ErrClosed. CloseWrite says ErrInvalid. Nothing else is tried before
+// RAW_ADOPT.
+func (m *model) actConnecting(mc *modelConn, c *core.Conn, r core.Reason, act modelAction) {
+	a := &mc.app
+	var err error
+	switch act.kind {
+	case actClose:
+		err = c.Close()
+	case actAbort:
+		err = c.Abort()
+	case actCloseWrite:
+		if err := c.CloseWrite(); !errors.Is(err, core.ErrInvalid) {
+			m.problem(mc, "CloseWrite in its %v while connecting returned %v, want ErrInvalid", r, err)
+		}
+		return
+	default:
+		return
+	}
+	switch {
+	case a.closing && !errors.Is(err, core.ErrClosed):
+		m.problem(mc, "a second %v in its %v while connecting returned %v, want ErrClosed", act, r, err)
+	case !a.closing && err != nil:
+		m.problem(mc, "%v in its %v while connecting returned %v, want nil", act, r, err)
+	}
+	if err == nil {
+		a.closing = true
+	}
+	if !c.Connecting() || c.Closed() {
+		// The give-up takes effect once the core's step is done.
+		m.problem(mc, "%v in its %v while connecting: then Connecting says %v, Closed %v, before the core's step is done", act, r, c.Connecting(), c.Closed())
 	}
 }
 

@@ -406,7 +406,7 @@ func (m *model) relaysEnd(mc *modelConn, err error) {
 func (m *model) resumeSource(src, dst *modelConn) {
 	a := &src.app
 	a.gap, a.gapMin, a.gapOut, a.gapBuf, a.gapAt = true, a.received, &dst.out, nil, -1
-	if tcp := src.kind == kindTCPAccepted || src.kind == kindTCPAdopted; tcp && m.s.desc.Caps&evlib.CapBufferedRx == 0 {
+	if tcp := src.kind.tcp(); tcp && m.s.desc.Caps&evlib.CapBufferedRx == 0 {
 		if n, ok := tcpTaken(a.c.FD()); ok {
 			a.gapAt = src.readbuf + n
 		}
