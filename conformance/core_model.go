@@ -12,6 +12,7 @@ import (
 	"maps"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"os"
 	"runtime"
 	"slices"
@@ -31,8 +32,10 @@ import (
 // The model-based test runs programs: byte strings that an interpreter
 // turns into a few connections (accepted, adopted, or client connections
 // the application makes with Context.Connect: to the model's own listener,
-// or to an address that refuses, which must get one CLIENT_CONNECTION_ERROR
-// with ECONNREFUSED and nothing else) and a sequence of steps, each an operation
+// directly or through a host name whose first address refuses, so that
+// Connect races its addresses (on Linux), or to an address that refuses,
+// which must get one CLIENT_CONNECTION_ERROR with ECONNREFUSED and nothing
+// else) and a sequence of steps, each an operation
 // of the peer (write, read, half-close, close), of the application from a
 // posted function or armed to run inside the next callback of a kind
 // (write in RAW_WRITEABLE, rx pause and resume, Close, CloseWrite, Abort,
@@ -61,7 +64,8 @@ import (
 // an app-driven backend. The program is any byte string: its first bytes
 // choose the connections (up to four: accepted and adopted loopback TCP,
 // a unix socket pair, a pipe where the backend declares evlib.CapFiles,
-// a client connection made with Context.Connect to a loopback listener
+// a client connection made with Context.Connect to a loopback listener,
+// to a host name that resolves to a refusing address and that listener,
 // or to a loopback port that refuses) and the context's options, each following group of four bytes one
 // step; a step beyond the 400th is ignored, and any input is a valid
 // program. It is meant for fuzzing the core (see core's FuzzModel); a
@@ -153,19 +157,22 @@ const (
 	kindPipe                        // a pipe's read end, AdoptFD; the peer only writes (evlib.CapFiles)
 	kindConnect                     // Context.Connect to the model's own TCP listener; the peer is the accepted end
 	kindRefused                     // Context.Connect to an address that refuses: CLIENT_CONNECTION_ERROR, no peer
+	kindRace                        // Context.Connect to a host name (Info.Resolver): an address that refuses, then the listener's (Linux)
 	numKinds
 )
 
 func (k connKind) String() string {
-	return [...]string{"accepted tcp", "unix pair", "adopted tcp", "pipe", "connect", "refused connect"}[k]
+	return [...]string{"accepted tcp", "unix pair", "adopted tcp", "pipe", "connect", "refused connect", "racing connect"}[k]
 }
 
 // tcp reports whether the application's end is a TCP socket.
-func (k connKind) tcp() bool { return k == kindTCPAccepted || k == kindTCPAdopted || k == kindConnect }
+func (k connKind) tcp() bool {
+	return k == kindTCPAccepted || k == kindTCPAdopted || k == kindConnect || k == kindRace
+}
 
 // client reports whether the application made the connection with
 // Context.Connect.
-func (k connKind) client() bool { return k == kindConnect || k == kindRefused }
+func (k connKind) client() bool { return k == kindConnect || k == kindRefused || k == kindRace }
 
 // modelConfig is what a program's header chooses.
 type modelConfig struct {
@@ -223,6 +230,9 @@ func (s *suite) kindOf(b byte) connKind {
 	k := connKind(b % byte(numKinds))
 	if k == kindPipe && s.desc.Caps&evlib.CapFiles == 0 {
 		k = kindUnix
+	}
+	if k == kindRace && runtime.GOOS != "linux" {
+		k = kindConnect // (no loopback address but 127.0.0.1 to refuse on)
 	}
 	return k
 }
@@ -483,6 +493,7 @@ type appEnd struct {
 	connecting bool
 	failed     bool
 	dialFDs    map[int]bool
+	dialAdds   int  // ADD_POLL_FDs while connecting: one per attempt started
 	resetDue   bool // Abort reset a TCP connection that sent no FIN (no CloseWrite, no GracefulClose): its peer must read an error
 
 	timerPending   bool
@@ -541,6 +552,9 @@ type model struct {
 	// there is refused (kindRefused).
 	refuse     int
 	refuseAddr string
+	// Bound to raceRefused, on tcp's port, never listening: the host name
+	// raceHost resolves to it, then to tcp's address (kindRace, Linux).
+	raceFD int
 
 	// Test goroutine.
 	slots  []*modelConn
@@ -594,6 +608,9 @@ type model struct {
 	// Client connections started, established, refused, given up (Close
 	// or Abort while connecting, in one of its poll-fd callbacks).
 	connects, connected, refused, connClosed int
+	// Racing connects (kindRace) established; of them, how many had both
+	// attempts added (else the refused one failed in connect(2) itself).
+	raced, racedBoth int
 }
 
 // runModel runs a program; guard bounds each wait for the peers and the
@@ -608,8 +625,13 @@ func (s *suite) runModel(t *testing.T, program []byte, what string, guard time.D
 		CloseTimeout: 6 * hang,
 		// Likewise: a client connection is established or refused.
 		ConnectTimeout: 6 * hang,
-		GracefulClose:  cfg.graceful,
-		Protocols:      []core.Protocol{{Name: "model", Callback: m.callback, RxChunk: cfg.rxChunk, AllowHalfOpen: cfg.halfOpen}},
+		// A racing connect's second address starts when the first is
+		// refused, or beside it if that takes longer than this: the
+		// model checks the order of what follows, never how long.
+		ConnectAttemptDelay: 50 * time.Microsecond,
+		Resolver:            modelResolver{},
+		GracefulClose:       cfg.graceful,
+		Protocols:           []core.Protocol{{Name: "model", Callback: m.callback, RxChunk: cfg.rxChunk, AllowHalfOpen: cfg.halfOpen}},
 	})
 	t.Cleanup(m.closePeers) // before the harness' cleanup destroys the context
 	var err error
@@ -627,8 +649,13 @@ func (s *suite) runModel(t *testing.T, program []byte, what string, guard time.D
 	m.tcp, err = lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
 	require.NoError(t, err)
 	t.Cleanup(func() { m.tcp.Close() })
-	m.refuse, m.refuseAddr = refusingSocket(t)
+	m.refuse, m.refuseAddr = refusingSocket(t, [4]byte{127, 0, 0, 1}, 0)
 	t.Cleanup(func() { unix.Close(m.refuse) })
+	m.raceFD = -1
+	if runtime.GOOS == "linux" {
+		m.raceFD, _ = refusingSocket(t, raceRefused.As4(), m.tcp.Addr().(*net.TCPAddr).Port)
+		t.Cleanup(func() { unix.Close(m.raceFD) })
+	}
 	m.h.start()
 	m.slots = make([]*modelConn, cfg.conns)
 	for k := range cfg.conns {
@@ -791,7 +818,7 @@ func (m *model) open(k int, kind connKind, flags byte, addAct *modelAction) {
 		if err != nil {
 			unix.Close(p[0])
 		}
-	case kindConnect, kindRefused:
+	case kindConnect, kindRefused, kindRace:
 		m.connect(mc, opts)
 		return
 	}
@@ -805,7 +832,7 @@ func (m *model) open(k int, kind connKind, flags byte, addAct *modelAction) {
 	}
 }
 
-// connect opens a client connection (kindConnect, kindRefused): Connect
+// connect opens a client connection (kindConnect, kindRefused, kindRace): Connect
 // from a posted function, then, once RAW_ADOPT came, the peer is the
 // connection the model's TCP listener accepted from its address. Connect
 // does not wait for the connect: an action armed for one of its poll-fd
@@ -813,8 +840,11 @@ func (m *model) open(k int, kind connKind, flags byte, addAct *modelAction) {
 func (m *model) connect(mc *modelConn, opts []core.AdoptOption) {
 	t := m.t
 	addr := m.tcp.Addr().String()
-	if mc.kind == kindRefused {
+	switch mc.kind {
+	case kindRefused:
 		addr = m.refuseAddr
+	case kindRace:
+		addr = net.JoinHostPort(raceHost, fmt.Sprint(m.tcp.Addr().(*net.TCPAddr).Port))
 	}
 	mark := m.h.rec.mark()
 	var c *core.Conn
@@ -880,13 +910,30 @@ func sockName(t testing.TB, fd int) string {
 	return fmt.Sprint(sa)
 }
 
-// refusingSocket returns a TCP socket bound to a loopback port, never
-// listening, and its address: a connect there is refused (ECONNREFUSED).
-func refusingSocket(t testing.TB) (int, string) {
+// The host name of kindRace, which modelResolver resolves to raceRefused,
+// where nothing listens, then to 127.0.0.1, where the model's listener is:
+// Connect's first attempt is refused, the second wins.
+const raceHost = "model.test"
+
+var raceRefused = netip.MustParseAddr("127.0.0.2")
+
+type modelResolver struct{}
+
+func (modelResolver) LookupNetIP(_ context.Context, _, host string) ([]netip.Addr, error) {
+	if host == raceHost {
+		return []netip.Addr{raceRefused, netip.MustParseAddr("127.0.0.1")}, nil
+	}
+	return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
+}
+
+// refusingSocket returns a TCP socket bound to ip and port (0: any free
+// one), never listening, and its address: a connect there is refused
+// (ECONNREFUSED).
+func refusingSocket(t testing.TB, ip [4]byte, port int) (int, string) {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
 	require.NoError(t, err)
 	unix.CloseOnExec(fd)
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: ip, Port: port}); err != nil {
 		unix.Close(fd)
 		require.NoError(t, err)
 	}
@@ -1051,6 +1098,12 @@ func (m *model) clientAdopted(mc *modelConn, c *core.Conn) {
 	fd := c.FD()
 	if len(a.dialFDs) != 1 || !a.dialFDs[fd] {
 		m.problem(mc, "RAW_ADOPT on fd %d, while the fds its poll-fd callbacks added and did not delete are %v", fd, slices.Sorted(maps.Keys(a.dialFDs)))
+	}
+	if mc.kind == kindRace {
+		m.raced++
+		if a.dialAdds == 2 {
+			m.racedBoth++
+		}
 	}
 	a.connecting, a.dialFDs = false, nil
 	m.connected++
@@ -2298,11 +2351,11 @@ func (m *model) finish() {
 	if what == "" {
 		what = fmt.Sprintf("program of %d bytes", len(m.prog))
 	}
-	m.t.Logf("conformance: model %s: %d steps, %d connections, %d bytes to the app in %d RAW_RX, %d to the peers in %d RAW_WRITEABLE (%d partial writes, %d closes draining), %d TIMER, %d EVENT_WAIT_CANCELLED, %d CloseWrite, %d RAW_RX_END, %d Abort (%d draining, %d ErrClosed, %d resets read), %d RelayTo (%d from a source whose peer ended, %d ended with the input, %d by the target's end, %d sources resumed after it (%d found where their input resumed, %d of them from the socket, %d not; at most %d bytes between a run's last byte its target's peer had and the resumed input); %d bad inputs, %d target calls refused); in poll-fd callbacks %d actions in ADD_POLL_FD, %d in CHANGE_MODE_POLL_FD, %d in DEL_POLL_FD, %d in LOCK_POLL or UNLOCK_POLL (%d of a connection closing), %d waited (nested in a call of the model's); %d Connect (%d established, %d refused, %d given up while connecting; %d peers of connects given up accepted)",
+	m.t.Logf("conformance: model %s: %d steps, %d connections, %d bytes to the app in %d RAW_RX, %d to the peers in %d RAW_WRITEABLE (%d partial writes, %d closes draining), %d TIMER, %d EVENT_WAIT_CANCELLED, %d CloseWrite, %d RAW_RX_END, %d Abort (%d draining, %d ErrClosed, %d resets read), %d RelayTo (%d from a source whose peer ended, %d ended with the input, %d by the target's end, %d sources resumed after it (%d found where their input resumed, %d of them from the socket, %d not; at most %d bytes between a run's last byte its target's peer had and the resumed input); %d bad inputs, %d target calls refused); in poll-fd callbacks %d actions in ADD_POLL_FD, %d in CHANGE_MODE_POLL_FD, %d in DEL_POLL_FD, %d in LOCK_POLL or UNLOCK_POLL (%d of a connection closing), %d waited (nested in a call of the model's); %d Connect (%d established, %d of them racing a refused address (%d with two attempts added), %d refused, %d given up while connecting; %d peers of connects given up accepted)",
 		what, m.nsteps, len(m.all), in, count(core.ReasonRawRX), out, count(core.ReasonRawWriteable), m.partial, m.drains,
 		count(core.ReasonTimer), count(core.ReasonEventWaitCancelled), m.wrCloses, count(core.ReasonRawRxEnd), m.aborts, m.abortsDr, m.abortsCl, m.resets, m.relays, m.relaysEnded, m.relayDone, m.relayGone, m.resumed, m.gapsResolved, m.gapsExact, m.gapUnknown, m.gapDropped, m.relayBad, m.relayRefused,
 		m.pollActs[core.ReasonAddPollFD], m.pollActs[core.ReasonChangeModePollFD], m.pollActs[core.ReasonDelPollFD], m.pollActs[core.ReasonLockPoll]+m.pollActs[core.ReasonUnlockPoll], m.pollClosed, m.pollNest,
-		m.connects, m.connected, m.refused, m.connClosed, m.strays)
+		m.connects, m.connected, m.raced, m.racedBoth, m.refused, m.connClosed, m.strays)
 }
 
 // adopt runs an adoption from a posted function as the core's own step: the

@@ -164,6 +164,7 @@ func (m *model) onPoll(ev core.Event) {
 		switch ev.Reason {
 		case core.ReasonAddPollFD:
 			a.dialFDs[ev.Poll.FD] = true
+			a.dialAdds++
 		case core.ReasonDelPollFD:
 			delete(a.dialFDs, ev.Poll.FD)
 		}
