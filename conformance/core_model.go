@@ -1384,6 +1384,13 @@ func (m *model) onClose(mc *modelConn, err error) {
 	a.timerPending, a.timeoutPending, a.wantW = false, false, false
 }
 
+// bothEnded reports whether both sides of a half-open connection ended
+// (CloseWrite and RAW_RX_END): the core closes it, once its output has
+// left (CloseWrite's and RAW_RX_END's docs), and from then on, a poll-fd
+// callback of the step that asked for the close included, its calls say
+// ErrClosed where they said ErrWriteClosed.
+func (a *appEnd) bothEnded() bool { return a.wrClosed && a.rxEnded }
+
 // ---- the application: what it does ----
 
 // apply does an action on the loop goroutine; what it returns is for the
@@ -1452,7 +1459,7 @@ func (m *model) askWritable(mc *modelConn) {
 			m.problem(mc, "CallbackOnWritable after Close returned %v, want ErrClosed", err)
 		}
 	case a.wrClosed:
-		if !errors.Is(err, core.ErrWriteClosed) && !(errors.Is(err, core.ErrClosed) && a.peerClosed) {
+		if !errors.Is(err, core.ErrWriteClosed) && !(errors.Is(err, core.ErrClosed) && (a.peerClosed || a.bothEnded())) {
 			m.problem(mc, "CallbackOnWritable after CloseWrite returned %v, want ErrWriteClosed", err)
 		}
 	case err == nil:
@@ -1531,7 +1538,7 @@ func (m *model) closeWrite(mc *modelConn) {
 			m.problem(mc, "CloseWrite of a pipe returned %v, want ErrInvalid", err)
 		}
 	case a.wrClosed:
-		if !errors.Is(err, core.ErrWriteClosed) && !(errors.Is(err, core.ErrClosed) && a.peerClosed) {
+		if !errors.Is(err, core.ErrWriteClosed) && !(errors.Is(err, core.ErrClosed) && (a.peerClosed || a.bothEnded())) {
 			m.problem(mc, "a second CloseWrite returned %v, want ErrWriteClosed", err)
 		}
 	case err == nil:

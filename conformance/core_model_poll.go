@@ -301,8 +301,9 @@ func (m *model) pollWrite(mc *modelConn, r core.Reason) {
 	default:
 		want = core.ErrNotWritable
 	}
-	// Reset by its peer, or closed for an error the callback returned.
-	if errors.Is(err, want) || errors.Is(err, core.ErrClosed) && (a.peerClosed || a.noWrite || a.errored) {
+	// Reset by its peer, closed for an error the callback returned, or
+	// closing, both sides of a half-open one ended.
+	if errors.Is(err, want) || errors.Is(err, core.ErrClosed) && (a.peerClosed || a.noWrite || a.errored || a.bothEnded()) {
 		return
 	}
 	m.problem(mc, "Write in %v returned %v, want %v (Close or Abort %v, CloseWrite %v, relay from %v, draining %v)", r, err, want, a.closing, a.wrClosed, a.relayFrom, a.c.Draining())
