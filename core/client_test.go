@@ -420,54 +420,50 @@ func TestConnectGivenUpInsideItsPollFD(t *testing.T) {
 					require.ErrorIs(t, errEv, core.ErrClosed)
 					require.NotEmpty(t, added)
 					require.Equal(t, added, deleted, "every socket added for the connection deleted once")
+					for fd := range added {
+						if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err == nil {
+							// The number may be reused by now; it must not
+							// be the connection's socket still.
+							sa, _ := unix.Getpeername(fd)
+							require.Nil(t, sa, "fd %d of the given-up connection still open and connected", fd)
+						}
+					}
 				})
 			}
 		}
 	}
 }
 
-// Close of a connecting connection from inside a poll-fd callback about one
-// of its own sockets (an application that gives up as it is told of the
-// connect: its socket added, watched for writability, or, once connected,
-// back to reading only) ends the connection there: CLIENT_CONNECTION_ERROR
-// once, the socket deleted from the application's set and closed, nothing
-// after.
-func TestConnectClosedInsideItsPollFD(t *testing.T) {
-	at := map[string]func(core.Event) bool{
-		"Add": func(ev core.Event) bool { return ev.Reason == core.ReasonAddPollFD },
-		"Watch": func(ev core.Event) bool {
-			return ev.Reason == core.ReasonChangeModePollFD && ev.Poll.Events&evlib.Writable != 0
-		},
-		"Promote": func(ev core.Event) bool {
-			return ev.Reason == core.ReasonChangeModePollFD && ev.Poll.Events&evlib.Writable == 0
-		},
-	}
+// Close or Abort of a connecting connection inside another connection's
+// callback (a proxy whose client left while its upstream connects) gives it
+// up once that callback returned, as a close does: CLIENT_CONNECTION_ERROR
+// never comes nested in the callback that asked for it. Output on a
+// connection not established yet is refused with ErrInvalid, not ErrClosed.
+func TestConnectGivenUpInsideAnotherCallback(t *testing.T) {
 	for _, lib := range backends {
-		for when, now := range at {
-			t.Run(lib+"/"+when, func(t *testing.T) {
+		for _, how := range []string{"Close", "Abort"} {
+			t.Run(lib+"/"+how, func(t *testing.T) {
 				var c *core.Conn
-				var closeErr error
-				var errs, after []core.Reason
-				added, deleted := map[int]int{}, map[int]int{}
+				var callErr, againErr, errEv error
+				var nested, connectingAfter bool
+				var errs int
+				inAdopt := false
 				ctx, err := core.New(core.Info{EventLib: lib, Protocols: []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
-					if c == nil || ev.Conn != c {
-						return nil
-					}
-					switch ev.Reason {
-					case core.ReasonAddPollFD:
-						added[ev.Poll.FD]++
-					case core.ReasonDelPollFD:
-						deleted[ev.Poll.FD]++
-					case core.ReasonClientConnectionError:
-						errs = append(errs, ev.Reason)
-					case core.ReasonLockPoll, core.ReasonUnlockPoll:
-					default:
-						if len(errs) > 0 {
-							after = append(after, ev.Reason)
+					switch {
+					case ev.Reason == core.ReasonClientConnectionError && ev.Conn == c:
+						errs++
+						errEv = ev.Err
+						nested = nested || inAdopt
+					case ev.Reason == core.ReasonRawAdopt && ev.Conn != c:
+						inAdopt = true
+						if how == "Close" {
+							callErr = c.Close()
+						} else {
+							callErr = c.Abort()
 						}
-					}
-					if now(ev) && c.Connecting() {
-						closeErr = c.Close()
+						connectingAfter = c.Connecting() && !c.Closed()
+						againErr = c.Close()
+						inAdopt = false
 					}
 					return nil
 				}}}})
@@ -478,24 +474,21 @@ func TestConnectClosedInsideItsPollFD(t *testing.T) {
 				defer ln.Close()
 				c, err = ctx.Connect("tcp4", ln.Addr().String(), "p")
 				require.NoError(t, err)
+				require.ErrorIs(t, c.CallbackOnWritable(), core.ErrInvalid, "CallbackOnWritable while connecting")
+				_, werr := c.Write([]byte("x"))
+				require.ErrorIs(t, werr, core.ErrInvalid, "Write while connecting")
+				fd, peer := socketPair(t)
+				defer peer.Close()
+				_, err = ctx.AdoptFD(fd, "p")
+				require.NoError(t, err)
 				serviceUntil(t, ctx, c.Closed)
-				for range 3 {
-					require.NoError(t, ctx.Thread(0).Service(0))
-				}
-				require.NoError(t, closeErr)
-				require.Len(t, errs, 1, "CLIENT_CONNECTION_ERROR")
-				require.Empty(t, after, "callbacks after CLIENT_CONNECTION_ERROR")
-				require.NotEmpty(t, added)
-				require.Equal(t, added, deleted, "every socket added for the connection deleted once")
-				for fd := range added {
-					_, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
-					if err == nil {
-						// The number may be reused by now; it must not be
-						// the connection's socket still.
-						sa, _ := unix.Getpeername(fd)
-						require.Nil(t, sa, "fd %d of the closed connection still open and connected", fd)
-					}
-				}
+				require.NoError(t, callErr)
+				require.True(t, connectingAfter, "%s inside another connection's callback took effect before it returned", how)
+				require.ErrorIs(t, againErr, core.ErrClosed, "a second Close before the first took effect")
+				require.False(t, nested, "CLIENT_CONNECTION_ERROR nested in the callback that gave the connection up")
+				require.Equal(t, 1, errs, "CLIENT_CONNECTION_ERROR")
+				require.ErrorIs(t, errEv, core.ErrClosed)
+				require.Equal(t, -1, c.FD())
 			})
 		}
 	}

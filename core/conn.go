@@ -125,7 +125,8 @@ func (c *Conn) Connecting() bool { return c.state == stateConnecting }
 // the connection stays open after RAW_RX_END until the application closes
 // it (or its idle timeout or SetTimeout does). After a reset, or once the
 // connection is closing, it returns ErrClosed; after CloseWrite,
-// ErrWriteClosed.
+// ErrWriteClosed; on a client connection not established yet, an error
+// wrapping ErrInvalid (ask from RAW_ADOPT on).
 func (c *Conn) CallbackOnWritable() error {
 	t := c.t
 	took, err := t.own()
@@ -166,6 +167,8 @@ func (c *Conn) gone() bool {
 // Write, CallbackOnWritable and RelayTo's target answer alike.
 func (c *Conn) outputAllowed() error {
 	switch {
+	case !c.closeReq && (c.state == stateConnecting || c.state == stateHandover):
+		return fmt.Errorf("%w: output on a connection not established yet (from RAW_ADOPT on)", ErrInvalid)
 	case c.gone():
 		return ErrClosed
 	case c.wrClosed:
@@ -192,8 +195,8 @@ func (c *Conn) writeAllowed() error {
 // successful Write accepts all of p and returns len(p). A write error closes
 // the connection when the callback returns. It returns ErrClosed once the
 // connection is closed or closing or its peer reset it, ErrWriteClosed
-// after CloseWrite, and ErrRelaying on a relay's target, as
-// CallbackOnWritable does.
+// after CloseWrite, ErrRelaying on a relay's target, and ErrInvalid on a
+// client connection not established yet, as CallbackOnWritable does.
 func (c *Conn) Write(p []byte) (int, error) {
 	t := c.t
 	took, err := t.own()
@@ -275,9 +278,10 @@ func (c *Conn) RxPaused() bool { return c.rxPaused }
 // bound ran out). Returning an error from a callback, by contrast, closes at
 // once and drops what is pending (lws' return -1). A client connection not
 // established yet is aborted with CLIENT_CONNECTION_ERROR (Event.Err
-// ErrClosed: at once, or, from a poll-fd callback, once the core's step
-// that made the change is done, see ReasonLockPoll; a second Close or
-// Abort before then returns ErrClosed), and a connection handed over to
+// ErrClosed), when RAW_CLOSE would come: at once, inside a callback once
+// it returns, from a poll-fd callback once the core's step that made the
+// change is done (see ReasonLockPoll); a second Close or Abort before then
+// returns ErrClosed. A connection handed over to
 // its thread but not adopted yet is dropped with no callback; neither
 // gets RAW_CLOSE. From the Close on, CallbackOnWritable and Write return
 // ErrClosed.
@@ -416,16 +420,18 @@ func (c *Conn) Abort() error {
 
 // giveUp is Close and Abort of a connection not established yet: a client
 // connection gets CLIENT_CONNECTION_ERROR with ErrClosed, at once, or, asked
-// for inside a poll-fd callback, once the core's step that made the change
-// is done (see ReasonLockPoll), as a close is; a handed-over one is dropped.
+// for inside a callback, once that callback returned (in a poll-fd
+// callback, once the core's step that made the change is done, see
+// ReasonLockPoll), as RAW_CLOSE does; a handed-over one is dropped.
 func (t *Thread) giveUp(c *Conn) error {
 	switch {
 	case c.closeReq:
 		return ErrClosed // given up already, not done yet
-	case c.state == stateConnecting && t.pollChanging > 0:
-		// Failed at once, it would go on being connected by the step
-		// whose change is being reported, and CLIENT_CONNECTION_ERROR
-		// would come inside the bracket.
+	case c.state == stateConnecting && t.depth > 0:
+		// Inside a callback, as a close is: failed at once,
+		// CLIENT_CONNECTION_ERROR would come nested in it, and inside a
+		// poll-fd callback the step whose change is being reported would
+		// go on connecting it.
 		c.closeReq, c.closeErr = true, ErrClosed
 		t.closeReq = append(t.closeReq, c)
 		return nil
