@@ -1401,27 +1401,15 @@ func (m *model) apply(mc *modelConn, act modelAction) error {
 		return nil
 	}
 	switch act.kind {
-	case actWrite:
-		m.queueWrite(mc, act.size)
-	case actPause:
-		m.pause(mc)
-	case actResume:
-		m.resume(mc)
-	case actClose:
-		m.close(mc)
 	case actError:
 		a.errored = true
 		return errModelRefused
-	case actTimer:
-		m.setTimer(mc, act.d)
-	case actThreadTimer:
-		m.threadTimer(act.j, act.d, nil, nil)
-	case actCloseWrite:
-		m.closeWrite(mc)
 	case actAbort:
 		m.abort(mc)
 	case actRelay:
 		m.relayTo(mc, m.pickTarget(mc, act.to))
+	default:
+		m.applyOpen(mc, act) // what a connection not adopted yet does too
 	}
 	return nil
 }

@@ -458,11 +458,7 @@ func TestInterestChangedInsidePollFD(t *testing.T) {
 			}}}})
 			require.NoError(t, err)
 			defer ctx.Destroy()
-			p, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
-			require.NoError(t, err)
-			for _, fd := range p {
-				require.NoError(t, unix.SetNonblock(fd, true)) // SOCK_NONBLOCK is Linux's
-			}
+			p := nonblockSocketpair(t)
 			defer unix.Close(p[1])
 			_, err = ctx.AdoptFD(p[0], "p")
 			require.NoError(t, err)
@@ -500,11 +496,7 @@ func TestAdoptWithReadbufClosedInsideItsAddPollFD(t *testing.T) {
 				}}}})
 				require.NoError(t, err)
 				defer ctx.Destroy()
-				p, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
-				require.NoError(t, err)
-				for _, fd := range p {
-					require.NoError(t, unix.SetNonblock(fd, true)) // SOCK_NONBLOCK is Linux's
-				}
+				p := nonblockSocketpair(t)
 				defer unix.Close(p[1])
 				c, err := ctx.AdoptFD(p[0], "p", core.WithReadbuf([]byte("kept")))
 				require.NoError(t, err)
@@ -548,11 +540,7 @@ func TestCloseInsideParkingDelPollFD(t *testing.T) {
 			var peers [2]int
 			var conns [2]*core.Conn
 			for i := range conns {
-				p, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
-				require.NoError(t, err)
-				for _, fd := range p {
-					require.NoError(t, unix.SetNonblock(fd, true)) // SOCK_NONBLOCK is Linux's
-				}
+				p := nonblockSocketpair(t)
 				peers[i] = p[1]
 				conns[i], err = ctx.AdoptFD(p[0], "p")
 				require.NoError(t, err)
@@ -567,4 +555,16 @@ func TestCloseInsideParkingDelPollFD(t *testing.T) {
 			require.NoError(t, closedWith, "closed for the peer's end, not by CloseTimeout")
 		})
 	}
+}
+
+// nonblockSocketpair makes a unix stream socket pair, both ends
+// non-blocking (SetNonblock: SOCK_NONBLOCK is Linux's).
+func nonblockSocketpair(t *testing.T) [2]int {
+	t.Helper()
+	p, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+	require.NoError(t, err)
+	for _, fd := range p {
+		require.NoError(t, unix.SetNonblock(fd, true))
+	}
+	return p
 }
