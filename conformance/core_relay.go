@@ -159,6 +159,17 @@ func pipeFDs() map[int]bool {
 	return out
 }
 
+// targetPeerRcvBuf is the SO_RCVBUF of a relay target's peer that is to
+// push back soon. Not less: the target's socket keeps its default send
+// buffer and sends loopback segments of up to 64 KiB, and a receive buffer
+// they do not fit makes the peer's kernel drop them; the target resends
+// only when its retransmission timer fires, waiting twice as long after
+// each loss in a row, and the stream stalls for seconds. (With 16 KiB,
+// 4 × 60 runs of RelayBackpressure and RelaySourceGone on evlib_netpoll
+// under -race met 242 such timeouts and 2 hang-guard failures; with 64 KiB,
+// none.)
+const targetPeerRcvBuf = 64 << 10
+
 // fillBlocked writes the test stream to c from offset off until the
 // writes stay blocked while the loop runs, or limit bytes are written,
 // and returns how many it wrote.
@@ -275,7 +286,7 @@ func (s *suite) testRelayBackpressure(t *testing.T) {
 	r := s.newRelayRig(t, core.Info{}, true)
 	h, a, b := r.h, r.a, r.b
 	require.NoError(t, a.peer.SetWriteBuffer(16<<10))
-	require.NoError(t, b.peer.SetReadBuffer(16<<10))
+	require.NoError(t, b.peer.SetReadBuffer(targetPeerRcvBuf))
 	require.NoError(t, a.conn.RelayTo(b.conn))
 	h.start()
 	written := fillBlocked(t, h, a.peer, 0, limit)
@@ -406,7 +417,7 @@ func (s *suite) testRelaySourceGone(t *testing.T) {
 		t.Run(how, func(t *testing.T) {
 			r := s.newRelayRig(t, core.Info{}, true)
 			h, a, b := r.h, r.a, r.b
-			require.NoError(t, b.peer.SetReadBuffer(16<<10))
+			require.NoError(t, b.peer.SetReadBuffer(targetPeerRcvBuf))
 			require.NoError(t, a.conn.RelayTo(b.conn))
 			h.start()
 			fillBlocked(t, h, a.peer, 0, 4<<20) // the relay holds bytes b's peer did not read
