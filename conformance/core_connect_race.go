@@ -40,10 +40,35 @@ func raceListen(t *testing.T, ip netip.Addr, port int, stalled bool) int {
 }
 
 // listener is a listening socket of the test's.
-type listener struct{ fd, port int }
+type listener struct {
+	fd, port int
+	filler   net.Conn // fills a stalled listener's accept queue
+	closed   bool
+}
+
+// close closes the listener (and its filler) unless it was already.
+func (l *listener) close() {
+	if l.closed {
+		return
+	}
+	l.closed = true
+	if l.filler != nil {
+		l.filler.Close()
+	}
+	unix.Close(l.fd)
+}
 
 // raceListener is raceListen returning the listener.
 func raceListener(t *testing.T, ip netip.Addr, port int, stalled bool) *listener {
+	t.Helper()
+	l, err := listenRace(t, ip, port, stalled)
+	require.NoError(t, err, "listening on %v port %d", ip, port)
+	return l
+}
+
+// listenRace is raceListener that returns the error of bind(2) instead of
+// failing the test, with nothing left open then.
+func listenRace(t *testing.T, ip netip.Addr, port int, stalled bool) (*listener, error) {
 	t.Helper()
 	family, sa := unix.AF_INET, unix.Sockaddr(&unix.SockaddrInet4{Addr: ip.As4(), Port: port})
 	if ip.Is6() {
@@ -53,8 +78,11 @@ func raceListener(t *testing.T, ip netip.Addr, port int, stalled bool) *listener
 	require.NoError(t, err)
 	unix.CloseOnExec(fd)
 	l := &listener{fd: fd}
-	t.Cleanup(func() { unix.Close(fd) })
-	require.NoError(t, unix.Bind(fd, sa), "listening on %v port %d", ip, port)
+	if err := unix.Bind(fd, sa); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	t.Cleanup(l.close)
 	backlog := 16
 	if stalled {
 		backlog = 0 // a queue of one
@@ -69,12 +97,29 @@ func raceListener(t *testing.T, ip netip.Addr, port int, stalled bool) *listener
 		port = got.Port
 	}
 	if stalled {
-		filler, err := net.Dial("tcp", netip.AddrPortFrom(ip, uint16(port)).String())
+		l.filler, err = net.Dial("tcp", netip.AddrPortFrom(ip, uint16(port)).String())
 		require.NoError(t, err)
-		t.Cleanup(func() { filler.Close() })
 	}
 	l.port = port
-	return l
+	return l, nil
+}
+
+// racePair listens on a and on b at one port (see raceListen). The port
+// is whatever the kernel picks free on a; if a socket holds it on b (one
+// of an earlier test's connections there, in TIME_WAIT say), another pick.
+func racePair(t *testing.T, a, b netip.Addr, stalledA, stalledB bool) (*listener, *listener) {
+	t.Helper()
+	for range 100 {
+		la := raceListener(t, a, 0, stalledA)
+		lb, err := listenRace(t, b, la.port, stalledB)
+		if err == nil {
+			return la, lb
+		}
+		la.close()
+		require.ErrorIs(t, err, unix.EADDRINUSE, "listening on %v port %d", b, la.port)
+	}
+	t.Fatalf("conformance: no port free on both %v and %v in 100 picks", a, b)
+	return nil, nil
 }
 
 // raceLoopbacks returns two loopback addresses a listener can each take
@@ -212,8 +257,7 @@ func (s *suite) testConnectRacing(t *testing.T) {
 	t.Run("PrimaryFailsDuringRace", func(t *testing.T) {
 		linuxOnly(t)
 		primary, racer := netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3")
-		pl := raceListener(t, primary, 0, true)
-		rl := raceListener(t, racer, pl.port, true)
+		pl, rl := racePair(t, primary, racer, true, true)
 		h, out, done := newRace(t, core.Info{ConnectAttemptDelay: 20 * time.Millisecond, ConnectTimeout: 3 * hang},
 			staticResolver{"race.test": {primary, racer}})
 		c := connect(t, h, "race.test:"+strconv.Itoa(pl.port))
@@ -246,8 +290,8 @@ func (s *suite) testConnectRacing(t *testing.T) {
 	t.Run("StalledPrimary", func(t *testing.T) {
 		linuxOnly(t)
 		stalled, good := netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3")
-		port := raceListen(t, stalled, 0, true)
-		raceListen(t, good, port, false)
+		l, _ := racePair(t, stalled, good, true, false)
+		port := l.port
 		h, out, done := newRace(t, core.Info{ConnectAttemptDelay: 20 * time.Millisecond, ConnectTimeout: hang},
 			staticResolver{"race.test": {stalled, good}})
 		c := connect(t, h, "race.test:"+strconv.Itoa(port))
@@ -296,8 +340,8 @@ func (s *suite) testConnectRacing(t *testing.T) {
 	t.Run("NegativeDelayIsSequential", func(t *testing.T) {
 		linuxOnly(t)
 		stalled, good := netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3")
-		port := raceListen(t, stalled, 0, true)
-		raceListen(t, good, port, false)
+		l, _ := racePair(t, stalled, good, true, false)
+		port := l.port
 		h, _, done := newRace(t, core.Info{ConnectAttemptDelay: -1, ConnectTimeout: 200 * time.Millisecond},
 			staticResolver{"race.test": {stalled, good}})
 		c := connect(t, h, "race.test:"+strconv.Itoa(port))
@@ -315,8 +359,8 @@ func (s *suite) testConnectRacing(t *testing.T) {
 		t.Run(end+"DuringRace", func(t *testing.T) {
 			linuxOnly(t)
 			a, b := netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3")
-			port := raceListen(t, a, 0, true)
-			raceListen(t, b, port, true)
+			l, _ := racePair(t, a, b, true, true)
+			port := l.port
 			h, _, done := newRace(t, core.Info{ConnectAttemptDelay: time.Millisecond, ConnectTimeout: hang},
 				staticResolver{"race.test": {a, b}})
 			c := connect(t, h, "race.test:"+strconv.Itoa(port))
