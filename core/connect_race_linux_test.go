@@ -1,6 +1,7 @@
 package core_test
 
 import (
+	"errors"
 	"net"
 	"net/netip"
 	"strconv"
@@ -19,30 +20,71 @@ import (
 // every 127.0.0.x is loopback on Linux, so several listeners share a port
 // on different addresses, and a resolver names them all.
 
-// loopListener listens on 127.0.0.<last>:port (port 0: any free one) and
-// returns the port. A stalled one has its accept queue filled by a
-// connection nobody accepts, so further connects to it hang; the others
-// complete connects without accepting them.
-func loopListener(t *testing.T, last byte, port int, stalled bool) int {
+// at is a listener loopListeners makes: on 127.0.0.<last>, and stalled
+// or not. A stalled one has its accept queue filled by a connection nobody
+// accepts, so further connects to it hang; the others complete connects
+// without accepting them.
+type at struct {
+	last    byte
+	stalled bool
+}
+
+// loopListeners listens on every address of ls at one port and returns
+// the port. It is whatever the kernel picks free on the first address; if
+// a socket holds it on another (one of an earlier test's connections
+// there, in TIME_WAIT say), another pick.
+func loopListeners(t *testing.T, ls ...at) int {
 	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	require.NoError(t, err)
-	t.Cleanup(func() { unix.Close(fd) })
-	require.NoError(t, unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, last}, Port: port}))
-	backlog := 16
-	if stalled {
-		backlog = 0 // a queue of one
+	for range 100 {
+		port, ok := tryLoopListeners(t, ls)
+		if ok {
+			return port
+		}
 	}
-	require.NoError(t, unix.Listen(fd, backlog))
-	sa, err := unix.Getsockname(fd)
-	require.NoError(t, err)
-	port = sa.(*unix.SockaddrInet4).Port
-	if stalled {
-		filler, err := net.Dial("tcp4", net.JoinHostPort(netip.AddrFrom4([4]byte{127, 0, 0, last}).String(), strconv.Itoa(port)))
+	t.Fatalf("no port free on all of %v in 100 picks", ls)
+	return 0
+}
+
+// tryLoopListeners is one pick of loopListeners: false if a listener
+// after the first found the port taken, with nothing left open then.
+func tryLoopListeners(t *testing.T, ls []at) (port int, ok bool) {
+	t.Helper()
+	var closers []func()
+	defer func() {
+		if ok {
+			for _, c := range closers {
+				t.Cleanup(c)
+			}
+			return
+		}
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+	}()
+	for i, l := range ls {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 		require.NoError(t, err)
-		t.Cleanup(func() { filler.Close() })
+		closers = append(closers, func() { unix.Close(fd) })
+		err = unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, l.last}, Port: port})
+		if i > 0 && errors.Is(err, unix.EADDRINUSE) {
+			return 0, false
+		}
+		require.NoError(t, err)
+		backlog := 16
+		if l.stalled {
+			backlog = 0 // a queue of one
+		}
+		require.NoError(t, unix.Listen(fd, backlog))
+		sa, err := unix.Getsockname(fd)
+		require.NoError(t, err)
+		port = sa.(*unix.SockaddrInet4).Port
+		if l.stalled {
+			filler, err := net.Dial("tcp4", net.JoinHostPort(lo(l.last).String(), strconv.Itoa(port)))
+			require.NoError(t, err)
+			closers = append(closers, func() { filler.Close() })
+		}
 	}
-	return port
+	return port, true
 }
 
 func lo(last byte) netip.Addr { return netip.AddrFrom4([4]byte{127, 0, 0, last}) }
@@ -118,8 +160,7 @@ func (s *sim) until(what string, cond func() bool) {
 // stalled attempt is unregistered and closed then, unseen by the
 // application.
 func TestSimConnectRacerStartsAtAttemptDelay(t *testing.T) {
-	port := loopListener(t, 1, 0, true)
-	loopListener(t, 2, port, false)
+	port := loopListeners(t, at{1, true}, at{2, false})
 	s, log := raceSim(t, core.Info{ConnectTimeout: 5 * time.Second},
 		staticResolver{"race.test": {lo(1), lo(2)}})
 	c, err := s.th.Context().Connect("tcp", "race.test:"+strconv.Itoa(port), "")
@@ -148,9 +189,7 @@ func TestSimConnectRacerStartsAtAttemptDelay(t *testing.T) {
 // With two addresses stalled, the racers start one attempt delay apart;
 // the third address's connect wins and both stalled attempts close then.
 func TestSimConnectWinnerClosesTheOthers(t *testing.T) {
-	port := loopListener(t, 1, 0, true)
-	loopListener(t, 3, port, true)
-	loopListener(t, 2, port, false)
+	port := loopListeners(t, at{1, true}, at{3, true}, at{2, false})
 	s, log := raceSim(t, core.Info{ConnectAttemptDelay: 100 * time.Millisecond},
 		staticResolver{"race.test": {lo(1), lo(3), lo(2)}})
 	_, err := s.th.Context().Connect("tcp", "race.test:"+strconv.Itoa(port), "")
@@ -170,7 +209,7 @@ func TestSimConnectWinnerClosesTheOthers(t *testing.T) {
 // A failed attempt starts the next address at once, without waiting for
 // the attempt delay.
 func TestSimConnectFailedAttemptStartsNextAtOnce(t *testing.T) {
-	port := loopListener(t, 2, 0, false) // nothing listens on 127.0.0.3
+	port := loopListeners(t, at{2, false}) // nothing listens on 127.0.0.3
 	s, log := raceSim(t, core.Info{ConnectAttemptDelay: time.Hour},
 		staticResolver{"race.test": {lo(3), lo(2)}})
 	_, err := s.th.Context().Connect("tcp", "race.test:"+strconv.Itoa(port), "")
@@ -185,14 +224,13 @@ func TestSimConnectFailedAttemptStartsNextAtOnce(t *testing.T) {
 // stalled, the attempt delay starts no more once that many are, and
 // ConnectTimeout bounds the whole race, closing each of them once.
 func TestSimConnectRacersCappedAndTimedOut(t *testing.T) {
-	port := loopListener(t, 1, 0, true)
+	var ls []at
 	var names []netip.Addr
 	for i := range core.MaxConnectRacers + 2 {
-		if i > 0 {
-			loopListener(t, byte(1+i), port, true)
-		}
+		ls = append(ls, at{byte(1 + i), true})
 		names = append(names, lo(byte(1+i)))
 	}
+	port := loopListeners(t, ls...)
 	s, log := raceSim(t, core.Info{ConnectAttemptDelay: 10 * time.Millisecond, ConnectTimeout: time.Second},
 		staticResolver{"race.test": names})
 	c, err := s.th.Context().Connect("tcp", "race.test:"+strconv.Itoa(port), "")
@@ -216,8 +254,7 @@ func TestSimConnectRacersCappedAndTimedOut(t *testing.T) {
 // A negative attempt delay races nothing: a stalled first address holds
 // the connection until ConnectTimeout, and the next is never tried.
 func TestSimConnectNegativeDelayIsSequential(t *testing.T) {
-	port := loopListener(t, 1, 0, true)
-	loopListener(t, 2, port, false)
+	port := loopListeners(t, at{1, true}, at{2, false})
 	s, log := raceSim(t, core.Info{ConnectAttemptDelay: -1, ConnectTimeout: time.Second},
 		staticResolver{"race.test": {lo(1), lo(2)}})
 	_, err := s.th.Context().Connect("tcp", "race.test:"+strconv.Itoa(port), "")
@@ -236,8 +273,7 @@ func TestSimConnectNegativeDelayIsSequential(t *testing.T) {
 // attempt it has, not failing for want of room; a failed attempt's room
 // then goes to the next address.
 func TestSimConnectRacerWaitsForRoom(t *testing.T) {
-	port := loopListener(t, 1, 0, true)
-	loopListener(t, 2, port, false)
+	port := loopListeners(t, at{1, true}, at{2, false})
 	s, log := raceSim(t, core.Info{FDLimit: 1, ConnectAttemptDelay: 10 * time.Millisecond, ConnectTimeout: time.Second},
 		staticResolver{"race.test": {lo(1), lo(2)}, "refused.test": {lo(3), lo(2)}})
 	_, err := s.th.Context().Connect("tcp", "race.test:"+strconv.Itoa(port), "")
