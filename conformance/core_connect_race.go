@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/plugloop/plugloop/core"
+	"github.com/plugloop/plugloop/internal/testkit"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
@@ -27,99 +28,6 @@ func (r staticResolver) LookupNetIP(_ context.Context, _, host string) ([]netip.
 		return ips, nil
 	}
 	return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
-}
-
-// raceListen listens on ip:port (port 0: any free one) outside the
-// context, never accepting, and returns the port. A stalled listener has
-// its one-place accept queue filled by a connection nobody accepts: Linux
-// then drops further SYNs, so a connect to it stays in progress. Both go
-// with the test.
-func raceListen(t *testing.T, ip netip.Addr, port int, stalled bool) int {
-	t.Helper()
-	return raceListener(t, ip, port, stalled).port
-}
-
-// listener is a listening socket of the test's.
-type listener struct {
-	fd, port int
-	filler   net.Conn // fills a stalled listener's accept queue
-	closed   bool
-}
-
-// close closes the listener (and its filler) unless it was already.
-func (l *listener) close() {
-	if l.closed {
-		return
-	}
-	l.closed = true
-	if l.filler != nil {
-		l.filler.Close()
-	}
-	unix.Close(l.fd)
-}
-
-// raceListener is raceListen returning the listener.
-func raceListener(t *testing.T, ip netip.Addr, port int, stalled bool) *listener {
-	t.Helper()
-	l, err := listenRace(t, ip, port, stalled)
-	require.NoError(t, err, "listening on %v port %d", ip, port)
-	return l
-}
-
-// listenRace is raceListener that returns the error of bind(2) instead of
-// failing the test, with nothing left open then.
-func listenRace(t *testing.T, ip netip.Addr, port int, stalled bool) (*listener, error) {
-	t.Helper()
-	family, sa := unix.AF_INET, unix.Sockaddr(&unix.SockaddrInet4{Addr: ip.As4(), Port: port})
-	if ip.Is6() {
-		family, sa = unix.AF_INET6, &unix.SockaddrInet6{Addr: ip.As16(), Port: port}
-	}
-	fd, err := unix.Socket(family, unix.SOCK_STREAM, 0)
-	require.NoError(t, err)
-	unix.CloseOnExec(fd)
-	l := &listener{fd: fd}
-	if err := unix.Bind(fd, sa); err != nil {
-		unix.Close(fd)
-		return nil, err
-	}
-	t.Cleanup(l.close)
-	backlog := 16
-	if stalled {
-		backlog = 0 // a queue of one
-	}
-	require.NoError(t, unix.Listen(fd, backlog))
-	got, err := unix.Getsockname(fd)
-	require.NoError(t, err)
-	switch got := got.(type) {
-	case *unix.SockaddrInet4:
-		port = got.Port
-	case *unix.SockaddrInet6:
-		port = got.Port
-	}
-	if stalled {
-		l.filler, err = net.Dial("tcp", netip.AddrPortFrom(ip, uint16(port)).String())
-		require.NoError(t, err)
-	}
-	l.port = port
-	return l, nil
-}
-
-// racePair listens on a and on b at one port (see raceListen). The port
-// is whatever the kernel picks free on a; if a socket holds it on b (one
-// of an earlier test's connections there, in TIME_WAIT say), another pick.
-func racePair(t *testing.T, a, b netip.Addr, stalledA, stalledB bool) (*listener, *listener) {
-	t.Helper()
-	for range 100 {
-		la := raceListener(t, a, 0, stalledA)
-		lb, err := listenRace(t, b, la.port, stalledB)
-		if err == nil {
-			return la, lb
-		}
-		la.close()
-		require.ErrorIs(t, err, unix.EADDRINUSE, "listening on %v port %d", b, la.port)
-	}
-	t.Fatalf("conformance: no port free on both %v and %v in 100 picks", a, b)
-	return nil, nil
 }
 
 // raceLoopbacks returns two loopback addresses a listener can each take
@@ -226,7 +134,7 @@ func (s *suite) testConnectRacing(t *testing.T) {
 
 	t.Run("FailedPrimary", func(t *testing.T) {
 		bad, good := raceLoopbacks(t)
-		port := raceListen(t, good, 0, false) // nothing listens on bad
+		port := testkit.ListenShared(t, testkit.Spot{Addr: good})[0].Port // nothing listens on bad
 		h, out, done := newRace(t, core.Info{ConnectAttemptDelay: time.Hour}, staticResolver{"race.test": {bad, good}})
 		c := connect(t, h, "race.test:"+strconv.Itoa(port))
 		h.rec.waitEvent(t, "RAW_ADOPT of the racer", is(core.ReasonRawAdopt, c))
@@ -257,27 +165,28 @@ func (s *suite) testConnectRacing(t *testing.T) {
 	t.Run("PrimaryFailsDuringRace", func(t *testing.T) {
 		linuxOnly(t)
 		primary, racer := netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3")
-		pl, rl := racePair(t, primary, racer, true, true)
+		ls := testkit.ListenShared(t, testkit.Spot{Addr: primary, Stalled: true}, testkit.Spot{Addr: racer, Stalled: true})
+		pl, rl := ls[0], ls[1]
 		h, out, done := newRace(t, core.Info{ConnectAttemptDelay: 20 * time.Millisecond, ConnectTimeout: 3 * hang},
 			staticResolver{"race.test": {primary, racer}})
-		c := connect(t, h, "race.test:"+strconv.Itoa(pl.port))
+		c := connect(t, h, "race.test:"+strconv.Itoa(pl.Port))
 		waitUntil(t, "both attempts in flight", func() bool { return len(added(h, c)) == 2 })
 		fds := added(h, c)
 		// Its fd stays open, as the leak check expects: a listening
 		// socket shut down on Linux stops listening.
-		require.NoError(t, unix.Shutdown(pl.fd, unix.SHUT_RDWR))
+		require.NoError(t, unix.Shutdown(pl.FD, unix.SHUT_RDWR))
 		failed := h.rec.waitEvent(t, "the primary's failure", func(e event) bool {
 			return e.conn == c && e.reason == core.ReasonDelPollFD && e.fd == fds[0]
 		})
 		var connecting bool
 		h.do(func() { connecting = c.Connecting() })
 		require.True(t, connecting, "the connection ended with its primary")
-		queued, _, err := unix.Accept(rl.fd)
+		queued, _, err := unix.Accept(rl.FD)
 		require.NoError(t, err)
 		unix.Close(queued)
 		adopt := h.rec.waitEvent(t, "RAW_ADOPT of the racer", is(core.ReasonRawAdopt, c))
 		h.sync()
-		require.Equal(t, netip.AddrPortFrom(racer, uint16(pl.port)).String(), out.remote)
+		require.Equal(t, netip.AddrPortFrom(racer, uint16(pl.Port)).String(), out.remote)
 		require.Equal(t, fds, added(h, c), "one attempt per address")
 		require.Equal(t, fds[1], adopt.fd, "the racer is promoted")
 		require.Less(t, failed.seq, adopt.seq)
@@ -290,8 +199,7 @@ func (s *suite) testConnectRacing(t *testing.T) {
 	t.Run("StalledPrimary", func(t *testing.T) {
 		linuxOnly(t)
 		stalled, good := netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3")
-		l, _ := racePair(t, stalled, good, true, false)
-		port := l.port
+		port := testkit.ListenShared(t, testkit.Spot{Addr: stalled, Stalled: true}, testkit.Spot{Addr: good})[0].Port
 		h, out, done := newRace(t, core.Info{ConnectAttemptDelay: 20 * time.Millisecond, ConnectTimeout: hang},
 			staticResolver{"race.test": {stalled, good}})
 		c := connect(t, h, "race.test:"+strconv.Itoa(port))
@@ -340,8 +248,7 @@ func (s *suite) testConnectRacing(t *testing.T) {
 	t.Run("NegativeDelayIsSequential", func(t *testing.T) {
 		linuxOnly(t)
 		stalled, good := netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3")
-		l, _ := racePair(t, stalled, good, true, false)
-		port := l.port
+		port := testkit.ListenShared(t, testkit.Spot{Addr: stalled, Stalled: true}, testkit.Spot{Addr: good})[0].Port
 		h, _, done := newRace(t, core.Info{ConnectAttemptDelay: -1, ConnectTimeout: 200 * time.Millisecond},
 			staticResolver{"race.test": {stalled, good}})
 		c := connect(t, h, "race.test:"+strconv.Itoa(port))
@@ -359,8 +266,7 @@ func (s *suite) testConnectRacing(t *testing.T) {
 		t.Run(end+"DuringRace", func(t *testing.T) {
 			linuxOnly(t)
 			a, b := netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3")
-			l, _ := racePair(t, a, b, true, true)
-			port := l.port
+			port := testkit.ListenShared(t, testkit.Spot{Addr: a, Stalled: true}, testkit.Spot{Addr: b, Stalled: true})[0].Port
 			h, _, done := newRace(t, core.Info{ConnectAttemptDelay: time.Millisecond, ConnectTimeout: hang},
 				staticResolver{"race.test": {a, b}})
 			c := connect(t, h, "race.test:"+strconv.Itoa(port))

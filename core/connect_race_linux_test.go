@@ -1,7 +1,6 @@
 package core_test
 
 import (
-	"errors"
 	"net"
 	"net/netip"
 	"strconv"
@@ -10,6 +9,7 @@ import (
 
 	"github.com/plugloop/plugloop/core"
 	"github.com/plugloop/plugloop/internal/simloop"
+	"github.com/plugloop/plugloop/internal/testkit"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
@@ -20,71 +20,22 @@ import (
 // every 127.0.0.x is loopback on Linux, so several listeners share a port
 // on different addresses, and a resolver names them all.
 
-// at is a listener loopListeners makes: on 127.0.0.<last>, and stalled
-// or not. A stalled one has its accept queue filled by a connection nobody
-// accepts, so further connects to it hang; the others complete connects
-// without accepting them.
+// at is a listener loopListeners makes: on 127.0.0.<last>, stalled or
+// not (see testkit.Spot).
 type at struct {
 	last    byte
 	stalled bool
 }
 
 // loopListeners listens on every address of ls at one port and returns
-// the port. It is whatever the kernel picks free on the first address; if
-// a socket holds it on another (one of an earlier test's connections
-// there, in TIME_WAIT say), another pick.
+// the port.
 func loopListeners(t *testing.T, ls ...at) int {
 	t.Helper()
-	for range 100 {
-		port, ok := tryLoopListeners(t, ls)
-		if ok {
-			return port
-		}
-	}
-	t.Fatalf("no port free on all of %v in 100 picks", ls)
-	return 0
-}
-
-// tryLoopListeners is one pick of loopListeners: false if a listener
-// after the first found the port taken, with nothing left open then.
-func tryLoopListeners(t *testing.T, ls []at) (port int, ok bool) {
-	t.Helper()
-	var closers []func()
-	defer func() {
-		if ok {
-			for _, c := range closers {
-				t.Cleanup(c)
-			}
-			return
-		}
-		for i := len(closers) - 1; i >= 0; i-- {
-			closers[i]()
-		}
-	}()
+	spots := make([]testkit.Spot, len(ls))
 	for i, l := range ls {
-		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-		require.NoError(t, err)
-		closers = append(closers, func() { unix.Close(fd) })
-		err = unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, l.last}, Port: port})
-		if i > 0 && errors.Is(err, unix.EADDRINUSE) {
-			return 0, false
-		}
-		require.NoError(t, err)
-		backlog := 16
-		if l.stalled {
-			backlog = 0 // a queue of one
-		}
-		require.NoError(t, unix.Listen(fd, backlog))
-		sa, err := unix.Getsockname(fd)
-		require.NoError(t, err)
-		port = sa.(*unix.SockaddrInet4).Port
-		if l.stalled {
-			filler, err := net.Dial("tcp4", net.JoinHostPort(lo(l.last).String(), strconv.Itoa(port)))
-			require.NoError(t, err)
-			closers = append(closers, func() { filler.Close() })
-		}
+		spots[i] = testkit.Spot{Addr: lo(l.last), Stalled: l.stalled}
 	}
-	return port, true
+	return testkit.ListenShared(t, spots...)[0].Port
 }
 
 func lo(last byte) netip.Addr { return netip.AddrFrom4([4]byte{127, 0, 0, last}) }

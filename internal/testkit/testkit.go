@@ -1,8 +1,8 @@
 //go:build unix
 
-// Package testkit holds what the examples' tests share: the backends a test
-// binary can run, a bounded wait, and the check that a test left no
-// descriptor or goroutine behind.
+// Package testkit holds what plugloop's tests share: the backends a test
+// binary can run, a bounded wait, the check that a test left no descriptor
+// or goroutine behind, and loopback listeners that share a port.
 package testkit
 
 import (
