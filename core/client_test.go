@@ -14,6 +14,7 @@ import (
 
 	"github.com/plugloop/plugloop/core"
 	"github.com/plugloop/plugloop/evlib"
+	"github.com/plugloop/plugloop/internal/testkit"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
@@ -211,19 +212,9 @@ func TestConnectRefused(t *testing.T) {
 // finishes: ConnectTimeout ends it.
 func TestConnectTimeout(t *testing.T) {
 	ctx, log := clientCtx(t, "epoll", core.Info{ConnectTimeout: 100 * time.Millisecond})
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
-	require.NoError(t, err)
-	defer unix.Close(fd)
-	require.NoError(t, unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}))
-	require.NoError(t, unix.Listen(fd, 0))
-	sa, _ := unix.Getsockname(fd)
-	addr := (&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: sa.(*unix.SockaddrInet4).Port}).String()
-	for range 4 { // fill the backlog
-		if c, err := net.DialTimeout("tcp", addr, 50*time.Millisecond); err == nil {
-			defer c.Close()
-		}
-	}
-	_, err = ctx.Connect("tcp", addr, "client")
+	ip := netip.MustParseAddr("127.0.0.1")
+	port := testkit.ListenShared(t, testkit.Spot{Addr: ip, Stalled: true})[0].Port
+	_, err := ctx.Connect("tcp", netip.AddrPortFrom(ip, uint16(port)).String(), "client")
 	require.NoError(t, err)
 	serviceUntil(t, ctx, func() bool { return len(log.errs) > 0 })
 	require.ErrorIs(t, log.errs[0], core.ErrTimeout)

@@ -1,15 +1,13 @@
 package core_test
 
 import (
-	"fmt"
-	"net"
+	"strconv"
 	"testing"
 	"time"
 
 	"github.com/plugloop/plugloop/core"
 	"github.com/plugloop/plugloop/internal/simloop"
 	"github.com/stretchr/testify/require"
-	"golang.org/x/sys/unix"
 )
 
 // Info.ConnectTimeout fails a connection that is not established in time
@@ -18,17 +16,7 @@ import (
 // answers by dropping the SYN (elsewhere a reset may come at once), so the
 // connect hangs.
 func TestSimConnectTimeout(t *testing.T) {
-	l, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	require.NoError(t, err)
-	defer unix.Close(l)
-	require.NoError(t, unix.Bind(l, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}))
-	require.NoError(t, unix.Listen(l, 0)) // a queue of one
-	sa, err := unix.Getsockname(l)
-	require.NoError(t, err)
-	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*unix.SockaddrInet4).Port)
-	queued, err := net.Dial("tcp", addr) // fills the queue
-	require.NoError(t, err)
-	defer queued.Close()
+	addr := "127.0.0.1:" + strconv.Itoa(loopListeners(t, at{1, true}))
 
 	clk := simloop.NewClock()
 	var failed []closing
