@@ -170,6 +170,16 @@ func (t *Thread) setOwner() {
 	}
 }
 
+// disown forgets the owner before the thread stops being busy. The next
+// holder makes it busy first and names itself after: in between, a stale
+// owner would let the goroutine that held it last pass own's check as if
+// it were inside a callback, and run beside the new holder.
+func (t *Thread) disown() {
+	if exactOwner {
+		t.owner.Store(0)
+	}
+}
+
 // own admits a loop-only call. Inside a callback (or any code of the
 // owning goroutine) it returns false; on an unowned thread it takes
 // ownership for the call and returns true, and the caller must release.
@@ -240,6 +250,7 @@ func (t *Thread) leave() {
 		t.teardown()
 		return
 	}
+	t.disown()
 	t.mode.Store(modeIdle)
 	if t.ctx.destroyReq.Load() && t.mode.CompareAndSwap(modeIdle, modeBusy) {
 		t.setOwner()
@@ -459,6 +470,7 @@ func (t *Thread) pass(timeout time.Duration) bool {
 	}
 	if !t.appDriven {
 		t.nowFresh = false // the wait takes time
+		t.disown()
 		t.mode.Store(modeWaiting)
 		if t.wakePending.Load() {
 			wait = 0
@@ -504,6 +516,7 @@ func (t *Thread) Pass() (next time.Duration, stop bool) {
 	if t.ctx.destroyReq.Load() || t.runStop.Load() {
 		return 0, true
 	}
+	t.disown()
 	t.mode.Store(modeWaiting)
 	next = -1
 	if t.forcedPending() || t.wakePending.Load() {

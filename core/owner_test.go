@@ -1,0 +1,49 @@
+//go:build unix && race
+
+package core_test
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/plugloop/plugloop/core"
+	"github.com/stretchr/testify/require"
+)
+
+// TestLastHolderDoesNotPassForTheNext: a goroutine that held the thread
+// for a loop-only call must not pass for the holder once another goroutine
+// took the thread (Service here): it is refused, and the race detector sees
+// any call that runs beside Service. Only race-enabled builds check the
+// calling goroutine (see ErrWrongGoroutine), so only they run this.
+func TestLastHolderDoesNotPassForTheNext(t *testing.T) {
+	ctx, err := core.New(core.Info{Protocols: []core.Protocol{{Name: "p", Callback: func(core.Event) error { return nil }}}})
+	require.NoError(t, err)
+	defer ctx.Destroy()
+	th := ctx.Thread(0)
+	done := make(chan error, 1)
+	go func() {
+		for range 20_000 {
+			tm, err := th.AfterFunc(time.Hour, func() {})
+			switch {
+			case err == nil:
+				tm.Stop() // this goroutine held the thread last
+			case !errors.Is(err, core.ErrWrongGoroutine):
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	for {
+		select {
+		case err := <-done:
+			require.NoError(t, err)
+			return
+		default:
+			if err := th.Service(0); err != nil {
+				require.ErrorIs(t, err, core.ErrInService) // the other goroutine holds it
+			}
+		}
+	}
+}
