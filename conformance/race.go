@@ -2,6 +2,5 @@
 
 package conformance
 
-// raceEnabled: the core verifies the calling goroutine exactly only in
-// race-enabled builds.
+// raceEnabled: the race detector slows the loop (fewer Model steps).
 const raceEnabled = true

@@ -10,7 +10,10 @@ var (
 	ErrDestroyed = errors.New("plugloop: context destroyed")
 	// ErrWrongGoroutine: a loop-only method was called from a goroutine
 	// other than the one servicing the thread (or while another goroutine
-	// holds it).
+	// holds it). On amd64 and arm64, and in race-enabled builds, every
+	// such call is caught; elsewhere only one made while the thread is
+	// idle or waiting in its backend is, since telling goroutines apart
+	// there costs microseconds a call.
 	ErrWrongGoroutine = errors.New("plugloop: called from a goroutine that does not own the service thread")
 	// ErrInService: Service or Run was called while the thread is already
 	// being serviced (for example from inside a callback).

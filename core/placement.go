@@ -49,11 +49,12 @@ import (
 // application's loop), the call fails with ErrWrongGoroutine and the
 // caller keeps its fd.
 //
-// Builds without the race detector cannot tell goroutines apart. They
-// take a call made while exactly one thread is busy for a call from that
-// thread, and hand over whenever several are: a handover is never wrong,
-// only later. As for every loop-only call, only race-enabled builds catch
-// an unrelated goroutine calling while the chosen thread is busy.
+// Where the core cannot tell goroutines apart (see ErrWrongGoroutine: on
+// architectures other than amd64 and arm64, without the race detector) it
+// takes a call made while exactly one thread is busy for a call from that
+// thread, and hands over whenever several are: a handover is never wrong,
+// only later; and, as for every loop-only call, it does not catch an
+// unrelated goroutine calling while the chosen thread is busy.
 //
 // A handed-over Conn belongs to its thread from the moment it is handed
 // over: read its state (Closed, Connecting, FD...) and call its methods on
@@ -171,10 +172,10 @@ func (c *Context) pick(o *adoptOptions) (*Thread, error) {
 }
 
 // callerThread returns the thread whose code the calling goroutine is
-// running (a callback, or a loop-only call holding it). Race-enabled
-// builds know it exactly. Other builds cannot tell goroutines apart: they
-// take the one busy thread, as own does, and answer unsure when several
-// are busy, since the caller may be in any of them.
+// running (a callback, or a loop-only call holding it). With exactOwner it
+// knows. Without, it cannot tell goroutines apart: it takes the one busy
+// thread, as own does, and answers unsure when several are busy, since the
+// caller may be in any of them.
 func (c *Context) callerThread() (home *Thread, unsure bool) {
 	if exactOwner {
 		me := goroutineID()
@@ -204,8 +205,8 @@ var threadMethods = strings.TrimSuffix(runtime.FuncForPC(reflect.ValueOf((*Threa
 // thread's code: a callback, or a Post, AfterFunc or Attach function, all
 // of which run beneath a Thread method (a pass, Service, ServiceFD, or a
 // backend's Ready). It walks the stack (a few microseconds), which the
-// methods any goroutine may call can afford where builds without the race
-// detector cannot tell goroutines apart otherwise.
+// methods any goroutine may call can afford where the core cannot tell
+// goroutines apart otherwise (no exactOwner).
 func inThreadCode() bool {
 	var pcs [64]uintptr
 	for skip := 2; ; skip += len(pcs) { // however deep the callback's own calls go

@@ -50,7 +50,7 @@ type Thread struct {
 	ctr   evlib.Counters
 
 	mode  atomic.Int32
-	owner atomic.Uint64 // owning goroutine, tracked only in race builds
+	owner atomic.Uint64 // owning goroutine's goid.Token, tracked only with exactOwner
 
 	wakePending atomic.Bool
 	runStop     atomic.Bool // Run's context ended: a Looper must return
@@ -219,9 +219,9 @@ func (t *Thread) release(took bool) {
 
 // enterFromApp takes the idle thread for a call of the application's loop
 // (ServiceFD, ServiceAdjustTimeout). Unlike own, it never joins a busy
-// thread: outside race-enabled builds a busy thread cannot tell its own
-// goroutine inside a callback from another goroutine, and the application's
-// loop must not run core code beside a goroutine making loop-only calls.
+// thread: without exactOwner a busy thread cannot tell its own goroutine
+// inside a callback from another goroutine, and the application's loop
+// must not run core code beside a goroutine making loop-only calls.
 func (t *Thread) enterFromApp() bool {
 	if t.mode.CompareAndSwap(modeIdle, modeBusy) {
 		t.setOwner()

@@ -1,7 +1,0 @@
-//go:build !race
-
-package core
-
-const exactOwner = false
-
-func goroutineID() uint64 { return 0 }
