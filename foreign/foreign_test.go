@@ -160,3 +160,45 @@ func openFDs(t *testing.T) int {
 	require.NoError(t, err)
 	return len(ents)
 }
+
+// A goroutine that adopts an fd while the application's loop is between
+// polls holds the thread through RAW_ADOPT; a Poll meanwhile is no failure
+// (the holder wakes the loop when it is done), so a host loop that stops on
+// any error goes on serving plugloop. A Poll called while one of the same
+// set runs is refused.
+func TestPollSetWhileAnotherGoroutineHolds(t *testing.T) {
+	set := new(foreign.PollSet)
+	inAdopt, hold := make(chan struct{}), make(chan struct{})
+	var nested error
+	proto := echo.Protocol("echo")
+	inner := proto.Callback
+	proto.Callback = func(ev core.Event) error {
+		if ev.Reason == core.ReasonRawAdopt {
+			close(inAdopt)
+			<-hold
+		}
+		return inner(ev)
+	}
+	ctx, err := core.New(core.Info{EventLib: foreign.Name, Protocols: []core.Protocol{set.Protocol(proto)}})
+	require.NoError(t, err)
+	defer ctx.Destroy()
+	th := ctx.Thread(0)
+	require.NoError(t, set.Poll(th, nil, 0))
+	p, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	require.NoError(t, err)
+	defer unix.Close(p[1])
+	adopted := make(chan error, 1)
+	go func() {
+		_, err := ctx.AdoptFD(p[0], "echo")
+		adopted <- err
+	}()
+	<-inAdopt
+	require.NoError(t, set.Poll(th, nil, 0), "Poll while another goroutine holds the thread")
+	close(hold)
+	require.NoError(t, <-adopted)
+	require.NoError(t, th.Post(func() { nested = set.Poll(th, nil, 0) }))
+	for nested == nil {
+		require.NoError(t, set.Poll(th, nil, -1))
+	}
+	require.ErrorIs(t, nested, core.ErrInService, "Poll inside a Poll's callback")
+}

@@ -55,6 +55,7 @@ type PollSet struct {
 	// PROTOCOL_DESTROY comes second.
 	stop    sys.Waker
 	hasStop bool
+	inPoll  bool // a Poll runs: buf is in use
 	polling bool // a Poll is inside unix.Poll
 	gone    bool // PROTOCOL_DESTROY came
 }
@@ -138,14 +139,30 @@ func (s *PollSet) Len() int {
 // most max (less when plugloop has work due; max < 0 means no limit),
 // hands plugloop its ready fds,
 // runs forced service, and leaves the Revents of mine set for the caller.
-// It returns core.ErrDestroyed once the context is destroyed, and an error
-// wrapping core.ErrInvalid when t is not the set's Thread.
+// A loop-only call that another goroutine makes meanwhile is no error: it
+// wakes the loop when it is done, and the next Poll does what this one
+// could not. Poll returns core.ErrDestroyed once the context is destroyed,
+// an error wrapping core.ErrInvalid when t is not the set's Thread, and
+// one wrapping core.ErrInService when a Poll of the same set is running
+// (called from one of plugloop's callbacks, or from a second goroutine).
 func (s *PollSet) Poll(t *core.Thread, mine []unix.PollFd, max time.Duration) error {
 	if t == nil || t.Index() != s.Thread {
 		// The set holds only its own thread's fds: polling another
 		// thread with it would never service that thread's.
 		return fmt.Errorf("%w: a PollSet for service thread %d polled with %s", core.ErrInvalid, s.Thread, threadName(t))
 	}
+	s.mu.Lock()
+	if s.inPoll {
+		s.mu.Unlock()
+		return fmt.Errorf("%w: PollSet.Poll called while a Poll of the same set runs", core.ErrInService)
+	}
+	s.inPoll = true
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.inPoll = false
+		s.mu.Unlock()
+	}()
 	timeout := t.ServiceAdjustTimeout(max)
 	s.mu.Lock()
 	if s.gone {
@@ -192,7 +209,12 @@ func (s *PollSet) Poll(t *core.Thread, mine []unix.PollFd, max time.Duration) er
 			return err
 		}
 	}
-	return t.Service(0)
+	// ErrInService here is another goroutine's loop-only call holding the
+	// thread: see above.
+	if err := t.Service(0); err != nil && !errors.Is(err, core.ErrInService) {
+		return err
+	}
+	return nil
 }
 
 func threadName(t *core.Thread) string {
