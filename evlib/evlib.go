@@ -134,9 +134,9 @@ type Backend interface {
 }
 
 // Waker is implemented by a backend that has its own cross-goroutine wakeup
-// (a channel, gnet's Trigger). Without it the core creates a KindWake fd and
-// adds it like any other fd, which suits readiness backends and makes the
-// wakeup visible to a foreign loop.
+// (a channel, an eventfd of its own). Without it the core creates a
+// KindWake fd and adds it like any other fd, which suits readiness backends
+// and makes the wakeup visible to a foreign loop.
 type Waker interface {
 	// Wake makes a Poll in progress (or the next one) return promptly.
 	// It is the one method any goroutine may call, also concurrently with

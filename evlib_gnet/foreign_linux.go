@@ -36,10 +36,13 @@ import (
 //	})
 //
 // Everything plugloop does then runs on the application's Polling
-// goroutine: the events of its fds (through Dispatch), and wakeups and
-// timers (gnet Trigger tasks on that poller). plugloop never stops the
-// application's Polling and never closes its poller; destroying the
-// context deletes every registration plugloop made. Context.Run and
+// goroutine, through Dispatch: the events of its fds, and wakeups and
+// timers, which make an eventfd of plugloop's in the poller readable.
+// plugloop queues no task with Trigger: gnet runs queued tasks until none
+// is left before it polls again, so wakeups as tasks could keep the poller
+// from its fds. plugloop never stops the application's Polling and never
+// closes its poller; destroying the context deletes every registration
+// plugloop made. Context.Run and
 // Thread.Service's waits do not apply: the application's loop drives the
 // thread (Run returns an error wrapping evlib.ErrAppDriven).
 type Host struct {
@@ -128,34 +131,19 @@ func (b *Backend) dispatch(fd int, e netpoll.IOEvent) {
 	if b.isDown.Load() {
 		return
 	}
-	if fd != b.idle.R {
+	switch fd {
+	case b.sig.R:
+		// A wakeup or a timer. sig is edge-triggered: nothing to drain.
+		// Cleared before the pass, so a kick from here on writes again
+		// (it is then seen by the next epoll_wait).
+		b.sigReq.Store(false)
+	case b.idle.R:
+	default:
 		r := evmask.ToPoll(evmask.FromEpoll(e))
 		pfd := unix.PollFd{Fd: int32(fd), Events: r, Revents: r}
 		b.drv.ServiceFD(&pfd)
 	}
 	b.servicePass()
-}
-
-// kickTask is the Trigger task of Wake and of the timer on a foreign
-// poller.
-func (b *Backend) kickTask(any) error {
-	b.taskMu.Lock()
-	b.inTask = true
-	b.taskMu.Unlock()
-	b.sigReq.Store(false)
-	b.servicePass()
-	b.taskMu.Lock()
-	b.inTask = false
-	later := b.kickLater
-	b.kickLater = false
-	b.taskMu.Unlock()
-	if later {
-		// A kick came meanwhile: the next pass runs when gnet next polls
-		// (idle is readable), after the fds that are ready.
-		b.sigReq.Store(false)
-		b.scheduleOpen(0)
-	}
-	return nil
 }
 
 func (b *Backend) servicePass() {

@@ -320,9 +320,8 @@ func TestForeignDestroyWhilePassing(t *testing.T) {
 
 // Posts arriving without pause from another goroutine do not starve the
 // application's own fds on its poller: a wakeup that comes while
-// plugloop's pass runs as a gnet task is taken up through the poller's
-// next wait, not by queueing another task, which gnet would run in the
-// same drain.
+// plugloop's pass runs is taken up through the poller's next wait, with
+// the fds ready by then.
 func TestForeignPostsDoNotStarvePoller(t *testing.T) {
 	poller, p := pollerWithPipe(t)
 	ctx, err := core.New(core.Info{EventLib: evlib_gnet.Name, Foreign: []any{poller}, Protocols: []core.Protocol{echo.Protocol("echo")}})

@@ -9,18 +9,19 @@ import (
 	"testing"
 	"time"
 
+	"github.com/panjf2000/gnet/v2/pkg/netpoll"
 	"github.com/plugloop/plugloop/core"
 	"github.com/plugloop/plugloop/evlib"
 	"github.com/plugloop/plugloop/evlib_gnet"
+	"github.com/plugloop/plugloop/internal/echo"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
 
 // taskDriver is the core side of a backend attached to a foreign poller,
-// reduced to what Dispatch and the wakeup task call. Its Service(0) runs
-// onService, which may Wake the backend from inside the pass, the way a
-// timer of the backend's own or a Post landing right after the core's pass
-// does.
+// reduced to what Dispatch calls. Its Service(0) runs onService, which may
+// Wake the backend from inside the pass, the way a timer of the backend's
+// own or a Post landing right after the core's pass does.
 type taskDriver struct {
 	services  atomic.Int64
 	onService func(n int64)
@@ -42,9 +43,9 @@ func foreignBackend(t *testing.T, d *taskDriver) (evlib.Backend, [2]int, func(fu
 	}
 }
 
-// A wakeup that comes while plugloop's pass runs as a task on the
-// application's poller is not lost: the thread runs another pass, and
-// later wakeups from other goroutines still reach it.
+// A wakeup that comes while plugloop's pass runs on the application's
+// poller is not lost: the thread runs another pass, and later wakeups from
+// other goroutines still reach it.
 func TestForeignWakeDuringTask(t *testing.T) {
 	var be evlib.Backend
 	passes := make(chan int64, 16)
@@ -79,7 +80,7 @@ func TestForeignWakeDuringTask(t *testing.T) {
 }
 
 // A pass that is woken from inside every time does not keep the
-// application's poller in gnet's task queue: the application's fd that
+// application's poller from its fds: the application's fd that
 // became ready meanwhile is served after the next pass, not after the
 // wakeups stop.
 func TestForeignWakeInEveryTaskLetsPollerIn(t *testing.T) {
@@ -169,4 +170,100 @@ func TestForeignPipeHangup(t *testing.T) {
 	}
 	require.NoError(t, ctx.Thread(0).Post(func() { ctx.Destroy() }))
 	<-ctx.Done()
+}
+
+// Service threads attached to one application poller that hand work to
+// each other with Post, each hop a wakeup made inside the other thread's
+// pass, do not keep the poller from its fds: the application's pipe,
+// made ready by one hop, is served a few hops later, not once the
+// ping-pong (bounded at most hops) ends by itself. Two contexts and two
+// threads of one context are the same case for the poller.
+func TestForeignCrossThreadPostsDoNotStarvePoller(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		threads func(t *testing.T, poller *netpoll.Poller) (a, b *core.Thread, destroy func())
+	}{
+		{"two contexts", func(t *testing.T, poller *netpoll.Poller) (*core.Thread, *core.Thread, func()) {
+			a, destroyA := foreignThreads(t, poller, 1)
+			b, destroyB := foreignThreads(t, poller, 1)
+			return a[0], b[0], func() { destroyA(); destroyB() }
+		}},
+		{"two threads", func(t *testing.T, poller *netpoll.Poller) (*core.Thread, *core.Thread, func()) {
+			th, destroy := foreignThreads(t, poller, 2)
+			return th[0], th[1], destroy
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			const (
+				writeAt = 100    // the hop that makes the pipe ready
+				most    = 20_000 // the hop where the ping-pong stops by itself
+			)
+			poller, p := pollerWithPipe(t)
+			thA, thB, destroy := tc.threads(t, poller)
+			var hops, servedAt atomic.Int64
+			var served atomic.Bool
+			gotIt := make(chan struct{})
+			stop := hostPolling(t, poller, evlib_gnet.Dispatcher(poller), func(fd int) bool {
+				if fd != p[0] {
+					return false
+				}
+				var b [8]byte
+				unix.Read(p[0], b[:])
+				if !served.Swap(true) {
+					servedAt.Store(hops.Load())
+					close(gotIt)
+				}
+				return true
+			})
+			defer stop()
+			defer destroy() // while the poller is still polled
+			var fA, fB func()
+			hop := func(to *core.Thread, f func()) {
+				n := hops.Add(1)
+				if n == writeAt {
+					if _, err := unix.Write(p[1], []byte("x")); err != nil {
+						t.Error(err)
+					}
+				}
+				if n < most && !served.Load() {
+					to.Post(f)
+				}
+			}
+			fA = func() { hop(thB, fB) }
+			fB = func() { hop(thA, fA) }
+			require.NoError(t, thA.Post(fA))
+			select {
+			case <-gotIt:
+			case <-time.After(20 * time.Second):
+				t.Fatalf("the application's pipe was never served (hang guard; %d hops)", hops.Load())
+			}
+			require.Less(t, servedAt.Load(), int64(most), "the pipe was served only once the ping-pong stopped by itself")
+			require.Less(t, servedAt.Load()-writeAt, int64(10), "hops between the pipe becoming ready and being served")
+		})
+	}
+}
+
+// foreignThreads creates a context of n service threads, all attached to
+// poller. destroy destroys it; the poller must still be polled then.
+func foreignThreads(t *testing.T, poller *netpoll.Poller, n int) (th []*core.Thread, destroy func()) {
+	foreign := make([]any, n)
+	for i := range foreign {
+		foreign[i] = poller
+	}
+	ctx, err := core.New(core.Info{EventLib: evlib_gnet.Name, Foreign: foreign, CountThreads: n,
+		Protocols: []core.Protocol{echo.Protocol("echo")}})
+	require.NoError(t, err)
+	th = make([]*core.Thread, n)
+	for i := range th {
+		th[i] = ctx.Thread(i)
+	}
+	return th, func() {
+		t.Helper()
+		require.NoError(t, th[0].Post(func() { ctx.Destroy() }))
+		select {
+		case <-ctx.Done():
+		case <-time.After(10 * time.Second):
+			t.Fatal("Destroy on a foreign poller never finished (hang guard)")
+		}
+	}
 }

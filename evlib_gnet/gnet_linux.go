@@ -11,7 +11,6 @@ import (
 
 	gerrors "github.com/panjf2000/gnet/v2/pkg/errors"
 	"github.com/panjf2000/gnet/v2/pkg/netpoll"
-	"github.com/panjf2000/gnet/v2/pkg/queue"
 	"github.com/plugloop/plugloop/evlib"
 	"github.com/plugloop/plugloop/internal/evmask"
 	"github.com/plugloop/plugloop/internal/sys"
@@ -62,10 +61,17 @@ func descriptor() evlib.Descriptor {
 // only way out of Polling; no gnet task is ever queued, so nothing is left
 // stranded in gnet's queue.
 //
-// On a foreign Poller (see Dispatcher) the application's Polling never
-// returns because of us, so there Wake and timers do use
-// Trigger(HighPriority, ...), and idle is registered in the application's
-// poller (the application forwards it to Dispatch with our other fds).
+// On a foreign Poller (see Dispatcher) sig and idle are registered in the
+// application's poller, which forwards them to Dispatch with our other
+// fds. There sig is edge-triggered and never read: each write is one
+// event of the next epoll_wait (gnet's own wake eventfd works the same
+// way), so a wakeup costs one write, and the counter, which could hold
+// 2^64-2 of them, never fills. Wakeups do not use Trigger there either:
+// gnet drains its urgent queue until it is empty before it polls again,
+// so threads attached to one poller that post to each other (each pass
+// Triggering the other's task) would keep it in that drain and away from
+// its fds for as long as they kept at it. Through sig every wakeup waits
+// for the poller's next epoll_wait, in a batch with the fds ready by then.
 
 const (
 	regBit  = 1 << 7 // in fdState.st: the fd is in the epoll set
@@ -113,20 +119,13 @@ type Backend struct {
 	timerAt time.Time
 	timer   *time.Timer
 
-	sig, idle sys.Waker // sig: own poller only
+	sig, idle sys.Waker
 
 	// Cross-goroutine state.
-	sigReq atomic.Bool // sig written (or a kick task queued), not yet consumed
-	// On a foreign poller: a kick while kickTask runs must not Trigger,
-	// since gnet drains its urgent queue until it is empty, and a task that
-	// queues the next forever starves the poller's fds. kickTask takes it
-	// up afterwards through idle instead.
-	taskMu    sync.Mutex
-	inTask    bool
-	kickLater bool
-	mu        sync.RWMutex
-	closed    bool
-	isDown    atomic.Bool // closed, readable without mu
+	sigReq atomic.Bool // sig written, not yet consumed
+	mu     sync.RWMutex
+	closed bool
+	isDown atomic.Bool // closed, readable without mu
 }
 
 // driver is what a foreign poller's Dispatch needs from the core: its
@@ -151,15 +150,6 @@ func New(cfg evlib.Config) (evlib.Backend, error) {
 			return nil, fmt.Errorf("gnet OpenPoller: %w", err)
 		}
 		b.poller = p
-		if b.sig, err = sys.NewWaker(); err != nil {
-			p.Close()
-			return nil, err
-		}
-		if err := b.addSpecial(b.sig.R); err != nil {
-			b.sig.Close()
-			p.Close()
-			return nil, err
-		}
 	case *netpoll.Poller:
 		if f == nil {
 			return nil, fmt.Errorf("%w: nil *netpoll.Poller", evlib.ErrForeignUnsupported)
@@ -174,15 +164,14 @@ func New(cfg evlib.Config) (evlib.Backend, error) {
 		return nil, fmt.Errorf("%w: want a *netpoll.Poller (github.com/panjf2000/gnet/v2/pkg/netpoll), got %T", evlib.ErrForeignUnsupported, cfg.Foreign)
 	}
 	var err error
-	if b.idle, err = sys.NewWaker(); err == nil {
-		if err = b.addSpecial(b.idle.R); err != nil {
-			b.idle.Close()
+	if b.sig, err = b.newSpecial(b.foreign != nil); err == nil {
+		if b.idle, err = b.newSpecial(false); err != nil {
+			b.poller.Delete(b.sig.R)
+			b.sig.Close()
 		}
 	}
 	if err != nil {
 		if b.foreign == nil {
-			b.poller.Delete(b.sig.R)
-			b.sig.Close()
 			b.poller.Close()
 		}
 		return nil, err
@@ -193,14 +182,21 @@ func New(cfg evlib.Config) (evlib.Backend, error) {
 	return b, nil
 }
 
-func (b *Backend) addSpecial(fd int) error {
-	b.ctr.InterestChanges.Add(1)
-	if err := b.poller.AddRead(&netpoll.PollAttachment{FD: fd}, false); err != nil {
-		return fmt.Errorf("gnet poller: %w", err)
+// newSpecial creates one of our own eventfds and registers it for reading,
+// edge-triggered if et.
+func (b *Backend) newSpecial(et bool) (sys.Waker, error) {
+	w, err := sys.NewWaker()
+	if err != nil {
+		return w, err
 	}
-	b.grow(fd)
-	b.fds[fd].st = special | regBit
-	return nil
+	b.ctr.InterestChanges.Add(1)
+	if err := b.poller.AddRead(&netpoll.PollAttachment{FD: w.R}, et); err != nil {
+		w.Close()
+		return w, fmt.Errorf("gnet poller: %w", err)
+	}
+	b.grow(w.R)
+	b.fds[w.R].st = special | regBit
+	return w, nil
 }
 
 func (b *Backend) grow(fd int) {
@@ -356,9 +352,8 @@ func (b *Backend) Wake() error {
 	return nil
 }
 
-// kick signals the loop: it writes sig (or, on a foreign poller, Triggers
-// a task) unless a signal is outstanding already or the backend is closed.
-// It reports whether it signalled.
+// kick signals the loop: it writes sig unless a signal is outstanding
+// already or the backend is closed. It reports whether it signalled.
 func (b *Backend) kick() bool {
 	if b.isDown.Load() || !b.sigReq.CompareAndSwap(false, true) {
 		return false
@@ -368,23 +363,13 @@ func (b *Backend) kick() bool {
 	if b.closed {
 		return false
 	}
-	if b.foreign != nil {
-		b.taskMu.Lock()
-		later := b.inTask
-		b.kickLater = b.kickLater || later
-		b.taskMu.Unlock()
-		if !later {
-			b.poller.Trigger(queue.HighPriority, b.kickTask, nil)
-		}
-	} else {
-		b.sig.Signal()
-	}
+	b.sig.Signal()
 	return true
 }
 
-// consumeSig takes the outstanding signal: drain first, then clear the
-// flag, so a kick that lands in between writes again instead of being
-// swallowed.
+// consumeSig takes the outstanding signal on our own poller: drain first,
+// then clear the flag, so a kick that lands in between writes again
+// instead of being swallowed.
 func (b *Backend) consumeSig() {
 	b.sig.Drain()
 	b.sigReq.Store(false)
@@ -591,6 +576,7 @@ func (b *Backend) Close() error {
 			b.fds[fd].st = 0
 		}
 		b.unlock()
+		b.sig.Close()
 		return b.idle.Close()
 	}
 	err := b.poller.Close()
