@@ -75,9 +75,13 @@ type entry struct {
 	// A file's read helper also watches it while rx is paused, for its
 	// end: a pipe's write end learns that its reader closed only so
 	// (POLLERR). watchIn tells the helper whether input counts too (read
-	// by it); endSeen stops that watch once the end was posted.
-	watchIn atomic.Bool
-	endSeen bool
+	// by it); endSeen stops that watch once the end was posted. A helper
+	// that input woke while it did not count waits again for the next
+	// input's edge only: inMissed says input may be waiting that the helper
+	// out will not report, so the turn asks the fd itself (see arm).
+	watchIn  atomic.Bool
+	endSeen  bool
+	inMissed bool
 
 	// How the stream ended, as the socket said when that was first asked
 	// (see snapEnd); endMu orders netpoll's goroutines and the core's.
@@ -663,10 +667,15 @@ func (b *Backend) arm(e *entry) {
 	}
 	in := e.interest&evlib.Readable != 0
 	if e.kind == evlib.KindFile {
-		if was := e.watchIn.Swap(in); in && !was && e.waitR && sys.ReadableNow(e.fd) {
+		if was := e.watchIn.Swap(in); in && e.waitR && (!was || e.inMissed) {
 			// Its helper watched for the end only, and input that came
-			// meanwhile woke it for nothing: look now that it counts.
-			e.rawReady |= evlib.Readable
+			// meanwhile woke it for nothing: it wakes for new input, not
+			// for that. Look now that it counts, and after every report
+			// until the core emptied the fd (level-triggered).
+			e.inMissed = sys.ReadableNow(e.fd)
+			if e.inMissed {
+				e.rawReady |= evlib.Readable
+			}
 		}
 	}
 	if e.nc == nil && !e.detached && !e.waitR && (in || e.kind == evlib.KindFile && !e.endSeen) {
@@ -937,6 +946,7 @@ func (b *Backend) drain() {
 			e.releaseFile()
 		case postRawRead:
 			e.waitR = false
+			e.inMissed = false // the next helper looks before it waits
 			e.rawReady |= p.ev
 			e.endSeen = e.endSeen || (e.kind == evlib.KindFile || e.hup) && p.ev&(evlib.Hangup|evlib.Error) != 0
 			e.releaseFile() // a stream's read helper from before netpoll took it
@@ -1017,7 +1027,7 @@ func (b *Backend) reportEntry(e *entry) bool {
 	}
 	e.rawReady &^= ev
 	b.arm(e)
-	if e.events() != 0 && (e.interest&evlib.Writable != 0 || e.hup || e.readHeld || e.detached) {
+	if e.events() != 0 && (e.interest&evlib.Writable != 0 || e.hup || e.readHeld || e.detached || e.inMissed) {
 		b.enqueue(e) // level-triggered: still ready next time
 	}
 	return true
