@@ -950,6 +950,11 @@ func (b *Backend) drain() {
 			e.rawReady |= p.ev
 			e.endSeen = e.endSeen || (e.kind == evlib.KindFile || e.hup) && p.ev&(evlib.Hangup|evlib.Error) != 0
 			e.releaseFile() // a stream's read helper from before netpoll took it
+			if e.kind == evlib.KindFile && e.interest&evlib.Readable == 0 {
+				// rx was paused after the helper looked: no report
+				// follows to start the one that watches for the end.
+				b.arm(e)
+			}
 		case postRawWrite:
 			e.waitW = false
 			e.blocked = false

@@ -10,6 +10,7 @@ import (
 
 	"github.com/plugloop/plugloop/core"
 	"github.com/plugloop/plugloop/evlib"
+	"github.com/plugloop/plugloop/evlib_epoll"
 	"github.com/plugloop/plugloop/evlib_netpoll"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
@@ -123,6 +124,56 @@ func TestCorePipeResumeAfterPausedInput(t *testing.T) {
 				time.Sleep(time.Millisecond)
 			}
 			require.EqualValues(t, len(msg), n.Load(), "bytes RAW_RX_FILE read (hang guard: 10 s; the pipe holds the rest)")
+		})
+	}
+}
+
+// A pipe's read end whose rx is paused must still be reported Hangup once
+// its writer closes (evlib.CapHangupWithoutInterest), also when rx was
+// paused after its read helper had found input but before that was
+// reported: the helper that found it is gone by then. epoll shows what the
+// contract asks for.
+func TestPipePausedAfterInputReportsHangup(t *testing.T) {
+	for _, lib := range []struct {
+		name string
+		new  func(evlib.Config) (evlib.Backend, error)
+	}{{"epoll", evlib_epoll.New}, {evlib_netpoll.Name, evlib_netpoll.New}} {
+		t.Run(lib.name, func(t *testing.T) {
+			var p [2]int
+			require.NoError(t, unix.Pipe2(p[:], unix.O_NONBLOCK|unix.O_CLOEXEC))
+			r, w := p[0], p[1]
+			defer unix.Close(r)
+			var got evlib.Events
+			be, err := lib.new(evlib.Config{
+				Sink: sinkFunc(func(fd int, ev evlib.Events) {
+					if fd == r {
+						got |= ev
+					}
+				}),
+				Counters: &evlib.Counters{}, MaxFDs: 1 << 16,
+				Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+			})
+			require.NoError(t, err)
+			defer be.Close()
+			require.NoError(t, be.Add(r, evlib.KindFile, evlib.Readable))
+			_, err = be.Poll(0)
+			require.NoError(t, err)
+			_, err = unix.Write(w, []byte("ab"))
+			require.NoError(t, err)
+			time.Sleep(20 * time.Millisecond) // for the read helper to find it
+			require.NoError(t, be.Modify(r, 0))
+			got = 0
+			_, err = be.Poll(0)
+			require.NoError(t, err)
+			require.Zero(t, got&evlib.Readable, "Readable while paused")
+			require.NoError(t, unix.Close(w))
+			deadline := time.Now().Add(10 * time.Second)
+			for got&evlib.Hangup == 0 {
+				require.True(t, time.Now().Before(deadline), "paused pipe's writer closed: no Hangup (hang guard: 10 s)")
+				_, err := be.Poll(100 * time.Millisecond)
+				require.NoError(t, err)
+			}
+			require.Zero(t, got&evlib.Readable, "Readable while paused")
 		})
 	}
 }
