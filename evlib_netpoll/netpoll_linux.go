@@ -47,7 +47,8 @@ type post struct {
 
 // entry is one watched fd. Its plain fields belong to the holder of the
 // turn (Backend.turn); other goroutines touch only the channels, gone,
-// watchHup, peek and the netpoll connection's atomic Len.
+// watchHup, peek, endMu and what it guards, and the netpoll connection's
+// atomic Len.
 type entry struct {
 	fd       int
 	kind     evlib.Kind
@@ -84,7 +85,9 @@ type entry struct {
 	inMissed bool
 
 	// How the stream ended, as the socket said when that was first asked
-	// (see snapEnd); endMu orders netpoll's goroutines and the core's.
+	// (see snapEnd); endMu orders netpoll's goroutines and the core's, and
+	// keeps Remove from letting the core close the fd while one of them
+	// asks it (see hungUp).
 	endMu  sync.Mutex
 	endSay *sockEnd
 
@@ -349,10 +352,18 @@ func (b *Backend) connect(e *entry, dup int) error {
 // hungUp posts that netpoll saw e's stream end, and asks the socket how
 // it ended right then: our reply to a peer that closed provokes a reset,
 // which would later make an orderly end look like one that was cut off.
+//
+// It mostly runs on netpoll's goroutine or the reader, without the turn:
+// once the fd is removed the core may close it, and its number be another
+// socket's, whose pending error the question would take. Remove sets gone
+// under endMu, which the question holds, and the core closes the fd only
+// after Remove: an fd not gone here stays ours until the answer is in.
 func (b *Backend) hungUp(e *entry) {
-	if !e.gone.Load() { // else the fd may be closed, or another's by now
-		e.snapEnd()
+	e.endMu.Lock()
+	if !e.gone.Load() {
+		e.snapEndLocked()
 	}
+	e.endMu.Unlock()
 	b.post(post{e: e, what: postHup})
 }
 
@@ -812,7 +823,9 @@ func (b *Backend) Remove(fd int) error {
 
 func (b *Backend) drop(e *entry) {
 	e.removed = true
+	e.endMu.Lock() // not while hungUp asks the fd: the core closes it next
 	e.gone.Store(true)
+	e.endMu.Unlock()
 	e.watchHup.Store(false)
 	close(e.done)
 	if e.nc != nil {
@@ -1278,6 +1291,11 @@ func (e *entry) ended() error { return e.verdict(*e.snapEnd()) }
 func (e *entry) snapEnd() *sockEnd {
 	e.endMu.Lock()
 	defer e.endMu.Unlock()
+	return e.snapEndLocked()
+}
+
+// snapEndLocked is snapEnd with endMu held.
+func (e *entry) snapEndLocked() *sockEnd {
 	if e.endSay == nil {
 		s := sockEndOf(e.fd)
 		e.endSay = &s
