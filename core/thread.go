@@ -80,12 +80,13 @@ type Thread struct {
 	dialing    []*Conn // client connections not established yet
 	connHead   *Conn   // every connection (not listeners), for the "all" calls
 
-	writable, writableSpare []*Conn     // granted WRITEABLE without the kernel
-	rxReady, rxSpare        []*Conn     // buffered input to deliver
-	closeReq                []*Conn     // Conn.Close called inside a callback
-	fdClose                 []int       // close(2) deferred to the end of the batch
-	pipes                   []relayPipe // empty pipes kept for relays' next bursts
-	fdForget                []*Conn     // closed in the batch: their FD becomes -1 after the close(2)
+	writable, writableSpare []*Conn        // granted WRITEABLE without the kernel
+	rxReady, rxSpare        []*Conn        // buffered input to deliver
+	closeReq                []*Conn        // Conn.Close called inside a callback
+	fdClose                 []int          // close(2) deferred to the end of the batch
+	closer                  evlib.FDCloser // the backend closes fds itself
+	pipes                   []relayPipe    // empty pipes kept for relays' next bursts
+	fdForget                []*Conn        // closed in the batch: their FD becomes -1 after the close(2)
 
 	appDriven bool // the application's loop waits: never call Poll
 	hupBare   bool // the backend reports a reset of an fd with interest 0 (evlib.CapHangupWithoutInterest)
@@ -121,6 +122,7 @@ func newThread(c *Context, index int, foreign any, limit int) (*Thread, error) {
 	}
 	t.io, _ = be.(evlib.IO)
 	t.fake, _ = be.(evlib.Clock)
+	t.closer, _ = be.(evlib.FDCloser)
 	if w, ok := be.(evlib.Waker); ok {
 		t.waker = w
 		return t, nil
@@ -205,7 +207,7 @@ func (t *Thread) own() (bool, error) {
 
 func (t *Thread) release(took bool) {
 	if took {
-		t.finishStep()
+		t.finishEvent()
 		t.leave()
 		if t.appDriven && !t.dying() {
 			// The call ran while the application's loop may be asleep
@@ -366,7 +368,7 @@ func (t *Thread) ServiceFD(pfd *unix.PollFd) error {
 		return ErrInService // another goroutine, or a callback, holds it
 	}
 	defer func() {
-		t.finishStep()
+		t.finishEvent()
 		t.leave()
 	}()
 	fd := int(pfd.Fd)
@@ -399,6 +401,7 @@ func (t *Thread) ServiceAdjustTimeout(max time.Duration) time.Duration {
 		return 0
 	}
 	defer t.leave()
+	t.closeFDs() // the events of the last wait are over (see finishEvent)
 	if t.forcedPending() || t.wakePending.Load() {
 		return 0
 	}
@@ -626,11 +629,33 @@ func (t *Thread) runTimers() {
 // stale events for it may still be in the batch.
 func (t *Thread) finishStep() {
 	t.endCallback()
+	t.closeFDs()
+}
+
+// finishEvent is finishStep after one of the events of an application's
+// wait (ServiceFD), or after a loop-only call between them: the rest of
+// the wait's events may follow, so an app-driven thread keeps the fds it
+// closed open until the application's Service(0) or ServiceAdjustTimeout
+// says they are over (a backend that closes fds itself knows better).
+func (t *Thread) finishEvent() {
+	t.endCallback()
+	if !t.appDriven || t.closer != nil {
+		t.closeFDs()
+	}
+}
+
+// closeFDs closes the fds closed connections left, or hands them to the
+// backend to close (evlib.FDCloser).
+func (t *Thread) closeFDs() {
 	if len(t.fdClose) > 0 {
 		t.ctx.fds.drop(t.fdClose...)
 	}
 	for _, fd := range t.fdClose {
-		unix.Close(fd)
+		if t.closer != nil {
+			t.closer.CloseFD(fd)
+		} else {
+			unix.Close(fd)
+		}
 		t.ctr.Closes.Add(1)
 	}
 	t.fdClose = t.fdClose[:0]

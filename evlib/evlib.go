@@ -174,6 +174,19 @@ type Looper interface {
 	Loop(p Passer) error
 }
 
+// FDCloser is implemented by a backend that decides when a descriptor the
+// core is done with is closed: the core then calls CloseFD instead of
+// close(2) for every fd it closes, after Remove. A backend whose library
+// hands the core the events of one wait one at a time, with a pass after
+// each (gnet's Polling), closes it only once the rest of that batch was
+// delivered: closed at once, its number could go to an fd opened later in
+// the batch (an accept, an adoption), and the batch's events for the old
+// fd to the new one. CloseFD is called on the goroutine servicing the
+// thread; Close closes whatever is still pending.
+type FDCloser interface {
+	CloseFD(fd int)
+}
+
 // Passer is the core side of a Looper.
 type Passer interface {
 	Sink

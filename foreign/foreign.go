@@ -20,7 +20,12 @@
 //     a timer is due), offers every ready pollfd to Thread.ServiceFD (which
 //     zeroes Revents of plugloop's fds and leaves the others alone), then
 //     calls Thread.Service(0) for forced service and timers. Service never
-//     blocks here.
+//     blocks here. The fds plugloop closes while it offers them stay open
+//     until that Service(0) (or the next ServiceAdjustTimeout), so that no
+//     fd opened meanwhile gets the number of one whose events of the same
+//     wait are still to be offered. ServiceFD and Service return
+//     core.ErrInService while another goroutine's loop-only call holds the
+//     thread: no error for the loop, which that call wakes when it is done.
 //   - An fd plugloop watches with no events (Event.Poll.Events 0) stays
 //     in the set: poll(2) and epoll report POLLHUP and POLLERR whatever the
 //     events asked for, and the application offers them to ServiceFD like

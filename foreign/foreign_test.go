@@ -202,3 +202,75 @@ func TestPollSetWhileAnotherGoroutineHolds(t *testing.T) {
 	}
 	require.ErrorIs(t, nested, core.ErrInService, "Poll inside a Poll's callback")
 }
+
+// One wait's events are offered one at a time: a callback of the first
+// closes the third's connection, one of the second opens a pipe. The
+// closed fd stays open until the wait's events are over (Service(0)), so
+// the new pipe cannot get its number, and the closed pipe's stale POLLHUP,
+// offered third, cannot end the new one.
+func TestPollSetStaleEventMeetsNoNewFD(t *testing.T) {
+	set := new(foreign.PollSet)
+	var ctx *core.Context
+	var a, b, x, fresh *core.Conn
+	xFD, freshFD, freshW := -1, -1, -1
+	var freshEnd error
+	cb := func(ev core.Event) error {
+		switch ev.Reason {
+		case core.ReasonRawRXFile:
+			var buf [16]byte
+			unix.Read(ev.Conn.FD(), buf[:])
+			switch {
+			case ev.Conn == a && x != nil:
+				xFD = x.FD()
+				require.NoError(t, x.Close())
+				x = nil
+			case ev.Conn == b && fresh == nil:
+				var p [2]int
+				require.NoError(t, unix.Pipe(p[:]))
+				freshW = p[1]
+				var err error
+				fresh, err = ctx.AdoptFile(p[0], "p")
+				require.NoError(t, err)
+				freshFD = p[0]
+			}
+		case core.ReasonRawCloseFile:
+			if ev.Conn == fresh {
+				freshEnd = ev.Err
+			}
+		}
+		return nil
+	}
+	var err error
+	ctx, err = core.New(core.Info{EventLib: foreign.Name, Protocols: []core.Protocol{set.Protocol(core.Protocol{Name: "p", Callback: cb})}})
+	require.NoError(t, err)
+	defer ctx.Destroy()
+	pipe := func() (r, w int) {
+		var p [2]int
+		require.NoError(t, unix.Pipe(p[:]))
+		return p[0], p[1]
+	}
+	ra, wa := pipe()
+	rb, wb := pipe()
+	rx, wx := pipe()
+	defer unix.Close(wa)
+	defer unix.Close(wb)
+	for _, c := range []struct {
+		conn **core.Conn
+		fd   int
+	}{{&a, ra}, {&b, rb}, {&x, rx}} { // the set offers them in this order
+		*c.conn, err = ctx.AdoptFile(c.fd, "p")
+		require.NoError(t, err)
+	}
+	unix.Write(wa, []byte("a"))
+	unix.Write(wb, []byte("b"))
+	unix.Close(wx) // x: POLLHUP
+	require.NoError(t, set.Poll(ctx.Thread(0), nil, -1))
+	require.NotNil(t, fresh, "b's input was not delivered")
+	defer unix.Close(freshW)
+	require.GreaterOrEqual(t, xFD, 0, "a's input was not delivered")
+	require.NotEqual(t, xFD, freshFD, "the new pipe got the number of one closed earlier in the same wait")
+	require.NoError(t, freshEnd, "the new pipe, its writer open, was closed")
+	require.False(t, fresh.Closed(), "the new pipe, its writer open, was closed")
+	_, err = unix.FcntlInt(uintptr(xFD), unix.F_GETFD, 0)
+	require.ErrorIs(t, err, unix.EBADF, "x's fd still open after the Poll")
+}
