@@ -138,6 +138,9 @@ func (b *Backend) dispatch(fd int, e netpoll.IOEvent) {
 		// (it is then seen by the next epoll_wait).
 		b.sigReq.Store(false)
 	case b.idle.R:
+	case b.reap.R:
+		b.reaped()
+		return
 	default:
 		r := evmask.ToPoll(evmask.FromEpoll(e))
 		pfd := unix.PollFd{Fd: int32(fd), Events: r, Revents: r}

@@ -72,6 +72,13 @@ func descriptor() evlib.Descriptor {
 // Triggering the other's task) would keep it in that drain and away from
 // its fds for as long as they kept at it. Through sig every wakeup waits
 // for the poller's next epoll_wait, in a batch with the fds ready by then.
+//
+// Closes. gnet shows no batch ends, so the core passes after every fd, and
+// an fd it closed in one pass may still have events further in the batch.
+// The backend closes it itself (evlib.FDCloser): after a third eventfd,
+// reap, written once the fd was removed, is delivered in a later batch.
+// A batch with closes costs a write and a read more, and every fd stays
+// open until the batch after the one it was closed in.
 
 const (
 	regBit  = 1 << 7 // in fdState.st: the fd is in the epoll set
@@ -121,6 +128,14 @@ type Backend struct {
 
 	sig, idle sys.Waker
 
+	// Closes (see CloseFD): reap is level-triggered and drained when its
+	// event is delivered, so an event of it is of a write not yet drained.
+	reap    sys.Waker
+	reapMu  sync.Mutex
+	reapOn  bool  // reap written, its event not delivered yet
+	covered []int // closed before reap was written: closed at its event
+	waiting []int // closed since: for the next write
+
 	// Cross-goroutine state.
 	sigReq atomic.Bool // sig written, not yet consumed
 	mu     sync.RWMutex
@@ -164,13 +179,21 @@ func New(cfg evlib.Config) (evlib.Backend, error) {
 		return nil, fmt.Errorf("%w: want a *netpoll.Poller (github.com/panjf2000/gnet/v2/pkg/netpoll), got %T", evlib.ErrForeignUnsupported, cfg.Foreign)
 	}
 	var err error
-	if b.sig, err = b.newSpecial(b.foreign != nil); err == nil {
-		if b.idle, err = b.newSpecial(false); err != nil {
-			b.poller.Delete(b.sig.R)
-			b.sig.Close()
+	var made []sys.Waker
+	for _, w := range []struct {
+		to *sys.Waker
+		et bool
+	}{{&b.sig, b.foreign != nil}, {&b.idle, false}, {&b.reap, false}} {
+		if *w.to, err = b.newSpecial(w.et); err != nil {
+			break
 		}
+		made = append(made, *w.to)
 	}
 	if err != nil {
+		for _, w := range made {
+			b.poller.Delete(w.R)
+			w.Close()
+		}
 		if b.foreign == nil {
 			b.poller.Close()
 		}
@@ -180,6 +203,68 @@ func New(cfg evlib.Config) (evlib.Backend, error) {
 		b.foreign.attach(b)
 	}
 	return b, nil
+}
+
+// CloseFD implements evlib.FDCloser. gnet's Polling hands the core its
+// events one at a time, with a pass after each, so an fd the core closes
+// may still have events in the batch being delivered; closed now, its
+// number could go to an fd opened later in the batch (an accept), which
+// would get them. Inside Polling it stays open until reap, written after
+// it was removed, comes back: that batch was harvested after the write,
+// and the one it was closed in is over. Outside Polling (Thread.Service's
+// single passes end with Polling) it is closed at once.
+func (b *Backend) CloseFD(fd int) {
+	b.reapMu.Lock()
+	defer b.reapMu.Unlock()
+	if b.foreign == nil && b.mode != modeLoop || b.isDown.Load() {
+		unix.Close(fd)
+		return
+	}
+	b.waiting = append(b.waiting, fd)
+	if !b.reapOn {
+		b.armReap()
+	}
+}
+
+// armReap writes reap for the fds waiting; reapMu is held.
+func (b *Backend) armReap() {
+	b.covered = append(b.covered, b.waiting...)
+	b.waiting = b.waiting[:0]
+	b.reapOn = true
+	b.reap.Signal()
+}
+
+// reaped closes the fds reap's write covered, now that its event came.
+func (b *Backend) reaped() {
+	b.reapMu.Lock()
+	defer b.reapMu.Unlock()
+	if !b.reapOn {
+		return
+	}
+	b.reap.Drain()
+	for _, fd := range b.covered {
+		unix.Close(fd)
+	}
+	b.covered = b.covered[:0]
+	b.reapOn = false
+	if len(b.waiting) > 0 {
+		b.armReap()
+	}
+}
+
+// reapAll closes every fd CloseFD kept: Polling returned, or the backend
+// is closing, so no event of theirs is left to deliver.
+func (b *Backend) reapAll() {
+	b.reapMu.Lock()
+	defer b.reapMu.Unlock()
+	if b.reapOn {
+		b.reap.Drain() // no event of a write whose fds are closed here
+	}
+	for _, fd := range append(b.covered, b.waiting...) {
+		unix.Close(fd)
+	}
+	b.covered, b.waiting = b.covered[:0], b.waiting[:0]
+	b.reapOn = false
 }
 
 // newSpecial creates one of our own eventfds and registers it for reading,
@@ -403,6 +488,7 @@ func (b *Backend) Poll(timeout time.Duration) (int, error) {
 	}
 	err := b.poller.Polling(b.onEvent)
 	b.mode = modeIdle
+	b.reapAll()
 	b.consumeSig()
 	if err != nil && !errors.Is(err, errStop) {
 		return b.reports, fmt.Errorf("gnet Polling: %w", err)
@@ -431,6 +517,7 @@ func (b *Backend) Loop(p evlib.Passer) error {
 	b.schedule(next)
 	err := b.poller.Polling(b.onEvent)
 	b.mode, b.passer = modeIdle, nil
+	b.reapAll()
 	if b.timer != nil {
 		b.timer.Stop()
 		b.timerAt = time.Time{}
@@ -485,6 +572,10 @@ func (b *Backend) onEvent(fd int, e netpoll.IOEvent, _ netpoll.IOFlags) error {
 		if b.stamp(fd) {
 			return errStop // the second batch: the pass is over
 		}
+		if fd == b.reap.R {
+			b.reaped()
+			return nil
+		}
 		if fd == b.sig.R || fd == b.idle.R || fd >= len(b.fds) || b.fds[fd].st&watched == 0 {
 			return nil // sig stays readable until Poll returns
 		}
@@ -499,6 +590,9 @@ func (b *Backend) onEvent(fd int, e netpoll.IOEvent, _ netpoll.IOFlags) error {
 		b.consumeSig()
 		b.counted = false
 	case fd == b.idle.R:
+	case fd == b.reap.R:
+		b.reaped()
+		return nil
 	case fd < len(b.fds) && b.fds[fd].st&watched != 0:
 		b.sink.Ready(fd, evmask.FromEpoll(e))
 	default:
@@ -576,11 +670,15 @@ func (b *Backend) Close() error {
 			b.fds[fd].st = 0
 		}
 		b.unlock()
+		b.reapAll()
 		b.sig.Close()
+		b.reap.Close()
 		return b.idle.Close()
 	}
 	err := b.poller.Close()
+	b.reapAll()
 	b.sig.Close()
 	b.idle.Close()
+	b.reap.Close()
 	return err
 }
