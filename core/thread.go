@@ -167,15 +167,19 @@ func (t *Thread) Stats() Stats {
 // ---- ownership ----
 
 func (t *Thread) setOwner() {
-	if exactOwner {
-		t.owner.Store(goroutineID())
+	// Mostly the owner is already the caller (a loop's next event): a load
+	// costs less than a store, which is a full fence here.
+	if me := goroutineID(); exactOwner && t.owner.Load() != me {
+		t.owner.Store(me)
 	}
 }
 
-// disown forgets the owner before the thread stops being busy. The next
-// holder makes it busy first and names itself after: in between, a stale
+// disown forgets the owner before the thread becomes idle. Whoever takes
+// it next makes it busy first and names itself after: in between, a stale
 // owner would let the goroutine that held it last pass own's check as if
-// it were inside a callback, and run beside the new holder.
+// it were inside a callback, and run beside the new holder. (From waiting
+// only the goroutines that service the thread make it busy, and the one
+// that did last is in the backend or the core, not in a loop-only call.)
 func (t *Thread) disown() {
 	if exactOwner {
 		t.owner.Store(0)
@@ -473,7 +477,6 @@ func (t *Thread) pass(timeout time.Duration) bool {
 	}
 	if !t.appDriven {
 		t.nowFresh = false // the wait takes time
-		t.disown()
 		t.mode.Store(modeWaiting)
 		if t.wakePending.Load() {
 			wait = 0
@@ -519,7 +522,6 @@ func (t *Thread) Pass() (next time.Duration, stop bool) {
 	if t.ctx.destroyReq.Load() || t.runStop.Load() {
 		return 0, true
 	}
-	t.disown()
 	t.mode.Store(modeWaiting)
 	next = -1
 	if t.forcedPending() || t.wakePending.Load() {
