@@ -495,6 +495,7 @@ func (t *Thread) run(cctx context.Context) error {
 	if lp, ok := t.be.(evlib.Looper); ok {
 		err := lp.Loop(t)
 		t.mode.Store(modeBusy)
+		t.setOwner() // the last pass may have run on a goroutine of the backend's
 		if t.ctx.destroyReq.Load() {
 			t.teardown()
 			return nil
