@@ -25,6 +25,7 @@ func (s *suite) coreTests() []subtest {
 		{"Writeable", s.testWriteable},
 		{"CloseInBatch", s.testCloseInBatch},
 		{"FDReuse", s.testFDReuse},
+		{"FDReuseInBatch", s.testFDReuseInBatch},
 		{"FDOpenInRawClose", s.testFDOpenInClose},
 		{"PeerClose", s.testPeerClose},
 		{"HangupWhilePaused", s.testHangupWhilePaused},
@@ -393,6 +394,130 @@ func (s *suite) testFDReuse(t *testing.T) {
 	require.ErrorIs(t, e.err, io.EOF)
 	require.Equal(t, 1, h.rec.count(is(core.ReasonRawClose, x)))
 	h.rec.verify(t)
+}
+
+// Checklist 8, within one batch: pipes whose writers closed (victims) and
+// pipes with input (openers) are ready at once. The first victim's
+// RAW_CLOSE closes the other victims; each opener's input makes its
+// callback adopt a new pipe, its writer open and silent. A victim's fd
+// stays open until the batch is over (for a backend that hands the core
+// events one at a time, or an application's loop, until its wait's events
+// are), so no new pipe can get its number and meet the victims' stale
+// hang-ups, which would end it.
+func (s *suite) testFDReuseInBatch(t *testing.T) {
+	s.needFiles(t, "fd numbers reused inside a batch are not tested")
+	const k = 4
+	// Touched only on the loop goroutine.
+	var victims, openers, fresh []*core.Conn
+	var freshW []int
+	var problems []string
+	closedOthers, checking := false, true
+	in := func(c *core.Conn, list []*core.Conn) bool {
+		for _, x := range list {
+			if x == c {
+				return true
+			}
+		}
+		return false
+	}
+	var h *harness
+	cb := func(ev core.Event) error {
+		switch ev.Reason {
+		case core.ReasonRawCloseFile:
+			switch {
+			case in(ev.Conn, fresh):
+				if checking {
+					problems = append(problems, fmt.Sprintf("a new pipe, its writer open, was closed: %v", ev.Err))
+				}
+			case in(ev.Conn, victims) && !closedOthers:
+				closedOthers = true
+				for _, v := range victims {
+					if v != ev.Conn && !v.Closed() {
+						v.Close()
+					}
+				}
+			}
+		case core.ReasonRawRXFile:
+			if in(ev.Conn, fresh) {
+				problems = append(problems, "a new pipe, written nothing, had input")
+				return nil
+			}
+			var buf [8]byte
+			unix.Read(ev.Conn.FD(), buf[:])
+			if in(ev.Conn, openers) {
+				var p [2]int
+				if err := nonblockPipe(&p); err != nil {
+					problems = append(problems, err.Error())
+					return nil
+				}
+				c, err := h.ctx.AdoptFile(p[0], "")
+				if err != nil {
+					unix.Close(p[0])
+					unix.Close(p[1])
+					problems = append(problems, err.Error())
+					return nil
+				}
+				fresh, freshW = append(fresh, c), append(freshW, p[1])
+			}
+		}
+		return nil
+	}
+	h = s.newHarness(t, core.Info{Protocols: []core.Protocol{{Name: "reuse", Callback: cb}}})
+	var writers []int
+	t.Cleanup(func() {
+		for _, w := range writers {
+			unix.Close(w)
+		}
+	})
+	for range k {
+		for _, list := range []*[]*core.Conn{&victims, &openers} {
+			var p [2]int
+			require.NoError(t, nonblockPipe(&p))
+			c, err := h.ctx.AdoptFile(p[0], "")
+			if err != nil {
+				unix.Close(p[0])
+				unix.Close(p[1])
+			}
+			require.NoError(t, err)
+			*list = append(*list, c)
+			writers = append(writers, p[1])
+		}
+	}
+	h.start()
+	// From the loop goroutine, so that the next wait finds them all ready,
+	// a victim, an opener, and so on. A victim's writer is replaced, not
+	// closed, so that its number stays taken: the new pipes are to get
+	// numbers freed inside the batch, or none.
+	null, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	require.NoError(t, err)
+	defer unix.Close(null)
+	var werr error
+	h.do(func() {
+		for i, w := range writers {
+			if i%2 == 0 {
+				werr = errors.Join(werr, unix.Dup2(null, w))
+			} else if _, err := unix.Write(w, []byte("x")); err != nil {
+				werr = errors.Join(werr, err)
+			}
+		}
+	})
+	require.NoError(t, werr)
+	for _, v := range victims {
+		h.rec.waitEvent(t, "RAW_CLOSE_FILE of a victim", is(core.ReasonRawClose, v)) // file reasons are recorded as such
+	}
+	var opened int
+	for opened < k {
+		h.sync()
+		h.do(func() { opened = len(fresh) })
+	}
+	h.sync()
+	var got []string
+	h.do(func() {
+		got = problems
+		checking = false
+		writers = append(writers, freshW...)
+	})
+	require.Empty(t, got)
 }
 
 // Checklist 6 and 8: the core closes a connection's fd after RAW_CLOSE
