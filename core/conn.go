@@ -82,10 +82,9 @@ type Conn struct {
 // the events of its wait are over, at Service(0) or ServiceAdjustTimeout),
 // after which its number may belong to another file. A client connection
 // still connecting reports the socket of its oldest connect in flight (-1
-// between attempts): racing may
-// promote another of its sockets, so the number is only final from
-// RAW_ADOPT on. It does not check the goroutine: off the loop its answer
-// may be out of date by the time it is used.
+// between attempts): racing may promote another of its sockets, so the
+// number is only final from RAW_ADOPT on. It does not check the goroutine:
+// off the loop its answer may be out of date by the time it is used.
 func (c *Conn) FD() int {
 	if c.fdClosed.Load() {
 		return -1
