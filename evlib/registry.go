@@ -205,7 +205,7 @@ func Select(flags Flag, name string) (Descriptor, error) {
 	}
 	flags &= FlagMask
 	if flags&(flags-1) != 0 {
-		return Descriptor{}, fmt.Errorf("%w: more than one backend flag set (%#x)", ErrUnknown, flags)
+		return Descriptor{}, fmt.Errorf("%w: more than one backend flag set (%#x; available: %s)", ErrUnknown, flags, availableList())
 	}
 	if name == "" && flags != 0 {
 		for _, b := range builtin {
@@ -217,7 +217,7 @@ func Select(flags Flag, name string) (Descriptor, error) {
 	if name != "" {
 		d, err := Lookup(name)
 		if err == nil && flags != 0 && d.Flag != flags {
-			return d, fmt.Errorf("%w: name %q and flag %#x select different backends", ErrUnknown, name, flags)
+			return d, fmt.Errorf("%w: name %q and flag %#x select different backends (available: %s)", ErrUnknown, name, flags, availableList())
 		}
 		return d, err
 	}

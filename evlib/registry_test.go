@@ -85,12 +85,14 @@ func TestSelect(t *testing.T) {
 
 	_, err = evlib.Select(evlib.FlagPoll|evlib.FlagEpoll, "")
 	require.ErrorIs(t, err, evlib.ErrUnknown, "two flags")
+	require.ErrorContains(t, err, "available: ", "two flags")
 
 	_, err = evlib.Select(evlib.FlagNetpoll, "")
 	require.ErrorIs(t, err, evlib.ErrUnavailable, "flag of a backend not linked in")
 
 	_, err = evlib.Select(evlib.FlagGnet, "test-a")
 	require.Error(t, err, "name and flag disagree")
+	require.ErrorContains(t, err, "available: ", "name and flag disagree")
 }
 
 func TestSelectEnvironmentOverrides(t *testing.T) {

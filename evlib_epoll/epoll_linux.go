@@ -89,6 +89,9 @@ func (b *Backend) Add(fd int, kind evlib.Kind, ev evlib.Events) error {
 		if errors.Is(err, unix.EBADF) {
 			return fmt.Errorf("%w: fd %d", evlib.ErrBadFD, fd)
 		}
+		if errors.Is(err, unix.EINVAL) && fd == b.epfd {
+			return fmt.Errorf("%w: fd %d is the epoll instance itself", evlib.ErrBadFD, fd)
+		}
 		if b.foreign && errors.Is(err, unix.EINVAL) {
 			return fmt.Errorf("%w: fd %d is not an epoll instance", evlib.ErrForeignUnsupported, b.epfd)
 		}

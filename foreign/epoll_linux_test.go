@@ -102,4 +102,9 @@ func TestEpollHostRefusesOtherFDs(t *testing.T) {
 	defer ctx.Destroy()
 	_, err = ctx.AdoptFile(p[0], "")
 	require.ErrorIs(t, err, evlib.ErrExist, "the application's epoll set holds the fd already")
+	// The instance itself: a bad fd to watch, not a bad instance.
+	_, err = ctx.AdoptFile(epfd, "")
+	require.ErrorIs(t, err, evlib.ErrBadFD, "adopting the application's epoll fd")
+	require.NotErrorIs(t, err, evlib.ErrForeignUnsupported, "adopting the application's epoll fd")
+	require.NoError(t, unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, p[1], &unix.EpollEvent{Events: unix.EPOLLOUT, Fd: int32(p[1])}), "the instance still works")
 }
