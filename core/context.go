@@ -448,6 +448,12 @@ func (c *Context) Run(cctx context.Context) error {
 		}
 		t.runStop.Store(false)
 	}
+	for _, t := range c.threads[1:] {
+		// Held for the goroutine that will service it, which names itself
+		// when it starts: until then nobody passes for its owner (thread
+		// 0's callbacks run on this goroutine meanwhile).
+		t.disown()
+	}
 	if c.info.HandleSignals {
 		sigs := make(chan os.Signal, 1)
 		signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)

@@ -6,7 +6,9 @@
 package core_test
 
 import (
+	"context"
 	"errors"
+	"runtime"
 	"testing"
 	"time"
 
@@ -48,4 +50,27 @@ func TestLastHolderDoesNotPassForTheNext(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestRunThreadsOwnedByTheirGoroutines: Run takes every thread on the
+// calling goroutine before it hands threads 1..N to goroutines of their
+// own; thread 0's callbacks, on that calling goroutine, must not pass for
+// thread 1's owner meanwhile. (GOMAXPROCS 1 makes thread 0's first pass
+// come before thread 1's goroutine starts.)
+func TestRunThreadsOwnedByTheirGoroutines(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	ctx, err := core.New(core.Info{CountThreads: 2, Protocols: []core.Protocol{{Name: "p", Callback: func(core.Event) error { return nil }}}})
+	require.NoError(t, err)
+	defer ctx.Destroy()
+	got := make(chan error, 1)
+	require.NoError(t, ctx.Thread(0).Post(func() {
+		_, err := ctx.Thread(1).AfterFunc(time.Hour, func() {})
+		got <- err
+	}))
+	ran := make(chan error, 1)
+	go func() { ran <- ctx.Run(context.Background()) }()
+	err = <-got
+	require.NoError(t, ctx.Destroy())
+	require.NoError(t, <-ran)
+	require.ErrorIs(t, err, core.ErrWrongGoroutine, "thread 1's AfterFunc from a callback of thread 0")
 }
