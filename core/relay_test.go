@@ -64,6 +64,46 @@ func TestRelayToInsideSplitRX(t *testing.T) {
 	}
 }
 
+// RelayTo inside RAW_ADOPT of a connection adopted with WithReadbuf: the
+// read buffer goes to the target first, then what the socket brings. It
+// used to be kept after RAW_ADOPT, where the relay never looked.
+func TestRelayToInsideAdoptTakesReadbuf(t *testing.T) {
+	for _, lib := range backends {
+		t.Run(lib, func(t *testing.T) {
+			var dst *core.Conn
+			var relayErr error
+			ctx, err := core.New(core.Info{EventLib: lib, Protocols: []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
+				if ev.Reason == core.ReasonRawAdopt && ev.Conn.User() == "src" {
+					relayErr = ev.Conn.RelayTo(dst)
+				}
+				return nil
+			}}}})
+			require.NoError(t, err)
+			srvA, cliA := tcpPair(t)
+			defer cliA.Close()
+			srvB, cliB := tcpPair(t)
+			defer cliB.Close()
+			dst, err = ctx.AdoptConn(srvB, "p")
+			require.NoError(t, err)
+			_, err = ctx.AdoptConn(srvA, "p", core.WithReadbuf([]byte("hello ")), core.WithUser("src"))
+			require.NoError(t, err)
+			require.NoError(t, relayErr)
+			done := make(chan error, 1)
+			go func() { done <- ctx.Run(context.Background()) }()
+			_, err = cliA.Write([]byte("world"))
+			require.NoError(t, err)
+			got := make([]byte, len("hello world"))
+			require.NoError(t, cliB.SetReadDeadline(time.Now().Add(10*time.Second)))
+			_, err = io.ReadFull(cliB, got)
+			require.NoError(t, err)
+			require.Equal(t, "hello world", string(got))
+			require.NoError(t, ctx.Destroy())
+			<-ctx.Done()
+			require.NoError(t, <-done)
+		})
+	}
+}
+
 // A relay's source resumed and paused again before forced service ran
 // takes nothing: its hang-up came while it was paused, so the resume
 // queues a pull for forced service, and the pause that follows must

@@ -1428,15 +1428,21 @@ func (t *Thread) established(c *Conn, o *adoptOptions) (*Conn, error) {
 		c.idle = &Timer{t: t, idx: -1, fn: func() { t.checkIdle(c) }}
 		t.timers.schedule(c.idle, deadline(c.lastActive, d))
 	}
+	// Kept before RAW_ADOPT, so that a relay started there passes it on
+	// first (RelayTo moves what the source kept).
+	c.rxbuf = append(c.rxbuf, o.readbuf...)
 	if err := t.callback(Event{Reason: c.reason(ReasonRawAdopt), Conn: c}); err != nil {
 		t.closeConn(c, err)
 		return nil, fmt.Errorf("%w: %w", errAdoptRefused, err)
 	}
-	// Not for a connection closed already (in its ADD_POLL_FD, or in
-	// RAW_ADOPT): Close drops the input not delivered, and a graceful one
-	// drains with nothing but RAW_CLOSE to come.
-	if len(o.readbuf) > 0 && c.state == stateOpen && !c.closeReq && !c.draining {
-		c.rxbuf = append(c.rxbuf, o.readbuf...)
+	switch {
+	case len(c.rxbuf) == 0:
+	case c.state != stateOpen || c.closeReq || c.draining:
+		// Closed already (in its ADD_POLL_FD, or in RAW_ADOPT): Close
+		// drops the input not delivered, and a graceful one drains with
+		// nothing but RAW_CLOSE to come.
+		c.rxbuf = nil
+	default:
 		t.queueRx(c)
 	}
 	return c, nil
