@@ -172,6 +172,42 @@ func TestGracefulClose(t *testing.T) {
 	}
 }
 
+// A pipe served as a stream (AdoptFD of its write end) has no FIN to send
+// or to wait for: a graceful Close closes it once its output has left,
+// with a nil Err, while its reader is still there. It used to wait for the
+// reader's end and then report a read of the write-only fd failing.
+func TestGracefulCloseOfPipeStream(t *testing.T) {
+	for _, lib := range backends {
+		t.Run(lib, func(t *testing.T) {
+			var closeErr error
+			closes := 0
+			ctx, err := core.New(core.Info{EventLib: lib, GracefulClose: true, CloseTimeout: time.Hour,
+				Protocols: []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
+					if ev.Reason == core.ReasonRawClose {
+						closes++
+						closeErr = ev.Err
+					}
+					return nil
+				}}}})
+			require.NoError(t, err)
+			defer ctx.Destroy()
+			var p [2]int
+			require.NoError(t, unix.Pipe(p[:]))
+			defer unix.Close(p[0])
+			c, err := ctx.AdoptFD(p[1], "")
+			require.NoError(t, err)
+			require.NoError(t, c.Close())
+			serviceUntil(t, ctx, func() bool { return closes > 0 })
+			require.Equal(t, 1, closes)
+			require.NoError(t, closeErr)
+			var b [1]byte
+			n, err := unix.Read(p[0], b[:])
+			require.NoError(t, err)
+			require.Zero(t, n, "the reader sees the end of the pipe")
+		})
+	}
+}
+
 // Close inside a callback takes effect when the callback returns, but the
 // connection is closing from the call on: asking for WRITEABLE or writing
 // after it is ErrClosed, not a request that can never be granted or bytes

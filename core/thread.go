@@ -1652,7 +1652,15 @@ func (t *Thread) drained(c *Conn) {
 		return
 	}
 	if !c.shutWR {
-		t.shutdown(c) // (a failure shows in the wait for the peer's FIN)
+		if err := t.shutdown(c); errors.Is(err, unix.ENOTSOCK) {
+			// A pipe or tty served as a stream: no FIN to send or to
+			// wait for, and its output has left: a Close with nothing
+			// left to do (no longer draining).
+			c.draining = false
+			t.requestClose(c, nil)
+			return
+		}
+		// Another failure shows in the wait for the peer's FIN.
 	}
 	t.setInterest(c, evlib.Readable) // wait for the peer's FIN
 }
