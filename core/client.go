@@ -151,11 +151,11 @@ func (t *Thread) resolve(conn *Conn, network, host string, port uint16) {
 	}
 	go func() {
 		// Wall time, not the thread's clock: the lookup is real network
-		// traffic on a goroutine of its own, and this bound only frees
-		// that goroutine. What the connection sees is bounded by its
-		// timeout on the thread's clock (startDial), which may be a
-		// backend's fake one.
-		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		// traffic on a goroutine of its own, and this bound, like the
+		// context's destruction, only frees that goroutine. What the
+		// connection sees is bounded by its timeout on the thread's clock
+		// (startDial), which may be a backend's fake one.
+		ctx, cancel := context.WithTimeout(t.ctx.life, timeout)
 		ips, err := lookup(ctx, r, family, host)
 		cancel()
 		// After destroy the post is refused, and teardown reported it.

@@ -286,6 +286,33 @@ func (panicResolver) LookupNetIP(context.Context, string, string) ([]netip.Addr,
 	panic("resolver bug")
 }
 
+// blockingResolver stands for a lookup that hangs until its context ends,
+// which it tells on ended.
+type blockingResolver struct{ started, ended chan struct{} }
+
+func (r blockingResolver) LookupNetIP(ctx context.Context, _, _ string) ([]netip.Addr, error) {
+	close(r.started)
+	<-ctx.Done()
+	close(r.ended)
+	return nil, ctx.Err()
+}
+
+// Destroy ends a lookup in flight: the resolver's goroutine does not
+// outlive the context (it used to, until ConnectTimeout).
+func TestDestroyEndsLookup(t *testing.T) {
+	r := blockingResolver{make(chan struct{}), make(chan struct{})}
+	ctx, _ := clientCtx(t, "epoll", core.Info{Resolver: r, ConnectTimeout: time.Hour})
+	_, err := ctx.Connect("tcp", "slow.test:80", "client")
+	require.NoError(t, err)
+	<-r.started
+	require.NoError(t, ctx.Destroy())
+	select {
+	case <-r.ended:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the lookup still runs 10 s after Destroy")
+	}
+}
+
 // Info.Resolver answers for host names: its error, or its panic (on a
 // goroutine of the core's, where nothing else could recover it), fails the
 // connection with CLIENT_CONNECTION_ERROR instead of the process.

@@ -243,6 +243,8 @@ type Context struct {
 	live          atomic.Int32 // threads not yet torn down
 	finishOnce    sync.Once
 	done          chan struct{}
+	life          context.Context // cancelled with done: ends lookups in flight
+	endLife       context.CancelFunc
 }
 
 // New creates a context and its service thread with the backend Info
@@ -261,6 +263,7 @@ func New(info Info) (*Context, error) {
 		return nil, err
 	}
 	c := &Context{info: info, backend: d, log: info.Logger, done: make(chan struct{})}
+	c.life, c.endLife = context.WithCancel(context.Background())
 	if c.log == nil {
 		c.log = slog.Default()
 	}
@@ -572,6 +575,7 @@ func (c *Context) threadDown(t *Thread) {
 			_ = t.callback(Event{Reason: ReasonProtocolDestroy, Protocol: p})
 		}
 		close(c.done)
+		c.endLife()
 	})
 }
 
