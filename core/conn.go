@@ -395,7 +395,9 @@ func kindName(k evlib.Kind) string {
 // may be aborted from any of its callbacks, also one that is draining
 // after Close. A client connection still connecting is abandoned as Close
 // does (CLIENT_CONNECTION_ERROR). It returns ErrClosed once the connection
-// is closed.
+// is closed, and after a Close that had nothing left to send (not
+// draining: its RAW_CLOSE, with the Close's nil Err, comes when the
+// callback returns, and the peer reads an orderly end).
 func (c *Conn) Abort() error {
 	t := c.t
 	took, err := t.own()
