@@ -184,7 +184,7 @@ func TestPollSetWhileAnotherGoroutineHolds(t *testing.T) {
 	defer ctx.Destroy()
 	th := ctx.Thread(0)
 	require.NoError(t, set.Poll(th, nil, 0))
-	p, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	p, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
 	require.NoError(t, err)
 	defer unix.Close(p[1])
 	adopted := make(chan error, 1)
