@@ -366,8 +366,7 @@ func (s *suite) testFDReuse(t *testing.T) {
 	require.NoError(t, cerr)
 	e := h.rec.waitEvent(t, "RAW_CLOSE", is(core.ReasonRawClose, x))
 	require.NoError(t, e.err)
-	h.sync()
-	require.False(t, fdOpen(fd1), "the core did not close fd %d after RAW_CLOSE", fd1)
+	require.True(t, h.fdClosed(fd1), "the core did not close fd %d after RAW_CLOSE", fd1)
 	expectEOF(t, peer1)
 
 	// A new socket with the very same number.

@@ -634,8 +634,7 @@ func (s *suite) testHighFD(t *testing.T) {
 	peer.Close()
 	e := h.rec.waitEvent(t, "RAW_CLOSE", is(core.ReasonRawClose, c))
 	require.ErrorIs(t, e.err, io.EOF)
-	h.sync()
-	require.False(t, fdOpen(hi), "fd %d left open", hi)
+	require.True(t, h.fdClosed(hi), "fd %d left open", hi)
 	h.rec.verify(t)
 }
 

@@ -561,6 +561,21 @@ func (h *harness) sync() {
 	h.do(func() {})
 }
 
+// fdClosed waits for the core to close fd, for at most 100 passes: at the
+// end of the pass that closed its connection, or, on a backend that closes
+// fds itself (evlib.FDCloser) or in a loop the application owns, once the
+// events of that pass's batch or wait are over.
+func (h *harness) fdClosed(fd int) bool {
+	h.t.Helper()
+	for range 100 {
+		h.sync()
+		if !fdOpen(fd) {
+			return true
+		}
+	}
+	return false
+}
+
 // destroy destroys the context and waits for Done and for Run to return nil.
 func (h *harness) destroy() {
 	h.t.Helper()
