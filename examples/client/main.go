@@ -31,7 +31,6 @@ import (
 	"time"
 
 	"github.com/plugloop/plugloop/core"
-	"golang.org/x/sys/unix"
 )
 
 func main() {
@@ -76,10 +75,11 @@ func run(lib, addr string, timeout, delay time.Duration) error {
 				st.out = st.out[n:]
 			}
 			if st.eof && len(st.out) == 0 && !st.shut {
-				// Half-close: the server sees end of stream, and what it
-				// still sends back is printed until it closes too.
+				// Half-close, once what the core still holds has left:
+				// the server sees end of stream, and what it still sends
+				// back is printed until it closes too.
 				st.shut = true
-				return unix.Shutdown(ev.Conn.FD(), unix.SHUT_WR)
+				return ev.Conn.CloseWrite()
 			}
 		case core.ReasonRawClose:
 			if ev.Err != nil {
@@ -110,7 +110,9 @@ func run(lib, addr string, timeout, delay time.Duration) error {
 	go func() {
 		sc := bufio.NewScanner(os.Stdin)
 		for sc.Scan() {
-			line := append(sc.Bytes(), '\n')
+			// A copy: the Scanner reuses its buffer for the next line
+			// before the loop has sent this one.
+			line := append(append([]byte(nil), sc.Bytes()...), '\n')
 			if ctx.Thread(0).Post(func() {
 				st.out = append(st.out, line...)
 				if !conn.Connecting() && !conn.Closed() {
