@@ -20,6 +20,30 @@ type sinkFunc func(fd int, ev evlib.Events)
 
 func (f sinkFunc) Ready(fd int, ev evlib.Events) { f(fd, ev) }
 
+// watchedPipe makes a non-blocking pipe and a backend (by newBackend)
+// whose sink adds what it reports for the read end r to *got. The backend
+// and r are closed with the test; w is the caller's.
+func watchedPipe(t *testing.T, newBackend func(evlib.Config) (evlib.Backend, error)) (r, w int, be evlib.Backend, got *evlib.Events) {
+	t.Helper()
+	var p [2]int
+	require.NoError(t, unix.Pipe2(p[:], unix.O_NONBLOCK|unix.O_CLOEXEC))
+	r, w = p[0], p[1]
+	t.Cleanup(func() { unix.Close(r) })
+	got = new(evlib.Events)
+	be, err := newBackend(evlib.Config{
+		Sink: sinkFunc(func(fd int, ev evlib.Events) {
+			if fd == r {
+				*got |= ev
+			}
+		}),
+		Counters: &evlib.Counters{}, MaxFDs: 1 << 16,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { be.Close() })
+	return r, w, be, got
+}
+
 // Input that reaches a pipe while its rx is paused wakes the read helper,
 // which then watches for the pipe's end only, and uses up the runtime
 // poller's edge. Once rx resumes, the pipe must be reported Readable for
@@ -27,37 +51,22 @@ func (f sinkFunc) Ready(fd int, ev evlib.Events) { f(fd, ev) }
 // byte per report, and new input after it was emptied must be reported
 // again.
 func TestPipePausedInputReportedUntilRead(t *testing.T) {
-	var p [2]int
-	require.NoError(t, unix.Pipe2(p[:], unix.O_NONBLOCK|unix.O_CLOEXEC))
-	r, w := p[0], p[1]
-	defer unix.Close(r)
+	r, w, be, got := watchedPipe(t, evlib_netpoll.New)
 	defer unix.Close(w)
-	var got evlib.Events // of r, since the last reset
-	be, err := evlib_netpoll.New(evlib.Config{
-		Sink: sinkFunc(func(fd int, ev evlib.Events) {
-			if fd == r {
-				got |= ev
-			}
-		}),
-		Counters: &evlib.Counters{}, MaxFDs: 1 << 16,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
-	require.NoError(t, err)
-	defer be.Close()
 	// pollFor polls until r is reported (hang guard: 10 s).
 	pollFor := func(what string) evlib.Events {
-		got = 0
+		*got = 0
 		deadline := time.Now().Add(10 * time.Second)
-		for got == 0 {
+		for *got == 0 {
 			require.True(t, time.Now().Before(deadline), "%s: not reported", what)
 			_, err := be.Poll(100 * time.Millisecond)
 			require.NoError(t, err)
 		}
-		return got
+		return *got
 	}
 
 	require.NoError(t, be.Add(r, evlib.KindFile, evlib.Readable))
-	_, err = be.Poll(0) // the read helper starts and waits: the pipe is empty
+	_, err := be.Poll(0) // the read helper starts and waits: the pipe is empty
 	require.NoError(t, err)
 	require.NoError(t, be.Modify(r, 0)) // rx paused
 	_, err = be.Poll(0)
@@ -139,41 +148,26 @@ func TestPipePausedAfterInputReportsHangup(t *testing.T) {
 		new  func(evlib.Config) (evlib.Backend, error)
 	}{{"epoll", evlib_epoll.New}, {evlib_netpoll.Name, evlib_netpoll.New}} {
 		t.Run(lib.name, func(t *testing.T) {
-			var p [2]int
-			require.NoError(t, unix.Pipe2(p[:], unix.O_NONBLOCK|unix.O_CLOEXEC))
-			r, w := p[0], p[1]
-			defer unix.Close(r)
-			var got evlib.Events
-			be, err := lib.new(evlib.Config{
-				Sink: sinkFunc(func(fd int, ev evlib.Events) {
-					if fd == r {
-						got |= ev
-					}
-				}),
-				Counters: &evlib.Counters{}, MaxFDs: 1 << 16,
-				Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-			})
-			require.NoError(t, err)
-			defer be.Close()
+			r, w, be, got := watchedPipe(t, lib.new)
 			require.NoError(t, be.Add(r, evlib.KindFile, evlib.Readable))
-			_, err = be.Poll(0)
+			_, err := be.Poll(0)
 			require.NoError(t, err)
 			_, err = unix.Write(w, []byte("ab"))
 			require.NoError(t, err)
 			time.Sleep(20 * time.Millisecond) // for the read helper to find it
 			require.NoError(t, be.Modify(r, 0))
-			got = 0
+			*got = 0
 			_, err = be.Poll(0)
 			require.NoError(t, err)
-			require.Zero(t, got&evlib.Readable, "Readable while paused")
+			require.Zero(t, *got&evlib.Readable, "Readable while paused")
 			require.NoError(t, unix.Close(w))
 			deadline := time.Now().Add(10 * time.Second)
-			for got&evlib.Hangup == 0 {
+			for *got&evlib.Hangup == 0 {
 				require.True(t, time.Now().Before(deadline), "paused pipe's writer closed: no Hangup (hang guard: 10 s)")
 				_, err := be.Poll(100 * time.Millisecond)
 				require.NoError(t, err)
 			}
-			require.Zero(t, got&evlib.Readable, "Readable while paused")
+			require.Zero(t, *got&evlib.Readable, "Readable while paused")
 		})
 	}
 }
