@@ -167,9 +167,12 @@ func (t *Thread) Stats() Stats {
 // ---- ownership ----
 
 func (t *Thread) setOwner() {
+	if !exactOwner {
+		return // (goroutineID is goid.ID here: microseconds a call)
+	}
 	// Mostly the owner is already the caller (a loop's next event): a load
 	// costs less than a store, which is a full fence here.
-	if me := goroutineID(); exactOwner && t.owner.Load() != me {
+	if me := goroutineID(); t.owner.Load() != me {
 		t.owner.Store(me)
 	}
 }
