@@ -487,8 +487,7 @@ func (b *Backend) Poll(timeout time.Duration) (int, error) {
 		defer t.Stop()
 	}
 	err := b.poller.Polling(b.onEvent)
-	b.mode = modeIdle
-	b.reapAll()
+	b.mode = modeIdle // (CloseFD closed at once meanwhile: nothing to reap)
 	b.consumeSig()
 	if err != nil && !errors.Is(err, errStop) {
 		return b.reports, fmt.Errorf("gnet Polling: %w", err)
@@ -571,10 +570,6 @@ func (b *Backend) onEvent(fd int, e netpoll.IOEvent, _ netpoll.IOFlags) error {
 	if b.mode == modePoll {
 		if b.stamp(fd) {
 			return errStop // the second batch: the pass is over
-		}
-		if fd == b.reap.R {
-			b.reaped()
-			return nil
 		}
 		if fd == b.sig.R || fd == b.idle.R || fd >= len(b.fds) || b.fds[fd].st&watched == 0 {
 			return nil // sig stays readable until Poll returns
@@ -660,6 +655,7 @@ func (b *Backend) Close() error {
 		b.timer.Stop() // under mu: see servicePass
 	}
 	b.mu.Unlock()
+	var err error
 	if b.foreign != nil {
 		b.foreign.detach(b)
 		b.lock()
@@ -670,15 +666,14 @@ func (b *Backend) Close() error {
 			b.fds[fd].st = 0
 		}
 		b.unlock()
-		b.reapAll()
-		b.sig.Close()
-		b.reap.Close()
-		return b.idle.Close()
+	} else {
+		err = b.poller.Close()
 	}
-	err := b.poller.Close()
 	b.reapAll()
 	b.sig.Close()
-	b.idle.Close()
 	b.reap.Close()
+	if e := b.idle.Close(); err == nil {
+		err = e
+	}
 	return err
 }
