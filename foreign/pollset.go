@@ -151,6 +151,9 @@ func (s *PollSet) Poll(t *core.Thread, mine []unix.PollFd, max time.Duration) er
 		// thread with it would never service that thread's.
 		return fmt.Errorf("%w: a PollSet for service thread %d polled with %s", core.ErrInvalid, s.Thread, threadName(t))
 	}
+	// Before ServiceAdjustTimeout, which ends the last wait's events (it
+	// closes the fds closed meanwhile): a second Poll must not end those
+	// of one still offering them.
 	s.mu.Lock()
 	if s.inPoll {
 		s.mu.Unlock()
