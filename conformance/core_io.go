@@ -733,18 +733,36 @@ func (s *suite) testHangupWhilePaused(t *testing.T) {
 // the core reads the end while it holds most of the echo; "Paused" answers
 // chunk by chunk, pausing rx until each answer has left, so the end may come
 // while rx is paused and output is waiting.
+//
+// "Unpaused" runs on a unix stream pair, not on TCP: its peer goes on
+// writing long after its own receive buffer filled, and Linux 6.17 and
+// later (from "tcp: stronger sk_rcvbuf checks") may then retract that
+// receiver's window to zero and reject every segment of the server's,
+// pure ACKs included, until the peer reads; the peer's writes wait for
+// those ACKs, so the connection stalls in the kernel whatever the server
+// does. (Seen on 6.18: the server had read every byte, the peer's data
+// stood unacknowledged in its send queue, and TcpExtBeyondWindow counted
+// the server's segments the peer dropped.) "Paused" keeps TCP: its peer
+// reads while it writes.
 func (s *suite) testPeerEndAnswered(t *testing.T) {
 	t.Run("Unpaused", func(t *testing.T) {
 		const total = 16 << 20
 		h := s.newHarness(t, core.Info{CloseTimeout: time.Minute, Protocols: []core.Protocol{{Name: "echo", Callback: echoCallback}}})
-		conn, cli := h.adoptNarrowPair(t)
+		fd, peer := unixPair(t)
+		// A narrow send buffer: the echo backs up soon.
+		require.NoError(t, unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 32<<10))
+		conn, err := h.ctx.AdoptFD(fd, "")
+		if err != nil {
+			unix.Close(fd)
+		}
+		require.NoError(t, err)
 		h.start()
 		data := pattern(21, total)
 		// All of it, then the end, before reading a byte: the server holds
 		// most of the echo when it reads the end.
-		write(t, cli, data)
-		require.NoError(t, cli.CloseWrite())
-		h.answeredThenEOF(t, conn, cli, data, nil, io.EOF)
+		write(t, peer, data)
+		require.NoError(t, peer.(*net.UnixConn).CloseWrite())
+		h.answeredThenEOF(t, conn, peer, data, nil, io.EOF)
 	})
 	t.Run("Paused", func(t *testing.T) {
 		const total, chunk = 1 << 20, 4 << 10
@@ -817,7 +835,7 @@ func (h *harness) adoptNarrowPair(t *testing.T) (*core.Conn, *net.TCPConn) {
 // end of stream, and that conn closed with want (io.EOF, or nil for a
 // close of the application's). werr, if not nil, carries the result of the
 // client's own writes.
-func (h *harness) answeredThenEOF(t *testing.T, conn *core.Conn, cli *net.TCPConn, data []byte, werr chan error, want error) {
+func (h *harness) answeredThenEOF(t *testing.T, conn *core.Conn, cli net.Conn, data []byte, werr chan error, want error) {
 	t.Helper()
 	got := readFull(t, cli, len(data))
 	if werr != nil {
