@@ -130,9 +130,9 @@ type Backend struct {
 
 	// Closes (see CloseFD): reap is level-triggered and drained when its
 	// event is delivered, so an event of it is of a write not yet drained.
+	// reap is written exactly while covered holds fds.
 	reap    sys.Waker
 	reapMu  sync.Mutex
-	reapOn  bool  // reap written, its event not delivered yet
 	covered []int // closed before reap was written: closed at its event
 	waiting []int // closed since: for the next write
 
@@ -221,7 +221,7 @@ func (b *Backend) CloseFD(fd int) {
 		return
 	}
 	b.waiting = append(b.waiting, fd)
-	if !b.reapOn {
+	if len(b.covered) == 0 {
 		b.armReap()
 	}
 }
@@ -230,7 +230,6 @@ func (b *Backend) CloseFD(fd int) {
 func (b *Backend) armReap() {
 	b.covered = append(b.covered, b.waiting...)
 	b.waiting = b.waiting[:0]
-	b.reapOn = true
 	b.reap.Signal()
 }
 
@@ -238,7 +237,7 @@ func (b *Backend) armReap() {
 func (b *Backend) reaped() {
 	b.reapMu.Lock()
 	defer b.reapMu.Unlock()
-	if !b.reapOn {
+	if len(b.covered) == 0 {
 		return
 	}
 	b.reap.Drain()
@@ -246,7 +245,6 @@ func (b *Backend) reaped() {
 		unix.Close(fd)
 	}
 	b.covered = b.covered[:0]
-	b.reapOn = false
 	if len(b.waiting) > 0 {
 		b.armReap()
 	}
@@ -257,14 +255,13 @@ func (b *Backend) reaped() {
 func (b *Backend) reapAll() {
 	b.reapMu.Lock()
 	defer b.reapMu.Unlock()
-	if b.reapOn {
+	if len(b.covered) > 0 {
 		b.reap.Drain() // no event of a write whose fds are closed here
 	}
 	for _, fd := range append(b.covered, b.waiting...) {
 		unix.Close(fd)
 	}
 	b.covered, b.waiting = b.covered[:0], b.waiting[:0]
-	b.reapOn = false
 }
 
 // newSpecial creates one of our own eventfds and registers it for reading,
