@@ -456,10 +456,16 @@ func (l *uringLoad) closeFDs() {
 
 // loop owns the ring and every connection until all are done.
 func (l *uringLoad) loop(ready chan<- error) {
-	// The thread stays locked: it exits with the goroutine, and the ring,
-	// set up for a single issuer, is used from it alone.
+	// The ring, set up for a single issuer, is used from this thread
+	// alone. The thread is unlocked again once the ring is closed, not
+	// left to exit with the goroutine: a server child the bench started
+	// from it would get its parent-death signal (SIGKILL) with it, since
+	// Pdeathsig follows the forking thread, not the process.
 	runtime.LockOSThread()
 	defer close(l.done)
+	defer runtime.UnlockOSThread() // after r.close (deferred later, run first)
+	var ru0 unix.Rusage
+	unix.Getrusage(unix.RUSAGE_THREAD, &ru0) // the thread may have served earlier loads
 	entries := uint32(2)
 	for entries < uint32(2*len(l.conns)) && entries < maxRingEntries {
 		entries *= 2
@@ -507,7 +513,8 @@ func (l *uringLoad) loop(ready chan<- error) {
 	var ru unix.Rusage
 	unix.Getrusage(unix.RUSAGE_THREAD, &ru)
 	l.stats = fmt.Sprintf("%d round trips, %d enters (%d waits), %d completions; thread: %d voluntary and %d involuntary context switches, user %v sys %v",
-		l.n.Load(), r.enters, r.waits, r.reaped, ru.Nvcsw, ru.Nivcsw, time.Duration(ru.Utime.Nano()), time.Duration(ru.Stime.Nano()))
+		l.n.Load(), r.enters, r.waits, r.reaped, ru.Nvcsw-ru0.Nvcsw, ru.Nivcsw-ru0.Nivcsw,
+		time.Duration(ru.Utime.Nano()-ru0.Utime.Nano()), time.Duration(ru.Stime.Nano()-ru0.Stime.Nano()))
 }
 
 // request queues the rest of the current request (a send) linked to a
