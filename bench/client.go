@@ -246,9 +246,15 @@ type loader interface {
 	// Err returns the first error a connection met.
 	Err() error
 	// close stops the load: connections finish their round trip in
-	// flight, then all are closed.
-	close()
+	// flight, then all are closed. It returns how many could not finish
+	// it within a second (stuckAfter), and were cut off: the server
+	// stalled them, which must not pass for a lower rate.
+	close() (stuck int)
 }
+
+// stuckAfter is how long close waits for the round trips in flight; on
+// loopback one takes microseconds.
+const stuckAfter = time.Second
 
 const (
 	loadUring = "uring"
@@ -276,9 +282,10 @@ type counter struct {
 // loadGen runs closed-loop ping-pong: each connection writes size bytes,
 // reads them back in full, checks them, and repeats.
 type loadGen struct {
-	conns  []net.Conn
-	counts []counter
-	wg     sync.WaitGroup
+	conns    []net.Conn
+	counts   []counter
+	wg       sync.WaitGroup
+	finished atomic.Int64 // connections whose goroutine ended
 	firstError
 }
 
@@ -333,6 +340,7 @@ func startLoad(ctx context.Context, addr string, n, size int, deadline time.Time
 
 func (l *loadGen) pingPong(c net.Conn, cnt *counter, size int, seq byte) {
 	defer l.wg.Done()
+	defer l.finished.Add(1)
 	out, in := make([]byte, size), make([]byte, size)
 	for i := range out {
 		out[i] = byte(i)
@@ -366,18 +374,20 @@ func (l *loadGen) total() uint64 {
 
 // close stops the load: connections finish their round trip in flight,
 // then all are closed.
-func (l *loadGen) close() {
+func (l *loadGen) close() (stuck int) {
 	l.stop.Store(true)
 	done := make(chan struct{})
 	go func() { l.wg.Wait(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(time.Second):
+	case <-time.After(stuckAfter):
+		stuck = len(l.conns) - int(l.finished.Load())
 	}
 	for _, c := range l.conns {
 		c.Close()
 	}
 	<-done
+	return stuck
 }
 
 // ---- one run ----
@@ -547,7 +557,7 @@ func runOne(ctx context.Context, cfg *config, name string, repeat int, straced b
 	}
 	res.Stats = u.Stats
 
-	lg.close()
+	stuck := lg.close()
 	loadClosed = true
 	if ul, ok := lg.(*uringLoad); ok && os.Getenv("BENCH_DEBUG") != "" {
 		progress("    load: %s\n", ul.stats)
@@ -555,6 +565,10 @@ func runOne(ctx context.Context, cfg *config, name string, repeat int, straced b
 	res.LifeRoundTrips = lg.total()
 	ch.stop()
 	stopped = true
+	if stuck > 0 {
+		res.Error = fmt.Sprintf("%d of %d connections got no echo of their last message within %v: the server stalled them", stuck, cfg.conns, stuckAfter)
+		return res
+	}
 	if straced {
 		s, err := parseStraceFile(straceOut)
 		if err != nil {

@@ -45,9 +45,33 @@ func procRSSKB(pid int) (int64, error) {
 type streamConns struct {
 	conns   []net.Conn
 	read    atomic.Int64
+	each    []counter // bytes read, per connection
 	written atomic.Int64
 	wg      sync.WaitGroup
 	firstError
+}
+
+// progress returns the bytes each connection has read so far.
+func (s *streamConns) progress() []uint64 {
+	p := make([]uint64, len(s.each))
+	for i := range s.each {
+		p[i] = s.each[i].n.Load()
+	}
+	return p
+}
+
+// stalled counts the connections that read nothing since progress
+// returned before: on loopback each of them, served fairly, reads within
+// milliseconds, so a server that stalled some must not pass for a slower
+// one.
+func (s *streamConns) stalled(before []uint64) int {
+	n := 0
+	for i, b := range before {
+		if s.each[i].n.Load() == b {
+			n++
+		}
+	}
+	return n
 }
 
 const patternLen = 251
@@ -67,10 +91,11 @@ func startStream(ctx context.Context, addr string, n, chunk int, rate float64) (
 	for i := range pat {
 		pat[i] = byte(i % patternLen)
 	}
-	for _, c := range s.conns {
+	s.each = make([]counter, len(s.conns))
+	for i, c := range s.conns {
 		s.wg.Add(2)
 		go s.writer(c, pat, chunk)
-		go s.reader(c, chunk, rate)
+		go s.reader(c, &s.each[i], chunk, rate)
 	}
 	return s, nil
 }
@@ -91,7 +116,7 @@ func (s *streamConns) writer(c net.Conn, pat []byte, chunk int) {
 
 // reader reads the echo and checks the first and last byte of every read
 // against the pattern; with rate > 0 it reads at most rate bytes/s.
-func (s *streamConns) reader(c net.Conn, chunk int, rate float64) {
+func (s *streamConns) reader(c net.Conn, cnt *counter, chunk int, rate float64) {
 	defer s.wg.Done()
 	buf := make([]byte, chunk)
 	q := chunk
@@ -116,6 +141,7 @@ func (s *streamConns) reader(c net.Conn, chunk int, rate float64) {
 			}
 			off += int64(n)
 			s.read.Add(int64(n))
+			cnt.n.Add(uint64(n))
 		}
 		if err != nil {
 			s.fail(err)
@@ -303,7 +329,7 @@ func (s *suite) measureStream(ctx context.Context, ch *child, name string, conns
 	var ru0, ru1 syscall.Rusage
 	sys0, sysOK := systemCPU()
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
-	b0 := st.read.Load()
+	b0, each0 := st.read.Load(), st.progress()
 	if err := ch.request(ctx, "start", &ok); err != nil {
 		return fail(err)
 	}
@@ -315,6 +341,7 @@ func (s *suite) measureStream(ctx context.Context, ch *child, name string, conns
 		return fail(err)
 	}
 	b1 := st.read.Load()
+	stalled := st.stalled(each0)
 	if pc != nil {
 		n, err := pc.stop(ctx, nil)
 		if err != nil {
@@ -327,6 +354,9 @@ func (s *suite) measureStream(ctx context.Context, ch *child, name string, conns
 	sys1, sysOK1 := systemCPU()
 	if err := st.Err(); err != nil {
 		return fail(err)
+	}
+	if stalled > 0 {
+		return fail(fmt.Errorf("%d of %d connections had nothing echoed in the measured window: the server stalled them", stalled, conns))
 	}
 	wall := float64(u.WallNS)
 	mb := float64(b1-b0) / 1e6
@@ -578,7 +608,7 @@ func (s *suite) slowOne(ctx context.Context, name string, d time.Duration) (res 
 	t0 := time.Now()
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
-	r0 := st.read.Load()
+	r0, each0 := st.read.Load(), st.progress()
 	for {
 		kb, err := procRSSKB(pid)
 		if err != nil {
@@ -602,8 +632,13 @@ func (s *suite) slowOne(ctx context.Context, name string, d time.Duration) (res 
 		}
 	}
 	res.ReadMBps = float64(st.read.Load()-r0) / 1e6 / time.Since(t0).Seconds()
+	stalled := st.stalled(each0)
 	if err := st.Err(); err != nil {
 		res.Error = ch.failure(err).Error()
+		return res
+	}
+	if stalled > 0 && !res.Capped {
+		res.Error = ch.failure(fmt.Errorf("%d of %d slow consumers read nothing in %v: the server stalled them", stalled, s.slowConns, d)).Error()
 		return res
 	}
 	n := len(res.RSSMB)

@@ -346,6 +346,7 @@ type uringLoad struct {
 	n      atomic.Uint64 // round trips completed
 	done   chan struct{}
 	stats  string // ring figures, for tests and debugging
+	cutOff int    // connections that failed after stop: close shut them down
 	firstError
 }
 
@@ -629,22 +630,27 @@ func (l *uringLoad) finish(c *uconn) {
 
 func (l *uringLoad) connFail(c *uconn, err error) {
 	l.finish(c)
+	if l.stop.Load() {
+		l.cutOff++
+	}
 	l.fail(err)
 }
 
 func (l *uringLoad) total() uint64 { return l.n.Load() }
 
 // close stops the load: connections finish their round trip in flight;
-// those that cannot within a second are shut down.
-func (l *uringLoad) close() {
+// those that cannot within stuckAfter are shut down, and counted.
+func (l *uringLoad) close() (stuck int) {
 	l.stop.Store(true)
 	select {
 	case <-l.done:
-	case <-time.After(time.Second):
+	case <-time.After(stuckAfter):
 		for _, fd := range l.fds {
 			unix.Shutdown(fd, unix.SHUT_RDWR) // ends the receives the loop waits for
 		}
 		<-l.done
+		stuck = l.cutOff // (the loop is done with it)
 	}
 	l.closeFDs()
+	return stuck
 }

@@ -22,4 +22,4 @@ func startUringLoad(ctx context.Context, addr string, n, size, wait int) (*uring
 
 func (*uringLoad) total() uint64 { return 0 }
 func (*uringLoad) Err() error    { return errNoUring }
-func (*uringLoad) close()        {}
+func (*uringLoad) close() int    { return 0 }

@@ -12,9 +12,17 @@ import (
 	"time"
 )
 
-// echoServer is a plain in-process echo server; corrupt, if set, changes
-// the echo.
-func echoServer(t *testing.T, corrupt bool) string {
+// echoFault is how echoServer misbehaves.
+type echoFault int
+
+const (
+	echoRight   echoFault = iota
+	echoCorrupt           // changes the echo past its first 5000 bytes
+	echoStall             // the first connection's input is read and never echoed
+)
+
+// echoServer is a plain in-process echo server, with a fault if asked.
+func echoServer(t *testing.T, fault echoFault) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -42,6 +50,7 @@ func echoServer(t *testing.T, corrupt bool) string {
 			}
 			mu.Lock()
 			conns = append(conns, c)
+			stalled := fault == echoStall && len(conns) == 1
 			mu.Unlock()
 			wg.Add(1)
 			go func() {
@@ -53,10 +62,13 @@ func echoServer(t *testing.T, corrupt bool) string {
 					if err != nil {
 						return
 					}
-					if corrupt && n+int64(k) > 5000 {
+					if fault == echoCorrupt && n+int64(k) > 5000 {
 						buf[k-1] ^= 0xff
 					}
 					n += int64(k)
+					if stalled {
+						continue
+					}
 					if _, err := c.Write(buf[:k]); err != nil {
 						return
 					}
@@ -82,7 +94,7 @@ func TestUringLoad(t *testing.T) {
 		conns, size, wait int
 		want              uint64
 	}{{conns: 8, size: 64, want: 400}, {conns: 8, size: 64, wait: 1, want: 400}, {conns: 3, size: 100_000, want: 60}} {
-		addr := echoServer(t, false)
+		addr := echoServer(t, echoRight)
 		l, err := startUringLoad(context.Background(), addr, tc.conns, tc.size, tc.wait)
 		if err != nil {
 			t.Fatal(err)
@@ -91,7 +103,9 @@ func TestUringLoad(t *testing.T) {
 		for l.total() < tc.want && l.Err() == nil && time.Now().Before(deadline) {
 			time.Sleep(time.Millisecond)
 		}
-		l.close()
+		if stuck := l.close(); stuck != 0 {
+			t.Fatalf("%d×%d B: %d connections stuck", tc.conns, tc.size, stuck)
+		}
 		if err := l.Err(); err != nil {
 			t.Fatalf("%d×%d B: %v", tc.conns, tc.size, err)
 		}
@@ -105,7 +119,7 @@ func TestUringLoad(t *testing.T) {
 // TestUringLoadDetectsCorruption: an echo that differs is an error.
 func TestUringLoadDetectsCorruption(t *testing.T) {
 	requireUring(t)
-	l, err := startUringLoad(context.Background(), echoServer(t, true), 2, 64, 0)
+	l, err := startUringLoad(context.Background(), echoServer(t, echoCorrupt), 2, 64, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,5 +163,30 @@ func TestUringLoadServerGone(t *testing.T) {
 	l.close()
 	if l.Err() == nil {
 		t.Fatal("no error after the server closed the connections")
+	}
+}
+
+// TestLoadStalledConnection: a connection whose echo never comes is
+// counted as stuck when the load stops, with either load generator, so
+// that a server that stalls one shows as failing, not as slower.
+func TestLoadStalledConnection(t *testing.T) {
+	for _, load := range []string{loadUring, loadNet} {
+		t.Run(load, func(t *testing.T) {
+			if load == loadUring {
+				requireUring(t)
+			}
+			cfg := &config{load: load, conns: 3, size: 64}
+			l, err := startLoader(context.Background(), cfg, echoServer(t, echoStall), time.Now().Add(time.Minute))
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The others go on: wait until they made some round trips.
+			for l.total() < 100 && l.Err() == nil {
+				time.Sleep(time.Millisecond)
+			}
+			if stuck := l.close(); stuck != 1 {
+				t.Fatalf("%d connections stuck, want 1", stuck)
+			}
+		})
 	}
 }
