@@ -515,10 +515,21 @@ func (t *Thread) afterEvents() {
 	t.finishStep()
 }
 
+// makeBusy marks the thread busy as the backend hands it events. Mostly it
+// is already (the rest of a batch, or Pass after the Ready before it): a
+// load costs less than a store, which is a full fence here. Only the
+// goroutine servicing the thread makes it busy from waiting, so nothing
+// can change the mode between the two.
+func (t *Thread) makeBusy() {
+	if t.mode.Load() != modeBusy {
+		t.mode.Store(modeBusy)
+	}
+}
+
 // Pass implements evlib.Passer for backends that own their loop. Between
 // calls the thread counts as waiting, so wakeups signal the backend.
 func (t *Thread) Pass() (next time.Duration, stop bool) {
-	t.mode.Store(modeBusy)
+	t.makeBusy()
 	t.setOwner()
 	t.finishStep()
 	t.afterEvents()
@@ -675,7 +686,7 @@ func (t *Thread) closeFDs() {
 
 // Ready implements evlib.Sink: the backend reports fd ready for ev.
 func (t *Thread) Ready(fd int, ev evlib.Events) {
-	t.mode.Store(modeBusy)
+	t.makeBusy()
 	t.setOwner()
 	if t.dying() {
 		return // the rest of the batch is for connections about to close
