@@ -20,6 +20,12 @@ func epollWaitNoblock(epfd int, events []unix.EpollEvent) (int, error) {
 	return int(r), nil
 }
 
+// kernelTimespec is the kernel's struct __kernel_timespec, which
+// epoll_pwait2 takes on every architecture: unix.Timespec has 32-bit
+// fields on 32-bit systems, where the kernel read it as a garbled time and
+// every timed wait failed with EINVAL.
+type kernelTimespec struct{ sec, nsec int64 }
+
 // noPwait2 is set once epoll_pwait2 (Linux 5.11) turned out missing.
 var noPwait2 atomic.Bool
 
@@ -29,7 +35,7 @@ var noPwait2 atomic.Bool
 // is the fallback on older kernels.
 func epollWait(epfd int, events []unix.EpollEvent, timeout time.Duration) (int, error) {
 	if timeout > 0 && !noPwait2.Load() {
-		ts := unix.NsecToTimespec(int64(timeout))
+		ts := kernelTimespec{sec: int64(timeout / time.Second), nsec: int64(timeout % time.Second)}
 		r, _, e := unix.Syscall6(unix.SYS_EPOLL_PWAIT2, uintptr(epfd),
 			uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(unsafe.Pointer(&ts)), 0, 8)
 		// ENOSYS: an older kernel; EPERM: a seccomp filter that does not
