@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -239,6 +240,18 @@ func (s *suite) testBackendAddModifyRemove(t *testing.T) {
 
 	require.ErrorIs(t, be.Add(-1, evlib.KindStream, evlib.Readable), evlib.ErrBadFD, "Add of a negative fd")
 	require.ErrorIs(t, be.Add(math.MaxInt, evlib.KindStream, evlib.Readable), evlib.ErrBadFD, "Add of an fd beyond a C int")
+	// No process can have this one open. A backend that sized its fd
+	// table by the number before asking the kernel would allocate
+	// gigabytes here (untouched, so only the allocator's count shows
+	// it), or on a 32-bit system index past its table.
+	for _, ev := range []evlib.Events{evlib.Readable, 0} {
+		var m0, m1 runtime.MemStats
+		runtime.ReadMemStats(&m0)
+		err := be.Add(math.MaxInt32, evlib.KindStream, ev)
+		runtime.ReadMemStats(&m1)
+		require.ErrorIs(t, err, evlib.ErrBadFD, "Add of the largest C int, which no fd can be (interest %v)", ev)
+		require.Less(t, m1.TotalAlloc-m0.TotalAlloc, uint64(1<<20), "Add of fd %d allocated for a table that size (interest %v)", math.MaxInt32, ev)
+	}
 	if alias, ok := aliasOf(a); ok {
 		// Not taken for a, which the re-Add below then finds free.
 		require.ErrorIs(t, be.Add(alias, evlib.KindStream, evlib.Readable), evlib.ErrBadFD,

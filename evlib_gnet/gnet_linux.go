@@ -311,16 +311,19 @@ func (b *Backend) Add(fd int, kind evlib.Kind, ev evlib.Events) error {
 	}
 	b.lock()
 	defer b.unlock()
-	b.grow(fd)
-	if b.fds[fd].st&(watched|special) != 0 {
+	if fd < len(b.fds) && b.fds[fd].st&(watched|special) != 0 {
 		return fmt.Errorf("%w: fd %d", evlib.ErrExist, fd)
 	}
-	if ev&(evlib.Readable|evlib.Writable) == 0 {
-		// Not put in the epoll set (gnet cannot register an empty
-		// mask), so check the fd the way epoll_ctl would have.
+	if fd >= len(b.fds) || ev&(evlib.Readable|evlib.Writable) == 0 {
+		// The kernel first where the table would grow, so that it
+		// grows only for an open fd, not to any number passed in. And
+		// with no interest the fd is not put in the epoll set (gnet
+		// cannot register an empty mask), so check it the way
+		// epoll_ctl would have.
 		if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
 			return fmt.Errorf("%w: fd %d: %v", evlib.ErrBadFD, fd, err)
 		}
+		b.grow(fd)
 	}
 	b.fds[fd].st = watched
 	if err := b.set(fd, ev); err != nil {

@@ -166,6 +166,13 @@ func (b *Backend) Add(fd int, kind evlib.Kind, ev evlib.Events) error {
 		b.in.add(fd, ev)
 		return nil
 	}
+	if fd >= len(b.in.state) {
+		// The kernel first where the table would grow, so that it grows
+		// only for an open fd, not to any number passed in.
+		if err := b.k.checkFD(fd); err != nil {
+			return fmt.Errorf("%w: fd %d: %v", evlib.ErrBadFD, fd, err)
+		}
+	}
 	b.in.add(fd, ev)
 	err := b.applyNow()
 	if err == nil {

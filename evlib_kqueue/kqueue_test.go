@@ -3,6 +3,7 @@ package evlib_kqueue
 import (
 	"errors"
 	"log/slog"
+	"math"
 	"sync"
 	"syscall"
 	"testing"
@@ -591,7 +592,7 @@ func TestForeign(t *testing.T) {
 	}, k.applies)
 	require.Equal(t, uint64(3), b.ctr.InterestChanges.Load())
 	require.Empty(t, k.calls)
-	require.Zero(t, k.checks)
+	require.Equal(t, 1, k.checks, "the fd checked once, as the fd table grew for it")
 	require.False(t, k.has(3, filterRead))
 	require.NoError(t, be.Remove(3))
 
@@ -599,6 +600,10 @@ func TestForeign(t *testing.T) {
 	k.applies = nil
 	require.ErrorIs(t, be.Add(4, evlib.KindStream, R), evlib.ErrBadFD)
 	require.ErrorIs(t, be.Add(4, evlib.KindStream, R), evlib.ErrBadFD, "not ErrExist")
+	// One far beyond the table fails before the table grows for it.
+	size := len(b.in.state)
+	require.ErrorIs(t, be.Add(math.MaxInt32, evlib.KindStream, R), evlib.ErrBadFD)
+	require.Equal(t, size, len(b.in.state), "the fd table grew for an fd that is not open")
 
 	// A filter that cannot be added fails Add, and what went through is
 	// taken back.
