@@ -1,3 +1,5 @@
+//go:build linux && (amd64 || arm64 || loong64)
+
 package main
 
 // cloudwego/netpoll builds only on Linux here (v0.7.2 needs EVFILT_USER on

@@ -58,7 +58,7 @@ func affinity() ([]int, error) {
 }
 
 // maxRSSKB returns ru_maxrss, which Linux reports in KiB.
-func maxRSSKB(ru *syscall.Rusage) int64 { return ru.Maxrss }
+func maxRSSKB(ru *syscall.Rusage) int64 { return int64(ru.Maxrss) } // (int32 on 32-bit systems)
 
 // childSysProcAttr puts a server child in its own process group (so a
 // terminal's Ctrl-C reaches only the bench, which then stops the child in

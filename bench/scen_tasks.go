@@ -158,7 +158,7 @@ func measureTimers(n int) ([]timerResult, error) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	ds := make([]time.Duration, n)
 	for i := range ds {
-		ds[i] = time.Hour + time.Duration(rng.IntN(3600_000_000))*time.Microsecond
+		ds[i] = time.Hour + time.Duration(rng.Int64N(3600_000_000))*time.Microsecond
 	}
 	order := rng.Perm(n)
 	var ms0, ms1 runtime.MemStats

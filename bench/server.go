@@ -230,7 +230,7 @@ func startProfile() {
 	// The profile is flushed by StopCPUProfile; f stays open until exit.
 }
 
-func tvNS(tv syscall.Timeval) int64 { return tv.Sec*1e9 + int64(tv.Usec)*1e3 }
+func tvNS(tv syscall.Timeval) int64 { return int64(tv.Sec)*1e9 + int64(tv.Usec)*1e3 }
 
 // startServer starts the named echo server listening on 127.0.0.1:0. For
 // plugloop servers stats reads the context's counters.

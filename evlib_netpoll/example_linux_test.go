@@ -1,3 +1,5 @@
+//go:build linux && (amd64 || arm64 || loong64)
+
 package evlib_netpoll_test
 
 import (
