@@ -430,8 +430,9 @@ func (c *Context) Stats() Stats {
 const fdReserve = 64
 
 // Run services every thread until the context is destroyed (it then returns
-// nil) or cctx is cancelled (it returns cctx.Err() and the context stays
-// usable). Thread 0 runs on the calling goroutine. If the context was
+// nil), cctx is cancelled (it returns cctx.Err() and the context stays
+// usable) or a thread's backend fails to wait (it stops the other threads
+// and returns an error wrapping ErrBackend; the context stays usable). Thread 0 runs on the calling goroutine. If the context was
 // destroyed, or is being destroyed, before Run takes the thread, Run returns
 // ErrDestroyed. When the application's loop drives the backend (the foreign
 // mode), Run returns an error wrapping evlib.ErrAppDriven at once.
@@ -481,14 +482,26 @@ func (c *Context) Run(cctx context.Context) error {
 	})
 	defer unhook()
 	errs := make([]error, len(c.threads))
+	// A thread whose backend failed stops the others: Run returns its
+	// error once they all have.
+	stopAll := func(err error) {
+		if err != nil && cctx.Err() == nil {
+			for _, t := range c.threads {
+				t.runStop.Store(true)
+				t.wake()
+			}
+		}
+	}
 	var wg sync.WaitGroup
 	for i, t := range c.threads[1:] {
 		wg.Go(func() {
 			t.setOwner() // this goroutine services it from now on
 			errs[i+1] = t.run(cctx)
+			stopAll(errs[i+1])
 		})
 	}
 	errs[0] = c.threads[0].run(cctx)
+	stopAll(errs[0])
 	wg.Wait()
 	for _, err := range errs {
 		if err != nil {
@@ -511,7 +524,7 @@ func (t *Thread) run(cctx context.Context) error {
 		}
 		t.leave()
 		if err != nil {
-			return fmt.Errorf("plugloop: %s loop: %w", t.ctx.backend.Name, err)
+			return fmt.Errorf("%w: %s loop: %w", ErrBackend, t.ctx.backend.Name, err)
 		}
 		return cctx.Err()
 	}
@@ -520,8 +533,13 @@ func (t *Thread) run(cctx context.Context) error {
 			t.leave()
 			return cctx.Err()
 		}
-		if !t.pass(-1) {
+		alive, err := t.pass(-1)
+		if !alive {
 			return nil // destroyed; pass released the thread
+		}
+		if err != nil {
+			t.leave()
+			return err
 		}
 	}
 }

@@ -48,4 +48,10 @@ var (
 	ErrRelaying = errors.New("plugloop: connection is relaying")
 	// ErrInvalid: an argument is out of range.
 	ErrInvalid = errors.New("plugloop: invalid argument")
+	// ErrBackend: the backend's wait failed (its Poll or its Loop), so
+	// the thread cannot learn of events. Run returns it, wrapping the
+	// backend's error, once it stopped the context's other threads;
+	// Service returns it after the rest of its pass. The context stays
+	// usable: Run or Service may be called again, or Destroy.
+	ErrBackend = errors.New("plugloop: backend failed")
 )

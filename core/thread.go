@@ -333,18 +333,20 @@ func (t *Thread) signal() error {
 // timers, then a wait of at most timeout for events (timeout < 0: no limit,
 // 0: do not wait; the wait is cut short when forced service is pending or a
 // timer falls due), then the events, cancel-service deliveries and forced
-// service. It returns ErrDestroyed once the context is destroyed. When the
-// application's loop drives the backend (the foreign mode), Service never
+// service. It returns ErrDestroyed once the context is destroyed, and an
+// error wrapping ErrBackend when the wait failed (the rest of the pass
+// still ran). When the application's loop drives the backend (the foreign mode), Service never
 // waits: Service(0) is the forced service that follows the events of a wait.
 func (t *Thread) Service(timeout time.Duration) error {
 	if err := t.enter(); err != nil {
 		return err
 	}
-	if !t.pass(timeout) {
+	alive, err := t.pass(timeout)
+	if !alive {
 		return ErrDestroyed
 	}
 	t.leave()
-	return nil
+	return err
 }
 
 // ServiceFD hands the thread an event from a poll loop the application owns
@@ -467,7 +469,10 @@ func (t *Thread) forcedPending() bool {
 
 // pass is one loop iteration. It reports false when the context was
 // destroyed, in which case the thread is torn down and no longer owned.
-func (t *Thread) pass(timeout time.Duration) bool {
+// err is the backend's failed wait: the rest of the pass (forced service,
+// timers) still runs, and the caller hands the error on (lws_service's -1),
+// so that a backend that cannot wait is not polled again at full speed.
+func (t *Thread) pass(timeout time.Duration) (alive bool, err error) {
 	t.now, t.nowFresh = t.clock(), true
 	t.runTimers()
 	wait := timeout
@@ -484,23 +489,23 @@ func (t *Thread) pass(timeout time.Duration) bool {
 		if t.wakePending.Load() {
 			wait = 0
 		}
-		_, err := t.be.Poll(wait)
+		_, perr := t.be.Poll(wait)
 		t.mode.Store(modeBusy)
 		t.setOwner() // a backend may have reported from another goroutine
 		switch {
-		case errors.Is(err, evlib.ErrAppDriven):
+		case errors.Is(perr, evlib.ErrAppDriven):
 			t.appDriven = true
-		case err != nil:
-			t.ctx.log.Error("plugloop: backend poll failed", "evlib", t.ctx.backend.Name, "err", err)
+		case perr != nil:
+			err = fmt.Errorf("%w: %s: %w", ErrBackend, t.ctx.backend.Name, perr)
 		}
 		t.finishStep()
 	}
 	t.afterEvents()
 	if t.ctx.destroyReq.Load() {
 		t.teardown()
-		return false
+		return false, nil
 	}
-	return true
+	return true, err
 }
 
 // afterEvents is the part of a pass that follows the events of one wait.
