@@ -432,8 +432,9 @@ const fdReserve = 64
 // Run services every thread until the context is destroyed (it then returns
 // nil), cctx is cancelled (it returns cctx.Err() and the context stays
 // usable) or a thread's backend fails to wait (it stops the other threads
-// and returns an error wrapping ErrBackend; the context stays usable). Thread 0 runs on the calling goroutine. If the context was
-// destroyed, or is being destroyed, before Run takes the thread, Run returns
+// and returns an error wrapping ErrBackend; the context stays usable).
+// Thread 0 runs on the calling goroutine. If the context was destroyed, or
+// is being destroyed, before Run takes the thread, Run returns
 // ErrDestroyed. When the application's loop drives the backend (the foreign
 // mode), Run returns an error wrapping evlib.ErrAppDriven at once.
 func (c *Context) Run(cctx context.Context) error {

@@ -335,8 +335,9 @@ func (t *Thread) signal() error {
 // timer falls due), then the events, cancel-service deliveries and forced
 // service. It returns ErrDestroyed once the context is destroyed, and an
 // error wrapping ErrBackend when the wait failed (the rest of the pass
-// still ran). When the application's loop drives the backend (the foreign mode), Service never
-// waits: Service(0) is the forced service that follows the events of a wait.
+// still ran). When the application's loop drives the backend (the foreign
+// mode), Service never waits: Service(0) is the forced service that
+// follows the events of a wait.
 func (t *Thread) Service(timeout time.Duration) error {
 	if err := t.enter(); err != nil {
 		return err
