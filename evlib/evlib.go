@@ -124,7 +124,9 @@ type Backend interface {
 	// 0: do not block) and reports every ready fd to the Sink given in
 	// Config, then returns how many it reported. It returns early, with no
 	// error, when woken (see Waker and KindWake). App-driven backends
-	// return ErrAppDriven.
+	// return ErrAppDriven. An interrupted wait (EINTR) is an empty one, not
+	// an error: any other error means the backend cannot wait, and ends
+	// the core's Run (core.ErrBackend).
 	Poll(timeout time.Duration) (int, error)
 
 	// Close releases what the backend created. It never closes fds the
