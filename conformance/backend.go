@@ -169,6 +169,7 @@ func (s *suite) backendTests() []subtest {
 		{"PollDoesNotBlock", s.testBackendPollZero},
 		{"PollTimeout", s.testBackendPollTimeout},
 		{"PollWakesOnReadiness", s.testBackendPollWakes},
+		{"PollSignalled", s.testBackendPollSignalled},
 		{"ChangesInsideReady", s.testBackendChangesInsideReady},
 		{"TableGrowth", s.testBackendTableGrowth},
 		{"ManyReady", s.testBackendManyReady},
@@ -559,6 +560,53 @@ func (s *suite) testBackendPollWakes(t *testing.T) {
 	ev, ok := evFor(b.sink.take(), a)
 	require.True(t, ok, "the readable fd was not reported")
 	require.NotZero(t, ev&evlib.Readable)
+	require.NoError(t, b.be.Remove(a))
+}
+
+// A signal that interrupts Poll's wait (Go's own preemption signal, or one
+// the program handles) makes an empty wait, not an error: the core ends
+// Run on a Poll error (core.ErrBackend). epoll_wait, poll and kevent are
+// never restarted after a signal, whatever SA_RESTART says. The thread
+// blocked in Poll gets SIGURG again and again while it waits.
+func (s *suite) testBackendPollSignalled(t *testing.T) {
+	b := s.newBackend(t)
+	b.needPoll()
+	a, _ := b.watchReadable()
+	tid := make(chan int, 1)
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		tid <- threadID()
+		for range 3 { // each may return early, when a signal cut it short
+			if _, err := b.be.Poll(50 * time.Millisecond); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	id := <-tid
+	stop, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if err := interruptThread(id); err != nil {
+				t.Errorf("conformance: signalling the polling thread: %v", err)
+				return
+			}
+			time.Sleep(500 * time.Microsecond)
+		}
+	}()
+	err := waitCh(t, done, "Poll while its thread is signalled")
+	close(stop)
+	<-stopped
+	require.NoError(t, err, "Poll whose wait a signal interrupted")
 	require.NoError(t, b.be.Remove(a))
 }
 
