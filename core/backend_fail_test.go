@@ -29,24 +29,11 @@ func (f failingWait) Poll(d time.Duration) (int, error) {
 	return f.Backend.Poll(d)
 }
 
-// useFailingWait registers "fail-wait" (once per process) and clears
-// waitFails when the test ends.
+// useFailingWait registers "fail-wait" and clears waitFails when the
+// test ends.
 func useFailingWait(t *testing.T) {
 	t.Helper()
-	if _, err := evlib.Lookup("fail-wait"); err != nil {
-		d, err := evlib.Lookup("poll")
-		require.NoError(t, err)
-		poll := d.New
-		d.Name, d.Flag, d.Priority = "fail-wait", 0, -1
-		d.New = func(cfg evlib.Config) (evlib.Backend, error) {
-			be, err := poll(cfg)
-			if err != nil {
-				return nil, err
-			}
-			return failingWait{be}, nil
-		}
-		require.NoError(t, evlib.Register(d))
-	}
+	registerWrappedPoll(t, "fail-wait", func(b evlib.Backend) evlib.Backend { return failingWait{b} })
 	t.Cleanup(func() { waitFails.Store(false) })
 }
 

@@ -3,7 +3,6 @@
 package core_test
 
 import (
-	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -15,12 +14,8 @@ import (
 // closeCounting is a backend that counts its Close calls in closeCount.
 type closeCounting struct{ evlib.Backend }
 
-// closeCount is package-wide because the registry is process-wide: the
-// backend is registered once, by the first of several -count runs.
-var (
-	closeCount    atomic.Int32
-	closeCountReg sync.Once
-)
+// closeCount is package-wide because the registry is process-wide.
+var closeCount atomic.Int32
 
 func (b closeCounting) Close() error {
 	closeCount.Add(1)
@@ -31,21 +26,30 @@ func (b closeCounting) Close() error {
 // counting its Close calls.
 func registerCloseCounting(t *testing.T) string {
 	const name = "poll-counting-close"
-	closeCountReg.Do(func() {
-		d, err := evlib.Lookup("poll")
-		require.NoError(t, err)
-		inner := d.New
-		d.Name, d.Flag = name, 0
-		d.New = func(cfg evlib.Config) (evlib.Backend, error) {
-			b, err := inner(cfg)
-			if err != nil {
-				return nil, err
-			}
-			return closeCounting{b}, nil
-		}
-		require.NoError(t, evlib.Register(d))
-	})
+	registerWrappedPoll(t, name, func(b evlib.Backend) evlib.Backend { return closeCounting{b} })
 	return name
+}
+
+// registerWrappedPoll registers, once per process (the registry outlives
+// a -count run), the poll backend under name, each instance wrapped by
+// wrap: a test's way to change one method of a real backend.
+func registerWrappedPoll(t *testing.T, name string, wrap func(evlib.Backend) evlib.Backend) {
+	t.Helper()
+	if _, err := evlib.Lookup(name); err == nil {
+		return
+	}
+	d, err := evlib.Lookup("poll")
+	require.NoError(t, err)
+	poll := d.New
+	d.Name, d.Flag, d.Priority = name, 0, -1
+	d.New = func(cfg evlib.Config) (evlib.Backend, error) {
+		b, err := poll(cfg)
+		if err != nil {
+			return nil, err
+		}
+		return wrap(b), nil
+	}
+	require.NoError(t, evlib.Register(d))
 }
 
 // Destruction is complete when PROTOCOL_DESTROY comes and Done is closed:
