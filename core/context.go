@@ -475,34 +475,24 @@ func (c *Context) Run(cctx context.Context) error {
 			close(stopSigs)
 		}()
 	}
-	unhook := context.AfterFunc(cctx, func() {
-		for _, t := range c.threads {
-			t.runStop.Store(true)
-			t.wake()
-		}
-	})
+	unhook := context.AfterFunc(cctx, c.stopRun)
 	defer unhook()
 	errs := make([]error, len(c.threads))
 	// A thread whose backend failed stops the others: Run returns its
 	// error once they all have.
-	stopAll := func(err error) {
-		if err != nil && cctx.Err() == nil {
-			for _, t := range c.threads {
-				t.runStop.Store(true)
-				t.wake()
-			}
+	runThread := func(i int) {
+		if errs[i] = c.threads[i].run(cctx); errs[i] != nil {
+			c.stopRun()
 		}
 	}
 	var wg sync.WaitGroup
 	for i, t := range c.threads[1:] {
 		wg.Go(func() {
 			t.setOwner() // this goroutine services it from now on
-			errs[i+1] = t.run(cctx)
-			stopAll(errs[i+1])
+			runThread(i + 1)
 		})
 	}
-	errs[0] = c.threads[0].run(cctx)
-	stopAll(errs[0])
+	runThread(0)
 	wg.Wait()
 	for _, err := range errs {
 		if err != nil {
@@ -510,6 +500,14 @@ func (c *Context) Run(cctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// stopRun makes every thread's run return at its next pass.
+func (c *Context) stopRun() {
+	for _, t := range c.threads {
+		t.runStop.Store(true)
+		t.wake()
+	}
 }
 
 // run services the thread, which the caller has entered, until destroy
