@@ -44,11 +44,19 @@ func procRSSKB(pid int) (int64, error) {
 // limited (a slow consumer).
 type streamConns struct {
 	conns   []net.Conn
-	read    atomic.Int64
 	each    []counter // bytes read, per connection
 	written atomic.Int64
 	wg      sync.WaitGroup
 	firstError
+}
+
+// read returns the bytes all connections have read so far.
+func (s *streamConns) read() int64 {
+	var n uint64
+	for i := range s.each {
+		n += s.each[i].n.Load()
+	}
+	return int64(n)
 }
 
 // progress returns the bytes each connection has read so far.
@@ -140,7 +148,6 @@ func (s *streamConns) reader(c net.Conn, cnt *counter, chunk int, rate float64) 
 				return
 			}
 			off += int64(n)
-			s.read.Add(int64(n))
 			cnt.n.Add(uint64(n))
 		}
 		if err != nil {
@@ -329,7 +336,7 @@ func (s *suite) measureStream(ctx context.Context, ch *child, name string, conns
 	var ru0, ru1 syscall.Rusage
 	sys0, sysOK := systemCPU()
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
-	b0, each0 := st.read.Load(), st.progress()
+	b0, each0 := st.read(), st.progress()
 	if err := ch.request(ctx, "start", &ok); err != nil {
 		return fail(err)
 	}
@@ -340,7 +347,7 @@ func (s *suite) measureStream(ctx context.Context, ch *child, name string, conns
 	if err := ch.request(ctx, "stop", &u); err != nil {
 		return fail(err)
 	}
-	b1 := st.read.Load()
+	b1 := st.read()
 	stalled := st.stalled(each0)
 	if pc != nil {
 		n, err := pc.stop(ctx, nil)
@@ -608,7 +615,7 @@ func (s *suite) slowOne(ctx context.Context, name string, d time.Duration) (res 
 	t0 := time.Now()
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
-	r0, each0 := st.read.Load(), st.progress()
+	r0, each0 := st.read(), st.progress()
 	for {
 		kb, err := procRSSKB(pid)
 		if err != nil {
@@ -631,7 +638,7 @@ func (s *suite) slowOne(ctx context.Context, name string, d time.Duration) (res 
 			return res
 		}
 	}
-	res.ReadMBps = float64(st.read.Load()-r0) / 1e6 / time.Since(t0).Seconds()
+	res.ReadMBps = float64(st.read()-r0) / 1e6 / time.Since(t0).Seconds()
 	stalled := st.stalled(each0)
 	if err := st.Err(); err != nil {
 		res.Error = ch.failure(err).Error()
