@@ -28,7 +28,11 @@
 //     pool task and a new goroutine each time, and once the task ends
 //     netpoll may drop unread input on a hang-up. A parked reader is woken
 //     by one channel send, and with no OnRequest netpoll leaves the close,
-//     and the buffer, to the backend.)
+//     and the buffer, to the backend.) A reader whose stream was removed
+//     waits for the next stream to be added, while no more than 64 others
+//     wait so, and ends when the backend closes: the callbacks that run on
+//     it (see below) need a deeper stack than a new goroutine's, which
+//     would otherwise grow, a copy, for every connection.
 //   - The reader does not hand the input over to the service goroutine:
 //     while that goroutine waits, it takes the thread's turn (a mutex the
 //     service goroutine holds at all other times), reports Readable to the

@@ -143,9 +143,14 @@ type Backend struct {
 	timer  *time.Timer
 	wake   chan struct{}
 	kick   chan struct{}
-	mu     sync.Mutex
-	posts  []post
-	pspare []post
+	// Idle reader goroutines wait on handoff for a stream to read, or
+	// for quit (closed by Close); idle counts them.
+	handoff chan *entry
+	quit    chan struct{}
+	idle    atomic.Int32
+	mu      sync.Mutex
+	posts   []post
+	pspare  []post
 }
 
 // New creates the backend. Config.Foreign must be nil: netpoll's pollers
@@ -160,6 +165,7 @@ func New(cfg evlib.Config) (evlib.Backend, error) {
 	b := &Backend{
 		sink: cfg.Sink, ctr: cfg.Counters, timer: t,
 		wake: make(chan struct{}, 1), kick: make(chan struct{}, 1),
+		handoff: make(chan *entry), quit: make(chan struct{}),
 	}
 	b.turn.Lock() // the service thread's, until it waits
 	return b, nil
@@ -221,16 +227,23 @@ func (b *Backend) Add(fd int, kind evlib.Kind, ev evlib.Events) error {
 	// when the connect fails, netpoll's read would take the socket's
 	// error, which the core needs to tell why. Helpers watch it until it
 	// is connected (see connected).
-	e.connecting = kind == evlib.KindStream && !isConnected(fd)
+	if kind == evlib.KindStream {
+		// A TCP stream's state answers both questions at once: whether it
+		// is connected, and from where it counts its input (rxBaseOf).
+		if ti, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+			// What getpeername(2) calls not connected.
+			e.connecting = ti.State == tcpSynSent || ti.State == tcpClose
+			e.rx0 = rxBaseOf(fd, ti)
+		} else {
+			e.connecting = !isConnected(fd)
+		}
+	}
 	dup, err := dupFD(fd, kind == evlib.KindStream && !e.connecting)
 	if err != nil {
 		if errors.Is(err, unix.EBADF) {
 			return fmt.Errorf("%w: fd %d", evlib.ErrBadFD, fd)
 		}
 		return fmt.Errorf("dup fd %d: %w", fd, err)
-	}
-	if kind == evlib.KindStream {
-		e.rx0 = rxBaseOf(fd)
 	}
 	if kind == evlib.KindStream && !e.connecting {
 		if err := b.attach(e, dup); err != nil {
@@ -308,7 +321,11 @@ func (b *Backend) attach(e *entry, dup int) error {
 		return err
 	}
 	e.ack, e.rearm = make(chan struct{}, 1), make(chan struct{}, 1)
-	go b.reader(e)
+	select {
+	case b.handoff <- e: // an idle reader takes it
+	default:
+		go b.readers(e)
+	}
 	attaches.Add(1)
 	return nil
 }
@@ -367,6 +384,31 @@ func (b *Backend) hungUp(e *entry) {
 	}
 	e.endMu.Unlock()
 	b.post(post{e: e, what: postHup})
+}
+
+// maxIdleReaders bounds the reader goroutines a backend keeps for streams
+// to come.
+const maxIdleReaders = 64
+
+// readers is a reader goroutine: it serves e (see reader), then waits,
+// while fewer than maxIdleReaders others do, for the next stream attach
+// hands it. Reusing the goroutine reuses its stack: the core's callbacks
+// run on the readers, deeper than a new goroutine's stack, which would
+// otherwise grow (a copy) for every connection.
+func (b *Backend) readers(e *entry) {
+	for {
+		b.reader(e)
+		if b.idle.Add(1) > maxIdleReaders {
+			b.idle.Add(-1)
+			return
+		}
+		select {
+		case e = <-b.handoff:
+			b.idle.Add(-1)
+		case <-b.quit:
+			return
+		}
+	}
 }
 
 // reader is a stream's goroutine. It waits in netpoll (Peek) until the
@@ -1240,13 +1282,10 @@ type rxBase struct {
 // (SIOCINQ) was read by someone before. Nothing reads the socket while
 // it is added, but input may arrive between the two questions: the
 // answer counts only if the count received did not change around the
-// second. It costs one getsockopt for a stream that received nothing yet
-// (and one failed one for a stream that is not TCP), three otherwise.
-func rxBaseOf(fd int) rxBase {
-	ti, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
-	if err != nil {
-		return rxBase{}
-	}
+// second. ti is the stream's TCP_INFO, asked already: nothing more is
+// asked of a stream that received nothing yet, two more questions
+// otherwise.
+func rxBaseOf(fd int, ti *unix.TCPInfo) rxBase {
 	for range 3 {
 		switch ti.State {
 		case tcpClose:
@@ -1275,6 +1314,7 @@ func rxBaseOf(fd int) rxBase {
 
 // TCP states (linux/tcp_states.h).
 const (
+	tcpSynSent   = 2
 	tcpCloseWait = 8
 	tcpLastAck   = 9
 	tcpClosing   = 11
@@ -1374,6 +1414,7 @@ func (b *Backend) Close() error {
 		}
 	}
 	b.timer.Stop()
+	close(b.quit)
 	b.mu.Lock()
 	b.posts = nil
 	b.mu.Unlock()
