@@ -136,6 +136,18 @@
 // ends it; a write that blocked and drained may wake it once, for one
 // poll(2). The price is one goroutine and one more dup per such
 // connection, from its end on, none per message.
+//
+// # netpoll's log
+//
+// netpoll writes to its own logger, standard error unless the application
+// said otherwise, for instance a line "NETPOLL: readall(fd=N)=0 before
+// close: connection reset by peer" whenever a peer resets a connection
+// that netpoll was reading. The logger is one of netpoll's process-wide
+// settings, which the backend leaves alone. An application that does not
+// want those lines sets netpoll's logger once, before its first
+// connection, as netpoll asks of all its settings:
+//
+//	netpoll.Configure(netpoll.Config{LoggerOutput: w})
 package evlib_netpoll
 
 import (
