@@ -3,12 +3,13 @@
 // Command bench is plugloop's cross-backend benchmark: every plugloop
 // backend (poll, epoll, foreign under a unix.Poll host loop, the gnet and
 // netpoll adapters, kqueue where it exists) against gnet and
-// cloudwego/netpoll natively, Go's net and a bare epoll loop, in seven
-// scenarios, and an eighth on request:
+// cloudwego/netpoll natively, Go's net and a bare epoll loop, in eight
+// scenarios, and a ninth on request:
 //
 //	pingpong     closed-loop echo, 64 B and 1 KiB, 50 / 1,000 / 10,000 connections
 //	abstraction  the same echo on each backend and on the bare epoll loop
 //	stream       pipelined echo, MB/s and server CPU per MB
+//	churn        short connections, one echo each: server CPU per connection
 //	idle         server RSS per idle connection (10,000)
 //	slow         slow readers: does the server's RSS plateau?
 //	timers       schedule and cancel a million timers; fire order
@@ -109,6 +110,7 @@ func main() {
 	flag.DurationVar(&cfg.warmup, "warmup", 200*time.Millisecond, "load before measuring, per server and repeat")
 	flag.IntVar(&cfg.repeats, "repeats", 0, "runs per server, interleaved, every other round reversed (A B C, C B A); medians are reported (default 2 for the first ping-pong, else 1; -full 3)")
 	flag.IntVar(&s.streamConns, "stream-conns", 50, "streaming echo: connections, each with a writer and a reader")
+	flag.IntVar(&s.churnClients, "churn-clients", 32, "connection churn: clients, each opening one connection after another")
 	flag.IntVar(&s.idleConns, "idle-conns", 10000, "idle: connections opened against each server")
 	flag.IntVar(&s.slowConns, "slow-conns", 50, "slow consumer: connections")
 	relayProxies := flag.String("relay-proxies", strings.Join(defaultRelayProxies, ","), "relay: comma-separated proxies, each relayto/BACKEND (core.Conn.RelayTo), callback/BACKEND (RAW_RX and Write) or stdlib (io.Copy)")
@@ -140,7 +142,7 @@ func main() {
 		s.conns, err = intList(*conns)
 	}
 	if err != nil || flag.NArg() > 0 || (cfg.load != loadUring && cfg.load != loadNet) || cfg.repeats < 0 || cfg.duration < 0 || cfg.warmup < 0 ||
-		s.streamConns < 1 || s.idleConns < 1 || s.slowConns < 1 || s.timerCount < 1 || len(s.relayProxies) == 0 {
+		s.streamConns < 1 || s.churnClients < 1 || s.idleConns < 1 || s.slowConns < 1 || s.timerCount < 1 || len(s.relayProxies) == 0 {
 		flag.Usage()
 		os.Exit(2)
 	}

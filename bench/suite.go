@@ -18,14 +18,15 @@ import (
 
 // suite is one invocation's plan.
 type suite struct {
-	cfg         *config
-	full        bool
-	scenarios   []scenario
-	sizes       []int // -sizes, -conns: nil unless given
-	conns       []int
-	streamConns int
-	idleConns   int
-	slowConns   int
+	cfg          *config
+	full         bool
+	scenarios    []scenario
+	sizes        []int // -sizes, -conns: nil unless given
+	conns        []int
+	streamConns  int
+	churnClients int
+	idleConns    int
+	slowConns    int
 	// relayProxies: the relay scenario's proxies (-relay-proxies).
 	relayProxies []string
 	slowDur      time.Duration // 0: the default
@@ -52,6 +53,7 @@ var scenarios = []scenario{
 	{"pingpong", "closed-loop echo ping-pong: server CPU and syscalls per round trip", runPingPongScenario, false},
 	{"abstraction", "the same echo on every plugloop backend and a bare epoll loop: what the abstraction costs", runAbstraction, false},
 	{"stream", "streaming (pipelined) echo: MB/s and server CPU per MB", runStream, false},
+	{"churn", "connection churn: one echo per connection, server CPU per connection", runChurn, false},
 	{"idle", "idle connections: server RSS per connection", runIdle, false},
 	{"slow", "slow consumer: fast writers, slow readers; does server memory plateau?", runSlow, false},
 	{"timers", "timers: schedule and cancel a million, fire order", runTimers, false},

@@ -140,7 +140,7 @@
 // # netpoll's log
 //
 // netpoll writes to its own logger, standard error unless the application
-// said otherwise, for instance a line "NETPOLL: readall(fd=N)=0 before
+// said otherwise, for instance a line "NETPOLL: readall(fd=N)=K before
 // close: connection reset by peer" whenever a peer resets a connection
 // that netpoll was reading. The logger is one of netpoll's process-wide
 // settings, which the backend leaves alone. An application that does not
