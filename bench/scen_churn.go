@@ -1,0 +1,271 @@
+//go:build unix
+
+package main
+
+// The churn scenario: short connections, each opened, used for one echo
+// and closed, as HTTP/1.0 clients and many RPC clients use a server. What
+// it measures is what a server spends on a connection's life: accept, its
+// setup in the server and the backend, the first read and write, the end
+// of stream, the close.
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// churnMsg is the one message each connection echoes.
+const churnMsg = 64
+
+type churnResult struct {
+	Server          string  `json:"server"`
+	Error           string  `json:"error,omitempty"`
+	ConnsPerSec     float64 `json:"conns_per_sec"`
+	CPUUSPerConn    float64 `json:"server_cpu_us_per_conn"`
+	CPUPct          float64 `json:"server_cpu_pct"`
+	ClientCPUPct    float64 `json:"client_cpu_pct"`
+	SyscallsPerConn float64 `json:"syscalls_per_conn,omitempty"` // plugloop Stats
+	AcceptsPerConn  float64 `json:"accepts_per_conn,omitempty"`  // accept(2) calls, failed ones too (plugloop Stats)
+	PeakRSSMB       float64 `json:"server_peak_rss_mb"`
+	OtherCPU        float64 `json:"other_cpu_pct"`
+}
+
+// churnClients runs clients goroutines, each opening connections one after
+// another: dial, write churnMsg bytes, read them back, check them, close.
+type churnClients struct {
+	each []counter // connections completed, per client
+	wg   sync.WaitGroup
+	firstError
+}
+
+func startChurn(ctx context.Context, addr string, clients int) *churnClients {
+	c := &churnClients{each: make([]counter, clients), firstError: firstError{prefix: "churn client"}}
+	for i := range clients {
+		c.wg.Add(1)
+		go c.client(ctx, addr, &c.each[i])
+	}
+	return c
+}
+
+func (c *churnClients) client(ctx context.Context, addr string, cnt *counter) {
+	defer c.wg.Done()
+	d := net.Dialer{Timeout: 5 * time.Second}
+	msg := bytes.Repeat([]byte{'c'}, churnMsg)
+	got := make([]byte, churnMsg)
+	for !c.stop.Load() {
+		conn, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			c.fail(err)
+			return
+		}
+		err = conn.SetDeadline(time.Now().Add(5 * time.Second))
+		if err == nil {
+			_, err = conn.Write(msg)
+		}
+		if err == nil {
+			_, err = io.ReadFull(conn, got)
+		}
+		if err == nil && !bytes.Equal(got, msg) {
+			err = errors.New("echo returned different bytes")
+		}
+		// The client closes first, so the TIME_WAIT is the client's, and
+		// Linux reuses it for a new loopback connection (the default of
+		// net.ipv4.tcp_tw_reuse): the ephemeral ports never run out.
+		conn.Close()
+		if err != nil {
+			c.fail(err)
+			return
+		}
+		cnt.n.Add(1)
+	}
+}
+
+func (c *churnClients) done() uint64 {
+	var n uint64
+	for i := range c.each {
+		n += c.each[i].n.Load()
+	}
+	return n
+}
+
+func (c *churnClients) progress() []uint64 {
+	p := make([]uint64, len(c.each))
+	for i := range c.each {
+		p[i] = c.each[i].n.Load()
+	}
+	return p
+}
+
+func (c *churnClients) close() {
+	c.stop.Store(true)
+	c.wg.Wait()
+}
+
+func runChurn(ctx context.Context, s *suite) *scenarioResult {
+	res := &scenarioResult{
+		Measures: fmt.Sprintf("%d client goroutines, each opening connections one after another: connect, write %d B, read the echo, close (the client closes first). "+
+			"conns/s = connections completed per second; the figure to compare is the server's CPU per connection (getrusage of the server child), "+
+			"which pays for accept, the connection's setup and teardown in the server, one read and one write, the end of stream and the close; "+
+			"the Go clients, not the server, set the rate. syscalls/conn and accepts/conn (accept(2) calls, the ones that found the queue empty too): plugloop's Stats.",
+			s.churnClients, churnMsg),
+	}
+	if need := fdsFor(2 * s.churnClients); need > s.cfg.fdLimit {
+		s.unreachable("churn: %d clients need %d fds, the limit is %d", s.churnClients, need, s.cfg.fdLimit)
+		return nil
+	}
+	runs := eachServer(ctx, s.servers(), s.repeats(false), func(sv serverInfo, _ int) churnResult {
+		return s.churnOne(ctx, sv.Name)
+	}, func(r churnResult) string {
+		if r.Error != "" {
+			return "error: " + r.Error
+		}
+		return fmt.Sprintf("%7.0f conns/s  %6.1f µs CPU/conn  others %.0f%% CPU", r.ConnsPerSec, r.CPUUSPerConn, r.OtherCPU)
+	})
+	t := table{Header: []string{"server", "conns/s", "server CPU µs/conn", "server CPU %", "client CPU %", "syscalls/conn", "accepts/conn", "peak RSS MB", "others %CPU"}}
+	rate := chart{Title: fmt.Sprintf("connection churn, %d clients, one %d B echo per connection", s.churnClients, churnMsg), Unit: "conns/s"}
+	cpu := chart{Title: "server CPU per connection", Unit: "µs/conn", LowerBetter: true}
+	var data []churnResult
+	for _, sv := range s.servers() {
+		rs := runs[sv.Name]
+		if len(rs) == 0 {
+			continue
+		}
+		data = append(data, rs...)
+		m, errs := medianChurn(sv.Name, rs)
+		if m == nil {
+			t.failed(sv.Name, errs)
+			continue
+		}
+		row := []string{sv.Name, fmt.Sprintf("%.0f", m.ConnsPerSec), fmt.Sprintf("%.1f", m.CPUUSPerConn), fmt.Sprintf("%.0f", m.CPUPct),
+			fmt.Sprintf("%.0f", m.ClientCPUPct), dash(m.SyscallsPerConn, "%.1f"), dash(m.AcceptsPerConn, "%.2f"),
+			fmt.Sprintf("%.1f", m.PeakRSSMB), fmt.Sprintf("%.0f", m.OtherCPU)}
+		if s.cfg.target != "" {
+			row[2], row[3], row[7], row[8] = "-", "-", "-", "-"
+		}
+		t.Rows = append(t.Rows, row)
+		rate.Bars = append(rate.Bars, bar{Label: sv.Name, Value: m.ConnsPerSec})
+		cpu.Bars = append(cpu.Bars, bar{Label: sv.Name, Value: m.CPUUSPerConn})
+	}
+	res.Tables = []table{t}
+	res.Charts = []chart{rate}
+	if s.cfg.target == "" {
+		res.Charts = append(res.Charts, cpu)
+	}
+	res.Data = data
+	return res
+}
+
+// medianChurn takes the median of each figure over the successful runs.
+func medianChurn(name string, rs []churnResult) (*churnResult, string) {
+	var ok []churnResult
+	var errs []string
+	for _, r := range rs {
+		if r.Error != "" {
+			errs = append(errs, r.Error)
+		} else {
+			ok = append(ok, r)
+		}
+	}
+	if len(ok) == 0 {
+		return nil, strings.Join(errs, "; ")
+	}
+	med := func(f func(churnResult) float64) float64 {
+		var v []float64
+		for _, r := range ok {
+			v = append(v, f(r))
+		}
+		return median(v)
+	}
+	return &churnResult{
+		Server: name, ConnsPerSec: med(func(r churnResult) float64 { return r.ConnsPerSec }),
+		CPUUSPerConn:    med(func(r churnResult) float64 { return r.CPUUSPerConn }),
+		CPUPct:          med(func(r churnResult) float64 { return r.CPUPct }),
+		ClientCPUPct:    med(func(r churnResult) float64 { return r.ClientCPUPct }),
+		SyscallsPerConn: med(func(r churnResult) float64 { return r.SyscallsPerConn }),
+		AcceptsPerConn:  med(func(r churnResult) float64 { return r.AcceptsPerConn }),
+		PeakRSSMB:       med(func(r churnResult) float64 { return r.PeakRSSMB }),
+		OtherCPU:        med(func(r churnResult) float64 { return r.OtherCPU }),
+	}, strings.Join(errs, "; ")
+}
+
+func (s *suite) churnOne(ctx context.Context, name string) (res churnResult) {
+	res.Server = name
+	ch, err := s.startChild(ctx, name)
+	if err != nil {
+		res.Error = "start: " + err.Error()
+		return res
+	}
+	defer ch.kill()
+	cl := startChurn(ctx, ch.hello.Addr, s.churnClients)
+	defer cl.close()
+	fail := func(err error) churnResult {
+		if e := cl.Err(); e != nil {
+			err = e
+		}
+		res.Error = ch.failure(err).Error()
+		return res
+	}
+	if err := sleep(ctx, s.cfg.warmup); err != nil {
+		return fail(err)
+	}
+	var ru0, ru1 syscall.Rusage
+	sys0, sysOK := systemCPU()
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
+	n0, each0 := cl.done(), cl.progress()
+	var ok map[string]bool
+	if err := ch.request(ctx, "start", &ok); err != nil {
+		return fail(err)
+	}
+	if err := sleep(ctx, s.duration()); err != nil {
+		return fail(err)
+	}
+	var u usage
+	if err := ch.request(ctx, "stop", &u); err != nil {
+		return fail(err)
+	}
+	n1 := cl.done()
+	stalled := 0
+	for i, b := range each0 {
+		if cl.each[i].n.Load() == b {
+			stalled++
+		}
+	}
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
+	sys1, sysOK1 := systemCPU()
+	if err := cl.Err(); err != nil {
+		return fail(err)
+	}
+	if stalled > 0 {
+		return fail(fmt.Errorf("%d of %d clients completed no connection in the measured window: the server stalled them", stalled, s.churnClients))
+	}
+	wall := float64(u.WallNS)
+	conns := float64(n1 - n0)
+	if conns <= 0 || wall <= 0 {
+		return fail(errors.New("no connection completed"))
+	}
+	res.ConnsPerSec = conns / (wall / 1e9)
+	cpu := float64(u.UserNS + u.SysNS)
+	res.CPUUSPerConn = cpu / 1e3 / conns
+	res.CPUPct = cpu / wall * 100
+	client := float64(tvNS(ru1.Utime) - tvNS(ru0.Utime) + tvNS(ru1.Stime) - tvNS(ru0.Stime))
+	res.ClientCPUPct = client / wall * 100
+	if u.Stats != nil {
+		res.SyscallsPerConn = float64(u.Stats.Syscalls) / conns
+		res.AcceptsPerConn = float64(u.Stats.Accepts) / conns
+	}
+	res.PeakRSSMB = float64(u.MaxRSSKB) / 1024
+	res.OtherCPU = -1
+	if sysOK && sysOK1 {
+		res.OtherCPU = max(float64(sys1.busy-sys0.busy)-cpu-client, 0) / wall * 100
+	}
+	cl.close()
+	ch.stop()
+	return res
+}
