@@ -16,3 +16,13 @@ func Reattaches() int64 { return reattaches.Load() }
 // Parks tells how many times a stream's reader parked with input held for
 // the core (rx paused, or more than MaxReadAhead ahead).
 func Parks() int64 { return parks.Load() }
+
+// ReaderStarts tells how many reader goroutines were started in this
+// process.
+func ReaderStarts() int64 { return readerStarts.Load() }
+
+// IdleReaders tells how many reader goroutines wait for a stream.
+func IdleReaders() int64 { return idleReaders.Load() }
+
+// MaxIdleReaders is how many idle readers a backend keeps.
+const MaxIdleReaders = maxIdleReaders

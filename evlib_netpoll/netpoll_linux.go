@@ -324,6 +324,7 @@ func (b *Backend) attach(e *entry, dup int) error {
 	select {
 	case b.handoff <- e: // an idle reader takes it
 	default:
+		readerStarts.Add(1)
 		go b.readers(e)
 	}
 	attaches.Add(1)
@@ -402,10 +403,13 @@ func (b *Backend) readers(e *entry) {
 			b.idle.Add(-1)
 			return
 		}
+		idleReaders.Add(1)
 		select {
 		case e = <-b.handoff:
 			b.idle.Add(-1)
+			idleReaders.Add(-1)
 		case <-b.quit:
+			idleReaders.Add(-1)
 			return
 		}
 	}
@@ -605,6 +609,10 @@ func (b *Backend) detach(e *entry) {
 // out of it and given back, and parks the readers that parked with input
 // held, for tests.
 var attaches, detaches, reattaches, parks atomic.Int64
+
+// readerStarts counts the reader goroutines started, idleReaders those
+// waiting for a stream, in every backend of the process, for tests.
+var readerStarts, idleReaders atomic.Int64
 
 // reattach gives a detached stream whose core caught up back to netpoll,
 // and its reader to it.
