@@ -22,9 +22,40 @@ type Listener struct {
 	addr     net.Addr
 	unixPath string // removed on Close
 	tcp      bool   // accepted connections get TCP_NODELAY
+	noDelay  noDelayMode
 	resume   *Timer
 	reuse    bool        // one of a SO_REUSEPORT group: accepts for its own thread
 	siblings []*Listener // the group's listeners on the other threads
+}
+
+// noDelayMode is what a TCP listener knows of its accepted connections'
+// TCP_NODELAY.
+type noDelayMode uint8
+
+const (
+	noDelayUnknown   noDelayMode = iota // nothing accepted yet
+	noDelayInherited                    // they have the listener's
+	noDelayEach                         // each needs a setsockopt
+)
+
+// setNoDelay turns Nagle off on an accepted connection, as Go's net and
+// gnet do: the core writes once per WRITEABLE, so Nagle could only delay a
+// reply. The listener has TCP_NODELAY, which Linux and the BSDs copy to
+// the connections it accepts; the first connection tells whether this
+// system does, and only where it does not does every connection pay a
+// setsockopt (a system call per connection less where it does).
+func (l *Listener) setNoDelay(fd int) {
+	switch l.noDelay {
+	case noDelayInherited:
+		return
+	case noDelayUnknown:
+		if v, err := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY); err == nil && v != 0 {
+			l.noDelay = noDelayInherited
+			return
+		}
+		l.noDelay = noDelayEach
+	}
+	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 }
 
 // Addr returns the address the listener is bound to.
@@ -164,6 +195,11 @@ func adoptListener(t *Thread, ln net.Listener, p *Protocol) (*Listener, error) {
 	}
 	_, tcp := ln.Addr().(*net.TCPAddr)
 	l := &Listener{addr: ln.Addr(), tcp: tcp}
+	if tcp {
+		// Linux and the BSDs give accepted connections the listener's
+		// TCP_NODELAY (see setNoDelay).
+		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	}
 	ul, isUnix := ln.(*net.UnixListener)
 	if isUnix {
 		l.unixPath = ln.Addr().String()

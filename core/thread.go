@@ -1596,9 +1596,7 @@ func (t *Thread) accept(lc *Conn) {
 			o.peerIP = ip
 		}
 		if l.tcp {
-			// Like Go's net and gnet: a small write goes out at once. The
-			// core already writes once per WRITEABLE, so Nagle only delays.
-			unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+			l.setNoDelay(fd)
 			if ka := info.Keepalive; ka.Idle > 0 {
 				if err := sys.SetKeepalive(fd, ka.Idle, ka.Interval, ka.Probes); err != nil {
 					t.ctx.log.Warn("plugloop: keepalive", "err", err)
