@@ -273,17 +273,89 @@ func startLoader(ctx context.Context, cfg *config, addr string, deadline time.Ti
 	return startLoad(ctx, addr, cfg.conns, cfg.size, deadline)
 }
 
-// counter is one connection's round trip count, alone on its cache line.
+// counter is one connection's progress (round trips, bytes read,
+// connections made), alone on its cache line.
 type counter struct {
 	n atomic.Uint64
 	_ [56]byte
+}
+
+// counters are a set of connections' (or clients') counters.
+type counters []counter
+
+// sum is the progress of all so far.
+func (cs counters) sum() uint64 {
+	var n uint64
+	for i := range cs {
+		n += cs[i].n.Load()
+	}
+	return n
+}
+
+// snapshot returns each one's progress so far.
+func (cs counters) snapshot() []uint64 {
+	p := make([]uint64, len(cs))
+	for i := range cs {
+		p[i] = cs[i].n.Load()
+	}
+	return p
+}
+
+// stalled counts those that made no progress since snapshot returned
+// before: on loopback each of them, served fairly, moves within
+// milliseconds, so a server that stalled some must not pass for a slower
+// one.
+func (cs counters) stalled(before []uint64) int {
+	n := 0
+	for i, b := range before {
+		if cs[i].n.Load() == b {
+			n++
+		}
+	}
+	return n
+}
+
+// cpuWindow samples, around a measured window, this process's CPU time
+// (the load generator's) and the machine's, to tell how much the other
+// processes used.
+type cpuWindow struct {
+	ru0, ru1   syscall.Rusage
+	sys0, sys1 cpuTime
+	ok0, ok1   bool
+}
+
+func (w *cpuWindow) start() {
+	w.sys0, w.ok0 = systemCPU()
+	syscall.Getrusage(syscall.RUSAGE_SELF, &w.ru0)
+}
+
+func (w *cpuWindow) end() {
+	syscall.Getrusage(syscall.RUSAGE_SELF, &w.ru1)
+	w.sys1, w.ok1 = systemCPU()
+}
+
+// clientNS is the CPU time this process used in the window.
+func (w *cpuWindow) clientNS() int64 {
+	return tvNS(w.ru1.Utime) - tvNS(w.ru0.Utime) + tvNS(w.ru1.Stime) - tvNS(w.ru0.Stime)
+}
+
+// otherPct is the CPU that processes other than this one and the server
+// (which used serverNS) used in the window, in per cent of one CPU over
+// wallNS, and steal what the hypervisor took; -1 each where unknown.
+func (w *cpuWindow) otherPct(serverNS, wallNS int64) (other, steal float64) {
+	if !w.ok0 || !w.ok1 || wallNS <= 0 {
+		return -1, -1
+	}
+	wall := float64(wallNS)
+	o := float64(w.sys1.busy-w.sys0.busy) - float64(serverNS) - float64(w.clientNS())
+	return max(o, 0) / wall * 100, float64(w.sys1.steal-w.sys0.steal) / wall * 100
 }
 
 // loadGen runs closed-loop ping-pong: each connection writes size bytes,
 // reads them back in full, checks them, and repeats.
 type loadGen struct {
 	conns    []net.Conn
-	counts   []counter
+	counts   counters
 	wg       sync.WaitGroup
 	finished atomic.Int64 // connections whose goroutine ended
 	firstError
@@ -320,7 +392,7 @@ func (f *firstError) Err() error {
 }
 
 func startLoad(ctx context.Context, addr string, n, size int, deadline time.Time) (*loadGen, error) {
-	l := &loadGen{counts: make([]counter, n), firstError: firstError{prefix: "load"}}
+	l := &loadGen{counts: make(counters, n), firstError: firstError{prefix: "load"}}
 	d := net.Dialer{Timeout: 5 * time.Second}
 	for range n {
 		c, err := d.DialContext(ctx, "tcp", addr)
@@ -364,13 +436,7 @@ func (l *loadGen) pingPong(c net.Conn, cnt *counter, size int, seq byte) {
 }
 
 // total is the number of round trips completed so far.
-func (l *loadGen) total() uint64 {
-	var n uint64
-	for i := range l.counts {
-		n += l.counts[i].n.Load()
-	}
-	return n
-}
+func (l *loadGen) total() uint64 { return l.counts.sum() }
 
 // close stops the load: connections finish their round trip in flight,
 // then all are closed.
@@ -500,9 +566,8 @@ func runOne(ctx context.Context, cfg *config, name string, repeat int, straced b
 		}
 	}
 	var ok map[string]bool
-	var ru0, ru1 syscall.Rusage
-	sys0, sysOK := systemCPU()
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
+	var cw cpuWindow
+	cw.start()
 	c0a := lg.total()
 	if err := ch.request(ctx, "start", &ok); err != nil {
 		return fail(err)
@@ -517,8 +582,7 @@ func runOne(ctx context.Context, cfg *config, name string, repeat int, straced b
 		return fail(err)
 	}
 	c1b := lg.total()
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
-	sys1, sysOK1 := systemCPU()
+	cw.end()
 	if err := lg.Err(); err != nil {
 		return fail(err)
 	}
@@ -544,17 +608,10 @@ func runOne(ctx context.Context, cfg *config, name string, repeat int, straced b
 	res.UserNS, res.SysNS = u.UserNS, u.SysNS
 	res.CPUNS = u.UserNS + u.SysNS
 	res.CPUPerRT = float64(res.CPUNS) / 1e3 / rts
-	clientNS := tvNS(ru1.Utime) - tvNS(ru0.Utime) + tvNS(ru1.Stime) - tvNS(ru0.Stime)
-	res.ClientCPU = float64(clientNS) / 1e3 / rts
+	res.ClientCPU = float64(cw.clientNS()) / 1e3 / rts
 	res.MaxRSSKB = u.MaxRSSKB
 	res.CSWPerRT = float64(u.VolCSW+u.InvolCSW) / rts
-	res.OtherCPU, res.StealCPU = -1, -1
-	if sysOK && sysOK1 && u.WallNS > 0 {
-		wall := float64(u.WallNS)
-		other := float64(sys1.busy-sys0.busy) - float64(res.CPUNS) - float64(clientNS)
-		res.OtherCPU = max(other, 0) / wall * 100
-		res.StealCPU = float64(sys1.steal-sys0.steal) / wall * 100
-	}
+	res.OtherCPU, res.StealCPU = cw.otherPct(res.CPUNS, u.WallNS)
 	res.Stats = u.Stats
 
 	stuck := lg.close()

@@ -273,6 +273,29 @@ func summarize(name string, runs []runResult) serverReport {
 	return sr
 }
 
+// okRuns splits runs into the successful ones and the failed ones'
+// errors, joined.
+func okRuns[T any](runs []T, errOf func(T) string) (ok []T, errs string) {
+	var e []string
+	for _, r := range runs {
+		if m := errOf(r); m != "" {
+			e = append(e, m)
+		} else {
+			ok = append(ok, r)
+		}
+	}
+	return ok, strings.Join(e, "; ")
+}
+
+// medianOf is the median of f over runs.
+func medianOf[T any](runs []T, f func(T) float64) float64 {
+	v := make([]float64, len(runs))
+	for i, r := range runs {
+		v[i] = f(r)
+	}
+	return median(v)
+}
+
 func median(v []float64) float64 {
 	if len(v) == 0 {
 		return 0

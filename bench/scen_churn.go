@@ -15,9 +15,7 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"strings"
 	"sync"
-	"syscall"
 	"time"
 )
 
@@ -40,13 +38,13 @@ type churnResult struct {
 // churnClients runs clients goroutines, each opening connections one after
 // another: dial, write churnMsg bytes, read them back, check them, close.
 type churnClients struct {
-	each []counter // connections completed, per client
+	each counters // connections completed, per client
 	wg   sync.WaitGroup
 	firstError
 }
 
 func startChurn(ctx context.Context, addr string, clients int) *churnClients {
-	c := &churnClients{each: make([]counter, clients), firstError: firstError{prefix: "churn client"}}
+	c := &churnClients{each: make(counters, clients), firstError: firstError{prefix: "churn client"}}
 	for i := range clients {
 		c.wg.Add(1)
 		go c.client(ctx, addr, &c.each[i])
@@ -85,22 +83,6 @@ func (c *churnClients) client(ctx context.Context, addr string, cnt *counter) {
 		}
 		cnt.n.Add(1)
 	}
-}
-
-func (c *churnClients) done() uint64 {
-	var n uint64
-	for i := range c.each {
-		n += c.each[i].n.Load()
-	}
-	return n
-}
-
-func (c *churnClients) progress() []uint64 {
-	p := make([]uint64, len(c.each))
-	for i := range c.each {
-		p[i] = c.each[i].n.Load()
-	}
-	return p
 }
 
 func (c *churnClients) close() {
@@ -164,25 +146,11 @@ func runChurn(ctx context.Context, s *suite) *scenarioResult {
 
 // medianChurn takes the median of each figure over the successful runs.
 func medianChurn(name string, rs []churnResult) (*churnResult, string) {
-	var ok []churnResult
-	var errs []string
-	for _, r := range rs {
-		if r.Error != "" {
-			errs = append(errs, r.Error)
-		} else {
-			ok = append(ok, r)
-		}
-	}
+	ok, errs := okRuns(rs, func(r churnResult) string { return r.Error })
 	if len(ok) == 0 {
-		return nil, strings.Join(errs, "; ")
+		return nil, errs
 	}
-	med := func(f func(churnResult) float64) float64 {
-		var v []float64
-		for _, r := range ok {
-			v = append(v, f(r))
-		}
-		return median(v)
-	}
+	med := func(f func(churnResult) float64) float64 { return medianOf(ok, f) }
 	return &churnResult{
 		Server: name, ConnsPerSec: med(func(r churnResult) float64 { return r.ConnsPerSec }),
 		CPUUSPerConn:    med(func(r churnResult) float64 { return r.CPUUSPerConn }),
@@ -192,7 +160,7 @@ func medianChurn(name string, rs []churnResult) (*churnResult, string) {
 		AcceptsPerConn:  med(func(r churnResult) float64 { return r.AcceptsPerConn }),
 		PeakRSSMB:       med(func(r churnResult) float64 { return r.PeakRSSMB }),
 		OtherCPU:        med(func(r churnResult) float64 { return r.OtherCPU }),
-	}, strings.Join(errs, "; ")
+	}, errs
 }
 
 func (s *suite) churnOne(ctx context.Context, name string) (res churnResult) {
@@ -215,10 +183,9 @@ func (s *suite) churnOne(ctx context.Context, name string) (res churnResult) {
 	if err := sleep(ctx, s.cfg.warmup); err != nil {
 		return fail(err)
 	}
-	var ru0, ru1 syscall.Rusage
-	sys0, sysOK := systemCPU()
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
-	n0, each0 := cl.done(), cl.progress()
+	var cw cpuWindow
+	cw.start()
+	n0, each0 := cl.each.sum(), cl.each.snapshot()
 	var ok map[string]bool
 	if err := ch.request(ctx, "start", &ok); err != nil {
 		return fail(err)
@@ -230,15 +197,9 @@ func (s *suite) churnOne(ctx context.Context, name string) (res churnResult) {
 	if err := ch.request(ctx, "stop", &u); err != nil {
 		return fail(err)
 	}
-	n1 := cl.done()
-	stalled := 0
-	for i, b := range each0 {
-		if cl.each[i].n.Load() == b {
-			stalled++
-		}
-	}
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
-	sys1, sysOK1 := systemCPU()
+	n1 := cl.each.sum()
+	stalled := cl.each.stalled(each0)
+	cw.end()
 	if err := cl.Err(); err != nil {
 		return fail(err)
 	}
@@ -254,17 +215,13 @@ func (s *suite) churnOne(ctx context.Context, name string) (res churnResult) {
 	cpu := float64(u.UserNS + u.SysNS)
 	res.CPUUSPerConn = cpu / 1e3 / conns
 	res.CPUPct = cpu / wall * 100
-	client := float64(tvNS(ru1.Utime) - tvNS(ru0.Utime) + tvNS(ru1.Stime) - tvNS(ru0.Stime))
-	res.ClientCPUPct = client / wall * 100
+	res.ClientCPUPct = float64(cw.clientNS()) / wall * 100
 	if u.Stats != nil {
 		res.SyscallsPerConn = float64(u.Stats.Syscalls) / conns
 		res.AcceptsPerConn = float64(u.Stats.Accepts) / conns
 	}
 	res.PeakRSSMB = float64(u.MaxRSSKB) / 1024
-	res.OtherCPU = -1
-	if sysOK && sysOK1 {
-		res.OtherCPU = max(float64(sys1.busy-sys0.busy)-cpu-client, 0) / wall * 100
-	}
+	res.OtherCPU, _ = cw.otherPct(u.UserNS+u.SysNS, u.WallNS)
 	cl.close()
 	ch.stop()
 	return res

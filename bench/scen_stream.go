@@ -44,43 +44,14 @@ func procRSSKB(pid int) (int64, error) {
 // limited (a slow consumer).
 type streamConns struct {
 	conns   []net.Conn
-	each    []counter // bytes read, per connection
+	each    counters // bytes read, per connection
 	written atomic.Int64
 	wg      sync.WaitGroup
 	firstError
 }
 
 // read returns the bytes all connections have read so far.
-func (s *streamConns) read() int64 {
-	var n uint64
-	for i := range s.each {
-		n += s.each[i].n.Load()
-	}
-	return int64(n)
-}
-
-// progress returns the bytes each connection has read so far.
-func (s *streamConns) progress() []uint64 {
-	p := make([]uint64, len(s.each))
-	for i := range s.each {
-		p[i] = s.each[i].n.Load()
-	}
-	return p
-}
-
-// stalled counts the connections that read nothing since progress
-// returned before: on loopback each of them, served fairly, reads within
-// milliseconds, so a server that stalled some must not pass for a slower
-// one.
-func (s *streamConns) stalled(before []uint64) int {
-	n := 0
-	for i, b := range before {
-		if s.each[i].n.Load() == b {
-			n++
-		}
-	}
-	return n
-}
+func (s *streamConns) read() int64 { return int64(s.each.sum()) }
 
 const patternLen = 251
 
@@ -99,7 +70,7 @@ func startStream(ctx context.Context, addr string, n, chunk int, rate float64) (
 	for i := range pat {
 		pat[i] = byte(i % patternLen)
 	}
-	s.each = make([]counter, len(s.conns))
+	s.each = make(counters, len(s.conns))
 	for i, c := range s.conns {
 		s.wg.Add(2)
 		go s.writer(c, pat, chunk)
@@ -252,25 +223,11 @@ func runStream(ctx context.Context, s *suite) *scenarioResult {
 
 // medianStream takes the median of each figure over the successful runs.
 func medianStream(name string, rs []streamResult) (*streamResult, string) {
-	var ok []streamResult
-	var errs []string
-	for _, r := range rs {
-		if r.Error != "" {
-			errs = append(errs, r.Error)
-		} else {
-			ok = append(ok, r)
-		}
-	}
+	ok, errs := okRuns(rs, func(r streamResult) string { return r.Error })
 	if len(ok) == 0 {
-		return nil, strings.Join(errs, "; ")
+		return nil, errs
 	}
-	med := func(f func(streamResult) float64) float64 {
-		var v []float64
-		for _, r := range ok {
-			v = append(v, f(r))
-		}
-		return median(v)
-	}
+	med := func(f func(streamResult) float64) float64 { return medianOf(ok, f) }
 	return &streamResult{
 		Server: name, MBPerSec: med(func(r streamResult) float64 { return r.MBPerSec }),
 		CPUUSPerMB:        med(func(r streamResult) float64 { return r.CPUUSPerMB }),
@@ -282,7 +239,7 @@ func medianStream(name string, rs []streamResult) (*streamResult, string) {
 		PerfSyscallsPerMB: med(func(r streamResult) float64 { return r.PerfSyscallsPerMB }),
 		PeakRSSMB:         med(func(r streamResult) float64 { return r.PeakRSSMB }),
 		OtherCPU:          med(func(r streamResult) float64 { return r.OtherCPU }),
-	}, strings.Join(errs, "; ")
+	}, errs
 }
 
 // startChild starts a server child, or stands for the -target.
@@ -333,10 +290,9 @@ func (s *suite) measureStream(ctx context.Context, ch *child, name string, conns
 		}
 	}
 	var ok map[string]bool
-	var ru0, ru1 syscall.Rusage
-	sys0, sysOK := systemCPU()
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
-	b0, each0 := st.read(), st.progress()
+	var cw cpuWindow
+	cw.start()
+	b0, each0 := st.read(), st.each.snapshot()
 	if err := ch.request(ctx, "start", &ok); err != nil {
 		return fail(err)
 	}
@@ -348,7 +304,7 @@ func (s *suite) measureStream(ctx context.Context, ch *child, name string, conns
 		return fail(err)
 	}
 	b1 := st.read()
-	stalled := st.stalled(each0)
+	stalled := st.each.stalled(each0)
 	if pc != nil {
 		n, err := pc.stop(ctx, nil)
 		if err != nil {
@@ -357,8 +313,7 @@ func (s *suite) measureStream(ctx context.Context, ch *child, name string, conns
 			res.PerfSyscallsPerMB = float64(n.Total) / (float64(b1-b0) / 1e6)
 		}
 	}
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
-	sys1, sysOK1 := systemCPU()
+	cw.end()
 	if err := st.Err(); err != nil {
 		return fail(err)
 	}
@@ -374,18 +329,14 @@ func (s *suite) measureStream(ctx context.Context, ch *child, name string, conns
 	cpu := float64(u.UserNS + u.SysNS)
 	res.CPUUSPerMB = cpu / 1e3 / mb
 	res.CPUPct = cpu / wall * 100
-	client := float64(tvNS(ru1.Utime) - tvNS(ru0.Utime) + tvNS(ru1.Stime) - tvNS(ru0.Stime))
-	res.ClientCPUPct = client / wall * 100
+	res.ClientCPUPct = float64(cw.clientNS()) / wall * 100
 	if u.Stats != nil {
 		res.SyscallsPerMB = float64(u.Stats.Syscalls) / mb
 		res.SplicesPerMB = float64(u.Stats.Splices) / mb
 		res.RelayedPerMB = float64(u.Stats.Relayed) / mb
 	}
 	res.PeakRSSMB = float64(u.MaxRSSKB) / 1024
-	res.OtherCPU = -1
-	if sysOK && sysOK1 {
-		res.OtherCPU = max(float64(sys1.busy-sys0.busy)-cpu-client, 0) / wall * 100
-	}
+	res.OtherCPU, _ = cw.otherPct(u.UserNS+u.SysNS, u.WallNS)
 	st.close()
 	ch.stop()
 	return res
@@ -615,7 +566,7 @@ func (s *suite) slowOne(ctx context.Context, name string, d time.Duration) (res 
 	t0 := time.Now()
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
-	r0, each0 := st.read(), st.progress()
+	r0, each0 := st.read(), st.each.snapshot()
 	for {
 		kb, err := procRSSKB(pid)
 		if err != nil {
@@ -639,7 +590,7 @@ func (s *suite) slowOne(ctx context.Context, name string, d time.Duration) (res 
 		}
 	}
 	res.ReadMBps = float64(st.read()-r0) / 1e6 / time.Since(t0).Seconds()
-	stalled := st.stalled(each0)
+	stalled := st.each.stalled(each0)
 	if err := st.Err(); err != nil {
 		res.Error = ch.failure(err).Error()
 		return res
