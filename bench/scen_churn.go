@@ -95,7 +95,7 @@ func runChurn(ctx context.Context, s *suite) *scenarioResult {
 		Measures: fmt.Sprintf("%d client goroutines, each opening connections one after another: connect, write %d B, read the echo, close (the client closes first). "+
 			"conns/s = connections completed per second; the figure to compare is the server's CPU per connection (getrusage of the server child), "+
 			"which pays for accept, the connection's setup and teardown in the server, one read and one write, the end of stream and the close; "+
-			"the Go clients, not the server, set the rate. syscalls/conn and accepts/conn (accept(2) calls, the ones that found the queue empty too): plugloop's Stats.",
+			"a connection costs its client more CPU than the server, most of it in the kernel (connect, and the TIME_WAIT of the side that closes first), so the clients set the rate. syscalls/conn and accepts/conn (accept(2) calls, the ones that found the queue empty too): plugloop's Stats.",
 			s.churnClients, churnMsg),
 	}
 	if need := fdsFor(2 * s.churnClients); need > s.cfg.fdLimit {
