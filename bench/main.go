@@ -108,7 +108,7 @@ func main() {
 	flag.BoolVar(&s.full, "full", false, "run every scenario at every size and connection count, longer and with 3 repeats (several minutes)")
 	flag.DurationVar(&cfg.duration, "duration", 0, "measured time per server and repeat (default 0.6s; -full 2s)")
 	flag.DurationVar(&cfg.warmup, "warmup", 200*time.Millisecond, "load before measuring, per server and repeat")
-	flag.IntVar(&cfg.repeats, "repeats", 0, "runs per server, interleaved, every other round reversed (A B C, C B A); medians are reported (default 2 for the first ping-pong, else 1; -full 3)")
+	flag.IntVar(&cfg.repeats, "repeats", 0, "runs per server, interleaved, every other round reversed (A B C, C B A); medians are reported (default 3 for the first ping-pong, else 1; -full 3)")
 	flag.IntVar(&s.streamConns, "stream-conns", 50, "streaming echo: connections, each with a writer and a reader")
 	flag.IntVar(&s.churnClients, "churn-clients", 32, "connection churn: clients, each opening one connection after another")
 	flag.IntVar(&s.idleConns, "idle-conns", 10000, "idle: connections opened against each server")
