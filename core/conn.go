@@ -461,7 +461,7 @@ func (c *Conn) SetTimer(d time.Duration) error {
 	}
 	if c.timer == nil {
 		c.timer = &Timer{t: t, idx: -1, fn: func() {
-			if c.draining {
+			if c.draining || c.closeReq {
 				return // closing: nothing but RAW_CLOSE from now on
 			}
 			if err := t.callback(Event{Reason: ReasonTimer, Conn: c}); err != nil {
