@@ -334,6 +334,41 @@ func (w *cpuWindow) end() {
 	w.sys1, w.ok1 = systemCPU()
 }
 
+// window is what measureWindow found over one measured window.
+type window struct {
+	u       usage     // the server child's, over the window
+	cw      cpuWindow // this process's and the machine's CPU around it
+	done    uint64    // the load's progress in the window (its counters' sum)
+	stalled int       // counters that made no progress in it
+}
+
+// measureWindow has the server child ch measure itself for the suite's
+// duration while the load, whose progress cs counts, runs on.
+func (s *suite) measureWindow(ctx context.Context, ch *child, cs counters) (w window, err error) {
+	w.cw.start()
+	n0, each0 := cs.sum(), cs.snapshot()
+	var ok map[string]bool
+	if err := ch.request(ctx, "start", &ok); err != nil {
+		return w, err
+	}
+	if err := sleep(ctx, s.duration()); err != nil {
+		return w, err
+	}
+	if err := ch.request(ctx, "stop", &w.u); err != nil {
+		return w, err
+	}
+	w.done = cs.sum() - n0
+	w.stalled = cs.stalled(each0)
+	w.cw.end()
+	return w, nil
+}
+
+// serverNS is the server's CPU time over the window.
+func (w *window) serverNS() int64 { return w.u.UserNS + w.u.SysNS }
+
+// pct is ns in per cent of one CPU over the window.
+func (w *window) pct(ns int64) float64 { return float64(ns) / float64(w.u.WallNS) * 100 }
+
 // clientNS is the CPU time this process used in the window.
 func (w *cpuWindow) clientNS() int64 {
 	return tvNS(w.ru1.Utime) - tvNS(w.ru0.Utime) + tvNS(w.ru1.Stime) - tvNS(w.ru0.Stime)

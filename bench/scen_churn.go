@@ -183,45 +183,30 @@ func (s *suite) churnOne(ctx context.Context, name string) (res churnResult) {
 	if err := sleep(ctx, s.cfg.warmup); err != nil {
 		return fail(err)
 	}
-	var cw cpuWindow
-	cw.start()
-	n0, each0 := cl.each.sum(), cl.each.snapshot()
-	var ok map[string]bool
-	if err := ch.request(ctx, "start", &ok); err != nil {
+	w, err := s.measureWindow(ctx, ch, cl.each)
+	if err != nil {
 		return fail(err)
 	}
-	if err := sleep(ctx, s.duration()); err != nil {
-		return fail(err)
-	}
-	var u usage
-	if err := ch.request(ctx, "stop", &u); err != nil {
-		return fail(err)
-	}
-	n1 := cl.each.sum()
-	stalled := cl.each.stalled(each0)
-	cw.end()
 	if err := cl.Err(); err != nil {
 		return fail(err)
 	}
-	if stalled > 0 {
-		return fail(fmt.Errorf("%d of %d clients completed no connection in the measured window: the server stalled them", stalled, s.churnClients))
+	if w.stalled > 0 {
+		return fail(fmt.Errorf("%d of %d clients completed no connection in the measured window: the server stalled them", w.stalled, s.churnClients))
 	}
-	wall := float64(u.WallNS)
-	conns := float64(n1 - n0)
-	if conns <= 0 || wall <= 0 {
+	conns := float64(w.done)
+	if conns <= 0 || w.u.WallNS <= 0 {
 		return fail(errors.New("no connection completed"))
 	}
-	res.ConnsPerSec = conns / (wall / 1e9)
-	cpu := float64(u.UserNS + u.SysNS)
-	res.CPUUSPerConn = cpu / 1e3 / conns
-	res.CPUPct = cpu / wall * 100
-	res.ClientCPUPct = float64(cw.clientNS()) / wall * 100
-	if u.Stats != nil {
-		res.SyscallsPerConn = float64(u.Stats.Syscalls) / conns
-		res.AcceptsPerConn = float64(u.Stats.Accepts) / conns
+	res.ConnsPerSec = conns / (float64(w.u.WallNS) / 1e9)
+	res.CPUUSPerConn = float64(w.serverNS()) / 1e3 / conns
+	res.CPUPct = w.pct(w.serverNS())
+	res.ClientCPUPct = w.pct(w.cw.clientNS())
+	if st := w.u.Stats; st != nil {
+		res.SyscallsPerConn = float64(st.Syscalls) / conns
+		res.AcceptsPerConn = float64(st.Accepts) / conns
 	}
-	res.PeakRSSMB = float64(u.MaxRSSKB) / 1024
-	res.OtherCPU, _ = cw.otherPct(u.UserNS+u.SysNS, u.WallNS)
+	res.PeakRSSMB = float64(w.u.MaxRSSKB) / 1024
+	res.OtherCPU, _ = w.cw.otherPct(w.serverNS(), w.u.WallNS)
 	cl.close()
 	ch.stop()
 	return res

@@ -289,54 +289,39 @@ func (s *suite) measureStream(ctx context.Context, ch *child, name string, conns
 			defer pc.abort()
 		}
 	}
-	var ok map[string]bool
-	var cw cpuWindow
-	cw.start()
-	b0, each0 := st.read(), st.each.snapshot()
-	if err := ch.request(ctx, "start", &ok); err != nil {
-		return fail(err)
-	}
-	if err := sleep(ctx, s.duration()); err != nil {
-		return fail(err)
-	}
-	var u usage
-	if err := ch.request(ctx, "stop", &u); err != nil {
-		return fail(err)
-	}
-	b1 := st.read()
-	stalled := st.each.stalled(each0)
-	if pc != nil {
+	w, err := s.measureWindow(ctx, ch, st.each)
+	if pc != nil && err == nil {
 		n, err := pc.stop(ctx, nil)
 		if err != nil {
 			res.PerfError = err.Error()
-		} else if b1 > b0 {
-			res.PerfSyscallsPerMB = float64(n.Total) / (float64(b1-b0) / 1e6)
+		} else if w.done > 0 {
+			res.PerfSyscallsPerMB = float64(n.Total) / (float64(w.done) / 1e6)
 		}
 	}
-	cw.end()
+	if err != nil {
+		return fail(err)
+	}
 	if err := st.Err(); err != nil {
 		return fail(err)
 	}
-	if stalled > 0 {
-		return fail(fmt.Errorf("%d of %d connections had nothing echoed in the measured window: the server stalled them", stalled, conns))
+	if w.stalled > 0 {
+		return fail(fmt.Errorf("%d of %d connections had nothing echoed in the measured window: the server stalled them", w.stalled, conns))
 	}
-	wall := float64(u.WallNS)
-	mb := float64(b1-b0) / 1e6
-	if mb <= 0 || wall <= 0 {
+	mb := float64(w.done) / 1e6
+	if mb <= 0 || w.u.WallNS <= 0 {
 		return fail(errors.New("nothing echoed"))
 	}
-	res.MBPerSec = mb / (wall / 1e9)
-	cpu := float64(u.UserNS + u.SysNS)
-	res.CPUUSPerMB = cpu / 1e3 / mb
-	res.CPUPct = cpu / wall * 100
-	res.ClientCPUPct = float64(cw.clientNS()) / wall * 100
-	if u.Stats != nil {
-		res.SyscallsPerMB = float64(u.Stats.Syscalls) / mb
-		res.SplicesPerMB = float64(u.Stats.Splices) / mb
-		res.RelayedPerMB = float64(u.Stats.Relayed) / mb
+	res.MBPerSec = mb / (float64(w.u.WallNS) / 1e9)
+	res.CPUUSPerMB = float64(w.serverNS()) / 1e3 / mb
+	res.CPUPct = w.pct(w.serverNS())
+	res.ClientCPUPct = w.pct(w.cw.clientNS())
+	if st := w.u.Stats; st != nil {
+		res.SyscallsPerMB = float64(st.Syscalls) / mb
+		res.SplicesPerMB = float64(st.Splices) / mb
+		res.RelayedPerMB = float64(st.Relayed) / mb
 	}
-	res.PeakRSSMB = float64(u.MaxRSSKB) / 1024
-	res.OtherCPU, _ = cw.otherPct(u.UserNS+u.SysNS, u.WallNS)
+	res.PeakRSSMB = float64(w.u.MaxRSSKB) / 1024
+	res.OtherCPU, _ = w.cw.otherPct(w.serverNS(), w.u.WallNS)
 	st.close()
 	ch.stop()
 	return res
