@@ -55,8 +55,9 @@ import (
 // checked too. Every check is a property of the order of events, never of
 // how long something took, except that no timer fires before its time.
 //
-// The suite runs a fixed list of programs (seeds expanded with PCG); a
-// fuzz target feeds RunModel arbitrary ones.
+// The suite runs a fixed list of programs (seeds expanded with PCG), the
+// programs that once found a bug (core_model_found.go) and, on request,
+// random ones (SweepEnv); a fuzz target feeds RunModel arbitrary ones.
 
 // RunModel runs one program of the suite's model-based test (the
 // "Model" subtest of the "Core" part) against the backend registered
@@ -125,6 +126,24 @@ func (s *suite) testModel(t *testing.T) {
 	for seed := range uint64(programs) {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
 			s.runModel(t, modelProgram(seed, steps), fmt.Sprintf("seed %d (rerun: -run 'Conformance/Core/Model/seed=%d$')", seed, seed), hang)
+		})
+	}
+	found, err := foundPrograms()
+	require.NoError(t, err)
+	for _, p := range found {
+		t.Run("found="+p.name, func(t *testing.T) {
+			s.runModel(t, p.program, fmt.Sprintf("found/%s.hex (rerun: -run 'Conformance/Core/Model/found=%s$')", p.name, p.name), hang)
+		})
+	}
+	seed, n, ok, err := modelSweep()
+	require.NoError(t, err)
+	if !ok {
+		return
+	}
+	for i := range n {
+		name := fmt.Sprintf("sweep=%d.%d", seed, i)
+		t.Run(name, func(t *testing.T) {
+			s.runModel(t, sweepProgram(seed, i), fmt.Sprintf("%s (rerun: %s=%d:%d and -run 'Conformance/Core/Model/%s$'; program %x)", name, SweepEnv, seed, n, name, sweepProgram(seed, i)), hang)
 		})
 	}
 }

@@ -41,8 +41,10 @@
 //     thread timers, CancelService — over several connections at once,
 //     and checks every callback and every byte against what package
 //     core's documentation promises; it runs a fixed list of programs
-//     (prefixes of them under the race detector), and RunModel runs any
-//     other, for a fuzz target. One timer test runs a context on the
+//     (prefixes of them under the race detector), then every program of
+//     the directory found, each of which once found a bug on some
+//     backend, then, where SweepEnv asks for them, random programs.
+//     RunModel runs any other, for a fuzz target. One timer test runs a context on the
 //     backend wrapped so that every Poll returns after half its timeout
 //     (evlib allows a Poll to return early); the wrapper is registered
 //     once per process, with the lowest priority, as
