@@ -1041,6 +1041,15 @@ func (m *model) callback(ev core.Event) error {
 		m.cancelSeen = max(m.cancelSeen, m.cancelIssued.Load())
 		return nil
 	}
+	switch ev.Reason {
+	case core.ReasonRawRX, core.ReasonRawRxEnd, core.ReasonRawWriteable, core.ReasonTimer, core.ReasonRawClose:
+		if m.inApp > 0 {
+			// A callback inside another, or inside a posted function or
+			// thread timer, would see the state its caller was halfway
+			// through changing (CloseWrite in RAW_RX before RAW_RX_END).
+			m.problem(nil, "%v of fd %d inside a callback, posted function or thread timer of the model's", ev.Reason, ev.Conn.FD())
+		}
+	}
 	m.inApp++
 	defer func() { m.inApp-- }()
 	mc, _ := ev.Conn.User().(*modelConn)

@@ -906,7 +906,15 @@ func (t *Thread) grantWritable(c *Conn) {
 // needs both directions shut), so that costs the loop nothing. Elsewhere
 // it is parked, and learns of a reset at its next write.
 func (t *Thread) settleHalfOpen(c *Conn) {
-	if !c.rxEnded && len(c.rxbuf) == 0 && !c.rxPaused && !t.dying() {
+	switch {
+	case c.rxEnded || len(c.rxbuf) > 0 || c.rxPaused || t.dying():
+	case t.depth > 0:
+		// Inside a callback (CloseWrite in RAW_RX, where the backend
+		// had read the end with the input): RAW_RX_END waits for forced
+		// service, so that no callback of the connection runs inside
+		// another, and the one running sees its CloseWrite come first.
+		t.queueRx(c)
+	default:
 		c.rxEnded, c.wrFirst = true, c.wrClosed
 		if err := t.callback(Event{Reason: ReasonRawRxEnd, Conn: c}); err != nil {
 			t.closeConn(c, err)
