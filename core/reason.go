@@ -49,7 +49,9 @@ const (
 	// ReasonLockPoll and ReasonUnlockPoll bracket every poll-fd change,
 	// with Event.Len 1 around adds and deletes and 0 around mode changes.
 	// A Conn.Close made in any of the poll-fd reasons takes effect once
-	// the core's step that made the change is done: a connection closed
+	// the core's step that made the change is done (a step: one fd's
+	// event, one connection's forced service, one timer, one posted
+	// function, one call from outside the loop): a connection closed
 	// in its own ADD_POLL_FD still gets RAW_ADOPT, then RAW_CLOSE; a
 	// client connection still connecting (in the poll-fd callbacks of its
 	// sockets' connects, the one that takes the winner back to reading

@@ -577,11 +577,11 @@ func (t *Thread) afterWake() {
 			t.depth++
 			f()
 			t.depth--
+			t.endCallback()
 		}
 		fns[i] = nil
 	}
 	t.postSpare = fns[:0]
-	t.endCallback()
 	if t.cancelReq.Swap(false) {
 		for _, p := range t.ctx.protocols {
 			if t.dying() {
@@ -608,6 +608,7 @@ func (t *Thread) forced() {
 			c.inRxList = false
 			if c.state == stateOpen && !c.rxPaused && !t.dying() {
 				t.deliverBuffered(c)
+				t.endCallback() // a close asked for in a poll-fd callback (see pollCallback)
 			}
 		}
 		t.rxSpare = list[:0]
@@ -620,6 +621,7 @@ func (t *Thread) forced() {
 			c.inWritableList = false
 			if c.state == stateOpen && c.wantWritable && !c.writeBlocked && !t.dying() {
 				t.deliverWriteable(c)
+				t.endCallback()
 			}
 		}
 		t.writableSpare = list[:0]
@@ -694,6 +696,13 @@ func (t *Thread) closeFDs() {
 func (t *Thread) Ready(fd int, ev evlib.Events) {
 	t.makeBusy()
 	t.setOwner()
+	t.ready(fd, ev)
+	// One fd's event is a step: a close asked for in a poll-fd callback
+	// of it is done before the next fd's callbacks.
+	t.endCallback()
+}
+
+func (t *Thread) ready(fd int, ev evlib.Events) {
 	if t.dying() {
 		return // the rest of the batch is for connections about to close
 	}
