@@ -1515,6 +1515,11 @@ func (t *Thread) closeConn(c *Conn, why error) {
 	if c.state != stateOpen {
 		return
 	}
+	if c.closeReq {
+		// A close asked for first (Abort in a poll-fd callback of the
+		// read that met the peer's reset) keeps the reason it promised.
+		why = c.closeErr
+	}
 	c.state = stateClosed
 	if c.relayOut != nil || c.relayIn != nil {
 		t.endRelays(c)
