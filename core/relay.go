@@ -145,15 +145,18 @@ func (c *Conn) RelayTo(dst *Conn) error {
 		return fmt.Errorf("%w: a connection cannot relay to itself", ErrInvalid)
 	case dst.t != t:
 		return fmt.Errorf("%w: RelayTo a connection of another service thread (%d, not %d)", ErrInvalid, dst.t.index, t.index)
-	case c.state == stateConnecting || c.state == stateHandover || dst.state == stateConnecting || dst.state == stateHandover:
-		return fmt.Errorf("%w: RelayTo with a connection not established yet", ErrInvalid)
-	case c.kind != evlib.KindStream || dst.kind != evlib.KindStream:
-		return fmt.Errorf("%w: RelayTo from a %s to a %s: only streams relay", ErrInvalid, kindName(c.kind), kindName(dst.kind))
+	case c.state == stateConnecting || c.state == stateHandover:
+		return fmt.Errorf("%w: RelayTo from a connection not established yet", ErrInvalid)
 	case c.state != stateOpen || c.closeReq || c.draining || c.hup && (!errors.Is(c.hupErr, io.EOF) || c.rxEnded):
-		// A source whose peer ended in order may still hold input (kept
+		// As every call on a closed connection, whatever the target. A
+		// source whose peer ended in order may still hold input (kept
 		// while paused) and relays it; after a reset, or once RAW_RX_END
 		// told its end, there is no stream left to pass on.
 		return ErrClosed
+	case dst.state == stateConnecting || dst.state == stateHandover:
+		return fmt.Errorf("%w: RelayTo a connection not established yet", ErrInvalid)
+	case c.kind != evlib.KindStream || dst.kind != evlib.KindStream:
+		return fmt.Errorf("%w: RelayTo from a %s to a %s: only streams relay", ErrInvalid, kindName(c.kind), kindName(dst.kind))
 	case dst.gone():
 		return ErrClosed
 	case dst.wrClosed:
