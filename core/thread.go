@@ -844,6 +844,11 @@ func (t *Thread) readAll(c *Conn) {
 // stay half open.
 func (t *Thread) hangup(c *Conn, why error) {
 	c.hup, c.hupErr = true, why
+	if c.draining {
+		// Close in the RAW_RX of the read before: the end it waits for.
+		t.drainEnd(c, why)
+		return
+	}
 	t.settleHup(c)
 	if c.state != stateOpen || c.closeReq || c.halfOpen() {
 		return
@@ -1716,16 +1721,28 @@ func (t *Thread) discardInput(c *Conn) {
 		switch {
 		case n > 0:
 			continue
-		case err == nil && len(c.out) > 0:
-			c.peerDone = true
-			t.setInterest(c, c.interest&^evlib.Readable) // end of stream stays readable
 		case err == nil:
-			t.requestClose(c, nil)
+			t.drainEnd(c, io.EOF)
 		case wouldBlock(err):
 		default:
-			t.requestClose(c, &OpError{Op: "read", Err: err})
+			t.drainEnd(c, &OpError{Op: "read", Err: err})
 		}
 		return
+	}
+}
+
+// drainEnd is the peer's end (why: io.EOF, or the read's error) of a
+// connection draining after Close: it closes, once its output has left
+// after an orderly end.
+func (t *Thread) drainEnd(c *Conn, why error) {
+	switch {
+	case !errors.Is(why, io.EOF):
+		t.requestClose(c, why)
+	case len(c.out) > 0:
+		c.peerDone = true
+		t.setInterest(c, c.interest&^evlib.Readable) // end of stream stays readable
+	default:
+		t.requestClose(c, nil)
 	}
 }
 
