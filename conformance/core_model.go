@@ -1412,12 +1412,16 @@ func (m *model) onClose(mc *modelConn, err error) {
 	a.timerPending, a.timeoutPending, a.wantW = false, false, false
 }
 
-// bothEnded reports whether both sides of a half-open connection ended
-// (CloseWrite and RAW_RX_END): the core closes it, once its output has
-// left (CloseWrite's and RAW_RX_END's docs), and from then on, a poll-fd
-// callback of the step that asked for the close included, its calls say
-// ErrClosed where they said ErrWriteClosed.
-func (a *appEnd) bothEnded() bool { return a.wrClosed && a.rxEnded }
+// bothEnded reports whether both sides of a connection ended: CloseWrite,
+// and RAW_RX_END of a half-open one or, without AllowHalfOpen, the peer's
+// end. The core closes it, once its output has left and (without
+// AllowHalfOpen) its input was delivered (CloseWrite's and RAW_RX_END's
+// docs), and from then on, a poll-fd callback of the step that asked for
+// the close included, its calls say ErrClosed where they said
+// ErrWriteClosed.
+func (m *model) bothEnded(a *appEnd) bool {
+	return a.wrClosed && (a.rxEnded || !m.cfg.halfOpen && a.peerEnded)
+}
 
 // ---- the application: what it does ----
 
@@ -1475,7 +1479,7 @@ func (m *model) askWritable(mc *modelConn) {
 			m.problem(mc, "CallbackOnWritable after Close returned %v, want ErrClosed", err)
 		}
 	case a.wrClosed:
-		if !errors.Is(err, core.ErrWriteClosed) && !(errors.Is(err, core.ErrClosed) && (a.peerClosed || a.bothEnded())) {
+		if !errors.Is(err, core.ErrWriteClosed) && !(errors.Is(err, core.ErrClosed) && (a.peerClosed || m.bothEnded(a))) {
 			m.problem(mc, "CallbackOnWritable after CloseWrite returned %v, want ErrWriteClosed", err)
 		}
 	case err == nil:
@@ -1554,7 +1558,7 @@ func (m *model) closeWrite(mc *modelConn) {
 			m.problem(mc, "CloseWrite of a pipe returned %v, want ErrInvalid", err)
 		}
 	case a.wrClosed:
-		if !errors.Is(err, core.ErrWriteClosed) && !(errors.Is(err, core.ErrClosed) && (a.peerClosed || a.bothEnded())) {
+		if !errors.Is(err, core.ErrWriteClosed) && !(errors.Is(err, core.ErrClosed) && (a.peerClosed || m.bothEnded(a))) {
 			m.problem(mc, "a second CloseWrite returned %v, want ErrWriteClosed", err)
 		}
 	case err == nil:

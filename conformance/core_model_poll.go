@@ -302,8 +302,8 @@ func (m *model) pollWrite(mc *modelConn, r core.Reason) {
 		want = core.ErrNotWritable
 	}
 	// Reset by its peer, closed for an error the callback returned, or
-	// closing, both sides of a half-open one ended.
-	if errors.Is(err, want) || errors.Is(err, core.ErrClosed) && (a.peerClosed || a.noWrite || a.errored || a.bothEnded()) {
+	// closing, both sides ended.
+	if errors.Is(err, want) || errors.Is(err, core.ErrClosed) && (a.peerClosed || a.noWrite || a.errored || m.bothEnded(a)) {
 		return
 	}
 	m.problem(mc, "Write in %v returned %v, want %v (Close or Abort %v, CloseWrite %v, relay from %v, draining %v)", r, err, want, a.closing, a.wrClosed, a.relayFrom, a.c.Draining())
