@@ -61,13 +61,14 @@ func foundPrograms() ([]namedProgram, error) {
 
 // SweepEnv names the environment variable that makes the Model subtest run
 // random programs besides its fixed ones: "SEED:N" runs N programs drawn
-// from SEED, of 1 to 200 steps each, as subtests "sweep=SEED.I"; each
-// depends only on SEED and I, so that one subtest alone runs its program
-// again. The fuzzer finds little here (each run of the loop looks new to
-// its coverage, and a backend's own library may make its runs slow),
-// where thousands of plain programs found every bug of foundFS:
+// from SEED, of 1 to 400 steps each (the most a program has), as subtests
+// "sweep=SEED.I"; each depends only on SEED and I, so that one subtest
+// alone runs its program again. The fuzzer finds little here (each run of
+// the loop looks new to its coverage, and a backend's own library may make
+// its runs slow), where thousands of plain programs found every bug of
+// foundFS:
 //
-//	PLUGLOOP_MODEL_SWEEP=7:3000 go test -run 'Conformance/Core/Model$' ./evlib_epoll
+//	PLUGLOOP_MODEL_SWEEP=7:3000 go test -run 'TestConformance$/Core/Model$' ./evlib_epoll
 const SweepEnv = "PLUGLOOP_MODEL_SWEEP"
 
 // modelSweep reads SweepEnv: ok false when it is unset.
@@ -88,7 +89,7 @@ func modelSweep() (seed uint64, n int, ok bool, err error) {
 // sweepProgram is program i of a sweep from seed.
 func sweepProgram(seed uint64, i int) []byte {
 	r := rand.New(rand.NewPCG(seed, uint64(i)))
-	p := make([]byte, modelHeader+modelStepLen*(1+r.IntN(200)))
+	p := make([]byte, modelHeader+modelStepLen*(1+r.IntN(maxModelSteps)))
 	for j := range p {
 		p[j] = byte(r.Uint32())
 	}
