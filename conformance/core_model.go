@@ -1523,7 +1523,11 @@ func (m *model) close(mc *modelConn) {
 		return
 	}
 	if err := a.c.Close(); err != nil {
-		if !errors.Is(err, core.ErrClosed) || !a.relayMaybeDone {
+		// The core may have asked for the close itself, for what the
+		// model learns of later: the peer's end (unless the connection
+		// stays half open), its reset, the relay's end.
+		endedOpen := m.cfg.halfOpen && !m.bothEnded(a)
+		if !errors.Is(err, core.ErrClosed) || !(a.relayMaybeDone || a.peerClosed || a.errored || a.peerEnded && !endedOpen) {
 			m.problem(mc, "Close: %v", err)
 		}
 		return

@@ -285,7 +285,10 @@ func (c *Conn) RxPaused() bool { return c.rxPaused }
 // returns ErrClosed. A connection handed over to
 // its thread but not adopted yet is dropped with no callback; neither
 // gets RAW_CLOSE. From the Close on, CallbackOnWritable and Write return
-// ErrClosed.
+// ErrClosed. Close returns ErrClosed, changing nothing, once the connection
+// is closed or closing: after an earlier Close or Abort, and when the core
+// already asked for its close in the current step (its peer's end, found
+// in a poll-fd callback's step), whose RAW_CLOSE keeps that reason.
 func (c *Conn) Close() error {
 	t := c.t
 	took, err := t.own()
@@ -298,7 +301,9 @@ func (c *Conn) Close() error {
 		// adoption not made yet nothing; neither gets RAW_CLOSE.
 		return t.giveUp(c)
 	}
-	if c.state != stateOpen || c.draining {
+	if c.state != stateOpen || c.draining || c.closeReq {
+		// Closed, or closing for a reason of its own (the peer's end
+		// found in this step): that reason stands, not Close's nil.
 		return ErrClosed
 	}
 	if len(c.out) == 0 && !(t.ctx.info.GracefulClose && c.kind == evlib.KindStream) {
