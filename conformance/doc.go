@@ -44,10 +44,10 @@
 //     (prefixes of them under the race detector), then every program of
 //     the directory found, each of which once found a bug on some
 //     backend, then, where SweepEnv asks for them, random programs.
-//     RunModel runs any other, for a fuzz target. One timer test runs a context on the
-//     backend wrapped so that every Poll returns after half its timeout
-//     (evlib allows a Poll to return early); the wrapper is registered
-//     once per process, with the lowest priority, as
+//     RunModel runs any other, for a fuzz target. One timer test runs a
+//     context on the backend wrapped so that every Poll returns after half
+//     its timeout (evlib allows a Poll to return early); the wrapper is
+//     registered once per process, with the lowest priority, as
 //     "conformance-early-poll-" followed by the backend's name.
 //   - "NoLeaks" checks that the process holds the descriptors and
 //     goroutines it held before the suite.
