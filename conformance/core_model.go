@@ -135,15 +135,13 @@ func (s *suite) testModel(t *testing.T) {
 			s.runModel(t, p.program, fmt.Sprintf("found/%s.hex (rerun: -run 'Conformance/Core/Model/found=%s$')", p.name, p.name), hang)
 		})
 	}
-	seed, n, ok, err := modelSweep()
+	seed, n, err := modelSweep()
 	require.NoError(t, err)
-	if !ok {
-		return
-	}
 	for i := range n {
 		name := fmt.Sprintf("sweep=%d.%d", seed, i)
 		t.Run(name, func(t *testing.T) {
-			s.runModel(t, sweepProgram(seed, i), fmt.Sprintf("%s (rerun: %s=%d:%d and -run 'Conformance/Core/Model/%s$'; program %x)", name, SweepEnv, seed, n, name, sweepProgram(seed, i)), hang)
+			p := sweepProgram(seed, i)
+			s.runModel(t, p, fmt.Sprintf("%s (rerun: %s=%d:%d and -run 'Conformance/Core/Model/%s$'; program %x)", name, SweepEnv, seed, n, name, p), hang)
 		})
 	}
 }
@@ -2262,78 +2260,7 @@ func (m *model) settle() {
 		// its source, whose own case waits on that relay meanwhile).
 		var waiting string
 		for i, mc := range m.slots {
-			done, what := func() (bool, string) {
-				v, p := views[i], &mc.peer
-				if dst := v.relaying; dst != nil {
-					// Its input goes to the target's peer: received
-					// there, it counts as received.
-					dv := views[slices.Index(m.slots, dst)]
-					v.received = dv.relayOff + max(0, dst.peer.read-dv.relayAt)
-				}
-				switch {
-				case v.closed:
-					if done, what := m.finished(mc, v); !done {
-						return false, what
-					}
-				case v.closing, v.timeout:
-					return false, m.closing(mc, v)
-				case p.shut && v.relayed != nil:
-					// The peer ended its stream, and the application can end
-					// its side only once the relay to it ended: the source's
-					// end ends it, or else, all passed on, its Close.
-					src := v.relayed
-					sp := &src.peer
-					switch {
-					case !sp.shut && sp.wrote == sp.queued && v.relayOff+p.read-v.relayAt == sp.wrote:
-						m.note("settle: %v, its peer ended, got all relayed from %v: Close the source", mc, src)
-						m.do(func() { m.ifAdopted(src, m.close) })
-					case p.closed && !sp.shut && sp.wrote == sp.queued:
-						// Its peer closed: it gets nothing more, and a relay
-						// that sent all it took before the close writes no
-						// more to meet the reset. A proxy closes the source.
-						m.note("settle: %v, its peer closed, relayed to from %v: Close the source", mc, src)
-						m.do(func() { m.ifAdopted(src, m.close) })
-					}
-					return false, fmt.Sprintf("%v: its peer ended its stream: the relay from %v to end (the peer got %d of its bytes, its peer wrote %d)", mc, src, p.read-v.relayAt, sp.wrote-v.relayOff)
-				case p.shut && m.cfg.halfOpen && v.rxEnded && !v.wrClosed && (p.closed || v.noWrite || v.chunks == 0 && (!v.outOK || p.read >= v.written)):
-					// Half open, it stays open until the application ends
-					// it: by Close, or by CloseWrite (not a pipe's, which
-					// has no write side), both sides then being done.
-					m.note("settle: %v, half open, answered: the application ends it", mc)
-					m.do(func() {
-						if mc.id%2 == 0 && mc.kind != kindPipe {
-							m.closeWrite(mc)
-						} else {
-							m.close(mc)
-						}
-					})
-					return false, fmt.Sprintf("%v: RAW_CLOSE after the application ended it, half open", mc)
-				case p.shut && m.cfg.halfOpen && v.rxEnded:
-					return false, fmt.Sprintf("%v: half open, the peer to receive every byte written (written %d, %d chunks queued, the peer read %d) or RAW_CLOSE", mc, v.written, v.chunks, p.read)
-				case p.shut && m.cfg.halfOpen:
-					return false, fmt.Sprintf("%v: RAW_RX_END after the peer ended its stream (RAW_RX delivered %d of %d bytes)", mc, v.received, p.wrote)
-				case p.shut:
-					return false, fmt.Sprintf("%v: RAW_CLOSE after the peer ended its stream (RAW_RX delivered %d of %d bytes)", mc, v.received, p.wrote)
-				case v.wrClosed && mc.kind != kindPipe && !p.eof:
-					return false, fmt.Sprintf("%v: the peer to read to the end of the stream after CloseWrite (written %d, the peer read %d)", mc, v.written, p.read)
-				case v.gap:
-					// A source resumed after its relay's target ended learns
-					// where its input resumed from its next bytes: the peer
-					// sends some more (the relay may have dropped all it sent).
-					if p.wrote == p.queued {
-						p.queued += 64
-					}
-					return false, fmt.Sprintf("%v: RAW_RX after its relay's target ended (the peer wrote %d of %d)", mc, p.wrote, p.queued)
-				case p.wrote < p.queued || v.received < p.wrote:
-					return false, fmt.Sprintf("%v: RAW_RX of every byte the peer sent (the peer wrote %d of %d, RAW_RX delivered %d)", mc, p.wrote, p.queued, v.received)
-				case mc.kind != kindPipe && (v.chunks > 0 || v.outOK && p.read < v.written):
-					return false, fmt.Sprintf("%v: the peer to receive every byte written (written %d, %d chunks queued, the peer read %d)", mc, v.written, v.chunks, p.read)
-				case v.timer:
-					return false, fmt.Sprintf("%v: its TIMER", mc)
-				}
-				return true, ""
-			}()
-			if !done && waiting == "" {
+			if what := m.settleConn(mc, views, views[i]); what != "" && waiting == "" {
 				waiting = what
 			}
 		}
@@ -2348,6 +2275,81 @@ func (m *model) settle() {
 		}
 		return true, ""
 	})
+}
+
+// settleConn is settle's look at one connection (v, its view among
+// views): what it still waits for, taking the steps that end it where the
+// application must; "" once it is done.
+func (m *model) settleConn(mc *modelConn, views []appView, v appView) string {
+	p := &mc.peer
+	if dst := v.relaying; dst != nil {
+		// Its input goes to the target's peer: received
+		// there, it counts as received.
+		dv := views[slices.Index(m.slots, dst)]
+		v.received = dv.relayOff + max(0, dst.peer.read-dv.relayAt)
+	}
+	switch {
+	case v.closed:
+		if done, what := m.finished(mc, v); !done {
+			return what
+		}
+	case v.closing, v.timeout:
+		return m.closing(mc, v)
+	case p.shut && v.relayed != nil:
+		// The peer ended its stream, and the application can end
+		// its side only once the relay to it ended: the source's
+		// end ends it, or else, all passed on, its Close.
+		src := v.relayed
+		sp := &src.peer
+		switch {
+		case !sp.shut && sp.wrote == sp.queued && v.relayOff+p.read-v.relayAt == sp.wrote:
+			m.note("settle: %v, its peer ended, got all relayed from %v: Close the source", mc, src)
+			m.do(func() { m.ifAdopted(src, m.close) })
+		case p.closed && !sp.shut && sp.wrote == sp.queued:
+			// Its peer closed: it gets nothing more, and a relay
+			// that sent all it took before the close writes no
+			// more to meet the reset. A proxy closes the source.
+			m.note("settle: %v, its peer closed, relayed to from %v: Close the source", mc, src)
+			m.do(func() { m.ifAdopted(src, m.close) })
+		}
+		return fmt.Sprintf("%v: its peer ended its stream: the relay from %v to end (the peer got %d of its bytes, its peer wrote %d)", mc, src, p.read-v.relayAt, sp.wrote-v.relayOff)
+	case p.shut && m.cfg.halfOpen && v.rxEnded && !v.wrClosed && (p.closed || v.noWrite || v.chunks == 0 && (!v.outOK || p.read >= v.written)):
+		// Half open, it stays open until the application ends
+		// it: by Close, or by CloseWrite (not a pipe's, which
+		// has no write side), both sides then being done.
+		m.note("settle: %v, half open, answered: the application ends it", mc)
+		m.do(func() {
+			if mc.id%2 == 0 && mc.kind != kindPipe {
+				m.closeWrite(mc)
+			} else {
+				m.close(mc)
+			}
+		})
+		return fmt.Sprintf("%v: RAW_CLOSE after the application ended it, half open", mc)
+	case p.shut && m.cfg.halfOpen && v.rxEnded:
+		return fmt.Sprintf("%v: half open, the peer to receive every byte written (written %d, %d chunks queued, the peer read %d) or RAW_CLOSE", mc, v.written, v.chunks, p.read)
+	case p.shut && m.cfg.halfOpen:
+		return fmt.Sprintf("%v: RAW_RX_END after the peer ended its stream (RAW_RX delivered %d of %d bytes)", mc, v.received, p.wrote)
+	case p.shut:
+		return fmt.Sprintf("%v: RAW_CLOSE after the peer ended its stream (RAW_RX delivered %d of %d bytes)", mc, v.received, p.wrote)
+	case v.wrClosed && mc.kind != kindPipe && !p.eof:
+		return fmt.Sprintf("%v: the peer to read to the end of the stream after CloseWrite (written %d, the peer read %d)", mc, v.written, p.read)
+	case v.gap:
+		// A source resumed after its relay's target ended learns
+		// where its input resumed from its next bytes: the peer
+		// sends some more (the relay may have dropped all it sent).
+		if p.wrote == p.queued {
+			p.queued += 64
+		}
+		return fmt.Sprintf("%v: RAW_RX after its relay's target ended (the peer wrote %d of %d)", mc, p.wrote, p.queued)
+	case p.wrote < p.queued || v.received < p.wrote:
+		return fmt.Sprintf("%v: RAW_RX of every byte the peer sent (the peer wrote %d of %d, RAW_RX delivered %d)", mc, p.wrote, p.queued, v.received)
+	case mc.kind != kindPipe && (v.chunks > 0 || v.outOK && p.read < v.written):
+		return fmt.Sprintf("%v: the peer to receive every byte written (written %d, %d chunks queued, the peer read %d)", mc, v.written, v.chunks, p.read)
+	case v.timer:
+		return fmt.Sprintf("%v: its TIMER", mc)
+	}
+	return ""
 }
 
 // finish stops the timers that never fire, destroys the context and checks

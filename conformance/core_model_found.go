@@ -3,8 +3,6 @@
 package conformance
 
 import (
-	"bufio"
-	"bytes"
 	"embed"
 	"encoding/hex"
 	"fmt"
@@ -43,10 +41,8 @@ func foundPrograms() ([]namedProgram, error) {
 			return nil, err
 		}
 		var h strings.Builder
-		sc := bufio.NewScanner(bytes.NewReader(data))
-		sc.Buffer(nil, 1<<20)
-		for sc.Scan() {
-			if line := strings.TrimSpace(sc.Text()); !strings.HasPrefix(line, "#") {
+		for line := range strings.Lines(string(data)) {
+			if line = strings.TrimSpace(line); !strings.HasPrefix(line, "#") {
 				h.WriteString(line)
 			}
 		}
@@ -71,19 +67,19 @@ func foundPrograms() ([]namedProgram, error) {
 //	PLUGLOOP_MODEL_SWEEP=7:3000 go test -run 'TestConformance$/Core/Model$' ./evlib_epoll
 const SweepEnv = "PLUGLOOP_MODEL_SWEEP"
 
-// modelSweep reads SweepEnv: ok false when it is unset.
-func modelSweep() (seed uint64, n int, ok bool, err error) {
+// modelSweep reads SweepEnv: n is 0 when it is unset.
+func modelSweep() (seed uint64, n int, err error) {
 	v := os.Getenv(SweepEnv)
 	if v == "" {
-		return 0, 0, false, nil
+		return 0, 0, nil
 	}
 	s, c, found := strings.Cut(v, ":")
 	seed, err1 := strconv.ParseUint(s, 10, 64)
 	n, err2 := strconv.Atoi(c)
 	if !found || err1 != nil || err2 != nil || n < 0 {
-		return 0, 0, false, fmt.Errorf("conformance: %s=%q: want SEED:N, two decimal numbers (7:3000)", SweepEnv, v)
+		return 0, 0, fmt.Errorf("conformance: %s=%q: want SEED:N, two decimal numbers (7:3000)", SweepEnv, v)
 	}
-	return seed, n, true, nil
+	return seed, n, nil
 }
 
 // sweepProgram is program i of a sweep from seed.
