@@ -38,6 +38,7 @@ func (s *suite) moreCoreTests() []subtest {
 		{"UDPLifecycle", s.testUDP},
 		{"AcceptFDLimit", s.testAcceptLimit},
 		{"AcceptEMFILE", s.testAcceptEMFILE},
+		{"AcceptPace", s.testAcceptPace},
 		{"HighFD", s.testHighFD},
 		{"Attach", s.testAttach},
 		{"ClosePolicy", s.testClosePolicy},
@@ -610,6 +611,58 @@ func (s *suite) testAcceptEMFILE(t *testing.T) {
 	h.rec.waitEvent(t, "the connection accepted once descriptors are free again", is(core.ReasonRawAdopt, nil))
 	ev, _ := h.rec.watchedFD(lfd)
 	require.Equal(t, evlib.Readable, ev, "the listener resumed")
+	h.rec.verify(t)
+}
+
+// A listener whose connections come one at a time does not pay, for each
+// of them, an accept(2) that finds the queue empty: 32 connections, each
+// made once the one before it was served, cost at most 40 accept(2) calls
+// (accepting until EAGAIN costs 64). And every connection of a queue gets
+// accepted: 40 made while the loop is held are all served once it runs
+// again, for at most one accept(2) more than there are connections. The
+// core leaves connections queued only because the report of a listener
+// is level-triggered: this is where a backend whose listener is reported
+// once per arrival would strand them.
+func (s *suite) testAcceptPace(t *testing.T) {
+	h := s.newHarness(t, core.Info{Protocols: []core.Protocol{{Name: "echo", Callback: echoCallback}}})
+	ln, err := h.ctx.Listen("tcp4", "127.0.0.1:0", "echo")
+	require.NoError(t, err)
+	h.start()
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	dial := func() net.Conn {
+		t.Helper()
+		c, err := net.Dial("tcp4", ln.Addr().String())
+		require.NoError(t, err)
+		conns = append(conns, c)
+		return c
+	}
+	const single = 32
+	a0 := h.th.Stats().Accepts
+	for i := range single {
+		require.NoError(t, roundTrips(dial(), uint64(i), 1))
+	}
+	n := h.th.Stats().Accepts - a0
+	require.LessOrEqual(t, n, uint64(single+single/4), "accept(2) calls for %d connections made one at a time", single)
+
+	held, release := make(chan struct{}), make(chan struct{})
+	require.NoError(t, h.th.Post(func() { close(held); <-release }))
+	waitCh(t, held, "the loop to run a posted function")
+	const queued = 40
+	for range queued {
+		dial()
+	}
+	a1 := h.th.Stats().Accepts
+	close(release)
+	for i, c := range conns[single:] {
+		require.NoError(t, roundTrips(c, uint64(i), 1), "queued connection %d", i)
+	}
+	n = h.th.Stats().Accepts - a1
+	require.LessOrEqual(t, n, uint64(queued+1), "accept(2) calls for %d queued connections", queued)
 	h.rec.verify(t)
 }
 

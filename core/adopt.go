@@ -26,6 +26,8 @@ type Listener struct {
 	resume   *Timer
 	reuse    bool        // one of a SO_REUSEPORT group: accepts for its own thread
 	siblings []*Listener // the group's listeners on the other threads
+	trickle  bool        // the last full accept loop found at most one connection (see Thread.accept)
+	singles  uint8       // reports served with one accept(2) since the last full loop
 }
 
 // noDelayMode is what a TCP listener knows of its accepted connections'

@@ -32,6 +32,10 @@ const (
 const (
 	rxBufSize   = 64 << 10
 	acceptBatch = 64
+	// acceptProbe: a listener whose queue held one connection at a time
+	// accepts one per report, and tries a full loop every acceptProbe-th
+	// report, to find out whether connections now queue up.
+	acceptProbe = 8
 	// acceptPause is how long a listener rests after EMFILE/ENFILE, so a
 	// full fd table does not turn into a busy accept loop.
 	acceptPause = 100 * time.Millisecond
@@ -1572,10 +1576,28 @@ func (t *Thread) closeConn(c *Conn, why error) {
 	_ = t.callback(Event{Reason: c.reason(ReasonRawClose), Conn: c, Err: why})
 }
 
+// accept takes connections from a listener the backend reported readable.
+// Accepting until accept(2) says EAGAIN costs a system call per report that
+// finds nothing more, which, when connections come one at a time (the
+// common case for a server faster than its clients), is one more per
+// connection. The report is level-triggered, so a connection left in the
+// queue is reported again: a listener whose last full loop found one
+// connection accepts one per report, and loops to EAGAIN again on every
+// acceptProbe-th report, or for good once a loop finds two or more queued
+// (a burst, where the EAGAIN is paid once for many).
 func (t *Thread) accept(lc *Conn) {
 	l := lc.listener
 	info := &t.ctx.info
-	for range acceptBatch {
+	limit := acceptBatch
+	if l.trickle {
+		if l.singles++; l.singles < acceptProbe {
+			limit = 1
+		} else {
+			l.singles = 0
+		}
+	}
+	taken := 0 // connections taken from the queue, kept or not
+	for range limit {
 		// Room is reserved before accept(2), so a full context leaves
 		// connections in the kernel's backlog instead of dropping them.
 		var target *Thread
@@ -1596,17 +1618,20 @@ func (t *Thread) accept(lc *Conn) {
 			target.giveBack(false)
 			switch {
 			case wouldBlock(err):
+				l.trickle = taken <= 1
 			case errors.Is(err, unix.EMFILE), errors.Is(err, unix.ENFILE),
 				errors.Is(err, unix.ENOBUFS), errors.Is(err, unix.ENOMEM):
 				t.ctx.log.Warn("plugloop: accept paused", "addr", l.addr, "err", err)
 				t.pauseListener(l)
 			case errors.Is(err, unix.ECONNABORTED), errors.Is(err, unix.EPROTO), errors.Is(err, unix.EPERM):
+				taken++
 				continue
 			default:
 				t.ctx.log.Error("plugloop: accept failed", "addr", l.addr, "err", err)
 			}
 			return
 		}
+		taken++
 		o := new(adoptOptions)
 		if info.MaxConnsPerIP > 0 {
 			var ip netip.Addr

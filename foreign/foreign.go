@@ -26,6 +26,10 @@
 //     wait are still to be offered. ServiceFD and Service return
 //     core.ErrInService while another goroutine's loop-only call holds the
 //     thread: no error for the loop, which that call wakes when it is done.
+//   - The wait must be level-triggered (poll(2), select(2), epoll without
+//     EPOLLET): plugloop may leave an fd ready, input it has not read yet
+//     or a connection still queued on a listener, and counts on being
+//     offered it again after the next wait.
 //   - An fd plugloop watches with no events (Event.Poll.Events 0) stays
 //     in the set: poll(2) and epoll report POLLHUP and POLLERR whatever the
 //     events asked for, and the application offers them to ServiceFD like
