@@ -1205,14 +1205,21 @@ type sockEnd struct {
 	rcvd   uint64     // sequence space received (tcpi_bytes_received): data, and 1 for a FIN
 }
 
+// sockEndOf asks the socket how its stream ended. A TCP stream that got
+// the peer's FIN and no reset (CLOSE_WAIT, or LAST_ACK once our own FIN
+// went out too) has no error to take (a reset or a timeout moves it to
+// CLOSE), so the common orderly end costs one question, not two.
 func sockEndOf(fd int) sockEnd {
 	var s sockEnd
-	if v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); err == nil {
-		s.err = unix.Errno(v)
-	}
 	if ti, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+		if ti.State == tcpCloseWait || ti.State == tcpLastAck {
+			return s
+		}
 		s.closed = ti.State == tcpClose
 		s.rcvd = ti.Bytes_received
+	}
+	if v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); err == nil {
+		s.err = unix.Errno(v)
 	}
 	return s
 }
