@@ -47,14 +47,13 @@ func startChurn(ctx context.Context, addr string, clients int) *churnClients {
 	c := &churnClients{each: make(counters, clients), firstError: firstError{prefix: "churn client"}}
 	for i := range clients {
 		c.wg.Add(1)
-		go c.client(ctx, addr, &c.each[i])
+		go c.client(ctx, addr, churnDialer(addr, i), &c.each[i])
 	}
 	return c
 }
 
-func (c *churnClients) client(ctx context.Context, addr string, cnt *counter) {
+func (c *churnClients) client(ctx context.Context, addr string, d net.Dialer, cnt *counter) {
 	defer c.wg.Done()
-	d := net.Dialer{Timeout: 5 * time.Second}
 	msg := bytes.Repeat([]byte{'c'}, churnMsg)
 	got := make([]byte, churnMsg)
 	for !c.stop.Load() {
@@ -73,9 +72,9 @@ func (c *churnClients) client(ctx context.Context, addr string, cnt *counter) {
 		if err == nil && !bytes.Equal(got, msg) {
 			err = errors.New("echo returned different bytes")
 		}
-		// The client closes first, so the TIME_WAIT is the client's, and
-		// Linux reuses it for a new loopback connection (the default of
-		// net.ipv4.tcp_tw_reuse): the ephemeral ports never run out.
+		// The client closes first, so the TIME_WAIT is the client's (see
+		// churnDialer), and Linux reuses one for a new loopback connection
+		// once it is a second old (the default of net.ipv4.tcp_tw_reuse).
 		conn.Close()
 		if err != nil {
 			c.fail(err)
