@@ -22,7 +22,9 @@ const (
 )
 
 // echoServer is a plain in-process echo server, with a fault if asked.
-func echoServer(t *testing.T, fault echoFault) string {
+// With echoStall, stalled is closed once the stalled connection's first
+// input was read.
+func echoServer(t *testing.T, fault echoFault) (addr string, stalled <-chan struct{}) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -31,6 +33,7 @@ func echoServer(t *testing.T, fault echoFault) string {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var conns []net.Conn
+	stallRead := make(chan struct{})
 	t.Cleanup(func() {
 		ln.Close()
 		mu.Lock()
@@ -65,6 +68,9 @@ func echoServer(t *testing.T, fault echoFault) string {
 					if fault == echoCorrupt && n+int64(k) > 5000 {
 						buf[k-1] ^= 0xff
 					}
+					if stalled && n == 0 {
+						close(stallRead)
+					}
 					n += int64(k)
 					if stalled {
 						continue
@@ -76,7 +82,7 @@ func echoServer(t *testing.T, fault echoFault) string {
 			}()
 		}
 	}()
-	return ln.Addr().String()
+	return ln.Addr().String(), stallRead
 }
 
 func requireUring(t *testing.T) {
@@ -94,7 +100,7 @@ func TestUringLoad(t *testing.T) {
 		conns, size, wait int
 		want              uint64
 	}{{conns: 8, size: 64, want: 400}, {conns: 8, size: 64, wait: 1, want: 400}, {conns: 3, size: 100_000, want: 60}} {
-		addr := echoServer(t, echoRight)
+		addr, _ := echoServer(t, echoRight)
 		l, err := startUringLoad(context.Background(), addr, tc.conns, tc.size, tc.wait)
 		if err != nil {
 			t.Fatal(err)
@@ -119,7 +125,8 @@ func TestUringLoad(t *testing.T) {
 // TestUringLoadDetectsCorruption: an echo that differs is an error.
 func TestUringLoadDetectsCorruption(t *testing.T) {
 	requireUring(t)
-	l, err := startUringLoad(context.Background(), echoServer(t, echoCorrupt), 2, 64, 0)
+	addr, _ := echoServer(t, echoCorrupt)
+	l, err := startUringLoad(context.Background(), addr, 2, 64, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,14 +183,18 @@ func TestLoadStalledConnection(t *testing.T) {
 				requireUring(t)
 			}
 			cfg := &config{load: load, conns: 3, size: 64}
-			l, err := startLoader(context.Background(), cfg, echoServer(t, echoStall), time.Now().Add(time.Minute))
+			addr, stalled := echoServer(t, echoStall)
+			l, err := startLoader(context.Background(), cfg, addr, time.Now().Add(time.Minute))
 			if err != nil {
 				t.Fatal(err)
 			}
-			// The others go on: wait until they made some round trips.
+			// The others go on: wait until they made some round trips,
+			// and the stalled one sent its first message (a goroutine
+			// per connection may not have by then).
 			for l.total() < 100 && l.Err() == nil {
 				time.Sleep(time.Millisecond)
 			}
+			<-stalled
 			if stuck := l.close(); stuck != 1 {
 				t.Fatalf("%d connections stuck, want 1", stuck)
 			}
