@@ -150,9 +150,9 @@ func (b *Backend) Remove(fd int) error {
 // walks the connections, and the kernel's sockets and files, at random and
 // out of cache; in fd order, which is mostly the order they were made in,
 // it walks them in address order. At 1,000 connections with 1 KiB
-// messages that was 8% of the CPU per round trip (poll(2), which reports
-// in fd order, was that much cheaper); sorting costs a few nanoseconds an
-// event. The kernel still moves the fds it reported to the back of its
+// messages sorting took the CPU per round trip from 2.80-2.87 µs to 2.56,
+// near poll(2)'s 2.45, which reports in fd order; it costs a few
+// nanoseconds an event. The kernel still moves the fds it reported to the back of its
 // ready list, so a batch cut short at its size is fair as before.
 func (b *Backend) Poll(timeout time.Duration) (int, error) {
 	if b.closed {
