@@ -366,6 +366,9 @@ func (t *Thread) relayPush(r *relay, evented bool) {
 			t.touch(dst)
 			t.ctr.Relayed.Add(uint64(n))
 		}
+		if r.pipe.r >= 0 && r.held > 0 && err == nil {
+			dst.cutShort = true // see hangup
+		}
 		switch {
 		case r.held == 0:
 			if r.pipe.r >= 0 {

@@ -846,7 +846,15 @@ func (t *Thread) readAll(c *Conn) {
 // not the end of its reading. The connection closes once nothing is left
 // (see settleHup), within CloseTimeout, unless its protocol allows it to
 // stay half open.
+//
+// A stream that a splice stopped short of (Conn.cutShort) is asked whether
+// an end of stream was a reset: the splice may have taken the reset's
+// error (see sys.SplicedReset), which nothing would tell otherwise. That is
+// one system call at the end of such a connection, none for any other.
 func (t *Thread) hangup(c *Conn, why error) {
+	if why == io.EOF && c.cutShort && !c.shutWR && sys.SplicedReset(c.fd) {
+		why = &OpError{Op: "read", Err: unix.ECONNRESET}
+	}
 	c.hup, c.hupErr = true, why
 	if c.draining {
 		// Close in the RAW_RX of the read before: the end it waits for.

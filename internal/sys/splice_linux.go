@@ -25,6 +25,20 @@ func NewRelayPipe(size int) (r, w, capacity int, err error) {
 	return p[0], p[1], capacity, nil
 }
 
+// SplicedReset reports whether fd, a TCP socket whose write side is open,
+// was reset: it is in state CLOSE, which only a reset or a retransmission
+// timeout leads to (the peer's FIN leads to CLOSE_WAIT). It is for a stream
+// a splice(2) into stopped short: Linux's splice returns the bytes it
+// sent when a later part fails, and that failure took the socket's error
+// (the reset's ECONNRESET, which its poll then no longer reports), so a
+// read that follows says end of stream.
+func SplicedReset(fd int) bool {
+	ti, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	return err == nil && ti.State == tcpClose
+}
+
+const tcpClose = 7 // TCP_CLOSE in linux/tcp_states.h
+
 // Splice moves up to n bytes from in to out inside the kernel, one of them
 // being a pipe, without blocking (both fds are non-blocking, and
 // SPLICE_F_NONBLOCK covers the pipe). Like Read and Write it skips the
