@@ -152,8 +152,9 @@ func (b *Backend) Remove(fd int) error {
 // it walks them in address order. At 1,000 connections with 1 KiB
 // messages sorting took the CPU per round trip from 2.80-2.87 µs to 2.56,
 // near poll(2)'s 2.45, which reports in fd order; it costs a few
-// nanoseconds an event. The kernel still moves the fds it reported to the back of its
-// ready list, so a batch cut short at its size is fair as before.
+// nanoseconds an event. The kernel still moves the fds it reported to the
+// back of its ready list, so a batch cut short at its size is as fair as
+// before.
 func (b *Backend) Poll(timeout time.Duration) (int, error) {
 	if b.closed {
 		return 0, evlib.ErrClosed
