@@ -232,7 +232,7 @@ func (b *Backend) Add(fd int, kind evlib.Kind, ev evlib.Events) error {
 		// is connected, and from where it counts its input (rxBaseOf).
 		if ti, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
 			// What getpeername(2) calls not connected.
-			e.connecting = ti.State == tcpSynSent || ti.State == tcpClose
+			e.connecting = ti.State == sys.TCPSynSent || ti.State == sys.TCPClose
 			e.rx0 = rxBaseOf(fd, ti)
 		} else {
 			e.connecting = !isConnected(fd)
@@ -1212,10 +1212,10 @@ type sockEnd struct {
 func sockEndOf(fd int) sockEnd {
 	var s sockEnd
 	if ti, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
-		if ti.State == tcpCloseWait || ti.State == tcpLastAck {
+		if ti.State == sys.TCPCloseWait || ti.State == sys.TCPLastAck {
 			return s
 		}
-		s.closed = ti.State == tcpClose
+		s.closed = ti.State == sys.TCPClose
 		s.rcvd = ti.Bytes_received
 	}
 	if v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); err == nil {
@@ -1303,9 +1303,9 @@ type rxBase struct {
 func rxBaseOf(fd int, ti *unix.TCPInfo) rxBase {
 	for range 3 {
 		switch ti.State {
-		case tcpClose:
+		case sys.TCPClose:
 			return rxBase{} // ended already: how is not ours to tell
-		case tcpCloseWait, tcpLastAck, tcpClosing:
+		case sys.TCPCloseWait, sys.TCPLastAck, sys.TCPClosing:
 			return rxBase{fin: true, known: true}
 		}
 		if ti.Bytes_received == 0 {
@@ -1326,16 +1326,6 @@ func rxBaseOf(fd int, ti *unix.TCPInfo) rxBase {
 	}
 	return rxBase{}
 }
-
-// TCP states (linux/tcp_states.h).
-const (
-	tcpSynSent   = 2
-	tcpCloseWait = 8
-	tcpLastAck   = 9
-	tcpClosing   = 11
-)
-
-const tcpClose = 7 // TCP_CLOSE in linux/tcp_states.h
 
 // ended is how e's stream ended: what the socket said when netpoll saw the
 // end (hungUp), or, if it has not yet, what it says now.

@@ -14,6 +14,7 @@ import (
 	"github.com/plugloop/plugloop/core"
 	_ "github.com/plugloop/plugloop/evlib_epoll"
 	"github.com/plugloop/plugloop/evlib_netpoll"
+	"github.com/plugloop/plugloop/internal/sys"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
@@ -23,7 +24,6 @@ import (
 // says io.EOF on netpoll as on epoll, where the kernel's own read says
 // end of stream.
 func TestEOFAfterReplyToClosedPeer(t *testing.T) {
-	const tcpCloseWait = 8 // TCP_CLOSE_WAIT in linux/tcp_states.h
 	for _, lib := range []string{"epoll", evlib_netpoll.Name} {
 		t.Run(lib, func(t *testing.T) {
 			closed := make(chan error, 4) // the listener's RAW_CLOSE too, at Destroy
@@ -33,7 +33,7 @@ func TestEOFAfterReplyToClosedPeer(t *testing.T) {
 					// Reply only once the peer's FIN is in: the reply then
 					// meets a closed socket, which answers with a reset.
 					for range 10000 {
-						if ti, err := unix.GetsockoptTCPInfo(ev.Conn.FD(), unix.IPPROTO_TCP, unix.TCP_INFO); err != nil || ti.State == tcpCloseWait {
+						if ti, err := unix.GetsockoptTCPInfo(ev.Conn.FD(), unix.IPPROTO_TCP, unix.TCP_INFO); err != nil || ti.State == sys.TCPCloseWait {
 							break
 						}
 						time.Sleep(time.Millisecond)

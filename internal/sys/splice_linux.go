@@ -34,10 +34,8 @@ func NewRelayPipe(size int) (r, w, capacity int, err error) {
 // read that follows says end of stream.
 func SplicedReset(fd int) bool {
 	ti, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
-	return err == nil && ti.State == tcpClose
+	return err == nil && ti.State == TCPClose
 }
-
-const tcpClose = 7 // TCP_CLOSE in linux/tcp_states.h
 
 // Splice moves up to n bytes from in to out inside the kernel, one of them
 // being a pipe, without blocking (both fds are non-blocking, and
