@@ -58,7 +58,7 @@ type Conn struct {
 	draining bool          // Close waits for output to drain (and the peer, if graceful)
 	peerDone bool          // draining, the peer's end of stream was read
 	shutWR   bool          // the write side is shut down
-	cutShort bool          // a splice into it stopped short, which may have taken a reset's error (see hangup)
+	cutShort bool          // a splice into it stopped short, which may have taken a reset's error (see Thread.endOfStream)
 	wrClosed bool          // CloseWrite was called: nothing more may be written
 	rxEnded  bool          // RAW_RX_END was delivered (AllowHalfOpen)
 	wrFirst  bool          // CloseWrite came before RAW_RX_END: the close says io.EOF

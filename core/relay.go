@@ -367,7 +367,7 @@ func (t *Thread) relayPush(r *relay, evented bool) {
 			t.ctr.Relayed.Add(uint64(n))
 		}
 		if r.pipe.r >= 0 && r.held > 0 && err == nil {
-			dst.cutShort = true // see hangup
+			dst.cutShort = true // see endOfStream
 		}
 		switch {
 		case r.held == 0:

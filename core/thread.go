@@ -846,14 +846,9 @@ func (t *Thread) readAll(c *Conn) {
 // not the end of its reading. The connection closes once nothing is left
 // (see settleHup), within CloseTimeout, unless its protocol allows it to
 // stay half open.
-//
-// A stream that a splice stopped short of (Conn.cutShort) is asked whether
-// an end of stream was a reset: the splice may have taken the reset's
-// error (see sys.SplicedReset), which nothing would tell otherwise. That is
-// one system call at the end of such a connection, none for any other.
 func (t *Thread) hangup(c *Conn, why error) {
-	if why == io.EOF && c.cutShort && !c.shutWR && sys.SplicedReset(c.fd) {
-		why = &OpError{Op: "read", Err: unix.ECONNRESET}
+	if why == io.EOF {
+		why = t.endOfStream(c)
 	}
 	c.hup, c.hupErr = true, why
 	if c.draining {
@@ -1755,13 +1750,25 @@ func (t *Thread) discardInput(c *Conn) {
 		case n > 0:
 			continue
 		case err == nil:
-			t.drainEnd(c, io.EOF)
+			t.drainEnd(c, t.endOfStream(c))
 		case wouldBlock(err):
 		default:
 			t.drainEnd(c, &OpError{Op: "read", Err: err})
 		}
 		return
 	}
+}
+
+// endOfStream is why c's input ended when a read of it said end of
+// stream: io.EOF, unless a splice into c stopped short (Conn.cutShort) and
+// the socket says it was reset. The splice may have taken the reset's
+// error (see sys.SplicedReset), which nothing would tell otherwise. That is
+// one system call at the end of such a connection, none for any other.
+func (t *Thread) endOfStream(c *Conn) error {
+	if c.cutShort && !c.shutWR && sys.SplicedReset(c.fd) {
+		return &OpError{Op: "read", Err: unix.ECONNRESET}
+	}
+	return io.EOF
 }
 
 // drainEnd is the peer's end (why: io.EOF, or the read's error) of a
