@@ -52,6 +52,7 @@ type Conn struct {
 	hup      bool // the stream ended; close once rxbuf is consumed
 	hupErr   error
 	parked   bool // out of the backend, nothing to wait for (see Thread.park)
+	accepted bool // accepted by a listener and not watched yet: connected and unread (evlib.AcceptedAdder)
 
 	closeReq bool
 	closeErr error

@@ -23,11 +23,12 @@ var ErrNotPollable = errors.New("plugloop: regular files and directories are alw
 type AdoptOption func(*adoptOptions)
 
 type adoptOptions struct {
-	readbuf []byte
-	user    any
-	thread  int        // with pinned: OnThread's index
-	pinned  bool       // OnThread was given
-	peerIP  netip.Addr // counted against Info.MaxConnsPerIP
+	readbuf  []byte
+	user     any
+	thread   int        // with pinned: OnThread's index
+	pinned   bool       // OnThread was given
+	peerIP   netip.Addr // counted against Info.MaxConnsPerIP
+	accepted bool       // by one of the core's listeners (see Conn.accepted)
 }
 
 // WithReadbuf hands over bytes already read from the socket before it was

@@ -321,6 +321,7 @@ func (t *Thread) adoptConn(c *Conn, o *adoptOptions, reserved bool) error {
 	// other and runs after RAW_ADOPT, where as a handover's it would
 	// close the fd under the insert.
 	c.state = stateOpen
+	c.accepted = o.accepted
 	if err := t.insert(c, evlib.Readable, reserved); err != nil {
 		return err
 	}

@@ -84,13 +84,14 @@ type Thread struct {
 	dialing    []*Conn // client connections not established yet
 	connHead   *Conn   // every connection (not listeners), for the "all" calls
 
-	writable, writableSpare []*Conn        // granted WRITEABLE without the kernel
-	rxReady, rxSpare        []*Conn        // buffered input to deliver
-	closeReq                []*Conn        // Conn.Close called inside a callback
-	fdClose                 []int          // close(2) deferred to the end of the batch
-	closer                  evlib.FDCloser // the backend closes fds itself
-	pipes                   []relayPipe    // empty pipes kept for relays' next bursts
-	fdForget                []*Conn        // closed in the batch: their FD becomes -1 after the close(2)
+	writable, writableSpare []*Conn             // granted WRITEABLE without the kernel
+	rxReady, rxSpare        []*Conn             // buffered input to deliver
+	closeReq                []*Conn             // Conn.Close called inside a callback
+	fdClose                 []int               // close(2) deferred to the end of the batch
+	closer                  evlib.FDCloser      // the backend closes fds itself
+	addAccepted             evlib.AcceptedAdder // the backend adds streams just accepted its own way
+	pipes                   []relayPipe         // empty pipes kept for relays' next bursts
+	fdForget                []*Conn             // closed in the batch: their FD becomes -1 after the close(2)
 
 	appDriven bool // the application's loop waits: never call Poll
 	hupBare   bool // the backend reports a reset of an fd with interest 0 (evlib.CapHangupWithoutInterest)
@@ -127,6 +128,7 @@ func newThread(c *Context, index int, foreign any, limit int) (*Thread, error) {
 	t.io, _ = be.(evlib.IO)
 	t.fake, _ = be.(evlib.Clock)
 	t.closer, _ = be.(evlib.FDCloser)
+	t.addAccepted, _ = be.(evlib.AcceptedAdder)
 	if w, ok := be.(evlib.Waker); ok {
 		t.waker = w
 		return t, nil
@@ -1266,7 +1268,15 @@ func (t *Thread) pollCallback(r Reason, c *Conn, fd int, ev, prev evlib.Events, 
 func (t *Thread) watch(fd int, c *Conn, kind evlib.Kind, ev evlib.Events) error {
 	t.pollChanging++
 	t.pollCallback(ReasonLockPoll, c, fd, 0, 0, 1)
-	err := t.be.Add(fd, kind, ev)
+	var err error
+	if c != nil && c.accepted && t.addAccepted != nil {
+		err = t.addAccepted.AddAccepted(fd, ev)
+	} else {
+		err = t.be.Add(fd, kind, ev)
+	}
+	if c != nil {
+		c.accepted = false // read from here on
+	}
 	if err == nil {
 		t.pollCallback(ReasonAddPollFD, c, fd, ev, 0, 0)
 	}
@@ -1635,7 +1645,7 @@ func (t *Thread) accept(lc *Conn) {
 			return
 		}
 		taken++
-		o := new(adoptOptions)
+		o := &adoptOptions{accepted: true}
 		if info.MaxConnsPerIP > 0 {
 			var ip netip.Addr
 			if sa, err := unix.Getpeername(fd); err == nil {

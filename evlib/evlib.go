@@ -189,6 +189,20 @@ type FDCloser interface {
 	CloseFD(fd int)
 }
 
+// AcceptedAdder is implemented by a backend that must ask a stream what
+// became of it before it was added (whether it is connected yet, how much
+// of its input someone read already) and can skip those questions for a
+// stream the core has just accepted, which is connected and unread. The
+// core then calls AddAccepted instead of Add(fd, KindStream, ev) when it
+// first watches a stream one of its listeners accepted, before anything
+// reads it; every other Add of a stream, a re-add included, is an Add.
+type AcceptedAdder interface {
+	// AddAccepted is Add(fd, KindStream, ev) for a stream that accept(2)
+	// has just returned: connected when it was accepted, and every byte
+	// it received is still in the kernel's queue.
+	AddAccepted(fd int, ev Events) error
+}
+
 // Passer is the core side of a Looper.
 type Passer interface {
 	Sink
