@@ -166,6 +166,7 @@ func (s *suite) backendTests() []subtest {
 		{"HangupOnReset", s.testBackendHangupOnReset},
 		{"HangupWithoutInterest", s.testBackendHangupNoInterest},
 		{"ReadAfterFIN", s.testBackendReadAfterFIN},
+		{"AddAccepted", s.testBackendAddAccepted},
 		{"PollDoesNotBlock", s.testBackendPollZero},
 		{"PollTimeout", s.testBackendPollTimeout},
 		{"PollWakesOnReadiness", s.testBackendPollWakes},
@@ -501,6 +502,68 @@ func (s *suite) testBackendReadAfterFIN(t *testing.T) {
 		require.NoError(t, err)
 		require.Zero(t, n, "read after the peer's FIN must return end of stream")
 		require.NoError(t, b.be.Remove(fd))
+	})
+}
+
+// A backend that adds the streams the core accepts its own way
+// (evlib.AcceptedAdder) serves them as Add does: input that came before
+// the add and after it, the peer's end of stream, its reset; and refuses a
+// bad or watched fd alike. The streams are accepted TCP connections nobody
+// read, which is what the core promises.
+func (s *suite) testBackendAddAccepted(t *testing.T) {
+	b := s.newBackend(t)
+	aa, ok := b.be.(evlib.AcceptedAdder)
+	if !ok {
+		t.Skip("conformance: the backend adds accepted streams with Add (it is no evlib.AcceptedAdder)")
+	}
+	b.needPoll()
+	readAll := func(fd int, want string) {
+		t.Helper()
+		var got []byte
+		for len(got) < len(want) {
+			b.pollFor(fd, evlib.Readable)
+			p := make([]byte, 64)
+			n, err := b.read(fd, p)
+			if !errors.Is(err, unix.EAGAIN) {
+				require.NoError(t, err)
+			}
+			got = append(got, p[:n]...)
+		}
+		require.Equal(t, want, string(got))
+	}
+	t.Run("EndOfStream", func(t *testing.T) {
+		fd, cli := tcpServerFD(t)
+		_, err := cli.Write([]byte("before"))
+		require.NoError(t, err)
+		require.NoError(t, aa.AddAccepted(fd, evlib.Readable))
+		require.ErrorIs(t, aa.AddAccepted(fd, evlib.Readable), evlib.ErrExist, "AddAccepted of a watched fd")
+		require.ErrorIs(t, b.be.Add(fd, evlib.KindStream, evlib.Readable), evlib.ErrExist, "Add of an fd AddAccepted watches")
+		readAll(fd, "before")
+		_, err = cli.Write([]byte("after"))
+		require.NoError(t, err)
+		readAll(fd, "after")
+		require.NoError(t, cli.CloseWrite())
+		b.pollFor(fd, evlib.Readable|evlib.Hangup)
+		n, err := b.read(fd, make([]byte, 16))
+		require.NoError(t, err)
+		require.Zero(t, n, "read after the peer's FIN must return end of stream")
+		require.NoError(t, b.be.Remove(fd))
+	})
+	t.Run("Reset", func(t *testing.T) {
+		fd, cli := tcpServerFD(t)
+		require.NoError(t, aa.AddAccepted(fd, evlib.Readable))
+		require.NoError(t, cli.SetLinger(0))
+		require.NoError(t, cli.Close())
+		b.pollFor(fd, evlib.Readable|evlib.Hangup|evlib.Error)
+		_, err := b.read(fd, make([]byte, 16))
+		require.ErrorIs(t, err, unix.ECONNRESET, "a read after the peer's reset")
+		require.NoError(t, b.be.Remove(fd))
+	})
+	t.Run("BadFD", func(t *testing.T) {
+		require.ErrorIs(t, aa.AddAccepted(-1, evlib.Readable), evlib.ErrBadFD, "AddAccepted of a negative fd")
+		a, _ := b.watchReadable()
+		require.ErrorIs(t, aa.AddAccepted(a, evlib.Readable), evlib.ErrExist, "AddAccepted of an fd Add watches")
+		require.NoError(t, b.be.Remove(a))
 	})
 }
 

@@ -119,7 +119,9 @@
 // which counts a FIN: one more than the data read for an orderly end, none
 // for a reset. For that the backend counts what Read returns, and at Add
 // asks a TCP stream what it received and still holds (one getsockopt, three
-// once it has received anything), so that what was read before is known.
+// once it has received anything), so that what was read before is known. A
+// stream the core has just accepted comes through AddAccepted
+// (evlib.AcceptedAdder) instead: nothing read it, and nothing is asked.
 // Where the counts cannot tell (a kernel before 4.1, urgent data), a stream
 // closed after its own write side reads as ended in order.
 //

@@ -212,6 +212,17 @@ func (b *Backend) enqueue(e *entry) {
 
 // Add implements evlib.Backend.
 func (b *Backend) Add(fd int, kind evlib.Kind, ev evlib.Events) error {
+	return b.add(fd, kind, ev, false)
+}
+
+// AddAccepted implements evlib.AcceptedAdder: a stream just accepted is
+// connected and nothing read it, so its input counts from 0 and Add's
+// questions to the socket (up to three system calls) are not asked.
+func (b *Backend) AddAccepted(fd int, ev evlib.Events) error {
+	return b.add(fd, evlib.KindStream, ev, true)
+}
+
+func (b *Backend) add(fd int, kind evlib.Kind, ev evlib.Events, accepted bool) error {
 	if b.closed {
 		return evlib.ErrClosed
 	}
@@ -227,7 +238,10 @@ func (b *Backend) Add(fd int, kind evlib.Kind, ev evlib.Events) error {
 	// when the connect fails, netpoll's read would take the socket's
 	// error, which the core needs to tell why. Helpers watch it until it
 	// is connected (see connected).
-	if kind == evlib.KindStream {
+	switch {
+	case accepted:
+		e.rx0 = rxBase{known: true}
+	case kind == evlib.KindStream:
 		// A TCP stream's state answers both questions at once: whether it
 		// is connected, and from where it counts its input (rxBaseOf).
 		if ti, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
