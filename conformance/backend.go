@@ -155,6 +155,16 @@ func (b *beHarness) read(fd int, p []byte) (int, error) {
 	return max(n, 0), err
 }
 
+// readEnd polls until fd is readable or hung up and reads it, which must
+// return end of stream: its peer is gone and its input all read.
+func (b *beHarness) readEnd(fd int) {
+	b.t.Helper()
+	b.pollFor(fd, evlib.Readable|evlib.Hangup)
+	n, err := b.read(fd, make([]byte, 16))
+	require.NoError(b.t, err)
+	require.Zero(b.t, n, "read after the peer's end must return end of stream")
+}
+
 func (s *suite) backendTests() []subtest {
 	return []subtest{
 		{"Capabilities", s.testBackendCaps},
@@ -487,20 +497,14 @@ func (s *suite) testBackendReadAfterFIN(t *testing.T) {
 		n, err := b.read(a, p)
 		require.NoError(t, err)
 		require.Equal(t, "bye", string(p[:n]))
-		b.pollFor(a, evlib.Readable|evlib.Hangup)
-		n, err = b.read(a, p)
-		require.NoError(t, err)
-		require.Zero(t, n, "read after the peer's close must return end of stream")
+		b.readEnd(a)
 		require.NoError(t, b.be.Remove(a))
 	})
 	t.Run("tcp", func(t *testing.T) {
 		fd, cli := tcpServerFD(t)
 		require.NoError(t, b.be.Add(fd, evlib.KindStream, evlib.Readable))
 		require.NoError(t, cli.Close())
-		b.pollFor(fd, evlib.Readable|evlib.Hangup)
-		n, err := b.read(fd, make([]byte, 16))
-		require.NoError(t, err)
-		require.Zero(t, n, "read after the peer's FIN must return end of stream")
+		b.readEnd(fd)
 		require.NoError(t, b.be.Remove(fd))
 	})
 }
@@ -543,10 +547,7 @@ func (s *suite) testBackendAddAccepted(t *testing.T) {
 		require.NoError(t, err)
 		readAll(fd, "after")
 		require.NoError(t, cli.CloseWrite())
-		b.pollFor(fd, evlib.Readable|evlib.Hangup)
-		n, err := b.read(fd, make([]byte, 16))
-		require.NoError(t, err)
-		require.Zero(t, n, "read after the peer's FIN must return end of stream")
+		b.readEnd(fd)
 		require.NoError(t, b.be.Remove(fd))
 	})
 	t.Run("Reset", func(t *testing.T) {
