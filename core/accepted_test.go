@@ -48,22 +48,8 @@ func registerAcceptRecorder(t *testing.T) {
 	acceptLog.Lock()
 	acceptLog.accepted, acceptLog.added = nil, nil
 	acceptLog.Unlock()
-	if _, err := evlib.Lookup("accept-recorder"); err == nil {
-		return
-	}
-	d, err := evlib.Lookup("poll")
-	require.NoError(t, err)
-	poll := d.New
-	d.Name, d.Flag, d.Priority = "accept-recorder", 0, -1
-	d.Caps &^= evlib.CapHangupWithoutInterest
-	d.New = func(cfg evlib.Config) (evlib.Backend, error) {
-		b, err := poll(cfg)
-		if err != nil {
-			return nil, err
-		}
-		return acceptRecorder{b}, nil
-	}
-	require.NoError(t, evlib.Register(d))
+	registerWrappedPollWithout(t, "accept-recorder", evlib.CapHangupWithoutInterest,
+		func(b evlib.Backend) evlib.Backend { return acceptRecorder{b} })
 }
 
 // A stream one of the core's listeners accepted is added through

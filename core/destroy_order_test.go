@@ -35,6 +35,13 @@ func registerCloseCounting(t *testing.T) string {
 // wrap: a test's way to change one method of a real backend.
 func registerWrappedPoll(t *testing.T, name string, wrap func(evlib.Backend) evlib.Backend) {
 	t.Helper()
+	registerWrappedPollWithout(t, name, 0, wrap)
+}
+
+// registerWrappedPollWithout is registerWrappedPoll for a backend that
+// declares poll's capabilities less drop.
+func registerWrappedPollWithout(t *testing.T, name string, drop evlib.Caps, wrap func(evlib.Backend) evlib.Backend) {
+	t.Helper()
 	if _, err := evlib.Lookup(name); err == nil {
 		return
 	}
@@ -42,6 +49,7 @@ func registerWrappedPoll(t *testing.T, name string, wrap func(evlib.Backend) evl
 	require.NoError(t, err)
 	poll := d.New
 	d.Name, d.Flag, d.Priority = name, 0, -1
+	d.Caps &^= drop
 	d.New = func(cfg evlib.Config) (evlib.Backend, error) {
 		b, err := poll(cfg)
 		if err != nil {
