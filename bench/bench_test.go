@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"io"
+	"math"
 	"net"
 	"os"
 	"runtime"
@@ -196,6 +197,30 @@ func TestPaired(t *testing.T) {
 	}
 	if got := paired(runs[2:], base, ratio); got != 0 {
 		t.Errorf("no shared round: %v, want 0", got)
+	}
+}
+
+func TestEngineRatio(t *testing.T) {
+	run := func(rep int, cpu float64) runResult {
+		return runResult{Repeat: rep, CPUPerRT: cpu, RoundTrips: 1000}
+	}
+	cfg := &config{}
+	results := map[string][]runResult{}
+	for name, cpu := range map[string][2]float64{
+		plugloopPrefix + "epoll":   {2, 2},
+		plugloopPrefix + "gnet":    {3, 4},
+		gnetName:                   {2, 5},
+		plugloopPrefix + "netpoll": {3, 3}, // netpoll's own server did not run
+	} {
+		cfg.servers = append(cfg.servers, serverInfo{Name: name})
+		results[name] = []runResult{run(0, cpu[0]), run(1, cpu[1])}
+	}
+	r := buildReport(cfg, results, nil, time.Now(), false)
+	want := map[string]float64{plugloopPrefix + "gnet": 1.15} // median of 3/2 and 4/5
+	for _, s := range r.Servers {
+		if got := s.CPUVsEngine; math.Abs(got-want[s.Name]) > 1e-9 {
+			t.Errorf("%s against its engine: %v, want %v", s.Name, got, want[s.Name])
+		}
 	}
 }
 

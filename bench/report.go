@@ -62,9 +62,12 @@ type serverReport struct {
 	CPUPerRT     float64 `json:"server_cpu_us_per_rt"`
 	CPUSpreadPct float64 `json:"server_cpu_spread_pct"` // half the min-max range, % of the median
 	CPUVsEpoll   float64 `json:"server_cpu_vs_epoll,omitempty"`
-	ClientCPU    float64 `json:"client_cpu_us_per_rt"`
-	PeakRSSMB    float64 `json:"server_peak_rss_mb"`
-	CSWPerRT     float64 `json:"server_csw_per_rt"`
+	// CPUVsEngine is an adapter's CPU per round trip against its engine's
+	// own server (plugloop/gnet against gnet), paired like CPUVsEpoll.
+	CPUVsEngine float64 `json:"server_cpu_vs_engine,omitempty"`
+	ClientCPU   float64 `json:"client_cpu_us_per_rt"`
+	PeakRSSMB   float64 `json:"server_peak_rss_mb"`
+	CSWPerRT    float64 `json:"server_csw_per_rt"`
 	// OtherCPU is the most CPU (% of one CPU) other processes used during
 	// any of the runs; -1 where unknown.
 	OtherCPU float64 `json:"other_cpu_pct_max"`
@@ -148,6 +151,12 @@ func buildReport(cfg *config, results map[string][]runResult, straced map[string
 		base := r.Servers[i].Runs
 		for j := range r.Servers {
 			r.Servers[j].CPUVsEpoll = paired(r.Servers[j].Runs, base, ratio)
+		}
+	}
+	for j, s := range r.Servers {
+		engine, ok := strings.CutPrefix(s.Name, plugloopPrefix)
+		if i := slices.IndexFunc(r.Servers, func(s serverReport) bool { return s.Name == engine }); ok && i >= 0 {
+			r.Servers[j].CPUVsEngine = paired(s.Runs, r.Servers[i].Runs, ratio)
 		}
 	}
 	return r

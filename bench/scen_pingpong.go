@@ -143,6 +143,15 @@ func pingpongTable(r *report, target bool) (table, []string) {
 			t.Notes = append(t.Notes, fmt.Sprintf("strace, per rt: %s: %s", s.Name, topCalls(s.StracePerRT, 6)))
 		}
 	}
+	var engines []string
+	for _, s := range r.Servers {
+		if s.CPUVsEngine > 0 && !target {
+			engines = append(engines, fmt.Sprintf("%s %.2fx %s", s.Name, s.CPUVsEngine, strings.TrimPrefix(s.Name, plugloopPrefix)))
+		}
+	}
+	if len(engines) > 0 {
+		t.Notes = append(t.Notes, "adapters against their engine's own server (server CPU/rt, paired like vs plugloop/epoll): "+strings.Join(engines, ", "))
+	}
 	if noisy {
 		t.Notes = append(t.Notes, fmt.Sprintf("! other processes used more than %d%% of a CPU during some runs: those figures are disturbed", noisyPct))
 	}
