@@ -125,8 +125,11 @@ func (h *Host) Dispatch(fd int, ev netpoll.IOEvent, _ netpoll.IOFlags) error {
 	return nil
 }
 
-// dispatch hands one event to the core, then runs the forced service and
-// timers that follow a wait, and schedules the next pass.
+// dispatch takes one event of the application's Polling. An fd's event is
+// held; when due's event comes (see Batches), after a wakeup or timer
+// (sig) and while work is pending (idle), the core gets the events held, in
+// fd order, then runs the forced service and timers that follow a wait,
+// and the next pass is scheduled.
 func (b *Backend) dispatch(fd int, e netpoll.IOEvent) {
 	if b.isDown.Load() {
 		return
@@ -138,14 +141,21 @@ func (b *Backend) dispatch(fd int, e netpoll.IOEvent) {
 		// (it is then seen by the next epoll_wait).
 		b.sigReq.Store(false)
 	case b.idle.R:
+	case b.due.R:
+		b.dueOn = false
 	case b.reap.R:
 		b.reaped()
 		return
 	default:
-		r := evmask.ToPoll(evmask.FromEpoll(e))
-		pfd := unix.PollFd{Fd: int32(fd), Events: r, Revents: r}
+		b.hold(fd, e)
+		return
+	}
+	for _, e := range b.takeBatch() {
+		r := evmask.ToPoll(evmask.FromEpoll(e.ev))
+		pfd := unix.PollFd{Fd: e.fd, Events: r, Revents: r}
 		b.drv.ServiceFD(&pfd)
 	}
+	b.batch = b.batch[:0]
 	b.servicePass()
 }
 

@@ -12,8 +12,11 @@
 // default.
 //
 // gnet's Polling owns the wait loop and has no timeout, so the backend is
-// an evlib.Looper: Context.Run runs Polling on the calling goroutine and
-// calls the core's Pass after every fd. Thread.Service (a single pass) uses
+// an evlib.Looper: Context.Run runs Polling on the calling goroutine. gnet
+// hands over each batch one fd at a time and shows no batch end; the
+// backend holds a batch's events and gives them to the core in fd order,
+// followed by one Pass, when an eventfd it wrote at the batch's first
+// event comes back with the next epoll_wait. Thread.Service (a single pass) uses
 // Poll, which enters Polling and leaves it after the first batch or the
 // timeout; it is slower than Run but correct.
 //

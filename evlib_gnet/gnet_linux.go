@@ -3,8 +3,10 @@
 package evlib_gnet
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -43,9 +45,9 @@ func descriptor() evlib.Descriptor {
 // After such a return every later Trigger only queues its task and never
 // wakes epoll_wait again: the second Poll(0) of a Thread.Service loop, or a
 // Run after Run returned on its context, would hang. Single passes must
-// leave Polling many times, so when the backend owns the poller it uses two
-// level-triggered eventfds of its own, registered in the poller and never
-// seen by gnet's task queue:
+// leave Polling many times, so when the backend owns the poller it uses
+// eventfds of its own, registered in the poller and never seen by gnet's
+// task queue:
 //
 //   - sig: written (once, coalesced by an atomic flag) by Wake, by the
 //     timer for Pass's next, and by Poll to end its pass. Any goroutine may
@@ -56,6 +58,7 @@ func descriptor() evlib.Descriptor {
 //     fd events interleave with the pending work; read (disarmed) once Pass
 //     returns something else. Re-Triggering a task instead would starve
 //     epoll_wait (gnet drains its urgent queue until it is empty).
+//   - due: the end of a batch; see Batches.
 //
 // Stopping: the fd callback returns gnet's ErrEngineShutdown, which is the
 // only way out of Polling; no gnet task is ever queued, so nothing is left
@@ -73,23 +76,42 @@ func descriptor() evlib.Descriptor {
 // its fds for as long as they kept at it. Through sig every wakeup waits
 // for the poller's next epoll_wait, in a batch with the fds ready by then.
 //
-// Closes. gnet shows no batch ends, so the core passes after every fd, and
-// an fd it closed in one pass may still have events further in the batch.
-// The backend closes it itself (evlib.FDCloser): after a third eventfd,
-// reap, written once the fd was removed, is delivered in a later batch.
-// A batch with closes costs a write and a read more, and every fd stays
-// open until the batch after the one it was closed in.
+// Batches. gnet's Polling hands over a batch one fd at a time and shows no
+// end, but after a batch it polls again without blocking. The backend
+// holds the events of a batch, and its first one writes due, an
+// edge-triggered eventfd that is never read (each write is one event of
+// the next epoll_wait; the counter, which could hold 2^64-2 writes, never
+// fills). When due's event comes, the core gets the held events in fd
+// order, then the pass that follows events runs: once per batch, as on
+// the epoll backend, instead of once per fd, for one write(2) a batch.
+// The order is the epoll backend's too: at 1,000 connections, serving a
+// batch in the order epoll_wait returned it costs about 10% more CPU per
+// round trip. Held fds are level-triggered and unread, so the epoll_wait
+// that brings due reports them again; their events merge. due's event is
+// lost only when Polling stops in the middle of a batch; when Polling
+// returns the backend forgets the write, and a stale event makes one pass
+// too many.
+//
+// Closes. The pass runs while a batch is being delivered (due's event
+// comes with other fds), so an fd the core closed in it may still have
+// events further in that batch. The backend closes it
+// itself (evlib.FDCloser): after a third eventfd, reap, written once the
+// fd was removed, is delivered in a later batch. A batch with closes
+// costs a write and a read more, and every fd stays open until the batch
+// after the one it was closed in.
 
 const (
 	regBit  = 1 << 7 // in fdState.st: the fd is in the epoll set
 	watched = 1 << 6 // in fdState.st: the core added the fd
 	special = 1 << 5 // in fdState.st: one of our own eventfds
+	held    = 1 << 4 // in fdState.st: an event of the fd waits in batch (at)
 	ioMask  = uint8(evlib.Readable | evlib.Writable)
 )
 
 type fdState struct {
 	st   uint8  // watched | regBit | interest
 	seen uint32 // batch stamp, see Backend.gen
+	at   int32  // the fd's event in Backend.batch, if held
 }
 
 type mode uint8
@@ -123,10 +145,12 @@ type Backend struct {
 	counted bool   // the wait ahead of the loop is counted in Waits
 	reports int    // fds reported by the current Poll
 	idleOn  bool   // idle is readable
+	dueOn   bool   // due was written and its event has not come
+	batch   []event
 	timerAt time.Time
 	timer   *time.Timer
 
-	sig, idle sys.Waker
+	sig, idle, due sys.Waker
 
 	// Closes (see CloseFD): reap is level-triggered and drained when its
 	// event is delivered, so an event of it is of a write not yet drained.
@@ -183,7 +207,7 @@ func New(cfg evlib.Config) (evlib.Backend, error) {
 	for _, w := range []struct {
 		to *sys.Waker
 		et bool
-	}{{&b.sig, b.foreign != nil}, {&b.idle, false}, {&b.reap, false}} {
+	}{{&b.sig, b.foreign != nil}, {&b.idle, false}, {&b.reap, false}, {&b.due, true}} {
 		if *w.to, err = b.newSpecial(w.et); err != nil {
 			break
 		}
@@ -488,6 +512,7 @@ func (b *Backend) Poll(timeout time.Duration) (int, error) {
 	}
 	err := b.poller.Polling(b.onEvent)
 	b.mode = modeIdle // (CloseFD closed at once meanwhile: nothing to reap)
+	b.dueOn = false
 	b.consumeSig()
 	if err != nil && !errors.Is(err, errStop) {
 		return b.reports, fmt.Errorf("gnet Polling: %w", err)
@@ -496,8 +521,8 @@ func (b *Backend) Poll(timeout time.Duration) (int, error) {
 }
 
 // Loop implements evlib.Looper: it runs gnet's Polling on the calling
-// goroutine and calls p.Pass after every fd (gnet shows no batch ends),
-// after a wakeup and when the time Pass asked for has come.
+// goroutine and calls p.Pass after every batch (see Batches), after a
+// wakeup and when the time Pass asked for has come.
 func (b *Backend) Loop(p evlib.Passer) error {
 	if b.isDown.Load() {
 		return evlib.ErrClosed
@@ -516,6 +541,11 @@ func (b *Backend) Loop(p evlib.Passer) error {
 	b.schedule(next)
 	err := b.poller.Polling(b.onEvent)
 	b.mode, b.passer = modeIdle, nil
+	b.dueOn = false
+	// Events held when Polling stopped are level-triggered: the next wait
+	// reports them again.
+	b.takeBatch()
+	b.batch = b.batch[:0]
 	b.reapAll()
 	if b.timer != nil {
 		b.timer.Stop()
@@ -571,7 +601,7 @@ func (b *Backend) onEvent(fd int, e netpoll.IOEvent, _ netpoll.IOFlags) error {
 		if b.stamp(fd) {
 			return errStop // the second batch: the pass is over
 		}
-		if fd == b.sig.R || fd == b.idle.R || fd >= len(b.fds) || b.fds[fd].st&watched == 0 {
+		if fd == b.sig.R || fd == b.idle.R || fd == b.due.R || fd >= len(b.fds) || b.fds[fd].st&watched == 0 {
 			return nil // sig stays readable until Poll returns
 		}
 		b.sink.Ready(fd, evmask.FromEpoll(e))
@@ -585,20 +615,91 @@ func (b *Backend) onEvent(fd int, e netpoll.IOEvent, _ netpoll.IOFlags) error {
 		b.consumeSig()
 		b.counted = false
 	case fd == b.idle.R:
+	case fd == b.due.R:
+		b.dueOn = false
 	case fd == b.reap.R:
 		b.reaped()
 		return nil
 	case fd < len(b.fds) && b.fds[fd].st&watched != 0:
-		b.sink.Ready(fd, evmask.FromEpoll(e))
+		b.hold(fd, e)
+		return nil
 	default:
 		return nil // removed earlier in this batch
 	}
+	b.deliver()
 	next, stop := b.passer.Pass()
 	if stop {
 		return errStop
 	}
 	b.schedule(next)
 	return nil
+}
+
+// event is an fd event held for the pass.
+type event struct {
+	fd int32
+	ev netpoll.IOEvent
+}
+
+// hold keeps an fd event for the pass (see Batches). An fd the core has
+// not read yet is reported again by the epoll_wait that brings due's
+// event: its events merge into one.
+func (b *Backend) hold(fd int, e netpoll.IOEvent) {
+	b.lock()
+	s := &b.fds[fd]
+	if s.st&held != 0 {
+		b.batch[s.at].ev |= e
+		b.unlock()
+		return
+	}
+	s.st |= held
+	s.at = int32(len(b.batch))
+	b.unlock()
+	b.batch = append(b.batch, event{fd: int32(fd), ev: e})
+	b.passDue()
+}
+
+// takeBatch returns the events held since the last pass in fd order and
+// clears their held marks, so that no mark is left when the core runs.
+// The caller hands them over and then empties b.batch.
+func (b *Backend) takeBatch() []event {
+	if len(b.batch) > 1 {
+		slices.SortFunc(b.batch, func(x, y event) int { return cmp.Compare(x.fd, y.fd) })
+	}
+	b.lock()
+	for _, e := range b.batch {
+		b.fds[e.fd].st &^= held
+	}
+	b.unlock()
+	return b.batch
+}
+
+// deliver hands the core the events held since the last pass.
+func (b *Backend) deliver() {
+	for _, e := range b.takeBatch() {
+		// Still watched: the core may have removed it while handling one
+		// before it (CloseFD keeps its number from being reused meanwhile).
+		if fd := int(e.fd); b.fds[fd].st&watched != 0 {
+			b.sink.Ready(fd, evmask.FromEpoll(e.ev))
+		}
+	}
+	b.batch = b.batch[:0]
+}
+
+// passDue makes the pass that follows events run once this batch was
+// delivered (see Batches). On a foreign poller Close may run on another
+// goroutine meanwhile: mu and closed keep the write out of a closed fd's
+// number.
+func (b *Backend) passDue() {
+	if b.dueOn {
+		return
+	}
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	if !b.closed {
+		b.dueOn = true
+		b.due.Signal()
+	}
 }
 
 // schedule makes sure Pass runs again when it asked to: at once (idle
@@ -672,6 +773,7 @@ func (b *Backend) Close() error {
 	b.reapAll()
 	b.sig.Close()
 	b.reap.Close()
+	b.due.Close()
 	if e := b.idle.Close(); err == nil {
 		err = e
 	}

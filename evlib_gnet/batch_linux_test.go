@@ -1,0 +1,106 @@
+//go:build linux
+
+package evlib_gnet_test
+
+import (
+	"io"
+	"log/slog"
+	"slices"
+	"testing"
+	"time"
+
+	gerrors "github.com/panjf2000/gnet/v2/pkg/errors"
+	"github.com/panjf2000/gnet/v2/pkg/netpoll"
+	"github.com/plugloop/plugloop/evlib"
+	"github.com/plugloop/plugloop/evlib_gnet"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+)
+
+// passLog is a Passer that logs what the backend hands it: an fd for each
+// Ready, -1 for each Pass. Its second Pass stops the loop.
+type passLog struct{ seq []int }
+
+func (l *passLog) Ready(fd int, _ evlib.Events) { l.seq = append(l.seq, fd) }
+
+func (l *passLog) Pass() (time.Duration, bool) {
+	l.seq = append(l.seq, -1)
+	return -1, slices.Index(l.seq, -1) != len(l.seq)-1
+}
+
+// In Loop, gnet's Polling hands over a batch one fd at a time, in the
+// order the fds became ready; the core gets the whole batch in fd order,
+// as from the epoll backend, and one pass after it.
+func TestLoopBatchInFDOrder(t *testing.T) {
+	log := &passLog{}
+	be, err := evlib_gnet.New(evlib.Config{Sink: log, Counters: &evlib.Counters{}, MaxFDs: 1 << 16,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	require.NoError(t, err)
+	t.Cleanup(func() { be.Close() })
+	var fds, peers [6]int
+	for i := range fds {
+		fds[i], peers[i] = pair(t)
+		require.NoError(t, be.Add(fds[i], evlib.KindStream, evlib.Readable))
+	}
+	require.True(t, slices.IsSorted(fds[:]))
+	for i := len(fds) - 1; i >= 0; i-- { // the highest fd ready first
+		_, err := unix.Write(peers[i], []byte("x"))
+		require.NoError(t, err)
+	}
+	require.NoError(t, be.(evlib.Looper).Loop(log))
+	want := append(append([]int{-1}, fds[:]...), -1)
+	require.Equal(t, want, log.seq, "Loop's first pass, the batch in fd order, one pass")
+}
+
+// serviceLog is a foreign poller's driver that logs what the backend
+// hands it: an fd for each ServiceFD, -1 for each Service.
+type serviceLog struct{ seq []int }
+
+func (l *serviceLog) Ready(int, evlib.Events) {}
+
+func (l *serviceLog) ServiceFD(pfd *unix.PollFd) error {
+	l.seq = append(l.seq, int(pfd.Fd))
+	pfd.Revents = 0
+	return nil
+}
+
+func (l *serviceLog) Service(time.Duration) error {
+	l.seq = append(l.seq, -1)
+	return nil
+}
+
+func (l *serviceLog) ServiceAdjustTimeout(time.Duration) time.Duration { return -1 }
+
+// On the application's poller too the core gets a batch in fd order, and
+// the service that follows a wait once after it.
+func TestForeignBatchInFDOrder(t *testing.T) {
+	p, err := netpoll.OpenPoller()
+	require.NoError(t, err)
+	t.Cleanup(func() { p.Close() })
+	log := &serviceLog{}
+	be, err := evlib_gnet.New(evlib.Config{Sink: log, Counters: &evlib.Counters{}, MaxFDs: 1 << 16, Foreign: p,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	require.NoError(t, err)
+	t.Cleanup(func() { be.Close() })
+	var fds, peers [6]int
+	for i := range fds {
+		fds[i], peers[i] = pair(t)
+		require.NoError(t, be.Add(fds[i], evlib.KindStream, evlib.Readable))
+	}
+	require.True(t, slices.IsSorted(fds[:]))
+	for i := len(fds) - 1; i >= 0; i-- {
+		_, err := unix.Write(peers[i], []byte("x"))
+		require.NoError(t, err)
+	}
+	host := evlib_gnet.Dispatcher(p)
+	err = p.Polling(func(fd int, ev netpoll.IOEvent, flags netpoll.IOFlags) error {
+		host.Dispatch(fd, ev, flags)
+		if slices.Contains(log.seq, -1) {
+			return gerrors.ErrEngineShutdown
+		}
+		return nil
+	})
+	require.ErrorIs(t, err, gerrors.ErrEngineShutdown)
+	want := append(fds[:], -1)
+	require.Equal(t, want, log.seq, "the batch in fd order, one service")
+}
