@@ -18,25 +18,41 @@ import (
 )
 
 // passLog is a Passer that logs what the backend hands it: an fd for each
-// Ready, -1 for each Pass. Its second Pass stops the loop.
-type passLog struct{ seq []int }
+// Ready, -1 for each Pass. Pass number stop (from 1) stops the loop; each
+// Pass first runs then, if set, with its number.
+type passLog struct {
+	seq    []int
+	passes int
+	stop   int
+	then   func(pass int)
+}
 
 func (l *passLog) Ready(fd int, _ evlib.Events) { l.seq = append(l.seq, fd) }
 
 func (l *passLog) Pass() (time.Duration, bool) {
 	l.seq = append(l.seq, -1)
-	return -1, slices.Index(l.seq, -1) != len(l.seq)-1
+	l.passes++
+	if l.then != nil {
+		l.then(l.passes)
+	}
+	return -1, l.passes == l.stop
+}
+
+func newLoggedBackend(t *testing.T, log evlib.Sink, foreign any) evlib.Backend {
+	t.Helper()
+	be, err := evlib_gnet.New(evlib.Config{Sink: log, Counters: &evlib.Counters{}, MaxFDs: 1 << 16, Foreign: foreign,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	require.NoError(t, err)
+	t.Cleanup(func() { be.Close() })
+	return be
 }
 
 // In Loop, gnet's Polling hands over a batch one fd at a time, in the
 // order the fds became ready; the core gets the whole batch in fd order,
 // as from the epoll backend, and one pass after it.
 func TestLoopBatchInFDOrder(t *testing.T) {
-	log := &passLog{}
-	be, err := evlib_gnet.New(evlib.Config{Sink: log, Counters: &evlib.Counters{}, MaxFDs: 1 << 16,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	require.NoError(t, err)
-	t.Cleanup(func() { be.Close() })
+	log := &passLog{stop: 2}
+	be := newLoggedBackend(t, log, nil)
 	var fds, peers [6]int
 	for i := range fds {
 		fds[i], peers[i] = pair(t)
@@ -50,6 +66,36 @@ func TestLoopBatchInFDOrder(t *testing.T) {
 	require.NoError(t, be.(evlib.Looper).Loop(log))
 	want := append(append([]int{-1}, fds[:]...), -1)
 	require.Equal(t, want, log.seq, "Loop's first pass, the batch in fd order, one pass")
+}
+
+// After a batch of one fd, where holding buys nothing, the next fd events
+// go to the core at once, each followed by a pass.
+func TestLoopBatchOfOneGoesDirect(t *testing.T) {
+	log := &passLog{stop: 4}
+	be := newLoggedBackend(t, log, nil)
+	var fds, peers [3]int
+	for i := range fds {
+		fds[i], peers[i] = pair(t)
+		require.NoError(t, be.Add(fds[i], evlib.KindStream, evlib.Readable))
+	}
+	log.then = func(pass int) {
+		if pass != 2 {
+			return
+		}
+		// After the batch of one: take its input, make the other two
+		// ready, the higher first.
+		_, err := unix.Read(fds[0], make([]byte, 8))
+		require.NoError(t, err)
+		for _, i := range []int{2, 1} {
+			_, err := unix.Write(peers[i], []byte("x"))
+			require.NoError(t, err)
+		}
+	}
+	_, err := unix.Write(peers[0], []byte("x"))
+	require.NoError(t, err)
+	require.NoError(t, be.(evlib.Looper).Loop(log))
+	want := []int{-1, fds[0], -1, fds[2], -1, fds[1], -1}
+	require.Equal(t, want, log.seq, "the batch of one, then each fd with its own pass")
 }
 
 // serviceLog is a foreign poller's driver that logs what the backend
@@ -78,10 +124,7 @@ func TestForeignBatchInFDOrder(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(func() { p.Close() })
 	log := &serviceLog{}
-	be, err := evlib_gnet.New(evlib.Config{Sink: log, Counters: &evlib.Counters{}, MaxFDs: 1 << 16, Foreign: p,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	require.NoError(t, err)
-	t.Cleanup(func() { be.Close() })
+	be := newLoggedBackend(t, log, p)
 	var fds, peers [6]int
 	for i := range fds {
 		fds[i], peers[i] = pair(t)

@@ -147,8 +147,14 @@ func (b *Backend) dispatch(fd int, e netpoll.IOEvent) {
 		b.reaped()
 		return
 	default:
-		b.hold(fd, e)
-		return
+		if b.direct == 0 {
+			b.hold(fd, e)
+			return
+		}
+		b.direct--
+		r := evmask.ToPoll(evmask.FromEpoll(e))
+		pfd := unix.PollFd{Fd: int32(fd), Events: r, Revents: r}
+		b.drv.ServiceFD(&pfd)
 	}
 	for _, e := range b.takeBatch() {
 		r := evmask.ToPoll(evmask.FromEpoll(e.ev))

@@ -87,7 +87,11 @@ func descriptor() evlib.Descriptor {
 // The order is the epoll backend's too: at 1,000 connections, serving a
 // batch in the order epoll_wait returned it costs about 10% more CPU per
 // round trip. Held fds are level-triggered and unread, so the epoll_wait
-// that brings due reports them again; their events merge. due's event is
+// that brings due reports them again; their events merge. Holding a batch
+// of one buys nothing and costs the write and an epoll_wait (5% more CPU
+// per connection in the churn benchmark, whose batches are mostly one fd),
+// so after one the next directRun fd events go to the core at once, each
+// followed by a pass, and then a batch is held again. due's event is
 // lost only when Polling stops in the middle of a batch; when Polling
 // returns the backend forgets the write, and a stale event makes one pass
 // too many.
@@ -141,12 +145,13 @@ type Backend struct {
 	fdMu    sync.Mutex
 	mode    mode
 	passer  evlib.Passer
-	gen     uint32 // current batch stamp
-	counted bool   // the wait ahead of the loop is counted in Waits
-	reports int    // fds reported by the current Poll
-	idleOn  bool   // idle is readable
-	dueOn   bool   // due was written and its event has not come
-	batch   []event
+	gen     uint32  // current batch stamp
+	counted bool    // the wait ahead of the loop is counted in Waits
+	reports int     // fds reported by the current Poll
+	idleOn  bool    // idle is readable
+	dueOn   bool    // due was written and its event has not come
+	batch   []event // fd events held for the pass (see Batches)
+	direct  int     // fd events still to hand over at once (see Batches)
 	timerAt time.Time
 	timer   *time.Timer
 
@@ -621,8 +626,12 @@ func (b *Backend) onEvent(fd int, e netpoll.IOEvent, _ netpoll.IOFlags) error {
 		b.reaped()
 		return nil
 	case fd < len(b.fds) && b.fds[fd].st&watched != 0:
-		b.hold(fd, e)
-		return nil
+		if b.direct == 0 {
+			b.hold(fd, e)
+			return nil
+		}
+		b.direct--
+		b.sink.Ready(fd, evmask.FromEpoll(e))
 	default:
 		return nil // removed earlier in this batch
 	}
@@ -634,6 +643,11 @@ func (b *Backend) onEvent(fd int, e netpoll.IOEvent, _ netpoll.IOFlags) error {
 	b.schedule(next)
 	return nil
 }
+
+// directRun is how many fd events a batch of one hands over at once, each
+// followed by a pass, before the backend holds a batch again (see
+// Batches).
+const directRun = 64
 
 // event is an fd event held for the pass.
 type event struct {
@@ -663,6 +677,9 @@ func (b *Backend) hold(fd int, e netpoll.IOEvent) {
 // clears their held marks, so that no mark is left when the core runs.
 // The caller hands them over and then empties b.batch.
 func (b *Backend) takeBatch() []event {
+	if len(b.batch) == 1 {
+		b.direct = directRun
+	}
 	if len(b.batch) > 1 {
 		slices.SortFunc(b.batch, func(x, y event) int { return cmp.Compare(x.fd, y.fd) })
 	}
