@@ -16,7 +16,8 @@
 // hands over each batch one fd at a time and shows no batch end; the
 // backend holds a batch's events and gives them to the core in fd order,
 // followed by one Pass, when an eventfd it wrote at the batch's first
-// event comes back with the next epoll_wait. Thread.Service (a single pass) uses
+// event comes back with the next epoll_wait (after a batch of one fd, the
+// next few go to the core at once). Thread.Service (a single pass) uses
 // Poll, which enters Polling and leaves it after the first batch or the
 // timeout; it is slower than Run but correct.
 //
