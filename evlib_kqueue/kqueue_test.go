@@ -200,6 +200,18 @@ func TestReadinessReported(t *testing.T) {
 	require.Equal(t, []ready{{3, R | W | HUP | ERR}}, got)
 }
 
+// A batch is reported in fd order, whatever order the kernel listed it in.
+func TestBatchInFDOrder(t *testing.T) {
+	h := newHarness(t, false)
+	for _, fd := range []int{9, 5, 7} {
+		h.k.open(fd, &fakeFile{readable: true})
+		require.NoError(t, h.be.Add(fd, evlib.KindStream, R))
+	}
+	got, calls := h.poll(t, -1)
+	require.Len(t, calls, 1)
+	require.Equal(t, []ready{{5, R}, {7, R}, {9, R}}, got)
+}
+
 func TestBusyLooksWithoutBlockingFirst(t *testing.T) {
 	h := newHarness(t, false)
 	f := h.k.open(3, &fakeFile{readable: true})
