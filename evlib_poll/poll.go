@@ -13,8 +13,10 @@
 package evlib_poll
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/plugloop/plugloop/evlib"
@@ -145,6 +147,11 @@ func (b *Backend) Poll(timeout time.Duration) (int, error) {
 				break
 			}
 		}
+	}
+	// In fd order, as the other backends report their batches (Remove
+	// moves the array's last entry into the hole).
+	if len(b.ready) > 1 {
+		slices.SortFunc(b.ready, func(x, y ready) int { return cmp.Compare(x.fd, y.fd) })
 	}
 	for _, r := range b.ready {
 		b.sink.Ready(r.fd, r.ev)
