@@ -126,7 +126,9 @@ type Backend interface {
 	// error, when woken (see Waker and KindWake). App-driven backends
 	// return ErrAppDriven. An interrupted wait (EINTR) is an empty one, not
 	// an error: any other error means the backend cannot wait, and ends
-	// the core's Run (core.ErrBackend).
+	// the core's Run (core.ErrBackend). The order of the reports is the
+	// backend's; plugloop's report in fd order, which served a thousand
+	// connections with about 10% less CPU than the kernel's order.
 	Poll(timeout time.Duration) (int, error)
 
 	// Close releases what the backend created. It never closes fds the
