@@ -47,24 +47,38 @@ func newLoggedBackend(t *testing.T, log evlib.Sink, foreign any) evlib.Backend {
 	return be
 }
 
+// addPairs adds the first ends of n socket pairs to be, readable, and
+// returns both ends, the added ones in increasing fd order.
+func addPairs(t *testing.T, be evlib.Backend, n int) (fds, peers []int) {
+	t.Helper()
+	fds, peers = make([]int, n), make([]int, n)
+	for i := range fds {
+		fds[i], peers[i] = pair(t)
+		require.NoError(t, be.Add(fds[i], evlib.KindStream, evlib.Readable))
+	}
+	require.True(t, slices.IsSorted(fds))
+	return fds, peers
+}
+
+// send makes the fds of peers[i] readable, for each i in order.
+func send(t *testing.T, peers []int, order ...int) {
+	t.Helper()
+	for _, i := range order {
+		_, err := unix.Write(peers[i], []byte("x"))
+		require.NoError(t, err)
+	}
+}
+
 // In Loop, gnet's Polling hands over a batch one fd at a time, in the
 // order the fds became ready; the core gets the whole batch in fd order,
 // as from the epoll backend, and one pass after it.
 func TestLoopBatchInFDOrder(t *testing.T) {
 	log := &passLog{stop: 2}
 	be := newLoggedBackend(t, log, nil)
-	var fds, peers [6]int
-	for i := range fds {
-		fds[i], peers[i] = pair(t)
-		require.NoError(t, be.Add(fds[i], evlib.KindStream, evlib.Readable))
-	}
-	require.True(t, slices.IsSorted(fds[:]))
-	for i := len(fds) - 1; i >= 0; i-- { // the highest fd ready first
-		_, err := unix.Write(peers[i], []byte("x"))
-		require.NoError(t, err)
-	}
+	fds, peers := addPairs(t, be, 6)
+	send(t, peers, 5, 4, 3, 2, 1, 0) // the highest fd ready first
 	require.NoError(t, be.(evlib.Looper).Loop(log))
-	want := append(append([]int{-1}, fds[:]...), -1)
+	want := append(append([]int{-1}, fds...), -1)
 	require.Equal(t, want, log.seq, "Loop's first pass, the batch in fd order, one pass")
 }
 
@@ -73,11 +87,7 @@ func TestLoopBatchInFDOrder(t *testing.T) {
 func TestLoopBatchOfOneGoesDirect(t *testing.T) {
 	log := &passLog{stop: 4}
 	be := newLoggedBackend(t, log, nil)
-	var fds, peers [3]int
-	for i := range fds {
-		fds[i], peers[i] = pair(t)
-		require.NoError(t, be.Add(fds[i], evlib.KindStream, evlib.Readable))
-	}
+	fds, peers := addPairs(t, be, 3)
 	log.then = func(pass int) {
 		if pass != 2 {
 			return
@@ -86,13 +96,9 @@ func TestLoopBatchOfOneGoesDirect(t *testing.T) {
 		// ready, the higher first.
 		_, err := unix.Read(fds[0], make([]byte, 8))
 		require.NoError(t, err)
-		for _, i := range []int{2, 1} {
-			_, err := unix.Write(peers[i], []byte("x"))
-			require.NoError(t, err)
-		}
+		send(t, peers, 2, 1)
 	}
-	_, err := unix.Write(peers[0], []byte("x"))
-	require.NoError(t, err)
+	send(t, peers, 0)
 	require.NoError(t, be.(evlib.Looper).Loop(log))
 	want := []int{-1, fds[0], -1, fds[2], -1, fds[1], -1}
 	require.Equal(t, want, log.seq, "the batch of one, then each fd with its own pass")
@@ -125,16 +131,8 @@ func TestForeignBatchInFDOrder(t *testing.T) {
 	t.Cleanup(func() { p.Close() })
 	log := &serviceLog{}
 	be := newLoggedBackend(t, log, p)
-	var fds, peers [6]int
-	for i := range fds {
-		fds[i], peers[i] = pair(t)
-		require.NoError(t, be.Add(fds[i], evlib.KindStream, evlib.Readable))
-	}
-	require.True(t, slices.IsSorted(fds[:]))
-	for i := len(fds) - 1; i >= 0; i-- {
-		_, err := unix.Write(peers[i], []byte("x"))
-		require.NoError(t, err)
-	}
+	fds, peers := addPairs(t, be, 6)
+	send(t, peers, 5, 4, 3, 2, 1, 0)
 	host := evlib_gnet.Dispatcher(p)
 	err = p.Polling(func(fd int, ev netpoll.IOEvent, flags netpoll.IOFlags) error {
 		host.Dispatch(fd, ev, flags)
@@ -144,6 +142,6 @@ func TestForeignBatchInFDOrder(t *testing.T) {
 		return nil
 	})
 	require.ErrorIs(t, err, gerrors.ErrEngineShutdown)
-	want := append(fds[:], -1)
+	want := append(fds, -1)
 	require.Equal(t, want, log.seq, "the batch in fd order, one service")
 }
