@@ -98,11 +98,11 @@ func descriptor() evlib.Descriptor {
 //
 // Closes. The pass runs while a batch is being delivered (due's event
 // comes with other fds), so an fd the core closed in it may still have
-// events further in that batch. The backend closes it
-// itself (evlib.FDCloser): after a third eventfd, reap, written once the
-// fd was removed, is delivered in a later batch. A batch with closes
-// costs a write and a read more, and every fd stays open until the batch
-// after the one it was closed in.
+// events further in that batch. The backend closes it itself
+// (evlib.FDCloser): after a third eventfd, reap, written once the fd was
+// removed, is delivered in a later batch. A batch with closes costs a
+// write and a read more, and every fd stays open until the batch after
+// the one it was closed in.
 
 const (
 	regBit  = 1 << 7 // in fdState.st: the fd is in the epoll set
@@ -113,7 +113,7 @@ const (
 )
 
 type fdState struct {
-	st   uint8  // watched | regBit | interest
+	st   uint8  // watched | regBit | held | interest, or special | regBit
 	seen uint32 // batch stamp, see Backend.gen
 	at   int32  // the fd's event in Backend.batch, if held
 }
