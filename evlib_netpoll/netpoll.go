@@ -95,9 +95,12 @@
 // look again, and a proxy's rx pauses and resumes faster than DetachDelay.
 // So netpoll holds for one connection what it read up to then:
 // MaxReadAhead, plus what it reads until the next look (while the reader
-// waits for the turn, or between two of the core's reads: other
-// connections' callbacks run meanwhile), plus, after a pause, what the peer
-// sends in DetachDelay. That is no fixed number of bytes, but it is paid
+// waits for a thread and the turn, or between two of the core's reads:
+// other connections' callbacks run meanwhile), plus, after a pause, what
+// the peer sends in DetachDelay. netpoll's poller gives up its thread only
+// when a wait finds no event, so with one P and peers that keep sending,
+// the next look waits for the Go scheduler to preempt it: tens of
+// milliseconds. That is no fixed number of bytes, but it is paid
 // once per stretch of falling behind, not again for every pause while the
 // consumer stays slow; the README gives measured figures. A pause shorter
 // than DetachDelay, as in a busy pipelined stream, costs a timer; a longer
