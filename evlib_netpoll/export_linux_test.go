@@ -2,6 +2,8 @@
 
 package evlib_netpoll
 
+import "github.com/plugloop/plugloop/evlib"
+
 // Attaches tells how many streams were given to netpoll in this process
 // (not counting re-attaches).
 func Attaches() int64 { return attaches.Load() }
@@ -26,3 +28,12 @@ func IdleReaders() int64 { return idleReaders.Load() }
 
 // MaxIdleReaders is how many idle readers a backend keeps.
 const MaxIdleReaders = maxIdleReaders
+
+// LookAhead makes b look at the fds its helpers wait on, as a loaded
+// backend does every lookEvery passes. The caller holds the turn: it is
+// b's service thread, outside Poll and Loop.
+func LookAhead(b evlib.Backend) { b.(*Backend).lookAhead() }
+
+// Pending tells what b would report for fd now from what it knows itself:
+// a helper's post not yet taken in (by Poll) is not part of it.
+func Pending(b evlib.Backend, fd int) evlib.Events { return b.(*Backend).lookup(fd).events() }
