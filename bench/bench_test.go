@@ -70,15 +70,15 @@ func TestScenarios(t *testing.T) {
 		}
 	}
 	cfg := &config{servers: servers, warmup: 50 * time.Millisecond, duration: 200 * time.Millisecond, fdLimit: raiseFDLimit(), repeats: 1}
-	s := &suite{cfg: cfg, streamConns: 2, churnClients: 2, idleConns: 20, slowConns: 2, slowDur: 300 * time.Millisecond, timerCount: 20000}
-	for _, name := range []string{"stream", "churn", "idle", "slow", "timers", "wakeup"} {
+	s := &suite{cfg: cfg, streamConns: 2, churnClients: 2, idleConns: 20, slowConns: 2, slowDur: 300 * time.Millisecond, arrivals: 10, timerCount: 20000}
+	for _, name := range []string{"stream", "churn", "arrival", "idle", "slow", "timers", "wakeup"} {
 		s.scenarios = append(s.scenarios, scenarios[scenarioIndex(name)])
 	}
 	rep := s.run(context.Background())
 	if len(rep.Unreached) > 0 {
 		t.Fatalf("unreached: %v", rep.Unreached)
 	}
-	if len(rep.Scenarios) != 6 {
+	if len(rep.Scenarios) != 7 {
 		t.Fatalf("%d scenarios reported", len(rep.Scenarios))
 	}
 	for _, sc := range rep.Scenarios {
@@ -93,6 +93,13 @@ func TestScenarios(t *testing.T) {
 			for _, r := range sc.Data.([]churnResult) {
 				if r.Error != "" || r.ConnsPerSec <= 0 || r.CPUUSPerConn <= 0 {
 					t.Errorf("churn: %+v", r)
+				}
+			}
+		}
+		if sc.Name == "arrival" {
+			for _, r := range sc.Data.([]arrivalResult) {
+				if r.Error != "" || r.P50US <= 0 || r.MaxUS < r.P50US || r.LoadRTPerSec <= 0 {
+					t.Errorf("arrival: %+v", r)
 				}
 			}
 		}

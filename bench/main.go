@@ -3,13 +3,14 @@
 // Command bench is plugloop's cross-backend benchmark: every plugloop
 // backend (poll, epoll, foreign under a unix.Poll host loop, the gnet and
 // netpoll adapters, kqueue where it exists) against gnet and
-// cloudwego/netpoll natively, Go's net and a bare epoll loop, in eight
-// scenarios, and a ninth on request:
+// cloudwego/netpoll natively, Go's net and a bare epoll loop, in nine
+// scenarios, and a tenth on request:
 //
 //	pingpong     closed-loop echo, 64 B and 1 KiB, 50 / 1,000 / 10,000 connections
 //	abstraction  the same echo on each backend and on the bare epoll loop
 //	stream       pipelined echo, MB/s and server CPU per MB
 //	churn        short connections, one echo each: server CPU per connection
+//	arrival      a new connection's dial and first echo beside 50 busy ones
 //	idle         server RSS per idle connection (10,000)
 //	slow         slow readers: does the server's RSS plateau?
 //	timers       schedule and cancel a million timers; fire order

@@ -30,6 +30,7 @@ type suite struct {
 	// relayProxies: the relay scenario's proxies (-relay-proxies).
 	relayProxies []string
 	slowDur      time.Duration // 0: the default
+	arrivals     int           // arrival: new connections per run; 0: arrivalProbes
 	timerCount   int
 	htmlPath     string
 	start        time.Time
@@ -54,6 +55,7 @@ var scenarios = []scenario{
 	{"abstraction", "the same echo on every plugloop backend and a bare epoll loop: what the abstraction costs", runAbstraction, false},
 	{"stream", "streaming (pipelined) echo: MB/s and server CPU per MB", runStream, false},
 	{"churn", "connection churn: one echo per connection, server CPU per connection", runChurn, false},
+	{"arrival", "new connections beside busy ones: dial to first echo", runArrival, false},
 	{"idle", "idle connections: server RSS per connection", runIdle, false},
 	{"slow", "slow consumer: fast writers, slow readers; does server memory plateau?", runSlow, false},
 	{"timers", "timers: schedule and cancel a million, fire order", runTimers, false},
