@@ -37,3 +37,6 @@ func LookAhead(b evlib.Backend) { b.(*Backend).lookAhead() }
 // Pending tells what b would report for fd now from what it knows itself:
 // a helper's post not yet taken in (by Poll) is not part of it.
 func Pending(b evlib.Backend, fd int) evlib.Events { return b.(*Backend).lookup(fd).events() }
+
+// TickOn tells whether b's tick is armed (see tick_linux.go).
+func TickOn(b evlib.Backend) bool { return b.(*Backend).tick.state.Load() != tickOff }

@@ -96,3 +96,20 @@ func TestLookAheadFindsWritable(t *testing.T) {
 	require.NotZero(t, evlib_netpoll.Pending(be, fd)&evlib.Writable, "the look did not find the stream writable")
 	require.NoError(t, be.Remove(fd))
 }
+
+// The tick that keeps netpoll's poller from sleeping while readers wait is
+// armed by a pass, expires through netpoll (its expiries are what stop it),
+// stops once no pass came for a while, and is armed again by the next
+// pass. Close takes its descriptor and goroutine with it (noLeaks).
+func TestTickFollowsPasses(t *testing.T) {
+	noLeaks(t)
+	be := lookBackend(t)
+	require.False(t, evlib_netpoll.TickOn(be), "armed before any pass")
+	_, err := be.Poll(0)
+	require.NoError(t, err)
+	require.True(t, evlib_netpoll.TickOn(be), "a pass did not arm the tick")
+	waitUntil(t, "the tick never stopped on an idle backend", func() bool { return !evlib_netpoll.TickOn(be) })
+	_, err = be.Poll(0)
+	require.NoError(t, err)
+	require.True(t, evlib_netpoll.TickOn(be), "a pass after the stop did not arm the tick again")
+}

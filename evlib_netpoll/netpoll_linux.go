@@ -153,6 +153,8 @@ type Backend struct {
 	posts   []post
 	pspare  []post
 
+	tick ticker // wakes netpoll's poller while busy (see tick_linux.go)
+
 	// Entries whose helper waits in the runtime poller, looked at
 	// directly every lookEvery passes (see lookAhead).
 	helped     []*entry
@@ -175,6 +177,7 @@ func New(cfg evlib.Config) (evlib.Backend, error) {
 		wake: make(chan struct{}, 1), kick: make(chan struct{}, 1),
 		handoff: make(chan *entry), quit: make(chan struct{}),
 	}
+	b.tick.fd = -1
 	b.turn.Lock() // the service thread's, until it waits
 	return b, nil
 }
@@ -826,8 +829,10 @@ func (b *Backend) pruneHelped() {
 	b.helpedLive = len(live)
 }
 
-// passed counts a pass, and every lookEvery passes looks ahead.
+// passed counts a pass: it keeps the tick going (see tick_linux.go), and
+// every lookEvery passes looks ahead.
 func (b *Backend) passed() {
+	b.tick.passed()
 	if b.passes++; b.passes >= lookEvery && len(b.helped) > 0 {
 		b.lookAhead()
 	}
@@ -835,15 +840,9 @@ func (b *Backend) passed() {
 
 // lookAhead asks poll(2) about the fds whose helpers wait in the runtime
 // poller (listeners, datagram sockets, connecting streams, blocked writes)
-// and takes what it finds as their helpers would. The runtime polls the
-// network only when its run queue is empty, or every 10 ms from its
-// monitor thread; netpoll's poller yields (Gosched) after every round and
-// then blocks in its own epoll_wait, so with one P under a steady load the
-// queue seldom empties, and a helper's fd could wait up to 10 ms: a new
-// connection's connect and first echo took 5 ms at the median beside 50
-// busy ones, against 0.35 ms on the epoll backend. Passes are what a
-// loaded backend has plenty of, so every lookEvery of them the turn's
-// holder looks itself, one poll(2) for all.
+// and takes what it finds as their helpers would: with one busy P the
+// runtime polls them only every 10 ms (see "One P" in the package
+// documentation).
 //
 // The helpers stay out: whatever the runtime tells them later, they check
 // again with poll(2), and go back to waiting if it is gone (a listener's
@@ -1555,6 +1554,7 @@ func (b *Backend) Close() error {
 		}
 	}
 	b.timer.Stop()
+	b.tick.close()
 	close(b.quit)
 	b.mu.Lock()
 	b.posts = nil
