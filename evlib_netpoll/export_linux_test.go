@@ -40,3 +40,27 @@ func Pending(b evlib.Backend, fd int) evlib.Events { return b.(*Backend).lookup(
 
 // TickOn tells whether b's tick is armed (see tick_linux.go).
 func TickOn(b evlib.Backend) bool { return b.(*Backend).tick.state.Load() != tickOff }
+
+// TickLook runs what b's tick runs at an expiry, with the turn free
+// (waiting: as while b's service thread waits) or held by the caller (as
+// during a pass), and reports whether it woke the service thread's wait.
+func TickLook(b evlib.Backend, waiting bool) (woke bool) {
+	bb := b.(*Backend)
+	select {
+	case <-bb.kick:
+	default:
+	}
+	if waiting {
+		bb.turn.Unlock()
+		bb.tickLook()
+		bb.turn.Lock()
+	} else {
+		bb.tickLook()
+	}
+	select {
+	case <-bb.kick:
+		return true
+	default:
+		return false
+	}
+}

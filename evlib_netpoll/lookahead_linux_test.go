@@ -38,9 +38,35 @@ func lookBackend(t *testing.T) evlib.Backend {
 func TestLookAheadFindsConnection(t *testing.T) {
 	noLeaks(t)
 	be := lookBackend(t)
+	lfd := queuedConnection(t, be)
+	evlib_netpoll.LookAhead(be)
+	require.Equal(t, evlib.Readable, evlib_netpoll.Pending(be, lfd), "the look did not find the queued connection")
+	require.NoError(t, be.Remove(lfd))
+}
+
+// An idle service thread passes too seldom to look ahead, and with one P
+// nothing else polls the runtime's poller while netpoll's poller holds the
+// P in epoll_wait: each tick's expiry looks instead, if no pass holds the
+// turn, and wakes the thread when it found something.
+func TestTickLooksWhileWaiting(t *testing.T) {
+	noLeaks(t)
+	be := lookBackend(t)
+	lfd := queuedConnection(t, be)
+	require.False(t, evlib_netpoll.TickLook(be, false), "woke the thread during a pass")
+	require.Zero(t, evlib_netpoll.Pending(be, lfd), "looked during a pass, whose turn it is")
+	require.True(t, evlib_netpoll.TickLook(be, true), "did not wake the waiting thread")
+	require.Equal(t, evlib.Readable, evlib_netpoll.Pending(be, lfd), "the tick's look did not find the queued connection")
+	require.NoError(t, be.Remove(lfd))
+}
+
+// queuedConnection adds a listener to be, waits until a connection is
+// queued on it, and checks that be does not know yet. The listener and
+// the client end close with the test.
+func queuedConnection(t *testing.T, be evlib.Backend) (lfd int) {
+	t.Helper()
 	lfd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	require.NoError(t, err)
-	defer unix.Close(lfd)
+	t.Cleanup(func() { unix.Close(lfd) })
 	require.NoError(t, unix.Bind(lfd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}))
 	require.NoError(t, unix.Listen(lfd, 8))
 	sa, err := unix.Getsockname(lfd)
@@ -52,12 +78,10 @@ func TestLookAheadFindsConnection(t *testing.T) {
 
 	c, err := net.Dial("tcp4", (&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: sa.(*unix.SockaddrInet4).Port}).String())
 	require.NoError(t, err)
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
 	waitUntil(t, "the connection never queued", func() bool { return sys.ReadableNow(lfd) })
 	require.Zero(t, evlib_netpoll.Pending(be, lfd), "the backend learnt of the connection without a look or a Poll")
-	evlib_netpoll.LookAhead(be)
-	require.Equal(t, evlib.Readable, evlib_netpoll.Pending(be, lfd), "the look did not find the queued connection")
-	require.NoError(t, be.Remove(lfd))
+	return lfd
 }
 
 // The same for a blocked write, whose helper waits for POLLOUT: once the

@@ -177,7 +177,7 @@ func New(cfg evlib.Config) (evlib.Backend, error) {
 		wake: make(chan struct{}, 1), kick: make(chan struct{}, 1),
 		handoff: make(chan *entry), quit: make(chan struct{}),
 	}
-	b.tick.fd = -1
+	b.tick.fd, b.tick.look = -1, b.tickLook
 	b.turn.Lock() // the service thread's, until it waits
 	return b, nil
 }
@@ -836,6 +836,20 @@ func (b *Backend) passed() {
 	if b.passes++; b.passes >= lookEvery && len(b.helped) > 0 {
 		b.lookAhead()
 	}
+}
+
+// tickLook looks ahead at a tick's expiry if the turn is free.
+func (b *Backend) tickLook() {
+	if !b.turn.TryLock() {
+		return
+	}
+	if !b.closed && len(b.helped) > 0 {
+		b.lookAhead()
+		if len(b.cand) > 0 {
+			b.kickWaiter()
+		}
+	}
+	b.turn.Unlock()
 }
 
 // lookAhead asks poll(2) about the fds whose helpers wait in the runtime

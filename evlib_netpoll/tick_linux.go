@@ -34,6 +34,7 @@ type ticker struct {
 	idle  int          // expiries in a row without a pass
 	fd    int          // the timerfd, netpoll's to close; -1 until made
 	nc    netpoll.Connection
+	look  func()        // run at every expiry, on the tick's goroutine
 	done  chan struct{} // closed when the tick's goroutine ended
 	dead  bool          // closed, or could not be made (no fd free)
 }
@@ -94,11 +95,13 @@ func (t *ticker) run(r netpoll.Reader) {
 		r.Skip(r.Len())
 		r.Release()
 		t.mu.Lock()
+		look := false
 		switch {
 		case t.dead:
 		case t.state.Load() == tickBusy:
 			t.state.Store(tickQuiet)
 			t.idle = 0
+			look = true
 		case t.state.Load() == tickQuiet:
 			if t.idle++; t.idle >= tickIdle {
 				t.arm(0)
@@ -106,6 +109,9 @@ func (t *ticker) run(r netpoll.Reader) {
 			}
 		}
 		t.mu.Unlock()
+		if look {
+			t.look()
+		}
 	}
 }
 
