@@ -19,7 +19,7 @@
 //	             upstream: core.Conn.RelayTo, a callback proxy, io.Copy;
 //	             proxy CPU and syscalls per MB next to MB/s
 //
-//	go run ./bench                          # the default suite, about 90 s
+//	go run ./bench                          # the default suite, about 95 s
 //	go run ./bench -full                    # everything, longer (several minutes)
 //	go run ./bench -scenarios pingpong -servers epoll,gnet -conns 1000 -sizes 64 -duration 5s
 //	go run ./bench -json > result.json      # machine-readable

@@ -14,7 +14,8 @@ import (
 // The tick: a timerfd, given to netpoll as a connection, that expires every
 // tickPeriod while the backend is busy, so that netpoll's poller never
 // sleeps in epoll_wait longer than that while readers it woke wait for the
-// one P (see "One P" in the package documentation). It stops after
+// one P (see "One P" in the package documentation). An expiry that
+// follows a pass also looks ahead (Backend.tickLook). It stops after
 // tickIdle expiries without a pass, so an idle server is not woken.
 const (
 	tickPeriod = time.Millisecond
