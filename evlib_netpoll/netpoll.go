@@ -174,11 +174,13 @@
 // had been what let the runtime poll its own poller when passes are few,
 // as under connection churn, where every connection is new: there the
 // rate fell from about 15,000 connections a second to 5,000 to 11,000,
-// the clients waiting on accepts. So an expiry that follows a pass also
-// looks ahead itself, if no pass holds the turn, and wakes the service
-// thread when it found something; churn is back level with netpoll's own
-// server. An expiry with no pass since the one before does not look, so
-// an idle backend makes at most one poll(2) after its last pass.
+// the clients waiting on accepts. So while passes keep coming (in each of
+// the last two periods), every expiry also looks ahead itself, if no pass
+// holds the turn, and wakes the service thread when it found something;
+// churn is back level with netpoll's own server. An expiry with no pass
+// since the one before does not look, nor does one after a burst of
+// passes shorter than a period, so an idle backend makes at most one
+// poll(2) after its last pass.
 //
 // # netpoll's log
 //

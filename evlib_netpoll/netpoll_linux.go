@@ -838,7 +838,8 @@ func (b *Backend) passed() {
 	}
 }
 
-// tickLook looks ahead at a tick's expiry if the turn is free.
+// tickLook looks ahead at a tick's expiry, if no pass holds the turn, and
+// wakes the service thread's wait when it found something.
 func (b *Backend) tickLook() {
 	if !b.turn.TryLock() {
 		return

@@ -14,8 +14,8 @@ import (
 // The tick: a timerfd, given to netpoll as a connection, that expires every
 // tickPeriod while the backend is busy, so that netpoll's poller never
 // sleeps in epoll_wait longer than that while readers it woke wait for the
-// one P (see "One P" in the package documentation). An expiry that
-// follows a pass also looks ahead (Backend.tickLook). It stops after
+// one P (see "One P" in the package documentation). While passes keep
+// coming, each expiry also looks ahead (Backend.tickLook). It stops after
 // tickIdle expiries without a pass, so an idle server is not woken.
 const (
 	tickPeriod = time.Millisecond
@@ -30,14 +30,15 @@ const (
 )
 
 type ticker struct {
-	state atomic.Int32 // read by passes without mu
-	mu    sync.Mutex   // orders arming, expiries and close
-	idle  int          // expiries in a row without a pass
-	fd    int          // the timerfd, netpoll's to close; -1 until made
-	nc    netpoll.Connection
-	look  func()        // run at every expiry, on the tick's goroutine
-	done  chan struct{} // closed when the tick's goroutine ended
-	dead  bool          // closed, or could not be made (no fd free)
+	state   atomic.Int32 // read by passes without mu
+	mu      sync.Mutex   // orders arming, expiries and close
+	idle    int          // expiries in a row without a pass
+	busyRun int          // expiries in a row that followed a pass
+	fd      int          // the timerfd, netpoll's to close; -1 until made
+	nc      netpoll.Connection
+	look    func()        // run on the tick's goroutine while passes keep coming
+	done    chan struct{} // closed when the tick's goroutine ended
+	dead    bool          // closed, or could not be made (no fd free)
 }
 
 // passed notes a pass: it arms the tick if it is off, and marks it busy.
@@ -85,8 +86,9 @@ func (t *ticker) arm(d time.Duration) {
 	unix.TimerfdSettime(t.fd, 0, &unix.ItimerSpec{Interval: ts, Value: ts}, nil)
 }
 
-// run takes the expiries netpoll read, and disarms the tick after tickIdle
-// of them without a pass.
+// run takes the expiries netpoll read, looks ahead at those that follow
+// two periods with passes, and disarms the tick after tickIdle of them
+// without a pass.
 func (t *ticker) run(r netpoll.Reader) {
 	defer close(t.done)
 	for {
@@ -102,8 +104,12 @@ func (t *ticker) run(r netpoll.Reader) {
 		case t.state.Load() == tickBusy:
 			t.state.Store(tickQuiet)
 			t.idle = 0
-			look = true
+			// A burst of passes shorter than a period starves nothing:
+			// look once passes came in two periods in a row.
+			t.busyRun++
+			look = t.busyRun >= 2
 		case t.state.Load() == tickQuiet:
+			t.busyRun = 0
 			if t.idle++; t.idle >= tickIdle {
 				t.arm(0)
 				t.state.Store(tickOff)
