@@ -12,9 +12,7 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"net"
 	"slices"
 	"time"
@@ -116,25 +114,11 @@ func (s *suite) arrivalOne(ctx context.Context, name string) (res arrivalResult)
 	r0, t0 := load.total(), time.Now()
 	for range s.arrivalCount() {
 		start := time.Now()
-		c, err := d.DialContext(ctx, "tcp", ch.hello.Addr)
+		echoed, err := echoOnce(ctx, &d, ch.hello.Addr, msg, got)
 		if err != nil {
 			return fail(err)
 		}
-		err = c.SetDeadline(start.Add(5 * time.Second))
-		if err == nil {
-			_, err = c.Write(msg)
-		}
-		if err == nil {
-			_, err = io.ReadFull(c, got)
-		}
-		if err == nil && !bytes.Equal(got, msg) {
-			err = errors.New("echo returned different bytes")
-		}
-		lat = append(lat, time.Since(start))
-		c.Close()
-		if err != nil {
-			return fail(err)
-		}
+		lat = append(lat, echoed.Sub(start))
 		if err := sleep(ctx, arrivalGap); err != nil {
 			return fail(err)
 		}

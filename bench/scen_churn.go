@@ -57,31 +57,36 @@ func (c *churnClients) client(ctx context.Context, addr string, d net.Dialer, cn
 	msg := bytes.Repeat([]byte{'c'}, churnMsg)
 	got := make([]byte, churnMsg)
 	for !c.stop.Load() {
-		conn, err := d.DialContext(ctx, "tcp", addr)
-		if err != nil {
-			c.fail(err)
-			return
-		}
-		err = conn.SetDeadline(time.Now().Add(5 * time.Second))
-		if err == nil {
-			_, err = conn.Write(msg)
-		}
-		if err == nil {
-			_, err = io.ReadFull(conn, got)
-		}
-		if err == nil && !bytes.Equal(got, msg) {
-			err = errors.New("echo returned different bytes")
-		}
-		// The client closes first, so the TIME_WAIT is the client's (see
-		// churnDialer), and Linux reuses one for a new loopback connection
-		// once it is a second old (the default of net.ipv4.tcp_tw_reuse).
-		conn.Close()
-		if err != nil {
+		if _, err := echoOnce(ctx, &d, addr, msg, got); err != nil {
 			c.fail(err)
 			return
 		}
 		cnt.n.Add(1)
 	}
+}
+
+// echoOnce dials addr, writes msg, reads its echo into got, checks it and
+// closes the connection; it reports when the echo was in, before the
+// close. The client closes first, so the TIME_WAIT is the client's (see
+// churnDialer), and Linux reuses one for a new loopback connection once it
+// is a second old (the default of net.ipv4.tcp_tw_reuse).
+func echoOnce(ctx context.Context, d *net.Dialer, addr string, msg, got []byte) (echoed time.Time, err error) {
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return time.Time{}, err
+	}
+	defer conn.Close()
+	err = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if err == nil {
+		_, err = conn.Write(msg)
+	}
+	if err == nil {
+		_, err = io.ReadFull(conn, got)
+	}
+	if err == nil && !bytes.Equal(got, msg) {
+		err = errors.New("echo returned different bytes")
+	}
+	return time.Now(), err
 }
 
 func (c *churnClients) close() {
