@@ -896,21 +896,13 @@ func (b *Backend) lookAhead() {
 		if got == 0 || pfds[i].Fd < 0 {
 			continue
 		}
+		// As the helpers' posts (see drain), waitW and waitR aside.
 		if e.waitW && got&(unix.POLLOUT|unix.POLLERR|unix.POLLHUP) != 0 {
-			// As a write helper's post (see drain), waitW aside.
-			e.blocked = false
-			e.rawReady |= evmask.FromPoll(got&^unix.POLLIN) &^ evlib.Writable
-			b.connected(e)
+			b.tookWrite(e, evmask.FromPoll(got&^unix.POLLIN))
 		}
 		if e.waitR && e.kind != evlib.KindFile {
 			if rd := got &^ unix.POLLOUT; rd != 0 {
-				// As a read helper's post, waitR aside.
-				ev := evmask.FromPoll(rd)
-				if ev&evlib.Hangup != 0 {
-					ev |= evlib.Readable // end of file is to be read
-				}
-				e.rawReady |= ev
-				e.endSeen = e.endSeen || e.hup && ev&(evlib.Hangup|evlib.Error) != 0
+				e.tookRead(readEvents(rd))
 			}
 		}
 		b.enqueue(e)
@@ -956,15 +948,35 @@ func (b *Backend) helper(e *entry, rc syscall.RawConn, write bool) {
 	if err != nil {
 		got = unix.POLLERR
 	}
-	what := uint8(postRawRead)
 	if write {
-		what = postRawWrite
+		b.post(post{e: e, what: postRawWrite, ev: evmask.FromPoll(got)})
+	} else {
+		b.post(post{e: e, what: postRawRead, ev: readEvents(got)})
 	}
+}
+
+// readEvents is what a read helper's poll(2) found, as the core is told.
+func readEvents(got int16) evlib.Events {
 	ev := evmask.FromPoll(got)
-	if ev&evlib.Hangup != 0 && !write {
+	if ev&evlib.Hangup != 0 {
 		ev |= evlib.Readable // end of file is to be read
 	}
-	b.post(post{e: e, what: what, ev: ev})
+	return ev
+}
+
+// tookRead takes in what a read helper found (drain, or lookAhead in its
+// stead).
+func (e *entry) tookRead(ev evlib.Events) {
+	e.rawReady |= ev
+	e.endSeen = e.endSeen || (e.kind == evlib.KindFile || e.hup) && ev&(evlib.Hangup|evlib.Error) != 0
+}
+
+// tookWrite takes in what a write helper found (drain, or lookAhead in its
+// stead): the fd is writable again, or failed.
+func (b *Backend) tookWrite(e *entry, ev evlib.Events) {
+	e.blocked = false
+	e.rawReady |= ev &^ evlib.Writable
+	b.connected(e)
 }
 
 // Modify implements evlib.Backend.
@@ -1162,8 +1174,7 @@ func (b *Backend) drain() {
 		case postRawRead:
 			e.waitR = false
 			e.inMissed = false // the next helper looks before it waits
-			e.rawReady |= p.ev
-			e.endSeen = e.endSeen || (e.kind == evlib.KindFile || e.hup) && p.ev&(evlib.Hangup|evlib.Error) != 0
+			e.tookRead(p.ev)
 			e.releaseFile() // a stream's read helper from before netpoll took it
 			if e.kind == evlib.KindFile && e.interest&evlib.Readable == 0 {
 				// rx was paused after the helper looked: no report
@@ -1172,9 +1183,7 @@ func (b *Backend) drain() {
 			}
 		case postRawWrite:
 			e.waitW = false
-			e.blocked = false
-			e.rawReady |= p.ev &^ evlib.Writable
-			b.connected(e)
+			b.tookWrite(e, p.ev)
 			e.releaseFile()
 		}
 		b.enqueue(e)
