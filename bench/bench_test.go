@@ -505,3 +505,56 @@ func TestRelayOptIn(t *testing.T) {
 		t.Fatalf("-scenarios relay: %v, %v", sc, err)
 	}
 }
+
+// TestSessionSlices: one child measured in several slices, its load
+// paused between them, gives a result per slice from the same process.
+func TestSessionSlices(t *testing.T) {
+	cfg := &config{conns: 4, size: 64, warmup: 50 * time.Millisecond, duration: 100 * time.Millisecond}
+	s := openSession(context.Background(), cfg, plugloopPrefix+"epoll", false)
+	var pids []int
+	for r := range 3 {
+		res := s.measure(context.Background(), r)
+		if res.Error != "" {
+			t.Fatal(res.Error)
+		}
+		if res.Repeat != r || res.RoundTrips < 10 || res.CPUNS <= 0 || res.Stats == nil || res.Stats.Reads == 0 {
+			t.Fatalf("slice %d: implausible result %+v", r, res)
+		}
+		pids = append(pids, s.ch.hello.PID)
+		n := s.lg.total()
+		time.Sleep(20 * time.Millisecond)
+		if got := s.lg.total(); got != n {
+			t.Fatalf("slice %d: %d round trips after it ended", r, got-n)
+		}
+	}
+	var res runResult
+	s.close(&res)
+	if res.Error != "" || pids[0] != pids[2] {
+		t.Fatalf("close: %q; children %v", res.Error, pids)
+	}
+}
+
+// TestSessionStalledServer: a server that stalls a connection fails the
+// slice that finds it, and every later one, and its load stops at once
+// rather than run on beside other servers' slices.
+func TestSessionStalledServer(t *testing.T) {
+	addr, stalled := echoServer(t, echoStall)
+	cfg := &config{conns: 3, size: 64, warmup: 20 * time.Millisecond, duration: 50 * time.Millisecond, target: addr, load: loadNet}
+	s := openSession(context.Background(), cfg, targetName, false)
+	<-stalled
+	first := s.measure(context.Background(), 0)
+	if !strings.Contains(first.Error, "stalled") {
+		t.Fatalf("slice 0: error %q, want the stalled connection's", first.Error)
+	}
+	if !s.ended {
+		t.Fatal("the load still runs after the failed slice")
+	}
+	if again := s.measure(context.Background(), 1); again.Error != first.Error {
+		t.Fatalf("slice 1: error %q, want %q", again.Error, first.Error)
+	}
+	var res runResult
+	s.close(&res)
+	if !strings.Contains(res.Error, "stalled") {
+		t.Fatalf("close: %q", res.Error)
+	}
+}

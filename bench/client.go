@@ -245,11 +245,93 @@ type loader interface {
 	total() uint64
 	// Err returns the first error a connection met.
 	Err() error
+	// pause holds every connection once its round trip in flight is
+	// done, and returns once all are held: the server then has nothing
+	// to do until resume. It fails if some could not finish within
+	// stuckAfter: the server stalled them.
+	pause() error
+	// resume lets the held connections go on.
+	resume()
 	// close stops the load: connections finish their round trip in
 	// flight, then all are closed. It returns how many could not finish
 	// it within a second (stuckAfter), and were cut off: the server
 	// stalled them, which must not pass for a lower rate.
 	close() (stuck int)
+}
+
+// gate holds a load generator's parties (its connections' goroutines, or
+// its one loop) between round trips while the load is paused.
+type gate struct {
+	on     atomic.Bool // paused: parties hold at their next round trip
+	mu     sync.Mutex
+	open   chan struct{} // closed by resume and by release
+	opened bool          // open is closed
+	held   int           // parties holding since the last pause
+	closed bool          // released for good: hold returns false
+}
+
+// paused tells whether a party should hold before its next round trip.
+func (g *gate) paused() bool { return g.on.Load() }
+
+// hold waits until resume, and reports false if the load is closing
+// instead. It returns at once if the load is no longer paused.
+func (g *gate) hold() bool {
+	g.mu.Lock()
+	if g.closed || !g.on.Load() {
+		g.mu.Unlock()
+		return !g.closed
+	}
+	g.held++
+	ch := g.open
+	g.mu.Unlock()
+	<-ch
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return !g.closed
+}
+
+// pause asks the parties to hold and waits until parties() of them do,
+// for at most stuckAfter. It reports how many had not.
+func (g *gate) pause(parties func() int) (missing int) {
+	g.mu.Lock()
+	if !g.on.Load() {
+		g.open, g.opened, g.held = make(chan struct{}), false, 0
+		g.on.Store(true)
+	}
+	g.mu.Unlock()
+	deadline := time.Now().Add(stuckAfter)
+	for {
+		g.mu.Lock()
+		missing = parties() - g.held
+		g.mu.Unlock()
+		if missing <= 0 || time.Now().After(deadline) {
+			return max(missing, 0)
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+}
+
+// resume lets the holding parties go on.
+func (g *gate) resume() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.on.Store(false)
+	g.openLocked()
+}
+
+// release ends every hold for good: the load is closing.
+func (g *gate) release() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.closed = true
+	g.openLocked()
+}
+
+func (g *gate) openLocked() {
+	if g.open != nil && !g.opened {
+		close(g.open)
+		g.opened = true
+	}
 }
 
 // stuckAfter is how long close waits for the round trips in flight; on
@@ -262,7 +344,7 @@ const (
 )
 
 // startLoader starts the load generator cfg selects.
-func startLoader(ctx context.Context, cfg *config, addr string, deadline time.Time) (loader, error) {
+func startLoader(ctx context.Context, cfg *config, addr string, deadline time.Duration) (loader, error) {
 	if cfg.load == loadUring {
 		l, err := startUringLoad(ctx, addr, cfg.conns, cfg.size, cfg.loadWait)
 		if err != nil {
@@ -392,7 +474,9 @@ type loadGen struct {
 	conns    []net.Conn
 	counts   counters
 	wg       sync.WaitGroup
-	finished atomic.Int64 // connections whose goroutine ended
+	finished atomic.Int64  // connections whose goroutine ended
+	deadline time.Duration // each connection's deadline, from start or resume
+	gate
 	firstError
 }
 
@@ -426,8 +510,9 @@ func (f *firstError) Err() error {
 	return f.err
 }
 
-func startLoad(ctx context.Context, addr string, n, size int, deadline time.Time) (*loadGen, error) {
-	l := &loadGen{counts: make(counters, n), firstError: firstError{prefix: "load"}}
+func startLoad(ctx context.Context, addr string, n, size int, deadline time.Duration) (*loadGen, error) {
+	l := &loadGen{counts: make(counters, n), deadline: deadline, firstError: firstError{prefix: "load"}}
+	until := time.Now().Add(deadline)
 	d := net.Dialer{Timeout: 5 * time.Second}
 	for range n {
 		c, err := d.DialContext(ctx, "tcp", addr)
@@ -435,7 +520,7 @@ func startLoad(ctx context.Context, addr string, n, size int, deadline time.Time
 			l.close()
 			return nil, fmt.Errorf("connection %d: %w", len(l.conns)+1, err)
 		}
-		c.SetDeadline(deadline)
+		c.SetDeadline(until)
 		l.conns = append(l.conns, c)
 	}
 	for i, c := range l.conns {
@@ -453,6 +538,9 @@ func (l *loadGen) pingPong(c net.Conn, cnt *counter, size int, seq byte) {
 		out[i] = byte(i)
 	}
 	for ; !l.stop.Load(); seq++ {
+		if l.paused() && !l.hold() {
+			return
+		}
 		out[0] = seq
 		if _, err := c.Write(out); err != nil {
 			l.fail(err)
@@ -473,10 +561,26 @@ func (l *loadGen) pingPong(c net.Conn, cnt *counter, size int, seq byte) {
 // total is the number of round trips completed so far.
 func (l *loadGen) total() uint64 { return l.counts.sum() }
 
+func (l *loadGen) pause() error {
+	if n := l.gate.pause(func() int { return len(l.conns) - int(l.finished.Load()) }); n > 0 {
+		return fmt.Errorf("%d of %d connections got no echo of their last message within %v: the server stalled them", n, len(l.conns), stuckAfter)
+	}
+	return nil
+}
+
+func (l *loadGen) resume() {
+	until := time.Now().Add(l.deadline)
+	for _, c := range l.conns {
+		c.SetDeadline(until)
+	}
+	l.gate.resume()
+}
+
 // close stops the load: connections finish their round trip in flight,
 // then all are closed.
 func (l *loadGen) close() (stuck int) {
 	l.stop.Store(true)
+	l.release()
 	done := make(chan struct{})
 	go func() { l.wg.Wait(); close(done) }()
 	select {
@@ -530,60 +634,85 @@ type runResult struct {
 	PerfError      string        `json:"perf_error,omitempty"`
 }
 
-// runOne starts the server, loads it, measures, and shuts it down.
-func runOne(ctx context.Context, cfg *config, name string, repeat int, straced bool) (res runResult) {
-	res = runResult{Server: name, Repeat: repeat}
-	var straceOut string
+// settle is how long a paused load runs again before a slice is measured:
+// the server's goroutines and the runtime's monitor wake from idle.
+const settle = 50 * time.Millisecond
+
+// session is one server child under load, measured in slices. Between
+// slices its load is paused and the server idles, while other servers'
+// slices run: the servers of a table take turns every slice, so a change
+// in the machine's speed that lasts longer than a round of slices (the
+// VM this bench is run on has them, ±20% for seconds) falls on every
+// server alike.
+type session struct {
+	cfg       *config
+	name      string
+	ch        *child
+	lg        loader
+	straceOut string // the strace summary's file, for a traced session
+	failed    string // the session's error; later slices report it
+	measured  bool   // a slice was measured, so the load is paused
+	ended     bool   // end ran
+	stuck     int    // what end found
+}
+
+// openSession starts the named server, and its load. A failure is kept
+// and reported by every slice.
+func openSession(ctx context.Context, cfg *config, name string, straced bool) *session {
+	s := &session{cfg: cfg, name: name}
 	if straced {
 		f, err := os.CreateTemp("", "plugloop-bench-strace-*.txt")
 		if err != nil {
-			res.Error = err.Error()
-			return res
+			s.failed = err.Error()
+			return s
 		}
-		straceOut = f.Name()
+		s.straceOut = f.Name()
 		f.Close()
-		defer os.Remove(straceOut)
 	}
-	var ch *child
 	var err error
 	if name == targetName {
-		ch = targetChild(cfg.target)
-	} else {
-		ch, err = spawn(ctx, cfg, name, straceOut)
+		s.ch = targetChild(cfg.target)
+	} else if s.ch, err = spawn(ctx, cfg, name, s.straceOut); err != nil {
+		s.ch = nil
+		s.failed = "start: " + err.Error()
+		return s
 	}
-	if err != nil {
-		res.Error = "start: " + err.Error()
-		return res
+	// A connection's I/O deadline, counted from the start and again from
+	// every resume, stops a stalled server from holding the bench.
+	deadline := max(cfg.warmup, settle) + cfg.duration + controlTimeout
+	if s.lg, err = startLoader(ctx, cfg, s.ch.hello.Addr, deadline); err != nil {
+		s.lg = nil
+		s.failed = s.ch.failure(err).Error()
 	}
-	res.GoMaxProcs, res.CPUs, res.PinError = ch.hello.GoMaxProcs, ch.hello.CPUs, ch.hello.PinError
-	stopped := false
-	defer func() {
-		if !stopped {
-			ch.kill()
-		}
-	}()
+	return s
+}
 
-	deadline := time.Now().Add(cfg.warmup + cfg.duration + controlTimeout)
-	lg, err := startLoader(ctx, cfg, ch.hello.Addr, deadline)
-	if err != nil {
-		res.Error = ch.failure(err).Error()
+// measure runs the load for one slice, after a warm-up (the first slice)
+// or a settle (later ones), measures the server over cfg.duration, and
+// pauses the load again.
+func (s *session) measure(ctx context.Context, repeat int) (res runResult) {
+	res = runResult{Server: s.name, Repeat: repeat}
+	if s.failed != "" {
+		res.Error = s.failed
 		return res
 	}
-	loadClosed := false
-	defer func() {
-		if !loadClosed {
-			lg.close()
-		}
-	}()
+	cfg, ch, lg := s.cfg, s.ch, s.lg
+	res.GoMaxProcs, res.CPUs, res.PinError = ch.hello.GoMaxProcs, ch.hello.CPUs, ch.hello.PinError
 	fail := func(err error) runResult {
 		if lerr := lg.Err(); lerr != nil && !errors.Is(err, context.Canceled) {
 			err = lerr
 		}
 		res.Error = ch.failure(err).Error()
+		s.failed = res.Error
+		s.end() // a load left running would disturb the other servers' slices
 		return res
 	}
-
-	if err := sleep(ctx, cfg.warmup); err != nil {
+	wait := cfg.warmup
+	if s.measured {
+		lg.resume()
+		wait = min(settle, cfg.warmup)
+	}
+	if err := sleep(ctx, wait); err != nil {
 		return fail(err)
 	}
 	if err := lg.Err(); err != nil {
@@ -591,8 +720,9 @@ func runOne(ctx context.Context, cfg *config, name string, repeat int, straced b
 	}
 	var pc *perfCounter
 	var p0 float64
-	if cfg.perfPath != "" && !straced && ch.cmd != nil {
+	if cfg.perfPath != "" && s.straceOut == "" && ch.cmd != nil {
 		var pa uint64
+		var err error
 		if pc, err = enablePerf(ctx, cfg.perfPath, ch.cmd.Process.Pid, func() { pa = lg.total() }); err != nil {
 			res.PerfError = err.Error()
 		} else {
@@ -631,6 +761,10 @@ func runOne(ctx context.Context, cfg *config, name string, repeat int, straced b
 			res.Perf, res.PerfRoundTrips = n, p1-p0
 		}
 	}
+	if err := lg.pause(); err != nil {
+		return fail(err)
+	}
+	s.measured = true
 
 	// The child's window lies between the two samples on either side.
 	rts := (float64(c1a)+float64(c1b))/2 - (float64(c0a)+float64(c0b))/2
@@ -648,29 +782,63 @@ func runOne(ctx context.Context, cfg *config, name string, repeat int, straced b
 	res.CSWPerRT = float64(u.VolCSW+u.InvolCSW) / rts
 	res.OtherCPU, res.StealCPU = cw.otherPct(res.CPUNS, u.WallNS)
 	res.Stats = u.Stats
+	return res
+}
 
-	stuck := lg.close()
-	loadClosed = true
-	if ul, ok := lg.(*uringLoad); ok && os.Getenv("BENCH_DEBUG") != "" {
-		progress("    load: %s\n", ul.stats)
+// end stops the load and the server, once; it returns how many
+// connections were stuck (see loader.close).
+func (s *session) end() (stuck int) {
+	if s.ended {
+		return s.stuck
 	}
-	res.LifeRoundTrips = lg.total()
-	ch.stop()
-	stopped = true
-	if stuck > 0 {
-		res.Error = fmt.Sprintf("%d of %d connections got no echo of their last message within %v: the server stalled them", stuck, cfg.conns, stuckAfter)
-		return res
-	}
-	if straced {
-		s, err := parseStraceFile(straceOut)
-		if err != nil {
-			res.Error = "strace: " + err.Error()
-			return res
+	s.ended = true
+	if s.lg != nil {
+		s.stuck = s.lg.close()
+		if ul, ok := s.lg.(*uringLoad); ok && os.Getenv("BENCH_DEBUG") != "" {
+			progress("    load: %s\n", ul.stats)
 		}
-		res.Strace = s
-	} else {
-		res.LifeRoundTrips = 0
 	}
+	if s.ch != nil {
+		if s.stuck > 0 {
+			s.ch.kill()
+		} else {
+			s.ch.stop()
+		}
+	}
+	return s.stuck
+}
+
+// close ends the session. For a traced session it adds the strace
+// summary, over the child's life, to res.
+func (s *session) close(res *runResult) {
+	if s.straceOut != "" {
+		defer os.Remove(s.straceOut)
+	}
+	stuck := s.end()
+	if s.lg != nil {
+		res.LifeRoundTrips = s.lg.total()
+	}
+	if res.Error == "" && stuck > 0 {
+		res.Error = fmt.Sprintf("%d of %d connections got no echo of their last message within %v: the server stalled them", stuck, s.cfg.conns, stuckAfter)
+	}
+	if s.straceOut == "" || res.Error != "" {
+		res.LifeRoundTrips = 0
+		return
+	}
+	st, err := parseStraceFile(s.straceOut)
+	if err != nil {
+		res.Error = "strace: " + err.Error()
+		return
+	}
+	res.Strace = st
+}
+
+// runOne starts the server, loads it, measures one slice, and shuts it
+// down.
+func runOne(ctx context.Context, cfg *config, name string, repeat int, straced bool) runResult {
+	s := openSession(ctx, cfg, name, straced)
+	res := s.measure(ctx, repeat)
+	s.close(&res)
 	return res
 }
 

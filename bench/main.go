@@ -107,9 +107,9 @@ func main() {
 	conns := flag.String("conns", "", "ping-pong: comma-separated connection counts (default 50,1000; -full 50,1000,10000)")
 	sizes := flag.String("sizes", "", "ping-pong: comma-separated payload sizes in bytes (default 64,1024)")
 	flag.BoolVar(&s.full, "full", false, "run every scenario at every size and connection count, longer and with 3 repeats (several minutes)")
-	flag.DurationVar(&cfg.duration, "duration", 0, "measured time per server and repeat (default 0.6s; -full 2s)")
+	flag.DurationVar(&cfg.duration, "duration", 0, "measured time per server and repeat; in ping-pong, per slice (default: ping-pong 0.1s, with -perf 0.6s, -full 0.5s; others 0.6s, -full 2s)")
 	flag.DurationVar(&cfg.warmup, "warmup", 200*time.Millisecond, "load before measuring, per server and repeat")
-	flag.IntVar(&cfg.repeats, "repeats", 0, "runs per server, interleaved, every other round reversed (A B C, C B A); medians are reported (default 3 for the first ping-pong, else 1; -full 3)")
+	flag.IntVar(&cfg.repeats, "repeats", 0, "runs per server, interleaved, every other round reversed (A B C, C B A); medians are reported; in ping-pong, slices of one run per server (default: ping-pong 12; others 1, -full 3)")
 	flag.IntVar(&s.streamConns, "stream-conns", 50, "streaming echo: connections, each with a writer and a reader")
 	flag.IntVar(&s.churnClients, "churn-clients", 32, "connection churn: clients, each opening one connection after another")
 	flag.IntVar(&s.idleConns, "idle-conns", 10000, "idle: connections opened against each server")
@@ -331,24 +331,43 @@ func setupLoad(cfg *config) {
 	cfg.clientProc = runtime.GOMAXPROCS(0)
 }
 
-// runPingPong measures every server at one size and connection count,
-// repeats interleaved, then the strace runs.
+// runPingPong measures every server at one size and connection count in
+// cfg.repeats slices each, the servers taking turns slice by slice (see
+// session), then makes the strace runs, a child each.
 func runPingPong(ctx context.Context, cfg *config) *report {
 	start := time.Now()
-	per := cfg.warmup + cfg.duration + 200*time.Millisecond
-	runs := len(cfg.servers) * cfg.repeats
+	// Each server's first slice pays its start, connections and warm-up;
+	// the others a settle and the pause.
+	first := cfg.warmup + cfg.duration + 300*time.Millisecond
+	later := min(settle, cfg.warmup) + cfg.duration + 20*time.Millisecond
+	est := time.Duration(len(cfg.servers)) * (first + time.Duration(cfg.repeats-1)*later)
 	if cfg.strace {
-		runs += len(cfg.servers)
+		est += time.Duration(len(cfg.servers)) * (first + 200*time.Millisecond)
 	}
-	progress("  %d servers × %d repeats (%v warm-up + %v each), about %v\n",
-		len(cfg.servers), cfg.repeats, cfg.warmup, cfg.duration, (time.Duration(runs) * per).Round(time.Second))
+	progress("  %d servers × %d slices (%v warm-up, then %v settle + %v measured each; servers take turns every slice), about %v\n",
+		len(cfg.servers), cfg.repeats, cfg.warmup, min(settle, cfg.warmup), cfg.duration, est.Round(time.Second))
 
-	results := eachServer(ctx, cfg.servers, cfg.repeats, func(s serverInfo, r int) runResult {
-		if s.Skip != "" {
-			return runResult{Server: s.Name, Repeat: r, Error: s.Skip}
+	sessions := map[string]*session{}
+	results := eachServer(ctx, cfg.servers, cfg.repeats, func(sv serverInfo, r int) runResult {
+		if sv.Skip != "" {
+			return runResult{Server: sv.Name, Repeat: r, Error: sv.Skip}
 		}
-		return runOne(ctx, cfg, s.Name, r, false)
+		s := sessions[sv.Name]
+		if s == nil {
+			s = openSession(ctx, cfg, sv.Name, false)
+			sessions[sv.Name] = s
+		}
+		return s.measure(ctx, r)
 	}, runResult.brief)
+	for _, sv := range cfg.servers {
+		if s := sessions[sv.Name]; s != nil {
+			var res runResult
+			s.close(&res)
+			if runs := results[sv.Name]; res.Error != "" && len(runs) > 0 && runs[len(runs)-1].Error == "" {
+				runs[len(runs)-1].Error = res.Error // it stalled a connection at the end
+			}
+		}
+	}
 	straced := map[string]runResult{}
 	if cfg.strace {
 		for _, s := range cfg.servers {

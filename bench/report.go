@@ -60,17 +60,20 @@ type serverReport struct {
 	Failed       int     `json:"failed,omitempty"` // runs that failed
 	RTPerSec     float64 `json:"round_trips_per_sec"`
 	CPUPerRT     float64 `json:"server_cpu_us_per_rt"`
-	CPUSpreadPct float64 `json:"server_cpu_spread_pct"` // half the min-max range, % of the median
+	CPUSpreadPct float64 `json:"server_cpu_spread_pct"` // half the interquartile range, % of the median
 	CPUVsEpoll   float64 `json:"server_cpu_vs_epoll,omitempty"`
+	// VsEpollSpreadPct is half the interquartile range of the rounds'
+	// ratios to plugloop/epoll, in % of CPUVsEpoll.
+	VsEpollSpreadPct float64 `json:"server_cpu_vs_epoll_spread_pct,omitempty"`
 	// CPUVsEngine is an adapter's CPU per round trip against its engine's
 	// own server (plugloop/gnet against gnet), paired like CPUVsEpoll.
 	CPUVsEngine float64 `json:"server_cpu_vs_engine,omitempty"`
 	ClientCPU   float64 `json:"client_cpu_us_per_rt"`
 	PeakRSSMB   float64 `json:"server_peak_rss_mb"`
 	CSWPerRT    float64 `json:"server_csw_per_rt"`
-	// OtherCPU is the most CPU (% of one CPU) other processes used during
-	// any of the runs; -1 where unknown.
-	OtherCPU float64 `json:"other_cpu_pct_max"`
+	// OtherCPU is the CPU (% of one CPU) other processes used during the
+	// median run; -1 where unknown.
+	OtherCPU float64 `json:"other_cpu_pct"`
 	// SyscallsPerRT counts the plugloop core's system calls (Stats); 0 for
 	// peers, whose calls only strace can count.
 	SyscallsPerRT float64    `json:"syscalls_per_rt,omitempty"`
@@ -150,7 +153,11 @@ func buildReport(cfg *config, results map[string][]runResult, straced map[string
 	if i := slices.IndexFunc(r.Servers, func(s serverReport) bool { return s.Name == plugloopPrefix+"epoll" }); i >= 0 {
 		base := r.Servers[i].Runs
 		for j := range r.Servers {
-			r.Servers[j].CPUVsEpoll = paired(r.Servers[j].Runs, base, ratio)
+			v := pairs(r.Servers[j].Runs, base, ratio)
+			if m := median(v); m > 0 {
+				r.Servers[j].CPUVsEpoll = m
+				r.Servers[j].VsEpollSpreadPct = (quantile(v, 0.75) - quantile(v, 0.25)) / 2 / m * 100
+			}
 		}
 	}
 	for j, s := range r.Servers {
@@ -171,6 +178,12 @@ func buildReport(cfg *config, results map[string][]runResult, straced map[string
 // of the comparison, where a ratio of medians would take one server's
 // figure from before such a change and the other's from after it.
 func paired(runs, base []runResult, f func(run, base float64) float64) float64 {
+	return median(pairs(runs, base, f))
+}
+
+// pairs is f(run, base's run of that round) for every round in which both
+// ran without error.
+func pairs(runs, base []runResult, f func(run, base float64) float64) []float64 {
 	var v []float64
 	for _, r := range runs {
 		if r.Error != "" || r.CPUPerRT <= 0 {
@@ -181,7 +194,7 @@ func paired(runs, base []runResult, f func(run, base float64) float64) float64 {
 			v = append(v, f(r.CPUPerRT, base[i].CPUPerRT))
 		}
 	}
-	return median(v)
+	return v
 }
 
 func ratio(a, b float64) float64 { return a / b }
@@ -218,11 +231,11 @@ func summarize(name string, runs []runResult) serverReport {
 	sr.RTPerSec = median(get(func(r runResult) float64 { return r.RTPerSec }))
 	cpu := get(func(r runResult) float64 { return r.CPUPerRT })
 	sr.CPUPerRT = median(cpu)
-	sr.CPUSpreadPct = (slices.Max(cpu) - slices.Min(cpu)) / 2 / sr.CPUPerRT * 100
+	sr.CPUSpreadPct = (quantile(cpu, 0.75) - quantile(cpu, 0.25)) / 2 / sr.CPUPerRT * 100
 	sr.ClientCPU = median(get(func(r runResult) float64 { return r.ClientCPU }))
 	sr.PeakRSSMB = slices.Max(get(func(r runResult) float64 { return float64(r.MaxRSSKB) / 1024 }))
 	sr.CSWPerRT = median(get(func(r runResult) float64 { return r.CSWPerRT }))
-	sr.OtherCPU = slices.Max(get(func(r runResult) float64 { return r.OtherCPU }))
+	sr.OtherCPU = median(get(func(r runResult) float64 { return r.OtherCPU }))
 	var perfRates []float64
 	perfSum, perfRTs := map[string]uint64{}, 0.0
 	for _, r := range ok {
@@ -305,17 +318,22 @@ func medianOf[T any](runs []T, f func(T) float64) float64 {
 	return median(v)
 }
 
-func median(v []float64) float64 {
+func median(v []float64) float64 { return quantile(v, 0.5) }
+
+// quantile is the q-quantile of v, interpolated between the two nearest
+// values; 0 for none.
+func quantile(v []float64, q float64) float64 {
 	if len(v) == 0 {
 		return 0
 	}
 	s := slices.Clone(v)
 	slices.Sort(s)
-	if n := len(s); n%2 == 1 {
-		return s[n/2]
-	} else {
-		return (s[n/2-1] + s[n/2]) / 2
+	pos := q * float64(len(s)-1)
+	i := int(pos)
+	if i+1 >= len(s) {
+		return s[len(s)-1]
 	}
+	return s[i] + (s[i+1]-s[i])*(pos-float64(i))
 }
 
 func moduleVersion(path string) string {
@@ -344,9 +362,12 @@ func printJSON(w io.Writer, r any) {
 // a run is flagged as disturbed.
 const noisyPct = 10
 
-// spreadPct is the ± of CPU per round trip between repeats above which the
-// median is flagged as fragile.
-const spreadPct = 5
+// spreadPct is the ± of a server's ratio to plugloop/epoll between rounds
+// above which the median ratio is flagged as fragile.
+//
+// A slice's ratio on its own moves by ±5–15% on this project's VM; the
+// median of a dozen is steadier (see suite.sliceDuration).
+const spreadPct = 10
 
 // writeColumns prints rows as columns: the first left-aligned, the rest
 // right-aligned. A row shorter than the header spans the rest.

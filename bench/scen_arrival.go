@@ -41,7 +41,7 @@ func runArrival(ctx context.Context, s *suite) *scenarioResult {
 			"A server that learns of its listener's readiness late under load shows it here, not in the ping-pong.",
 			arrivalLoadConns, s.arrivalCount(), arrivalGap, churnMsg),
 	}
-	runs := eachServer(ctx, s.servers(), s.repeats(false), func(sv serverInfo, _ int) arrivalResult {
+	runs := eachServer(ctx, s.servers(), s.repeats(), func(sv serverInfo, _ int) arrivalResult {
 		return s.arrivalOne(ctx, sv.Name)
 	}, func(r arrivalResult) string {
 		if r.Error != "" {
@@ -100,7 +100,7 @@ func (s *suite) arrivalOne(ctx context.Context, name string) (res arrivalResult)
 	}
 	cfg := *s.cfg
 	cfg.conns, cfg.size, cfg.loadWait = arrivalLoadConns, churnMsg, uringWait(arrivalLoadConns)
-	load, err := startLoader(ctx, &cfg, ch.hello.Addr, time.Now().Add(time.Minute))
+	load, err := startLoader(ctx, &cfg, ch.hello.Addr, time.Minute)
 	if err != nil {
 		return fail(err)
 	}

@@ -106,7 +106,7 @@ func runChurn(ctx context.Context, s *suite) *scenarioResult {
 		s.unreachable("churn: %d clients need %d fds, the limit is %d", s.churnClients, need, s.cfg.fdLimit)
 		return nil
 	}
-	runs := eachServer(ctx, s.servers(), s.repeats(false), func(sv serverInfo, _ int) churnResult {
+	runs := eachServer(ctx, s.servers(), s.repeats(), func(sv serverInfo, _ int) churnResult {
 		return s.churnOne(ctx, sv.Name)
 	}, func(r churnResult) string {
 		if r.Error != "" {

@@ -59,7 +59,7 @@ func runPingPongScenario(ctx context.Context, s *suite) *scenarioResult {
 		}
 		cfg := *s.cfg
 		cfg.size, cfg.conns = size, n
-		cfg.duration, cfg.repeats = s.duration(), s.repeats(i == 0)
+		cfg.duration, cfg.repeats = s.sliceDuration(), s.slices()
 		cfg.servers = s.servers()
 		cfg.strace = cfg.strace || (i == 0 && cfg.straceFirst)
 		if cfg.load == loadUring {
@@ -94,7 +94,7 @@ func appendNew(list []string, items ...string) []string {
 // pingpongTable is one configuration's table, and notes on it.
 func pingpongTable(r *report, target bool) (table, []string) {
 	c := r.Conditions
-	t := table{Title: fmt.Sprintf("ping-pong, %d B payload, %d connections (medians of %d × %gs)", c.PayloadBytes, c.Conns, c.Repeats, c.DurationSeconds)}
+	t := table{Title: fmt.Sprintf("ping-pong, %d B payload, %d connections (medians of %d slices × %gs, servers taking turns)", c.PayloadBytes, c.Conns, c.Repeats, c.DurationSeconds)}
 	t.Header = []string{"server", "round trips/s", "server CPU µs/rt", "±", "vs plugloop/epoll", "syscalls/rt", "ctx sw/rt", "peak RSS MB", "others %CPU"}
 	if c.Perf {
 		t.Header = append(t.Header, "perf syscalls/rt")
@@ -130,8 +130,8 @@ func pingpongTable(r *report, target bool) (table, []string) {
 		if s.Error != "" {
 			t.Notes = append(t.Notes, fmt.Sprintf("! %s: %s", s.Name, s.Error))
 		}
-		if s.CPUSpreadPct > spreadPct && c.Repeats > 1 && !target {
-			t.Notes = append(t.Notes, fmt.Sprintf("! %s: CPU/rt varied by ±%.0f%% between repeats; the median of few runs is fragile", s.Name, s.CPUSpreadPct))
+		if s.VsEpollSpreadPct > spreadPct && c.Repeats > 1 && !target {
+			t.Notes = append(t.Notes, fmt.Sprintf("! %s: its ratio to plugloop/epoll varied by ±%.0f%% between rounds (half the interquartile range); more slices (-repeats) would steady it", s.Name, s.VsEpollSpreadPct))
 		}
 		t.Rows = append(t.Rows, row)
 	}
@@ -153,11 +153,13 @@ func pingpongTable(r *report, target bool) (table, []string) {
 		t.Notes = append(t.Notes, "adapters against their engine's own server (server CPU/rt, paired like vs plugloop/epoll): "+strings.Join(engines, ", "))
 	}
 	if noisy {
-		t.Notes = append(t.Notes, fmt.Sprintf("! other processes used more than %d%% of a CPU during some runs: those figures are disturbed", noisyPct))
+		t.Notes = append(t.Notes, fmt.Sprintf("! other processes used more than %d%% of a CPU in a typical slice of some server: its figures are disturbed", noisyPct))
 	}
-	notes = append(notes, "server CPU µs/rt: user+sys CPU of the server child per round trip; ± half the min–max range over repeats; "+
-		"vs plugloop/epoll: the median over repeats of the ratio to plugloop/epoll's run in the same round (rounds alternate their order); "+
-		"ctx sw/rt: the server's context switches per round trip; others %CPU: the most CPU other processes used during a run (% of one CPU).")
+	notes = append(notes, "slices: every server runs as one child under one load throughout; the load is paused between its slices, "+
+		"and the servers take turns slice by slice (every other round in reverse order), so all meet the machine's changes of speed alike; "+
+		"server CPU µs/rt: user+sys CPU of the server child per round trip, median over slices; ± half the interquartile range over slices; "+
+		"vs plugloop/epoll: the median over slices of the ratio to plugloop/epoll's slice in the same round; "+
+		"ctx sw/rt: the server's context switches per round trip; others %CPU: the CPU other processes used in the median slice (% of one CPU).")
 	if target {
 		notes = append(notes, "-target: the server is external, so no server CPU, RSS or syscall figures.")
 	}
@@ -222,7 +224,7 @@ func runAbstraction(ctx context.Context, s *suite) *scenarioResult {
 	} else {
 		cfg := *s.cfg
 		cfg.size, cfg.conns, cfg.servers = 64, 50, servers
-		cfg.duration, cfg.repeats = s.duration(), s.repeats(true)
+		cfg.duration, cfg.repeats = s.sliceDuration(), s.slices()
 		if cfg.loadWait <= 0 {
 			cfg.loadWait = uringWait(50)
 		}

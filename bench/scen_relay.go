@@ -77,7 +77,7 @@ func runRelay(ctx context.Context, s *suite) *scenarioResult {
 		servers = append(servers, serverInfo{Name: p})
 	}
 	env := []string{childUpstreamEnv + "=" + upAddr}
-	runs := eachServer(ctx, servers, s.repeats(false), func(sv serverInfo, _ int) streamResult {
+	runs := eachServer(ctx, servers, s.repeats(), func(sv serverInfo, _ int) streamResult {
 		ch, err := spawnEnv(ctx, s.cfg, proxyPrefix+sv.Name, "", env)
 		if err != nil {
 			return streamResult{Server: sv.Name, Error: "start: " + err.Error()}

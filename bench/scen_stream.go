@@ -173,7 +173,7 @@ func runStream(ctx context.Context, s *suite) *scenarioResult {
 		s.unreachable("stream: %d connections need %d fds, the limit is %d", s.streamConns, need, s.cfg.fdLimit)
 		return nil
 	}
-	runs := eachServer(ctx, s.servers(), s.repeats(false), func(sv serverInfo, _ int) streamResult {
+	runs := eachServer(ctx, s.servers(), s.repeats(), func(sv serverInfo, _ int) streamResult {
 		return s.streamOne(ctx, sv.Name)
 	}, func(r streamResult) string {
 		if r.Error != "" {

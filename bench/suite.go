@@ -234,11 +234,42 @@ func (s *suite) duration() time.Duration {
 	return 600 * time.Millisecond
 }
 
-func (s *suite) repeats(first bool) int {
+// sliceDuration is the measured time of a ping-pong slice: short, so that
+// the servers of a table take turns often (see session).
+func (s *suite) sliceDuration() time.Duration {
+	switch {
+	case s.cfg.duration > 0:
+		return s.cfg.duration
+	case s.full:
+		return 500 * time.Millisecond
+	case s.cfg.perfPath != "":
+		// perf switches its counters on one by one: over 150 ms the
+		// skew misplaced a third of the calls.
+		return 600 * time.Millisecond
+	}
+	// On this project's VM, twelve slices of 100 ms put plugloop/poll
+	// at 0.97–1.01× epoll in four runs; eight of 150 ms at 0.93–1.04×,
+	// four of 300 ms at 0.94–1.07×, and the former default, three
+	// runs of 600 ms, each in its own child, at 0.99–1.13×.
+	return 100 * time.Millisecond
+}
+
+// slices is how many slices each server of a ping-pong table gets.
+func (s *suite) slices() int {
 	switch {
 	case s.cfg.repeats > 0:
 		return s.cfg.repeats
-	case s.full, first:
+	}
+	return 12
+}
+
+// repeats is how many runs each server gets in the scenarios other than
+// ping-pong.
+func (s *suite) repeats() int {
+	switch {
+	case s.cfg.repeats > 0:
+		return s.cfg.repeats
+	case s.full:
 		// A median of two is their mean, which one noisy run drags.
 		return 3
 	}
@@ -358,7 +389,9 @@ func (c conditions) pairs() [][2]string {
 		{"pinning", fmt.Sprintf("%s (%d CPUs)", c.Pinning, c.CPUs)},
 		{"fd limit", fmt.Sprintf("%d per process (RLIMIT_NOFILE, soft raised to hard in the bench and every child)", c.FDLimit)},
 		{"load gen", c.LoadGenerator},
-		{"timing", fmt.Sprintf("%gs warm-up + %gs measured per run unless a scenario says otherwise; repeats interleaved, every other round reversed, medians; %gs in all", c.WarmupSeconds, c.DurationSeconds, c.ElapsedSeconds)},
+		{"timing", fmt.Sprintf("ping-pong: one child per server, measured in slices (see each table), servers taking turns slice by slice; "+
+			"other scenarios: %gs warm-up + %gs measured per run unless they say otherwise, repeats interleaved, every other round reversed; medians; %gs in all",
+			c.WarmupSeconds, c.DurationSeconds, c.ElapsedSeconds)},
 		{"servers", "plugloop/* = internal/echo (lws style: RAW_RX buffers, CallbackOnWritable, one Write per RAW_WRITEABLE, rx paused past 64 KiB)\n" +
 			"              on each backend (foreign: hosted by the child's own unix.Poll loop via foreign.PollSet; gnet, netpoll: plugloop's adapters);\n" +
 			"              bare-epoll = a minimal level-triggered epoll loop in x/sys calls; gnet = gnet.Run, OnTraffic writes back Next(-1);\n" +

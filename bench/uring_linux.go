@@ -340,11 +340,13 @@ type uringLoad struct {
 	conns  []uconn
 	fds    []int // the connections' sockets, closed by close
 	size   int
-	wait   int   // completions to wait for per enter
-	skip   uint8 // sqeCQESkipSuccess, if the kernel has it
-	active int
+	wait   int           // completions to wait for per enter
+	skip   uint8         // sqeCQESkipSuccess, if the kernel has it
+	active int           // connections with a round trip in flight
+	parked []int         // connections paused between round trips (see pause)
 	n      atomic.Uint64 // round trips completed
 	done   chan struct{}
+	gate
 	stats  string // ring figures, for tests and debugging
 	cutOff int    // connections that failed after stop: close shut them down
 	firstError
@@ -492,7 +494,21 @@ func (l *uringLoad) loop(ready chan<- error) {
 
 	done := func(e *cqe) { l.complete(r, e) }
 	yielded := time.Now()
-	for i := 0; l.active > 0; i++ {
+	for i := 0; ; i++ {
+		if l.active == 0 {
+			if len(l.parked) == 0 || !l.hold() {
+				break // every connection finished, or closed while paused
+			}
+			for _, ci := range l.parked {
+				if err := l.request(r, &l.conns[ci]); err != nil {
+					l.connFail(&l.conns[ci], err)
+					continue
+				}
+				l.active++
+			}
+			l.parked = l.parked[:0]
+			continue
+		}
 		// Wait for up to wait completions: every active connection
 		// has one coming.
 		if err := r.enter(uint32(min(l.wait, l.active))); err != nil {
@@ -607,6 +623,11 @@ func (l *uringLoad) complete(r *ring, e *cqe) {
 		c.out[0] = c.seq
 		c.sent, c.got = 0, 0
 		c.gen++
+		if l.paused() {
+			l.active--
+			l.parked = append(l.parked, int(e.userData>>32))
+			return
+		}
 		if err := l.request(r, c); err != nil {
 			l.connFail(c, err)
 		}
@@ -638,10 +659,26 @@ func (l *uringLoad) connFail(c *uconn, err error) {
 
 func (l *uringLoad) total() uint64 { return l.n.Load() }
 
+func (l *uringLoad) pause() error {
+	loops := func() int {
+		select {
+		case <-l.done:
+			return 0
+		default:
+			return 1
+		}
+	}
+	if l.gate.pause(loops) > 0 {
+		return fmt.Errorf("some of %d connections got no echo of their last message within %v: the server stalled them", len(l.conns), stuckAfter)
+	}
+	return nil
+}
+
 // close stops the load: connections finish their round trip in flight;
 // those that cannot within stuckAfter are shut down, and counted.
 func (l *uringLoad) close() (stuck int) {
 	l.stop.Store(true)
+	l.release()
 	select {
 	case <-l.done:
 	case <-time.After(stuckAfter):

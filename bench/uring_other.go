@@ -23,3 +23,5 @@ func startUringLoad(ctx context.Context, addr string, n, size, wait int) (*uring
 func (*uringLoad) total() uint64 { return 0 }
 func (*uringLoad) Err() error    { return errNoUring }
 func (*uringLoad) close() int    { return 0 }
+func (*uringLoad) pause() error  { return errNoUring }
+func (*uringLoad) resume()       {}

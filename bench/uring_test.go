@@ -184,7 +184,7 @@ func TestLoadStalledConnection(t *testing.T) {
 			}
 			cfg := &config{load: load, conns: 3, size: 64}
 			addr, stalled := echoServer(t, echoStall)
-			l, err := startLoader(context.Background(), cfg, addr, time.Now().Add(time.Minute))
+			l, err := startLoader(context.Background(), cfg, addr, time.Minute)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -195,6 +195,78 @@ func TestLoadStalledConnection(t *testing.T) {
 				time.Sleep(time.Millisecond)
 			}
 			<-stalled
+			if stuck := l.close(); stuck != 1 {
+				t.Fatalf("%d connections stuck, want 1", stuck)
+			}
+		})
+	}
+}
+
+// TestLoadPauseResume: a paused load makes no round trips until resumed,
+// with either load generator, and closes cleanly while paused; this is
+// what lets a table's servers take turns slice by slice.
+func TestLoadPauseResume(t *testing.T) {
+	for _, load := range []string{loadUring, loadNet} {
+		t.Run(load, func(t *testing.T) {
+			if load == loadUring {
+				requireUring(t)
+			}
+			cfg := &config{load: load, conns: 4, size: 64}
+			addr, _ := echoServer(t, echoRight)
+			l, err := startLoader(context.Background(), cfg, addr, time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			progressed := func(from uint64) {
+				t.Helper()
+				for l.total() < from+100 {
+					if err := l.Err(); err != nil {
+						t.Fatal(err)
+					}
+					time.Sleep(time.Millisecond)
+				}
+			}
+			for range 3 {
+				progressed(l.total())
+				if err := l.pause(); err != nil {
+					t.Fatal(err)
+				}
+				n := l.total()
+				time.Sleep(20 * time.Millisecond)
+				if got := l.total(); got != n {
+					t.Fatalf("%d round trips while paused", got-n)
+				}
+				l.resume()
+			}
+			progressed(l.total())
+			if err := l.pause(); err != nil {
+				t.Fatal(err)
+			}
+			if stuck := l.close(); stuck != 0 || l.Err() != nil {
+				t.Fatalf("closed while paused: %d stuck, error %v", stuck, l.Err())
+			}
+		})
+	}
+}
+
+// TestLoadPauseStalled: pausing a load whose server stalls a connection
+// fails, with either load generator: the stalled round trip never ends.
+func TestLoadPauseStalled(t *testing.T) {
+	for _, load := range []string{loadUring, loadNet} {
+		t.Run(load, func(t *testing.T) {
+			if load == loadUring {
+				requireUring(t)
+			}
+			cfg := &config{load: load, conns: 3, size: 64}
+			addr, stalled := echoServer(t, echoStall)
+			l, err := startLoader(context.Background(), cfg, addr, time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			<-stalled
+			if err := l.pause(); err == nil || !strings.Contains(err.Error(), "stalled") {
+				t.Fatalf("pause: %v, want the stalled connection's error", err)
+			}
 			if stuck := l.close(); stuck != 1 {
 				t.Fatalf("%d connections stuck, want 1", stuck)
 			}
