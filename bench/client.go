@@ -460,12 +460,23 @@ func (w *cpuWindow) clientNS() int64 {
 // (which used serverNS) used in the window, in per cent of one CPU over
 // wallNS, and steal what the hypervisor took; -1 each where unknown.
 func (w *cpuWindow) otherPct(serverNS, wallNS int64) (other, steal float64) {
-	if !w.ok0 || !w.ok1 || wallNS <= 0 {
+	o, ok := w.otherNS(serverNS)
+	if !ok || wallNS <= 0 {
 		return -1, -1
 	}
 	wall := float64(wallNS)
-	o := float64(w.sys1.busy-w.sys0.busy) - float64(serverNS) - float64(w.clientNS())
-	return max(o, 0) / wall * 100, float64(w.sys1.steal-w.sys0.steal) / wall * 100
+	return float64(max(o, 0)) / wall * 100, float64(w.sys1.steal-w.sys0.steal) / wall * 100
+}
+
+// otherNS is the CPU time that processes other than this one and the
+// server (which used serverNS) used in the window. The machine's count
+// moves in whole ticks, so over a short window it may come out below
+// zero; summed over many windows the error averages out.
+func (w *cpuWindow) otherNS(serverNS int64) (ns int64, ok bool) {
+	if !w.ok0 || !w.ok1 {
+		return 0, false
+	}
+	return int64(w.sys1.busy-w.sys0.busy) - serverNS - w.clientNS(), true
 }
 
 // loadGen runs closed-loop ping-pong: each connection writes size bytes,
@@ -618,6 +629,8 @@ type runResult struct {
 	// the server and the bench used during the window; StealCPU is what
 	// the hypervisor took. Both are -1 where unknown.
 	OtherCPU   float64 `json:"other_cpu_pct"`
+	otherNS    int64   // OtherCPU's CPU time, unclamped (see cpuWindow.otherNS)
+	otherOK    bool    // otherNS is known
 	StealCPU   float64 `json:"steal_cpu_pct"`
 	Stats      *Stats  `json:"stats,omitempty"` // plugloop servers: core counters
 	GoMaxProcs int     `json:"server_gomaxprocs"`
@@ -781,6 +794,7 @@ func (s *session) measure(ctx context.Context, repeat int) (res runResult) {
 	res.MaxRSSKB = u.MaxRSSKB
 	res.CSWPerRT = float64(u.VolCSW+u.InvolCSW) / rts
 	res.OtherCPU, res.StealCPU = cw.otherPct(res.CPUNS, u.WallNS)
+	res.otherNS, res.otherOK = cw.otherNS(res.CPUNS)
 	res.Stats = u.Stats
 	return res
 }

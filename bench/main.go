@@ -19,9 +19,9 @@
 //	             upstream: core.Conn.RelayTo, a callback proxy, io.Copy;
 //	             proxy CPU and syscalls per MB next to MB/s
 //
-//	go run ./bench                          # the default suite, about 95 s
+//	go run ./bench                          # the default suite, about 105 s
 //	go run ./bench -full                    # everything, longer (several minutes)
-//	go run ./bench -scenarios pingpong -servers epoll,gnet -conns 1000 -sizes 64 -duration 5s
+//	go run ./bench -scenarios pingpong -servers epoll,gnet -conns 1000 -sizes 64 -repeats 40  # more slices
 //	go run ./bench -json > result.json      # machine-readable
 //	go run ./bench -html report.html        # tables and SVG charts in one file
 //	go run ./bench -target 10.0.0.2:7000    # any external echo server (no server CPU then)

@@ -71,8 +71,8 @@ type serverReport struct {
 	ClientCPU   float64 `json:"client_cpu_us_per_rt"`
 	PeakRSSMB   float64 `json:"server_peak_rss_mb"`
 	CSWPerRT    float64 `json:"server_csw_per_rt"`
-	// OtherCPU is the CPU (% of one CPU) other processes used during the
-	// median run; -1 where unknown.
+	// OtherCPU is the CPU (% of one CPU) other processes used over all
+	// the runs together; -1 where unknown.
 	OtherCPU float64 `json:"other_cpu_pct"`
 	// SyscallsPerRT counts the plugloop core's system calls (Stats); 0 for
 	// peers, whose calls only strace can count.
@@ -197,6 +197,24 @@ func pairs(runs, base []runResult, f func(run, base float64) float64) []float64 
 	return v
 }
 
+// otherCPU is the CPU, in % of one CPU, that other processes used over
+// all runs together, which the machine's tick-grained count gives more
+// truly than any one short run does; -1 if unknown for some run.
+func otherCPU(runs []runResult) float64 {
+	var ns, wall float64
+	for _, r := range runs {
+		if !r.otherOK {
+			return -1
+		}
+		ns += float64(r.otherNS)
+		wall += r.Seconds * 1e9
+	}
+	if wall <= 0 {
+		return -1
+	}
+	return max(ns, 0) / wall * 100
+}
+
 func ratio(a, b float64) float64 { return a / b }
 func diff(a, b float64) float64  { return a - b }
 
@@ -235,7 +253,7 @@ func summarize(name string, runs []runResult) serverReport {
 	sr.ClientCPU = median(get(func(r runResult) float64 { return r.ClientCPU }))
 	sr.PeakRSSMB = slices.Max(get(func(r runResult) float64 { return float64(r.MaxRSSKB) / 1024 }))
 	sr.CSWPerRT = median(get(func(r runResult) float64 { return r.CSWPerRT }))
-	sr.OtherCPU = median(get(func(r runResult) float64 { return r.OtherCPU }))
+	sr.OtherCPU = otherCPU(ok)
 	var perfRates []float64
 	perfSum, perfRTs := map[string]uint64{}, 0.0
 	for _, r := range ok {

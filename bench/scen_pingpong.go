@@ -153,13 +153,13 @@ func pingpongTable(r *report, target bool) (table, []string) {
 		t.Notes = append(t.Notes, "adapters against their engine's own server (server CPU/rt, paired like vs plugloop/epoll): "+strings.Join(engines, ", "))
 	}
 	if noisy {
-		t.Notes = append(t.Notes, fmt.Sprintf("! other processes used more than %d%% of a CPU in a typical slice of some server: its figures are disturbed", noisyPct))
+		t.Notes = append(t.Notes, fmt.Sprintf("! other processes used more than %d%% of a CPU during some server's slices: its figures are disturbed", noisyPct))
 	}
 	notes = append(notes, "slices: every server runs as one child under one load throughout; the load is paused between its slices, "+
 		"and the servers take turns slice by slice (every other round in reverse order), so all meet the machine's changes of speed alike; "+
 		"server CPU µs/rt: user+sys CPU of the server child per round trip, median over slices; ± half the interquartile range over slices; "+
 		"vs plugloop/epoll: the median over slices of the ratio to plugloop/epoll's slice in the same round; "+
-		"ctx sw/rt: the server's context switches per round trip; others %CPU: the CPU other processes used in the median slice (% of one CPU).")
+		"ctx sw/rt: the server's context switches per round trip; others %CPU: the CPU other processes used during the server's slices (% of one CPU).")
 	if target {
 		notes = append(notes, "-target: the server is external, so no server CPU, RSS or syscall figures.")
 	}

@@ -173,103 +173,90 @@ func TestUringLoadServerGone(t *testing.T) {
 	}
 }
 
-// TestLoadStalledConnection: a connection whose echo never comes is
-// counted as stuck when the load stops, with either load generator, so
-// that a server that stalls one shows as failing, not as slower.
-func TestLoadStalledConnection(t *testing.T) {
+// eachLoader runs f as a subtest for either load generator, loading an
+// in-process echo server with fault over conns connections; stalled is
+// echoServer's.
+func eachLoader(t *testing.T, conns int, fault echoFault, f func(t *testing.T, l loader, stalled <-chan struct{})) {
 	for _, load := range []string{loadUring, loadNet} {
 		t.Run(load, func(t *testing.T) {
 			if load == loadUring {
 				requireUring(t)
 			}
-			cfg := &config{load: load, conns: 3, size: 64}
-			addr, stalled := echoServer(t, echoStall)
+			cfg := &config{load: load, conns: conns, size: 64}
+			addr, stalled := echoServer(t, fault)
 			l, err := startLoader(context.Background(), cfg, addr, time.Minute)
 			if err != nil {
 				t.Fatal(err)
 			}
-			// The others go on: wait until they made some round trips,
-			// and the stalled one sent its first message (a goroutine
-			// per connection may not have by then).
-			for l.total() < 100 && l.Err() == nil {
-				time.Sleep(time.Millisecond)
-			}
-			<-stalled
-			if stuck := l.close(); stuck != 1 {
-				t.Fatalf("%d connections stuck, want 1", stuck)
-			}
+			f(t, l, stalled)
 		})
 	}
+}
+
+// TestLoadStalledConnection: a connection whose echo never comes is
+// counted as stuck when the load stops, with either load generator, so
+// that a server that stalls one shows as failing, not as slower.
+func TestLoadStalledConnection(t *testing.T) {
+	eachLoader(t, 3, echoStall, func(t *testing.T, l loader, stalled <-chan struct{}) {
+		// The others go on: wait until they made some round trips, and
+		// the stalled one sent its first message (a goroutine per
+		// connection may not have by then).
+		for l.total() < 100 && l.Err() == nil {
+			time.Sleep(time.Millisecond)
+		}
+		<-stalled
+		if stuck := l.close(); stuck != 1 {
+			t.Fatalf("%d connections stuck, want 1", stuck)
+		}
+	})
 }
 
 // TestLoadPauseResume: a paused load makes no round trips until resumed,
 // with either load generator, and closes cleanly while paused; this is
 // what lets a table's servers take turns slice by slice.
 func TestLoadPauseResume(t *testing.T) {
-	for _, load := range []string{loadUring, loadNet} {
-		t.Run(load, func(t *testing.T) {
-			if load == loadUring {
-				requireUring(t)
-			}
-			cfg := &config{load: load, conns: 4, size: 64}
-			addr, _ := echoServer(t, echoRight)
-			l, err := startLoader(context.Background(), cfg, addr, time.Minute)
-			if err != nil {
-				t.Fatal(err)
-			}
-			progressed := func(from uint64) {
-				t.Helper()
-				for l.total() < from+100 {
-					if err := l.Err(); err != nil {
-						t.Fatal(err)
-					}
-					time.Sleep(time.Millisecond)
-				}
-			}
-			for range 3 {
-				progressed(l.total())
-				if err := l.pause(); err != nil {
+	eachLoader(t, 4, echoRight, func(t *testing.T, l loader, _ <-chan struct{}) {
+		progressed := func(from uint64) {
+			t.Helper()
+			for l.total() < from+100 {
+				if err := l.Err(); err != nil {
 					t.Fatal(err)
 				}
-				n := l.total()
-				time.Sleep(20 * time.Millisecond)
-				if got := l.total(); got != n {
-					t.Fatalf("%d round trips while paused", got-n)
-				}
-				l.resume()
+				time.Sleep(time.Millisecond)
 			}
+		}
+		for range 3 {
 			progressed(l.total())
 			if err := l.pause(); err != nil {
 				t.Fatal(err)
 			}
-			if stuck := l.close(); stuck != 0 || l.Err() != nil {
-				t.Fatalf("closed while paused: %d stuck, error %v", stuck, l.Err())
+			n := l.total()
+			time.Sleep(20 * time.Millisecond)
+			if got := l.total(); got != n {
+				t.Fatalf("%d round trips while paused", got-n)
 			}
-		})
-	}
+			l.resume()
+		}
+		progressed(l.total())
+		if err := l.pause(); err != nil {
+			t.Fatal(err)
+		}
+		if stuck := l.close(); stuck != 0 || l.Err() != nil {
+			t.Fatalf("closed while paused: %d stuck, error %v", stuck, l.Err())
+		}
+	})
 }
 
 // TestLoadPauseStalled: pausing a load whose server stalls a connection
 // fails, with either load generator: the stalled round trip never ends.
 func TestLoadPauseStalled(t *testing.T) {
-	for _, load := range []string{loadUring, loadNet} {
-		t.Run(load, func(t *testing.T) {
-			if load == loadUring {
-				requireUring(t)
-			}
-			cfg := &config{load: load, conns: 3, size: 64}
-			addr, stalled := echoServer(t, echoStall)
-			l, err := startLoader(context.Background(), cfg, addr, time.Minute)
-			if err != nil {
-				t.Fatal(err)
-			}
-			<-stalled
-			if err := l.pause(); err == nil || !strings.Contains(err.Error(), "stalled") {
-				t.Fatalf("pause: %v, want the stalled connection's error", err)
-			}
-			if stuck := l.close(); stuck != 1 {
-				t.Fatalf("%d connections stuck, want 1", stuck)
-			}
-		})
-	}
+	eachLoader(t, 3, echoStall, func(t *testing.T, l loader, stalled <-chan struct{}) {
+		<-stalled
+		if err := l.pause(); err == nil || !strings.Contains(err.Error(), "stalled") {
+			t.Fatalf("pause: %v, want the stalled connection's error", err)
+		}
+		if stuck := l.close(); stuck != 1 {
+			t.Fatalf("%d connections stuck, want 1", stuck)
+		}
+	})
 }
