@@ -26,7 +26,8 @@ import (
 // perfSyscalls are the system calls perf counts one by one (where the
 // kernel has a tracepoint for them); the rest show up only in the total.
 var perfSyscalls = []string{
-	"read", "write", "epoll_wait", "epoll_pwait", "epoll_pwait2", "epoll_ctl", "poll", "ppoll",
+	"read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg",
+	"epoll_wait", "epoll_pwait", "epoll_pwait2", "epoll_ctl", "poll", "ppoll", "timerfd_settime",
 	"futex", "nanosleep", "clock_nanosleep", "sched_yield", "getpid", "tgkill", "rt_sigreturn",
 	"madvise", "mmap", "munmap", "accept4", "close", "setsockopt", "eventfd2", "splice", "pipe2", "fcntl",
 }
