@@ -57,8 +57,18 @@ func affinity() ([]int, error) {
 	return cpus, nil
 }
 
-// maxRSSKB returns ru_maxrss, which Linux reports in KiB.
-func maxRSSKB(ru *syscall.Rusage) int64 { return int64(ru.Maxrss) } // (int32 on 32-bit systems)
+// maxRSSKB returns the process's own peak resident set in KiB: VmHWM, its
+// memory's high-water mark. Not ru_maxrss: exec keeps the peak of the
+// memory it replaced in that, and os/exec starts a child on its parent's
+// memory (vfork), so every server child reported at least the bench's own
+// peak (15.6 MB for most servers at 1,000 connections). ru_maxrss only if
+// /proc cannot tell.
+func maxRSSKB(ru *syscall.Rusage) int64 {
+	if kb, err := procStatusKB(os.Getpid(), "VmHWM"); err == nil {
+		return kb
+	}
+	return int64(ru.Maxrss) // KiB on Linux (int32 on 32-bit systems)
+}
 
 // childSysProcAttr puts a server child in its own process group (so a
 // terminal's Ctrl-C reaches only the bench, which then stops the child in

@@ -22,20 +22,24 @@ import (
 )
 
 // procRSSKB reads a process's resident set (VmRSS) in KiB.
-func procRSSKB(pid int) (int64, error) {
+func procRSSKB(pid int) (int64, error) { return procStatusKB(pid, "VmRSS") }
+
+// procStatusKB reads a figure in KiB, such as VmRSS, from a process's
+// /proc status.
+func procStatusKB(pid int, field string) (int64, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
 	if err != nil {
 		return 0, err
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
 			f := strings.Fields(v)
 			if len(f) > 0 {
 				return strconv.ParseInt(f[0], 10, 64)
 			}
 		}
 	}
-	return 0, errors.New("no VmRSS")
+	return 0, errors.New("no " + field)
 }
 
 // streamConns is a set of connections, each with a writer goroutine
