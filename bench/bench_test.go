@@ -517,10 +517,10 @@ func TestSessionSlices(t *testing.T) {
 		if res.Error != "" {
 			t.Fatal(res.Error)
 		}
-		if res.Repeat != r || res.RoundTrips < 10 || res.CPUNS <= 0 || res.Stats == nil || res.Stats.Reads == 0 {
+		if res.Repeat != r || res.RoundTrips < 10 || res.CPUNS <= 0 || res.Stats == nil || res.Stats.Reads == 0 || res.PID == 0 {
 			t.Fatalf("slice %d: implausible result %+v", r, res)
 		}
-		pids = append(pids, s.ch.hello.PID)
+		pids = append(pids, res.PID)
 		n := s.lg.total()
 		time.Sleep(20 * time.Millisecond)
 		if got := s.lg.total(); got != n {
@@ -556,5 +556,28 @@ func TestSessionStalledServer(t *testing.T) {
 	s.close(&res)
 	if !strings.Contains(res.Error, "stalled") {
 		t.Fatalf("close: %q", res.Error)
+	}
+}
+
+// TestPingPongFewFDs: where this process's fd limit has no room for every
+// server's connections at once, the servers still take turns, each slice
+// in a child of its own, and every slice is measured.
+func TestPingPongFewFDs(t *testing.T) {
+	servers := []serverInfo{{Name: plugloopPrefix + "epoll", Backend: "epoll"}, {Name: plugloopPrefix + "poll", Backend: "poll"}}
+	cfg := &config{servers: servers, conns: 4, size: 64, warmup: 20 * time.Millisecond, duration: 50 * time.Millisecond,
+		repeats: 2, fdLimit: fdsFor(4) + 10, load: loadNet}
+	rep := runPingPong(context.Background(), cfg)
+	if len(rep.Servers) != 2 {
+		t.Fatalf("%d servers reported", len(rep.Servers))
+	}
+	for _, s := range rep.Servers {
+		if len(s.Runs) != 2 || s.Error != "" {
+			t.Fatalf("%s: %d runs, error %q", s.Name, len(s.Runs), s.Error)
+		}
+	}
+	// Rounds run epoll, poll, then poll, epoll: poll's two slices follow
+	// each other, epoll's have poll's between them.
+	if epoll := rep.Servers[0].Runs; epoll[0].PID == epoll[1].PID {
+		t.Fatalf("epoll's slices both in child %d, which poll's should have closed", epoll[0].PID)
 	}
 }

@@ -632,7 +632,8 @@ type runResult struct {
 	otherNS    int64   // OtherCPU's CPU time, unclamped (see cpuWindow.otherNS)
 	otherOK    bool    // otherNS is known
 	StealCPU   float64 `json:"steal_cpu_pct"`
-	Stats      *Stats  `json:"stats,omitempty"` // plugloop servers: core counters
+	Stats      *Stats  `json:"stats,omitempty"`      // plugloop servers: core counters
+	PID        int     `json:"server_pid,omitempty"` // the server child's
 	GoMaxProcs int     `json:"server_gomaxprocs"`
 	CPUs       []int   `json:"server_cpus,omitempty"`
 	PinError   string  `json:"pin_error,omitempty"`
@@ -710,7 +711,7 @@ func (s *session) measure(ctx context.Context, repeat int) (res runResult) {
 		return res
 	}
 	cfg, ch, lg := s.cfg, s.ch, s.lg
-	res.GoMaxProcs, res.CPUs, res.PinError = ch.hello.GoMaxProcs, ch.hello.CPUs, ch.hello.PinError
+	res.PID, res.GoMaxProcs, res.CPUs, res.PinError = ch.hello.PID, ch.hello.GoMaxProcs, ch.hello.CPUs, ch.hello.PinError
 	fail := func(err error) runResult {
 		if lerr := lg.Err(); lerr != nil && !errors.Is(err, context.Canceled) {
 			err = lerr

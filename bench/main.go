@@ -344,29 +344,47 @@ func runPingPong(ctx context.Context, cfg *config) *report {
 	if cfg.strace {
 		est += time.Duration(len(cfg.servers)) * (first + 200*time.Millisecond)
 	}
-	progress("  %d servers × %d slices (%v warm-up, then %v settle + %v measured each; servers take turns every slice), about %v\n",
-		len(cfg.servers), cfg.repeats, cfg.warmup, min(settle, cfg.warmup), cfg.duration, est.Round(time.Second))
-
+	// As many sessions stay open as this process has descriptors for
+	// their connections; beyond that the least recently measured one is
+	// closed, and opened again (a new child) at its next slice.
+	maxLive := max(int(cfg.fdLimit/fdsFor(cfg.conns)), 1)
+	if maxLive < len(cfg.servers) {
+		est = time.Duration(len(cfg.servers)*cfg.repeats) * first
+		progress("  %d servers × %d runs (%v warm-up + %v each; a child per run: the fd limit has room for the connections of %d at once), about %v\n",
+			len(cfg.servers), cfg.repeats, cfg.warmup, cfg.duration, maxLive, est.Round(time.Second))
+	} else {
+		progress("  %d servers × %d slices (%v warm-up, then %v settle + %v measured each; servers take turns every slice), about %v\n",
+			len(cfg.servers), cfg.repeats, cfg.warmup, min(settle, cfg.warmup), cfg.duration, est.Round(time.Second))
+	}
 	sessions := map[string]*session{}
-	results := eachServer(ctx, cfg.servers, cfg.repeats, func(sv serverInfo, r int) runResult {
+	var live []string // open sessions, least recently measured first
+	var results map[string][]runResult
+	closeSession := func(name string) {
+		var res runResult
+		sessions[name].close(&res)
+		delete(sessions, name)
+		live = slices.DeleteFunc(live, func(n string) bool { return n == name })
+		if runs := results[name]; res.Error != "" && len(runs) > 0 && runs[len(runs)-1].Error == "" {
+			runs[len(runs)-1].Error = res.Error // it stalled a connection at the end
+		}
+	}
+	results = eachServer(ctx, cfg.servers, cfg.repeats, func(sv serverInfo, r int) runResult {
 		if sv.Skip != "" {
 			return runResult{Server: sv.Name, Repeat: r, Error: sv.Skip}
 		}
 		s := sessions[sv.Name]
 		if s == nil {
+			for len(live) >= maxLive {
+				closeSession(live[0])
+			}
 			s = openSession(ctx, cfg, sv.Name, false)
 			sessions[sv.Name] = s
 		}
+		live = append(slices.DeleteFunc(live, func(n string) bool { return n == sv.Name }), sv.Name)
 		return s.measure(ctx, r)
 	}, runResult.brief)
-	for _, sv := range cfg.servers {
-		if s := sessions[sv.Name]; s != nil {
-			var res runResult
-			s.close(&res)
-			if runs := results[sv.Name]; res.Error != "" && len(runs) > 0 && runs[len(runs)-1].Error == "" {
-				runs[len(runs)-1].Error = res.Error // it stalled a connection at the end
-			}
-		}
+	for len(live) > 0 {
+		closeSession(live[0])
 	}
 	straced := map[string]runResult{}
 	if cfg.strace {

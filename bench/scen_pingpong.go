@@ -61,6 +61,12 @@ func runPingPongScenario(ctx context.Context, s *suite) *scenarioResult {
 		cfg.size, cfg.conns = size, n
 		cfg.duration, cfg.repeats = s.sliceDuration(), s.slices()
 		cfg.servers = s.servers()
+		if fit := s.cfg.fdLimit / fdsFor(n); uint64(len(cfg.servers)) > fit && s.cfg.duration == 0 && s.cfg.repeats == 0 {
+			// Not every server's connections fit in this process at
+			// once, so a server's slice would start a child of its own:
+			// fewer, longer runs, as before slices.
+			cfg.duration, cfg.repeats = s.duration(), 3
+		}
 		cfg.strace = cfg.strace || (i == 0 && cfg.straceFirst)
 		if cfg.load == loadUring {
 			cfg.loadWait = s.cfg.loadWait
