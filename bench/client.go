@@ -108,6 +108,15 @@ func spawnEnv(ctx context.Context, cfg *config, name, straceOut string, env []st
 	return c, nil
 }
 
+// startChild starts a server child (under strace, writing its summary to
+// straceOut, if that is set), or stands for the -target.
+func startChild(ctx context.Context, cfg *config, name, straceOut string) (*child, error) {
+	if name == targetName {
+		return targetChild(cfg.target), nil
+	}
+	return spawn(ctx, cfg, name, straceOut)
+}
+
 // childEnviron is the bench's environment for a server child: the server's
 // name, GOMAXPROCS=1, the CPUs to pin to, and no PLUGLOOP_EVLIB (which
 // would override the backend each plugloop server names).
@@ -683,14 +692,12 @@ func openSession(ctx context.Context, cfg *config, name string, straced bool) *s
 		s.straceOut = f.Name()
 		f.Close()
 	}
-	var err error
-	if name == targetName {
-		s.ch = targetChild(cfg.target)
-	} else if s.ch, err = spawn(ctx, cfg, name, s.straceOut); err != nil {
-		s.ch = nil
+	ch, err := startChild(ctx, cfg, name, s.straceOut)
+	if err != nil {
 		s.failed = "start: " + err.Error()
 		return s
 	}
+	s.ch = ch
 	// A connection's I/O deadline, counted from the start and again from
 	// every resume, stops a stalled server from holding the bench.
 	deadline := max(cfg.warmup, settle) + cfg.duration + controlTimeout

@@ -347,7 +347,7 @@ func runPingPong(ctx context.Context, cfg *config) *report {
 	// As many sessions stay open as this process has descriptors for
 	// their connections; beyond that the least recently measured one is
 	// closed, and opened again (a new child) at its next slice.
-	maxLive := max(int(cfg.fdLimit/fdsFor(cfg.conns)), 1)
+	maxLive := sessionsFit(cfg)
 	if maxLive < len(cfg.servers) {
 		est = time.Duration(len(cfg.servers)*cfg.repeats) * first
 		progress("  %d servers × %d runs (%v warm-up + %v each; a child per run: the fd limit has room for the connections of %d at once), about %v\n",

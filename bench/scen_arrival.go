@@ -88,7 +88,7 @@ func (s *suite) arrivalCount() int {
 
 func (s *suite) arrivalOne(ctx context.Context, name string) (res arrivalResult) {
 	res.Server = name
-	ch, err := s.startChild(ctx, name)
+	ch, err := startChild(ctx, s.cfg, name, "")
 	if err != nil {
 		res.Error = "start: " + err.Error()
 		return res

@@ -169,7 +169,7 @@ func medianChurn(name string, rs []churnResult) (*churnResult, string) {
 
 func (s *suite) churnOne(ctx context.Context, name string) (res churnResult) {
 	res.Server = name
-	ch, err := s.startChild(ctx, name)
+	ch, err := startChild(ctx, s.cfg, name, "")
 	if err != nil {
 		res.Error = "start: " + err.Error()
 		return res

@@ -41,6 +41,10 @@ func (s *suite) pingpongPlan() [][2]int {
 // room for the runtime's own.
 func fdsFor(n int) uint64 { return uint64(n) + 64 }
 
+// sessionsFit is how many servers' loads of cfg.conns connections this
+// process has descriptors for at once: at least one.
+func sessionsFit(cfg *config) int { return max(int(cfg.fdLimit/fdsFor(cfg.conns)), 1) }
+
 func runPingPongScenario(ctx context.Context, s *suite) *scenarioResult {
 	res := &scenarioResult{
 		Measures: "Each connection keeps one message in flight: write it, read the echo in full, check it, repeat. " +
@@ -61,7 +65,7 @@ func runPingPongScenario(ctx context.Context, s *suite) *scenarioResult {
 		cfg.size, cfg.conns = size, n
 		cfg.duration, cfg.repeats = s.sliceDuration(), s.slices()
 		cfg.servers = s.servers()
-		if fit := s.cfg.fdLimit / fdsFor(n); uint64(len(cfg.servers)) > fit && s.cfg.duration == 0 && s.cfg.repeats == 0 {
+		if sessionsFit(&cfg) < len(cfg.servers) && s.cfg.duration == 0 && s.cfg.repeats == 0 {
 			// Not every server's connections fit in this process at
 			// once, so a server's slice would start a child of its own:
 			// fewer, longer runs, as before slices.

@@ -246,16 +246,8 @@ func medianStream(name string, rs []streamResult) (*streamResult, string) {
 	}, errs
 }
 
-// startChild starts a server child, or stands for the -target.
-func (s *suite) startChild(ctx context.Context, name string) (*child, error) {
-	if name == targetName {
-		return targetChild(s.cfg.target), nil
-	}
-	return spawn(ctx, s.cfg, name, "")
-}
-
 func (s *suite) streamOne(ctx context.Context, name string) (res streamResult) {
-	ch, err := s.startChild(ctx, name)
+	ch, err := startChild(ctx, s.cfg, name, "")
 	if err != nil {
 		return streamResult{Server: name, Error: "start: " + err.Error()}
 	}
@@ -401,7 +393,7 @@ func (e *heldShort) Error() string {
 
 func (s *suite) idleOne(ctx context.Context, name string, n int) (res idleResult) {
 	res.Server, res.Conns = name, n
-	ch, err := s.startChild(ctx, name)
+	ch, err := startChild(ctx, s.cfg, name, "")
 	if err != nil {
 		res.Error = "start: " + err.Error()
 		return res
@@ -539,7 +531,7 @@ func runSlow(ctx context.Context, s *suite) *scenarioResult {
 
 func (s *suite) slowOne(ctx context.Context, name string, d time.Duration) (res slowResult) {
 	res.Server = name
-	ch, err := s.startChild(ctx, name)
+	ch, err := startChild(ctx, s.cfg, name, "")
 	if err != nil {
 		res.Error = "start: " + err.Error()
 		return res
