@@ -24,8 +24,9 @@ import (
 // netpoll-floor server) it is the cheapest echo on netpoll's reads found:
 // no OnRequest (a pool task per burst of input) but a goroutine per
 // connection parked in Peek, netpoll's blocking style, writing with
-// write(2) on the fd as plugloop's adapter does and leaving only what the
-// socket did not take to the Writer.
+// write(2) on the fd as plugloop's adapter does, leaving only what the
+// socket did not take to the Writer, and releasing input as the adapter
+// does, when the next arrives.
 func startNetpoll(floor bool) (string, error) {
 	if err := netpoll.Configure(netpoll.Config{PollerNum: 1, LoggerOutput: discard{}}); err != nil {
 		return "", err
@@ -51,7 +52,7 @@ func startNetpoll(floor bool) (string, error) {
 			if err != nil {
 				return err
 			}
-			return netpollEcho(c, buf, -1)
+			return netpollEcho(c, buf, -1, true)
 		})
 	}
 	if err != nil {
@@ -79,33 +80,40 @@ func netpollFloorConn(c netpoll.Connection) {
 		if _, err := r.Peek(1); err != nil {
 			return
 		}
+		// Release what the last round took only now, with input waiting,
+		// as plugloop's adapter does: netpoll's Release of an emptied
+		// buffer takes a fresh node for every message once one filled.
+		r.Release()
 		buf, err := r.Next(r.Len())
-		if err != nil || netpollEcho(c, buf, fd) != nil {
+		if err != nil || netpollEcho(c, buf, fd, false) != nil {
 			return
 		}
 	}
 }
 
-// netpollEcho sends buf back and releases the input: with a raw write(2)
-// on fd unless it is -1, through netpoll's Writer for what that did not
-// take.
-func netpollEcho(c netpoll.Connection, buf []byte, fd int) error {
-	r, w := c.Reader(), c.Writer()
+// netpollEcho sends buf back, with a raw write(2) on fd unless it is -1,
+// through netpoll's Writer for what that did not take, and releases the
+// input if release says so.
+func netpollEcho(c netpoll.Connection, buf []byte, fd int, release bool) error {
 	if fd >= 0 {
 		k, err := sys.Write(fd, buf)
 		if err != nil && !errors.Is(err, unix.EAGAIN) {
 			return err
 		}
-		if buf = buf[max(k, 0):]; len(buf) == 0 {
-			return r.Release()
+		buf = buf[max(k, 0):]
+	}
+	if len(buf) > 0 {
+		w := c.Writer()
+		if _, err := w.WriteBinary(buf); err != nil {
+			return err
+		}
+		// WriteBinary references buf: flush before releasing it.
+		if err := w.Flush(); err != nil {
+			return err
 		}
 	}
-	if _, err := w.WriteBinary(buf); err != nil {
-		return err
+	if release {
+		return c.Reader().Release()
 	}
-	// WriteBinary references buf: flush before releasing it.
-	if err := w.Flush(); err != nil {
-		return err
-	}
-	return r.Release()
+	return nil
 }

@@ -1301,12 +1301,21 @@ func (b *Backend) read(e *entry, p []byte) (int, error) {
 		}
 		return 0, fmt.Errorf("fd %d: %w", fd, evlib.ErrWouldBlock)
 	}
+	// What earlier reads took goes back to netpoll only now, while the
+	// buffer holds input. netpoll sizes a connection's next node by the
+	// bytes its nodes held up to the read position at a Release of an
+	// empty buffer; once a message has crossed from a full node (8 KiB)
+	// into the next, that passes a page, and from then on every such
+	// Release puts a fresh node at the tail: each message would take a
+	// node and its memory from netpoll's pools and give them back. Released
+	// while input waits, a node serves 8 KiB of messages. What stays
+	// meanwhile is the last read's bytes, in at most one node more.
+	r.Release()
 	buf, err := r.Next(n)
 	if err != nil {
 		return 0, fmt.Errorf("fd %d: netpoll: %w", fd, err)
 	}
 	copy(p, buf)
-	r.Release()
 	if e.readHeld {
 		// The reader is parked (not in Peek) until this input is all
 		// read, and netpoll goes on reading meanwhile: a core that
