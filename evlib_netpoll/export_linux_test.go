@@ -19,6 +19,10 @@ func Reattaches() int64 { return reattaches.Load() }
 // the core (rx paused, or more than MaxReadAhead ahead).
 func Parks() int64 { return parks.Load() }
 
+// BigNodeStreams tells how many streams' reads released netpoll's buffer
+// at once, as netpoll held more than a page unread for them.
+func BigNodeStreams() int64 { return bigNodeStreams.Load() }
+
 // ReaderStarts tells how many reader goroutines were started in this
 // process.
 func ReaderStarts() int64 { return readerStarts.Load() }

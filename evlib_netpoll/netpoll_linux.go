@@ -97,7 +97,24 @@ type entry struct {
 	// in TCP state CLOSE (see verdict): the bytes Read returned, and what
 	// the kernel had counted as received at Add that no Read will return.
 	rxRead uint64
-	rx0    rxBase
+
+	// When Read gives netpoll back what the core took. netpoll sizes a
+	// connection's new nodes by the most input it saw at once: the most
+	// it held unread, or, at a Release that found the buffer empty, all
+	// its nodes up to the read position. Once that passes a page
+	// (netpollPage), every Release that finds the buffer empty puts a
+	// fresh node at the tail, which the next input fills. Released at
+	// once, input that ever crossed from a full node into the next would
+	// make every message take a node and its memory from netpoll's pools
+	// and give them back. So Read releases what earlier reads took before
+	// it takes more, while input waits, and the node count never passes
+	// a page: a node serves a page of messages, and an idle connection
+	// keeps the node its last input came in, as netpoll keeps it anyway,
+	// plus at most the one before. Once netpoll held more than a page
+	// unread (bigNodes), its nodes are that large from then on, and Read
+	// releases at once, netpoll's way, so an idle connection keeps none.
+	bigNodes bool
+	rx0      rxBase
 
 	peek       sync.Mutex   // held by the reader while it waits in netpoll's Peek
 	readHeld   bool         // input left after a report, to be reported Readable
@@ -639,6 +656,10 @@ var attaches, detaches, reattaches, parks atomic.Int64
 // readerStarts counts the reader goroutines started, idleReaders those
 // waiting for a stream, in every backend of the process, for tests.
 var readerStarts, idleReaders atomic.Int64
+
+// bigNodeStreams counts the streams whose reads went netpoll's way (see
+// entry.bigNodes), for tests.
+var bigNodeStreams atomic.Int64
 
 // reattach gives a detached stream whose core caught up back to netpoll,
 // and its reader to it.
@@ -1262,6 +1283,10 @@ func (b *Backend) reportEntry(e *entry) bool {
 	return true
 }
 
+// netpollPage is netpoll's page, the size of a connection's nodes until
+// netpoll held more than that for it (see entry.bigNodes).
+const netpollPage = 8 << 10
+
 // Read implements evlib.IO.
 func (b *Backend) Read(fd int, p []byte) (int, error) {
 	e := b.lookup(fd)
@@ -1301,21 +1326,21 @@ func (b *Backend) read(e *entry, p []byte) (int, error) {
 		}
 		return 0, fmt.Errorf("fd %d: %w", fd, evlib.ErrWouldBlock)
 	}
-	// What earlier reads took goes back to netpoll only now, while the
-	// buffer holds input. netpoll sizes a connection's next node by the
-	// bytes its nodes held up to the read position at a Release of an
-	// empty buffer; once a message has crossed from a full node (8 KiB)
-	// into the next, that passes a page, and from then on every such
-	// Release puts a fresh node at the tail: each message would take a
-	// node and its memory from netpoll's pools and give them back. Released
-	// while input waits, a node serves 8 KiB of messages. What stays
-	// meanwhile is the last read's bytes, in at most one node more.
-	r.Release()
+	if !e.bigNodes && r.Len() > netpollPage {
+		e.bigNodes = true
+		bigNodeStreams.Add(1)
+	}
+	if !e.bigNodes {
+		r.Release() // what earlier reads took (see entry.bigNodes)
+	}
 	buf, err := r.Next(n)
 	if err != nil {
 		return 0, fmt.Errorf("fd %d: netpoll: %w", fd, err)
 	}
 	copy(p, buf)
+	if e.bigNodes {
+		r.Release()
+	}
 	if e.readHeld {
 		// The reader is parked (not in Peek) until this input is all
 		// read, and netpoll goes on reading meanwhile: a core that
