@@ -70,9 +70,14 @@ func TestReleaseAcrossNodes(t *testing.T) {
 		roundTrip(100)
 	}
 	before := evlib_netpoll.BigNodeStreams()
-	pause <- struct{}{}
-	roundTrip(256 << 10)
-	require.Greater(t, evlib_netpoll.BigNodeStreams(), before, "netpoll never held more than a page for the stream")
+	// netpoll reads on its own goroutines: a burst whose first bytes hold
+	// the thread leaves it far ahead of the core, though how far is up to
+	// the scheduler; another burst follows until it was more than a page.
+	for try := 0; evlib_netpoll.BigNodeStreams() == before; try++ {
+		require.Less(t, try, 20, "netpoll never held more than a page for the stream")
+		pause <- struct{}{}
+		roundTrip(256 << 10)
+	}
 	for range 1000 {
 		roundTrip(100)
 	}
