@@ -391,6 +391,7 @@ func (b *Backend) connect(e *entry, dup int) error {
 		return fmt.Errorf("evlib_netpoll: fd %d: netpoll's connection (%T) has no Detach; plugloop needs netpoll v0.7.2", e.fd, nc)
 	}
 	e.nc, e.r, e.ncFD = nc, nc.Reader(), dup
+	e.bigNodes = false // a new connection's nodes start at a page
 	// OnDisconnect runs as soon as netpoll's poller saw the hang-up (after
 	// it read all input), so a paused connection learns of it at once. It
 	// is an exported method of netpoll's connection, though not of the
