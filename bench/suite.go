@@ -224,36 +224,36 @@ func (s *suite) conditions() conditions {
 }
 
 // duration is the measured time per server and repeat.
-func (s *suite) duration() time.Duration {
+func (s *suite) duration() time.Duration { return s.measured(2*time.Second, 600*time.Millisecond) }
+
+// measured is -duration if it was given, else full with -full and dflt
+// without.
+func (s *suite) measured(full, dflt time.Duration) time.Duration {
 	switch {
 	case s.cfg.duration > 0:
 		return s.cfg.duration
 	case s.full:
-		return 2 * time.Second
+		return full
 	}
-	return 600 * time.Millisecond
+	return dflt
 }
 
 // sliceDuration is the measured time of a ping-pong slice: short, so that
 // the servers of a table take turns often (see session).
 func (s *suite) sliceDuration() time.Duration {
-	switch {
-	case s.cfg.duration > 0:
-		return s.cfg.duration
-	case s.full:
-		return 500 * time.Millisecond
-	case s.cfg.perfPath != "":
-		// perf switches its counters on one by one: over 150 ms the
-		// skew misplaced a third of the calls.
-		return 600 * time.Millisecond
-	}
 	// On this project's VM, in tables of nine servers, twelve slices of
 	// 100 ms put plugloop/poll at 0.97–1.01× epoll in four runs, eight of
 	// 150 ms at 0.93–1.04× in eight, four of 300 ms at 0.94–1.07× in
 	// four; in five runs alternated with five of the former default
 	// (three runs of 600 ms, each its own child), 0.98–1.02× against
 	// 0.94–1.20×.
-	return 100 * time.Millisecond
+	dflt := 100 * time.Millisecond
+	if s.cfg.perfPath != "" {
+		// perf switches its counters on one by one: over 150 ms the
+		// skew misplaced a third of the calls.
+		dflt = 600 * time.Millisecond
+	}
+	return s.measured(500*time.Millisecond, dflt)
 }
 
 // slices is how many slices each server of a ping-pong table gets.
