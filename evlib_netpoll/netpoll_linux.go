@@ -1310,7 +1310,8 @@ func (b *Backend) read(e *entry, p []byte) (int, error) {
 		return rawRead(fd, p) // watched by helpers
 	}
 	r := e.r
-	n := min(r.Len(), len(p))
+	buffered := r.Len()
+	n := min(buffered, len(p))
 	if n > 0 && !e.fresh && !e.readHeld {
 		// Not the input the reader reports or holds: it came while the
 		// reader waited, and the reader may be looking at the buffer
@@ -1327,7 +1328,7 @@ func (b *Backend) read(e *entry, p []byte) (int, error) {
 		}
 		return 0, fmt.Errorf("fd %d: %w", fd, evlib.ErrWouldBlock)
 	}
-	if !e.bigNodes && r.Len() > netpollPage {
+	if !e.bigNodes && buffered > netpollPage {
 		e.bigNodes = true
 		bigNodeStreams.Add(1)
 	}
