@@ -102,7 +102,7 @@
 // the next look waits for the Go scheduler to preempt it: tens of
 // milliseconds. That is no fixed number of bytes, but it is paid
 // once per stretch of falling behind, not again for every pause while the
-// consumer stays slow; the README gives measured figures. A pause shorter
+// consumer stays slow; bench/RESULTS.md gives measured figures. A pause shorter
 // than DetachDelay, as in a busy pipelined stream, costs a timer; a longer
 // one, or a core that far behind, pays the detach and the re-attach (a few
 // system calls and netpoll's connection setup) once.
