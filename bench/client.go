@@ -343,6 +343,16 @@ func (g *gate) openLocked() {
 	}
 }
 
+// stalledError says that stuck of total connections got no echo of their
+// last message within stuckAfter; stuck < 0: some, how many is not known.
+func stalledError(stuck, total int) error {
+	some := "some"
+	if stuck >= 0 {
+		some = strconv.Itoa(stuck)
+	}
+	return fmt.Errorf("%s of %d connections got no echo of their last message within %v: the server stalled them", some, total, stuckAfter)
+}
+
 // stuckAfter is how long close waits for the round trips in flight; on
 // loopback one takes microseconds.
 const stuckAfter = time.Second
@@ -583,7 +593,7 @@ func (l *loadGen) total() uint64 { return l.counts.sum() }
 
 func (l *loadGen) pause() error {
 	if n := l.gate.pause(func() int { return len(l.conns) - int(l.finished.Load()) }); n > 0 {
-		return fmt.Errorf("%d of %d connections got no echo of their last message within %v: the server stalled them", n, len(l.conns), stuckAfter)
+		return stalledError(n, len(l.conns))
 	}
 	return nil
 }
@@ -841,7 +851,7 @@ func (s *session) close(res *runResult) {
 		res.LifeRoundTrips = s.lg.total()
 	}
 	if res.Error == "" && stuck > 0 {
-		res.Error = fmt.Sprintf("%d of %d connections got no echo of their last message within %v: the server stalled them", stuck, s.cfg.conns, stuckAfter)
+		res.Error = stalledError(stuck, s.cfg.conns).Error()
 	}
 	if s.straceOut == "" || res.Error != "" {
 		res.LifeRoundTrips = 0

@@ -669,7 +669,7 @@ func (l *uringLoad) pause() error {
 		}
 	}
 	if l.gate.pause(loops) > 0 {
-		return fmt.Errorf("some of %d connections got no echo of their last message within %v: the server stalled them", len(l.conns), stuckAfter)
+		return stalledError(-1, len(l.conns)) // the loop, not each connection, holds
 	}
 	return nil
 }
