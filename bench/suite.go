@@ -258,8 +258,7 @@ func (s *suite) sliceDuration() time.Duration {
 
 // slices is how many slices each server of a ping-pong table gets.
 func (s *suite) slices() int {
-	switch {
-	case s.cfg.repeats > 0:
+	if s.cfg.repeats > 0 {
 		return s.cfg.repeats
 	}
 	return 12
