@@ -102,15 +102,15 @@ func main() {
 	}
 	cfg := &config{}
 	s := &suite{cfg: cfg}
-	servers := flag.String("servers", "", "comma-separated servers to run (default: all); plugloop backends may be named without the plugloop/ prefix")
-	scen := flag.String("scenarios", "", "comma-separated scenarios to run (default: all): "+strings.Join(scenarioNames(), ", "))
+	servers := flag.String("servers", "", "comma-separated servers to run (default: all but netpoll-floor, which runs only when named); plugloop backends may be named without the plugloop/ prefix")
+	scen := flag.String("scenarios", "", "comma-separated scenarios to run (default: all but relay, which runs only when named): "+strings.Join(scenarioNames(), ", "))
 	conns := flag.String("conns", "", "ping-pong: comma-separated connection counts (default 50,1000; -full 50,1000,10000)")
 	sizes := flag.String("sizes", "", "ping-pong: comma-separated payload sizes in bytes (default 64,1024)")
 	flag.BoolVar(&s.full, "full", false, "run every scenario at every size and connection count, longer and with 3 repeats (several minutes)")
 	flag.DurationVar(&cfg.duration, "duration", 0, "measured time per server and repeat; in ping-pong, per slice (default: ping-pong 0.1s, with -perf 0.6s, -full 0.5s; others 0.6s, -full 2s)")
 	flag.DurationVar(&cfg.warmup, "warmup", 200*time.Millisecond, "load before measuring, per server and repeat")
 	flag.IntVar(&cfg.repeats, "repeats", 0, "runs per server, interleaved, every other round reversed (A B C, C B A); medians are reported; in ping-pong, slices of one run per server (default: ping-pong 12; others 1, -full 3)")
-	flag.IntVar(&s.streamConns, "stream-conns", 50, "streaming echo: connections, each with a writer and a reader")
+	flag.IntVar(&s.streamConns, "stream-conns", 50, "streaming echo and relay: connections, each with a writer and a reader")
 	flag.IntVar(&s.churnClients, "churn-clients", 32, "connection churn: clients, each opening one connection after another")
 	flag.IntVar(&s.idleConns, "idle-conns", 10000, "idle: connections opened against each server")
 	flag.IntVar(&s.slowConns, "slow-conns", 50, "slow consumer: connections")

@@ -40,6 +40,7 @@ type Callback func(ev Event) error
 // Event is what a Callback receives. It is passed by value and must not be
 // retained; Data is valid only during the callback.
 type Event struct {
+	// Reason says why the callback is called.
 	Reason Reason
 	// Conn is the connection, or nil for thread- and context-level reasons.
 	Conn *Conn
@@ -68,8 +69,11 @@ type Event struct {
 
 // PollArgs is lws' struct lws_pollargs.
 type PollArgs struct {
-	FD         int
-	Events     evlib.Events
+	// FD is the fd to watch, or to stop watching.
+	FD int
+	// Events is the interest from now on (none for DEL_POLL_FD).
+	Events evlib.Events
+	// PrevEvents is the interest before a CHANGE_MODE_POLL_FD.
 	PrevEvents evlib.Events
 }
 
@@ -77,7 +81,10 @@ type PollArgs struct {
 // lws_protocols). The first protocol of a context also receives the poll-fd
 // reasons.
 type Protocol struct {
-	Name     string
+	// Name identifies the protocol to Listen, the Adopt calls and
+	// Connect; it is unique within a context.
+	Name string
+	// Callback handles every Reason for the protocol's connections.
 	Callback Callback
 	// RxChunk caps the bytes handed to one RAW_RX callback; 0 means all
 	// that one read returned. With a cap, input left over when rx flow
@@ -97,9 +104,10 @@ type Protocol struct {
 	// closes it (RAW_CLOSE with an *OpError; errors.Is(err,
 	// syscall.ECONNRESET) for a reset): at once where the backend declares
 	// evlib.CapHangupWithoutInterest (epoll, poll, the foreign backend in
-	// a poll(2) or epoll loop), which keeps the connection watched with no
+	// a poll(2) or epoll loop, netpoll through a helper goroutine on a dup
+	// once the stream ended), which keeps the connection watched with no
 	// interest, at no cost while the peer is quiet; elsewhere (gnet,
-	// netpoll, kqueue) it is out of the poll set and learns of the reset
+	// kqueue) it is out of the poll set and learns of the reset
 	// only when it writes, or when Info.IdleTimeout or its own SetTimeout
 	// ends it.
 	AllowHalfOpen bool

@@ -15,8 +15,9 @@ var (
 	// idle or waiting in its backend is, since telling goroutines apart
 	// there costs microseconds a call.
 	ErrWrongGoroutine = errors.New("plugloop: called from a goroutine that does not own the service thread")
-	// ErrInService: Service or Run was called while the thread is already
-	// being serviced (for example from inside a callback).
+	// ErrInService: Service, ServiceFD or Run was called while the thread
+	// is already being serviced (from inside a callback, or while another
+	// goroutine's call holds it).
 	ErrInService = errors.New("plugloop: service thread is already being serviced")
 	// ErrNotWritable: Write outside the connection's RAW_WRITEABLE
 	// callback, or a second Write in the same callback.

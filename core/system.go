@@ -58,7 +58,10 @@ func (s SystemState) String() string {
 // work is done. Notifiers are asked in registration order; the first false
 // stops the asking.
 type Notifier struct {
-	Name   string
+	// Name identifies the notifier to the application; the core does not
+	// use it.
+	Name string
+	// Notify is asked before each step; false holds the system.
 	Notify func(ctx *Context, current, next SystemState) bool
 }
 

@@ -341,8 +341,9 @@ func (t *Thread) signal() error {
 // timer falls due), then the events, cancel-service deliveries and forced
 // service. It returns ErrDestroyed once the context is destroyed, and an
 // error wrapping ErrBackend when the wait failed (the rest of the pass
-// still ran). When the application's loop drives the backend (the foreign
-// mode), Service never waits: Service(0) is the forced service that
+// still ran), and ErrInService while the thread is held elsewhere (by a
+// callback, or by another goroutine's call). When the application's loop
+// drives the backend (the foreign mode), Service never waits: Service(0) is the forced service that
 // follows the events of a wait.
 func (t *Thread) Service(timeout time.Duration) error {
 	if err := t.enter(); err != nil {
@@ -1891,7 +1892,9 @@ func (t *Thread) teardown() {
 
 // OpError is a system call failure on a connection.
 type OpError struct {
-	Op  string
+	// Op is the system call that failed ("read", "write", ...).
+	Op string
+	// Err is its error, usually a syscall.Errno.
 	Err error
 }
 

@@ -27,7 +27,6 @@ import (
 	"github.com/plugloop/plugloop/core"
 	"github.com/plugloop/plugloop/foreign"
 	"github.com/plugloop/plugloop/internal/echo"
-	"github.com/plugloop/plugloop/internal/sys"
 	"golang.org/x/sys/unix"
 )
 
@@ -88,7 +87,8 @@ func run(addr string) error {
 	th := ctx.Thread(0)
 	// The whole loop. (With foreign.PollSet: set.Poll(th, mine, time.Second).)
 	for {
-		if _, err := unix.Poll(fds, sys.Msec(th.ServiceAdjustTimeout(time.Second))); err != nil && err != unix.EINTR {
+		d := th.ServiceAdjustTimeout(time.Second) // rounded up: a timer due in 300 µs must not spin on zero waits
+		if _, err := unix.Poll(fds, int((d+time.Millisecond-1)/time.Millisecond)); err != nil && err != unix.EINTR {
 			return err
 		}
 		ready := slices.Clone(fds) // callbacks may change fds meanwhile
