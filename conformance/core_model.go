@@ -1807,7 +1807,7 @@ func (m *model) peerSawEnd(mc *modelConn, op string, err error) {
 	if wrClosed && op == "reading" && errors.Is(err, io.EOF) {
 		// Close with input unread resets a TCP connection, which may drop
 		// what the peer had not read yet, and the error may have gone to
-		// the peer's write (see checkClosed): only GracefulClose, or a
+		// the peer's write (see peerEnd.wrErr): only GracefulClose, or a
 		// unix socket, keeps the stream whole then.
 		lossy := closing && !m.cfg.graceful && mc.kind != kindUnix
 		whole := !closed || errors.Is(closeErr, io.EOF) || closeErr == nil && !lossy
