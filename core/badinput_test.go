@@ -172,6 +172,18 @@ func TestNegativeInfoTimeouts(t *testing.T) {
 	}
 }
 
+// Info.Foreign holds one loop per service thread; one more is a loop no
+// thread would ever serve, which New used to accept in silence.
+func TestForeignEntriesBeyondThreads(t *testing.T) {
+	p := []core.Protocol{{Name: "p", Callback: func(core.Event) error { return nil }}}
+	ctx, err := core.New(core.Info{EventLib: "poll", Protocols: p, Foreign: []any{nil, nil}})
+	require.ErrorIs(t, err, core.ErrInvalid)
+	require.Nil(t, ctx)
+	ctx, err = core.New(core.Info{EventLib: "poll", Protocols: p, CountThreads: 2, Foreign: []any{nil, nil, nil}})
+	require.ErrorIs(t, err, core.ErrInvalid)
+	require.Nil(t, ctx)
+}
+
 // Adopting a net.Conn, net.PacketConn or net.Listener the caller already
 // closed is a closed descriptor: ErrBadFD, as the sentinel's doc says. It
 // returned net's error alone, which matches no plugloop sentinel.

@@ -131,7 +131,9 @@ type Info struct {
 	// environment variable overrides both it and the flags.
 	EventLib string
 	// Foreign is an application-owned loop for backends that can attach
-	// to one (evlib.CapForeignLoop), one per service thread.
+	// to one (evlib.CapForeignLoop), one per service thread: entry i is
+	// thread i's, a thread past the end or with a nil entry runs a loop of
+	// its own, and more entries than threads are an error.
 	Foreign []any
 	// Protocols, at least one. Names must be unique.
 	Protocols []Protocol
@@ -265,6 +267,10 @@ func New(info Info) (*Context, error) {
 		// Read as "already expired", they closed every Close'd connection
 		// at once with ErrTimeout, dropping its pending output.
 		return nil, fmt.Errorf("%w: negative CloseTimeout (%v) or ConnectTimeout (%v)", ErrInvalid, info.CloseTimeout, info.ConnectTimeout)
+	}
+	if n := max(info.CountThreads, 1); len(info.Foreign) > n {
+		// One entry per thread: one more would be a loop nobody serves.
+		return nil, fmt.Errorf("%w: %d foreign loops (Info.Foreign) for %d service threads", ErrInvalid, len(info.Foreign), n)
 	}
 	d, err := evlib.Select(evlib.Flag(info.Options)&evlib.FlagMask, info.EventLib)
 	if err != nil {

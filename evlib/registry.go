@@ -139,13 +139,18 @@ func Register(d Descriptor) error {
 	if d.Name == "" || strings.ContainsAny(d.Name, ", \t") {
 		return fmt.Errorf("evlib: invalid backend name %q", d.Name)
 	}
+	isBuiltin := false
 	for _, b := range builtin {
-		if b.name == d.Name && b.flag != d.Flag {
-			return fmt.Errorf("evlib: backend %q must use flag %#x", d.Name, b.flag)
+		if b.name == d.Name {
+			isBuiltin = true
+			if b.flag != d.Flag {
+				return fmt.Errorf("evlib: backend %q must use flag %#x", d.Name, b.flag)
+			}
 		}
-		if b.name != d.Name && d.Flag != 0 && b.flag == d.Flag {
-			return fmt.Errorf("evlib: flag %#x belongs to backend %q", d.Flag, b.name)
-		}
+	}
+	if !isBuiltin && d.Flag != 0 {
+		// Every flag Select honours is a built-in backend's.
+		return fmt.Errorf("evlib: backend %q: flag %#x: a backend that is not plugloop's own is selected by name only (Flag 0)", d.Name, d.Flag)
 	}
 	mu.Lock()
 	defer mu.Unlock()
@@ -203,7 +208,9 @@ func Select(flags Flag, name string) (Descriptor, error) {
 		}
 		return d, nil
 	}
-	flags &= FlagMask
+	if flags&^FlagMask != 0 {
+		return Descriptor{}, fmt.Errorf("%w: flag %#x selects no backend (available: %s)", ErrUnknown, flags&^FlagMask, availableList())
+	}
 	if flags&(flags-1) != 0 {
 		return Descriptor{}, fmt.Errorf("%w: more than one backend flag set (%#x; available: %s)", ErrUnknown, flags, availableList())
 	}

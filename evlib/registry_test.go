@@ -37,6 +37,11 @@ func TestRegisterRejects(t *testing.T) {
 	require.Error(t, evlib.Register(evlib.Descriptor{Name: "a,b", New: newNop}))
 	require.Error(t, evlib.Register(evlib.Descriptor{Name: "epoll", Flag: evlib.FlagPoll, New: newNop}), "built-in name with another flag")
 	require.Error(t, evlib.Register(evlib.Descriptor{Name: "mine", Flag: evlib.FlagGnet, New: newNop}), "built-in flag with another name")
+	// Only plugloop's own backends have a flag: Select honours no other.
+	require.Error(t, evlib.Register(evlib.Descriptor{Name: "mine-combo", Flag: evlib.FlagPoll | evlib.FlagGnet, New: newNop}), "built-in flags combined under another name")
+	require.Error(t, evlib.Register(evlib.Descriptor{Name: "mine-high", Flag: 1 << 20, New: newNop}), "a flag no built-in backend has")
+	_, err := evlib.Lookup("mine-combo")
+	require.ErrorIs(t, err, evlib.ErrUnknown, "a refused descriptor is not registered")
 }
 
 func TestLookup(t *testing.T) {
@@ -89,6 +94,10 @@ func TestSelect(t *testing.T) {
 
 	_, err = evlib.Select(evlib.FlagNetpoll, "")
 	require.ErrorIs(t, err, evlib.ErrUnavailable, "flag of a backend not linked in")
+
+	_, err = evlib.Select(1<<20, "")
+	require.ErrorIs(t, err, evlib.ErrUnknown, "a flag no backend has")
+	require.ErrorContains(t, err, "available: ", "a flag no backend has")
 
 	_, err = evlib.Select(evlib.FlagGnet, "test-a")
 	require.Error(t, err, "name and flag disagree")

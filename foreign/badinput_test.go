@@ -23,4 +23,12 @@ func TestPollSetWrongThread(t *testing.T) {
 	require.ErrorIs(t, set.Poll(ctx.Thread(1), nil, time.Millisecond), core.ErrInvalid)
 	require.ErrorIs(t, set.Poll(nil, nil, time.Millisecond), core.ErrInvalid)
 	require.NoError(t, set.Poll(ctx.Thread(0), nil, time.Millisecond))
+
+	// The same index in another context: the set holds none of its fds.
+	other, err := core.New(core.Info{EventLib: foreign.Name,
+		Protocols: []core.Protocol{{Name: "p", Callback: func(core.Event) error { return nil }}}})
+	require.NoError(t, err)
+	defer other.Destroy()
+	require.ErrorIs(t, set.Poll(other.Thread(0), nil, time.Millisecond), core.ErrInvalid)
+	require.NoError(t, set.Poll(ctx.Thread(0), nil, time.Millisecond), "the set still serves its own thread")
 }

@@ -46,6 +46,7 @@ type PollSet struct {
 	Thread int
 
 	mu  sync.Mutex
+	th  *core.Thread // the thread whose poll-fd callbacks the set follows, once one came
 	fds []unix.PollFd
 	buf []unix.PollFd // Poll's scratch: the application's fds, ours, stop
 
@@ -76,6 +77,7 @@ func (s *PollSet) Protocol(p core.Protocol) core.Protocol {
 		switch reason {
 		case core.ReasonAddPollFD:
 			s.mu.Lock()
+			s.th = ev.Thread
 			s.fds = append(s.fds, unix.PollFd{Fd: int32(ev.Poll.FD), Events: PollEvents(ev.Poll.Events)})
 			s.mu.Unlock()
 		case core.ReasonDelPollFD:
@@ -155,6 +157,11 @@ func (s *PollSet) Poll(t *core.Thread, mine []unix.PollFd, max time.Duration) er
 	// closes the fds closed meanwhile): a second Poll must not end those
 	// of one still offering them.
 	s.mu.Lock()
+	if s.th != nil && s.th != t {
+		// Same index, another context: its fds are in no set either.
+		s.mu.Unlock()
+		return fmt.Errorf("%w: a PollSet following another context's thread %d polled with %s", core.ErrInvalid, s.Thread, threadName(t))
+	}
 	if s.inPoll {
 		s.mu.Unlock()
 		return fmt.Errorf("%w: PollSet.Poll called while a Poll of the same set runs", core.ErrInService)
