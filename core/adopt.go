@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/plugloop/plugloop/evlib"
@@ -20,8 +21,9 @@ import (
 type Listener struct {
 	c        *Conn
 	addr     net.Addr
-	unixPath string // removed on Close
-	tcp      bool   // accepted connections get TCP_NODELAY
+	unixPath string      // removed on Close
+	closing  atomic.Bool // the group was closed; its thread closes this one (see Listener.Close)
+	tcp      bool        // accepted connections get TCP_NODELAY
 	noDelay  noDelayMode
 	resume   *Timer
 	reuse    bool        // one of a SO_REUSEPORT group: accepts for its own thread
@@ -67,7 +69,10 @@ func (l *Listener) Addr() net.Addr { return l.addr }
 func (l *Listener) FD() int { return l.c.FD() }
 
 // Close stops listening. Connections already accepted stay open. It is
-// loop-only, like Conn's methods.
+// loop-only, like Conn's methods. With Info.ReusePort, the group's sockets
+// on other threads close at once where those threads are idle; a thread
+// being serviced closes its own in its next pass and accepts nothing once
+// it sees the close.
 func (l *Listener) Close() error {
 	t := l.c.t
 	took, err := t.own()
@@ -80,8 +85,20 @@ func (l *Listener) Close() error {
 	}
 	t.closeConn(l.c, nil)
 	for _, sib := range l.siblings {
-		st := sib.c.t
-		st.Post(func() { st.closeConn(sib.c, nil) })
+		st, sc := sib.c.t, sib.c
+		if took, err := st.own(); took {
+			// Nobody services that thread: close its socket now.
+			st.closeConn(sc, nil)
+			st.release(took)
+			continue
+		} else if errors.Is(err, ErrDestroyed) {
+			continue
+		}
+		// Its thread is being serviced, maybe by another goroutine: it
+		// accepts nothing from now on (Thread.accept) and closes the
+		// socket in its next pass.
+		sib.closing.Store(true)
+		st.Post(func() { st.closeConn(sc, nil) })
 	}
 	return nil
 }
@@ -103,7 +120,7 @@ func (c *Context) Listen(network, address, protocol string) (*Listener, error) {
 	}
 	ln, err := net.Listen(network, address)
 	if err != nil {
-		return nil, err
+		return nil, badAddr(err)
 	}
 	l, err := c.AdoptListener(ln, protocol)
 	if err != nil {
@@ -153,7 +170,7 @@ func (c *Context) listenReusePort(network, address, protocol string) (*Listener,
 		ln, err := lc.Listen(context.Background(), network, address)
 		if err != nil {
 			t.release(took)
-			return fail(err)
+			return fail(badAddr(err))
 		}
 		address = ln.Addr().String() // the others share the port the first got
 		l, err := adoptListener(t, ln, p)
@@ -172,9 +189,22 @@ func (c *Context) listenReusePort(network, address, protocol string) (*Listener,
 	return group[0], nil
 }
 
+// badAddr wraps ErrInvalid around net's error for a malformed address, as
+// Connect answers one, and leaves a system error (EADDRINUSE...) alone.
+func badAddr(err error) error {
+	if ae := (*net.AddrError)(nil); errors.As(err, &ae) {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	return err
+}
+
 // AdoptListener takes over a net.Listener: the core accepts its connections
 // from then on. On success ln is closed (the core keeps a duplicate of its
-// socket); on error the caller still owns it.
+// socket); on error the caller still owns it. A unix listener's socket
+// file is removed when the Listener closes, as net.Listen's listener
+// removes it (an abstract "@name" has none), also when ln was told to keep
+// it (SetUnlinkOnClose(false), net.FileListener): net does not let the
+// core see that setting.
 func (c *Context) AdoptListener(ln net.Listener, protocol string) (*Listener, error) {
 	p, err := c.protocol(protocol)
 	if err != nil {
@@ -203,8 +233,10 @@ func adoptListener(t *Thread, ln net.Listener, p *Protocol) (*Listener, error) {
 		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	}
 	ul, isUnix := ln.(*net.UnixListener)
-	if isUnix {
-		l.unixPath = ln.Addr().String()
+	if p := ln.Addr().String(); isUnix && p != "" && p[0] != '@' {
+		// An abstract socket ("@name", Linux) has no file, as net knows:
+		// removing "@name" would remove some other file.
+		l.unixPath = p
 	}
 	if l.c, err = t.adopt(fd, evlib.KindListener, p, l, new(adoptOptions), false); err != nil {
 		// ln is still the caller's, unchanged: closing it removes its

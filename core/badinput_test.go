@@ -104,6 +104,63 @@ func TestListenUnixFailureRemovesSocketFile(t *testing.T) {
 	require.NoFileExists(t, b, "the caller's listener no longer removed its file on Close")
 }
 
+// A Notifier without Notify is refused by New as by RegisterNotifier: New
+// called it and panicked, leaving thread 0 held and its fds open.
+func TestNewNotifierWithoutNotify(t *testing.T) {
+	var ctx *core.Context
+	var err error
+	require.NotPanics(t, func() {
+		ctx, err = core.New(core.Info{EventLib: "poll", Notifiers: []core.Notifier{{Name: "none"}},
+			Protocols: []core.Protocol{{Name: "p", Callback: func(core.Event) error { return nil }}}})
+	})
+	require.ErrorIs(t, err, core.ErrInvalid)
+	require.Nil(t, ctx)
+}
+
+// A malformed address is ErrInvalid for Listen and ListenUDP, as for
+// Connect: they returned net's error, which wraps no sentinel. A system
+// error (the port taken) stays what it is.
+func TestListenBadAddress(t *testing.T) {
+	ctx, _ := socketpairConn(t, core.Info{EventLib: "poll"}, func(core.Event) error { return nil })
+	_, err := ctx.Connect("tcp", "127.0.0.1:99999", "")
+	require.ErrorIs(t, err, core.ErrInvalid, "Connect")
+	_, err = ctx.Listen("tcp", "127.0.0.1:99999", "")
+	require.ErrorIs(t, err, core.ErrInvalid, "Listen")
+	_, err = ctx.ListenUDP("udp", "127.0.0.1:99999", "")
+	require.ErrorIs(t, err, core.ErrInvalid, "ListenUDP")
+	ln, err := ctx.Listen("tcp4", "127.0.0.1:0", "")
+	require.NoError(t, err)
+	_, err = ctx.Listen("tcp4", ln.Addr().String(), "")
+	require.ErrorIs(t, err, unix.EADDRINUSE)
+	require.NotErrorIs(t, err, core.ErrInvalid)
+}
+
+// A Conn handed over to another thread (OnThread) answers, until
+// RAW_ADOPT, as its godoc says: output as on a client still connecting
+// (ErrInvalid), everything else ErrClosed.
+func TestHandedOverConnErrors(t *testing.T) {
+	ctx, err := core.New(core.Info{EventLib: "poll", CountThreads: 2,
+		Protocols: []core.Protocol{{Name: "p", Callback: func(core.Event) error { return nil }}}})
+	require.NoError(t, err)
+	defer ctx.Destroy()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+	require.NoError(t, err)
+	defer unix.Close(fds[1])
+	var c *core.Conn
+	// From thread 0's pass, for thread 1, which adopts it in its own.
+	require.NoError(t, ctx.Thread(0).Post(func() { c, err = ctx.AdoptFD(fds[0], "", core.OnThread(1)) }))
+	require.NoError(t, ctx.Thread(0).Service(0))
+	require.NoError(t, err)
+	_, werr := c.Write([]byte("x"))
+	require.ErrorIs(t, werr, core.ErrInvalid, "Write")
+	require.ErrorIs(t, c.CallbackOnWritable(), core.ErrInvalid, "CallbackOnWritable")
+	require.ErrorIs(t, c.CloseWrite(), core.ErrInvalid, "CloseWrite")
+	require.ErrorIs(t, c.RxFlowControl(false), core.ErrClosed, "RxFlowControl")
+	require.ErrorIs(t, c.SetTimer(time.Second), core.ErrClosed, "SetTimer")
+	require.ErrorIs(t, c.SetTimeout(time.Second), core.ErrClosed, "SetTimeout")
+	require.NoError(t, c.Close(), "Close drops it")
+}
+
 // ListenUDP takes "udp", "udp4" or "udp6", like Listen and Connect check
 // theirs: with no address it made a UDP socket for any network name
 // ("tcp", "unix", ""), and with one it returned net's error, which wraps

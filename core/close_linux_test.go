@@ -6,6 +6,9 @@ import (
 	"context"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -89,4 +92,21 @@ func waitPeerEnded(t *testing.T, c net.Conn) {
 		}
 		require.True(t, time.Now().Before(deadline), "the peer's FIN did not arrive")
 	}
+}
+
+// An abstract unix socket ("@name") has no file: closing its listener
+// removed a file named "@name" in the working directory.
+func TestAbstractUnixListenerRemovesNoFile(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	name := "@plugloop-test-" + strconv.Itoa(os.Getpid())
+	require.NoError(t, os.WriteFile(name, []byte("keep"), 0o600))
+	ctx, err := core.New(core.Info{EventLib: "epoll", Protocols: []core.Protocol{{Name: "p", Callback: func(core.Event) error { return nil }}}})
+	require.NoError(t, err)
+	defer ctx.Destroy()
+	ln, err := ctx.Listen("unix", name, "")
+	require.NoError(t, err)
+	require.NoError(t, ln.Close())
+	require.NoError(t, ctx.Thread(0).Service(0))
+	require.FileExists(t, filepath.Join(dir, name))
 }

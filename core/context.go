@@ -268,6 +268,11 @@ func New(info Info) (*Context, error) {
 		// at once with ErrTimeout, dropping its pending output.
 		return nil, fmt.Errorf("%w: negative CloseTimeout (%v) or ConnectTimeout (%v)", ErrInvalid, info.CloseTimeout, info.ConnectTimeout)
 	}
+	for _, n := range info.Notifiers {
+		if n.Notify == nil {
+			return nil, fmt.Errorf("%w: notifier %q has no Notify", ErrInvalid, n.Name)
+		}
+	}
 	if n := max(info.CountThreads, 1); len(info.Foreign) > n {
 		// One entry per thread: one more would be a loop nobody serves.
 		return nil, fmt.Errorf("%w: %d foreign loops (Info.Foreign) for %d service threads", ErrInvalid, len(info.Foreign), n)

@@ -59,8 +59,9 @@ import (
 // A handed-over Conn belongs to its thread from the moment it is handed
 // over: read its state (Closed, Connecting, FD...) and call its methods on
 // that thread only, from its callbacks or a function posted to
-// Conn.Thread(). Until RAW_ADOPT its methods return ErrClosed, but Close,
-// which drops it.
+// Conn.Thread(). Until RAW_ADOPT Close drops it, output (Write,
+// CallbackOnWritable, CloseWrite, RelayTo) returns ErrInvalid, as on a
+// client that is still connecting, and its other methods ErrClosed.
 func OnThread(i int) AdoptOption {
 	return func(o *adoptOptions) { o.thread, o.pinned = i, true }
 }

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -159,6 +160,58 @@ func TestSMPReusePort(t *testing.T) {
 	for i := range 2 {
 		require.NotZero(t, ctx.Thread(i).Stats().Accepts, "thread %d accepted on its own listener", i)
 	}
+	require.NoError(t, ctx.Destroy())
+	require.NoError(t, <-done)
+}
+
+// Listener.Close of a SO_REUSEPORT group closes the other threads'
+// sockets at once when those threads are idle: it only posted their
+// close, so they went on listening (a dial after Close connected, and the
+// next pass accepted it) until their threads ran.
+func TestSMPReusePortCloseStopsListening(t *testing.T) {
+	adopted := 0
+	ctx, err := core.New(core.Info{CountThreads: 2, ReusePort: true,
+		Protocols: []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
+			if ev.Reason == core.ReasonRawAdopt {
+				adopted++
+			}
+			return nil
+		}}}})
+	require.NoError(t, err)
+	defer ctx.Destroy()
+	ln, err := ctx.Listen("tcp4", "127.0.0.1:0", "")
+	require.NoError(t, err)
+	require.NoError(t, ln.Close())
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err == nil {
+		c.Close()
+	}
+	require.ErrorIs(t, err, syscall.ECONNREFUSED, "a dial after Close")
+	for i := range 2 {
+		require.NoError(t, ctx.Thread(i).Service(0))
+	}
+	require.Zero(t, adopted)
+}
+
+// While Run services the threads, Close (from thread 0's pass) has thread
+// 1 close its socket in its own pass: after that no dial connects.
+func TestSMPReusePortCloseWhileRunning(t *testing.T) {
+	ctx, err := core.New(core.Info{CountThreads: 2, ReusePort: true, Protocols: []core.Protocol{echo.Protocol("echo")}})
+	require.NoError(t, err)
+	ln, err := ctx.Listen("tcp4", "127.0.0.1:0", "")
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	go func() { done <- ctx.Run(context.Background()) }()
+	closed := make(chan error, 1)
+	require.NoError(t, ctx.Thread(0).Post(func() { closed <- ln.Close() }))
+	require.NoError(t, <-closed)
+	// Thread 1 closes its socket in its next pass, which this Post's
+	// delivery follows.
+	passed := make(chan struct{})
+	require.NoError(t, ctx.Thread(1).Post(func() { close(passed) }))
+	<-passed
+	_, err = net.Dial("tcp", ln.Addr().String())
+	require.ErrorIs(t, err, syscall.ECONNREFUSED, "a dial after both threads saw the close")
 	require.NoError(t, ctx.Destroy())
 	require.NoError(t, <-done)
 }

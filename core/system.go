@@ -92,7 +92,7 @@ func (c *Context) SystemState() SystemState { return SystemState(c.sys.state.Loa
 // before the first step). Loop-only.
 func (c *Context) RegisterNotifier(n Notifier) error {
 	if n.Notify == nil {
-		return ErrInvalid
+		return fmt.Errorf("%w: notifier %q has no Notify", ErrInvalid, n.Name)
 	}
 	t := c.threads[0]
 	took, err := t.own()

@@ -1612,6 +1612,12 @@ func (t *Thread) accept(lc *Conn) {
 	}
 	taken := 0 // connections taken from the queue, kept or not
 	for range limit {
+		if l.closing.Load() {
+			// Listener.Close of its group, on another thread, came
+			// first: no connection after it.
+			t.closeConn(lc, nil)
+			return
+		}
 		// Room is reserved before accept(2), so a full context leaves
 		// connections in the kernel's backlog instead of dropping them.
 		var target *Thread

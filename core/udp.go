@@ -45,7 +45,7 @@ func (c *Context) ListenUDP(network, address, protocol string, opts ...AdoptOpti
 	} else {
 		pc, err := net.ListenPacket(network, address)
 		if err != nil {
-			return nil, err
+			return nil, badAddr(err)
 		}
 		fd, err = dupOf(pc)
 		pc.Close()
