@@ -35,6 +35,13 @@ const (
 // Callback is a protocol's handler for every Reason. A non-nil error returned
 // for a connection-level reason closes that connection (lws' return -1); the
 // RAW_CLOSE callback then carries the error.
+//
+// The core does not recover a callback's panic: like any panic it ends the
+// program unless the goroutine it runs on recovers it (Service's caller,
+// Run's for thread 0; Run's other threads and a library goroutine under
+// evlib.CapLibraryGoroutines have no caller that could). A context left
+// by a panic mid-pass stays held: it can be neither serviced nor
+// destroyed cleanly. Return an error to close one connection instead.
 type Callback func(ev Event) error
 
 // Event is what a Callback receives. It is passed by value and must not be
