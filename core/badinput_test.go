@@ -161,6 +161,30 @@ func TestHandedOverConnErrors(t *testing.T) {
 	require.NoError(t, c.Close(), "Close drops it")
 }
 
+// Once Destroy was called, Post, CancelService and Attach refuse with
+// ErrDestroyed, also while the teardown waits for the busy thread (here:
+// Destroy from a callback): Post said nil and its function was dropped.
+func TestCallsAfterDestroyInCallback(t *testing.T) {
+	ctx, err := core.New(core.Info{EventLib: "poll",
+		Protocols: []core.Protocol{{Name: "p", Callback: func(core.Event) error { return nil }}}})
+	require.NoError(t, err)
+	th := ctx.Thread(0)
+	var postErr, cancelErr, ctxCancelErr, attachErr error
+	require.NoError(t, th.Post(func() {
+		require.NoError(t, ctx.Destroy())
+		postErr = th.Post(func() { t.Error("a function posted after Destroy ran") })
+		cancelErr = th.CancelService()
+		ctxCancelErr = ctx.CancelService()
+		attachErr = ctx.Attach(0, core.SystemOperational, func() {})
+	}))
+	require.ErrorIs(t, th.Service(0), core.ErrDestroyed)
+	<-ctx.Done()
+	require.ErrorIs(t, postErr, core.ErrDestroyed, "Post")
+	require.ErrorIs(t, cancelErr, core.ErrDestroyed, "Thread.CancelService")
+	require.ErrorIs(t, ctxCancelErr, core.ErrDestroyed, "Context.CancelService")
+	require.ErrorIs(t, attachErr, core.ErrDestroyed, "Attach")
+}
+
 // ListenUDP takes "udp", "udp4" or "udp6", like Listen and Connect check
 // theirs: with no address it made a UDP socket for any network name
 // ("tcp", "unix", ""), and with one it returned net's error, which wraps

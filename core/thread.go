@@ -283,7 +283,7 @@ func (t *Thread) leave() {
 // protocol on it (lws_cancel_service_pt). Any goroutine may call it; see
 // Context.CancelService.
 func (t *Thread) CancelService() error {
-	if t.mode.Load() == modeDead {
+	if t.mode.Load() == modeDead || t.ctx.destroyReq.Load() {
 		return ErrDestroyed
 	}
 	t.cancelReq.Store(true)
@@ -292,13 +292,15 @@ func (t *Thread) CancelService() error {
 
 // Post runs f on the thread's goroutine during its next pass. Any goroutine
 // may call it. f runs exactly once unless the context is destroyed first;
-// after destruction Post returns ErrDestroyed.
+// once Destroy was called Post returns ErrDestroyed.
 func (t *Thread) Post(f func()) error {
 	if f == nil {
 		return ErrInvalid
 	}
 	t.postMu.Lock()
-	if t.postClosed {
+	if t.postClosed || t.ctx.destroyReq.Load() {
+		// Once Destroy was called, posted functions are dropped: say so
+		// also while the teardown waits for a busy thread.
 		t.postMu.Unlock()
 		return ErrDestroyed
 	}
