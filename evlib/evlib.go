@@ -33,6 +33,7 @@ package evlib
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync/atomic"
 	"time"
@@ -70,6 +71,12 @@ func (e Events) String() string {
 			}
 			s += x.name
 		}
+	}
+	if rest := e &^ (Readable | Writable | Hangup | Error); rest != 0 {
+		if s != "" {
+			s += "|"
+		}
+		s += fmt.Sprintf("%#x", uint32(rest))
 	}
 	return s
 }

@@ -81,6 +81,9 @@ func (c Caps) String() string {
 			out = append(out, n)
 		}
 	}
+	if rest := c >> len(names); rest != 0 {
+		out = append(out, fmt.Sprintf("%#x", uint64(c&^(1<<len(names)-1))))
+	}
 	return strings.Join(out, ",")
 }
 
@@ -134,10 +137,14 @@ var builtin = []struct {
 }
 
 // Register makes a backend selectable. Backend packages call it from init.
-// A name may be registered once; a built-in name must carry its own flag.
+// A name may be registered once; a built-in name must carry its own flag,
+// and any other backend Flag 0 (it is selected by name).
 func Register(d Descriptor) error {
-	if d.Name == "" || strings.ContainsAny(d.Name, ", \t") {
+	if d.Name == "" || strings.ContainsAny(d.Name, ", \t\r\n") {
 		return fmt.Errorf("evlib: invalid backend name %q", d.Name)
+	}
+	if d.New == nil && d.Unavailable == nil {
+		return fmt.Errorf("evlib: backend %q: a descriptor needs New, or Unavailable to say why it has none", d.Name)
 	}
 	isBuiltin := false
 	for _, b := range builtin {

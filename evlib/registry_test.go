@@ -40,6 +40,8 @@ func TestRegisterRejects(t *testing.T) {
 	// Only plugloop's own backends have a flag: Select honours no other.
 	require.Error(t, evlib.Register(evlib.Descriptor{Name: "mine-combo", Flag: evlib.FlagPoll | evlib.FlagGnet, New: newNop}), "built-in flags combined under another name")
 	require.Error(t, evlib.Register(evlib.Descriptor{Name: "mine-high", Flag: 1 << 20, New: newNop}), "a flag no built-in backend has")
+	require.Error(t, evlib.Register(evlib.Descriptor{Name: "mine-nothing"}), "neither New nor Unavailable")
+	require.Error(t, evlib.Register(evlib.Descriptor{Name: "mine\n", New: newNop}), "a name PLUGLOOP_EVLIB cannot carry")
 	_, err := evlib.Lookup("mine-combo")
 	require.ErrorIs(t, err, evlib.ErrUnknown, "a refused descriptor is not registered")
 }
@@ -119,6 +121,9 @@ func TestSelectEnvironmentOverrides(t *testing.T) {
 func TestEventsAndCapsString(t *testing.T) {
 	require.Equal(t, "R|W|HUP|ERR", (evlib.Readable | evlib.Writable | evlib.Hangup | evlib.Error).String())
 	require.Equal(t, "0", evlib.Events(0).String())
+	require.Equal(t, "R|0x10", (evlib.Readable | 16).String(), "a bit of no name is shown, not dropped")
+	require.Equal(t, "0x10", evlib.Events(16).String())
+	require.Equal(t, "readiness,0x1000", (evlib.CapReadiness | 1<<12).String())
 	require.Equal(t, "readiness,foreign-loop", (evlib.CapReadiness | evlib.CapForeignLoop).String())
 	require.Equal(t, "library-goroutines,hangup-without-interest", (evlib.CapLibraryGoroutines | evlib.CapHangupWithoutInterest).String())
 }
