@@ -181,7 +181,7 @@ func TestConnectIgnoresStaleEvent(t *testing.T) {
 			th := ctx.Thread(0)
 			serviceUntil(t, ctx, func() bool { return c.FD() >= 0 }) // the attempt started
 			reported := false
-			require.NoError(t, th.Post(func() { th.Ready(c.FD(), evlib.Writable); reported = true }))
+			require.NoError(t, th.Post(func() { th.ReportReady(c.FD(), evlib.Writable); reported = true }))
 			serviceUntil(t, ctx, func() bool { return reported })
 			require.NoError(t, th.Service(0))
 			require.True(t, c.Connecting(), "established by an event that was not its own")

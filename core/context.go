@@ -540,7 +540,7 @@ func (c *Context) stopRun() {
 // (nil) or Run's context ends (its error).
 func (t *Thread) run(cctx context.Context) error {
 	if lp, ok := t.be.(evlib.Looper); ok {
-		err := lp.Loop(t)
+		err := lp.Loop((*sink)(t))
 		t.mode.Store(modeBusy)
 		t.setOwner() // the last pass may have run on a goroutine of the backend's
 		if t.ctx.destroyReq.Load() {

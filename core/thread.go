@@ -109,7 +109,7 @@ type Thread struct {
 func newThread(c *Context, index int, foreign any, limit int) (*Thread, error) {
 	t := &Thread{ctx: c, index: index, limit: limit, epoch: time.Now(), wfd: sys.Waker{R: -1, W: -1}}
 	be, err := c.backend.New(evlib.Config{
-		Sink: t, Counters: &t.ctr, Thread: index, MaxFDs: c.fdLimit,
+		Sink: (*sink)(t), Counters: &t.ctr, Thread: index, MaxFDs: c.fdLimit,
 		Foreign: foreign, Logger: c.log,
 	})
 	if err != nil {
@@ -399,7 +399,7 @@ func (t *Thread) ServiceFD(pfd *unix.PollFd) error {
 		return nil
 	}
 	t.nowFresh = false // each call is a batch of its own
-	t.Ready(fd, evmask.FromPoll(pfd.Revents))
+	t.readyStep(fd, evmask.FromPoll(pfd.Revents))
 	if c == nil {
 		t.afterWake() // the wake fd: deliver what the wakeup was for
 	}
@@ -541,9 +541,20 @@ func (t *Thread) makeBusy() {
 	}
 }
 
-// Pass implements evlib.Passer for backends that own their loop. Between
-// calls the thread counts as waiting, so wakeups signal the backend.
-func (t *Thread) Pass() (next time.Duration, stop bool) {
+// sink is the thread as its backend sees it (evlib.Sink, evlib.Passer):
+// a type of its own, so that Ready and Pass, which only the thread's
+// backend may call, are no methods of Thread an application could call.
+type sink Thread
+
+// Ready implements evlib.Sink: the backend reports fd ready for ev.
+func (s *sink) Ready(fd int, ev evlib.Events) { (*Thread)(s).readyStep(fd, ev) }
+
+// Pass implements evlib.Passer for backends that own their loop.
+func (s *sink) Pass() (next time.Duration, stop bool) { return (*Thread)(s).loopPass() }
+
+// loopPass is a Looper's pass. Between calls the thread counts as waiting,
+// so wakeups signal the backend.
+func (t *Thread) loopPass() (next time.Duration, stop bool) {
 	t.makeBusy()
 	t.setOwner()
 	t.finishStep()
@@ -701,8 +712,8 @@ func (t *Thread) closeFDs() {
 
 // ---- dispatch (evlib.Sink) ----
 
-// Ready implements evlib.Sink: the backend reports fd ready for ev.
-func (t *Thread) Ready(fd int, ev evlib.Events) {
+// readyStep is one fd's report from the backend.
+func (t *Thread) readyStep(fd int, ev evlib.Events) {
 	t.makeBusy()
 	t.setOwner()
 	t.ready(fd, ev)

@@ -1,0 +1,7 @@
+package core
+
+import "github.com/plugloop/plugloop/evlib"
+
+// ReportReady reports fd ready for ev as the thread's backend would
+// (evlib.Sink.Ready), for tests that fake a backend's report.
+func (t *Thread) ReportReady(fd int, ev evlib.Events) { (*sink)(t).Ready(fd, ev) }
