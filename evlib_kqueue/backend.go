@@ -168,9 +168,10 @@ func (b *Backend) Add(fd int, kind evlib.Kind, ev evlib.Events) error {
 		b.in.add(fd, ev)
 		return nil
 	}
-	if fd >= len(b.in.state) {
+	if fd >= len(b.in.state) || ev&(evlib.Readable|evlib.Writable) == 0 {
 		// The kernel first where the table would grow, so that it grows
-		// only for an open fd, not to any number passed in.
+		// only for an open fd, not to any number passed in; and where no
+		// EV_ADD follows, which would fail for a closed fd.
 		if err := b.k.checkFD(fd); err != nil {
 			return fmt.Errorf("%w: fd %d: %v", evlib.ErrBadFD, fd, err)
 		}

@@ -616,6 +616,11 @@ func TestForeign(t *testing.T) {
 	size := len(b.in.state)
 	require.ErrorIs(t, be.Add(math.MaxInt32, evlib.KindStream, R), evlib.ErrBadFD)
 	require.Equal(t, size, len(b.in.state), "the fd table grew for an fd that is not open")
+	// With no interest no EV_ADD would fail for it: the fd is asked.
+	require.ErrorIs(t, be.Add(4, evlib.KindStream, 0), evlib.ErrBadFD, "a closed fd with interest 0")
+	k.open(4, nil)
+	require.NoError(t, be.Add(4, evlib.KindStream, 0), "once open it can be added")
+	require.NoError(t, be.Remove(4))
 
 	// A filter that cannot be added fails Add, and what went through is
 	// taken back.
