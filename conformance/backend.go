@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/plugloop/plugloop/evlib"
+	"github.com/plugloop/plugloop/internal/sys"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
@@ -102,7 +103,15 @@ func (b *beHarness) needPoll() {
 func (b *beHarness) poll(timeout time.Duration) []report {
 	b.t.Helper()
 	b.sink.take()
+	// A Poll that never returns would hold the test until go test's own
+	// timeout, whose panic says nothing of why: say it here. (Nothing can
+	// end a call on the test's goroutine; the guard ends the process.)
+	name, limit := b.t.Name(), hang+max(timeout, 0)
+	guard := time.AfterFunc(limit, func() {
+		panic(fmt.Sprintf("conformance: %s: Poll(%v) did not return within %v: a Poll must return once its timeout passed, or when an fd it watches is ready", name, timeout, limit))
+	})
 	n, err := b.be.Poll(timeout)
+	guard.Stop()
 	require.NoError(b.t, err, "Poll(%v)", timeout)
 	got := b.sink.take()
 	require.Equal(b.t, len(got), n, "Poll returned a count other than the number of fds it reported: %v", got)
@@ -185,6 +194,7 @@ func (s *suite) backendTests() []subtest {
 		{"TableGrowth", s.testBackendTableGrowth},
 		{"ManyReady", s.testBackendManyReady},
 		{"Waker", s.testBackendWaker},
+		{"WakeFD", s.testBackendWakeFD},
 		{"Files", s.testBackendFiles},
 		{"PipeReaderGone", s.testBackendPipeReaderGone},
 		{"Close", s.testBackendClose},
@@ -806,6 +816,40 @@ func (s *suite) testBackendManyReady(t *testing.T) {
 	}
 }
 
+// A backend without a Waker of its own is woken through the core's KindWake
+// fd: it must watch it like any other fd, so that a signal from another
+// goroutine makes a Poll(-1) in progress report it and return.
+func (s *suite) testBackendWakeFD(t *testing.T) {
+	b := s.newBackend(t)
+	if _, ok := b.be.(evlib.Waker); ok {
+		t.Skipf("conformance: backend %q has its own evlib.Waker (tested by Backend/Waker): the core adds no wake fd to it", s.name)
+	}
+	b.needPoll()
+	w, err := sys.NewWaker()
+	require.NoError(t, err)
+	defer w.Close()
+	require.NoError(t, b.be.Add(w.R, evlib.KindWake, evlib.Readable))
+	defer b.be.Remove(w.R)
+	b.notReported(w.R, "the wake fd before any signal")
+	go func() {
+		// The Poll below may not have started yet: a signal before it is
+		// as good, since the fd stays readable until drained.
+		time.Sleep(time.Millisecond)
+		w.Signal()
+	}()
+	// An interrupted wait may return empty: wait again, within the guard.
+	deadline := time.Now().Add(hang)
+	for {
+		if ev, ok := evFor(b.poll(-1), w.R); ok {
+			require.NotZero(t, ev&evlib.Readable, "the signalled wake fd reported %v, want R", ev)
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "the wake fd a goroutine signalled never reported: the core's KindWake fd must be watched like any other")
+	}
+	w.Drain()
+	b.notReported(w.R, "the wake fd once drained")
+}
+
 // A backend with its own Waker: Wake from another goroutine makes a Poll
 // in progress, or the next one, return; after Close it is harmless.
 func (s *suite) testBackendWaker(t *testing.T) {
@@ -908,11 +952,26 @@ func (s *suite) testBackendPipeReaderGone(t *testing.T) {
 // Close is idempotent, leaves the fds the core added open, and Add,
 // Modify and Poll after it return ErrClosed.
 func (s *suite) testBackendClose(t *testing.T) {
+	// Once before measuring: a library may start process-wide pollers of
+	// its own on first use and keep them (netpoll does).
+	warm := s.newBackend(t)
+	warm.watchReadable()
+	require.NoError(t, warm.be.Close())
+	a, peer := nonblockPair(t)
+	t.Cleanup(func() {
+		unix.Close(a)
+		unix.Close(peer)
+	})
+	baseFDs, baseG := openFDs(), runtime.NumGoroutine()
 	b := s.newBackend(t)
-	a, peer := b.watchReadable()
+	require.NoError(t, b.be.Add(a, evlib.KindStream, evlib.Readable))
 	require.NoError(t, b.be.Close())
 	require.NoError(t, b.be.Close(), "second Close")
 	require.True(t, fdOpen(a), "Close closed an fd the core added")
+	// Close releases what New and Add created: descriptors at once,
+	// goroutines once they got round to ending.
+	checkFDs(t, baseFDs)
+	checkGoroutines(t, baseG)
 	// ErrClosed, not an error of a system call on a descriptor the
 	// backend closed, whose number may belong to something else by now.
 	require.ErrorIs(t, b.be.Add(peer, evlib.KindStream, evlib.Readable), evlib.ErrClosed, "Add after Close")

@@ -25,8 +25,11 @@
 //     idempotency and errors, readiness reports (Readable, Writable,
 //     Hangup, Error) as independent bits, many fds ready at once, fds
 //     watched before a far higher one was added, Poll timeouts, Close
-//     (and ErrClosed after it), and the declared capabilities (IO, Waker,
-//     files).
+//     (ErrClosed after it, and every descriptor and goroutine New and Add
+//     made released), the core's wake fd (KindWake) for a backend without
+//     a Waker of its own, and the declared capabilities (IO, Waker,
+//     files). When it fails the "Core" part is skipped: its tests would
+//     each wait out the hang guard on the same fault.
 //   - "Core" runs a core.Context on the backend with real loopback TCP
 //     sockets, unix sockets and pipes: echo, WRITEABLE semantics, closes
 //     inside a ready batch, fd reuse, hangups, partial writes, rx flow
@@ -97,7 +100,10 @@
 // and the core's counters, never with a sleep in place of a signal, and it
 // asserts no upper bound on any duration (only lower bounds: a timer never
 // fires early). Its only time limit is a hang guard of ten seconds per
-// wait, which a conforming backend never comes near. (The back-pressure
+// wait, which a conforming backend never comes near; a Poll of the
+// "Backend" part that does not return within it ends the test binary with
+// a panic that says which Poll, as nothing else can end a call on the
+// test's goroutine. (The back-pressure
 // test calls a peer blocked once it stayed unwritable for 100ms while the
 // loop ran; a slow backend can only make it pass, not fail.) Checks
 // that need something the machine lacks (an IPv6 loopback, a capability

@@ -114,7 +114,11 @@ type Backend interface {
 	// not interested in anything yet); Hangup and Error are still reported
 	// where the mechanism can, which the backend declares with
 	// CapHangupWithoutInterest. Adding an fd that is already watched returns
-	// an error wrapping ErrExist.
+	// an error wrapping ErrExist; adding a negative fd, one above
+	// math.MaxInt32 (a system call would truncate it to another fd) or one
+	// that is not open returns an error wrapping ErrBadFD, and grows no
+	// table for it. A poll(2) backend has to ask (fcntl F_GETFD): the
+	// kernel says POLLNVAL only at the next wait.
 	Add(fd int, kind Kind, ev Events) error
 
 	// Modify sets the interest of a watched fd to ev (lws: io(START|STOP)).
@@ -124,7 +128,9 @@ type Backend interface {
 
 	// Remove stops watching fd (lws: wsi_logical_close/destroy_wsi). The
 	// core calls it before it closes fd, and never dispatches an event for
-	// a removed fd, so events already collected for it may be dropped.
+	// a removed fd, so events already collected for it may be dropped
+	// (also when Remove is called from the Sink during a Poll's reports);
+	// no later Poll reports it.
 	Remove(fd int) error
 
 	// Poll waits at most timeout for readiness (timeout < 0: no limit;
@@ -135,12 +141,15 @@ type Backend interface {
 	// an error: any other error means the backend cannot wait, and ends
 	// the core's Run (core.ErrBackend). The order of the reports is the
 	// backend's; plugloop's report in fd order, which served a thousand
-	// connections with about 10% less CPU than the kernel's order.
+	// connections with about 10% less CPU than the kernel's order. A
+	// positive timeout finer than the mechanism's resolution is rounded up,
+	// never down to 0: the core would spin until its timer is due.
 	Poll(timeout time.Duration) (int, error)
 
 	// Close releases what the backend created. It never closes fds the
 	// core added, nor a loop the application lent through Config.Foreign.
-	// It is idempotent.
+	// It is idempotent. After it Add, Modify and Poll return an error
+	// wrapping ErrClosed, and Remove returns nil.
 	Close() error
 }
 

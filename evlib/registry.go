@@ -98,7 +98,10 @@ type Descriptor struct {
 	// Caps are the declared capabilities.
 	Caps Caps
 	// Priority orders the default choice: the available backend with the
-	// highest priority is used when the program names none.
+	// highest priority is used when the program names none. plugloop's own
+	// use 1 to 20 (epoll 20, poll 10); a third-party backend that is not
+	// meant to become the default of every program that links it uses 0
+	// or less.
 	Priority int
 	// DupsPerFD is how many descriptors the backend holds for each fd it
 	// watches, beyond the fd itself: 1 for a backend that watches a dup
