@@ -552,6 +552,19 @@ func (s *sink) Ready(fd int, ev evlib.Events) { (*Thread)(s).readyStep(fd, ev) }
 // Pass implements evlib.Passer for backends that own their loop.
 func (s *sink) Pass() (next time.Duration, stop bool) { return (*Thread)(s).loopPass() }
 
+// ServiceFD, Service and ServiceAdjustTimeout are the foreign mode's entry
+// points, for a backend attached to a loop the application runs whose
+// callbacks must drive the thread (evlib_gnet on the application's poller).
+func (s *sink) ServiceFD(pfd *unix.PollFd) error { return (*Thread)(s).ServiceFD(pfd) }
+
+// Service is Thread.Service.
+func (s *sink) Service(timeout time.Duration) error { return (*Thread)(s).Service(timeout) }
+
+// ServiceAdjustTimeout is Thread.ServiceAdjustTimeout.
+func (s *sink) ServiceAdjustTimeout(max time.Duration) time.Duration {
+	return (*Thread)(s).ServiceAdjustTimeout(max)
+}
+
 // loopPass is a Looper's pass. Between calls the thread counts as waiting,
 // so wakeups signal the backend.
 func (t *Thread) loopPass() (next time.Duration, stop bool) {

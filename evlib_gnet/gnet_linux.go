@@ -173,7 +173,7 @@ type Backend struct {
 }
 
 // driver is what a foreign poller's Dispatch needs from the core: its
-// foreign-mode entry points (core.Thread has them).
+// foreign-mode entry points, which the core's Sink forwards to its thread.
 type driver interface {
 	ServiceFD(*unix.PollFd) error
 	Service(time.Duration) error
