@@ -74,6 +74,15 @@ func (s *suite) newBackend(t *testing.T) *beHarness {
 	return b
 }
 
+// with returns a copy of b bound to t, a subtest of the test b was made
+// for: its helpers then fail t, not the parent (FailNow must be called on
+// the goroutine of the test it fails). The backend stays b's.
+func (b *beHarness) with(t *testing.T) *beHarness {
+	c := *b
+	c.t = t
+	return &c
+}
+
 // watchReadable makes a socket pair and watches its first end for
 // Readable; both ends are closed when the test ends.
 func (b *beHarness) watchReadable() (a, peer int) {
@@ -426,19 +435,20 @@ func (s *suite) testBackendHangupNoInterest(t *testing.T) {
 	b.needPoll()
 	declared := s.desc.Caps&evlib.CapHangupWithoutInterest != 0
 	// resetSeen waits until the kernel has fd's reset, asking it directly.
-	resetSeen := func(fd int) {
+	resetSeen := func(t *testing.T, fd int) {
 		waitUntil(t, "the reset to reach the socket", func() bool {
 			p := []unix.PollFd{{Fd: int32(fd), Events: 0}}
 			n, _ := unix.Poll(p, 100)
 			return n > 0 && p[0].Revents&(unix.POLLHUP|unix.POLLERR) != 0
 		})
 	}
-	reported := func(fd int) {
+	reported := func(t *testing.T, fd int) {
 		t.Helper()
-		ev := b.pollFor(fd, evlib.Hangup|evlib.Error)
+		ev := b.with(t).pollFor(fd, evlib.Hangup|evlib.Error)
 		require.Zero(t, ev&(evlib.Readable|evlib.Writable), "interest 0, yet reported %v", ev)
 	}
 	t.Run("AfterEnd", func(t *testing.T) {
+		b := b.with(t)
 		fd, cli := tcpServerFD(t)
 		require.NoError(t, b.be.Add(fd, evlib.KindStream, evlib.Readable))
 		_, err := cli.Write([]byte("request"))
@@ -465,9 +475,9 @@ func (s *suite) testBackendHangupNoInterest(t *testing.T) {
 		}
 		require.NoError(t, cli.SetLinger(0))
 		require.NoError(t, cli.Close())
-		resetSeen(fd)
+		resetSeen(t, fd)
 		if declared {
-			reported(fd)
+			reported(t, fd)
 		} else {
 			for range 3 {
 				ev, ok := evFor(b.poll(20*time.Millisecond), fd)
@@ -480,12 +490,13 @@ func (s *suite) testBackendHangupNoInterest(t *testing.T) {
 		return
 	}
 	t.Run("Reset", func(t *testing.T) {
+		b := b.with(t)
 		fd, cli := tcpServerFD(t)
 		require.NoError(t, b.be.Add(fd, evlib.KindStream, 0))
 		require.NoError(t, cli.SetLinger(0))
 		require.NoError(t, cli.Close())
-		resetSeen(fd)
-		reported(fd)
+		resetSeen(t, fd)
+		reported(t, fd)
 		require.NoError(t, b.be.Remove(fd))
 	})
 }
@@ -496,6 +507,7 @@ func (s *suite) testBackendReadAfterFIN(t *testing.T) {
 	b := s.newBackend(t)
 	b.needPoll()
 	t.Run("unix", func(t *testing.T) {
+		b := b.with(t)
 		a, peer := nonblockPair(t)
 		defer unix.Close(a)
 		require.NoError(t, b.be.Add(a, evlib.KindStream, evlib.Readable))
@@ -511,6 +523,7 @@ func (s *suite) testBackendReadAfterFIN(t *testing.T) {
 		require.NoError(t, b.be.Remove(a))
 	})
 	t.Run("tcp", func(t *testing.T) {
+		b := b.with(t)
 		fd, cli := tcpServerFD(t)
 		require.NoError(t, b.be.Add(fd, evlib.KindStream, evlib.Readable))
 		require.NoError(t, cli.Close())
@@ -531,8 +544,9 @@ func (s *suite) testBackendAddAccepted(t *testing.T) {
 		t.Skip("conformance: the backend adds accepted streams with Add (it is no evlib.AcceptedAdder)")
 	}
 	b.needPoll()
-	readAll := func(fd int, want string) {
+	readAll := func(t *testing.T, fd int, want string) {
 		t.Helper()
+		b := b.with(t)
 		var got []byte
 		for len(got) < len(want) {
 			b.pollFor(fd, evlib.Readable)
@@ -546,21 +560,23 @@ func (s *suite) testBackendAddAccepted(t *testing.T) {
 		require.Equal(t, want, string(got))
 	}
 	t.Run("EndOfStream", func(t *testing.T) {
+		b := b.with(t)
 		fd, cli := tcpServerFD(t)
 		_, err := cli.Write([]byte("before"))
 		require.NoError(t, err)
 		require.NoError(t, aa.AddAccepted(fd, evlib.Readable))
 		require.ErrorIs(t, aa.AddAccepted(fd, evlib.Readable), evlib.ErrExist, "AddAccepted of a watched fd")
 		require.ErrorIs(t, b.be.Add(fd, evlib.KindStream, evlib.Readable), evlib.ErrExist, "Add of an fd AddAccepted watches")
-		readAll(fd, "before")
+		readAll(t, fd, "before")
 		_, err = cli.Write([]byte("after"))
 		require.NoError(t, err)
-		readAll(fd, "after")
+		readAll(t, fd, "after")
 		require.NoError(t, cli.CloseWrite())
 		b.readEnd(fd)
 		require.NoError(t, b.be.Remove(fd))
 	})
 	t.Run("Reset", func(t *testing.T) {
+		b := b.with(t)
 		fd, cli := tcpServerFD(t)
 		require.NoError(t, aa.AddAccepted(fd, evlib.Readable))
 		require.NoError(t, cli.SetLinger(0))
@@ -571,6 +587,7 @@ func (s *suite) testBackendAddAccepted(t *testing.T) {
 		require.NoError(t, b.be.Remove(fd))
 	})
 	t.Run("BadFD", func(t *testing.T) {
+		b := b.with(t)
 		require.ErrorIs(t, aa.AddAccepted(-1, evlib.Readable), evlib.ErrBadFD, "AddAccepted of a negative fd")
 		a, _ := b.watchReadable()
 		require.ErrorIs(t, aa.AddAccepted(a, evlib.Readable), evlib.ErrExist, "AddAccepted of an fd Add watches")

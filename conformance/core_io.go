@@ -591,7 +591,8 @@ func (s *suite) testFDOpenInClose(t *testing.T) {
 func (s *suite) testPeerClose(t *testing.T) {
 	h := s.newHarness(t, echoInfo())
 	h.start()
-	adopt := func(c net.Conn) *core.Conn {
+	adopt := func(t *testing.T, c net.Conn) *core.Conn {
+		h := h.with(t)
 		var conn *core.Conn
 		var err error
 		h.do(func() { conn, err = h.ctx.AdoptConn(c, "") })
@@ -599,16 +600,18 @@ func (s *suite) testPeerClose(t *testing.T) {
 		return conn
 	}
 	t.Run("FIN", func(t *testing.T) {
+		h := h.with(t)
 		srv, cli := tcpPair(t)
-		c := adopt(srv)
+		c := adopt(t, srv)
 		require.NoError(t, roundTrips(cli, 1, 3))
 		require.NoError(t, cli.Close())
 		e := h.rec.waitEvent(t, "RAW_CLOSE", is(core.ReasonRawClose, c))
 		require.ErrorIs(t, e.err, io.EOF)
 	})
 	t.Run("HalfClose", func(t *testing.T) {
+		h := h.with(t)
 		srv, cli := tcpPair(t)
-		c := adopt(srv)
+		c := adopt(t, srv)
 		require.NoError(t, roundTrips(cli, 2, 3))
 		require.NoError(t, cli.CloseWrite())
 		e := h.rec.waitEvent(t, "RAW_CLOSE", is(core.ReasonRawClose, c))
@@ -616,8 +619,9 @@ func (s *suite) testPeerClose(t *testing.T) {
 		expectEOF(t, cli)
 	})
 	t.Run("Reset", func(t *testing.T) {
+		h := h.with(t)
 		srv, cli := tcpPair(t)
-		c := adopt(srv)
+		c := adopt(t, srv)
 		require.NoError(t, roundTrips(cli, 3, 3))
 		require.NoError(t, cli.SetLinger(0))
 		require.NoError(t, cli.Close())

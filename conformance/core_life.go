@@ -253,7 +253,7 @@ func (s *suite) testDestroyIdle(t *testing.T) {
 // foreign mode the application's loops hold nothing of plugloop's.
 func (s *suite) testNewFailsMidway(t *testing.T) {
 	type notALoop struct{ _ int }
-	h := &harness{t: t, rec: newRecorder([]string{"p"}), runErr: make(chan error, 1)}
+	h := &harness{t: t, harnessState: &harnessState{rec: newRecorder([]string{"p"}), runErr: make(chan error, 1)}}
 	info := core.Info{EventLib: s.name, Protocols: []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
 		h.rec.enter(ev)
 		defer h.rec.exit(ev)

@@ -354,13 +354,15 @@ func (s *suite) testTimerEarlier(t *testing.T) {
 	require.NoError(t, err)
 	h.start()
 
-	setArmed := func() chan struct{} {
+	setArmed := func(t *testing.T) chan struct{} {
+		h := h.with(t)
 		ch := make(chan struct{})
 		h.do(func() { armed = ch })
 		h.waitBlocked()
 		return ch
 	}
 	t.Run("FromTimer", func(t *testing.T) {
+		h := h.with(t)
 		ch := make(chan struct{})
 		h.do(func() {
 			_, err = h.th.AfterFunc(time.Millisecond, func() {
@@ -372,16 +374,18 @@ func (s *suite) testTimerEarlier(t *testing.T) {
 		waitCh(t, ch, "a timer scheduled inside a timer callback")
 	})
 	t.Run("FromRX", func(t *testing.T) {
-		ch := setArmed()
+		ch := setArmed(t)
 		write(t, peer, []byte("x"))
 		waitCh(t, ch, "a timer scheduled inside RAW_RX")
 	})
 	t.Run("FromCancel", func(t *testing.T) {
-		ch := setArmed()
+		h := h.with(t)
+		ch := setArmed(t)
 		require.NoError(t, h.ctx.CancelService())
 		waitCh(t, ch, "a timer scheduled inside EVENT_WAIT_CANCELLED")
 	})
 	t.Run("FromPost", func(t *testing.T) {
+		h := h.with(t)
 		ch := make(chan struct{})
 		h.waitBlocked()
 		require.NoError(t, h.th.Post(func() {
@@ -432,7 +436,8 @@ func (s *suite) testTimersAfterIdle(t *testing.T) {
 	}
 	h := s.newHarness(t, core.Info{Protocols: []core.Protocol{{Name: "ti", Callback: cb}}})
 	h.start()
-	adopt := func() (*core.Conn, net.Conn) {
+	adopt := func(t *testing.T) (*core.Conn, net.Conn) {
+		h := h.with(t)
 		fd, peer := unixPair(t)
 		var c *core.Conn
 		var err error
@@ -459,7 +464,8 @@ func (s *suite) testTimersAfterIdle(t *testing.T) {
 	for _, from := range []string{"Post", "RX"} {
 		for _, w := range ways {
 			t.Run(from+"/"+w.name, func(t *testing.T) {
-				c, peer := adopt()
+				h := h.with(t)
+				c, peer := adopt(t)
 				var err error
 				schedule := func(c *core.Conn) {
 					schedAt = time.Now()
@@ -1000,6 +1006,7 @@ func (s *suite) testWrongGoroutine(t *testing.T) {
 	h.start()
 
 	t.Run("Blocked", func(t *testing.T) {
+		h := h.with(t)
 		if h.host != nil {
 			t.Skip("conformance: foreign mode: while the application's loop waits nobody holds the thread, so other goroutines may make loop-only calls (see ForeignCallsWhileWaiting)")
 		}
@@ -1050,6 +1057,7 @@ func (s *suite) testWrongGoroutine(t *testing.T) {
 		require.True(t, stopped, "the timer must still be pending")
 	})
 	t.Run("InsideCallback", func(t *testing.T) {
+		h := h.with(t)
 		if !exactGoroutine {
 			t.Skipf("conformance: on %s the core checks the calling goroutine only in race-enabled builds (go test -race); others detect only calls made while the loop is in the backend", runtime.GOARCH)
 		}

@@ -711,7 +711,7 @@ func (s *suite) testAttach(t *testing.T) {
 	}
 	var mu sync.Mutex
 	var ran []run
-	attach := func(h *harness, i int, state core.SystemState) error {
+	attach := func(t *testing.T, h *harness, i int, state core.SystemState) error {
 		res := make(chan error, 1)
 		go func() { // gone long before fn runs
 			res <- h.ctx.Attach(0, state, func() {
@@ -731,7 +731,7 @@ func (s *suite) testAttach(t *testing.T) {
 		require.Equal(t, core.SystemCPDPreTime, h.ctx.SystemState(), "held before TIME_VALID")
 		h.start()
 		for i := range 3 {
-			require.NoError(t, attach(h, i, core.SystemOperational))
+			require.NoError(t, attach(t, h, i, core.SystemOperational))
 		}
 		h.sync()
 		require.Zero(t, nran(), "attached functions ran before the state was reached")
@@ -742,7 +742,7 @@ func (s *suite) testAttach(t *testing.T) {
 		})
 		require.NoError(t, err)
 		waitUntil(t, "the attached functions to run", func() bool { return nran() >= 3 })
-		require.NoError(t, attach(h, 3, core.SystemInitialized))
+		require.NoError(t, attach(t, h, 3, core.SystemInitialized))
 		waitUntil(t, "a function attached for a reached state to run", func() bool { return nran() >= 4 })
 		h.sync()
 		mu.Lock()
@@ -766,12 +766,12 @@ func (s *suite) testAttach(t *testing.T) {
 			if started {
 				h.start()
 			}
-			require.NoError(t, attach(h, 0, core.SystemOperational))
+			require.NoError(t, attach(t, h, 0, core.SystemOperational))
 			if started {
 				h.sync()
 			}
 			h.destroy()
-			require.ErrorIs(t, attach(h, 1, core.SystemInitialized), core.ErrDestroyed)
+			require.ErrorIs(t, attach(t, h, 1, core.SystemInitialized), core.ErrDestroyed)
 			require.Zero(t, nran(), "an attached function ran although its state was never reached before destroy")
 		})
 	}

@@ -471,9 +471,15 @@ func is(reason core.Reason, c *core.Conn) func(event) bool {
 }
 
 // harness is a core context on the backend under test, with every
-// protocol callback wrapped by a recorder.
+// protocol callback wrapped by a recorder. Its helpers fail t; a subtest
+// using a harness of its parent's takes h.with(t), which shares the rest.
 type harness struct {
-	t       *testing.T
+	t *testing.T
+	*harnessState
+}
+
+// harnessState is what every copy of a harness (see with) shares.
+type harnessState struct {
 	ctx     *core.Context
 	th      *core.Thread
 	rec     *recorder
@@ -497,7 +503,7 @@ func (s *suite) newHarness(t *testing.T, info core.Info) *harness {
 	for i := range info.Protocols {
 		names = append(names, info.Protocols[i].Name)
 	}
-	h := &harness{t: t, rec: newRecorder(names), runErr: make(chan error, 1)}
+	h := &harness{t: t, harnessState: &harnessState{rec: newRecorder(names), runErr: make(chan error, 1)}}
 	// A copy: tests share one Info between harnesses, and each wraps the
 	// callbacks for itself only.
 	info.Protocols = append([]core.Protocol(nil), info.Protocols...)
@@ -524,6 +530,14 @@ func (s *suite) newHarness(t *testing.T, info core.Info) *harness {
 	}
 	t.Cleanup(h.cleanup)
 	return h
+}
+
+// with returns h bound to t, a subtest of the test h was made for: its
+// helpers then fail t, not the parent (FailNow must be called on the
+// goroutine of the test it fails). The context, its state and its cleanup
+// stay h's.
+func (h *harness) with(t *testing.T) *harness {
+	return &harness{t: t, harnessState: h.harnessState}
 }
 
 // start runs the context on a new goroutine (in foreign mode: the host's
