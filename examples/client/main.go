@@ -24,6 +24,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"strings"
@@ -31,6 +32,8 @@ import (
 	"time"
 
 	"github.com/plugloop/plugloop/core"
+	_ "github.com/plugloop/plugloop/evlib_gnet"    // -evlib gnet
+	_ "github.com/plugloop/plugloop/evlib_netpoll" // -evlib netpoll (Linux)
 )
 
 func main() {
@@ -82,10 +85,13 @@ func run(lib, addr string, timeout, delay time.Duration) error {
 				return ev.Conn.CloseWrite()
 			}
 		case core.ReasonRawClose:
-			if ev.Err != nil {
+			switch {
+			case errors.Is(ev.Err, io.EOF):
+				fmt.Fprintln(os.Stderr, "client: the server closed the connection")
+			case errors.Is(ev.Err, core.ErrDestroyed), ev.Err == nil:
+				// We are stopping (SIGINT), or closed it ourselves.
+			default:
 				fmt.Fprintln(os.Stderr, "client: connection closed:", ev.Err)
-			} else {
-				fmt.Fprintln(os.Stderr, "client: connection closed")
 			}
 			return ctx.Destroy()
 		}

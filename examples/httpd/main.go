@@ -1,7 +1,7 @@
 //go:build unix
 
-// Command httpd is a minimal HTTP/1.1 server on plugloop's core: GET only,
-// "hello\n" at /, 404 elsewhere, on any backend.
+// Command httpd is a minimal HTTP/1.1 server on plugloop's core: GET and
+// HEAD only, "hello\n" at /, 404 elsewhere, on any backend.
 //
 //	go run ./examples/httpd -evlib epoll -addr 127.0.0.1:8080
 //	curl -v http://127.0.0.1:8080/
@@ -27,7 +27,10 @@
 //     answered. The memory a connection holds stays bounded: at most
 //     -maxqueued responses, a request head and one RxChunk of input.
 //   - A request head larger than -maxheader gets 431 and the connection
-//     closes; other requests it cannot serve get 400, 405 or 501 and close too.
+//     closes; other requests it cannot serve get 400, 405 or 501 and close too:
+//     a malformed request line or header field (a space before the colon
+//     included, which RFC 9112 makes an error lest a body pass for a
+//     request) is a 400.
 //   - Idle connections are closed by the core (core.Info.IdleTimeout). A
 //     client that trickles a request head, which keeps resetting the idle
 //     timer, is closed -headertimeout after the head began (Conn.SetTimeout,
@@ -112,20 +115,45 @@ var (
 	respNotFoundKeep  = newResponse("404 Not Found", "Connection: keep-alive\r\n", "not found\n")
 	respNotFoundClose = newResponse("404 Not Found", "Connection: close\r\n", "not found\n")
 	resp400           = newResponse("400 Bad Request", "Connection: close\r\n", "")
-	resp405           = newResponse("405 Method Not Allowed", "Allow: GET\r\nConnection: close\r\n", "")
+	resp405           = newResponse("405 Method Not Allowed", "Allow: GET, HEAD\r\nConnection: close\r\n", "")
 	resp431           = newResponse("431 Request Header Fields Too Large", "Connection: close\r\n", "")
 	resp501           = newResponse("501 Not Implemented", "Connection: close\r\n", "")
 )
 
-// A response is written as status, the Date header, rest.
-type response struct{ status, rest []byte }
+// A response is written as status, the Date header, rest; rest ends with
+// a body of body bytes.
+type response struct {
+	status, rest []byte
+	body         int
+}
 
 func newResponse(status, headers, body string) response {
 	return response{
 		status: []byte("HTTP/1.1 " + status + "\r\n"),
 		rest: []byte(headers + "Content-Type: text/plain\r\nContent-Length: " +
 			strconv.Itoa(len(body)) + "\r\n\r\n" + body),
+		body: len(body),
 	}
+}
+
+// head is the response to HEAD: the same header fields, no body.
+func (r response) head() response {
+	r.rest, r.body = r.rest[:len(r.rest)-r.body], 0
+	return r
+}
+
+// isToken says whether s is an RFC 9110 token: a method or a field name.
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte(`"(),/:;<=>?@[\]{}`, c) >= 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // httpDate is net/http's TimeFormat, without linking net/http in.
@@ -358,7 +386,9 @@ func answer(head []byte) (resp response, keep bool) {
 	line, fields, _ := bytes.Cut(head, []byte("\r\n"))
 	method, rest, ok1 := strings.Cut(string(line), " ")
 	target, proto, ok2 := strings.Cut(rest, " ")
-	if !ok1 || !ok2 || !strings.HasPrefix(proto, "HTTP/1.") || target == "" {
+	// proto is the rest of the line: "HTTP/1.x" and nothing after it.
+	if !ok1 || !ok2 || !isToken(method) || target == "" || strings.ContainsAny(target, " \t") ||
+		len(proto) != len("HTTP/1.x") || !strings.HasPrefix(proto, "HTTP/1.") || proto[7] < '0' || proto[7] > '9' {
 		return resp400, false
 	}
 	http10 := proto == "HTTP/1.0"
@@ -367,7 +397,10 @@ func answer(head []byte) (resp response, keep bool) {
 		var f []byte
 		f, fields, _ = bytes.Cut(fields, []byte("\r\n"))
 		name, value, ok := strings.Cut(string(f), ":")
-		if !ok {
+		if !ok || !isToken(name) {
+			// No whitespace before the colon, nor a folded line
+			// (RFC 9112 5.1, 5.2): "Content-Length : 24" taken as no
+			// field would leave its body to pass for a request.
 			return resp400, false
 		}
 		value = strings.ToLower(strings.TrimSpace(value))
@@ -390,9 +423,20 @@ func answer(head []byte) (resp response, keep bool) {
 		}
 	}
 	keep = !sayClose && (sayKeep || !http10)
-	switch {
-	case method != "GET":
+	switch method {
+	case "GET":
+		return route(target, keep, http10)
+	case "HEAD":
+		resp, keep = route(target, keep, http10)
+		return resp.head(), keep
+	default:
 		return resp405, false
+	}
+}
+
+// route picks the response for target.
+func route(target string, keep, http10 bool) (response, bool) {
+	switch {
 	case target == "/" && keep && http10:
 		return respOKKeep, true
 	case target == "/" && keep:

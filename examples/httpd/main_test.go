@@ -57,6 +57,7 @@ func TestHTTPD(t *testing.T) {
 			t.Run("OversizedHeaders", func(t *testing.T) { testOversized(t, srv) })
 			t.Run("BadRequests", func(t *testing.T) { testBadRequests(t, srv) })
 			t.Run("HTTP10", func(t *testing.T) { testHTTP10(t, srv) })
+			t.Run("Head", func(t *testing.T) { testHead(t, srv) })
 			require.Zero(t, srv.stats().RxWhilePaused, "RAW_RX after the server paused rx")
 			require.NoError(t, srv.close())
 
@@ -274,6 +275,17 @@ func testBadRequests(t *testing.T, srv *server) {
 		{"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc", http.StatusNotImplemented},
 		{"GET /\r\n\r\n", http.StatusBadRequest},
 		{"GET / HTTP/1.1\r\nno colon\r\n\r\n", http.StatusBadRequest},
+		// Whitespace before the colon is an error (RFC 9112 5.1): taken
+		// for no Content-Length, the body would pass for a request.
+		{"GET / HTTP/1.1\r\nHost: x\r\nContent-Length : 24\r\n\r\nGET /x HTTP/1.1\r\nA: b\r\n\r\n", http.StatusBadRequest},
+		{"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding\t: chunked\r\n\r\n", http.StatusBadRequest},
+		{"GET / HTTP/1.1\r\n : x\r\n\r\n", http.StatusBadRequest},
+		{"GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n", http.StatusBadRequest},
+		// The request line is three parts, and the version HTTP/1.digit.
+		{"GET / HTTP/1.1 extra\r\n\r\n", http.StatusBadRequest},
+		{"GET / HTTP/1.\r\n\r\n", http.StatusBadRequest},
+		{"GET / HTTP/1.10\r\n\r\n", http.StatusBadRequest},
+		{"G(T / HTTP/1.1\r\n\r\n", http.StatusBadRequest},
 	} {
 		c, br := dial(t, srv)
 		write(t, c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"+tc.req)
@@ -283,6 +295,29 @@ func testBadRequests(t *testing.T, srv *server) {
 		require.True(t, resp.Close)
 		expectEOF(t, br)
 	}
+}
+
+// HEAD gets GET's header fields and no body: the response after it, on
+// the same connection, starts right after its header.
+func testHead(t *testing.T, srv *server) {
+	c, br := dial(t, srv)
+	write(t, c, "HEAD / HTTP/1.1\r\nHost: x\r\n\r\nHEAD /nope HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+	for _, want := range []struct {
+		code   int
+		length string
+	}{{http.StatusOK, "6"}, {http.StatusNotFound, "10"}} {
+		resp, err := http.ReadResponse(br, &http.Request{Method: "HEAD"})
+		require.NoError(t, err)
+		require.Equal(t, want.code, resp.StatusCode)
+		require.Equal(t, want.length, resp.Header.Get("Content-Length"), "GET's length")
+		require.False(t, resp.Close)
+	}
+	resp, err := http.ReadResponse(br, nil)
+	require.NoError(t, err)
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	require.Equal(t, "hello\n", string(body), "no body came before it")
+	expectEOF(t, br)
 }
 
 // HTTP/1.0 keeps a connection only when the request asks (ab -k), and the

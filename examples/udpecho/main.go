@@ -24,6 +24,8 @@ import (
 	"syscall"
 
 	"github.com/plugloop/plugloop/core"
+	_ "github.com/plugloop/plugloop/evlib_gnet"    // -evlib gnet
+	_ "github.com/plugloop/plugloop/evlib_netpoll" // -evlib netpoll (Linux)
 )
 
 type datagram struct {
@@ -76,7 +78,7 @@ func run(lib, addr string, verbose bool) error {
 				return ev.Conn.CallbackOnWritable()
 			}
 		case core.ReasonRawClose:
-			if ev.Err != nil {
+			if ev.Err != nil && !errors.Is(ev.Err, core.ErrDestroyed) { // not just stopping
 				fmt.Fprintln(os.Stderr, "udpecho: socket closed:", ev.Err)
 			}
 		}
