@@ -137,15 +137,22 @@ func TestSMPFDLimitPerThread(t *testing.T) {
 	require.NoError(t, <-done)
 }
 
-// With ReusePort every thread has a listener of its own on the same port,
-// and the kernel spreads connections over them.
-func TestSMPReusePort(t *testing.T) {
+// runReusePort runs an echo context of two threads with a SO_REUSEPORT
+// listener; done gets Run's result.
+func runReusePort(t *testing.T) (*core.Context, *core.Listener, chan error) {
 	ctx, err := core.New(core.Info{CountThreads: 2, ReusePort: true, Protocols: []core.Protocol{echo.Protocol("echo")}})
 	require.NoError(t, err)
 	ln, err := ctx.Listen("tcp4", "127.0.0.1:0", "")
 	require.NoError(t, err)
 	done := make(chan error, 1)
 	go func() { done <- ctx.Run(context.Background()) }()
+	return ctx, ln, done
+}
+
+// With ReusePort every thread has a listener of its own on the same port,
+// and the kernel spreads connections over them.
+func TestSMPReusePort(t *testing.T) {
+	ctx, ln, done := runReusePort(t)
 	for i := range 16 {
 		c, err := net.Dial("tcp", ln.Addr().String())
 		require.NoError(t, err)
@@ -196,21 +203,19 @@ func TestSMPReusePortCloseStopsListening(t *testing.T) {
 // While Run services the threads, Close (from thread 0's pass) has thread
 // 1 close its socket in its own pass: after that no dial connects.
 func TestSMPReusePortCloseWhileRunning(t *testing.T) {
-	ctx, err := core.New(core.Info{CountThreads: 2, ReusePort: true, Protocols: []core.Protocol{echo.Protocol("echo")}})
-	require.NoError(t, err)
-	ln, err := ctx.Listen("tcp4", "127.0.0.1:0", "")
-	require.NoError(t, err)
-	done := make(chan error, 1)
-	go func() { done <- ctx.Run(context.Background()) }()
+	ctx, ln, done := runReusePort(t)
 	closed := make(chan error, 1)
 	require.NoError(t, ctx.Thread(0).Post(func() { closed <- ln.Close() }))
 	require.NoError(t, <-closed)
-	// Thread 1 closes its socket in its next pass, which this Post's
-	// delivery follows.
-	passed := make(chan struct{})
-	require.NoError(t, ctx.Thread(1).Post(func() { close(passed) }))
-	<-passed
-	_, err = net.Dial("tcp", ln.Addr().String())
+	// Thread 1 closes its socket in its next pass, which the first Post
+	// below joins, and the close(2) at that pass's end, before the second
+	// Post's pass.
+	for range 2 {
+		passed := make(chan struct{})
+		require.NoError(t, ctx.Thread(1).Post(func() { close(passed) }))
+		<-passed
+	}
+	_, err := net.Dial("tcp", ln.Addr().String())
 	require.ErrorIs(t, err, syscall.ECONNREFUSED, "a dial after both threads saw the close")
 	require.NoError(t, ctx.Destroy())
 	require.NoError(t, <-done)
