@@ -40,6 +40,7 @@ type child struct {
 	hello  hello
 	done   chan struct{} // closed once Wait returned
 	t0     time.Time     // a -target's window start
+	mono0  int64         // and as monoNS
 }
 
 // spawn re-executes the bench binary as the named server, optionally under
@@ -152,9 +153,9 @@ func (c *child) request(ctx context.Context, command string, v any) error {
 		var answer any = map[string]bool{"ok": true}
 		switch command {
 		case "start":
-			c.t0 = time.Now()
+			c.t0, c.mono0 = time.Now(), monoNS()
 		case "stop":
-			answer = usage{WallNS: int64(time.Since(c.t0))}
+			answer = usage{WallNS: int64(time.Since(c.t0)), StartMono: c.mono0, StopMono: monoNS()}
 		}
 		b, _ := json.Marshal(answer)
 		return json.Unmarshal(b, v)
@@ -435,40 +436,108 @@ func (w *cpuWindow) end() {
 	w.sys1, w.ok1 = systemCPU()
 }
 
+// span is one measured window. Its ends are sampled here, between the two
+// exchanges with the child that bracket it: with its one P busy serving,
+// the child may answer "start" or "stop" only after milliseconds (the
+// scheduler's preemption), and where in that time it took its snapshot is
+// not known closely enough to count round trips against its CPU (a
+// midpoint was off by up to 10% of a 0.1 s slice). So the load's progress,
+// the server's CPU (processCPU) and the machine's (cw) are all sampled at
+// the span's two ends in this process, back to back.
+type span struct {
+	u      usage     // the child's own figures, over its window around the span
+	cw     cpuWindow // this process's and the machine's CPU over the span
+	wallNS int64
+	done   float64 // the load's progress in the span
+	cpuNS  int64   // the server's CPU time in the span
+	// childDone is the load's progress over the child's own window,
+	// interpolated to when it took its snapshots: what its Stats and
+	// context switches are counted against.
+	childDone float64
+}
+
+// stamp is the load's progress at a moment (monoNS).
+type stamp struct {
+	t int64
+	n uint64
+}
+
+func stampOf(total func() uint64) stamp { return stamp{n: total(), t: monoNS()} }
+
+// at is the progress at t, which lies between a and b, taken as linear.
+func at(a, b stamp, t int64) float64 {
+	if b.t <= a.t || t <= a.t {
+		return float64(a.n)
+	}
+	if t >= b.t {
+		return float64(b.n)
+	}
+	return float64(a.n) + float64(b.n-a.n)*float64(t-a.t)/float64(b.t-a.t)
+}
+
+// measureSpan has the server child ch measure itself for d while the
+// load, whose progress total counts, runs on, and measures the span (see
+// span) in the child's window.
+func measureSpan(ctx context.Context, ch *child, total func() uint64, d time.Duration) (sp span, err error) {
+	pid := -1
+	if ch.cmd != nil {
+		pid = ch.cmd.Process.Pid
+	}
+	a0 := stampOf(total)
+	var ok map[string]bool
+	if err := ch.request(ctx, "start", &ok); err != nil {
+		return sp, err
+	}
+	b0 := stampOf(total)
+	sp.cw.start()
+	k0, kok0 := processCPU(pid)
+	w0 := stampOf(total)
+	if err := sleep(ctx, d); err != nil {
+		return sp, err
+	}
+	w1 := stampOf(total)
+	k1, kok1 := processCPU(pid)
+	sp.cw.end()
+	a1 := stampOf(total)
+	if err := ch.request(ctx, "stop", &sp.u); err != nil {
+		return sp, err
+	}
+	b1 := stampOf(total)
+	sp.wallNS, sp.done = w1.t-w0.t, float64(w1.n-w0.n)
+	sp.childDone = at(a1, b1, sp.u.StopMono) - at(a0, b0, sp.u.StartMono)
+	switch {
+	case pid >= 0 && kok0 && kok1:
+		sp.cpuNS = k1 - k0
+	case sp.u.WallNS > 0:
+		// No clock to read another process' CPU by (not Linux): the
+		// child's rusage, over its window, in the span's proportion.
+		sp.cpuNS = int64(float64(sp.u.UserNS+sp.u.SysNS) * float64(sp.wallNS) / float64(sp.u.WallNS))
+	}
+	return sp, nil
+}
+
 // window is what measureWindow found over one measured window.
 type window struct {
-	u       usage     // the server child's, over the window
-	cw      cpuWindow // this process's and the machine's CPU around it
-	done    uint64    // the load's progress in the window (its counters' sum)
-	stalled int       // counters that made no progress in it
+	span
+	stalled int // counters that made no progress in it
 }
 
 // measureWindow has the server child ch measure itself for the suite's
 // duration while the load, whose progress cs counts, runs on.
 func (s *suite) measureWindow(ctx context.Context, ch *child, cs counters) (w window, err error) {
-	w.cw.start()
-	n0, each0 := cs.sum(), cs.snapshot()
-	var ok map[string]bool
-	if err := ch.request(ctx, "start", &ok); err != nil {
+	each0 := cs.snapshot()
+	if w.span, err = measureSpan(ctx, ch, cs.sum, s.duration()); err != nil {
 		return w, err
 	}
-	if err := sleep(ctx, s.duration()); err != nil {
-		return w, err
-	}
-	if err := ch.request(ctx, "stop", &w.u); err != nil {
-		return w, err
-	}
-	w.done = cs.sum() - n0
 	w.stalled = cs.stalled(each0)
-	w.cw.end()
 	return w, nil
 }
 
-// serverNS is the server's CPU time over the window.
-func (w *window) serverNS() int64 { return w.u.UserNS + w.u.SysNS }
+// serverNS is the server's CPU time over the span.
+func (sp *span) serverNS() int64 { return sp.cpuNS }
 
-// pct is ns in per cent of one CPU over the window.
-func (w *window) pct(ns int64) float64 { return float64(ns) / float64(w.u.WallNS) * 100 }
+// pct is ns in per cent of one CPU over the span.
+func (sp *span) pct(ns int64) float64 { return float64(ns) / float64(sp.wallNS) * 100 }
 
 // clientNS is the CPU time this process used in the window.
 func (w *cpuWindow) clientNS() int64 {
@@ -633,14 +702,17 @@ type runResult struct {
 	Repeat     int     `json:"repeat"` // 0-based; -1 for the strace run
 	Error      string  `json:"error,omitempty"`
 	RoundTrips float64 `json:"round_trips"`
-	Seconds    float64 `json:"seconds"`
-	RTPerSec   float64 `json:"round_trips_per_sec"`
-	CPUNS      int64   `json:"server_cpu_ns"`
-	UserNS     int64   `json:"server_user_ns"`
-	SysNS      int64   `json:"server_sys_ns"`
-	CPUPerRT   float64 `json:"server_cpu_us_per_rt"`
-	ClientCPU  float64 `json:"client_cpu_us_per_rt"`
-	MaxRSSKB   int64   `json:"server_peak_rss_kb"`
+	// StatsRoundTrips is the round trips over the child's own window,
+	// which its Stats and context switches count (see span).
+	StatsRoundTrips float64 `json:"stats_round_trips"`
+	Seconds         float64 `json:"seconds"`
+	RTPerSec        float64 `json:"round_trips_per_sec"`
+	CPUNS           int64   `json:"server_cpu_ns"`
+	UserNS          int64   `json:"server_user_ns"`
+	SysNS           int64   `json:"server_sys_ns"`
+	CPUPerRT        float64 `json:"server_cpu_us_per_rt"`
+	ClientCPU       float64 `json:"client_cpu_us_per_rt"`
+	MaxRSSKB        int64   `json:"server_peak_rss_kb"`
 	// CSWPerRT is the server's context switches (voluntary and not) per
 	// round trip: how often it went to sleep or was preempted.
 	CSWPerRT float64 `json:"server_csw_per_rt"`
@@ -761,24 +833,10 @@ func (s *session) measure(ctx context.Context, repeat int) (res runResult) {
 			defer pc.abort()
 		}
 	}
-	var ok map[string]bool
-	var cw cpuWindow
-	cw.start()
-	c0a := lg.total()
-	if err := ch.request(ctx, "start", &ok); err != nil {
+	sp, err := measureSpan(ctx, ch, lg.total, cfg.duration)
+	if err != nil {
 		return fail(err)
 	}
-	c0b := lg.total()
-	if err := sleep(ctx, cfg.duration); err != nil {
-		return fail(err)
-	}
-	var u usage
-	c1a := lg.total()
-	if err := ch.request(ctx, "stop", &u); err != nil {
-		return fail(err)
-	}
-	c1b := lg.total()
-	cw.end()
 	if err := lg.Err(); err != nil {
 		return fail(err)
 	}
@@ -797,22 +855,24 @@ func (s *session) measure(ctx context.Context, repeat int) (res runResult) {
 	}
 	s.measured = true
 
-	// The child's window lies between the two samples on either side.
-	rts := (float64(c1a)+float64(c1b))/2 - (float64(c0a)+float64(c0b))/2
-	if rts <= 0 {
+	rts, u := sp.done, sp.u
+	if rts <= 0 || sp.childDone <= 0 {
 		return fail(errors.New("no round trips completed"))
 	}
-	res.RoundTrips = rts
-	res.Seconds = time.Duration(u.WallNS).Seconds()
+	res.RoundTrips, res.StatsRoundTrips = rts, sp.childDone
+	res.Seconds = time.Duration(sp.wallNS).Seconds()
 	res.RTPerSec = rts / res.Seconds
-	res.UserNS, res.SysNS = u.UserNS, u.SysNS
-	res.CPUNS = u.UserNS + u.SysNS
+	res.CPUNS = sp.cpuNS
+	if all := u.UserNS + u.SysNS; all > 0 { // the child's split, over its window
+		res.UserNS = int64(float64(sp.cpuNS) * float64(u.UserNS) / float64(all))
+		res.SysNS = sp.cpuNS - res.UserNS
+	}
 	res.CPUPerRT = float64(res.CPUNS) / 1e3 / rts
-	res.ClientCPU = float64(cw.clientNS()) / 1e3 / rts
+	res.ClientCPU = float64(sp.cw.clientNS()) / 1e3 / rts
 	res.MaxRSSKB = u.MaxRSSKB
-	res.CSWPerRT = float64(u.VolCSW+u.InvolCSW) / rts
-	res.OtherCPU, res.StealCPU = cw.otherPct(res.CPUNS, u.WallNS)
-	res.otherNS, res.otherOK = cw.otherNS(res.CPUNS)
+	res.CSWPerRT = float64(u.VolCSW+u.InvolCSW) / sp.childDone
+	res.OtherCPU, res.StealCPU = sp.cw.otherPct(res.CPUNS, sp.wallNS)
+	res.otherNS, res.otherOK = sp.cw.otherNS(res.CPUNS)
 	res.Stats = u.Stats
 	return res
 }

@@ -29,8 +29,9 @@
 //	go run ./bench -scenarios pingpong -strace   # adds a traced run per server
 //	go run ./bench -cpuprofile prof         # prof/SERVER.pprof for go tool pprof
 //
-// The figure to compare is server CPU per operation (getrusage deltas of
-// the server child over the measured window). The ping-pong load
+// The figure to compare is server CPU per operation: the server child's
+// CPU clock (user+sys), read by the bench at the same moments as the
+// load's counters, at both ends of the measured window. The ping-pong load
 // generator is, by default, one thread driving every connection through
 // one io_uring (uring_linux.go): it costs well under half a server's CPU
 // per round trip, so requests queue at the server. -load net uses a
@@ -413,7 +414,7 @@ func (r runResult) brief() string {
 	}
 	s := fmt.Sprintf("%9.0f rt/s  %6.2f µs CPU/rt  %.2f csw/rt", r.RTPerSec, r.CPUPerRT, r.CSWPerRT)
 	if r.Stats != nil {
-		s += fmt.Sprintf("  %.2f syscalls/rt", float64(r.Stats.Syscalls)/r.RoundTrips)
+		s += fmt.Sprintf("  %.2f syscalls/rt", float64(r.Stats.Syscalls)/r.StatsRoundTrips)
 	}
 	if r.OtherCPU >= 0 {
 		s += fmt.Sprintf("  other processes %.0f%% CPU", r.OtherCPU)

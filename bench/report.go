@@ -41,11 +41,14 @@ type conditions struct {
 	WarmupSeconds    float64 `json:"warmup_seconds"`
 	DurationSeconds  float64 `json:"duration_seconds"`
 	Repeats          int     `json:"repeats,omitempty"`
-	Kernel           string  `json:"kernel"`
-	Date             string  `json:"date"`
-	ElapsedSeconds   float64 `json:"elapsed_seconds"`
-	Strace           bool    `json:"strace"`
-	Perf             bool    `json:"perf"`
+	// ChildPerRun: the fd limit had no room for every server's
+	// connections at once, so each run started a child of its own.
+	ChildPerRun    bool    `json:"child_per_run,omitempty"`
+	Kernel         string  `json:"kernel"`
+	Date           string  `json:"date"`
+	ElapsedSeconds float64 `json:"elapsed_seconds"`
+	Strace         bool    `json:"strace"`
+	Perf           bool    `json:"perf"`
 }
 
 type skipNote struct {
@@ -119,6 +122,7 @@ func buildReport(cfg *config, results map[string][]runResult, straced map[string
 			WarmupSeconds:    cfg.warmup.Seconds(),
 			DurationSeconds:  cfg.duration.Seconds(),
 			Repeats:          cfg.repeats,
+			ChildPerRun:      len(cfg.servers) > 0 && sessionsFit(cfg) < len(cfg.servers),
 			Kernel:           kernel(),
 			Date:             start.Format(time.RFC3339),
 			ElapsedSeconds:   time.Since(start).Round(100 * time.Millisecond).Seconds(),
@@ -249,7 +253,9 @@ func summarize(name string, runs []runResult) serverReport {
 	sr.RTPerSec = median(get(func(r runResult) float64 { return r.RTPerSec }))
 	cpu := get(func(r runResult) float64 { return r.CPUPerRT })
 	sr.CPUPerRT = median(cpu)
-	sr.CPUSpreadPct = (quantile(cpu, 0.75) - quantile(cpu, 0.25)) / 2 / sr.CPUPerRT * 100
+	if sr.CPUPerRT > 0 { // 0 for a -target, whose CPU is not known
+		sr.CPUSpreadPct = (quantile(cpu, 0.75) - quantile(cpu, 0.25)) / 2 / sr.CPUPerRT * 100
+	}
 	sr.ClientCPU = median(get(func(r runResult) float64 { return r.ClientCPU }))
 	sr.PeakRSSMB = slices.Max(get(func(r runResult) float64 { return float64(r.MaxRSSKB) / 1024 }))
 	sr.CSWPerRT = median(get(func(r runResult) float64 { return r.CSWPerRT }))
@@ -281,7 +287,7 @@ func summarize(name string, runs []runResult) serverReport {
 			if r.Stats == nil {
 				return 0
 			}
-			return float64(r.Stats.Syscalls) / r.RoundTrips
+			return float64(r.Stats.Syscalls) / r.StatsRoundTrips
 		}))
 		var sum Stats
 		var rts float64
@@ -300,7 +306,7 @@ func summarize(name string, runs []runResult) serverReport {
 			sum.Dispatches += s.Dispatches
 			sum.ForcedServices += s.ForcedServices
 			sum.TimersFired += s.TimersFired
-			rts += r.RoundTrips
+			rts += r.StatsRoundTrips
 		}
 		sr.PerRT = &statsRate{
 			Waits: float64(sum.Waits) / rts, InterestChanges: float64(sum.InterestChanges) / rts,
@@ -372,7 +378,9 @@ func printJSON(w io.Writer, r any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	if err := enc.Encode(r); err != nil {
-		fmt.Fprintln(os.Stderr, "bench:", err)
+		// A report that cannot be written must not pass for an empty one.
+		fmt.Fprintln(os.Stderr, "bench: writing the JSON report:", err)
+		os.Exit(1)
 	}
 }
 

@@ -97,7 +97,7 @@ func (c *churnClients) close() {
 func runChurn(ctx context.Context, s *suite) *scenarioResult {
 	res := &scenarioResult{
 		Measures: fmt.Sprintf("%d client goroutines, each opening connections one after another: connect, write %d B, read the echo, close (the client closes first). "+
-			"conns/s = connections completed per second; the figure to compare is the server's CPU per connection (getrusage of the server child), "+
+			"conns/s = connections completed per second; the figure to compare is the server's CPU per connection (user+sys of the server child), "+
 			"which pays for accept, the connection's setup and teardown in the server, one read and one write, the end of stream and the close; "+
 			"a connection costs its client more CPU than the server, most of it in the kernel (connect, and the TIME_WAIT of the side that closes first), so the clients set the rate. syscalls/conn and accepts/conn (accept(2) calls, the ones that found the queue empty too): plugloop's Stats.",
 			s.churnClients, churnMsg),
@@ -198,19 +198,19 @@ func (s *suite) churnOne(ctx context.Context, name string) (res churnResult) {
 		return fail(fmt.Errorf("%d of %d clients completed no connection in the measured window: the server stalled them", w.stalled, s.churnClients))
 	}
 	conns := float64(w.done)
-	if conns <= 0 || w.u.WallNS <= 0 {
+	if conns <= 0 || w.wallNS <= 0 {
 		return fail(errors.New("no connection completed"))
 	}
-	res.ConnsPerSec = conns / (float64(w.u.WallNS) / 1e9)
+	res.ConnsPerSec = conns / (float64(w.wallNS) / 1e9)
 	res.CPUUSPerConn = float64(w.serverNS()) / 1e3 / conns
 	res.CPUPct = w.pct(w.serverNS())
 	res.ClientCPUPct = w.pct(w.cw.clientNS())
-	if st := w.u.Stats; st != nil {
-		res.SyscallsPerConn = float64(st.Syscalls) / conns
-		res.AcceptsPerConn = float64(st.Accepts) / conns
+	if st := w.u.Stats; st != nil && w.childDone > 0 { // over the child's window
+		res.SyscallsPerConn = float64(st.Syscalls) / w.childDone
+		res.AcceptsPerConn = float64(st.Accepts) / w.childDone
 	}
 	res.PeakRSSMB = float64(w.u.MaxRSSKB) / 1024
-	res.OtherCPU, _ = w.cw.otherPct(w.serverNS(), w.u.WallNS)
+	res.OtherCPU, _ = w.cw.otherPct(w.serverNS(), w.wallNS)
 	cl.close()
 	ch.stop()
 	return res

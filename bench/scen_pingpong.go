@@ -48,7 +48,7 @@ func sessionsFit(cfg *config) int { return max(int(cfg.fdLimit/fdsFor(cfg.conns)
 func runPingPongScenario(ctx context.Context, s *suite) *scenarioResult {
 	res := &scenarioResult{
 		Measures: "Each connection keeps one message in flight: write it, read the echo in full, check it, repeat. " +
-			"The figure that separates servers is the server's CPU per round trip (user+sys, getrusage of the server child over the measured window); " +
+			"The figure that separates servers is the server's CPU per round trip (user+sys of the server child, its CPU clock read with the load's counters at both ends of the measured window); " +
 			"throughput is shared with the load generator on the other CPU. syscalls/rt: plugloop's own count (core Stats) — peers only with -perf or -strace.",
 	}
 	var data []*report
@@ -105,6 +105,9 @@ func appendNew(list []string, items ...string) []string {
 func pingpongTable(r *report, target bool) (table, []string) {
 	c := r.Conditions
 	t := table{Title: fmt.Sprintf("ping-pong, %d B payload, %d connections (medians of %d slices × %gs, servers taking turns)", c.PayloadBytes, c.Conns, c.Repeats, c.DurationSeconds)}
+	if c.ChildPerRun {
+		t.Title = fmt.Sprintf("ping-pong, %d B payload, %d connections (medians of %d runs × %gs, a child per run, servers taking turns)", c.PayloadBytes, c.Conns, c.Repeats, c.DurationSeconds)
+	}
 	t.Header = []string{"server", "round trips/s", "server CPU µs/rt", "±", "vs plugloop/epoll", "syscalls/rt", "ctx sw/rt", "peak RSS MB", "others %CPU"}
 	if c.Perf {
 		t.Header = append(t.Header, "perf syscalls/rt")
@@ -165,8 +168,13 @@ func pingpongTable(r *report, target bool) (table, []string) {
 	if noisy {
 		t.Notes = append(t.Notes, fmt.Sprintf("! other processes used more than %d%% of a CPU during some server's slices: its figures are disturbed", noisyPct))
 	}
-	notes = append(notes, "slices: every server runs as one child under one load throughout; the load is paused between its slices, "+
-		"and the servers take turns slice by slice (every other round in reverse order), so all meet the machine's changes of speed alike; "+
+	how := "slices: every server runs as one child under one load throughout; the load is paused between its slices, " +
+		"and the servers take turns slice by slice (every other round in reverse order), so all meet the machine's changes of speed alike; "
+	if c.ChildPerRun {
+		how = "runs: the fd limit has no room for every server's connections at once, so each run starts a child and a load of its own, " +
+			"with its own warm-up; the servers take turns run by run (every other round in reverse order); "
+	}
+	notes = append(notes, how+
 		"server CPU µs/rt: user+sys CPU of the server child per round trip, median over slices; ± half the interquartile range over slices; "+
 		"vs plugloop/epoll: the median over slices of the ratio to plugloop/epoll's slice in the same round; "+
 		"ctx sw/rt: the server's context switches per round trip; others %CPU: the CPU other processes used during the server's slices (% of one CPU).")

@@ -171,7 +171,7 @@ func runStream(ctx context.Context, s *suite) *scenarioResult {
 	res := &scenarioResult{
 		Measures: fmt.Sprintf("%d connections, each with a writer pushing %d KiB writes as fast as the server takes them and a reader consuming the echo "+
 			"(many messages in flight, bounded only by the socket buffers and the server's own buffering). MB/s = 10^6 bytes echoed back per second; "+
-			"server CPU µs per MB echoed (getrusage of the server child); syscalls per MB: plugloop's Stats.", s.streamConns, streamChunk>>10),
+			"server CPU µs per MB echoed (user+sys of the server child); syscalls per MB: plugloop's Stats.", s.streamConns, streamChunk>>10),
 	}
 	if need := fdsFor(s.streamConns); need > s.cfg.fdLimit {
 		s.unreachable("stream: %d connections need %d fds, the limit is %d", s.streamConns, need, s.cfg.fdLimit)
@@ -304,20 +304,21 @@ func (s *suite) measureStream(ctx context.Context, ch *child, name string, conns
 		return fail(fmt.Errorf("%d of %d connections had nothing echoed in the measured window: the server stalled them", w.stalled, conns))
 	}
 	mb := float64(w.done) / 1e6
-	if mb <= 0 || w.u.WallNS <= 0 {
+	if mb <= 0 || w.wallNS <= 0 {
 		return fail(errors.New("nothing echoed"))
 	}
-	res.MBPerSec = mb / (float64(w.u.WallNS) / 1e9)
+	res.MBPerSec = mb / (float64(w.wallNS) / 1e9)
 	res.CPUUSPerMB = float64(w.serverNS()) / 1e3 / mb
 	res.CPUPct = w.pct(w.serverNS())
 	res.ClientCPUPct = w.pct(w.cw.clientNS())
-	if st := w.u.Stats; st != nil {
-		res.SyscallsPerMB = float64(st.Syscalls) / mb
-		res.SplicesPerMB = float64(st.Splices) / mb
-		res.RelayedPerMB = float64(st.Relayed) / mb
+	if st := w.u.Stats; st != nil && w.childDone > 0 { // over the child's window
+		childMB := w.childDone / 1e6
+		res.SyscallsPerMB = float64(st.Syscalls) / childMB
+		res.SplicesPerMB = float64(st.Splices) / childMB
+		res.RelayedPerMB = float64(st.Relayed) / childMB
 	}
 	res.PeakRSSMB = float64(w.u.MaxRSSKB) / 1024
-	res.OtherCPU, _ = w.cw.otherPct(w.serverNS(), w.u.WallNS)
+	res.OtherCPU, _ = w.cw.otherPct(w.serverNS(), w.wallNS)
 	st.close()
 	ch.stop()
 	return res

@@ -77,6 +77,17 @@ type usage struct {
 	VolCSW   int64  `json:"nvcsw"`
 	InvolCSW int64  `json:"nivcsw"`
 	Stats    *Stats `json:"stats,omitempty"`
+	// When the child took its two snapshots (CLOCK_MONOTONIC), so that the
+	// parent can tell how far the load got over the child's window.
+	StartMono int64 `json:"start_mono_ns"`
+	StopMono  int64 `json:"stop_mono_ns"`
+}
+
+// monoNS is CLOCK_MONOTONIC, which every process on the machine shares.
+func monoNS() int64 {
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return ts.Nano()
 }
 
 // Stats mirrors core.Stats with JSON names.
@@ -171,6 +182,7 @@ func runChild(name string) {
 
 	var (
 		t0      time.Time
+		mono0   int64
 		ru0     syscall.Rusage
 		s0      core.Stats
 		started bool
@@ -184,20 +196,22 @@ func runChild(name string) {
 				s0 = stats()
 			}
 			syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
-			t0, started = time.Now(), true
+			t0, mono0, started = time.Now(), monoNS(), true
 			enc.Encode(map[string]bool{"ok": true})
 		case "stop":
 			var ru syscall.Rusage
 			syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+			mono1 := monoNS()
 			pprof.StopCPUProfile()
 			wall := time.Since(t0)
 			u := usage{
-				WallNS:   int64(wall),
-				UserNS:   tvNS(ru.Utime) - tvNS(ru0.Utime),
-				SysNS:    tvNS(ru.Stime) - tvNS(ru0.Stime),
-				MaxRSSKB: maxRSSKB(&ru),
-				VolCSW:   int64(ru.Nvcsw - ru0.Nvcsw),
-				InvolCSW: int64(ru.Nivcsw - ru0.Nivcsw),
+				WallNS:    int64(wall),
+				UserNS:    tvNS(ru.Utime) - tvNS(ru0.Utime),
+				SysNS:     tvNS(ru.Stime) - tvNS(ru0.Stime),
+				MaxRSSKB:  maxRSSKB(&ru),
+				VolCSW:    int64(ru.Nvcsw - ru0.Nvcsw),
+				InvolCSW:  int64(ru.Nivcsw - ru0.Nivcsw),
+				StartMono: mono0, StopMono: mono1,
 			}
 			if stats != nil {
 				u.Stats = statsDelta(s0, stats())
