@@ -508,14 +508,21 @@ func (b *Backend) Poll(timeout time.Duration) (int, error) {
 	b.gen++
 	b.ctr.Waits.Add(1)
 	b.counted = false // the second batch's wait is counted when seen
+	var t *time.Timer
+	var kicked chan struct{}
 	switch {
 	case timeout == 0:
 		b.kick()
 	case timeout > 0:
-		t := time.AfterFunc(timeout, func() { b.kick() })
-		defer t.Stop()
+		kicked = make(chan struct{})
+		t = time.AfterFunc(timeout, func() { b.kick(); close(kicked) })
 	}
 	err := b.poller.Polling(b.onEvent)
+	if t != nil && !t.Stop() {
+		// The timer's kick is under way: let it land before consumeSig,
+		// or it would end the next Poll at once, with nothing to report.
+		<-kicked
+	}
 	b.mode = modeIdle // (CloseFD closed at once meanwhile: nothing to reap)
 	b.dueOn = false
 	b.consumeSig()
