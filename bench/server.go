@@ -86,7 +86,7 @@ type usage struct {
 // monoNS is CLOCK_MONOTONIC, which every process on the machine shares.
 func monoNS() int64 {
 	var ts unix.Timespec
-	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	unix.ClockGettime(clockMonotonic, &ts)
 	return ts.Nano()
 }
 
