@@ -1,3 +1,5 @@
+//go:build unix
+
 package core
 
 import "github.com/plugloop/plugloop/evlib"
