@@ -479,9 +479,11 @@ func at(a, b stamp, t int64) float64 {
 // load, whose progress total counts, runs on, and measures the span (see
 // span) in the child's window.
 func measureSpan(ctx context.Context, ch *child, total func() uint64, d time.Duration) (sp span, err error) {
-	pid := -1
-	if ch.cmd != nil {
-		pid = ch.cmd.Process.Pid
+	serverCPU := func() (int64, bool) {
+		if ch.cmd == nil { // a -target: no process of ours to ask
+			return 0, false
+		}
+		return processCPU(ch.cmd.Process.Pid)
 	}
 	a0 := stampOf(total)
 	var ok map[string]bool
@@ -490,13 +492,13 @@ func measureSpan(ctx context.Context, ch *child, total func() uint64, d time.Dur
 	}
 	b0 := stampOf(total)
 	sp.cw.start()
-	k0, kok0 := processCPU(pid)
+	k0, kok0 := serverCPU()
 	w0 := stampOf(total)
 	if err := sleep(ctx, d); err != nil {
 		return sp, err
 	}
 	w1 := stampOf(total)
-	k1, kok1 := processCPU(pid)
+	k1, kok1 := serverCPU()
 	sp.cw.end()
 	a1 := stampOf(total)
 	if err := ch.request(ctx, "stop", &sp.u); err != nil {
@@ -506,7 +508,7 @@ func measureSpan(ctx context.Context, ch *child, total func() uint64, d time.Dur
 	sp.wallNS, sp.done = w1.t-w0.t, float64(w1.n-w0.n)
 	sp.childDone = at(a1, b1, sp.u.StopMono) - at(a0, b0, sp.u.StartMono)
 	switch {
-	case pid >= 0 && kok0 && kok1:
+	case kok0 && kok1:
 		sp.cpuNS = k1 - k0
 	case sp.u.WallNS > 0:
 		// No clock to read another process' CPU by (not Linux): the
@@ -532,9 +534,6 @@ func (s *suite) measureWindow(ctx context.Context, ch *child, cs counters) (w wi
 	w.stalled = cs.stalled(each0)
 	return w, nil
 }
-
-// serverNS is the server's CPU time over the span.
-func (sp *span) serverNS() int64 { return sp.cpuNS }
 
 // pct is ns in per cent of one CPU over the span.
 func (sp *span) pct(ns int64) float64 { return float64(ns) / float64(sp.wallNS) * 100 }

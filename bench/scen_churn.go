@@ -202,15 +202,15 @@ func (s *suite) churnOne(ctx context.Context, name string) (res churnResult) {
 		return fail(errors.New("no connection completed"))
 	}
 	res.ConnsPerSec = conns / (float64(w.wallNS) / 1e9)
-	res.CPUUSPerConn = float64(w.serverNS()) / 1e3 / conns
-	res.CPUPct = w.pct(w.serverNS())
+	res.CPUUSPerConn = float64(w.cpuNS) / 1e3 / conns
+	res.CPUPct = w.pct(w.cpuNS)
 	res.ClientCPUPct = w.pct(w.cw.clientNS())
 	if st := w.u.Stats; st != nil && w.childDone > 0 { // over the child's window
 		res.SyscallsPerConn = float64(st.Syscalls) / w.childDone
 		res.AcceptsPerConn = float64(st.Accepts) / w.childDone
 	}
 	res.PeakRSSMB = float64(w.u.MaxRSSKB) / 1024
-	res.OtherCPU, _ = w.cw.otherPct(w.serverNS(), w.wallNS)
+	res.OtherCPU, _ = w.cw.otherPct(w.cpuNS, w.wallNS)
 	cl.close()
 	ch.stop()
 	return res

@@ -308,8 +308,8 @@ func (s *suite) measureStream(ctx context.Context, ch *child, name string, conns
 		return fail(errors.New("nothing echoed"))
 	}
 	res.MBPerSec = mb / (float64(w.wallNS) / 1e9)
-	res.CPUUSPerMB = float64(w.serverNS()) / 1e3 / mb
-	res.CPUPct = w.pct(w.serverNS())
+	res.CPUUSPerMB = float64(w.cpuNS) / 1e3 / mb
+	res.CPUPct = w.pct(w.cpuNS)
 	res.ClientCPUPct = w.pct(w.cw.clientNS())
 	if st := w.u.Stats; st != nil && w.childDone > 0 { // over the child's window
 		childMB := w.childDone / 1e6
@@ -318,7 +318,7 @@ func (s *suite) measureStream(ctx context.Context, ch *child, name string, conns
 		res.RelayedPerMB = float64(st.Relayed) / childMB
 	}
 	res.PeakRSSMB = float64(w.u.MaxRSSKB) / 1024
-	res.OtherCPU, _ = w.cw.otherPct(w.serverNS(), w.wallNS)
+	res.OtherCPU, _ = w.cw.otherPct(w.cpuNS, w.wallNS)
 	st.close()
 	ch.stop()
 	return res

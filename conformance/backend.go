@@ -848,12 +848,10 @@ func (s *suite) testBackendWakeFD(t *testing.T) {
 	require.NoError(t, b.be.Add(w.R, evlib.KindWake, evlib.Readable))
 	defer b.be.Remove(w.R)
 	b.notReported(w.R, "the wake fd before any signal")
-	go func() {
-		// The Poll below may not have started yet: a signal before it is
-		// as good, since the fd stays readable until drained.
-		time.Sleep(time.Millisecond)
-		w.Signal()
-	}()
+	// From another goroutine, as the core's wakeups come. The Poll below
+	// may not have started yet: a signal before it is as good, since the
+	// fd stays readable until drained.
+	go w.Signal()
 	// An interrupted wait may return empty: wait again, within the guard.
 	deadline := time.Now().Add(hang)
 	for {

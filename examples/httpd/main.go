@@ -387,7 +387,7 @@ func answer(head []byte) (resp response, keep bool) {
 	method, rest, ok1 := strings.Cut(string(line), " ")
 	target, proto, ok2 := strings.Cut(rest, " ")
 	// proto is the rest of the line: "HTTP/1.x" and nothing after it.
-	if !ok1 || !ok2 || !isToken(method) || target == "" || strings.ContainsAny(target, " \t") ||
+	if !ok1 || !ok2 || !isToken(method) || target == "" || strings.ContainsRune(target, '\t') ||
 		len(proto) != len("HTTP/1.x") || !strings.HasPrefix(proto, "HTTP/1.") || proto[7] < '0' || proto[7] > '9' {
 		return resp400, false
 	}
