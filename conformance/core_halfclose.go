@@ -111,8 +111,9 @@ func (s *suite) testHalfOpen(t *testing.T) {
 		// Resume from a thread timer: by then the end has been in the
 		// kernel (or in netpoll's hands) for five CloseTimeouts.
 		resumed := make(chan error, 1)
+		var err error
 		h.do(func() {
-			_, err := h.th.AfterFunc(later, func() {
+			_, err = h.th.AfterFunc(later, func() {
 				ends, rxs := h.rec.count(is(core.ReasonRawRxEnd, conn)), h.rec.count(is(core.ReasonRawRX, conn))
 				switch {
 				case ends != 0 || rxs != 1:
@@ -123,8 +124,8 @@ func (s *suite) testHalfOpen(t *testing.T) {
 					resumed <- conn.RxFlowControl(true)
 				}
 			})
-			require.NoError(t, err)
 		})
+		require.NoError(t, err)
 		require.NoError(t, waitCh(t, resumed, "the resume"))
 		h.answeredThenEOF(t, conn, cli, answer, nil, nil)
 		check(t, h, st, conn)

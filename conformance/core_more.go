@@ -481,17 +481,20 @@ func (s *suite) testUDP(t *testing.T) {
 		require.Equal(t, "re:"+m, string(buf[:n]))
 		require.Equal(t, local.AddrPort(), from.(*net.UDPAddr).AddrPort())
 	}
+	var werr error
+	var got []dgram
 	h.do(func() {
 		mu.Lock()
-		defer mu.Unlock()
-		require.NoError(t, writeErr)
-		require.Len(t, rx, 3)
-		for i, m := range []string{"a", "bb", "ccc"} {
-			require.Equal(t, m, rx[i].data)
-			require.Equal(t, clAddr, rx[i].from, "Event.From")
-		}
+		werr, got = writeErr, append([]dgram(nil), rx...)
+		mu.Unlock()
 		err = srv.Close()
 	})
+	require.NoError(t, werr)
+	require.Len(t, got, 3)
+	for i, m := range []string{"a", "bb", "ccc"} {
+		require.Equal(t, m, got[i].data)
+		require.Equal(t, clAddr, got[i].from, "Event.From")
+	}
 	require.NoError(t, err)
 	e := h.rec.waitEvent(t, "RAW_CLOSE", is(core.ReasonRawClose, srv))
 	require.NoError(t, e.err)

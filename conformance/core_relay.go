@@ -4,6 +4,7 @@ package conformance
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -129,18 +130,28 @@ func streamAt(off, n int) []byte {
 // and fails at the first byte out of place.
 func checkStream(t *testing.T, c net.Conn, off, n int) {
 	t.Helper()
-	require.NoError(t, c.SetReadDeadline(time.Now().Add(hang)))
+	require.NoError(t, readStream(c, off, n))
+}
+
+// readStream is checkStream for any goroutine: it says what was wrong.
+func readStream(c net.Conn, off, n int) error {
+	if err := c.SetReadDeadline(time.Now().Add(hang)); err != nil {
+		return err
+	}
 	buf := make([]byte, 64<<10)
 	for got := 0; got < n; {
 		k, err := c.Read(buf[:min(len(buf), n-got)])
 		for i := range k {
 			if buf[i] != stream(off+got+i) {
-				t.Fatalf("conformance: relayed byte %d is %#x, want %#x", off+got+i, buf[i], stream(off+got+i))
+				return fmt.Errorf("conformance: relayed byte %d is %#x, want %#x", off+got+i, buf[i], stream(off+got+i))
 			}
 		}
 		got += k
-		require.NoError(t, err, "reading relayed bytes (%d of %d)", got, n)
+		if err != nil {
+			return fmt.Errorf("reading relayed bytes (%d of %d): %w", got, n, err)
+		}
 	}
+	return nil
 }
 
 // pipeFDs returns the open pipe descriptors of the process, where /proc
@@ -238,13 +249,10 @@ func (s *suite) testRelayBothWays(t *testing.T) {
 			errs <- err
 		}()
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		checkStream(t, a.peer, 0, n) // from b's peer
-	}()
+	other := make(chan error, 1)
+	go func() { other <- readStream(a.peer, 0, n) }() // from b's peer
 	checkStream(t, b.peer, 0, n)
-	waitCh(t, done, "the other direction")
+	require.NoError(t, waitCh(t, other, "the other direction"))
 	for range 2 {
 		require.NoError(t, waitCh(t, errs, "a peer's writes"))
 	}

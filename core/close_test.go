@@ -14,6 +14,7 @@ import (
 	"github.com/plugloop/plugloop/core"
 	"github.com/plugloop/plugloop/evlib"
 	"github.com/plugloop/plugloop/internal/simloop"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
@@ -288,7 +289,7 @@ func TestGracefulCloseAfterHangup(t *testing.T) {
 				t.Fatal("the core did not take the reset connection out of the poll set")
 			}
 			stats := ctx.Stats()
-			require.NoError(t, ctx.Thread(0).Post(func() { require.NoError(t, conn.Close()) }))
+			require.NoError(t, ctx.Thread(0).Post(func() { assert.NoError(t, conn.Close()) }))
 			select {
 			case err := <-closed:
 				require.NoError(t, err, "RAW_CLOSE after Close")
@@ -367,8 +368,8 @@ func TestCloseTwoInOneCallbackNotNested(t *testing.T) {
 				case core.ReasonUnlockPoll:
 					locked = -1
 				case core.ReasonTimer:
-					require.NoError(t, a.Close())
-					require.NoError(t, b.Abort())
+					assert.NoError(t, a.Close())
+					assert.NoError(t, b.Abort())
 				case core.ReasonRawClose:
 					closed <- struct{}{}
 				}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/plugloop/plugloop/core"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
@@ -278,7 +279,7 @@ func TestUDPEcho(t *testing.T) {
 					if err != nil {
 						break
 					}
-					require.Equal(t, to.String(), from.String())
+					assert.Equal(t, to.String(), from.String())
 					got = append(got, string(buf[:n]))
 				}
 				done <- got

@@ -16,6 +16,7 @@ import (
 	"github.com/plugloop/plugloop/core"
 	"github.com/plugloop/plugloop/internal/echo"
 	"github.com/plugloop/plugloop/internal/goid"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -40,13 +41,13 @@ func TestSMPPlacementAndExclusivity(t *testing.T) {
 					}
 					goroutines[i][goid.ID()] = true
 					if ev.Conn != nil {
-						require.Equal(t, i, ev.Conn.Thread().Index())
+						assert.Equal(t, i, ev.Conn.Thread().Index())
 						if ev.Reason == core.ReasonRawAdopt {
 							owner[ev.Conn] = i
 							perThread[i]++
 						}
 						if o, ok := owner[ev.Conn]; ok {
-							require.Equal(t, o, i, "serviced by its own thread only")
+							assert.Equal(t, o, i, "serviced by its own thread only")
 						}
 					}
 					mu.Unlock()
