@@ -119,30 +119,48 @@ func modelRuns() (programs, steps int) {
 }
 
 // Checklist 2, 3, 6, 8, 9, 12, 14-16, 18, 19, 22, 36 and 37, mixed at
-// random: every program of modelRuns, on the backend. A failure names the seed and the step;
-// the subtest for that seed alone runs it again.
+// random: every program of modelRuns, the found programs and the sweep,
+// on the backend. A failure names the seed and the step; the subtest for
+// that seed alone runs it again. The first program that fails ends the
+// subtest: a backend's fault fails most programs alike, each after its
+// hang guard, and the first says all there is to say.
 func (s *suite) testModel(t *testing.T) {
+	type program struct {
+		name, what string
+		code       func() []byte
+	}
+	var all []program
 	programs, steps := modelRuns()
 	for seed := range uint64(programs) {
-		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
-			s.runModel(t, modelProgram(seed, steps), fmt.Sprintf("seed %d (rerun: -run 'Conformance/Core/Model/seed=%d$')", seed, seed), hang)
-		})
+		all = append(all, program{fmt.Sprintf("seed=%d", seed), fmt.Sprintf("seed %d (rerun: -run 'Conformance/Core/Model/seed=%d$')", seed, seed),
+			func() []byte { return modelProgram(seed, steps) }})
 	}
 	found, err := foundPrograms()
 	require.NoError(t, err)
 	for _, p := range found {
-		t.Run("found="+p.name, func(t *testing.T) {
-			s.runModel(t, p.program, fmt.Sprintf("found/%s.hex (rerun: -run 'Conformance/Core/Model/found=%s$')", p.name, p.name), hang)
-		})
+		all = append(all, program{"found=" + p.name, fmt.Sprintf("found/%s.hex (rerun: -run 'Conformance/Core/Model/found=%s$')", p.name, p.name),
+			func() []byte { return p.program }})
 	}
 	seed, n, err := modelSweep()
 	require.NoError(t, err)
 	for i := range n {
 		name := fmt.Sprintf("sweep=%d.%d", seed, i)
-		t.Run(name, func(t *testing.T) {
-			p := sweepProgram(seed, i)
-			s.runModel(t, p, fmt.Sprintf("%s (rerun: %s=%d:%d and -run 'Conformance/Core/Model/%s$'; program %x)", name, SweepEnv, seed, n, name, p), hang)
+		all = append(all, program{name, "", func() []byte { return sweepProgram(seed, i) }})
+	}
+	for i, p := range all {
+		ok := t.Run(p.name, func(t *testing.T) {
+			code, what := p.code(), p.what
+			if what == "" { // a sweep's: rerun with its program
+				what = fmt.Sprintf("%s (rerun: %s=%d:%d and -run 'Conformance/Core/Model/%s$'; program %x)", p.name, SweepEnv, seed, n, p.name, code)
+			}
+			s.runModel(t, code, what, hang)
 		})
+		if !ok {
+			if rest := len(all) - i - 1; rest > 0 {
+				t.Logf("conformance: model: %s failed; the %d programs after it were not run (each runs alone with -run)", p.name, rest)
+			}
+			return
+		}
 	}
 }
 
