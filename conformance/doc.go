@@ -46,7 +46,8 @@
 //     core's documentation promises; it runs a fixed list of programs
 //     (prefixes of them under the race detector), then every program of
 //     the directory found, each of which once found a bug on some
-//     backend, then, where SweepEnv asks for them, random programs.
+//     backend, then, where SweepEnv asks for them, random programs. It
+//     stops at the first program that fails and says how many it left.
 //     RunModel runs any other, for a fuzz target. One timer test runs a
 //     context on the backend wrapped so that every Poll returns after half
 //     its timeout (evlib allows a Poll to return early); the wrapper is
