@@ -30,7 +30,9 @@
 //     closes; other requests it cannot serve get 400, 405 or 501 and close too:
 //     a malformed request line or header field (a space before the colon
 //     included, which RFC 9112 makes an error lest a body pass for a
-//     request) is a 400.
+//     request) is a 400, and so is a CR that ends no line. As RFC 9112
+//     allows, a line may end in a bare LF, and empty lines before a
+//     request line are skipped.
 //   - Idle connections are closed by the core (core.Info.IdleTimeout). A
 //     client that trickles a request head, which keeps resetting the idle
 //     timer, is closed -headertimeout after the head began (Conn.SetTimeout,
@@ -350,25 +352,76 @@ func (s *server) timeHead(c *core.Conn, ss *session) error {
 // bound with a whole request still unparsed.
 func (s *server) parse(ss *session) (backlog bool) {
 	for !ss.closing {
-		end := bytes.Index(ss.in, []byte("\r\n\r\n"))
+		ss.in = skipEmptyLines(ss.in)
+		end, next := headEnd(ss.in)
 		if end < 0 && len(ss.in) < s.cfg.maxHeader {
 			break // the head is not all here yet
 		}
 		if ss.queued >= s.cfg.maxQueued {
 			return true
 		}
-		if end < 0 || end+4 > s.cfg.maxHeader {
+		if end < 0 || next > s.cfg.maxHeader {
 			s.queue(ss, resp431, true)
 			break
 		}
 		resp, keep := answer(ss.in[:end])
-		ss.in = ss.in[end+4:]
+		ss.in = ss.in[next:]
 		s.queue(ss, resp, !keep)
 	}
 	if len(ss.in) == 0 {
 		ss.in = nil // do not keep a burst's buffer for an idle connection
 	}
 	return false
+}
+
+// skipEmptyLines drops the empty lines before a request line, which RFC
+// 9112 (2.2) asks a server to ignore: clients have sent a CRLF after a
+// POST's body.
+func skipEmptyLines(in []byte) []byte {
+	for {
+		switch {
+		case bytes.HasPrefix(in, []byte("\r\n")):
+			in = in[2:]
+		case bytes.HasPrefix(in, []byte("\n")):
+			in = in[1:]
+		default:
+			return in
+		}
+	}
+}
+
+// headEnd finds the empty line that ends the request head at the start of
+// in: end is where the head's last line ends, next where what follows the
+// empty line begins; end is -1 while it is not all here. A line may end
+// in a bare LF, which RFC 9112 (2.2) lets a server take as CRLF: the
+// empty line is the first LF followed by CRLF or LF.
+func headEnd(in []byte) (end, next int) {
+	lf, size := bytes.Index(in, []byte("\n\r\n")), 3
+	if i := bytes.Index(in, []byte("\n\n")); i >= 0 && (lf < 0 || i < lf) {
+		lf, size = i, 2
+	}
+	if lf < 0 {
+		return -1, 0
+	}
+	end = lf
+	if end > 0 && in[end-1] == '\r' {
+		end--
+	}
+	return end, lf + size
+}
+
+// lines splits a request head into its lines, each without its CRLF or
+// LF. A CR anywhere else makes it malformed (ok false): RFC 9112 (2.2)
+// lets a server reject a bare CR, which some parsers take for a line end.
+func lines(head []byte) (out []string, ok bool) {
+	for _, l := range strings.Split(string(head), "\n") {
+		l = strings.TrimSuffix(l, "\r")
+		if strings.ContainsRune(l, '\r') {
+			return nil, false
+		}
+		out = append(out, l)
+	}
+	return out, true
 }
 
 func (s *server) queue(ss *session, resp response, last bool) {
@@ -383,8 +436,11 @@ func (s *server) queue(ss *session, resp response, last bool) {
 // answer picks the response to one request head and whether the connection
 // stays open after it.
 func answer(head []byte) (resp response, keep bool) {
-	line, fields, _ := bytes.Cut(head, []byte("\r\n"))
-	method, rest, ok1 := strings.Cut(string(line), " ")
+	ls, ok := lines(head)
+	if !ok {
+		return resp400, false
+	}
+	method, rest, ok1 := strings.Cut(ls[0], " ")
 	target, proto, ok2 := strings.Cut(rest, " ")
 	// proto is the rest of the line: "HTTP/1.x" and nothing after it.
 	if !ok1 || !ok2 || !isToken(method) || target == "" || strings.ContainsRune(target, '\t') ||
@@ -393,10 +449,8 @@ func answer(head []byte) (resp response, keep bool) {
 	}
 	http10 := proto == "HTTP/1.0"
 	var sayClose, sayKeep bool
-	for len(fields) > 0 {
-		var f []byte
-		f, fields, _ = bytes.Cut(fields, []byte("\r\n"))
-		name, value, ok := strings.Cut(string(f), ":")
+	for _, f := range ls[1:] {
+		name, value, ok := strings.Cut(f, ":")
 		if !ok || !isToken(name) {
 			// No whitespace before the colon, nor a folded line
 			// (RFC 9112 5.1, 5.2): "Content-Length : 24" taken as no

@@ -58,6 +58,7 @@ func TestHTTPD(t *testing.T) {
 			t.Run("BadRequests", func(t *testing.T) { testBadRequests(t, srv) })
 			t.Run("HTTP10", func(t *testing.T) { testHTTP10(t, srv) })
 			t.Run("Head", func(t *testing.T) { testHead(t, srv) })
+			t.Run("LineEnds", func(t *testing.T) { testLineEnds(t, srv) })
 			require.Zero(t, srv.stats().RxWhilePaused, "RAW_RX after the server paused rx")
 			require.NoError(t, srv.close())
 
@@ -295,6 +296,30 @@ func testBadRequests(t *testing.T, srv *server) {
 		require.True(t, resp.Close)
 		expectEOF(t, br)
 	}
+}
+
+// Lines may end in a bare LF, and empty lines before a request line are
+// ignored (RFC 9112 2.2); a CR that ends no line is a 400. Each request
+// here is answered on one connection, which stays open until the last.
+func testLineEnds(t *testing.T, srv *server) {
+	c, br := dial(t, srv)
+	for _, req := range []string{
+		"GET / HTTP/1.1\nHost: x\n\n",
+		"GET / HTTP/1.1\r\nHost: x\n\r\n",
+		"GET / HTTP/1.1\nHost: x\r\n\n",
+		"\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",
+		"\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",
+	} {
+		write(t, c, req)
+		resp := readResponse(t, br)
+		require.Equal(t, http.StatusOK, resp.StatusCode, "%q", req)
+		require.False(t, resp.Close, "%q", req)
+	}
+	write(t, c, "GET / HTTP/1.1\r\nHost: x\rEvil: y\r\n\r\n")
+	resp := readResponse(t, br)
+	require.Equal(t, http.StatusBadRequest, resp.StatusCode, "a bare CR")
+	require.True(t, resp.Close)
+	expectEOF(t, br)
 }
 
 // HEAD gets GET's header fields and no body: the response after it, on
