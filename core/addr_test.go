@@ -144,3 +144,41 @@ func TestClosedConnForgetsFD(t *testing.T) {
 		})
 	}
 }
+
+// A unix listener's socket file is removed when the listener closes,
+// Close or Destroy, unless SetUnlinkOnClose(false) said to keep it, as
+// net's listener does; adopting a net listener told to keep it could not
+// keep it.
+func TestListenerSetUnlinkOnClose(t *testing.T) {
+	dir := t.TempDir()
+	ctx, err := core.New(core.Info{EventLib: "poll", Protocols: []core.Protocol{{Name: "p", Callback: func(core.Event) error { return nil }}}})
+	require.NoError(t, err)
+	defer ctx.Destroy()
+	listen := func(name string) (*core.Listener, string) {
+		path := filepath.Join(dir, name)
+		ln, err := net.Listen("unix", path)
+		require.NoError(t, err)
+		ln.(*net.UnixListener).SetUnlinkOnClose(false)
+		l, err := ctx.AdoptListener(ln, "")
+		require.NoError(t, err)
+		return l, path
+	}
+	removed, removedPath := listen("removed")
+	kept, keptPath := listen("kept")
+	require.NoError(t, kept.SetUnlinkOnClose(false))
+	require.NoError(t, removed.Close())
+	require.NoError(t, kept.Close())
+	require.NoError(t, ctx.Thread(0).Service(0))
+	require.NoFileExists(t, removedPath, "the default: removed on Close")
+	require.FileExists(t, keptPath, "SetUnlinkOnClose(false), then Close")
+
+	atDestroy, atDestroyPath := listen("destroy")
+	require.NoError(t, atDestroy.SetUnlinkOnClose(false))
+	tcp, err := ctx.Listen("tcp", "127.0.0.1:0", "")
+	require.NoError(t, err)
+	require.NoError(t, tcp.SetUnlinkOnClose(true), "a listener without a file ignores it")
+	require.NoError(t, ctx.Destroy())
+	<-ctx.Done()
+	require.FileExists(t, atDestroyPath, "SetUnlinkOnClose(false), then Destroy")
+	require.ErrorIs(t, kept.SetUnlinkOnClose(true), core.ErrDestroyed, "after Destroy")
+}

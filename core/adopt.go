@@ -21,7 +21,8 @@ import (
 type Listener struct {
 	c        *Conn
 	addr     net.Addr
-	unixPath string      // removed on Close
+	unixPath string      // the socket file of a unix listener ("" for none)
+	keepFile bool        // SetUnlinkOnClose(false): Close leaves unixPath
 	closing  atomic.Bool // the group was closed; its thread closes this one (see Listener.Close)
 	tcp      bool        // accepted connections get TCP_NODELAY
 	noDelay  noDelayMode
@@ -67,6 +68,22 @@ func (l *Listener) Addr() net.Addr { return l.addr }
 
 // FD returns the listening socket's descriptor, or -1 once it was closed.
 func (l *Listener) FD() int { return l.c.FD() }
+
+// SetUnlinkOnClose sets whether closing a unix listener — Close, or the
+// context's Destroy — removes its socket file, as net.UnixListener's method
+// does. It is on for every listener with a file, from Listen and
+// AdoptListener alike; a listener without one (TCP, an abstract "@name")
+// ignores it. It is loop-only, like Close.
+func (l *Listener) SetUnlinkOnClose(unlink bool) error {
+	t := l.c.t
+	took, err := t.own()
+	if err != nil {
+		return err
+	}
+	defer t.release(took)
+	l.keepFile = !unlink
+	return nil
+}
 
 // Close stops listening. Connections already accepted stay open. It is
 // loop-only, like Conn's methods. With Info.ReusePort, the group's sockets
@@ -203,8 +220,9 @@ func badAddr(err error) error {
 // socket); on error the caller still owns it. A unix listener's socket
 // file is removed when the Listener closes, as net.Listen's listener
 // removes it (an abstract "@name" has none), also when ln was told to keep
-// it (SetUnlinkOnClose(false), net.FileListener): net does not let the
-// core see that setting.
+// it (net.UnixListener.SetUnlinkOnClose(false), net.FileListener): net does
+// not let the core see that setting, so the Listener is told again, with
+// Listener.SetUnlinkOnClose.
 func (c *Context) AdoptListener(ln net.Listener, protocol string) (*Listener, error) {
 	p, err := c.protocol(protocol)
 	if err != nil {

@@ -1594,7 +1594,7 @@ func (t *Thread) closeConn(c *Conn, why error) {
 		if l.resume != nil {
 			t.timers.remove(l.resume)
 		}
-		if l.unixPath != "" {
+		if l.unixPath != "" && !l.keepFile {
 			os.Remove(l.unixPath)
 		}
 		t.giveBack(true)
