@@ -397,7 +397,11 @@ func skipEmptyLines(in []byte) []byte {
 // empty line is the first LF followed by CRLF or LF.
 func headEnd(in []byte) (end, next int) {
 	lf, size := bytes.Index(in, []byte("\n\r\n")), 3
-	if i := bytes.Index(in, []byte("\n\n")); i >= 0 && (lf < 0 || i < lf) {
+	before := in // where a bare-LF empty line would come first
+	if lf >= 0 {
+		before = in[:lf+1] // not past the first: pipelined input can be long
+	}
+	if i := bytes.Index(before, []byte("\n\n")); i >= 0 {
 		lf, size = i, 2
 	}
 	if lf < 0 {
