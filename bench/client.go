@@ -39,8 +39,7 @@ type child struct {
 	stderr *tailBuffer
 	hello  hello
 	done   chan struct{} // closed once Wait returned
-	t0     time.Time     // a -target's window start
-	mono0  int64         // and as monoNS
+	mono0  int64         // a -target's window start (monoNS)
 }
 
 // spawn re-executes the bench binary as the named server, optionally under
@@ -153,9 +152,10 @@ func (c *child) request(ctx context.Context, command string, v any) error {
 		var answer any = map[string]bool{"ok": true}
 		switch command {
 		case "start":
-			c.t0, c.mono0 = time.Now(), monoNS()
+			c.mono0 = monoNS()
 		case "stop":
-			answer = usage{WallNS: int64(time.Since(c.t0)), StartMono: c.mono0, StopMono: monoNS()}
+			now := monoNS()
+			answer = usage{WallNS: now - c.mono0, StartMono: c.mono0, StopMono: now}
 		}
 		b, _ := json.Marshal(answer)
 		return json.Unmarshal(b, v)

@@ -104,10 +104,11 @@ func appendNew(list []string, items ...string) []string {
 // pingpongTable is one configuration's table, and notes on it.
 func pingpongTable(r *report, target bool) (table, []string) {
 	c := r.Conditions
-	t := table{Title: fmt.Sprintf("ping-pong, %d B payload, %d connections (medians of %d slices × %gs, servers taking turns)", c.PayloadBytes, c.Conns, c.Repeats, c.DurationSeconds)}
+	each := "slices"
 	if c.ChildPerRun {
-		t.Title = fmt.Sprintf("ping-pong, %d B payload, %d connections (medians of %d runs × %gs, a child per run, servers taking turns)", c.PayloadBytes, c.Conns, c.Repeats, c.DurationSeconds)
+		each = "runs"
 	}
+	t := table{Title: fmt.Sprintf("ping-pong, %d B payload, %d connections (medians of %d %s × %gs, servers taking turns)", c.PayloadBytes, c.Conns, c.Repeats, each, c.DurationSeconds)}
 	t.Header = []string{"server", "round trips/s", "server CPU µs/rt", "±", "vs plugloop/epoll", "syscalls/rt", "ctx sw/rt", "peak RSS MB", "others %CPU"}
 	if c.Perf {
 		t.Header = append(t.Header, "perf syscalls/rt")

@@ -181,7 +181,6 @@ func runChild(name string) {
 	}
 
 	var (
-		t0      time.Time
 		mono0   int64
 		ru0     syscall.Rusage
 		s0      core.Stats
@@ -196,16 +195,15 @@ func runChild(name string) {
 				s0 = stats()
 			}
 			syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
-			t0, mono0, started = time.Now(), monoNS(), true
+			mono0, started = monoNS(), true
 			enc.Encode(map[string]bool{"ok": true})
 		case "stop":
 			var ru syscall.Rusage
 			syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 			mono1 := monoNS()
 			pprof.StopCPUProfile()
-			wall := time.Since(t0)
 			u := usage{
-				WallNS:    int64(wall),
+				WallNS:    mono1 - mono0,
 				UserNS:    tvNS(ru.Utime) - tvNS(ru0.Utime),
 				SysNS:     tvNS(ru.Stime) - tvNS(ru0.Stime),
 				MaxRSSKB:  maxRSSKB(&ru),

@@ -345,8 +345,8 @@ func (t *Thread) signal() error {
 // error wrapping ErrBackend when the wait failed (the rest of the pass
 // still ran), and ErrInService while the thread is held elsewhere (by a
 // callback, or by another goroutine's call). When the application's loop
-// drives the backend (the foreign mode), Service never waits: Service(0) is the forced service that
-// follows the events of a wait.
+// drives the backend (the foreign mode), Service never waits: Service(0)
+// is the forced service that follows the events of a wait.
 func (t *Thread) Service(timeout time.Duration) error {
 	if err := t.enter(); err != nil {
 		return err

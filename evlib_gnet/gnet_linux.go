@@ -154,6 +154,10 @@ type Backend struct {
 	direct  int     // fd events still to hand over at once (see Batches)
 	timerAt time.Time
 	timer   *time.Timer
+	// Poll's timeout: made at the first Poll with one and reset at each
+	// after; pollKicked hears each expiry's kick once it was written.
+	pollTimer  *time.Timer
+	pollKicked chan struct{}
 
 	sig, idle, due sys.Waker
 
@@ -508,20 +512,20 @@ func (b *Backend) Poll(timeout time.Duration) (int, error) {
 	b.gen++
 	b.ctr.Waits.Add(1)
 	b.counted = false // the second batch's wait is counted when seen
-	var t *time.Timer
-	var kicked chan struct{}
 	switch {
 	case timeout == 0:
 		b.kick()
+	case timeout > 0 && b.pollTimer == nil:
+		b.pollKicked = make(chan struct{}, 1)
+		b.pollTimer = time.AfterFunc(timeout, func() { b.kick(); b.pollKicked <- struct{}{} })
 	case timeout > 0:
-		kicked = make(chan struct{})
-		t = time.AfterFunc(timeout, func() { b.kick(); close(kicked) })
+		b.pollTimer.Reset(timeout)
 	}
 	err := b.poller.Polling(b.onEvent)
-	if t != nil && !t.Stop() {
+	if timeout > 0 && !b.pollTimer.Stop() {
 		// The timer's kick is under way: let it land before consumeSig,
 		// or it would end the next Poll at once, with nothing to report.
-		<-kicked
+		<-b.pollKicked
 	}
 	b.mode = modeIdle // (CloseFD closed at once meanwhile: nothing to reap)
 	b.dueOn = false
