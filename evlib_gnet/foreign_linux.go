@@ -136,16 +136,26 @@ func (b *Backend) dispatch(fd int, e netpoll.IOEvent) {
 	}
 	switch fd {
 	case b.sig.R:
-		// A wakeup or a timer. sig is edge-triggered: nothing to drain.
-		// Cleared before the pass, so a kick from here on writes again
-		// (it is then seen by the next epoll_wait).
-		b.sigReq.Store(false)
+		// A wakeup or a timer. sig and due are level-triggered here and
+		// drained when dispatched: the application may leave its Polling
+		// in the middle of a batch (an fd callback of its own returning
+		// ErrEngineShutdown) and poll again later; an edge-triggered
+		// event would have gone with that batch, with sigReq or dueOn
+		// still set, so that nothing would write them again.
+		b.consumeSig()
 	case b.idle.R:
 	case b.due.R:
+		b.due.Drain()
 		b.dueOn = false
 	case b.reap.R:
-		b.reaped()
-		return
+		if len(b.batch) == 0 {
+			b.reaped()
+			return
+		}
+		// Events held from an earlier batch may be of fds that a
+		// loop-only call removed and handed to CloseFD since: they go to
+		// the core while those numbers are still theirs, then reap closes.
+		defer b.reaped()
 	default:
 		if b.direct == 0 {
 			b.hold(fd, e)

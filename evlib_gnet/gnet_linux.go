@@ -66,10 +66,14 @@ func descriptor() evlib.Descriptor {
 //
 // On a foreign Poller (see Dispatcher) sig and idle are registered in the
 // application's poller, which forwards them to Dispatch with our other
-// fds. There sig is edge-triggered and never read: each write is one
-// event of the next epoll_wait (gnet's own wake eventfd works the same
-// way), so a wakeup costs one write, and the counter, which could hold
-// 2^64-2 of them, never fills. Wakeups do not use Trigger there either:
+// fds. There sig and due are level-triggered, and read when dispatched:
+// the application may leave its Polling in the middle of a batch (one of
+// its own fd callbacks returning an error) and poll again later. An
+// edge-triggered event would have gone with that batch while sigReq or
+// dueOn stayed set, so that nothing wrote them again, and wakeups and held
+// events would be lost for good (gnet's own wake eventfd has that flaw; a
+// wakeup there costs a read(2) more). Wakeups do not use Trigger there
+// either:
 // gnet drains its urgent queue until it is empty before it polls again,
 // so threads attached to one poller that post to each other (each pass
 // Triggering the other's task) would keep it in that drain and away from
@@ -79,9 +83,10 @@ func descriptor() evlib.Descriptor {
 // Batches. gnet's Polling hands over a batch one fd at a time and shows no
 // end, but after a batch it polls again without blocking. The backend
 // holds the events of a batch, and its first one writes due, an
-// edge-triggered eventfd that is never read (each write is one event of
-// the next epoll_wait; the counter, which could hold 2^64-2 writes, never
-// fills). When due's event comes, the core gets the held events in fd
+// edge-triggered eventfd that is never read on its own poller (each write
+// is one event of the next epoll_wait; the counter, which could hold
+// 2^64-2 writes, never fills; on a foreign poller see above). When due's
+// event comes, the core gets the held events in fd
 // order, then the pass that follows events runs: once per batch, as on
 // the epoll backend, instead of once per fd, for one write(2) a batch.
 // The order is the epoll backend's too: at 1,000 connections, serving a
@@ -216,7 +221,7 @@ func New(cfg evlib.Config) (evlib.Backend, error) {
 	for _, w := range []struct {
 		to *sys.Waker
 		et bool
-	}{{&b.sig, b.foreign != nil}, {&b.idle, false}, {&b.reap, false}, {&b.due, true}} {
+	}{{&b.sig, false}, {&b.idle, false}, {&b.reap, false}, {&b.due, b.foreign == nil}} {
 		if *w.to, err = b.newSpecial(w.et); err != nil {
 			break
 		}
@@ -485,9 +490,11 @@ func (b *Backend) kick() bool {
 	return true
 }
 
-// consumeSig takes the outstanding signal on our own poller: drain first,
-// then clear the flag, so a kick that lands in between writes again
-// instead of being swallowed.
+// consumeSig takes the outstanding signal: drain first, then clear the
+// flag. A kick that lands in between writes nothing, and needs not: the
+// pass that follows every consumeSig serves what it was for. A kick after
+// the clear writes again, and nothing drains that write before the next
+// wait sees it.
 func (b *Backend) consumeSig() {
 	b.sig.Drain()
 	b.sigReq.Store(false)
