@@ -45,6 +45,7 @@ type post struct {
 	e    *entry
 	what uint8
 	ev   evlib.Events
+	gen  uint32 // postWatchEnd: the helper's entry.hupGen
 }
 
 // entry is one watched fd. Its plain fields belong to the holder of the
@@ -71,6 +72,7 @@ type entry struct {
 	heldFD   int
 	detached bool
 	watchHup atomic.Bool // the hang-up helper is still wanted (read by it)
+	hupGen   uint32      // counts hang-up helpers let go (see releaseFile)
 
 	file *os.File // dup for the helpers, made when first needed
 	rc   syscall.RawConn
@@ -677,7 +679,7 @@ func (b *Backend) reattach(e *entry) {
 	reattaches.Add(1)
 	b.unpark(e) // while still detached: the reader is parked
 	e.detached = false
-	e.releaseFile() // or when its hang-up helper ends
+	e.releaseFile() // and ends the hang-up helper, or once the other helpers ended
 }
 
 // fail ends a stream the backend cannot serve any more: it is reported
@@ -698,15 +700,17 @@ func (b *Backend) watchHangup(e *entry) {
 		return
 	}
 	e.waitH = true
-	go b.hangupHelper(e, e.rc)
+	go b.hangupHelper(e, e.rc, e.hupGen)
 }
 
 // hangupHelper waits in the runtime poller until a detached stream's
 // peer hung up (or the stream went back to netpoll) and posts what it
 // found. poll(2) asked only for POLLRDHUP reports no input, of which a
 // detached stream has plenty; each new segment wakes the wait once, and
-// once the socket is full nothing does until the FIN or reset.
-func (b *Backend) hangupHelper(e *entry, rc syscall.RawConn) {
+// once the socket is full nothing does until the FIN or reset. A helper
+// let go (see releaseFile) ends with its file closed; its post, of an
+// older gen, is dropped.
+func (b *Backend) hangupHelper(e *entry, rc syscall.RawConn, gen uint32) {
 	hup := false
 	err := rc.Read(func(fd uintptr) bool {
 		if !e.watchHup.Load() {
@@ -724,7 +728,7 @@ func (b *Backend) hangupHelper(e *entry, rc syscall.RawConn) {
 	if hup || err != nil {
 		ev = evlib.Hangup
 	}
-	b.post(post{e: e, what: postWatchEnd, ev: ev})
+	b.post(post{e: e, what: postWatchEnd, ev: ev, gen: gen})
 }
 
 // openFile makes the dup the helpers wait on, in the Go runtime's poller.
@@ -752,11 +756,22 @@ func (e *entry) openFile(dup int) error {
 // releaseFile closes a stream's helper dup once no helper waits on it and
 // the stream is netpoll's again, so a stream holds one dup but while a
 // write is blocked or it is out of netpoll.
+//
+// A hang-up helper still out then is let go: the close ends its wait. It
+// would not end on its own before the stream's end, the runtime's poller
+// waking it for new input no more: netpoll's poller, level-triggered,
+// drains the socket before the runtime's epoll_wait collects the edge,
+// and epoll reports an edge by what the socket holds when it collects it.
 func (e *entry) releaseFile() {
-	if e.file != nil && e.nc != nil && !e.waitR && !e.waitW && !e.waitH {
-		e.file.Close()
-		e.file, e.rc = nil, nil
+	if e.file == nil || e.nc == nil || e.waitR || e.waitW {
+		return
 	}
+	if e.waitH {
+		e.waitH = false
+		e.hupGen++
+	}
+	e.file.Close()
+	e.file, e.rc = nil, nil
 }
 
 // ensureFile makes the dup the helpers wait on unless it exists.
@@ -1185,6 +1200,9 @@ func (b *Backend) drain() {
 		case postHup:
 			e.hup = true
 		case postWatchEnd:
+			if p.gen != e.hupGen {
+				continue // a helper releaseFile let go
+			}
 			e.waitH = false
 			switch {
 			case p.ev&evlib.Hangup != 0 && e.detached:
