@@ -10,6 +10,7 @@ import (
 	"hash/crc64"
 	"io"
 	"net"
+	"runtime"
 	"testing"
 	"time"
 
@@ -629,6 +630,29 @@ func (s *suite) testPeerClose(t *testing.T) {
 		require.Error(t, e.err, "a reset connection closes with an error")
 		require.NotErrorIs(t, e.err, io.EOF, "a reset is not an orderly end of stream")
 		require.ErrorIs(t, e.err, unix.ECONNRESET)
+	})
+	t.Run("UnixReset", func(t *testing.T) {
+		if runtime.GOOS != "linux" {
+			t.Skip("only Linux resets a unix stream whose peer closed with input unread; the others end it in order")
+		}
+		h := h.with(t)
+		fd, peer := nonblockPair(t)
+		c := adopt(t, fileConn(t, fd))
+		_, err := unix.Write(peer, []byte("ping"))
+		require.NoError(t, err)
+		// The echo lands in the peer's queue, then the peer closes
+		// without reading it: a reset.
+		p := []unix.PollFd{{Fd: int32(peer), Events: unix.POLLIN}}
+		n, err := unix.Poll(p, int(hang/time.Millisecond))
+		require.NoError(t, err)
+		require.Equal(t, 1, n, "no echo")
+		require.NoError(t, unix.Close(peer))
+		e := h.rec.waitEvent(t, "RAW_CLOSE", is(core.ReasonRawClose, c))
+		if s.desc.Caps&evlib.CapUnixReset != 0 {
+			require.ErrorIs(t, e.err, unix.ECONNRESET, "evlib.CapUnixReset declared")
+		} else {
+			require.ErrorIs(t, e.err, io.EOF, "evlib.CapUnixReset not declared: the reset ends the stream in order; if the backend passes it on, declare it")
+		}
 	})
 	h.rec.verify(t)
 }

@@ -27,7 +27,7 @@ func ExampleRunBackend() {
 	test := func(t *testing.T) {
 		conformance.RunBackend(t, evlib.Descriptor{
 			Name: "mine",
-			Caps: evlib.CapReadiness | evlib.CapRxBackpressure,
+			Caps: evlib.CapReadiness | evlib.CapRxBackpressure | evlib.CapUnixReset,
 			New:  newMine,
 		})
 	}

@@ -69,7 +69,8 @@ func (f readyFilter) Ready(fd int, ev evlib.Events) {
 func TestLooperConformance(t *testing.T) {
 	conformance.RunBackend(t, evlib.Descriptor{
 		Name: "test-looper",
-		Caps: evlib.CapReadiness | evlib.CapRxBackpressure | evlib.CapFiles | evlib.CapOwnWaker | evlib.CapHangupWithoutInterest,
+		Caps: evlib.CapReadiness | evlib.CapRxBackpressure | evlib.CapFiles | evlib.CapOwnWaker | evlib.CapHangupWithoutInterest |
+			evlib.CapUnixReset,
 		New: func(cfg evlib.Config) (evlib.Backend, error) {
 			l := &looper{}
 			w, err := sys.NewWaker()

@@ -70,11 +70,19 @@ const (
 	// registration without a filter), and such a connection is out of the
 	// backend until the application writes, or its timeouts end it.
 	CapHangupWithoutInterest
+	// CapUnixReset: a unix-domain stream reset by its peer (on Linux, one
+	// whose peer closed with input unread) ends with the reset's error,
+	// ECONNRESET, as read(2) returns it; backends whose core reads its own
+	// sockets have it. Without it such a stream ends as if the peer had
+	// closed in order (io.EOF): cloudwego/netpoll's reads take the error
+	// and keep it, and a unix socket keeps nothing of it to ask later (a
+	// TCP reset is told by the socket's state and counters).
+	CapUnixReset
 )
 
 // String lists the capabilities by name.
 func (c Caps) String() string {
-	names := []string{"readiness", "buffered-rx", "rx-backpressure", "foreign-loop", "app-driven", "files", "own-waker", "library-goroutines", "hangup-without-interest"}
+	names := []string{"readiness", "buffered-rx", "rx-backpressure", "foreign-loop", "app-driven", "files", "own-waker", "library-goroutines", "hangup-without-interest", "unix-reset"}
 	var out []string
 	for i, n := range names {
 		if c&(1<<i) != 0 {

@@ -125,5 +125,5 @@ func TestEventsAndCapsString(t *testing.T) {
 	require.Equal(t, "0x10", evlib.Events(16).String())
 	require.Equal(t, "readiness,0x1000", (evlib.CapReadiness | 1<<12).String())
 	require.Equal(t, "readiness,foreign-loop", (evlib.CapReadiness | evlib.CapForeignLoop).String())
-	require.Equal(t, "library-goroutines,hangup-without-interest", (evlib.CapLibraryGoroutines | evlib.CapHangupWithoutInterest).String())
+	require.Equal(t, "library-goroutines,hangup-without-interest,unix-reset", (evlib.CapLibraryGoroutines | evlib.CapHangupWithoutInterest | evlib.CapUnixReset).String())
 }

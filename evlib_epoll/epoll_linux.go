@@ -16,7 +16,7 @@ import (
 func descriptor() evlib.Descriptor {
 	return evlib.Descriptor{
 		Caps: evlib.CapReadiness | evlib.CapRxBackpressure | evlib.CapForeignLoop | evlib.CapFiles |
-			evlib.CapHangupWithoutInterest,
+			evlib.CapHangupWithoutInterest | evlib.CapUnixReset,
 		New: New,
 	}
 }

@@ -22,7 +22,7 @@ import (
 func descriptor() evlib.Descriptor {
 	return evlib.Descriptor{
 		Caps: evlib.CapReadiness | evlib.CapRxBackpressure | evlib.CapFiles |
-			evlib.CapOwnWaker | evlib.CapForeignLoop,
+			evlib.CapOwnWaker | evlib.CapForeignLoop | evlib.CapUnixReset,
 		New: New,
 	}
 }

@@ -12,7 +12,7 @@ import (
 )
 
 func descriptor() evlib.Descriptor {
-	caps := evlib.CapReadiness | evlib.CapRxBackpressure | evlib.CapForeignLoop | evlib.CapFiles
+	caps := evlib.CapReadiness | evlib.CapRxBackpressure | evlib.CapForeignLoop | evlib.CapFiles | evlib.CapUnixReset
 	if haveUser {
 		caps |= evlib.CapOwnWaker
 	}

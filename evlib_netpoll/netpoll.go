@@ -126,7 +126,11 @@
 // stream the core has just accepted comes through AddAccepted
 // (evlib.AcceptedAdder) instead: nothing read it, and nothing is asked.
 // Where the counts cannot tell (a kernel before 4.1, urgent data), a stream
-// closed after its own write side reads as ended in order.
+// closed after its own write side reads as ended in order. A unix-domain
+// stream keeps nothing to ask: once netpoll's read took its reset (its peer
+// closed with input unread), SO_ERROR is clear and there is no state or
+// count, so it ends as if closed in order, with io.EOF. The backend lacks
+// evlib.CapUnixReset for that, and the conformance suite checks it does.
 //
 // Once netpoll has seen a stream's end it says nothing more of it: a reset
 // that follows the peer's FIN is news to no one. So once that end was

@@ -31,8 +31,9 @@ const Name = "poll"
 func init() {
 	if err := evlib.Register(evlib.Descriptor{
 		Name: Name, Flag: evlib.FlagPoll, Priority: 10,
-		Caps: evlib.CapReadiness | evlib.CapRxBackpressure | evlib.CapFiles | evlib.CapHangupWithoutInterest,
-		New:  New,
+		Caps: evlib.CapReadiness | evlib.CapRxBackpressure | evlib.CapFiles | evlib.CapHangupWithoutInterest |
+			evlib.CapUnixReset,
+		New: New,
 	}); err != nil {
 		panic(err)
 	}

@@ -70,7 +70,7 @@ func init() {
 	if err := evlib.Register(evlib.Descriptor{
 		Name: Name, Flag: evlib.FlagForeign,
 		Caps: evlib.CapAppDriven | evlib.CapReadiness | evlib.CapRxBackpressure | evlib.CapFiles |
-			evlib.CapHangupWithoutInterest,
+			evlib.CapHangupWithoutInterest | evlib.CapUnixReset,
 		New: newBackend,
 	}); err != nil {
 		panic(err)

@@ -58,7 +58,7 @@ func init() {
 	// CapForeignLoop: what the application lends them is a Clock. The
 	// rest are the poll backend's, which does their watching.
 	caps := evlib.CapReadiness | evlib.CapRxBackpressure | evlib.CapFiles | evlib.CapForeignLoop |
-		evlib.CapHangupWithoutInterest
+		evlib.CapHangupWithoutInterest | evlib.CapUnixReset
 	for _, d := range []evlib.Descriptor{
 		{Name: Name, Caps: caps, New: New},
 		{Name: ForeignName, Caps: caps | evlib.CapAppDriven, New: NewAppDriven},
