@@ -63,12 +63,14 @@ const (
 	// a pending error is reported as Hangup and/or Error, as poll(2) and
 	// epoll report POLLHUP and POLLERR whatever the events asked for, while
 	// the peer's orderly end alone (its FIN, with the local write side
-	// open) reports nothing and costs no wakeup. The core keeps a half-open
-	// connection (core.Protocol.AllowHalfOpen) watched so, and closes it
-	// as soon as its peer resets it. Without it a backend reports nothing
-	// for an fd with interest 0 (gnet's poller, kqueue, which have no
-	// registration without a filter), and such a connection is out of the
-	// backend until the application writes, or its timeouts end it.
+	// open) reports nothing and costs no wakeup (a buffered-rx backend,
+	// which learns of the end by reading, may report it once). The core
+	// keeps a half-open connection (core.Protocol.AllowHalfOpen) watched
+	// so, and closes it as soon as its peer resets it. Without it a
+	// backend reports nothing for an fd with interest 0 (gnet's poller,
+	// kqueue, which have no registration without a filter), and such a
+	// connection is out of the backend until the application writes, or
+	// its timeouts end it.
 	CapHangupWithoutInterest
 	// CapUnixReset: a unix-domain stream reset by its peer (on Linux, one
 	// whose peer closed with input unread) ends with the reset's error,
