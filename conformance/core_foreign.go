@@ -114,7 +114,7 @@ func (s *suite) testForeignAdjustTimeout(t *testing.T) {
 	d := th.ServiceAdjustTimeout(-1)
 	require.Greater(t, d, time.Duration(0))
 	require.LessOrEqual(t, d, time.Minute, "no limit, but a timer a minute away")
-	require.True(t, tm.Stop())
+	require.True(t, stopTimer(t, tm))
 	require.NoError(t, th.CancelService())
 	require.Zero(t, th.ServiceAdjustTimeout(time.Second), "a wakeup is pending")
 	for range 3 {

@@ -208,7 +208,7 @@ func (s *suite) testAdjustTimeout(t *testing.T) {
 	for range 3 {
 		service0()
 	}
-	require.True(t, tm.Stop())
+	require.True(t, stopTimer(t, tm))
 
 	if h.host != nil {
 		h.rec.verify(t)
@@ -280,7 +280,12 @@ func (s *suite) testTimers(t *testing.T) {
 		add("d10b", 10*time.Millisecond, nil)
 		add("d0", 0, nil)
 		stopped := add("stopped", 5*time.Millisecond, nil)
-		stopWas, stopAgain = stopped.Stop(), stopped.Stop()
+		var err1, err2 error
+		stopWas, err1 = stopped.Stop()
+		stopAgain, err2 = stopped.Stop()
+		if err := errors.Join(err1, err2); err != nil {
+			errs = append(errs, err)
+		}
 		reset := add("reset", time.Hour, nil)
 		ts := sched["reset"]
 		ts.before, ts.delay = time.Now(), 30*time.Millisecond
@@ -397,7 +402,9 @@ func (s *suite) testTimerEarlier(t *testing.T) {
 	})
 	var stopped, fired bool
 	var e []error
-	h.do(func() { stopped, fired, e = far.Stop(), farFired, errs })
+	var stopErr error
+	h.do(func() { stopped, stopErr = far.Stop(); fired, e = farFired, errs })
+	require.NoError(t, stopErr)
 	require.Empty(t, e)
 	require.True(t, stopped)
 	require.False(t, fired)
@@ -1040,7 +1047,9 @@ func (s *suite) testWrongGoroutine(t *testing.T) {
 		_, err = h.th.AfterFunc(time.Second, func() {})
 		wrong("Thread.AfterFunc", err)
 		wrong("Timer.Reset", tm.Reset(time.Second))
-		require.False(t, tm.Stop(), "Timer.Stop from another goroutine")
+		stopped, err := tm.Stop()
+		wrong("Timer.Stop", err)
+		require.False(t, stopped)
 		// (Context.CallbackOnWritableAll and RxFlowControlAll may be
 		// called from anywhere: they post to threads the caller is not on.)
 		fd2, peer2 := unixPair(t)
@@ -1061,8 +1070,8 @@ func (s *suite) testWrongGoroutine(t *testing.T) {
 		checkFDs(t, base)
 		require.NoError(t, roundTrips(peer, 51, 5), "the connection after the refused calls")
 		require.Zero(t, h.rec.count(is(core.ReasonRawClose, nil)))
-		var stopped bool
-		h.do(func() { stopped = tm.Stop() })
+		h.do(func() { stopped, err = tm.Stop() })
+		require.NoError(t, err)
 		require.True(t, stopped, "the timer must still be pending")
 	})
 	t.Run("InsideCallback", func(t *testing.T) {

@@ -1729,8 +1729,8 @@ func (m *model) stopThreadTimer(j int) {
 	if tt.tm == nil {
 		return
 	}
-	if was := tt.tm.Stop(); was != tt.pending {
-		m.problem(nil, "thread timer %d: Stop reported %v, but the timer was pending=%v", j, was, tt.pending)
+	if was, err := tt.tm.Stop(); was != tt.pending || err != nil {
+		m.problem(nil, "thread timer %d: Stop reported %v, %v, but the timer was pending=%v", j, was, err, tt.pending)
 	}
 	tt.pending, tt.act, tt.conn = false, nil, nil
 }

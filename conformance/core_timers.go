@@ -354,8 +354,8 @@ func (s *suite) timerOrder(t *testing.T, allDue bool) {
 			delete(stopped, name)
 		}
 		stop := func(name string) {
-			if !timers[name].Stop() {
-				errs = append(errs, fmt.Errorf("stopping pending timer %s: Stop reported false", name))
+			if was, err := timers[name].Stop(); !was || err != nil {
+				errs = append(errs, fmt.Errorf("stopping pending timer %s: Stop reported %v, %v", name, was, err))
 			}
 			delete(sched, name)
 			stopped[name] = true

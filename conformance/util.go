@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/plugloop/plugloop/core"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
@@ -328,3 +329,12 @@ func expectOrderlyEOF(t testing.TB, c net.Conn) {
 func timeAfterHang() <-chan time.Time { return time.After(hang) }
 
 func closeFD(fd int) error { return unix.Close(fd) }
+
+// stopTimer stops tm on the test's goroutine, which must own its thread,
+// and reports whether it was pending.
+func stopTimer(t testing.TB, tm *core.Timer) bool {
+	t.Helper()
+	was, err := tm.Stop()
+	require.NoError(t, err)
+	return was
+}

@@ -461,11 +461,14 @@ const fdReserve = 64
 // and returns an error wrapping ErrBackend; the context stays usable).
 // Thread 0 runs on the calling goroutine. If the context was destroyed, or
 // is being destroyed, before Run takes the thread, Run returns
-// ErrDestroyed. When the application's loop drives the backend (the foreign
-// mode), Run returns an error wrapping evlib.ErrAppDriven at once.
+// ErrDestroyed. A thread that another goroutine services (Run, Service)
+// makes Run return ErrInService; one that another goroutine holds for a
+// loop-only call (a Listen beside `go ctx.Run(...)`) Run waits for. When
+// the application's loop drives the backend (the foreign mode), Run
+// returns an error wrapping evlib.ErrAppDriven at once.
 func (c *Context) Run(cctx context.Context) error {
 	for i, t := range c.threads {
-		if err := t.enter(); err != nil {
+		if err := t.enter(true); err != nil {
 			for _, u := range c.threads[:i] {
 				u.leave()
 			}

@@ -138,7 +138,9 @@ func TestSimTimerResetAndStop(t *testing.T) {
 
 	s.runTo(600 * time.Millisecond)
 	require.NoError(t, reset.Reset(time.Second))
-	require.True(t, stopped.Stop())
+	was, err := stopped.Stop()
+	require.NoError(t, err)
+	require.True(t, was)
 	s.runTo(1600*time.Millisecond - 1)
 	require.Empty(t, fired)
 	s.runTo(time.Hour)

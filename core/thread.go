@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -55,6 +56,9 @@ type Thread struct {
 
 	mode  atomic.Int32
 	owner atomic.Uint64 // owning goroutine's goid.Token, tracked only with exactOwner
+	// serviced: the owner is a goroutine in Run or Service (not one in a
+	// loop-only call, which enter waits for).
+	serviced atomic.Bool
 
 	wakePending atomic.Bool
 	runStop     atomic.Bool // Run's context ended: a Looper must return
@@ -245,18 +249,45 @@ func (t *Thread) enterFromApp() bool {
 	return false
 }
 
-// enter starts servicing the thread on the calling goroutine.
-func (t *Thread) enter() error {
-	if t.mode.CompareAndSwap(modeIdle, modeBusy) {
-		t.setOwner()
-		return nil
+// enter starts servicing the thread on the calling goroutine. A thread
+// another goroutine services, or that the caller holds (a callback), is
+// ErrInService. One that a loop-only call of another goroutine holds (a
+// Listen beside `go ctx.Run(...)`) is waited for if waitCall says so (Run:
+// that call is short, and failing would leave a Run started on a goroutine
+// of its own serving nothing, with nobody to see its error), and only where
+// goroutines are told apart (elsewhere a callback of such a call could wait
+// for itself). Service does not wait: its caller loops, and may be the
+// loop that call's callback waits for.
+func (t *Thread) enter(waitCall bool) error {
+	for i := 0; ; i++ {
+		if t.mode.CompareAndSwap(modeIdle, modeBusy) {
+			t.setOwner()
+			t.serviced.Store(true)
+			return nil
+		}
+		// Busy may mean that Destroy is tearing the thread down right now.
+		if t.mode.Load() == modeDead || t.ctx.destroyReq.Load() {
+			return ErrDestroyed
+		}
+		if !waitCall || t.serviced.Load() || !exactOwner || t.owner.Load() == goroutineID() {
+			return ErrInService
+		}
+		if i == 0 && enterWaits != nil {
+			enterWaits()
+		}
+		// Held by a call (or by the servicing goroutine that took it a
+		// moment ago and has yet to say so: the next look tells).
+		if i < 64 {
+			runtime.Gosched()
+		} else {
+			time.Sleep(min(time.Duration(i-63)*10*time.Microsecond, time.Millisecond))
+		}
 	}
-	// Busy may mean that Destroy is tearing the thread down right now.
-	if t.mode.Load() == modeDead || t.ctx.destroyReq.Load() {
-		return ErrDestroyed
-	}
-	return ErrInService
 }
+
+// enterWaits, when set (by tests), is called when enter starts waiting for
+// a loop-only call.
+var enterWaits func()
 
 // leave gives up ownership. A Destroy or wakeup that raced with it, and
 // found the thread busy, is honoured here.
@@ -266,6 +297,7 @@ func (t *Thread) leave() {
 		return
 	}
 	t.disown()
+	t.serviced.Store(false)
 	t.mode.Store(modeIdle)
 	if t.ctx.destroyReq.Load() && t.mode.CompareAndSwap(modeIdle, modeBusy) {
 		t.setOwner()
@@ -348,7 +380,7 @@ func (t *Thread) signal() error {
 // drives the backend (the foreign mode), Service never waits: Service(0)
 // is the forced service that follows the events of a wait.
 func (t *Thread) Service(timeout time.Duration) error {
-	if err := t.enter(); err != nil {
+	if err := t.enter(false); err != nil {
 		return err
 	}
 	alive, err := t.pass(timeout)

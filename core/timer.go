@@ -60,16 +60,18 @@ func (tm *Timer) Reset(d time.Duration) error {
 }
 
 // Stop cancels the timer. It reports whether the timer was pending; a
-// stopped timer never fires.
-func (tm *Timer) Stop() bool {
+// stopped timer never fires. Off the loop it returns ErrWrongGoroutine,
+// after Destroy ErrDestroyed, and the timer is as it was (stop it from
+// another goroutine inside Thread.Post).
+func (tm *Timer) Stop() (bool, error) {
 	rel, err := tm.t.own()
 	if err != nil {
-		return false
+		return false, err
 	}
 	was := tm.idx >= 0
 	tm.t.timers.remove(tm)
 	tm.t.release(rel)
-	return was
+	return was, nil
 }
 
 // timerHeap is a 4-ary min-heap ordered by (when, seq). A 4-ary heap halves

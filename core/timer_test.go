@@ -38,12 +38,16 @@ func TestStopEarliestTimer(t *testing.T) {
 				}
 				tm, err := th.AfterFunc(time.Millisecond, func() { fired = true })
 				require.NoError(t, err)
-				require.True(t, tm.Stop(), "Stop of a pending timer")
+				was, err := tm.Stop()
+				require.NoError(t, err)
+				require.True(t, was, "Stop of a pending timer")
 				_, err = th.AfterFunc(20*time.Millisecond, func() { done = true })
 				require.NoError(t, err)
 				serviceUntil(t, ctx, func() bool { return done })
 				require.False(t, fired, "the stopped earliest timer fired (%d later timers pending)", others)
-				require.False(t, tm.Stop(), "Stop of a stopped timer")
+				was, err = tm.Stop()
+				require.NoError(t, err)
+				require.False(t, was, "Stop of a stopped timer")
 			}
 
 			fd, peer := socketPair(t)
