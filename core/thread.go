@@ -394,10 +394,12 @@ func (t *Thread) Service(timeout time.Duration) error {
 // ServiceFD hands the thread an event from a poll loop the application owns
 // (lws_service_fd). For an fd the thread watches it services it and zeroes
 // pfd.Revents; for any other fd it leaves pfd.Revents alone, so the
-// application can offer every ready pollfd and handle those still set.
-// Events is not consulted: the thread knows its own interest. It returns
-// ErrClosed when servicing closed the connection (Revents is then left
-// alone), ErrDestroyed once the context is being destroyed, and
+// application can offer every ready pollfd and handle those for which it
+// returned nil and whose Revents are still set. Events is not consulted:
+// the thread knows its own interest. It returns ErrClosed when servicing
+// closed the connection: the fd was the thread's, but Revents is left
+// alone, as lws leaves it (a loop that compacts its pollfd array when an
+// fd is deleted may have moved another fd into pfd), ErrDestroyed once the context is being destroyed, and
 // ErrInService when the thread is held elsewhere: by another goroutine
 // (a loop-only call made while the application's loop waited; it wakes
 // that loop when done, so the application just offers the fd again after
