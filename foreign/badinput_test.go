@@ -32,3 +32,17 @@ func TestPollSetWrongThread(t *testing.T) {
 	require.ErrorIs(t, set.Poll(other.Thread(0), nil, time.Millisecond), core.ErrInvalid)
 	require.NoError(t, set.Poll(ctx.Thread(0), nil, time.Millisecond), "the set still serves its own thread")
 }
+
+// A PollSet whose Protocol wraps no protocol of the context (forgotten, or
+// around one not first) hears of none of its fds: Poll says so, where it
+// used to sleep with nothing watched while nobody was served.
+func TestPollSetNotWired(t *testing.T) {
+	set := new(foreign.PollSet)
+	p := core.Protocol{Name: "p", Callback: func(core.Event) error { return nil }}
+	ctx, err := core.New(core.Info{EventLib: foreign.Name, Protocols: []core.Protocol{p, set.Protocol(core.Protocol{Name: "q", Callback: p.Callback})}})
+	require.NoError(t, err)
+	defer ctx.Destroy()
+	err = set.Poll(ctx.Thread(0), nil, time.Millisecond)
+	require.ErrorIs(t, err, core.ErrInvalid)
+	require.ErrorContains(t, err, "PollSet.Protocol")
+}

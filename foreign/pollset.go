@@ -144,7 +144,9 @@ func (s *PollSet) Len() int {
 // A loop-only call that another goroutine makes meanwhile is no error: it
 // wakes the loop when it is done, and the next Poll does what this one
 // could not. Poll returns core.ErrDestroyed once the context is destroyed,
-// an error wrapping core.ErrInvalid when t is not the set's Thread, and
+// an error wrapping core.ErrInvalid when t is not the set's Thread or the
+// set heard of none of its fds (Protocol did not wrap the context's first
+// protocol), and
 // one wrapping core.ErrInService when a Poll of the same set is running
 // (called from one of plugloop's callbacks, or from a second goroutine).
 func (s *PollSet) Poll(t *core.Thread, mine []unix.PollFd, max time.Duration) error {
@@ -161,6 +163,12 @@ func (s *PollSet) Poll(t *core.Thread, mine []unix.PollFd, max time.Duration) er
 		// Same index, another context: its fds are in no set either.
 		s.mu.Unlock()
 		return fmt.Errorf("%w: a PollSet following another context's thread %d polled with %s", core.ErrInvalid, s.Thread, threadName(t))
+	}
+	if s.th == nil && t.Context().Caps()&evlib.CapAppDriven != 0 {
+		// An app-driven thread announces its wake fd at New: a set that
+		// heard of no fd is not wired, and would sleep with nobody served.
+		s.mu.Unlock()
+		return fmt.Errorf("%w: the PollSet heard of no fd of thread %d: wrap the context's first protocol with PollSet.Protocol", core.ErrInvalid, s.Thread)
 	}
 	if s.inPoll {
 		s.mu.Unlock()
