@@ -274,6 +274,16 @@ func adoptListener(t *Thread, ln net.Listener, p *Protocol) (*Listener, error) {
 // duplicate of its socket); on error the caller still owns it. The
 // connection is placed like AdoptFD's.
 func (c *Context) AdoptConn(nc net.Conn, protocol string, opts ...AdoptOption) (*Conn, error) {
+	if nc == nil {
+		return nil, fmt.Errorf("%w: nil net.Conn", ErrInvalid)
+	}
+	if a := nc.LocalAddr(); a != nil {
+		switch n := a.Network(); n {
+		case "udp", "udp4", "udp6", "ip", "ip4", "ip6", "unixgram", "unixpacket":
+			// Read as a stream, an empty datagram would end it.
+			return nil, fmt.Errorf("%w: a %s connection is no stream (AdoptPacketConn takes datagram sockets)", ErrInvalid, n)
+		}
+	}
 	return c.adoptCopy(nc, evlib.KindStream, protocol, opts)
 }
 
@@ -329,6 +339,15 @@ func (c *Context) AdoptFD(fd int, protocol string, opts ...AdoptOption) (*Conn, 
 		// As AdoptFile: poll would call it readable forever and serve
 		// the file as a stream, epoll refuses it with its own error.
 		return nil, fmt.Errorf("%w (fd %d)", ErrNotPollable, fd)
+	case unix.S_IFSOCK:
+		// Read as a stream, a datagram socket takes an empty datagram
+		// for the end of the stream, and a listener fails its first read.
+		if typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE); err == nil && typ != unix.SOCK_STREAM {
+			return nil, fmt.Errorf("%w: fd %d is not a stream socket (AdoptPacketConn takes datagram sockets)", ErrInvalid, fd)
+		}
+		if on, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err == nil && on != 0 {
+			return nil, fmt.Errorf("%w: fd %d is a listening socket (AdoptListener takes listeners)", ErrInvalid, fd)
+		}
 	}
 	return c.adoptKind(fd, evlib.KindStream, p, o)
 }

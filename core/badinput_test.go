@@ -240,15 +240,24 @@ func TestAdoptFDRegularFile(t *testing.T) {
 // A negative Info.CloseTimeout was taken as a bound already past: Close
 // of a connection with output pending closed it at once with ErrTimeout
 // and dropped the output. New now refuses negative CloseTimeout and
-// ConnectTimeout.
+// ConnectTimeout, and the other negative counts and durations that were
+// read as "none" or "no limit", and Options bits no option has; its error
+// names the field.
 func TestNegativeInfoTimeouts(t *testing.T) {
 	p := []core.Protocol{{Name: "p", Callback: func(core.Event) error { return nil }}}
-	for _, info := range []core.Info{
-		{EventLib: "epoll", Protocols: p, CloseTimeout: -time.Second},
-		{EventLib: "epoll", Protocols: p, ConnectTimeout: -1},
+	for field, info := range map[string]core.Info{
+		"CloseTimeout":     {EventLib: "epoll", Protocols: p, CloseTimeout: -time.Second},
+		"ConnectTimeout":   {EventLib: "epoll", Protocols: p, ConnectTimeout: -1},
+		"IdleTimeout":      {EventLib: "epoll", Protocols: p, IdleTimeout: -1},
+		"CountThreads":     {EventLib: "epoll", Protocols: p, CountThreads: -2},
+		"FDLimit":          {EventLib: "epoll", Protocols: p, FDLimit: -1},
+		"FDLimitPerThread": {EventLib: "epoll", Protocols: p, FDLimitPerThread: -1},
+		"MaxConnsPerIP":    {EventLib: "epoll", Protocols: p, MaxConnsPerIP: -1},
+		"Options":          {Protocols: p, Options: core.OptionEvlibPoll | 1<<40},
 	} {
 		ctx, err := core.New(info)
-		require.ErrorIs(t, err, core.ErrInvalid)
+		require.ErrorIs(t, err, core.ErrInvalid, field)
+		require.ErrorContains(t, err, field)
 		require.Nil(t, ctx)
 	}
 }
@@ -287,4 +296,41 @@ func TestAdoptClosedNetConn(t *testing.T) {
 	require.ErrorIs(t, err, core.ErrBadFD)
 	_, err = ctx.AdoptListener(ln, "")
 	require.ErrorIs(t, err, core.ErrBadFD)
+}
+
+// AdoptFD takes connected stream sockets, AdoptConn stream connections. A
+// datagram socket adopted so took an empty datagram for the end of the
+// stream, and a listener failed its first read with ENOTCONN; both are
+// ErrInvalid now, naming the call that takes them, and the caller keeps
+// what it passed.
+func TestAdoptNonStream(t *testing.T) {
+	ctx, _ := socketpairConn(t, core.Info{EventLib: "epoll"}, func(core.Event) error { return nil })
+	udp, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	require.NoError(t, err)
+	defer unix.Close(udp)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	f, err := ln.(*net.TCPListener).File()
+	require.NoError(t, err)
+	defer f.Close()
+	for fd, call := range map[int]string{udp: "AdoptPacketConn", int(f.Fd()): "AdoptListener"} {
+		c, err := ctx.AdoptFD(fd, "")
+		require.ErrorIs(t, err, core.ErrInvalid)
+		require.ErrorContains(t, err, call)
+		require.Nil(t, c)
+		_, err = unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
+		require.NoError(t, err, "the caller keeps its fd")
+	}
+	uc, err := net.Dial("udp", "127.0.0.1:9")
+	require.NoError(t, err)
+	defer uc.Close()
+	c, err := ctx.AdoptConn(uc, "")
+	require.ErrorIs(t, err, core.ErrInvalid)
+	require.ErrorContains(t, err, "AdoptPacketConn")
+	require.Nil(t, c)
+	_, err = uc.Write([]byte("still mine"))
+	require.NoError(t, err, "the caller keeps its connection")
+	_, err = ctx.AdoptConn(nil, "")
+	require.ErrorIs(t, err, core.ErrInvalid)
 }

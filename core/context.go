@@ -266,14 +266,36 @@ type Context struct {
 
 // New creates a context and its service thread with the backend Info
 // selects. PROTOCOL_INIT is delivered to every protocol before New returns.
+// An Info it cannot take as it stands (no protocol, a negative count or
+// timeout that no field documents, Options bits no option has) is an error
+// wrapping ErrInvalid that names the field; an unknown or unavailable
+// backend wraps evlib.ErrUnknown or evlib.ErrUnavailable.
 func New(info Info) (*Context, error) {
 	if len(info.Protocols) == 0 {
 		return nil, fmt.Errorf("%w: at least one protocol is required", ErrInvalid)
 	}
-	if info.CloseTimeout < 0 || info.ConnectTimeout < 0 {
-		// Read as "already expired", they closed every Close'd connection
-		// at once with ErrTimeout, dropping its pending output.
-		return nil, fmt.Errorf("%w: negative CloseTimeout (%v) or ConnectTimeout (%v)", ErrInvalid, info.CloseTimeout, info.ConnectTimeout)
+	// Read as "already expired", they closed every Close'd connection at
+	// once with ErrTimeout, dropping its pending output.
+	if info.CloseTimeout < 0 {
+		return nil, fmt.Errorf("%w: negative CloseTimeout (%v)", ErrInvalid, info.CloseTimeout)
+	}
+	if info.ConnectTimeout < 0 {
+		return nil, fmt.Errorf("%w: negative ConnectTimeout (%v)", ErrInvalid, info.ConnectTimeout)
+	}
+	// These meant "none" or "no limit", unlike what they said.
+	if info.IdleTimeout < 0 {
+		return nil, fmt.Errorf("%w: negative IdleTimeout (%v)", ErrInvalid, info.IdleTimeout)
+	}
+	for _, f := range []struct {
+		name string
+		n    int
+	}{{"CountThreads", info.CountThreads}, {"FDLimit", info.FDLimit}, {"FDLimitPerThread", info.FDLimitPerThread}, {"MaxConnsPerIP", info.MaxConnsPerIP}} {
+		if f.n < 0 {
+			return nil, fmt.Errorf("%w: negative %s (%d)", ErrInvalid, f.name, f.n)
+		}
+	}
+	if extra := info.Options &^ Options(evlib.FlagMask); extra != 0 {
+		return nil, fmt.Errorf("%w: unknown Options bits %#x", ErrInvalid, uint64(extra))
 	}
 	for _, n := range info.Notifiers {
 		if n.Notify == nil {
@@ -302,8 +324,11 @@ func New(info Info) (*Context, error) {
 	seen := map[string]bool{}
 	for i := range info.Protocols {
 		p := info.Protocols[i]
-		if p.Callback == nil || seen[p.Name] {
-			return nil, fmt.Errorf("%w: protocol %q has no callback or a duplicate name", ErrInvalid, p.Name)
+		if p.Callback == nil {
+			return nil, fmt.Errorf("%w: protocol %q has no callback", ErrInvalid, p.Name)
+		}
+		if seen[p.Name] {
+			return nil, fmt.Errorf("%w: two protocols are named %q", ErrInvalid, p.Name)
 		}
 		seen[p.Name] = true
 		c.protocols = append(c.protocols, &p)
@@ -577,7 +602,9 @@ var errAppLoop = fmt.Errorf("plugloop: Run: %w; service it with Thread.ServiceFD
 // Destroy closes every connection and listener (each gets RAW_CLOSE with
 // ErrDestroyed), delivers PROTOCOL_DESTROY, and releases the backends. It is
 // idempotent and safe from any goroutine. When no goroutine is servicing the
-// context, it completes before returning. Otherwise — including when called
+// context, it completes before returning (except after a callback's panic
+// left a thread held, see Callback: then nothing completes, and Done is
+// never closed). Otherwise — including when called
 // from inside a callback — the goroutine servicing each thread completes it
 // once its current callback returns; Done reports completion and Run returns.
 // From the call on, the context does no more I/O and delivers no callback

@@ -23,7 +23,7 @@ var (
 	// callback, or a second Write in the same callback.
 	ErrNotWritable = errors.New("plugloop: write allowed only once per WRITEABLE callback")
 	// ErrClosed: the connection or listener is closed.
-	ErrClosed = errors.New("plugloop: connection closed")
+	ErrClosed = errors.New("plugloop: closed")
 	// ErrBadFD: the descriptor is invalid, closed, or already adopted.
 	ErrBadFD = errors.New("plugloop: bad file descriptor")
 	// ErrFDLimit: the thread's fd limit is reached.

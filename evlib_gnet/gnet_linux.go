@@ -544,8 +544,9 @@ func (b *Backend) Poll(timeout time.Duration) (int, error) {
 }
 
 // Loop implements evlib.Looper: it runs gnet's Polling on the calling
-// goroutine and calls p.Pass after every batch (see Batches), after a
-// wakeup and when the time Pass asked for has come.
+// goroutine and calls p.Pass after every batch (see the package
+// documentation), after a wakeup and when the time Pass asked for has
+// come.
 func (b *Backend) Loop(p evlib.Passer) error {
 	if b.isDown.Load() {
 		return evlib.ErrClosed
