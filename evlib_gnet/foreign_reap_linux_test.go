@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,7 +19,6 @@ import (
 // reapDriver is the core side of a backend on a foreign poller, reduced to
 // what Dispatch calls; onFD sees every ServiceFD.
 type reapDriver struct {
-	mu   sync.Mutex
 	onFD func(pfd *unix.PollFd)
 }
 
