@@ -305,7 +305,7 @@ func TestAdoptClosedNetConn(t *testing.T) {
 // what it passed.
 func TestAdoptNonStream(t *testing.T) {
 	ctx, _ := socketpairConn(t, core.Info{EventLib: "epoll"}, func(core.Event) error { return nil })
-	udp, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	udp, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
 	require.NoError(t, err)
 	defer unix.Close(udp)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
