@@ -6,12 +6,12 @@
 package core_test
 
 import (
-	"net"
 	"testing"
 	"time"
 
 	"github.com/plugloop/plugloop/core"
 	"github.com/plugloop/plugloop/internal/echo"
+	"github.com/plugloop/plugloop/internal/testkit"
 	"github.com/stretchr/testify/require"
 )
 
@@ -39,14 +39,7 @@ func TestRunWaitsForCall(t *testing.T) {
 	waiting := make(chan struct{})
 	core.OnEnterWaits(t, func() { close(waiting) })
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	cli, err := net.Dial("tcp", ln.Addr().String())
-	require.NoError(t, err)
-	defer cli.Close()
-	srv, err := ln.Accept()
-	require.NoError(t, err)
+	srv, cli := testkit.TCPPair(t)
 
 	adopted := make(chan error, 1)
 	go func() {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/plugloop/plugloop/core"
+	"github.com/plugloop/plugloop/internal/testkit"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
@@ -176,14 +177,7 @@ func TestAdoptWithReadbuf(t *testing.T) {
 			}}}})
 			require.NoError(t, err)
 			defer ctx.Destroy()
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			require.NoError(t, err)
-			defer ln.Close()
-			peer, err := net.Dial("tcp", ln.Addr().String())
-			require.NoError(t, err)
-			defer peer.Close()
-			srv, err := ln.Accept()
-			require.NoError(t, err)
+			srv, peer := testkit.TCPPair(t)
 			_, err = ctx.AdoptConn(srv, "", core.WithReadbuf([]byte("early ")), core.WithUser("mine"))
 			require.NoError(t, err)
 			peer.Write([]byte("late"))

@@ -12,6 +12,7 @@ import (
 
 	"github.com/plugloop/plugloop/evlib"
 	"github.com/plugloop/plugloop/evlib_netpoll"
+	"github.com/plugloop/plugloop/internal/testkit"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
@@ -24,14 +25,7 @@ import (
 // input, which netpoll's poller takes first.
 func TestReattachEndsHangupHelper(t *testing.T) {
 	be, s := bareBackend(t)
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	cli, err := net.Dial("tcp4", ln.Addr().String())
-	require.NoError(t, err)
-	defer cli.Close()
-	sc, err := ln.Accept()
-	require.NoError(t, err)
+	sc, cli := testkit.TCPPair(t)
 	f, err := sc.(*net.TCPConn).File()
 	require.NoError(t, err)
 	sc.Close()

@@ -2,7 +2,8 @@
 
 // Package testkit holds what plugloop's tests share: the backends a test
 // binary can run, a bounded wait, the check that a test left no descriptor
-// or goroutine behind, and loopback listeners that share a port.
+// or goroutine behind, loopback listeners that share a port, and a TCP
+// connection's two ends.
 package testkit
 
 import (
