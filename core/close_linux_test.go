@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/plugloop/plugloop/core"
+	"github.com/plugloop/plugloop/internal/testkit"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
@@ -49,7 +50,7 @@ func TestGracefulCloseInRXWithEndBehind(t *testing.T) {
 					return nil
 				}}}})
 			require.NoError(t, err)
-			srv, cli := tcpPair(t)
+			srv, cli := testkit.TCPPair(t)
 			_, err = cli.Write([]byte("request"))
 			require.NoError(t, err)
 			require.NoError(t, cli.(*net.TCPConn).CloseWrite())

@@ -14,6 +14,7 @@ import (
 	"github.com/plugloop/plugloop/core"
 	"github.com/plugloop/plugloop/evlib"
 	"github.com/plugloop/plugloop/internal/simloop"
+	"github.com/plugloop/plugloop/internal/testkit"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
@@ -274,7 +275,7 @@ func TestGracefulCloseAfterHangup(t *testing.T) {
 					return nil
 				}}}})
 			require.NoError(t, err)
-			srv, cli := tcpPair(t)
+			srv, cli := testkit.TCPPair(t)
 			_, err = ctx.AdoptConn(srv, "p")
 			require.NoError(t, err)
 			_, err = cli.Write([]byte("kept"))
@@ -376,9 +377,9 @@ func TestCloseTwoInOneCallbackNotNested(t *testing.T) {
 				return nil
 			}}}})
 			require.NoError(t, err)
-			srvA, cliA := tcpPair(t)
+			srvA, cliA := testkit.TCPPair(t)
 			defer cliA.Close()
-			srvB, cliB := tcpPair(t)
+			srvB, cliB := testkit.TCPPair(t)
 			defer cliB.Close()
 			a, err = ctx.AdoptConn(srvA, "p")
 			require.NoError(t, err)

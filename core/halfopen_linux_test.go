@@ -7,6 +7,7 @@ import (
 
 	"github.com/plugloop/plugloop/core"
 	"github.com/plugloop/plugloop/internal/simloop"
+	"github.com/plugloop/plugloop/internal/testkit"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
@@ -52,7 +53,7 @@ func TestSimHalfOpenPeerReset(t *testing.T) {
 // caller and RAW_CLOSE both get an error that errors.Is ECONNRESET.
 func TestSimCloseWriteAfterPeerReset(t *testing.T) {
 	s := newSim(t, simloop.NewClock(), core.Info{})
-	srv, cli := tcpPair(t)
+	srv, cli := testkit.TCPPair(t)
 	c, err := s.th.Context().AdoptConn(srv, "")
 	require.NoError(t, err)
 	s.passes(1)

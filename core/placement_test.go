@@ -15,6 +15,7 @@ import (
 
 	"github.com/plugloop/plugloop/core"
 	"github.com/plugloop/plugloop/internal/goid"
+	"github.com/plugloop/plugloop/internal/testkit"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
@@ -396,7 +397,7 @@ func TestAdoptFromCallbackHandsOver(t *testing.T) {
 func TestAdoptOnThreadOutOfRange(t *testing.T) {
 	ctx, log := placeCtx(t, "", core.Info{CountThreads: 3})
 	fd, peer := socketPair(t)
-	srv, cli := tcpPair(t)
+	srv, cli := testkit.TCPPair(t)
 	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer pc.Close()
@@ -499,19 +500,6 @@ func TestAdoptHandoverDroppedBeforeAdoption(t *testing.T) {
 	require.Empty(t, log.adopted, "no RAW_ADOPT for what was dropped")
 	require.ErrorIs(t, log.connErr[dial], core.ErrDestroyed)
 	require.Empty(t, log.problems)
-}
-
-func tcpPair(t *testing.T) (srv, cli net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	cli, err = net.Dial("tcp4", ln.Addr().String())
-	require.NoError(t, err)
-	srv, err = ln.Accept()
-	require.NoError(t, err)
-	t.Cleanup(func() { srv.Close(); cli.Close() })
-	return srv, cli
 }
 
 func readN(t *testing.T, c net.Conn, n int) []byte {

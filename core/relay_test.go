@@ -13,6 +13,7 @@ import (
 
 	"github.com/plugloop/plugloop/core"
 	"github.com/plugloop/plugloop/internal/simloop"
+	"github.com/plugloop/plugloop/internal/testkit"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
@@ -38,9 +39,9 @@ func TestRelayToInsideSplitRX(t *testing.T) {
 				return src.RelayTo(dst)
 			}}}})
 			require.NoError(t, err)
-			srvA, cliA := tcpPair(t)
+			srvA, cliA := testkit.TCPPair(t)
 			defer cliA.Close()
-			srvB, cliB := tcpPair(t)
+			srvB, cliB := testkit.TCPPair(t)
 			defer cliB.Close()
 			payload := bytes.Repeat([]byte("0123456789abcdefghijklmnopqrstu"), 2048) // 62 KiB, one read
 			_, err = cliA.Write(payload)
@@ -79,9 +80,9 @@ func TestRelayToInsideAdoptTakesReadbuf(t *testing.T) {
 				return nil
 			}}}})
 			require.NoError(t, err)
-			srvA, cliA := tcpPair(t)
+			srvA, cliA := testkit.TCPPair(t)
 			defer cliA.Close()
-			srvB, cliB := tcpPair(t)
+			srvB, cliB := testkit.TCPPair(t)
 			defer cliB.Close()
 			dst, err = ctx.AdoptConn(srvB, "p")
 			require.NoError(t, err)
@@ -213,7 +214,7 @@ func TestErrorAfterPeerEndIsNotEOF(t *testing.T) {
 				return nil
 			}}}})
 			require.NoError(t, err)
-			srv, cli := tcpPair(t)
+			srv, cli := testkit.TCPPair(t)
 			require.NoError(t, cli.(*net.TCPConn).CloseWrite()) // the peer's end, read at once
 			_, err = ctx.AdoptConn(srv, "p")
 			require.NoError(t, err)

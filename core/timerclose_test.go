@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/plugloop/plugloop/core"
+	"github.com/plugloop/plugloop/internal/testkit"
 	"github.com/stretchr/testify/require"
 )
 
@@ -42,7 +43,7 @@ func TestTimerCloseReachesPeerBeforeWait(t *testing.T) {
 				}}}
 				ctx, err := core.New(info)
 				require.NoError(t, err)
-				srv, cli := tcpPair(t)
+				srv, cli := testkit.TCPPair(t)
 				_, err = ctx.AdoptConn(srv, "p")
 				require.NoError(t, err)
 				// The timer is due before the first pass begins, so that

@@ -105,12 +105,19 @@ func TestLoopBatchOfOneGoesDirect(t *testing.T) {
 }
 
 // serviceLog is a foreign poller's driver that logs what the backend
-// hands it: an fd for each ServiceFD, -1 for each Service.
-type serviceLog struct{ seq []int }
+// hands it: an fd for each ServiceFD, -1 for each Service. onFD, if set,
+// sees each ServiceFD first.
+type serviceLog struct {
+	seq  []int
+	onFD func(pfd *unix.PollFd)
+}
 
 func (l *serviceLog) Ready(int, evlib.Events) {}
 
 func (l *serviceLog) ServiceFD(pfd *unix.PollFd) error {
+	if l.onFD != nil {
+		l.onFD(pfd)
+	}
 	l.seq = append(l.seq, int(pfd.Fd))
 	pfd.Revents = 0
 	return nil

@@ -136,12 +136,8 @@ func (b *Backend) dispatch(fd int, e netpoll.IOEvent) {
 	}
 	switch fd {
 	case b.sig.R:
-		// A wakeup or a timer. sig and due are level-triggered here and
-		// drained when dispatched: the application may leave its Polling
-		// in the middle of a batch (an fd callback of its own returning
-		// ErrEngineShutdown) and poll again later; an edge-triggered
-		// event would have gone with that batch, with sigReq or dueOn
-		// still set, so that nothing would write them again.
+		// A wakeup or a timer. sig and due are level-triggered on a
+		// foreign poller, and read here (see the design notes).
 		b.consumeSig()
 	case b.idle.R:
 	case b.due.R:

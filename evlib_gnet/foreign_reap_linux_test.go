@@ -1,44 +1,18 @@
-//go:build linux && !poll_opt
+//go:build linux
 
-package evlib_gnet
+package evlib_gnet_test
 
 import (
 	"fmt"
-	"io"
-	"log/slog"
 	"testing"
-	"time"
 
 	gerrors "github.com/panjf2000/gnet/v2/pkg/errors"
 	"github.com/panjf2000/gnet/v2/pkg/netpoll"
 	"github.com/plugloop/plugloop/evlib"
+	"github.com/plugloop/plugloop/evlib_gnet"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
-
-// reapDriver is the core side of a backend on a foreign poller, reduced to
-// what Dispatch calls; onFD sees every ServiceFD.
-type reapDriver struct {
-	onFD func(pfd *unix.PollFd)
-}
-
-func (d *reapDriver) Ready(int, evlib.Events) {}
-func (d *reapDriver) ServiceFD(pfd *unix.PollFd) error {
-	if d.onFD != nil {
-		d.onFD(pfd)
-	}
-	pfd.Revents = 0
-	return nil
-}
-func (d *reapDriver) Service(time.Duration) error                      { return nil }
-func (d *reapDriver) ServiceAdjustTimeout(time.Duration) time.Duration { return -1 }
-
-func reapPair(t *testing.T) (int, int) {
-	t.Helper()
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	require.NoError(t, err)
-	return fds[0], fds[1]
-}
 
 // TestForeignReapBeforeDue: on an application's poller, an fd whose
 // event is held (waiting for due) is removed and handed to CloseFD by a
@@ -58,25 +32,20 @@ func TestForeignReapBeforeDue(t *testing.T) {
 	t.Cleanup(func() { unix.Close(z[0]); unix.Close(z[1]) })
 	require.NoError(t, poller.AddRead(&netpoll.PollAttachment{FD: z[0]}, false))
 
-	d := &reapDriver{}
-	be, err := New(evlib.Config{Sink: d, Counters: &evlib.Counters{}, MaxFDs: 1 << 16, Foreign: poller,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	require.NoError(t, err)
-	t.Cleanup(func() { be.Close() })
-	b := be.(*Backend)
-	host := Dispatcher(poller)
+	d := &serviceLog{}
+	b := newLoggedBackend(t, d, poller)
+	sig, idle, reap, due := evlib_gnet.Specials(b)
+	host := evlib_gnet.Dispatcher(poller)
 
 	// An earlier close: y is removed and handed to CloseFD, so reap is
 	// readable (and queued in the poller) before anything else.
-	y, yPeer := reapPair(t)
-	t.Cleanup(func() { unix.Close(yPeer) })
+	y, _ := pair(t)
 	require.NoError(t, b.Add(y, evlib.KindStream, evlib.Readable))
 	require.NoError(t, b.Remove(y))
-	b.CloseFD(y)
+	b.(evlib.FDCloser).CloseFD(y)
 
 	// x: readable, watched.
-	x, xPeer := reapPair(t)
-	t.Cleanup(func() { unix.Close(xPeer) })
+	x, xPeer := pair(t)
 	_, err = unix.Write(xPeer, []byte("old"))
 	require.NoError(t, err)
 	require.NoError(t, b.Add(x, evlib.KindStream, evlib.Readable))
@@ -103,7 +72,7 @@ func TestForeignReapBeforeDue(t *testing.T) {
 		}
 	}
 	err = poller.Polling(func(fd int, ev netpoll.IOEvent, fl netpoll.IOFlags) error {
-		name := map[int]string{b.reap.R: "reap", b.due.R: "due", b.sig.R: "sig", b.idle.R: "idle", x: "x", z[0]: "z"}[fd]
+		name := map[int]string{reap: "reap", due: "due", sig: "sig", idle: "idle", x: "x", z[0]: "z"}[fd]
 		seq = append(seq, fmt.Sprintf("%s(%d)@%d", name, fd, phase))
 		switch {
 		case fd == z[0]:
@@ -112,7 +81,9 @@ func TestForeignReapBeforeDue(t *testing.T) {
 			if phase == 3 {
 				// The application opens a new connection and has plugloop
 				// watch it (a loop-only call); it gets x's number.
-				n, peer := reapPair(t)
+				fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+				require.NoError(t, err)
+				n, peer := fds[0], fds[1]
 				if peer == x {
 					n, peer = peer, n // a socket pair's ends are alike
 				}
@@ -128,7 +99,7 @@ func TestForeignReapBeforeDue(t *testing.T) {
 		}
 		host.Dispatch(fd, ev, fl)
 		switch {
-		case phase == 0 && fd == b.reap.R:
+		case phase == 0 && fd == reap:
 			// y is closed. The application's pipe becomes ready.
 			unix.Write(z[1], []byte("z"))
 			phase = 1
@@ -136,11 +107,11 @@ func TestForeignReapBeforeDue(t *testing.T) {
 			// x's event is held; due was written. A loop-only call
 			// closes x's connection: Remove, then CloseFD.
 			require.NoError(t, b.Remove(x))
-			b.CloseFD(x)
+			b.(evlib.FDCloser).CloseFD(x)
 			phase = 2
-		case phase == 2 && fd == b.reap.R:
+		case phase == 2 && fd == reap:
 			phase = 3
-		case fd == b.due.R:
+		case fd == due:
 			return gerrors.ErrEngineShutdown
 		}
 		if len(seq) > 50 {

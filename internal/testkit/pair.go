@@ -13,10 +13,10 @@ import (
 // one and the dialled one. Both close when the test ends.
 func TCPPair(t testing.TB) (srv, cli net.Conn) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer ln.Close()
-	cli, err = net.Dial("tcp", ln.Addr().String())
+	cli, err = net.Dial("tcp4", ln.Addr().String())
 	require.NoError(t, err)
 	t.Cleanup(func() { cli.Close() })
 	srv, err = ln.Accept()
