@@ -26,7 +26,8 @@ const (
 // Conn is a connection or other descriptor the core services (lws' wsi).
 // Its methods are loop-only: call them from a callback, or from a goroutine
 // that holds the thread because nobody is servicing it. From anywhere else
-// those that return an error return ErrWrongGoroutine and do nothing; the
+// those that return an error return ErrWrongGoroutine (ErrDestroyed once
+// Destroy was called) and do nothing; the
 // accessors that return none (User, SetUser, Closed and the like) check
 // nothing, and must not be called from anywhere else at all.
 type Conn struct {

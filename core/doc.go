@@ -57,7 +57,8 @@
 // A thread's state belongs to the goroutine servicing it. Loop-only methods
 // (Conn's and Timer's, Listen, AdoptFD and the like) work in a callback,
 // or on a goroutine that holds the thread because nobody is servicing it;
-// elsewhere they return [ErrWrongGoroutine] and change nothing. The ways in
+// elsewhere they return [ErrWrongGoroutine] ([ErrDestroyed] once Destroy
+// was called) and change nothing. The ways in
 // from any goroutine are [Thread.Post], [Context.CancelService],
 // [Context.Attach], the *All methods and [Context.Destroy].
 //

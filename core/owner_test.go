@@ -74,3 +74,40 @@ func TestRunThreadsOwnedByTheirGoroutines(t *testing.T) {
 	require.NoError(t, <-ran)
 	require.ErrorIs(t, err, core.ErrWrongGoroutine, "thread 1's AfterFunc from a callback of thread 0")
 }
+
+// TestLoopOnlyCallsAfterDestroy: once Destroy was called, a loop-only call
+// from a goroutine that does not hold the thread says ErrDestroyed, as
+// Destroy's doc promises for adopting and listening and Timer.Stop's for
+// itself, also while the teardown waits for the callback the servicing
+// goroutine is in (they said ErrWrongGoroutine until the teardown was
+// done, while AdoptFD and Connect said ErrDestroyed).
+func TestLoopOnlyCallsAfterDestroy(t *testing.T) {
+	ctx, err := core.New(core.Info{Protocols: []core.Protocol{{Name: "p", Callback: func(core.Event) error { return nil }}}})
+	require.NoError(t, err)
+	defer ctx.Destroy()
+	th := ctx.Thread(0)
+	tm, err := th.AfterFunc(time.Hour, func() {})
+	require.NoError(t, err)
+	ln, err := ctx.Listen("tcp4", "127.0.0.1:0", "")
+	require.NoError(t, err)
+	in, out := make(chan struct{}), make(chan struct{})
+	require.NoError(t, th.Post(func() { close(in); <-out }))
+	ran := make(chan error, 1)
+	go func() { ran <- ctx.Run(context.Background()) }()
+	<-in // the loop is in a callback, on its own goroutine
+	require.NoError(t, ctx.Destroy())
+
+	_, err = ctx.Listen("tcp4", "127.0.0.1:0", "")
+	require.ErrorIs(t, err, core.ErrDestroyed, "Listen")
+	_, err = tm.Stop()
+	require.ErrorIs(t, err, core.ErrDestroyed, "Timer.Stop")
+	require.ErrorIs(t, tm.Reset(time.Second), core.ErrDestroyed, "Timer.Reset")
+	_, err = th.AfterFunc(time.Second, func() {})
+	require.ErrorIs(t, err, core.ErrDestroyed, "AfterFunc")
+	require.ErrorIs(t, ln.Close(), core.ErrDestroyed, "Listener.Close")
+	require.ErrorIs(t, ctx.SystemTransition(core.SystemOperational), core.ErrDestroyed, "SystemTransition")
+
+	close(out)
+	require.NoError(t, <-ran)
+	<-ctx.Done()
+}

@@ -206,7 +206,7 @@ func (t *Thread) own() (bool, error) {
 	switch t.mode.Load() {
 	case modeBusy:
 		if exactOwner && goroutineID() != t.owner.Load() {
-			return false, ErrWrongGoroutine
+			return false, t.notOwner()
 		}
 		return false, nil
 	case modeIdle:
@@ -214,12 +214,23 @@ func (t *Thread) own() (bool, error) {
 			t.setOwner()
 			return true, nil
 		}
-		return false, ErrWrongGoroutine
+		return false, t.notOwner()
 	case modeDead:
 		return false, ErrDestroyed
 	default:
-		return false, ErrWrongGoroutine
+		return false, t.notOwner()
 	}
+}
+
+// notOwner is own's refusal of a goroutine that does not hold the thread.
+// Once Destroy was called the thread only waits for its servicing
+// goroutine to tear it down: the call says ErrDestroyed then, as it will
+// once that is done, and as the calls any goroutine may make say at once.
+func (t *Thread) notOwner() error {
+	if t.ctx.destroyReq.Load() {
+		return ErrDestroyed
+	}
+	return ErrWrongGoroutine
 }
 
 func (t *Thread) release(took bool) {
