@@ -469,6 +469,11 @@ func (t *Thread) onConnect(conn *Conn, fd int) {
 		t.dialFailed(conn, &OpError{Op: "modify interest", Err: err})
 		return
 	}
+	if t.dying() {
+		// Destroyed in a poll-fd callback of this step: teardown fails
+		// it (CLIENT_CONNECTION_ERROR), no RAW_ADOPT after Destroy.
+		return
+	}
 	conn.interest = a.interest
 	d.racing = nil
 	t.endDial(conn)

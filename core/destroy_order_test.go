@@ -3,12 +3,15 @@
 package core_test
 
 import (
+	"net"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/plugloop/plugloop/core"
 	"github.com/plugloop/plugloop/evlib"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 )
 
 // closeCounting is a backend that counts its Close calls in closeCount.
@@ -79,5 +82,75 @@ func TestDestroyClosesBackendsBeforeDone(t *testing.T) {
 		<-ctx.Done()
 		require.Equal(t, int32(threads), atDestroy, "backends closed when PROTOCOL_DESTROY came (%d threads)", threads)
 		require.Equal(t, int32(threads), closeCount.Load(), "backends closed when Done was closed (%d threads)", threads)
+	}
+}
+
+// Destroy called in a poll-fd callback of an adoption or of a client
+// connection's connect, with the adoption or connect not done yet, stops
+// it there: from Destroy on, nothing is delivered but RAW_CLOSE, the
+// poll-fd reasons and PROTOCOL_DESTROY, and adopting returns ErrDestroyed
+// with the fd still the caller's. An AdoptFD destroyed in its own
+// ADD_POLL_FD returned the connection after its RAW_ADOPT, and a connect
+// destroyed as its winner went back to reading got RAW_ADOPT.
+func TestDestroyInsideAdoptionsPollFD(t *testing.T) {
+	for _, lib := range backends {
+		t.Run(lib+"/AdoptFD", func(t *testing.T) {
+			var ctx *core.Context
+			var got []core.Reason
+			fd := -1
+			ctx, err := core.New(core.Info{EventLib: lib, Protocols: []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
+				if ev.Poll.FD != fd || fd < 0 {
+					return nil
+				}
+				got = append(got, ev.Reason)
+				if ev.Reason == core.ReasonAddPollFD {
+					ctx.Destroy()
+				}
+				return nil
+			}}}})
+			require.NoError(t, err)
+			p := nonblockSocketpair(t)
+			defer unix.Close(p[1])
+			fd = p[0]
+			c, err := ctx.AdoptFD(fd, "p")
+			require.ErrorIs(t, err, core.ErrDestroyed)
+			require.Nil(t, c)
+			<-ctx.Done()
+			require.Equal(t, []core.Reason{core.ReasonLockPoll, core.ReasonAddPollFD, core.ReasonUnlockPoll,
+				core.ReasonLockPoll, core.ReasonDelPollFD, core.ReasonUnlockPoll}, got)
+			_, err = unix.Write(p[1], []byte("x"))
+			require.NoError(t, err, "the caller's fd is open still")
+			require.NoError(t, unix.Close(fd))
+		})
+		t.Run(lib+"/Connect", func(t *testing.T) {
+			ln, err := net.Listen("tcp4", "127.0.0.1:0")
+			require.NoError(t, err)
+			defer ln.Close()
+			var ctx *core.Context
+			var got []core.Reason
+			var connErr error
+			ctx, err = core.New(core.Info{EventLib: lib, Protocols: []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
+				switch ev.Reason {
+				case core.ReasonChangeModePollFD:
+					if ev.Poll.Events == evlib.Readable && ev.Poll.PrevEvents&evlib.Writable != 0 {
+						ctx.Destroy() // the winner, connected, goes back to reading
+					}
+				case core.ReasonRawAdopt, core.ReasonRawClose:
+					got = append(got, ev.Reason)
+				case core.ReasonClientConnectionError:
+					got = append(got, ev.Reason)
+					connErr = ev.Err
+				}
+				return nil
+			}}}})
+			require.NoError(t, err)
+			_, err = ctx.Connect("tcp4", ln.Addr().String(), "p")
+			require.NoError(t, err)
+			for ctx.Thread(0).Service(time.Second) == nil {
+			}
+			<-ctx.Done()
+			require.Equal(t, []core.Reason{core.ReasonClientConnectionError}, got)
+			require.ErrorIs(t, connErr, core.ErrDestroyed)
+		})
 	}
 }

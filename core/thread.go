@@ -1534,6 +1534,17 @@ func (t *Thread) insertFD(c *Conn, fd int, ev evlib.Events, reserved bool) error
 		t.giveBack(true)
 		return fmt.Errorf("plugloop: watching fd %d: %w", fd, err)
 	}
+	if t.dying() {
+		// Destroy was called in its ADD_POLL_FD: nothing is adopted from
+		// then on (no RAW_ADOPT after Destroy), so it is taken out again
+		// and the caller keeps fd, as for any failed adoption.
+		if fd == c.fd {
+			ev = c.interest // as its ADD_POLL_FD may have changed it
+		}
+		t.unwatch(fd, c, ev)
+		t.giveBack(true)
+		return ErrDestroyed
+	}
 	t.ctx.fds.add(fd)
 	t.conns[fd] = c
 	t.count++
