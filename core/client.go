@@ -321,8 +321,10 @@ func (t *Thread) dialNext(conn *Conn) {
 		}
 		a := &dialAttempt{fd: fd, interest: evlib.Readable, sa: sa}
 		if conn.state != stateConnecting {
-			// Ended in the ADD_POLL_FD of this very socket (the context
-			// destroyed), which ended every attempt it knew of.
+			// A guard: ended in the ADD_POLL_FD of this very socket,
+			// which ended every attempt it knew of. Nothing does that
+			// now: Close there queues (closeReq, below), and insertFD
+			// refuses an fd whose ADD_POLL_FD destroyed the context.
 			t.dropAttempt(conn, a)
 			return
 		}
