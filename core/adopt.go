@@ -17,7 +17,10 @@ import (
 )
 
 // Listener is a listening socket whose connections the core accepts and
-// binds to a protocol.
+// binds to a protocol. A socket that stops listening behind the core's
+// back (shut down: accept(2) says EINVAL) is closed with an error logged,
+// and Close then says ErrClosed; other unexpected accept errors are logged
+// and rest the listener as EMFILE does.
 type Listener struct {
 	c        *Conn
 	addr     net.Addr

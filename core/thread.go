@@ -1728,8 +1728,17 @@ func (t *Thread) accept(lc *Conn) {
 			case errors.Is(err, unix.ECONNABORTED), errors.Is(err, unix.EPROTO), errors.Is(err, unix.EPERM):
 				taken++
 				continue
+			case errors.Is(err, unix.EINVAL):
+				// No longer listening (shut down behind the core's
+				// back): it would be reported ready, a hang-up whatever
+				// the interest, and fail at every pass from now on.
+				t.ctx.log.Error("plugloop: accept failed, listener closed", "addr", l.addr, "err", err)
+				t.closeConn(lc, nil)
 			default:
-				t.ctx.log.Error("plugloop: accept failed", "addr", l.addr, "err", err)
+				// Unexpected: rest as for EMFILE rather than fail at
+				// every pass while it lasts.
+				t.ctx.log.Error("plugloop: accept failed, accept paused", "addr", l.addr, "err", err)
+				t.pauseListener(l)
 			}
 			return
 		}
