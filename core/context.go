@@ -183,8 +183,10 @@ type Info struct {
 	// Keepalive, when Idle > 0, turns on TCP keepalive for accepted
 	// connections, so a silently dead peer is noticed.
 	Keepalive Keepalive
-	// IdleTimeout closes a connection that neither received nor wrote for
-	// that long; 0 disables it.
+	// IdleTimeout closes a stream connection that neither received nor
+	// wrote for that long; 0 disables it. Files and datagram sockets have
+	// no peer to give up on (a UDP server's socket is quiet while nobody
+	// asks): it leaves them alone, to Conn.SetTimeout if they want one.
 	IdleTimeout time.Duration
 	// CloseTimeout bounds how long a connection whose peer hung up keeps
 	// buffered input waiting to be consumed (lws' PENDING_TIMEOUT_CLOSE_ACK)

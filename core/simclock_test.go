@@ -323,3 +323,26 @@ func TestSimForeignAdjustTimeout(t *testing.T) {
 
 	require.Equal(t, time.Hour, th.ServiceAdjustTimeout(time.Hour), "no timer: the application's limit")
 }
+
+// Info.IdleTimeout is for stream connections: a UDP socket and a pipe
+// that stay quiet are left open, beside a stream that it closes.
+func TestSimIdleTimeoutSparesDatagramsAndFiles(t *testing.T) {
+	s := newSim(t, simloop.NewClock(), core.Info{IdleTimeout: 10 * time.Second})
+	ctx := s.th.Context()
+	stream, _ := s.adopt()
+	udp, err := ctx.ListenUDP("udp4", "127.0.0.1:0", "")
+	require.NoError(t, err)
+	var p [2]int
+	require.NoError(t, unix.Pipe(p[:]))
+	t.Cleanup(func() { unix.Close(p[1]) })
+	file, err := ctx.AdoptFile(p[0], "")
+	if err != nil {
+		unix.Close(p[0])
+	}
+	require.NoError(t, err)
+
+	s.runTo(time.Hour)
+	require.Equal(t, map[*core.Conn]closing{stream: {10 * time.Second, core.ErrTimeout}}, s.closed)
+	require.False(t, udp.Closed())
+	require.False(t, file.Closed())
+}

@@ -1563,7 +1563,7 @@ func (t *Thread) established(c *Conn, o *adoptOptions) (*Conn, error) {
 	if o.peerIP.IsValid() {
 		c.peerIP = o.peerIP // counted by the accepting thread
 	}
-	if d := t.ctx.info.IdleTimeout; d > 0 {
+	if d := t.ctx.info.IdleTimeout; d > 0 && c.kind == evlib.KindStream {
 		// From here: a client connection was made long before, and a
 		// handed-over one waited for its thread.
 		c.lastActive = t.clock()
