@@ -27,9 +27,9 @@ const (
 // Its methods are loop-only: call them from a callback, or from a goroutine
 // that holds the thread because nobody is servicing it. From anywhere else
 // those that return an error return ErrWrongGoroutine (ErrDestroyed once
-// Destroy was called) and do nothing; the
-// accessors that return none (User, SetUser, Closed and the like) check
-// nothing, and must not be called from anywhere else at all.
+// Destroy was called) and do nothing; the accessors that return none
+// (User, SetUser, Closed and the like) check nothing, and must not be
+// called from anywhere else at all.
 type Conn struct {
 	t        *Thread
 	fd       int
@@ -47,6 +47,7 @@ type Conn struct {
 	writeBlocked   bool         // the last write met EAGAIN
 	inWritableList bool
 	wrote          bool // Write used in the current WRITEABLE
+	family         int  // a datagram socket's address family, once WriteTo asked (0: not yet)
 	out            []byte
 
 	rxPaused bool

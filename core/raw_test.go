@@ -291,3 +291,45 @@ func TestUDPEcho(t *testing.T) {
 		})
 	}
 }
+
+// WriteTo takes an IPv4 peer on a dual-stack socket (network "udp"), as an
+// IPv4-mapped address, which every system accepts (a plain sockaddr_in on
+// an IPv6 socket only Linux does), and an IPv4-mapped peer on an IPv4
+// socket.
+func TestUDPWriteToAcrossFamilies(t *testing.T) {
+	peer, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer peer.Close()
+	to := peer.LocalAddr().(*net.UDPAddr).AddrPort()
+	mapped := netip.AddrPortFrom(netip.AddrFrom16(to.Addr().As16()), to.Port())
+	send := map[*core.Conn]netip.AddrPort{}
+	errs := make(chan error, 2)
+	ctx, err := core.New(core.Info{Protocols: []core.Protocol{{Name: "udp", Callback: func(ev core.Event) error {
+		if ev.Reason == core.ReasonRawWriteable {
+			_, err := ev.Conn.WriteTo([]byte("to "+send[ev.Conn].String()), send[ev.Conn])
+			errs <- err
+		}
+		return nil
+	}}}})
+	require.NoError(t, err)
+	defer ctx.Destroy()
+	dual, err := ctx.ListenUDP("udp", "", "")
+	require.NoError(t, err)
+	v4, err := ctx.ListenUDP("udp4", "", "")
+	require.NoError(t, err)
+	send[dual], send[v4] = to, mapped
+	require.NoError(t, dual.CallbackOnWritable())
+	require.NoError(t, v4.CallbackOnWritable())
+	serviceUntil(t, ctx, func() bool { return len(errs) == 2 })
+	require.NoError(t, <-errs)
+	require.NoError(t, <-errs)
+	got := map[string]bool{}
+	buf := make([]byte, 64)
+	require.NoError(t, peer.SetReadDeadline(time.Now().Add(10*time.Second)))
+	for range 2 {
+		n, _, err := peer.ReadFrom(buf)
+		require.NoError(t, err)
+		got[string(buf[:n])] = true
+	}
+	require.Equal(t, map[string]bool{"to " + to.String(): true, "to " + mapped.String(): true}, got)
+}

@@ -115,7 +115,17 @@ func (c *Conn) WriteTo(p []byte, addr netip.AddrPort) (int, error) {
 		return 0, fmt.Errorf("%w: WriteTo needs a datagram socket", ErrInvalid)
 	}
 	c.wrote = true
-	sa, err := sockaddr(addr)
+	if c.family == 0 {
+		sa, err := unix.Getsockname(c.fd)
+		if err != nil {
+			return 0, &OpError{Op: "getsockname", Err: err}
+		}
+		c.family = unix.AF_INET
+		if _, ok := sa.(*unix.SockaddrInet6); ok {
+			c.family = unix.AF_INET6
+		}
+	}
+	sa, err := sockaddr(addr, c.family)
 	if err != nil {
 		return 0, err
 	}
@@ -142,12 +152,20 @@ func addrPort(sa unix.Sockaddr) netip.AddrPort {
 	return netip.AddrPort{}
 }
 
-func sockaddr(ap netip.AddrPort) (unix.Sockaddr, error) {
+// sockaddr is ap as a socket of family sends to it: an IPv4 address from
+// an IPv6 socket (network "udp" opens a dual-stack one) in its IPv4-mapped
+// form, which Linux and the BSDs all take, where only Linux takes a
+// sockaddr_in there; an IPv4-mapped one from an IPv4 socket unmapped.
+func sockaddr(ap netip.AddrPort, family int) (unix.Sockaddr, error) {
 	if !ap.IsValid() {
 		return nil, fmt.Errorf("%w: address %v", ErrInvalid, ap)
 	}
-	if ap.Addr().Is4() {
-		return &unix.SockaddrInet4{Addr: ap.Addr().As4(), Port: int(ap.Port())}, nil
+	a := ap.Addr()
+	if family != unix.AF_INET6 {
+		a = a.Unmap()
 	}
-	return &unix.SockaddrInet6{Addr: ap.Addr().As16(), Port: int(ap.Port())}, nil
+	if a.Is4() && family != unix.AF_INET6 {
+		return &unix.SockaddrInet4{Addr: a.As4(), Port: int(ap.Port())}, nil
+	}
+	return &unix.SockaddrInet6{Addr: a.As16(), Port: int(ap.Port())}, nil
 }
