@@ -4,8 +4,10 @@ package core
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"reflect"
 	"runtime"
 	"strings"
@@ -373,8 +375,13 @@ func (t *Thread) takeOver(c *Conn) {
 	if err == nil || errors.Is(err, errAdoptRefused) {
 		return
 	}
-	// Nobody is left to return the error to.
-	t.ctx.log.Warn("plugloop: a connection handed to this thread could not be adopted; closed", "thread", t.index, "fd", c.fd, "err", err)
+	// Nobody is left to return the error to. (Destroy called in its
+	// ADD_POLL_FD is no news.)
+	level := slog.LevelWarn
+	if errors.Is(err, ErrDestroyed) {
+		level = slog.LevelDebug
+	}
+	t.ctx.log.Log(context.Background(), level, "plugloop: a connection handed to this thread could not be adopted; closed", "thread", t.index, "fd", c.fd, "err", err)
 	c.state = stateClosed
 	t.closeHandedFD(c.fd, o)
 	c.fdClosed.Store(true)
