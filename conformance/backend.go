@@ -190,6 +190,7 @@ func (s *suite) backendTests() []subtest {
 		{"AddModifyRemove", s.testBackendAddModifyRemove},
 		{"Readable", s.testBackendReadable},
 		{"InterestBits", s.testBackendInterestBits},
+		{"InterestFromAdd", s.testBackendInterestFromAdd},
 		{"WritableTracksBuffer", s.testBackendWritableTracksBuffer},
 		{"HangupOnReset", s.testBackendHangupOnReset},
 		{"HangupWithoutInterest", s.testBackendHangupNoInterest},
@@ -359,6 +360,47 @@ func (s *suite) testBackendInterestBits(t *testing.T) {
 	require.NoError(t, be.Modify(a, evlib.Readable|evlib.Writable))
 	require.Equal(t, evlib.Readable|evlib.Writable, b.pollFor(a, evlib.Readable))
 	require.NoError(t, be.Remove(a))
+}
+
+// Checklist 2, 4 and 5: the interest Add is given is the fd's interest,
+// whatever it is, and the first Modify changes it from there. The core
+// adds most fds with Readable and changes them later, but a connecting
+// client starts with Writable, and a paused one with nothing: a backend
+// that registered another interest with the kernel than it noted for
+// itself would report outside the interest, or skip the first Modify as
+// one to the interest it believes current.
+func (s *suite) testBackendInterestFromAdd(t *testing.T) {
+	b := s.newBackend(t)
+	b.needPoll()
+	interests := []evlib.Events{0, evlib.Readable, evlib.Writable, evlib.Readable | evlib.Writable}
+	expect := func(fd int, ev evlib.Events, what string) {
+		t.Helper()
+		if ev == 0 {
+			b.notReported(fd, what)
+			return
+		}
+		require.Equal(t, ev, b.pollFor(fd, ev), "%s: a socket with data, writable", what)
+	}
+	for _, add := range interests {
+		for _, mod := range interests {
+			if mod == add {
+				continue
+			}
+			func() {
+				a, peer := nonblockPair(t)
+				defer unix.Close(a)
+				defer unix.Close(peer)
+				_, err := unix.Write(peer, []byte("data"))
+				require.NoError(t, err)
+				require.NoError(t, b.be.Add(a, evlib.KindStream, add))
+				defer b.be.Remove(a)
+				expect(a, add, fmt.Sprintf("added with interest %v", add))
+				require.NoError(t, b.be.Modify(a, mod))
+				expect(a, mod, fmt.Sprintf("added with interest %v, then modified to %v", add, mod))
+				require.NoError(t, b.be.Remove(a))
+			}()
+		}
+	}
 }
 
 // Writable follows the kernel: a full socket is not writable, a drained
