@@ -1033,6 +1033,20 @@ func (s *suite) testBackendClose(t *testing.T) {
 	// backend closed, whose number may belong to something else by now.
 	require.ErrorIs(t, b.be.Add(peer, evlib.KindStream, evlib.Readable), evlib.ErrClosed, "Add after Close")
 	require.ErrorIs(t, b.be.Modify(a, evlib.Readable|evlib.Writable), evlib.ErrClosed, "Modify after Close of an fd watched before")
+	// Remove after Close returns nil and touches nothing: the core may
+	// remove an fd from a closed backend, and the number of the
+	// descriptor the backend closed (its epoll or kqueue instance) is
+	// the lowest free one, which the backend made next takes.
+	other := s.newBackend(t)
+	require.NoError(t, other.be.Add(a, evlib.KindStream, evlib.Readable))
+	require.NoError(t, b.be.Remove(a), "Remove after Close of an fd watched before")
+	if !other.app {
+		_, err := unix.Write(peer, []byte("x"))
+		require.NoError(t, err)
+		require.Equal(t, evlib.Readable, other.pollFor(a, evlib.Readable),
+			"fd %d with data, watched by a backend made after the one that watched it before was closed and asked to remove it", a)
+	}
+	require.NoError(t, other.be.Remove(a))
 	_, err := b.be.Poll(0)
 	if b.app && errors.Is(err, evlib.ErrAppDriven) {
 		return
