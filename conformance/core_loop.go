@@ -39,9 +39,9 @@ func (h *harness) waitBlocked() {
 }
 
 // Checklist 11: an idle loop sleeps. One Service pass with a timeout on an
-// idle context waits a bounded number of times; a running loop holding
-// paused input (in the kernel, or kept by the core) does not spin while a
-// timer runs out.
+// idle context waits a bounded number of times; a running loop with no
+// timer, and one holding paused input (in the kernel, or kept by the
+// core), does not spin while it waits for a wakeup or a timer.
 func (s *suite) testIdleSleeps(t *testing.T) {
 	t.Run("Service", func(t *testing.T) {
 		h := s.newHarness(t, echoInfo())
@@ -60,6 +60,29 @@ func (s *suite) testIdleSleeps(t *testing.T) {
 		after := h.th.Stats()
 		require.LessOrEqual(t, h.waits()-w0, uint64(3), "waits in one idle Service pass")
 		require.Equal(t, before.Dispatches, after.Dispatches, "callbacks on an idle context")
+	})
+	t.Run("NoTimer", func(t *testing.T) {
+		// With nothing pending and no timer the core waits with no
+		// limit (Poll(-1), or next < 0 from Pass): a backend whose wait
+		// without a limit returns at once, with nothing, turns every
+		// idle loop into a spinning one, which no test with a timer
+		// sees. The loop is idle until another goroutine posts to it.
+		h := s.newHarness(t, echoInfo())
+		fd, _ := unixPair(t)
+		_, err := h.ctx.AdoptFD(fd, "")
+		require.NoError(t, err)
+		h.start()
+		h.waitBlocked()
+		var w0 uint64
+		h.do(func() { w0 = h.waits() })
+		woke := make(chan uint64, 1)
+		posted := make(chan error, 1)
+		time.AfterFunc(100*time.Millisecond, func() {
+			posted <- h.th.Post(func() { woke <- h.waits() })
+		})
+		require.NoError(t, waitCh(t, posted, "Post from a timer goroutine"))
+		w1 := waitCh(t, woke, "the posted function to run")
+		require.LessOrEqual(t, w1-w0, uint64(10), "the loop waited %d times while idle with no timer for 100ms: it spins", w1-w0)
 	})
 	t.Run("SubResolutionTimer", func(t *testing.T) {
 		// Checklist 17: a timer due in less than the backend's wait
