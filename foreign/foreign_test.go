@@ -3,6 +3,7 @@
 package foreign_test
 
 import (
+	"net"
 	"os"
 	"sync/atomic"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	"github.com/plugloop/plugloop/evlib"
 	"github.com/plugloop/plugloop/foreign"
 	"github.com/plugloop/plugloop/internal/echo"
+	"github.com/plugloop/plugloop/internal/testkit"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
@@ -201,4 +203,67 @@ func TestPollSetWhileAnotherGoroutineHolds(t *testing.T) {
 		require.NoError(t, set.Poll(th, nil, -1))
 	}
 	require.ErrorIs(t, nested, core.ErrInService, "Poll inside a Poll's callback")
+}
+
+// An fd plugloop watches with no events stays in the set's wait: poll(2)
+// reports POLLHUP and POLLERR whatever the events asked for, which is how
+// a paused connection learns at once that its peer reset it (the backend
+// declares evlib.CapHangupWithoutInterest). Nothing else is due here, so
+// the loop waits with no limit: a set that left such an fd out of its
+// wait would sleep through the reset, and the core would never read the
+// paused input the hang-up ends and drop the fd (DEL_POLL_FD).
+func TestPollSetHangupWithoutInterest(t *testing.T) {
+	set := new(foreign.PollSet)
+	var fd atomic.Int64
+	fd.Store(-1)
+	paused, dropped := make(chan struct{}), make(chan struct{})
+	proto := core.Protocol{Name: "paused", Callback: func(ev core.Event) error {
+		switch ev.Reason {
+		case core.ReasonRawAdopt:
+			fd.Store(int64(ev.Conn.FD()))
+			return ev.Conn.RxFlowControl(false)
+		case core.ReasonChangeModePollFD:
+			if int64(ev.Poll.FD) == fd.Load() && ev.Poll.Events == 0 {
+				close(paused)
+			}
+		case core.ReasonDelPollFD:
+			if int64(ev.Poll.FD) == fd.Load() {
+				close(dropped)
+			}
+		}
+		return nil
+	}}
+	ctx, err := core.New(core.Info{EventLib: foreign.Name, CloseTimeout: time.Minute, Protocols: []core.Protocol{set.Protocol(proto)}})
+	require.NoError(t, err)
+	require.NotZero(t, ctx.Caps()&evlib.CapHangupWithoutInterest, "the foreign backend declares evlib.CapHangupWithoutInterest")
+	srv, cli := testkit.TCPPair(t)
+	_, err = ctx.AdoptConn(srv, "paused")
+	require.NoError(t, err)
+	loop := make(chan error, 1)
+	go func() { // the application's loop
+		for {
+			if err := set.Poll(ctx.Thread(0), nil, -1); err != nil {
+				loop <- err
+				return
+			}
+		}
+	}()
+	// The core drops the interest lazily, when input comes for the
+	// paused connection.
+	_, err = cli.Write([]byte("x"))
+	require.NoError(t, err)
+	select {
+	case <-paused: // the set's wait watches it with no events from now on
+	case <-time.After(10 * time.Second):
+		t.Errorf("fd %d was not changed to no events after its rx was paused and input came", fd.Load())
+	}
+	require.NoError(t, cli.(*net.TCPConn).SetLinger(0))
+	require.NoError(t, cli.Close())
+	select {
+	case <-dropped:
+	case <-time.After(10 * time.Second):
+		t.Errorf("fd %d, paused (no events), was not dropped after its peer's reset: the set's wait did not report the hang-up", fd.Load())
+	}
+	require.NoError(t, ctx.Destroy())
+	require.ErrorIs(t, <-loop, core.ErrDestroyed)
 }
