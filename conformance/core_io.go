@@ -1195,7 +1195,11 @@ func (p *pausedPeer) fill(t *testing.T, limit int) int {
 	require.NoError(t, err)
 	buf := pattern(31, 64<<10)
 	var werr error
+	deadline := time.Now().Add(hang)
 	for blocked := false; !blocked && p.written < limit && werr == nil; {
+		// A backend that never pushes back would take minutes to reach
+		// a limit meant to be out of reach, a socket buffer per look.
+		require.True(t, time.Now().Before(deadline), "conformance: the peer wrote %d bytes to a paused connection in %v without ever staying blocked (hang guard)", p.written, hang)
 		require.NoError(t, rc.Write(func(fd uintptr) bool {
 			for p.written < limit {
 				n, err := unix.Write(int(fd), buf[:min(len(buf), limit-p.written)])

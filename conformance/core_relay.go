@@ -190,7 +190,11 @@ func fillBlocked(t *testing.T, h *harness, c *net.TCPConn, off, limit int) int {
 	require.NoError(t, err)
 	written := 0
 	var werr error
+	deadline := time.Now().Add(hang)
 	for blocked := false; !blocked && written < limit && werr == nil; {
+		// A backend that never pushes back would take minutes to reach
+		// a limit meant to be out of reach, a socket buffer per look.
+		require.True(t, time.Now().Before(deadline), "conformance: the peer wrote %d bytes in %v without ever staying blocked (hang guard)", written, hang)
 		require.NoError(t, rc.Write(func(fd uintptr) bool {
 			for written < limit {
 				n, err := unix.Write(int(fd), streamAt(off+written, min(64<<10, limit-written)))
