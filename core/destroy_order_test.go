@@ -154,3 +154,42 @@ func TestDestroyInsideAdoptionsPollFD(t *testing.T) {
 		})
 	}
 }
+
+// The same with the adoption nested in another's ADD_POLL_FD: Destroy in
+// the inner one's ADD_POLL_FD stops both, each AdoptFD says ErrDestroyed,
+// no RAW_ADOPT comes, and both fds are still the caller's.
+func TestDestroyInsideNestedAdoptionsPollFD(t *testing.T) {
+	for _, lib := range backends {
+		t.Run(lib, func(t *testing.T) {
+			x, y := nonblockSocketpair(t), nonblockSocketpair(t)
+			for _, fd := range []int{x[0], x[1], y[0], y[1]} {
+				defer unix.Close(fd)
+			}
+			var ctx *core.Context
+			var reasons []core.Reason
+			var inner error
+			ctx, err := core.New(core.Info{EventLib: lib, Protocols: []core.Protocol{{Name: "p", Callback: func(ev core.Event) error {
+				switch {
+				case ev.Reason == core.ReasonAddPollFD && ev.Poll.FD == x[0]:
+					_, inner = ctx.AdoptFD(y[0], "p")
+				case ev.Reason == core.ReasonAddPollFD && ev.Poll.FD == y[0]:
+					ctx.Destroy()
+				case ev.Reason == core.ReasonRawAdopt, ev.Reason == core.ReasonRawClose:
+					reasons = append(reasons, ev.Reason)
+				}
+				return nil
+			}}}})
+			require.NoError(t, err)
+			c, err := ctx.AdoptFD(x[0], "p")
+			require.ErrorIs(t, err, core.ErrDestroyed, "outer AdoptFD")
+			require.Nil(t, c)
+			require.ErrorIs(t, inner, core.ErrDestroyed, "inner AdoptFD")
+			<-ctx.Done()
+			require.Empty(t, reasons, "RAW_ADOPT or RAW_CLOSE")
+			for _, fd := range []int{x[0], y[0]} {
+				_, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
+				require.NoError(t, err, "fd %d is open still, the caller's", fd)
+			}
+		})
+	}
+}
