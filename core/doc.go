@@ -58,9 +58,9 @@
 // (Conn's and Timer's, Listen, AdoptFD and the like) work in a callback,
 // or on a goroutine that holds the thread because nobody is servicing it;
 // elsewhere they return [ErrWrongGoroutine] ([ErrDestroyed] once Destroy
-// was called) and change nothing. The ways in
-// from any goroutine are [Thread.Post], [Context.CancelService],
-// [Context.Attach], the *All methods and [Context.Destroy].
+// was called) and change nothing. The ways in from any goroutine are
+// [Thread.Post], [Context.CancelService], [Context.Attach], the *All
+// methods and [Context.Destroy].
 //
 // # Errors
 //
