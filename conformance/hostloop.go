@@ -34,6 +34,7 @@ type hostRun struct {
 	wrote  atomic.Int64
 	read   atomic.Int64
 	waits  atomic.Uint64
+	quiet  atomic.Bool // no traffic of the application's own: see whileWaiting
 	iter   int
 	ready  []unix.PollFd
 }
@@ -182,7 +183,7 @@ func (r *hostRun) iterate(max time.Duration) (destroyed bool, err error) {
 			}
 		}
 	}
-	if r.iter++; r.iter%16 == 0 {
+	if r.iter++; r.iter%16 == 0 && !r.quiet.Load() {
 		r.kick() // the application's own traffic, now and then
 	}
 	if r.service0() {

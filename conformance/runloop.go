@@ -232,7 +232,7 @@ func (l *runLoop) waitAhead() {
 func (l *runLoop) tickTask() bool {
 	l.tick.Store(false)
 	l.r.waits.Add(1)
-	if l.r.iter++; l.r.iter%16 == 0 && l.mode == running {
+	if l.r.iter++; l.r.iter%16 == 0 && l.mode == running && !l.r.quiet.Load() {
 		l.r.kick() // the application's own traffic, now and then
 	}
 	return false
@@ -318,4 +318,21 @@ func (l *runLoop) stop() {
 	if l.err != nil {
 		t.Errorf("conformance: host %q: Run: %v", l.r.host.Name, l.err)
 	}
+}
+
+// whileHeld calls f on the calling goroutine while the loop runs a task of
+// the suite's, outside plugloop's code: the thread is idle for the call to
+// take, and its release wakes the loop's next wait.
+func (l *runLoop) whileHeld(f func() error) error {
+	held, release := make(chan struct{}), make(chan struct{})
+	if err := l.loop.Do(func() bool { close(held); <-release; return false }); err != nil {
+		return fmt.Errorf("conformance: host %q: queueing a task: %w", l.r.host.Name, err)
+	}
+	defer close(release)
+	select {
+	case <-held:
+	case <-timeAfterHang():
+		return fmt.Errorf("conformance: host %q: the loop did not run a task (hang guard)", l.r.host.Name)
+	}
+	return f()
 }
