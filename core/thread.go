@@ -410,8 +410,9 @@ func (t *Thread) Service(timeout time.Duration) error {
 // the thread knows its own interest. It returns ErrClosed when servicing
 // closed the connection: the fd was the thread's, but Revents is left
 // alone, as lws leaves it (a loop that compacts its pollfd array when an
-// fd is deleted may have moved another fd into pfd), ErrDestroyed once the context is being destroyed, and
-// ErrInService when the thread is held elsewhere: by another goroutine
+// fd is deleted may have moved another fd into pfd); ErrDestroyed once
+// the context is being destroyed; and ErrInService when the thread is
+// held elsewhere: by another goroutine
 // (a loop-only call made while the application's loop waited; it wakes
 // that loop when done, so the application just offers the fd again after
 // its next wait) or by a callback on this goroutine; a nil pfd is

@@ -139,15 +139,14 @@ func (s *PollSet) Len() int {
 // Poll is one iteration of the application's loop: it waits with poll(2)
 // (ppoll on Linux, to the nanosecond) on mine and plugloop's fds for at
 // most max (less when plugloop has work due; max < 0 means no limit),
-// hands plugloop its ready fds,
-// runs forced service, and leaves the Revents of mine set for the caller.
-// A loop-only call that another goroutine makes meanwhile is no error: it
-// wakes the loop when it is done, and the next Poll does what this one
-// could not. Poll returns core.ErrDestroyed once the context is destroyed,
-// an error wrapping core.ErrInvalid when t is not the set's Thread or the
-// set heard of none of its fds (Protocol did not wrap the context's first
-// protocol), and
-// one wrapping core.ErrInService when a Poll of the same set is running
+// hands plugloop its ready fds, runs forced service, and leaves the
+// Revents of mine set for the caller. A loop-only call that another
+// goroutine makes meanwhile is no error: it wakes the loop when it is
+// done, and the next Poll does what this one could not. Poll returns
+// core.ErrDestroyed once the context is destroyed, an error wrapping
+// core.ErrInvalid when t is not the set's Thread or the set heard of none
+// of its fds (Protocol did not wrap the context's first protocol), and one
+// wrapping core.ErrInService when a Poll of the same set is running
 // (called from one of plugloop's callbacks, or from a second goroutine).
 func (s *PollSet) Poll(t *core.Thread, mine []unix.PollFd, max time.Duration) error {
 	if t == nil || t.Index() != s.Thread {
