@@ -1187,49 +1187,17 @@ func (s *suite) newPausedPeer(t *testing.T) *pausedPeer {
 	return p
 }
 
-// fill writes to the paused connection until the peer stays blocked or
-// limit bytes are written, and returns how many it wrote. No RAW_RX may
-// come meanwhile.
+// fill writes the test stream to the paused connection until the peer
+// stays blocked or limit bytes are written, and returns how many it wrote.
+// No RAW_RX may come meanwhile: blocked for good means the socket stays
+// full while the loop runs, the core not reading a paused connection.
 func (p *pausedPeer) fill(t *testing.T, limit int) int {
-	rc, err := p.cli.SyscallConn()
-	require.NoError(t, err)
-	buf := pattern(31, 64<<10)
-	var werr error
-	deadline := time.Now().Add(hang)
-	for blocked := false; !blocked && p.written < limit && werr == nil; {
-		// A backend that never pushes back would take minutes to reach
-		// a limit meant to be out of reach, a socket buffer per look.
-		require.True(t, time.Now().Before(deadline), "conformance: the peer wrote %d bytes to a paused connection in %v without ever staying blocked (hang guard)", p.written, hang)
-		require.NoError(t, rc.Write(func(fd uintptr) bool {
-			for p.written < limit {
-				n, err := unix.Write(int(fd), buf[:min(len(buf), limit-p.written)])
-				if n > 0 {
-					p.written += n
-					p.sum = crc64.Update(p.sum, p.table, buf[:n])
-				}
-				if errors.Is(err, unix.EAGAIN) {
-					return true
-				}
-				if err != nil {
-					werr = err
-					return true
-				}
-			}
-			return true
-		}))
-		// Full for now. Blocked for good means it stays full while the
-		// loop runs: the core does not read a paused connection.
-		p.h.sync()
-		require.NoError(t, rc.Control(func(fd uintptr) {
-			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
-			n, _ := unix.Poll(pfd, 100)
-			blocked = n == 0
-		}))
-	}
-	require.NoError(t, werr)
-	var n int
-	p.h.do(func() { n = p.st.n })
-	require.Zero(t, n, "RAW_RX while paused")
+	n := fillBlocked(t, p.h, p.cli, p.written, limit-p.written)
+	p.sum = crc64.Update(p.sum, p.table, streamAt(p.written, n))
+	p.written += n
+	var rx int
+	p.h.do(func() { rx = p.st.n })
+	require.Zero(t, rx, "RAW_RX while paused")
 	return p.written
 }
 

@@ -183,7 +183,8 @@ const targetPeerRcvBuf = 64 << 10
 
 // fillBlocked writes the test stream to c from offset off until the
 // writes stay blocked while the loop runs, or limit bytes are written,
-// and returns how many it wrote.
+// and returns how many it wrote. Each look, after the loop ran, waits
+// 100 ms for room.
 func fillBlocked(t *testing.T, h *harness, c *net.TCPConn, off, limit int) int {
 	t.Helper()
 	rc, err := c.SyscallConn()
