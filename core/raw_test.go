@@ -317,6 +317,13 @@ func TestUDPWriteToAcrossFamilies(t *testing.T) {
 	require.NoError(t, err)
 	v4, err := ctx.ListenUDP("udp4", "", "")
 	require.NoError(t, err)
+	// Address "" binds every local address and a port of the kernel's at
+	// once, as ":0" does.
+	for _, c := range []*core.Conn{dual, v4} {
+		a := c.LocalAddr().(*net.UDPAddr)
+		require.True(t, a.IP.IsUnspecified(), "local address %v", a)
+		require.NotZero(t, a.Port, "local address %v", a)
+	}
 	send[dual], send[v4] = to, mapped
 	require.NoError(t, dual.CallbackOnWritable())
 	require.NoError(t, v4.CallbackOnWritable())

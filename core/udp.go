@@ -9,7 +9,6 @@ import (
 	"net/netip"
 
 	"github.com/plugloop/plugloop/evlib"
-	"github.com/plugloop/plugloop/internal/sys"
 	"golang.org/x/sys/unix"
 )
 
@@ -18,8 +17,9 @@ import (
 const datagramBatch = 16
 
 // ListenUDP creates a UDP socket — network "udp", "udp4" or "udp6" — bound
-// to address, or not bound at all when address is "" (a socket that only
-// sends gets an ephemeral port from the kernel on its first send). Each
+// to address; "" means ":0", every local address and a port the kernel
+// picks, as a socket that only sends wants (network "udp" is then
+// dual-stack where the host has IPv6, and IPv4 where it has not). Each
 // datagram arrives in its own RAW_RX with Event.From set; WriteTo sends.
 // The socket is placed like AdoptFD's (see OnThread); on error it is
 // closed.
@@ -33,25 +33,21 @@ func (c *Context) ListenUDP(network, address, protocol string, opts ...AdoptOpti
 	default:
 		return nil, fmt.Errorf("%w: network %q (want udp, udp4 or udp6)", ErrInvalid, network)
 	}
-	var fd int
 	if address == "" {
-		family := unix.AF_INET6
-		if network == "udp4" {
-			family = unix.AF_INET
-		}
-		if fd, err = sys.Socket(family, unix.SOCK_DGRAM, 0); err != nil {
-			return nil, fmt.Errorf("plugloop: udp socket: %w", err)
-		}
-	} else {
-		pc, err := net.ListenPacket(network, address)
-		if err != nil {
-			return nil, badAddr(err)
-		}
-		fd, err = dupOf(pc)
-		pc.Close()
-		if err != nil {
-			return nil, err
-		}
+		// The standard library picks the family the host has and, for
+		// "udp", clears IPV6_V6ONLY, which the BSDs set by default: a
+		// plain socket(AF_INET6) would need IPv6 and could not reach IPv4
+		// peers there.
+		address = ":0"
+	}
+	pc, err := net.ListenPacket(network, address)
+	if err != nil {
+		return nil, badAddr(err)
+	}
+	fd, err := dupOf(pc)
+	pc.Close()
+	if err != nil {
+		return nil, err
 	}
 	conn, err := c.adoptKind(fd, evlib.KindDatagram, p, o)
 	if err != nil && !errors.Is(err, errAdoptRefused) {
