@@ -199,6 +199,7 @@ func (s *suite) backendTests() []subtest {
 		{"PollDoesNotBlock", s.testBackendPollZero},
 		{"PollTimeout", s.testBackendPollTimeout},
 		{"PollWakesOnReadiness", s.testBackendPollWakes},
+		{"PollCountsWaits", s.testBackendPollCountsWaits},
 		{"PollSignalled", s.testBackendPollSignalled},
 		{"ChangesInsideReady", s.testBackendChangesInsideReady},
 		{"TableGrowth", s.testBackendTableGrowth},
@@ -705,6 +706,41 @@ func (s *suite) testBackendPollWakes(t *testing.T) {
 	require.True(t, ok, "the readable fd was not reported")
 	require.NotZero(t, ev&evlib.Readable)
 	require.NoError(t, b.be.Remove(a))
+}
+
+// A Poll that may block counts its wait in Counters.Waits before it
+// blocks: the core-level tests learn from it that the loop is idle, and
+// without it each of them would wait out the hang guard, saying only that
+// the loop never blocked.
+func (s *suite) testBackendPollCountsWaits(t *testing.T) {
+	b := s.newBackend(t)
+	b.needPoll()
+	_, peer := b.watchReadable()
+	w0 := b.ctr.Waits.Load()
+	done := make(chan error, 1)
+	go func() {
+		for {
+			n, err := b.be.Poll(-1)
+			if n > 0 || err != nil {
+				done <- err
+				return
+			}
+			// 0 without error: woken early (EINTR); wait again.
+		}
+	}()
+	// Whatever happens below, the Poll ends before the backend is closed.
+	defer func() {
+		unix.Write(peer, []byte("wake"))
+		waitCh(t, done, "Poll(-1) to return once a watched fd is readable")
+		b.sink.take()
+	}()
+	deadline := time.Now().Add(hang)
+	for b.ctr.Waits.Load() == w0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("conformance: a Poll(-1) blocked for %v with evlib.Config.Counters.Waits unchanged: Poll must count a wait that may block before it blocks, not after it or not at all (see evlib.Counters)", hang)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // A signal that interrupts Poll's wait (Go's own preemption signal, or one

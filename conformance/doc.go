@@ -24,7 +24,9 @@
 //     descriptor's New and a recording evlib.Sink: Add/Modify/Remove
 //     idempotency and errors, readiness reports (Readable, Writable,
 //     Hangup, Error) as independent bits, many fds ready at once, fds
-//     watched before a far higher one was added, Poll timeouts, Close
+//     watched before a far higher one was added, Poll timeouts, a
+//     blocking Poll counted in evlib.Counters.Waits before it blocks
+//     (the "Core" part learns from it that the loop is idle), Close
 //     (ErrClosed after it, and every descriptor and goroutine New and Add
 //     made released), the core's wake fd (KindWake) for a backend without
 //     a Waker of its own, and the declared capabilities (IO, Waker,

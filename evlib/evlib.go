@@ -143,7 +143,8 @@ type Backend interface {
 	// backend's; plugloop's report in fd order, which served a thousand
 	// connections with about 10% less CPU than the kernel's order. A
 	// positive timeout finer than the mechanism's resolution is rounded up,
-	// never down to 0: the core would spin until its timer is due.
+	// never down to 0: the core would spin until its timer is due. A Poll
+	// that may block adds to Config.Counters.Waits first (see Counters).
 	Poll(timeout time.Duration) (int, error)
 
 	// Close releases what the backend created. It never closes fds the
@@ -273,8 +274,19 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Counters are per-service-thread statistics. The backend adds to Waits and
-// InterestChanges; the core adds to the rest. Any goroutine may read them.
+// Counters are per-service-thread statistics. Any goroutine may read them.
+// The backend adds to Waits and InterestChanges, and a backend with its own
+// Waker to Wakes (the core counts the signals of its own wake fd); the core
+// adds to the rest.
+//
+// Waits is more than a statistic: a Poll that may block (timeout != 0)
+// adds to it before it blocks, and a Looper adds one before it blocks
+// after a Pass; a wait that cannot block need not count. The
+// conformance suite learns from a wait counted after a function posted to
+// the thread (core.Thread.Post) ran that the loop is idle: a backend that
+// counts its waits after they return, or not at all, would fail every
+// core-level test that waits for an idle loop on the suite's hang guard,
+// so the suite's Backend part checks the rule first.
 type Counters struct {
 	Waits           atomic.Uint64 // epoll_wait, poll, kevent... calls
 	InterestChanges atomic.Uint64 // epoll_ctl, kevent changes... calls
