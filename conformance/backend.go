@@ -273,6 +273,21 @@ func (s *suite) testBackendAddModifyRemove(t *testing.T) {
 
 	require.ErrorIs(t, be.Add(-1, evlib.KindStream, evlib.Readable), evlib.ErrBadFD, "Add of a negative fd")
 	require.ErrorIs(t, be.Add(math.MaxInt, evlib.KindStream, evlib.Readable), evlib.ErrBadFD, "Add of an fd beyond a C int")
+	// First a number that is not open, whose table still fits in memory:
+	// a backend that sizes its fd table by the number before it asks the
+	// kernel fails here, with a message, instead of at math.MaxInt32 below,
+	// where a table it also fills in (-1 for "not watched") is gigabytes
+	// of memory touched and the test dies by the host's OOM killer, saying
+	// nothing.
+	if probe := 1 << 20; !fdOpen(probe) {
+		var m0, m1 runtime.MemStats
+		runtime.ReadMemStats(&m0)
+		err := be.Add(probe, evlib.KindStream, evlib.Readable)
+		runtime.ReadMemStats(&m1)
+		require.ErrorIs(t, err, evlib.ErrBadFD, "Add of fd %d, which is not open: Add asks the kernel first (fcntl F_GETFD) and grows no table for it", probe)
+		require.Less(t, m1.TotalAlloc-m0.TotalAlloc, uint64(1<<20),
+			"Add of fd %d, which is not open, allocated for a table that size: Add must ask the kernel (fcntl F_GETFD) before it grows a table, or at fd %d (tested next) it takes gigabytes", probe, math.MaxInt32)
+	}
 	// No process can have this one open. A backend that sized its fd
 	// table by the number before asking the kernel would allocate
 	// gigabytes here (untouched, so only the allocator's count shows
