@@ -130,7 +130,11 @@ type Backend interface {
 	// core calls it before it closes fd, and never dispatches an event for
 	// a removed fd, so events already collected for it may be dropped
 	// (also when Remove is called from the Sink during a Poll's reports);
-	// no later Poll reports it.
+	// no later Poll reports it. An fd removed during a Poll's reports stays
+	// open until that Poll returns (in Loop, until the next Pass; see
+	// FDCloser), so its number cannot be added again within the batch: the
+	// backend need not tell the events it collected for it from those of
+	// a new fd of the same number.
 	Remove(fd int) error
 
 	// Poll waits at most timeout for readiness (timeout < 0: no limit;
