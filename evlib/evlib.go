@@ -285,12 +285,12 @@ type Config struct {
 //
 // Waits is more than a statistic: a Poll that may block (timeout != 0)
 // adds to it before it blocks, and a Looper adds one before it blocks
-// after a Pass; a wait that cannot block need not count. The
-// conformance suite learns from a wait counted after a function posted to
-// the thread (core.Thread.Post) ran that the loop is idle: a backend that
-// counts its waits after they return, or not at all, would fail every
-// core-level test that waits for an idle loop on the suite's hang guard,
-// so the suite's Backend part checks the rule first.
+// after a Pass; a wait that cannot block need not count. The conformance
+// suite learns from a wait counted after a function posted to the thread
+// (core.Thread.Post) ran that the loop is idle: a backend that counts its
+// waits after they return, or not at all, would fail every core-level
+// test that waits for an idle loop on the suite's hang guard, so the
+// suite's Backend part checks the rule first.
 type Counters struct {
 	Waits           atomic.Uint64 // epoll_wait, poll, kevent... calls
 	InterestChanges atomic.Uint64 // epoll_ctl, kevent changes... calls
