@@ -150,8 +150,7 @@ type Backend struct {
 	fdMu    sync.Mutex
 	mode    mode
 	passer  evlib.Passer
-	gen     uint32  // current batch stamp
-	counted bool    // the wait ahead of the loop is counted in Waits
+	gen     uint32  // Poll's current batch stamp
 	reports int     // fds reported by the current Poll
 	idleOn  bool    // idle is readable
 	dueOn   bool    // due was written and its event has not come
@@ -518,7 +517,6 @@ func (b *Backend) Poll(timeout time.Duration) (int, error) {
 	b.mode, b.reports = modePoll, 0
 	b.gen++
 	b.ctr.Waits.Add(1)
-	b.counted = false // the second batch's wait is counted when seen
 	switch {
 	case timeout == 0:
 		b.kick()
@@ -559,9 +557,6 @@ func (b *Backend) Loop(p evlib.Passer) error {
 		return nil
 	}
 	b.mode, b.passer = modeLoop, p
-	b.gen++
-	b.ctr.Waits.Add(1)
-	b.counted = true
 	b.schedule(next)
 	err := b.poller.Polling(b.onEvent)
 	b.mode, b.passer = modeIdle, nil
@@ -585,23 +580,24 @@ func (b *Backend) Loop(p evlib.Passer) error {
 // Waits. gnet's epoll_wait calls happen inside Polling, out of sight, so
 // Waits is approximate for this backend; it counts:
 //
-//   - one when Poll or Loop enters Polling (its first epoll_wait);
-//   - in Poll, the second batch (exact: a pass is one or two epoll_waits);
-//   - in Loop, a batch that starts while the loop is busy, recognised when
-//     an fd already reported in the current batch is reported again (an
-//     epoll_wait returns each fd once); batches whose fds are all new are
-//     not recognised and not counted;
-//   - in Loop, one wait ahead whenever a callback hands control back to
-//     Polling with nothing due at once (Pass returned next != 0), at most
-//     once until the next batch is recognised, Pass asks to run again at
-//     once, or sig (a wakeup) is handled. The core runs a function posted
-//     while it was busy in a pass it asked for at once, and one posted
-//     while it waited after sig, so a wait is always counted after a
-//     posted function ran, before the loop blocks.
+//   - in Poll, one when it enters Polling (its first epoll_wait) and one
+//     for the second batch (exact: a pass is one or two epoll_waits);
+//   - in Loop, one after every Pass that hands control back to Polling
+//     with nothing due at once (next != 0), before Polling goes on: the
+//     wait that may follow. So a wait is counted after every function
+//     posted to the core ran (in a pass), before the loop blocks, which
+//     is what the contract asks. Several such passes in one batch (fd
+//     events handed over at once, see Batches) count a wait each, though
+//     gnet blocks once after them: nothing in Polling's callbacks tells
+//     where one epoll_wait's events end. (Telling a batch by an fd
+//     reported twice, as Poll does, missed a batch of fds all new since
+//     the last wait counted, and its pass counted nothing.)
 //
 // Not counted: the zero-timeout epoll_wait gnet makes after every batch
-// when it returns nothing (gnet then blocks with the next call, which is
-// the one counted as the wait ahead).
+// when it returns nothing (gnet then blocks with the next call).
+
+// stamp marks fd seen in Poll's current batch; an fd seen twice marks the
+// second batch, which it counts.
 func (b *Backend) stamp(fd int) (repeat bool) {
 	if fd >= len(b.fds) {
 		return false
@@ -609,10 +605,7 @@ func (b *Backend) stamp(fd int) (repeat bool) {
 	s := &b.fds[fd]
 	if s.seen == b.gen {
 		b.gen++
-		if !b.counted {
-			b.ctr.Waits.Add(1)
-		}
-		b.counted = false
+		b.ctr.Waits.Add(1)
 		repeat = true
 	}
 	s.seen = b.gen
@@ -633,11 +626,9 @@ func (b *Backend) onEvent(fd int, e netpoll.IOEvent, _ netpoll.IOFlags) error {
 		b.kick() // end the pass after this batch
 		return nil
 	}
-	b.stamp(fd)
 	switch {
 	case fd == b.sig.R:
 		b.consumeSig()
-		b.counted = false
 	case fd == b.idle.R:
 	case fd == b.due.R:
 		b.dueOn = false
@@ -743,7 +734,6 @@ func (b *Backend) passDue() {
 // a spurious early Pass is harmless) or only on an event (next < 0).
 func (b *Backend) schedule(next time.Duration) {
 	if next == 0 {
-		b.counted = false // the wait counted ahead does not block
 		if !b.idleOn {
 			b.idleOn = true
 			b.idle.Signal()
@@ -751,9 +741,8 @@ func (b *Backend) schedule(next time.Duration) {
 		return
 	}
 	b.disarmIdle()
-	if b.foreign == nil && !b.counted { // on a foreign poller the application waits
+	if b.foreign == nil { // on a foreign poller the application waits
 		b.ctr.Waits.Add(1)
-		b.counted = true
 	}
 	if next < 0 {
 		return
