@@ -545,7 +545,11 @@ func (b *Backend) mayReport(e *entry) bool {
 // pass that follows events, and leaves the rest to the service thread:
 // whatever the pass could not finish (it wants to be called again at
 // once, or a report is pending) wakes it, a timer that falls due sooner
-// rearms its timer. In Poll it counts the report and wakes the wait, whose
+// rearms its timer. Otherwise the service thread goes on waiting, a wait
+// that follows this pass, so it is counted (Waits), as a Looper's wait
+// after every Pass is: the wait counted before the pass, when the service
+// thread started it, is no wait after a function posted to the core ran
+// in the pass. In Poll it counts the report and wakes the wait, whose
 // caller runs the pass.
 func (b *Backend) afterInline() {
 	b.passed()
@@ -555,10 +559,12 @@ func (b *Backend) afterInline() {
 		return
 	}
 	next, stop := b.passer.Pass()
-	switch {
-	case stop || next == 0 || len(b.cand) > 0:
+	if stop || next == 0 || len(b.cand) > 0 {
 		b.kickWaiter()
-	case next > 0:
+		return
+	}
+	b.ctr.Waits.Add(1)
+	if next > 0 {
 		if at := time.Now().Add(next); b.timerAt.IsZero() || at.Before(b.timerAt) {
 			b.timerAt = at
 			b.timer.Reset(next)
