@@ -45,6 +45,7 @@ func (s *suite) coreTests() []subtest {
 		{"ReadbufOrder", s.testReadbufOrder},
 		{"Files", s.testCoreFiles},
 		{"IdleSleeps", s.testIdleSleeps},
+		{"WaitCountedAfterEvents", s.testWaitCountedAfterEvents},
 		{"ServiceAdjustTimeout", s.testAdjustTimeout},
 		{"Timers", s.testTimers},
 		{"TimerScheduledEarlier", s.testTimerEarlier},

@@ -38,6 +38,37 @@ func (h *harness) waitBlocked() {
 	waitUntil(h.t, "the loop to block in the backend", func() bool { return h.waits() > w0 })
 }
 
+// A wait is counted (evlib.Counters.Waits) after every pass that handled
+// events, before the loop blocks again: the suite tells an idle loop by a
+// wait counted after a function posted to the thread ran, and such a
+// function may run in the pass that events brought. Each round reads on a
+// new connection, an fd the backend never reported before, in a batch of
+// its own.
+func (s *suite) testWaitCountedAfterEvents(t *testing.T) {
+	rx := make(chan uint64, 16) // room for a bug's extra reports: never block the loop
+	var h *harness
+	cb := func(ev core.Event) error {
+		if ev.Reason == core.ReasonRawRX {
+			rx <- h.waits()
+		}
+		return nil
+	}
+	h = s.newHarness(t, core.Info{Protocols: []core.Protocol{{Name: "wc", Callback: cb}}})
+	h.start()
+	for i := range 4 {
+		fd, peer := unixPair(t)
+		var err error
+		h.do(func() { _, err = h.ctx.AdoptFD(fd, "") })
+		require.NoError(t, err)
+		h.waitBlocked()
+		write(t, peer, []byte("x"))
+		w := waitCh(t, rx, "RAW_RX")
+		waitUntil(t, fmt.Sprintf("a wait counted (evlib.Counters.Waits) after the pass that ran RAW_RX on connection %d, before the loop blocked again", i+1),
+			func() bool { return h.waits() > w })
+	}
+	h.rec.verify(t)
+}
+
 // Checklist 11: an idle loop sleeps. One Service pass with a timeout on an
 // idle context waits a bounded number of times; a running loop with no
 // timer, and one holding paused input (in the kernel, or kept by the

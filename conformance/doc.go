@@ -38,7 +38,9 @@
 //     control and back-pressure, input handed over with core.WithReadbuf,
 //     forced service, timers (never early, in deadline order),
 //     cancel-service, Post, wrong-goroutine detection, destroy, the
-//     poll-fd callbacks, and fd and goroutine leaks. The model-based test
+//     poll-fd callbacks, a wait counted after every pass that events
+//     brought (a posted function may have run in it), and fd and
+//     goroutine leaks. The model-based test
 //     ("Model") runs random programs of such steps mixed — the peer
 //     writing and reading up to 512 KiB at a time, half-closing or closing,
 //     the application writing in RAW_WRITEABLE, pausing and resuming rx
