@@ -17,6 +17,14 @@
 //     poll-fd callbacks and hands events back. They declare [CapAppDriven];
 //     the core never calls their Poll.
 //
+// A completion backend (io_uring's receives) takes the buffered-rx style:
+// it keeps a receive submitted for each stream, reports Readable when one
+// completed, and hands the bytes over in [IO.Read]; its [IO.Write] may
+// write directly, as the netpoll adapter does, or take the bytes into a
+// bounded buffer of its own and report Writable once it drained; its Poll
+// waits for a completion. plugloop ships no such backend, but the netpoll
+// adapter runs this path under the whole conformance suite.
+//
 // Every method of [Backend] is called on the service thread's goroutine, one
 // call at a time, except [Waker.Wake], which any goroutine may call.
 //
@@ -26,9 +34,9 @@
 // goroutine at a time call [Sink.Ready] and, in Loop, [Passer.Pass],
 // provided something like a mutex orders each such goroutine's calls after
 // everything the previous holder did and before the service goroutine goes
-// on. The calling goroutine is then the
-// service thread's goroutine for the duration: the core's callbacks run
-// on it, and the core calls the backend's methods from it.
+// on. The calling goroutine is then the service thread's goroutine for the
+// duration: the core's callbacks run on it, and the core calls the
+// backend's methods from it.
 package evlib
 
 import (
