@@ -17,11 +17,10 @@ import (
 // for a wait counted after it. The service goroutine's own wait, counted
 // before the pass, does not do.
 func TestInlinePassCountsTheWaitAfterIt(t *testing.T) {
-	var ctx *core.Context
 	rx := make(chan uint64, 16)
 	ctx, addr := running(t, evlib_netpoll.Name, func(ev core.Event) error {
 		if ev.Reason == core.ReasonRawRX {
-			rx <- ctx.Stats().Waits
+			rx <- ev.Conn.Thread().Stats().Waits
 		}
 		return nil
 	})
