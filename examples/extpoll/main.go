@@ -13,6 +13,10 @@
 // Thread.ServiceFD (which zeroes Revents of the fds it handled) and then
 // calls Thread.Service(0). foreign.PollSet.Poll is the short form of the
 // same loop.
+//
+// The program is the loop, so it runs on the foreign backend only:
+// PLUGLOOP_EVLIB naming another backend (one with a loop of its own) is
+// refused with an error.
 package main
 
 import (
@@ -25,6 +29,7 @@ import (
 	"time"
 
 	"github.com/plugloop/plugloop/core"
+	"github.com/plugloop/plugloop/evlib"
 	"github.com/plugloop/plugloop/foreign"
 	"github.com/plugloop/plugloop/internal/echo"
 	"golang.org/x/sys/unix"
@@ -66,6 +71,11 @@ func run(addr string) error {
 		return err
 	}
 	defer ctx.Destroy()
+	if ctx.Caps()&evlib.CapAppDriven == 0 {
+		// PLUGLOOP_EVLIB chose a backend that waits itself: this loop
+		// would service it only between its own waits.
+		return fmt.Errorf("%s=%s: this example is the application's own loop and runs only on the %s backend", evlib.EnvVar, ctx.EventLib(), foreign.Name)
+	}
 	ln, err := ctx.Listen("tcp", addr, "echo")
 	if err != nil {
 		return err
