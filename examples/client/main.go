@@ -2,7 +2,7 @@
 
 // Command client is a raw TCP (or unix-socket) client on any plugloop
 // backend: it connects with core.Context.Connect, sends each line read
-// from stdin, and prints whatever comes back. A connection that cannot be
+// from stdin as it is (of any length), and prints whatever comes back. A connection that cannot be
 // established (refused, unreachable, ConnectTimeout) is reported from the
 // CLIENT_CONNECTION_ERROR callback and the program exits with status 1.
 //
@@ -42,7 +42,7 @@ func main() {
 	timeout := flag.Duration("timeout", 5*time.Second, "connect timeout (core.Info.ConnectTimeout)")
 	delay := flag.Duration("attempt-delay", 0, "how long one address's connect may hang before the next is raced beside it; 0: 250 ms, negative: one address at a time (core.Info.ConnectAttemptDelay)")
 	flag.Parse()
-	if err := run(*lib, *addr, *timeout, *delay); err != nil {
+	if err := run(*lib, *addr, *timeout, *delay, os.Stdin, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "client:", err)
 		os.Exit(1)
 	}
@@ -56,7 +56,9 @@ type client struct {
 	failed error // CLIENT_CONNECTION_ERROR's reason
 }
 
-func run(lib, addr string, timeout, delay time.Duration) error {
+// run connects to addr, sends what it reads from in, line by line, and
+// writes what comes back to out (on the loop's goroutine).
+func run(lib, addr string, timeout, delay time.Duration, in io.Reader, out io.Writer) error {
 	st := &client{}
 	var ctx *core.Context
 	proto := core.Protocol{Name: "client", Callback: func(ev core.Event) error {
@@ -68,7 +70,7 @@ func run(lib, addr string, timeout, delay time.Duration) error {
 			fmt.Fprintf(os.Stderr, "client: connected to %v\n", ev.Conn.RemoteAddr())
 			return ev.Conn.CallbackOnWritable()
 		case core.ReasonRawRX:
-			os.Stdout.Write(ev.Data)
+			out.Write(ev.Data)
 		case core.ReasonRawWriteable:
 			if len(st.out) > 0 {
 				n, err := ev.Conn.Write(st.out)
@@ -112,20 +114,30 @@ func run(lib, addr string, timeout, delay time.Duration) error {
 		return err
 	}
 
-	// stdin is read on its own goroutine; each line is posted to the loop.
+	// stdin is read on its own goroutine; each line, however long, is
+	// posted to the loop (a last line without its newline gets one).
 	go func() {
-		sc := bufio.NewScanner(os.Stdin)
-		for sc.Scan() {
-			// A copy: the Scanner reuses its buffer for the next line
-			// before the loop has sent this one.
-			line := append(append([]byte(nil), sc.Bytes()...), '\n')
-			if ctx.Thread(0).Post(func() {
-				st.out = append(st.out, line...)
-				if !conn.Connecting() && !conn.Closed() {
-					conn.CallbackOnWritable()
+		br := bufio.NewReader(in)
+		for {
+			line, err := br.ReadBytes('\n') // a new slice every time
+			if len(line) > 0 {
+				if line[len(line)-1] != '\n' {
+					line = append(line, '\n')
 				}
-			}) != nil {
-				return
+				if ctx.Thread(0).Post(func() {
+					st.out = append(st.out, line...)
+					if !conn.Connecting() && !conn.Closed() {
+						conn.CallbackOnWritable()
+					}
+				}) != nil {
+					return
+				}
+			}
+			if err != nil {
+				if err != io.EOF {
+					fmt.Fprintln(os.Stderr, "client: reading stdin:", err)
+				}
+				break
 			}
 		}
 		ctx.Thread(0).Post(func() {
