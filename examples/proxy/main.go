@@ -86,8 +86,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
+	"strconv"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -215,6 +217,13 @@ func start(cfg config) (*proxy, error) {
 	}
 	if cfg.idle < 0 {
 		return nil, fmt.Errorf("idle %v: must not be negative", cfg.idle)
+	}
+	// Checked here as Context.Connect checks it, which would otherwise
+	// refuse it for every client, closing each without a word.
+	if _, port, err := net.SplitHostPort(cfg.upstream); err != nil {
+		return nil, fmt.Errorf("upstream: %w", err)
+	} else if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return nil, fmt.Errorf("upstream %s: port %q is not a number up to 65535", cfg.upstream, port)
 	}
 	if cfg.threads <= 0 {
 		cfg.threads = 1

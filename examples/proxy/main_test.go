@@ -775,3 +775,18 @@ func readPattern(t *testing.T, c net.Conn, block []byte) int64 {
 		require.NoError(t, err)
 	}
 }
+
+// An upstream address Context.Connect would refuse for every client is
+// refused at start, where the user sees why; a host name is not resolved
+// there.
+func TestBadUpstream(t *testing.T) {
+	for _, up := range []string{"bogus", "127.0.0.1", "127.0.0.1:http", "127.0.0.1:65536", "[::1]:-1"} {
+		p, err := start(config{listen: "127.0.0.1:0", upstream: up, highWater: testHigh, lowWater: testLow})
+		require.Error(t, err, up)
+		require.ErrorContains(t, err, "upstream", up)
+		require.Nil(t, p, up)
+	}
+	p, err := start(config{listen: "127.0.0.1:0", upstream: "nosuchhost.invalid:9000", highWater: testHigh, lowWater: testLow})
+	require.NoError(t, err)
+	require.NoError(t, p.close())
+}
