@@ -2,9 +2,10 @@
 
 // Command client is a raw TCP (or unix-socket) client on any plugloop
 // backend: it connects with core.Context.Connect, sends each line read
-// from stdin as it is (of any length), and prints whatever comes back. A connection that cannot be
-// established (refused, unreachable, ConnectTimeout) is reported from the
-// CLIENT_CONNECTION_ERROR callback and the program exits with status 1.
+// from stdin as it is (of any length), and prints whatever comes back. A
+// connection that cannot be established (refused, unreachable,
+// ConnectTimeout) is reported from the CLIENT_CONNECTION_ERROR callback
+// and the program exits with status 1.
 //
 //	go run ./examples/echo &                      # something to talk to
 //	go run ./examples/client -addr 127.0.0.1:7681  # type lines, see them echoed
