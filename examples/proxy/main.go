@@ -309,7 +309,11 @@ func (p *proxy) callback(ev core.Event) error {
 		p.open.Add(-1)
 		p.connecting.Add(-1)
 		if !s.other.closed {
-			p.connectErrors.Add(1)
+			// The 1st, 2nd, 4th, 8th... failure says why: the cause
+			// without a line per client while the upstream is down.
+			if n := p.connectErrors.Add(1); n&(n-1) == 0 {
+				fmt.Fprintf(os.Stderr, "proxy: upstream: %v (%d connect errors so far)\n", ev.Err, n)
+			}
 			// Nothing was pending for the client: it closes at once.
 			return s.other.conn.Close()
 		}
