@@ -157,6 +157,11 @@ type Backend interface {
 	// positive timeout finer than the mechanism's resolution is rounded up,
 	// never down to 0: the core would spin until its timer is due. A Poll
 	// that may block adds to Config.Counters.Waits first (see Counters).
+	// One that blocks in a raw system call does well to yield first
+	// (runtime.Gosched), as plugloop's own backends and gnet's loop do: a
+	// loop that makes only raw system calls never enters the scheduler,
+	// and once the runtime has preempted it by force it hands the P away
+	// and wakes another thread at every blocking wait.
 	Poll(timeout time.Duration) (int, error)
 
 	// Close releases what the backend created. It never closes fds the
