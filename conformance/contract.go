@@ -749,13 +749,8 @@ func (s *suite) testBackendPollCountsWaits(t *testing.T) {
 		waitCh(t, done, "Poll(-1) to return once a watched fd is readable")
 		b.sink.take()
 	}()
-	deadline := time.Now().Add(hang)
-	for b.ctr.Waits.Load() == w0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("conformance: a Poll(-1) blocked for %v with evlib.Config.Counters.Waits unchanged: Poll must count a wait that may block before it blocks, not after it or not at all (see evlib.Counters)", hang)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitUntil(t, "a Poll(-1) counting its wait in evlib.Config.Counters.Waits (Poll must count a wait that may block before it blocks, not after it or not at all; see evlib.Counters)",
+		func() bool { return b.ctr.Waits.Load() != w0 })
 }
 
 // A signal that interrupts Poll's wait (Go's own preemption signal, or one

@@ -412,13 +412,12 @@ func (t *Thread) Service(timeout time.Duration) error {
 // alone, as lws leaves it (a loop that compacts its pollfd array when an
 // fd is deleted may have moved another fd into pfd); ErrDestroyed once
 // the context is being destroyed; and ErrInService when the thread is
-// held elsewhere: by another goroutine
-// (a loop-only call made while the application's loop waited; it wakes
-// that loop when done, so the application just offers the fd again after
-// its next wait) or by a callback on this goroutine; a nil pfd is
-// ErrInvalid. After the events of one wait, the application calls
-// Service(0) for forced service and timers; ServiceAdjustTimeout tells it
-// how long it may sleep.
+// held elsewhere: by another goroutine (a loop-only call made while the
+// application's loop waited; it wakes that loop when done, so the
+// application just offers the fd again after its next wait) or by a
+// callback on this goroutine; a nil pfd is ErrInvalid. After the events
+// of one wait, the application calls Service(0) for forced service and
+// timers; ServiceAdjustTimeout tells it how long it may sleep.
 func (t *Thread) ServiceFD(pfd *unix.PollFd) error {
 	if pfd == nil {
 		return fmt.Errorf("%w: ServiceFD(nil)", ErrInvalid)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/plugloop/plugloop/evlib"
 	"github.com/plugloop/plugloop/evlib_gnet"
+	"github.com/plugloop/plugloop/internal/testkit"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
@@ -65,13 +66,7 @@ func TestLoopCountsTheWaitAfterEveryPass(t *testing.T) {
 	require.Equal(t, uint64(1), (<-p.passes)[0], "Loop's first pass")
 	waitWaits := func(after uint64, what string) {
 		t.Helper()
-		deadline := time.Now().Add(10 * time.Second) // hang guard
-		for ctr.Waits.Load() <= after {
-			if time.Now().After(deadline) {
-				t.Fatalf("Waits stayed %d after %s: the loop blocked uncounted", after, what)
-			}
-			time.Sleep(time.Millisecond)
-		}
+		testkit.WaitFor(t, 10*time.Second, "a wait counted after "+what, func() bool { return ctr.Waits.Load() > after })
 	}
 	waitWaits(0, "Loop's first pass")
 	// The first fd's batch: held for its pass, and reported again in the

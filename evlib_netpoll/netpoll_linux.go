@@ -545,12 +545,12 @@ func (b *Backend) mayReport(e *entry) bool {
 // pass that follows events, and leaves the rest to the service thread:
 // whatever the pass could not finish (it wants to be called again at
 // once, or a report is pending) wakes it, a timer that falls due sooner
-// rearms its timer. Otherwise the service thread goes on waiting, a wait
-// that follows this pass, so it is counted (Waits), as a Looper's wait
-// after every Pass is: the wait counted before the pass, when the service
-// thread started it, is no wait after a function posted to the core ran
-// in the pass. In Poll it counts the report and wakes the wait, whose
-// caller runs the pass.
+// rearms its timer. Otherwise the service thread's wait goes on after
+// this pass, and it is counted again (Waits), as every Looper counts a
+// wait after each Pass: a function posted to the core may have run in
+// this pass, after the count the service thread made when it began to
+// wait. In Poll it counts the report and wakes the wait, whose caller
+// runs the pass.
 func (b *Backend) afterInline() {
 	b.passed()
 	if b.passer == nil {
