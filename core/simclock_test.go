@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/plugloop/plugloop/core"
-	"github.com/plugloop/plugloop/evlib"
 	"github.com/plugloop/plugloop/internal/simloop"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
@@ -51,7 +50,6 @@ func newSim(t *testing.T, clk *simloop.Clock, info core.Info) *sim {
 		return cb(ev)
 	}
 	info.EventLib, info.Foreign = simloop.Name, []any{clk}
-	t.Setenv(evlib.EnvVar, "") // it would override the backend: these tests need the sim
 	ctx, err := core.New(info)
 	require.NoError(t, err)
 	t.Cleanup(func() { ctx.Destroy() })
@@ -299,7 +297,6 @@ func TestSimCloseTimeoutDropsOutput(t *testing.T) {
 // due. Here the test is the application's loop: its sleep is Advance.
 func TestSimForeignAdjustTimeout(t *testing.T) {
 	clk := simloop.NewClock()
-	t.Setenv(evlib.EnvVar, "")
 	ctx, err := core.New(core.Info{EventLib: simloop.ForeignName, Foreign: []any{clk},
 		Protocols: []core.Protocol{{Name: "p", Callback: func(core.Event) error { return nil }}}})
 	require.NoError(t, err)

@@ -6,12 +6,10 @@ import (
 	"bytes"
 	"io"
 	"net"
-	"os"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/plugloop/plugloop/evlib"
 	"github.com/plugloop/plugloop/internal/testkit"
 	"github.com/stretchr/testify/require"
 )
@@ -20,9 +18,6 @@ import (
 // bufio.Scanner's 64 KiB limit and a last one without its newline
 // included, and everything the server sends back is written out.
 func TestSendsEveryLine(t *testing.T) {
-	if os.Getenv(evlib.EnvVar) != "" {
-		t.Setenv(evlib.EnvVar, "") // each subtest names its backend
-	}
 	for _, lib := range testkit.Backends(t) { // foreign is not linked in
 		t.Run(lib, func(t *testing.T) {
 			ln, err := net.Listen("tcp", "127.0.0.1:0")

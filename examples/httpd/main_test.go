@@ -10,14 +10,12 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptrace"
-	"os"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/plugloop/plugloop/evlib"
 	"github.com/plugloop/plugloop/internal/testkit"
 	"github.com/stretchr/testify/require"
 )
@@ -27,9 +25,6 @@ import (
 const hang = 20 * time.Second
 
 func TestHTTPD(t *testing.T) {
-	if os.Getenv(evlib.EnvVar) != "" {
-		t.Setenv(evlib.EnvVar, "") // each subtest names its backend
-	}
 	// What stays for good once used — the Go runtime's poller, netpoll's
 	// pollers — comes before the baselines: one request on each backend.
 	libs := testkit.Backends(t)

@@ -35,9 +35,6 @@ const (
 )
 
 func TestProxy(t *testing.T) {
-	if os.Getenv(evlib.EnvVar) != "" {
-		t.Setenv(evlib.EnvVar, "") // each subtest names its backend
-	}
 	// What stays for good once used — the Go runtime's poller, netpoll's
 	// pollers — comes before the baselines: one round trip on each backend.
 	libs := testkit.Backends(t)
@@ -501,9 +498,6 @@ func TestStdlibProxyServe(t *testing.T) {
 func BenchmarkStream(b *testing.B) {
 	const conns, mib = 8, 1 << 20
 	up := serve(b, nil, echo)
-	if os.Getenv(evlib.EnvVar) != "" {
-		b.Setenv(evlib.EnvVar, "")
-	}
 	var names []string
 	for _, d := range evlib.Backends() {
 		if d.Available() {

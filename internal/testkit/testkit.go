@@ -1,6 +1,7 @@
 //go:build unix
 
-// Package testkit holds what plugloop's tests share: the backends a test
+// Package testkit holds what plugloop's tests share: a TestMain that keeps
+// PLUGLOOP_EVLIB from choosing the tests' backends, the backends a test
 // binary can run, a bounded wait, the check that a test left no descriptor
 // or goroutine behind, loopback listeners that share a port, and a TCP
 // connection's two ends.
@@ -18,6 +19,19 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
+
+// Main runs a test binary's tests with PLUGLOOP_EVLIB unset, for a
+// package's TestMain. Every test names the backend it is about, so the
+// variable, which overrides any name a program gives, would run them all on
+// one backend: those about another would fail, or wait for events that
+// never come. It says so on stderr when it unsets the variable.
+func Main(m *testing.M) {
+	if v, ok := os.LookupEnv(evlib.EnvVar); ok {
+		fmt.Fprintf(os.Stderr, "plugloop tests: %s=%s ignored, each test names its backend\n", evlib.EnvVar, v)
+		os.Unsetenv(evlib.EnvVar)
+	}
+	os.Exit(m.Run())
+}
 
 // Backends lists the backends the test binary can run: the built-in ones
 // and whatever it links in.

@@ -1,0 +1,11 @@
+//go:build unix
+
+package evlib_epoll_test
+
+import (
+	"testing"
+
+	"github.com/plugloop/plugloop/internal/testkit"
+)
+
+func TestMain(m *testing.M) { testkit.Main(m) }
