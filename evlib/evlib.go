@@ -49,7 +49,10 @@ import (
 
 // Events is a set of readiness conditions. As an interest it holds Readable
 // and/or Writable; as a report it may also hold Hangup and Error, which a
-// backend reports whatever the interest (like poll(2) does).
+// backend adds to its report of an fd whenever its mechanism says they hold,
+// whether Readable or Writable is there or not (like poll(2) does), and
+// reports for an fd watched with interest 0 where it declares
+// CapHangupWithoutInterest.
 type Events uint32
 
 const (
@@ -58,6 +61,12 @@ const (
 	// Writable: a write would not block.
 	Writable
 	// Hangup: the peer hung up (POLLHUP, EPOLLHUP, EV_EOF on both filters).
+	// The core learns from Hangup and Error, not from a read, that a
+	// paused connection's peer is gone (it then reads the input left
+	// before it closes) and that a pipe or FIFO has ended (RAW_CLOSE_FILE):
+	// a backend whose mechanism reports only readable and writable, as
+	// select(2) does, asks the kernel another way (examples/selectbackend
+	// asks poll(2) about the fds select found ready).
 	Hangup
 	// Error: the fd has a pending error (POLLERR, EPOLLERR, EV_ERROR).
 	Error
@@ -126,7 +135,10 @@ type Backend interface {
 	// math.MaxInt32 (a system call would truncate it to another fd) or one
 	// that is not open returns an error wrapping ErrBadFD, and grows no
 	// table for it. A poll(2) backend has to ask (fcntl F_GETFD): the
-	// kernel says POLLNVAL only at the next wait.
+	// kernel says POLLNVAL only at the next wait. An fd beyond what the
+	// backend's mechanism can watch (select(2)'s FD_SETSIZE) is ErrBadFD
+	// too: the core then refuses it (an adoption returns the error; a
+	// connection it accepted is closed).
 	Add(fd int, kind Kind, ev Events) error
 
 	// Modify sets the interest of a watched fd to ev (lws: io(START|STOP)).
@@ -157,11 +169,12 @@ type Backend interface {
 	// positive timeout finer than the mechanism's resolution is rounded up,
 	// never down to 0: the core would spin until its timer is due. A Poll
 	// that may block adds to Config.Counters.Waits first (see Counters).
-	// One that blocks in a raw system call does well to yield first
-	// (runtime.Gosched), as plugloop's own backends and gnet's loop do: a
-	// loop that makes only raw system calls never enters the scheduler,
-	// and once the runtime has preempted it by force it hands the P away
-	// and wakes another thread at every blocking wait.
+	// It does well to yield first (runtime.Gosched), whatever system call
+	// it blocks in, as plugloop's own backends and gnet's loop do: on
+	// Linux the core's reads and writes are raw system calls, so a loop
+	// that makes no other call never enters the scheduler, and once the
+	// runtime has preempted it by force it hands the P away and wakes
+	// another thread at every blocking wait.
 	Poll(timeout time.Duration) (int, error)
 
 	// Close releases what the backend created. It never closes fds the
