@@ -151,7 +151,11 @@ func (b *beHarness) pollFor(fd int, want evlib.Events) evlib.Events {
 			return ev
 		}
 	}
-	b.t.Fatalf("conformance: fd %d never reported with %v (hang guard %v)", fd, want, hang)
+	hint := ""
+	if want&^(evlib.Hangup|evlib.Error) == 0 {
+		hint = ": a backend adds Hangup and Error to its report of an fd whenever they hold, also where its mechanism says only readable or writable (see evlib.Hangup)"
+	}
+	b.t.Fatalf("conformance: fd %d never reported with %v (hang guard %v)%s", fd, want, hang, hint)
 	return 0
 }
 

@@ -688,7 +688,7 @@ func (s *suite) testHangupWhilePaused(t *testing.T) {
 	// what it delivers.
 	resume := func(t *testing.T, r *rig, base uint64, wantErr error) {
 		h := r.h
-		waitUntil(t, "the core to read the paused connection's input after the hangup", func() bool {
+		waitUntil(t, "the core to read the paused connection's input after the hangup (it does once the backend reports Hangup or Error: see evlib.Hangup)", func() bool {
 			return h.th.Stats().Reads >= base+2
 		})
 		h.sync()

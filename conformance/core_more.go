@@ -385,7 +385,7 @@ func (s *suite) testRawFiles(t *testing.T) {
 		})
 		require.NoError(t, unix.Close(*x.fd))
 		*x.fd = -1
-		e := h.rec.waitEvent(t, "RAW_CLOSE_FILE at end of file", is(core.ReasonRawClose, x.c))
+		e := h.rec.waitEvent(t, "RAW_CLOSE_FILE at end of file (the core learns it from a Hangup report: see evlib.Hangup)", is(core.ReasonRawClose, x.c))
 		require.ErrorIs(t, e.err, io.EOF)
 		mu.Lock()
 		require.Equal(t, "hello", string(got[x.c]))

@@ -24,7 +24,8 @@
 //     descriptor's New and a recording evlib.Sink: Add/Modify/Remove
 //     idempotency and errors, readiness reports (Readable, Writable,
 //     Hangup, Error) as independent bits, many fds ready at once, fds
-//     watched before a far higher one was added, Poll timeouts, a
+//     watched before a far higher one was added (fd 4000, or 16 below the
+//     soft RLIMIT_NOFILE where that is lower), Poll timeouts, a
 //     blocking Poll counted in evlib.Counters.Waits before it blocks
 //     (the "Core" part learns from it that the loop is idle), Close
 //     (ErrClosed after it, and every descriptor and goroutine New and Add
@@ -91,8 +92,9 @@
 // only; in foreign mode with a loop per thread), raw pipe, FIFO and UDP
 // lifecycles (36), the fd-limit accept stop and the EMFILE pause (24, 25;
 // the EMFILE test lowers RLIMIT_NOFILE in a child process running that one
-// test), fds far beyond the fd table (25), Attach (22), the close policy
-// (37) and client connections.
+// test), fds far beyond the fd table (25: that same far fd, adopted by a
+// context whose Info.FDLimit is 16), Attach (22), the close policy (37) and
+// client connections.
 //
 // Every callback of every core-level test goes through a recorder that
 // checks the lifecycle and poll-fd invariants of the conformance checklist
