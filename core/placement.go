@@ -4,10 +4,8 @@ package core
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"reflect"
 	"runtime"
 	"strings"
@@ -375,13 +373,7 @@ func (t *Thread) takeOver(c *Conn) {
 	if err == nil || errors.Is(err, errAdoptRefused) {
 		return
 	}
-	// Nobody is left to return the error to. (Destroy called in its
-	// ADD_POLL_FD is no news.)
-	level := slog.LevelWarn
-	if errors.Is(err, ErrDestroyed) {
-		level = slog.LevelDebug
-	}
-	t.ctx.log.Log(context.Background(), level, "plugloop: a connection handed to this thread could not be adopted; closed", "thread", t.index, "fd", c.fd, "err", err)
+	t.logAdoptFailure(c.fd, err)
 	c.state = stateClosed
 	t.closeHandedFD(c.fd, o)
 	c.fdClosed.Store(true)

@@ -96,6 +96,7 @@ type Thread struct {
 	addAccepted             evlib.AcceptedAdder // the backend adds streams just accepted its own way
 	pipes                   []relayPipe         // empty pipes kept for relays' next bursts
 	fdForget                []*Conn             // closed in the batch: their FD becomes -1 after the close(2)
+	adoptFailures           uint64              // connections closed because adopting them failed (logAdoptFailure)
 
 	appDriven bool // the application's loop waits: never call Poll
 	hupBare   bool // the backend reports a reset of an fd with interest 0 (evlib.CapHangupWithoutInterest)
@@ -1781,11 +1782,28 @@ func (t *Thread) accept(lc *Conn) {
 // closing it if that fails.
 func (t *Thread) adoptAccepted(fd int, p *Protocol, o *adoptOptions) {
 	if _, err := t.adopt(fd, evlib.KindStream, p, nil, o, true); err != nil && !errors.Is(err, errAdoptRefused) {
+		t.logAdoptFailure(fd, err)
 		if o.peerIP.IsValid() {
 			t.ctx.perIP.add(o.peerIP, -1)
 		}
 		unix.Close(fd)
 		t.ctr.Closes.Add(1)
+	}
+}
+
+// logAdoptFailure says that t closed a connection because adopting it
+// failed (the backend refused its fd, say) where nobody is left to return
+// the error to: one it accepted, or one an Adopt call handed over to it and
+// returned already. It logs the 1st, 2nd, 4th, 8th... failure, so that a
+// cause that fails every accept does not flood the log. A failure because
+// the context is being destroyed is no news.
+func (t *Thread) logAdoptFailure(fd int, err error) {
+	if errors.Is(err, ErrDestroyed) {
+		return
+	}
+	t.adoptFailures++
+	if n := t.adoptFailures; n&(n-1) == 0 {
+		t.ctx.log.Warn("plugloop: a connection could not be adopted; closed", "thread", t.index, "fd", fd, "err", err, "failures", n)
 	}
 }
 
