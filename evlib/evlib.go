@@ -138,7 +138,7 @@ type Backend interface {
 	// kernel says POLLNVAL only at the next wait. An fd beyond what the
 	// backend's mechanism can watch (select(2)'s FD_SETSIZE) is ErrBadFD
 	// too: the core then refuses it (an adoption returns the error; a
-	// connection it accepted is closed).
+	// connection it accepted is closed, and the log says why).
 	Add(fd int, kind Kind, ev Events) error
 
 	// Modify sets the interest of a watched fd to ev (lws: io(START|STOP)).

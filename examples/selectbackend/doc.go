@@ -45,11 +45,12 @@
 //     systems, 256 on NetBSD, as golang.org/x/sys defines unix.FdSet). Add
 //     of a higher fd fails with an error wrapping evlib.ErrBadFD and
 //     changes nothing; the core then refuses the fd (AdoptFD returns that
-//     error; a connection it accepted is closed). A program on this backend
-//     keeps its descriptors below SetSize best by lowering its soft
-//     RLIMIT_NOFILE to SetSize, as the package's tests do for the
-//     conformance suite: the core's default Info.FDLimit follows the limit,
-//     and so do the numbers of the fds the rest of the program opens.
+//     error; a connection it accepted is closed, and the log says why). A
+//     program on this backend keeps its descriptors below SetSize best by
+//     lowering its soft RLIMIT_NOFILE to SetSize, as the package's tests do
+//     for the conformance suite: the core's default Info.FDLimit follows
+//     the limit, and so do the numbers of the fds the rest of the program
+//     opens.
 //   - A connection watched with no interest is in no set, so its peer's
 //     reset is not seen until it writes or its timeouts end it: the backend
 //     does not declare evlib.CapHangupWithoutInterest.
