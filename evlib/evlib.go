@@ -307,7 +307,11 @@ type Config struct {
 // Counters are per-service-thread statistics. Any goroutine may read them.
 // The backend adds to Waits and InterestChanges, and a backend with its own
 // Waker to Wakes (the core counts the signals of its own wake fd); the core
-// adds to the rest.
+// adds to the rest. They count system calls, which is what the benchmark
+// reads from them: Wakes the signals actually sent, not the Wake calls
+// that found one pending; a call that is neither a wait nor an interest
+// change (examples/selectbackend's non-blocking poll(2) for hang-ups) in
+// none of them.
 //
 // Waits is more than a statistic: a Poll that may block (timeout != 0)
 // adds to it before it blocks, and a Looper adds one before it blocks
