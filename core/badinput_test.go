@@ -254,6 +254,12 @@ func TestNegativeInfoTimeouts(t *testing.T) {
 		"FDLimitPerThread": {EventLib: "epoll", Protocols: p, FDLimitPerThread: -1},
 		"MaxConnsPerIP":    {EventLib: "epoll", Protocols: p, MaxConnsPerIP: -1},
 		"Options":          {Protocols: p, Options: core.OptionEvlibPoll | 1<<40},
+		// Counts and durations of nested structs too: they were taken
+		// in silence, a negative RxChunk as "no cap", negative keepalive
+		// parameters as the system's.
+		"RxChunk":            {EventLib: "epoll", Protocols: []core.Protocol{{Name: "p", Callback: p[0].Callback, RxChunk: -1}}},
+		"Keepalive.Interval": {EventLib: "epoll", Protocols: p, Keepalive: core.Keepalive{Idle: time.Second, Interval: -time.Second}},
+		"Keepalive.Probes":   {EventLib: "epoll", Protocols: p, Keepalive: core.Keepalive{Idle: time.Second, Probes: -1}},
 	} {
 		ctx, err := core.New(info)
 		require.ErrorIs(t, err, core.ErrInvalid, field)

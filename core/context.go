@@ -288,10 +288,13 @@ func New(info Info) (*Context, error) {
 	if info.IdleTimeout < 0 {
 		return nil, fmt.Errorf("%w: negative IdleTimeout (%v)", ErrInvalid, info.IdleTimeout)
 	}
+	if info.Keepalive.Interval < 0 {
+		return nil, fmt.Errorf("%w: negative Keepalive.Interval (%v)", ErrInvalid, info.Keepalive.Interval)
+	}
 	for _, f := range []struct {
 		name string
 		n    int
-	}{{"CountThreads", info.CountThreads}, {"FDLimit", info.FDLimit}, {"FDLimitPerThread", info.FDLimitPerThread}, {"MaxConnsPerIP", info.MaxConnsPerIP}} {
+	}{{"CountThreads", info.CountThreads}, {"FDLimit", info.FDLimit}, {"FDLimitPerThread", info.FDLimitPerThread}, {"MaxConnsPerIP", info.MaxConnsPerIP}, {"Keepalive.Probes", info.Keepalive.Probes}} {
 		if f.n < 0 {
 			return nil, fmt.Errorf("%w: negative %s (%d)", ErrInvalid, f.name, f.n)
 		}
@@ -328,6 +331,9 @@ func New(info Info) (*Context, error) {
 		p := info.Protocols[i]
 		if p.Callback == nil {
 			return nil, fmt.Errorf("%w: protocol %q has no callback", ErrInvalid, p.Name)
+		}
+		if p.RxChunk < 0 {
+			return nil, fmt.Errorf("%w: protocol %q has a negative RxChunk (%d)", ErrInvalid, p.Name, p.RxChunk)
 		}
 		if seen[p.Name] {
 			return nil, fmt.Errorf("%w: two protocols are named %q", ErrInvalid, p.Name)
