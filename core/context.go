@@ -236,8 +236,9 @@ type Info struct {
 }
 
 // Keepalive sets TCP keepalive: probes start after Idle without traffic,
-// every Interval, and Probes unanswered ones drop the connection. Zero
-// Interval or Probes keep the system's values; on OpenBSD only Idle > 0
+// every Interval, and Probes unanswered ones drop the connection. The
+// system counts whole seconds: Idle and Interval are rounded up to them.
+// Zero Interval or Probes keep the system's values; on OpenBSD only Idle > 0
 // (keepalive on) has an effect, as the system has no per-socket settings.
 type Keepalive struct {
 	Idle, Interval time.Duration
