@@ -107,10 +107,12 @@ func (c *Context) RegisterNotifier(n Notifier) error {
 // SystemTransition steps the system state towards target, one state at a
 // time, asking the notifiers before each step; it stops where one holds.
 // Stepping from SystemOperational to SystemPolicyInvalid and from there
-// back to SystemInitialized are single steps. Loop-only (thread 0).
+// back to SystemInitialized are single steps. SystemContextDestroying is
+// Destroy's to enter: as a target it is ErrInvalid, as is a state no
+// constant names. Loop-only (thread 0).
 func (c *Context) SystemTransition(target SystemState) error {
-	if target < 0 || int(target) >= len(systemStateNames) {
-		return ErrInvalid
+	if target < 0 || target >= SystemContextDestroying {
+		return fmt.Errorf("%w: SystemTransition to %v", ErrInvalid, target)
 	}
 	t := c.threads[0]
 	took, err := t.own()
@@ -132,7 +134,7 @@ func (c *Context) stepSystem() {
 		}
 		next := cur + 1
 		switch {
-		case s.target == SystemPolicyInvalid || s.target == SystemContextDestroying:
+		case s.target == SystemPolicyInvalid:
 			next = s.target
 		case cur == SystemPolicyInvalid:
 			next = SystemInitialized

@@ -157,3 +157,24 @@ func TestDestroyInNotifierPollFDs(t *testing.T) {
 	require.Empty(t, problems)
 	require.Empty(t, added, "fds left added after destroy")
 }
+
+// CONTEXT_DESTROYING is Destroy's to enter: SystemTransition used to step
+// there, telling the notifiers the context was going down while it was not,
+// and leaving the system in a state no later transition leaves (the states
+// only step forward).
+func TestSystemTransitionRefusesDestroying(t *testing.T) {
+	var told []core.SystemState
+	ctx, err := core.New(core.Info{
+		Protocols: []core.Protocol{{Name: "p", Callback: nop}},
+		Notifiers: []core.Notifier{{Name: "n", Notify: func(_ *core.Context, _, next core.SystemState) bool {
+			told = append(told, next)
+			return true
+		}}},
+	})
+	require.NoError(t, err)
+	defer ctx.Destroy()
+	told = nil
+	require.ErrorIs(t, ctx.SystemTransition(core.SystemContextDestroying), core.ErrInvalid)
+	require.Equal(t, core.SystemOperational, ctx.SystemState())
+	require.Empty(t, told, "nobody was told of a destruction")
+}
