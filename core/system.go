@@ -159,11 +159,12 @@ func (c *Context) stepSystem() {
 // system state has reached state (lws_system attach). Any goroutine may call
 // it, and need not live until fn runs. Items whose state is reached run in
 // the order they were attached. fn does not run if the context is destroyed
-// first; after destruction Attach returns ErrDestroyed.
+// first; after destruction Attach returns ErrDestroyed. A thread index out
+// of range, a state no constant names or a nil fn is ErrInvalid.
 func (c *Context) Attach(i int, state SystemState, fn func()) error {
 	t := c.Thread(i)
-	if t == nil || fn == nil {
-		return ErrInvalid
+	if t == nil || fn == nil || state < 0 || int(state) >= len(systemStateNames) {
+		return fmt.Errorf("%w: Attach(%d, %v, fn nil: %t)", ErrInvalid, i, state, fn == nil)
 	}
 	if c.destroyReq.Load() || t.mode.Load() == modeDead {
 		return ErrDestroyed

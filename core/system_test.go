@@ -178,3 +178,13 @@ func TestSystemTransitionRefusesDestroying(t *testing.T) {
 	require.Equal(t, core.SystemOperational, ctx.SystemState())
 	require.Empty(t, told, "nobody was told of a destruction")
 }
+
+// Attach takes only a state the system can reach: one past the last used
+// to be kept in silence and never run, and SystemTransition refuses it.
+func TestAttachStateOutOfRange(t *testing.T) {
+	ctx, err := core.New(core.Info{Protocols: []core.Protocol{{Name: "p", Callback: nop}}})
+	require.NoError(t, err)
+	defer ctx.Destroy()
+	require.ErrorIs(t, ctx.Attach(0, core.SystemContextDestroying+1, func() {}), core.ErrInvalid)
+	require.ErrorIs(t, ctx.Attach(0, -1, func() {}), core.ErrInvalid)
+}
