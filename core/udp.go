@@ -96,7 +96,9 @@ func (t *Thread) onDatagramReadable(c *Conn) {
 // RAW_WRITEABLE of this connection. A datagram goes out whole or not at all:
 // when the kernel cannot take it now, WriteTo returns an error wrapping
 // EAGAIN and nothing was sent — the core never drops or splits it silently
-// — and the caller asks for WRITEABLE again.
+// — and the caller asks for WRITEABLE again. An invalid addr (the zero
+// netip.AddrPort) is an error wrapping ErrInvalid that uses up nothing: the
+// callback may still send; so is a connection that is no datagram socket.
 func (c *Conn) WriteTo(p []byte, addr netip.AddrPort) (int, error) {
 	t := c.t
 	took, err := t.own()
@@ -110,7 +112,6 @@ func (c *Conn) WriteTo(p []byte, addr netip.AddrPort) (int, error) {
 	if c.kind != evlib.KindDatagram {
 		return 0, fmt.Errorf("%w: WriteTo needs a datagram socket", ErrInvalid)
 	}
-	c.wrote = true
 	if c.family == 0 {
 		sa, err := unix.Getsockname(c.fd)
 		if err != nil {
@@ -123,8 +124,9 @@ func (c *Conn) WriteTo(p []byte, addr netip.AddrPort) (int, error) {
 	}
 	sa, err := sockaddr(addr, c.family)
 	if err != nil {
-		return 0, err
+		return 0, err // nothing tried: the callback may still send
 	}
+	c.wrote = true
 	t.ctr.Writes.Add(1)
 	if err := unix.Sendto(c.fd, p, unix.MSG_DONTWAIT, sa); err != nil {
 		if wouldBlock(err) {
