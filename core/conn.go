@@ -203,7 +203,10 @@ func (c *Conn) writeAllowed() error {
 // the connection when the callback returns. It returns ErrClosed once the
 // connection is closed or closing or its peer reset it, ErrWriteClosed
 // after CloseWrite, ErrRelaying on a relay's target, and ErrInvalid on a
-// client connection not established yet, as CallbackOnWritable does.
+// client connection not established yet, as CallbackOnWritable does. On a
+// datagram socket Write sends one datagram to its peer; one with no peer
+// (ListenUDP's) is an error wrapping ErrInvalid that sends nothing and
+// leaves the socket open: WriteTo addresses its datagrams.
 func (c *Conn) Write(p []byte) (int, error) {
 	t := c.t
 	took, err := t.own()
@@ -227,6 +230,13 @@ func (c *Conn) Write(p []byte) (int, error) {
 	}
 	if err != nil && !wouldBlock(err) {
 		werr := &OpError{Op: "write", Err: err}
+		if c.kind == evlib.KindDatagram && errors.Is(err, unix.EDESTADDRREQ) {
+			// A datagram socket with no peer: the call's mistake, not
+			// the socket's failure (a UDP server's only socket). Nothing
+			// was sent, so the callback may still WriteTo.
+			c.wrote = false
+			return 0, fmt.Errorf("%w: Write on a datagram socket with no peer, use WriteTo: %w", ErrInvalid, werr)
+		}
 		t.requestClose(c, werr)
 		return max(n, 0), werr
 	}

@@ -46,3 +46,32 @@ func TestWriteToBadAddressKeepsTheWrite(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "hello", string(buf[:n]))
 }
+
+// Write on a datagram socket with no peer (ListenUDP's, whose datagrams
+// WriteTo addresses) is the call's mistake, not the socket's failure: it
+// used to close the socket, a UDP server's only one, with EDESTADDRREQ.
+func TestWriteOnUnconnectedUDPKeepsTheSocket(t *testing.T) {
+	var wErr error
+	closed, done := false, false
+	ctx, err := core.New(core.Info{EventLib: "epoll", Protocols: []core.Protocol{{Name: "udp", Callback: func(ev core.Event) error {
+		switch ev.Reason {
+		case core.ReasonRawAdopt:
+			return ev.Conn.CallbackOnWritable()
+		case core.ReasonRawWriteable:
+			_, wErr = ev.Conn.Write([]byte("x"))
+			done = true
+		case core.ReasonRawClose:
+			closed = true
+		}
+		return nil
+	}}}})
+	require.NoError(t, err)
+	defer ctx.Destroy()
+	c, err := ctx.ListenUDP("udp4", "127.0.0.1:0", "")
+	require.NoError(t, err)
+	serviceUntil(t, ctx, func() bool { return done })
+	require.NoError(t, ctx.Thread(0).Service(0))
+	require.ErrorIs(t, wErr, core.ErrInvalid)
+	require.False(t, closed)
+	require.False(t, c.Closed())
+}
