@@ -170,6 +170,16 @@ func (c *Conn) gone() bool {
 	return c.state != stateOpen || c.closeReq || c.draining || c.hup && !errors.Is(c.hupErr, io.EOF)
 }
 
+// notOpen says why a call that needs an established connection (rx flow
+// control, its timer, its timeout) cannot act on c: a client still
+// connecting is not closed, and answers as its output calls do.
+func (c *Conn) notOpen() error {
+	if c.state == stateConnecting && !c.closeReq {
+		return fmt.Errorf("%w: a connection not established yet (from RAW_ADOPT on)", ErrInvalid)
+	}
+	return ErrClosed
+}
+
 // outputAllowed says why the application may not send on c, if it may not:
 // Write, CallbackOnWritable and RelayTo's target answer alike.
 func (c *Conn) outputAllowed() error {
@@ -255,7 +265,9 @@ func (c *Conn) Buffered() int { return len(c.out) }
 // in order, without waiting for a new network event. Read interest is
 // dropped only if input arrives while stopped, so a short pause costs no
 // system call; then unread input stays in the kernel and the peer is pushed
-// back on (where the backend declares evlib.CapRxBackpressure).
+// back on (where the backend declares evlib.CapRxBackpressure). It returns
+// ErrClosed once the connection is closed, and an error wrapping ErrInvalid
+// on a client connection not established yet (from RAW_ADOPT on).
 func (c *Conn) RxFlowControl(enable bool) error {
 	t := c.t
 	took, err := t.own()
@@ -264,7 +276,7 @@ func (c *Conn) RxFlowControl(enable bool) error {
 	}
 	defer t.release(took)
 	if c.state != stateOpen {
-		return ErrClosed
+		return c.notOpen()
 	}
 	c.rxPaused = !enable
 	if !enable {
@@ -469,7 +481,10 @@ func (t *Thread) giveUp(c *Conn) error {
 func (c *Conn) Draining() bool { return c.draining }
 
 // SetTimer schedules a TIMER callback after d (lws_set_timer_usecs),
-// replacing an earlier one.
+// replacing an earlier one. It returns ErrClosed once the connection is
+// closed, and an error wrapping ErrInvalid on a client connection not
+// established yet (set it from RAW_ADOPT on). A TIMER due while the
+// connection closes is dropped: nothing but RAW_CLOSE follows Close.
 func (c *Conn) SetTimer(d time.Duration) error {
 	t := c.t
 	took, err := t.own()
@@ -478,7 +493,7 @@ func (c *Conn) SetTimer(d time.Duration) error {
 	}
 	defer t.release(took)
 	if c.state != stateOpen {
-		return ErrClosed
+		return c.notOpen()
 	}
 	if c.timer == nil {
 		c.timer = &Timer{t: t, idx: -1, fn: func() {
@@ -512,7 +527,10 @@ func (c *Conn) CancelTimer() error {
 // called again first (lws_set_timeout). d == 0 cancels the timeout. It is
 // the application's own: it never lifts or stretches Info.CloseTimeout's
 // bound on a closing connection or one whose peer ended, and Close cancels
-// it (a timeout set after Close applies to the close).
+// it (a timeout set after Close applies to the close). A negative d is
+// ErrInvalid; so is a client connection not established yet
+// (Info.ConnectTimeout bounds that; set it from RAW_ADOPT on), and a closed
+// one is ErrClosed.
 func (c *Conn) SetTimeout(d time.Duration) error {
 	t := c.t
 	took, err := t.own()
@@ -521,7 +539,7 @@ func (c *Conn) SetTimeout(d time.Duration) error {
 	}
 	defer t.release(took)
 	if c.state != stateOpen {
-		return ErrClosed
+		return c.notOpen()
 	}
 	if d < 0 {
 		return ErrInvalid
