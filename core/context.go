@@ -34,7 +34,11 @@ const (
 
 // Callback is a protocol's handler for every Reason. A non-nil error returned
 // for a connection-level reason closes that connection (lws' return -1); the
-// RAW_CLOSE callback then carries the error.
+// RAW_CLOSE callback then carries the error. The error is ignored where
+// there is nothing left to close or nothing a close could undo: after
+// RAW_CLOSE and CLIENT_CONNECTION_ERROR, in the poll-fd reasons (also those
+// that carry a Conn), and for the context- and thread-level reasons (an
+// error from PROTOCOL_INIT does not fail New).
 //
 // The core does not recover a callback's panic: like any panic it ends the
 // program unless the goroutine it runs on recovers it (Service's caller,
@@ -89,7 +93,9 @@ type PollArgs struct {
 // reasons.
 type Protocol struct {
 	// Name identifies the protocol to Listen, the Adopt calls and
-	// Connect; it is unique within a context.
+	// Connect; it is unique within a context. Those calls, and the *All
+	// methods, take "" for the context's first protocol, whatever its
+	// name; a name no protocol has is ErrUnknownProtocol.
 	Name string
 	// Callback handles every Reason for the protocol's connections.
 	Callback Callback
@@ -246,7 +252,9 @@ type Keepalive struct {
 }
 
 // Context is a plugloop instance: its protocols, backend choice and service
-// threads (lws' struct lws_context).
+// threads (lws' struct lws_context). New makes one: a zero Context is not
+// usable, nor are zero Conn, Listener, Thread or Timer values, which only
+// the core hands out.
 type Context struct {
 	info      Info
 	protocols []*Protocol

@@ -107,7 +107,8 @@ func (c *Context) RegisterNotifier(n Notifier) error {
 // SystemTransition steps the system state towards target, one state at a
 // time, asking the notifiers before each step; it stops where one holds.
 // Stepping from SystemOperational to SystemPolicyInvalid and from there
-// back to SystemInitialized are single steps. SystemContextDestroying is
+// back to SystemInitialized are single steps; any other target behind the
+// current state changes nothing (nil). SystemContextDestroying is
 // Destroy's to enter: as a target it is ErrInvalid, as is a state no
 // constant names. Loop-only (thread 0).
 func (c *Context) SystemTransition(target SystemState) error {

@@ -336,7 +336,7 @@ func (t *Thread) CancelService() error {
 
 // Post runs f on the thread's goroutine during its next pass. Any goroutine
 // may call it. f runs exactly once unless the context is destroyed first;
-// once Destroy was called Post returns ErrDestroyed.
+// once Destroy was called Post returns ErrDestroyed. A nil f is ErrInvalid.
 func (t *Thread) Post(f func()) error {
 	if f == nil {
 		return ErrInvalid

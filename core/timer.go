@@ -32,7 +32,10 @@ func deadline(now int64, d time.Duration) int64 {
 	return now + int64(d)
 }
 
-// AfterFunc schedules f to run on the thread's goroutine after d.
+// AfterFunc schedules f to run on the thread's goroutine after d; the
+// returned Timer stops or reschedules it. It is loop-only, as the Timer's
+// methods are: from another goroutine, Post a function that calls it.
+// A nil f is ErrInvalid.
 func (t *Thread) AfterFunc(d time.Duration, f func()) (*Timer, error) {
 	if f == nil {
 		return nil, ErrInvalid
