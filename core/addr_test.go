@@ -168,6 +168,7 @@ func TestListenerSetUnlinkOnClose(t *testing.T) {
 	require.NoError(t, kept.SetUnlinkOnClose(false))
 	require.NoError(t, removed.Close())
 	require.NoError(t, kept.Close())
+	require.ErrorIs(t, removed.SetUnlinkOnClose(false), core.ErrClosed, "after Close, which settled it")
 	require.NoError(t, ctx.Thread(0).Service(0))
 	require.NoFileExists(t, removedPath, "the default: removed on Close")
 	require.FileExists(t, keptPath, "SetUnlinkOnClose(false), then Close")

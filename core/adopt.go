@@ -76,7 +76,8 @@ func (l *Listener) FD() int { return l.c.FD() }
 // context's Destroy — removes its socket file, as net.UnixListener's method
 // does. It is on for every listener with a file, from Listen and
 // AdoptListener alike; a listener without one (TCP, an abstract "@name")
-// ignores it. It is loop-only, like Close.
+// ignores it. It is loop-only, like Close, and returns ErrClosed once the
+// listener is closed: Close settled the file's fate.
 func (l *Listener) SetUnlinkOnClose(unlink bool) error {
 	t := l.c.t
 	took, err := t.own()
@@ -84,6 +85,9 @@ func (l *Listener) SetUnlinkOnClose(unlink bool) error {
 		return err
 	}
 	defer t.release(took)
+	if l.c.state != stateOpen {
+		return ErrClosed
+	}
 	l.keepFile = !unlink
 	return nil
 }
