@@ -460,7 +460,9 @@ func (t *Thread) ServiceFD(pfd *unix.PollFd) error {
 // max: 0 when forced service is pending or a timer is due, else the time to
 // the next timer (lws_service_adjust_timeout). It is for the application's
 // loop: while the thread is held (by another goroutine, or by a callback on
-// this one) it returns 0.
+// this one) it returns 0. It returns 0 as well once the context is
+// destroyed, so a loop must end when Service or ServiceFD returns
+// ErrDestroyed, or it spins.
 func (t *Thread) ServiceAdjustTimeout(max time.Duration) time.Duration {
 	if !t.enterFromApp() {
 		return 0
