@@ -37,8 +37,8 @@ const (
 // RAW_CLOSE callback then carries the error. The error is ignored where
 // there is nothing left to close or nothing a close could undo: after
 // RAW_CLOSE and CLIENT_CONNECTION_ERROR, in the poll-fd reasons (also those
-// that carry a Conn), and for the context- and thread-level reasons (an
-// error from PROTOCOL_INIT does not fail New).
+// that carry a Conn), and for the context- and thread-level reasons but
+// PROTOCOL_INIT, whose error fails New.
 //
 // The core does not recover a callback's panic: like any panic it ends the
 // program unless the goroutine it runs on recovers it (Service's caller,
@@ -276,8 +276,10 @@ type Context struct {
 }
 
 // New creates a context and its service thread with the backend Info
-// selects. PROTOCOL_INIT is delivered to every protocol before New returns.
-// An Info it cannot take as it stands (no protocol, a negative count or
+// selects. PROTOCOL_INIT is delivered to every protocol before New returns;
+// one that returns an error fails New with that error wrapped, as in lws,
+// after the protocols initialized before it got PROTOCOL_DESTROY. An Info
+// it cannot take as it stands (no protocol, a negative count or
 // timeout that no field documents, Options bits no option has) is an error
 // wrapping ErrInvalid that names the field; an unknown or unavailable
 // backend wraps evlib.ErrUnknown or evlib.ErrUnavailable.
@@ -407,8 +409,20 @@ func New(info Info) (*Context, error) {
 	// The thread is not serviced yet, so the creating goroutine owns it.
 	t.mode.Store(modeBusy)
 	t.setOwner()
-	for _, p := range c.protocols {
-		_ = t.callback(Event{Reason: ReasonProtocolInit, Protocol: p})
+	for i, p := range c.protocols {
+		if err := t.callback(Event{Reason: ReasonProtocolInit, Protocol: p}); err != nil {
+			// As lws fails the vhost: the protocols initialized so far are
+			// told PROTOCOL_DESTROY, the others nothing.
+			for _, q := range c.protocols[:i] {
+				_ = t.callback(Event{Reason: ReasonProtocolDestroy, Protocol: q})
+			}
+			t.release(true)
+			for _, t := range c.threads {
+				t.wfd.Close()
+				t.be.Close()
+			}
+			return nil, fmt.Errorf("plugloop: protocol %q failed PROTOCOL_INIT: %w", p.Name, err)
+		}
 	}
 	for _, t := range c.threads {
 		if t.wfd.R >= 0 {

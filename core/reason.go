@@ -12,7 +12,8 @@ type Reason uint8
 // context-level ones (ProtocolInit, ProtocolDestroy) have a nil Conn.
 const (
 	// ReasonProtocolInit is delivered once per protocol when the context
-	// is created, before any connection exists.
+	// is created, before any connection exists. An error returned for it
+	// fails New.
 	ReasonProtocolInit Reason = iota + 1
 	// ReasonProtocolDestroy is delivered once per protocol when the
 	// context is destroyed, after every connection was closed.
