@@ -392,10 +392,7 @@ func New(info Info) (*Context, error) {
 		}
 		t, err := newThread(c, i, foreign, perThread)
 		if err != nil {
-			for _, t := range c.threads {
-				t.wfd.Close()
-				t.be.Close()
-			}
+			c.closeUnstarted()
 			return nil, err
 		}
 		c.threads = append(c.threads, t)
@@ -417,10 +414,7 @@ func New(info Info) (*Context, error) {
 				_ = t.callback(Event{Reason: ReasonProtocolDestroy, Protocol: q})
 			}
 			t.release(true)
-			for _, t := range c.threads {
-				t.wfd.Close()
-				t.be.Close()
-			}
+			c.closeUnstarted()
 			return nil, fmt.Errorf("plugloop: protocol %q failed PROTOCOL_INIT: %w", p.Name, err)
 		}
 	}
@@ -439,6 +433,15 @@ func New(info Info) (*Context, error) {
 	c.stepSystem()
 	t.release(true)
 	return c, nil
+}
+
+// closeUnstarted closes the wake fds and backends of the threads New made
+// before it failed: nothing else of the context exists yet.
+func (c *Context) closeUnstarted() {
+	for _, t := range c.threads {
+		t.wfd.Close()
+		t.be.Close()
+	}
 }
 
 // EventLib returns the name of the backend the context runs on.
